@@ -1,0 +1,106 @@
+// A Llama-family model: its config, its weights (views into the loaded file, in their stored
+// types), and a stable fingerprint. Two formats load behind this one API:
+//   - llama2.c checkpoints (legacy v0 export: 7 int32 header, fp32 weights), e.g. stories260K;
+//   - GGUF v3 with general.architecture == "llama" (e.g. SmolLM2-135M-Instruct Q4_1).
+//
+// Q/K rows and RoPE: llama2.c checkpoints and llama GGUF files (whose converter permutes the
+// HF Q/K rows) both rotate adjacent pairs (2i, 2i+1) of each head, so the engine uses one RoPE.
+//
+// Load errors are Status values naming the file, the field or tensor, and the offending value;
+// a bad file never crashes the process or causes an out-of-bounds read.
+// A Model is immutable after Load and safe to share between threads.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/model/gguf.h"
+#include "kernels/tensor.h"
+
+namespace kvshare {
+
+struct ModelConfig {
+  std::string architecture = "llama";
+  std::string name;      // human-readable (file stem or general.name)
+  int dim = 0;           // model width
+  int hidden_dim = 0;    // FFN width
+  int n_layers = 0;
+  int n_heads = 0;
+  int n_kv_heads = 0;
+  int head_dim = 0;      // dim / n_heads
+  int vocab_size = 0;
+  int max_seq_len = 0;   // context length
+  float rope_theta = 10000.0f;
+  float norm_eps = 1e-5f;
+  bool tied_output = false;  // the classifier reuses the token embedding
+
+  // fp32 K and V for every layer, per token (the unshared cache).
+  int64_t KvBytesPerToken() const { return 2LL * n_layers * n_kv_heads * head_dim * 4; }
+  std::string DebugString() const;
+};
+
+struct LayerWeights {
+  Tensor attn_norm;  // [dim] f32
+  Tensor wq;         // rows n_heads*head_dim, cols dim
+  Tensor wk;         // rows n_kv_heads*head_dim, cols dim
+  Tensor wv;         // rows n_kv_heads*head_dim, cols dim
+  Tensor wo;         // rows dim, cols n_heads*head_dim
+  Tensor ffn_norm;   // [dim] f32
+  Tensor w_gate;     // rows hidden_dim, cols dim
+  Tensor w_up;       // rows hidden_dim, cols dim
+  Tensor w_down;     // rows dim, cols hidden_dim
+};
+
+struct ModelWeights {
+  Tensor token_embedding;  // rows vocab_size, cols dim
+  std::vector<LayerWeights> layers;
+  Tensor output_norm;      // [dim] f32
+  Tensor output;           // rows vocab_size, cols dim (== token_embedding when tied)
+};
+
+enum class ModelFormat { kLlama2c, kGguf };
+
+class Model {
+ public:
+  // Detects the format from the first bytes (GGUF magic, else llama2.c) and loads the file
+  // (memory-mapped, read-only).
+  static absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& path);
+  // Same from bytes in memory (tests use truncated and bit-flipped copies). Takes ownership.
+  static absl::StatusOr<std::unique_ptr<Model>> FromBytes(std::vector<uint8_t> bytes,
+                                                          const std::string& name);
+  ~Model();
+
+  const ModelConfig& config() const { return config_; }
+  const ModelWeights& weights() const { return weights_; }
+  ModelFormat format() const { return format_; }
+  const std::string& path() const { return path_; }
+  // GGUF metadata (tokenizer, chat template); null for llama2.c checkpoints.
+  const GgufFile* gguf() const { return gguf_.get(); }
+  // Hex SHA-256 over the canonical config and every tensor's name, type, shape and bytes.
+  // Stable across loads, paths and formats' incidental bytes (padding, metadata order).
+  const std::string& fingerprint() const { return fingerprint_; }
+  int64_t parameter_count() const;
+
+ private:
+  Model() = default;
+  static absl::StatusOr<std::unique_ptr<Model>> FromStorage(std::unique_ptr<Model> m);
+
+  std::string path_;
+  ModelFormat format_ = ModelFormat::kGguf;
+  ModelConfig config_;
+  ModelWeights weights_;
+  std::unique_ptr<GgufFile> gguf_;
+  std::string fingerprint_;
+  // Backing bytes: either a read-only mapping or an owned vector.
+  const uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+  void* mapping_ = nullptr;
+  std::vector<uint8_t> owned_;
+  // Weights synthesised at load (e.g. nothing today; kept for formats that need converting).
+  std::vector<std::vector<uint8_t>> synthesized_;
+};
+
+}  // namespace kvshare

@@ -1,0 +1,99 @@
+// The seam between the engine and the hardware: every numeric op the forward pass needs.
+//
+// A Backend owns its memory (host memory for the CPU, device memory for CUDA): activations and
+// the KV pool live in Buffers it allocates, and every float* handed to an op points into one.
+// Ops are synchronous from the caller's point of view and may use the backend's threads.
+// A Backend is used by one engine thread at a time (not thread-safe).
+//
+// No op knows about KV sharing: attention reads the cache through a block table, and which
+// layer's table that is is decided by the KV cache (common/engine), not here.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "kernels/tensor.h"
+
+namespace kvshare {
+
+// Memory owned by a backend. Freed when destroyed.
+class Buffer {
+ public:
+  virtual ~Buffer() = default;
+  virtual void* data() = 0;
+  virtual size_t size() const = 0;
+  float* f32() { return static_cast<float*>(data()); }
+};
+
+// A weight matrix prepared for a backend (it may be the stored bytes as they are, repacked,
+// or uploaded). Opaque to the engine.
+class PreparedWeight {
+ public:
+  virtual ~PreparedWeight() = default;
+  virtual const Tensor& tensor() const = 0;
+};
+
+// Geometry of the paged KV pool. A block holds K then V for `block_tokens` consecutive
+// positions of one layer of one sequence: K[block_tokens][n_kv_heads][head_dim], then V alike,
+// fp32. Block b starts at pool + b * block_floats().
+struct KvGeometry {
+  int block_tokens = 16;
+  int n_kv_heads = 0;
+  int head_dim = 0;
+  int64_t block_floats() const { return 2LL * block_tokens * n_kv_heads * head_dim; }
+};
+
+// One sequence's slice of a batched attention call. Its queries are rows
+// [q_row, q_row + n_q) of q; query j sits at position start_pos + j and attends (causally) to
+// positions [0, start_pos + j], whose K/V are found through block_table (block i holds
+// positions [i * block_tokens, (i + 1) * block_tokens)).
+struct AttentionSeq {
+  int q_row = 0;
+  int n_q = 0;
+  int start_pos = 0;
+  const int32_t* block_table = nullptr;
+  int n_blocks = 0;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+
+  virtual absl::StatusOr<std::unique_ptr<Buffer>> Allocate(size_t bytes) = 0;
+  virtual void CopyToHost(const void* src, size_t bytes, void* dst_host) = 0;
+  virtual void CopyFromHost(const void* src_host, size_t bytes, void* dst) = 0;
+  virtual absl::StatusOr<std::unique_ptr<PreparedWeight>> Prepare(const Tensor& w) = 0;
+
+  // out[n][w.rows] = x[n][w.cols] * W^T  (each output row is a dot with each weight row).
+  virtual void MatMul(const PreparedWeight& w, const float* x, int n, float* out) = 0;
+  // out[n][dim] = table rows ids[0..n) converted to fp32.
+  virtual void Embed(const PreparedWeight& table, const int32_t* ids, int n, float* out) = 0;
+  // out[i] = x[i] / sqrt(mean(x[i]^2) + eps) * weight, per row of `dim`. out may alias x.
+  virtual void RmsNorm(const float* x, const float* weight, int n, int dim, float eps,
+                       float* out) = 0;
+  // Rotates each (2i, 2i+1) pair of every head of x[n][n_heads][head_dim] in place by
+  // angle pos[t] * theta^(-2i/head_dim) (the llama.cpp "normal" / llama2.c convention).
+  virtual void Rope(float* x, const int32_t* pos, int n, int n_heads, int head_dim,
+                    float theta) = 0;
+  // out[i] = silu(gate[i]) * up[i].
+  virtual void SiluMul(const float* gate, const float* up, int64_t count, float* out) = 0;
+  // x[i] += y[i].
+  virtual void Add(float* x, const float* y, int64_t count) = 0;
+  // Writes k, v ([n][n_kv_heads][head_dim]) for positions start_pos..start_pos+n-1 into the
+  // pool through block_table.
+  virtual void WriteKv(const KvGeometry& g, float* pool, const int32_t* block_table,
+                       int start_pos, int n, const float* k, const float* v) = 0;
+  // Causal grouped-query attention. q: [rows][n_heads][head_dim]; out: same shape.
+  // Scores are scaled by 1/sqrt(head_dim); query head h reads KV head h / (n_heads/n_kv_heads).
+  virtual void Attention(const KvGeometry& g, const float* pool, const AttentionSeq* seqs,
+                         int n_seqs, const float* q, int n_heads, float* out) = 0;
+};
+
+// The CPU backend (OpenBLAS + SIMD + a persistent thread pool). threads <= 0: all cores.
+std::unique_ptr<Backend> MakeCpuBackend(int threads);
+
+}  // namespace kvshare

@@ -1,0 +1,18 @@
+// Paths to real model files and data for tests. Missing files fail the test (they do not
+// skip): the setup installs the model and CI has ../shared/assets beside the checkout.
+#pragma once
+
+#include <string>
+
+namespace kvshare::testing {
+
+// Absolute path of a file in the shared assets folder, e.g. "stories260K.bin".
+std::string Asset(const std::string& file);
+// The SmolLM2-135M-Instruct Q4_1 GGUF.
+std::string SmolLm2Path();
+// A file under the source tree, e.g. "tests/reference/smollm2_logits.json".
+std::string SourcePath(const std::string& relative);
+// The bytes of a file.
+std::string ReadFileOrDie(const std::string& path);
+
+}  // namespace kvshare::testing
