@@ -1,0 +1,218 @@
+#include "common/engine/engine.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_format.h"
+
+namespace kvshare {
+
+namespace {
+
+// The paged cache seen through the KvLayout interface for one step's inputs.
+class PagedKvLayout : public KvLayout {
+ public:
+  PagedKvLayout(KvCache& cache, absl::Span<const StepInput> inputs)
+      : cache_(cache), inputs_(inputs) {}
+  const KvGeometry& geometry() const override { return cache_.geometry(); }
+  float* pool() override { return cache_.pool(); }
+  bool Owns(int input, int layer) const override {
+    return cache_.strategy(inputs_[input].seq).owns(layer);
+  }
+  absl::Span<const int32_t> Table(int input, int layer) const override {
+    return cache_.TableForLayer(inputs_[input].seq, layer);
+  }
+
+ private:
+  KvCache& cache_;
+  absl::Span<const StepInput> inputs_;
+};
+
+}  // namespace
+
+Engine::Engine(const Model& model, std::unique_ptr<Backend> backend, const EngineOptions& options)
+    : model_(model), backend_(std::move(backend)), options_(options) {}
+
+Engine::~Engine() = default;
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Model& model,
+                                                       std::unique_ptr<Backend> backend,
+                                                       const EngineOptions& options) {
+  if (options.block_tokens < 1 || options.block_tokens > 1024) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "engine: block_tokens %d must be in [1, 1024]", options.block_tokens));
+  }
+  if (options.max_step_rows < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("engine: max_step_rows %d must be >= 1", options.max_step_rows));
+  }
+  std::unique_ptr<Engine> engine(new Engine(model, std::move(backend), options));
+  absl::Status status = engine->Init();
+  if (!status.ok()) return status;
+  return engine;
+}
+
+absl::Status Engine::Init() {
+  const ModelConfig& c = config();
+  identity_ = std::make_shared<const SharingStrategy>(
+      SharingStrategy::Identity(c.n_layers, model_.fingerprint()));
+  auto transformer = Transformer::Create(model_, *backend_, options_.max_step_rows);
+  if (!transformer.ok()) return transformer.status();
+  transformer_ = std::move(*transformer);
+  const size_t R = options_.max_step_rows;
+  for (auto* buf : {&x_, &h_}) {
+    auto b = backend_->Allocate(R * c.dim * 4);
+    if (!b.ok()) return b.status();
+    *buf = std::move(*b);
+  }
+
+  KvGeometry g;
+  g.block_tokens = options_.block_tokens;
+  g.n_kv_heads = c.n_kv_heads;
+  g.head_dim = c.head_dim;
+  const int64_t pool_bytes = options_.kv_pool_bytes > 0
+                                 ? options_.kv_pool_bytes
+                                 : options_.default_pool_tokens * c.KvBytesPerToken();
+  // A block holds one layer's K and V of block_tokens positions.
+  const int64_t blocks = pool_bytes / (g.block_floats() * 4);
+  if (blocks < 1) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "engine: KV pool of %d bytes holds no block (a block is %d bytes)", pool_bytes,
+        g.block_floats() * 4));
+  }
+  auto kv = KvCache::Create(*backend_, g, blocks);
+  if (!kv.ok()) return kv.status();
+  kv_ = std::move(*kv);
+  positions_.reserve(R);
+  ids_.reserve(R);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SeqId> Engine::AddSequence(std::shared_ptr<const SharingStrategy> strategy) {
+  if (strategy == nullptr) strategy = identity_;
+  absl::Status s = strategy->ValidateFor(config(), model_.fingerprint());
+  if (!s.ok()) return s;
+  return kv_->AddSequence(std::move(strategy));
+}
+
+absl::Status Engine::EnsureLogitRows(int rows) {
+  if (rows <= logit_rows_) return absl::OkStatus();
+  auto b = backend_->Allocate(size_t(rows) * config().vocab_size * 4);
+  if (!b.ok()) return b.status();
+  logits_ = std::move(*b);
+  logit_rows_ = rows;
+  return absl::OkStatus();
+}
+
+absl::Status Engine::Step(absl::Span<const StepInput> inputs, std::vector<float>* logits,
+                          ForwardObserver* observer) {
+  const ModelConfig& c = config();
+  // --- Validate everything before touching the cache.
+  int rows = 0;
+  int64_t blocks_needed = 0;
+  absl::flat_hash_set<SeqId> seen;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const StepInput& in = inputs[i];
+    if (!kv_->HasSequence(in.seq)) {
+      return absl::NotFoundError(absl::StrFormat("engine: input %d: unknown sequence %d", i, in.seq));
+    }
+    if (!seen.insert(in.seq).second) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("engine: sequence %d appears twice in one step", in.seq));
+    }
+    if (in.tokens.empty()) {
+      return absl::InvalidArgumentError(absl::StrFormat("engine: input %d has no tokens", i));
+    }
+    for (int32_t id : in.tokens) {
+      if (id < 0 || id >= c.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "engine: token id %d out of range [0, %d)", id, c.vocab_size));
+      }
+    }
+    const int64_t end = kv_->length(in.seq) + int64_t(in.tokens.size());
+    if (end > c.max_seq_len) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "engine: sequence %d would reach %d tokens, the model's context is %d", in.seq, end,
+          c.max_seq_len));
+    }
+    blocks_needed += kv_->MissingBlocks(in.seq, end);
+    rows += static_cast<int>(in.tokens.size());
+  }
+  if (rows == 0) return absl::OkStatus();
+  if (rows > options_.max_step_rows) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "engine: step of %d rows exceeds max_step_rows %d", rows, options_.max_step_rows));
+  }
+  if (blocks_needed > kv_->free_blocks()) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "KV pool: step needs %d more blocks, %d of %d free", blocks_needed, kv_->free_blocks(),
+        kv_->total_blocks()));
+  }
+  for (const StepInput& in : inputs) {
+    absl::Status s = kv_->Reserve(in.seq, kv_->length(in.seq) + int64_t(in.tokens.size()));
+    if (!s.ok()) return s;  // cannot happen after the check above
+  }
+  int out_rows = 0;
+  for (const StepInput& in : inputs) out_rows += in.all_logits ? int(in.tokens.size()) : 1;
+  if (logits != nullptr) {
+    absl::Status s = EnsureLogitRows(out_rows);
+    if (!s.ok()) return s;
+  }
+
+  // --- Rows: input i occupies rows [row0, row0 + n).
+  ids_.clear();
+  positions_.clear();
+  batch_.resize(inputs.size());
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const int64_t start = kv_->length(inputs[i].seq);
+    batch_[i] = BatchSeq{static_cast<int>(ids_.size()), static_cast<int>(inputs[i].tokens.size()),
+                         static_cast<int>(start)};
+    for (size_t t = 0; t < inputs[i].tokens.size(); ++t) {
+      ids_.push_back(inputs[i].tokens[t]);
+      positions_.push_back(static_cast<int32_t>(start + t));
+    }
+  }
+
+  PagedKvLayout layout(*kv_, inputs);
+  float* x = x_->f32();  // residual stream [rows][dim]
+  transformer_->Embed(ids_.data(), rows, x);
+  transformer_->RunLayers(0, c.n_layers, batch_, positions_.data(), rows, layout, x, observer);
+  for (const StepInput& in : inputs) {
+    kv_->set_length(in.seq, kv_->length(in.seq) + int64_t(in.tokens.size()));
+  }
+  if (logits == nullptr) return absl::OkStatus();
+
+  // Final norm on the rows whose logits are wanted, packed in input order.
+  float* h = h_->f32();
+  int packed = 0;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const int first = inputs[i].all_logits ? batch_[i].row0 : batch_[i].row0 + batch_[i].n - 1;
+    const int count = inputs[i].all_logits ? batch_[i].n : 1;
+    transformer_->FinalNorm(x + size_t(first) * c.dim, count, h + size_t(packed) * c.dim);
+    packed += count;
+  }
+  transformer_->Logits(h, packed, logits_->f32());
+  logits->resize(size_t(packed) * c.vocab_size);
+  backend_->CopyToHost(logits_->f32(), logits->size() * 4, logits->data());
+  return absl::OkStatus();
+}
+
+absl::Status Engine::Prefill(SeqId seq, absl::Span<const int32_t> tokens,
+                             std::vector<float>* logits, bool all_logits) {
+  if (tokens.empty()) return absl::InvalidArgumentError("engine: prefill of zero tokens");
+  if (logits != nullptr) logits->clear();
+  std::vector<float> chunk_logits;
+  for (size_t off = 0; off < tokens.size(); off += options_.max_step_rows) {
+    const size_t n = std::min<size_t>(options_.max_step_rows, tokens.size() - off);
+    const bool last = off + n == tokens.size();
+    StepInput in{seq, tokens.subspan(off, n), all_logits};
+    const bool want = logits != nullptr && (all_logits || last);
+    absl::Status s = Step({in}, want ? &chunk_logits : nullptr);
+    if (!s.ok()) return s;
+    if (want) logits->insert(logits->end(), chunk_logits.begin(), chunk_logits.end());
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace kvshare

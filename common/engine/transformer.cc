@@ -1,0 +1,175 @@
+#include "common/engine/transformer.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace kvshare {
+
+Transformer::Transformer(const Model& model, Backend& backend, int max_rows)
+    : model_(model), backend_(backend), max_rows_(max_rows) {}
+
+Transformer::~Transformer() = default;
+
+absl::StatusOr<std::unique_ptr<Transformer>> Transformer::Create(const Model& model,
+                                                                 Backend& backend, int max_rows) {
+  if (max_rows < 1) return absl::InvalidArgumentError("transformer: max_rows must be >= 1");
+  std::unique_ptr<Transformer> t(new Transformer(model, backend, max_rows));
+  absl::Status s = t->Init();
+  if (!s.ok()) return s;
+  return t;
+}
+
+absl::Status Transformer::Init() {
+  const ModelConfig& c = config();
+  const ModelWeights& w = model_.weights();
+  auto prepare = [&](const Tensor& t, std::unique_ptr<PreparedWeight>* out) -> absl::Status {
+    auto p = backend_.Prepare(t);
+    if (!p.ok()) return p.status();
+    *out = std::move(*p);
+    return absl::OkStatus();
+  };
+  absl::Status s = prepare(w.token_embedding, &embedding_);
+  if (s.ok()) s = prepare(w.output, &output_);
+  layers_.resize(c.n_layers);
+  for (int l = 0; l < c.n_layers && s.ok(); ++l) {
+    const LayerWeights& lw = w.layers[l];
+    LayerParams& p = layers_[l];
+    for (auto [t, out] : {std::pair{&lw.wq, &p.wq}, {&lw.wk, &p.wk}, {&lw.wv, &p.wv},
+                          {&lw.wo, &p.wo}, {&lw.w_gate, &p.gate}, {&lw.w_up, &p.up},
+                          {&lw.w_down, &p.down}}) {
+      if (s.ok()) s = prepare(*t, out);
+    }
+  }
+  if (!s.ok()) return s;
+
+  // Norm weights: per layer the attention norm then the FFN norm, then the final norm (fp32).
+  const size_t norm_floats = (2 * size_t(c.n_layers) + 1) * c.dim;
+  std::vector<float> norms(norm_floats);
+  for (int l = 0; l < c.n_layers; ++l) {
+    std::memcpy(&norms[(2 * l) * c.dim], w.layers[l].attn_norm.data, c.dim * 4);
+    std::memcpy(&norms[(2 * l + 1) * c.dim], w.layers[l].ffn_norm.data, c.dim * 4);
+  }
+  std::memcpy(&norms[2 * size_t(c.n_layers) * c.dim], w.output_norm.data, c.dim * 4);
+
+  auto alloc = [&](size_t floats, std::unique_ptr<Buffer>* out) -> absl::Status {
+    auto b = backend_.Allocate(std::max<size_t>(floats, 1) * 4);
+    if (!b.ok()) return b.status();
+    *out = std::move(*b);
+    return absl::OkStatus();
+  };
+  const size_t R = max_rows_;
+  const size_t q_dim = size_t(c.n_heads) * c.head_dim, kv_dim = size_t(c.n_kv_heads) * c.head_dim;
+  for (auto [floats, out] : {std::pair{norm_floats, &norm_weights_}, {R * c.dim, &xb_},
+                             {R * c.dim, &xg_}, {R * q_dim, &q_}, {R * kv_dim, &k_},
+                             {R * kv_dim, &v_}, {R * q_dim, &att_}, {R * c.hidden_dim, &hb_},
+                             {R * c.hidden_dim, &hb2_}}) {
+    if (s.ok()) s = alloc(floats, out);
+  }
+  if (!s.ok()) return s;
+  backend_.CopyFromHost(norms.data(), norm_floats * 4, norm_weights_->data());
+  kv_positions_.reserve(R);
+  return absl::OkStatus();
+}
+
+void Transformer::Embed(const int32_t* ids, int rows, float* x) {
+  backend_.Embed(*embedding_, ids, rows, x);
+}
+
+void Transformer::RunLayers(int first, int last, absl::Span<const BatchSeq> seqs,
+                            const int32_t* positions, int rows, KvLayout& kv, float* x,
+                            ForwardObserver* observer) {
+  const ModelConfig& c = config();
+  const int dim = c.dim, hd = c.head_dim, kv_dim = c.n_kv_heads * hd;
+  const float* norms = norm_weights_->f32();
+  float* xb = xb_->f32();    // normed input [rows][dim]
+  float* q = q_->f32();      // [rows][n_heads][hd]
+  float* k = k_->f32();      // [kv rows][n_kv_heads][hd]
+  float* v = v_->f32();
+  float* att = att_->f32();  // [rows][n_heads][hd]
+  float* hb = hb_->f32();    // [rows][hidden]
+  float* hb2 = hb2_->f32();
+  const KvGeometry& g = kv.geometry();
+  const int n_inputs = static_cast<int>(seqs.size());
+  att_seqs_.resize(n_inputs);
+  kv_row0_.resize(n_inputs);
+
+  for (int l = first; l < last; ++l) {
+    const LayerParams& p = layers_[l];
+    // Attention block.
+    backend_.RmsNorm(x, norms + size_t(2 * l) * dim, rows, dim, c.norm_eps, xb);
+    backend_.MatMul(*p.wq, xb, rows, q);
+    backend_.Rope(q, positions, rows, c.n_heads, hd, c.rope_theta);
+
+    // K/V only for inputs whose strategy makes this layer an owner; a sharing layer skips its
+    // projections and writes nothing (DESIGN.md §1).
+    int kv_rows = 0;
+    bool all_own = true;
+    for (int i = 0; i < n_inputs; ++i) {
+      const bool owns = kv.Owns(i, l);
+      all_own &= owns;
+      kv_row0_[i] = owns ? kv_rows : -1;
+      if (owns) kv_rows += seqs[i].n;
+    }
+    if (kv_rows > 0) {
+      const float* kv_in = xb;
+      const int32_t* kv_pos = positions;
+      if (!all_own) {  // gather the owning inputs' rows
+        float* xg = xg_->f32();
+        kv_positions_.clear();
+        for (int i = 0; i < n_inputs; ++i) {
+          if (kv_row0_[i] < 0) continue;
+          std::memcpy(xg + size_t(kv_row0_[i]) * dim, xb + size_t(seqs[i].row0) * dim,
+                      size_t(seqs[i].n) * dim * 4);
+          kv_positions_.insert(kv_positions_.end(), positions + seqs[i].row0,
+                               positions + seqs[i].row0 + seqs[i].n);
+        }
+        kv_in = xg;
+        kv_pos = kv_positions_.data();
+      }
+      backend_.MatMul(*p.wk, kv_in, kv_rows, k);
+      backend_.MatMul(*p.wv, kv_in, kv_rows, v);
+      backend_.Rope(k, kv_pos, kv_rows, c.n_kv_heads, hd, c.rope_theta);
+      for (int i = 0; i < n_inputs; ++i) {
+        if (kv_row0_[i] < 0) continue;
+        const float* ki = k + size_t(kv_row0_[i]) * kv_dim;
+        const float* vi = v + size_t(kv_row0_[i]) * kv_dim;
+        backend_.WriteKv(g, kv.pool(), kv.Table(i, l).data(), seqs[i].start_pos, seqs[i].n, ki,
+                         vi);
+        if (observer != nullptr) observer->OnKv(l, i, ki, vi, seqs[i].n);
+      }
+    }
+    for (int i = 0; i < n_inputs; ++i) {
+      const absl::Span<const int32_t> table = kv.Table(i, l);
+      AttentionSeq& a = att_seqs_[i];
+      a.q_row = seqs[i].row0;
+      a.n_q = seqs[i].n;
+      a.start_pos = seqs[i].start_pos;
+      a.block_table = table.data();
+      a.n_blocks = static_cast<int>(table.size());
+    }
+    backend_.Attention(g, kv.pool(), att_seqs_.data(), n_inputs, q, c.n_heads, att);
+    backend_.MatMul(*p.wo, att, rows, xb);
+    backend_.Add(x, xb, size_t(rows) * dim);
+
+    // Feed-forward block (SwiGLU).
+    backend_.RmsNorm(x, norms + size_t(2 * l + 1) * dim, rows, dim, c.norm_eps, xb);
+    backend_.MatMul(*p.gate, xb, rows, hb);
+    backend_.MatMul(*p.up, xb, rows, hb2);
+    backend_.SiluMul(hb, hb2, size_t(rows) * c.hidden_dim, hb);
+    backend_.MatMul(*p.down, hb, rows, xb);
+    backend_.Add(x, xb, size_t(rows) * dim);
+    if (observer != nullptr) observer->OnLayerOutput(l, x, rows);
+  }
+}
+
+void Transformer::FinalNorm(const float* x, int rows, float* out) {
+  const ModelConfig& c = config();
+  backend_.RmsNorm(x, norm_weights_->f32() + size_t(2 * c.n_layers) * c.dim, rows, c.dim,
+                   c.norm_eps, out);
+}
+
+void Transformer::Logits(const float* h, int rows, float* out) {
+  backend_.MatMul(*output_, h, rows, out);
+}
+
+}  // namespace kvshare

@@ -1,0 +1,102 @@
+// The Llama layers over a Backend: weights prepared once, scratch for up to max_rows rows.
+// Where each sequence's K/V live is the caller's business, told through a KvLayout, so the
+// serving engine (paged pool) and the strategy search (dense per-sample caches) run the very
+// same layer code.
+//
+// Per layer l (shapes per row, R rows):
+//   xb = rmsnorm(x)                       [R][dim]
+//   q  = xb Wq, rope(q)                   [R][n_heads][head_dim]
+//   for inputs whose strategy makes l an owner:
+//     k, v = xb Wk, xb Wv; rope(k)        [R][n_kv_heads][head_dim], written through l's table
+//   (a sharing layer skips Wk/Wv and writes nothing: kv_source[l] < l was computed earlier)
+//   att = attention(q, table of kv_source[l])
+//   x += att Wo
+//   x += W_down(silu(rmsnorm(x) W_gate) * (rmsnorm(x) W_up))
+//
+// Not thread-safe: one thread drives it (the backend parallelises inside each op).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "common/model/model.h"
+#include "kernels/backend.h"
+
+namespace kvshare {
+
+// One input (sequence) of a forward pass: rows [row0, row0 + n), at positions
+// start_pos .. start_pos + n - 1.
+struct BatchSeq {
+  int row0 = 0;
+  int n = 0;
+  int start_pos = 0;
+};
+
+// Where K/V are, per input and layer.
+class KvLayout {
+ public:
+  virtual ~KvLayout() = default;
+  virtual const KvGeometry& geometry() const = 0;
+  virtual float* pool() = 0;
+  // Whether `layer` computes and stores K/V for input i.
+  virtual bool Owns(int input, int layer) const = 0;
+  // The block table of the cache `layer` reads for input i — its source's; for an owning
+  // layer that is its own table, which it writes. Covers at least start_pos + n positions.
+  virtual absl::Span<const int32_t> Table(int input, int layer) const = 0;
+};
+
+// Optional probes into the forward pass (calibration and strategy search use them).
+class ForwardObserver {
+ public:
+  virtual ~ForwardObserver() = default;
+  // Post-RoPE K and V of an owning layer for input i's rows: [n][n_kv_heads][head_dim].
+  virtual void OnKv(int /*layer*/, int /*input*/, const float* /*k*/, const float* /*v*/,
+                    int /*n*/) {}
+  // The residual stream after `layer` for all rows: [rows][dim].
+  virtual void OnLayerOutput(int /*layer*/, const float* /*x*/, int /*rows*/) {}
+};
+
+class Transformer {
+ public:
+  static absl::StatusOr<std::unique_ptr<Transformer>> Create(const Model& model,
+                                                             Backend& backend, int max_rows);
+  ~Transformer();
+
+  const ModelConfig& config() const { return model_.config(); }
+  const Model& model() const { return model_; }
+  Backend& backend() { return backend_; }
+  int max_rows() const { return max_rows_; }
+
+  // x[rows][dim] = embeddings of ids.
+  void Embed(const int32_t* ids, int rows, float* x);
+  // Runs layers [first, last) over x[rows][dim] in place. positions[r] is row r's position.
+  void RunLayers(int first, int last, absl::Span<const BatchSeq> seqs, const int32_t* positions,
+                 int rows, KvLayout& kv, float* x, ForwardObserver* observer = nullptr);
+  // out[rows][dim] = final RMSNorm of x (out may alias x).
+  void FinalNorm(const float* x, int rows, float* out);
+  // out[rows][vocab] = h W_out^T for final-normed rows h.
+  void Logits(const float* h, int rows, float* out);
+
+ private:
+  Transformer(const Model& model, Backend& backend, int max_rows);
+  absl::Status Init();
+
+  struct LayerParams {
+    std::unique_ptr<PreparedWeight> wq, wk, wv, wo, gate, up, down;
+  };
+  const Model& model_;
+  Backend& backend_;
+  const int max_rows_;
+  std::unique_ptr<PreparedWeight> embedding_, output_;
+  std::vector<LayerParams> layers_;
+  std::unique_ptr<Buffer> norm_weights_;  // attn/ffn norms of every layer, then the final norm
+  std::unique_ptr<Buffer> xb_, xg_, q_, k_, v_, att_, hb_, hb2_;  // scratch for max_rows
+  std::vector<int32_t> kv_positions_;
+  std::vector<int> kv_row0_;
+  std::vector<AttentionSeq> att_seqs_;
+};
+
+}  // namespace kvshare

@@ -1,0 +1,17 @@
+// The `kvshare` subcommands. Each Register* adds its subcommand to the app and returns the
+// function that runs it (returning the process exit code).
+#pragma once
+
+#include <functional>
+
+#include "CLI/CLI.hpp"
+
+namespace kvshare::cli {
+
+using Runner = std::function<int()>;
+
+Runner RegisterGenerate(CLI::App& app);
+Runner RegisterEval(CLI::App& app);
+Runner RegisterInfo(CLI::App& app);
+
+}  // namespace kvshare::cli

@@ -1,0 +1,74 @@
+// kvshare info: a model's config, size, fingerprint and KV cost, with and without a strategy.
+#include <iostream>
+
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "tools/commands.h"
+#include "tools/session.h"
+
+namespace kvshare::cli {
+
+Runner RegisterInfo(CLI::App& app) {
+  struct Flags {
+    ModelFlags model;
+    double kv_budget_mib = 256;
+    int block_tokens = 16;
+  };
+  auto flags = std::make_shared<Flags>();
+  CLI::App* sub = app.add_subcommand("info", "Model config, parameters, fingerprint, KV cost");
+  AddModelFlags(sub, &flags->model);
+  sub->add_option("--kv-budget-mib", flags->kv_budget_mib,
+                  "KV memory budget for the capacity figures, MiB")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  sub->add_option("--block-tokens", flags->block_tokens, "KV block size in tokens")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1024));
+
+  return [flags]() -> int {
+    auto session = OpenSession(flags->model, /*need_engine=*/false);
+    if (!session.ok()) return Fail(session.status());
+    const Model& m = *session->model;
+    const ModelConfig& c = m.config();
+    const SharingStrategy& st = *session->strategy;
+    std::cout << absl::StrFormat(
+        "model        %s (%s)\n"
+        "format       %s\n"
+        "layers       %d\n"
+        "dim          %d (ffn %d)\n"
+        "heads        %d query, %d kv, head_dim %d\n"
+        "vocab        %d\n"
+        "context      %d\n"
+        "rope_theta   %g\n"
+        "parameters   %d\n"
+        "fingerprint  %s\n",
+        c.name, m.path(), m.format() == ModelFormat::kGguf ? "gguf" : "llama2.c", c.n_layers,
+        c.dim, c.hidden_dim, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab_size, c.max_seq_len,
+        c.rope_theta, m.parameter_count(), m.fingerprint());
+
+    // KV cost: fp32 K and V per owning layer; capacity counts whole blocks of block_tokens
+    // positions, as the paged pool allocates them.
+    const int64_t per_layer_token = 2LL * c.n_kv_heads * c.head_dim * 4;
+    const int64_t block_bytes = per_layer_token * flags->block_tokens;
+    const int64_t budget = static_cast<int64_t>(flags->kv_budget_mib * 1024 * 1024);
+    const int64_t blocks = budget / block_bytes;
+    auto capacity = [&](int owning) { return (blocks / owning) * flags->block_tokens; };
+    std::cout << absl::StrFormat(
+        "strategy     %s (%s)\n"
+        "kv_source    %s\n"
+        "owning       %d of %d layers (%d share)\n",
+        st.id(), st.provenance().method, st.CanonicalString(), st.owning_layers(), c.n_layers,
+        st.sharing_layers());
+    std::cout << absl::StrFormat("\n%-12s %16s %22s\n", "", "KV bytes/token",
+                                 absl::StrFormat("tokens in %g MiB", flags->kv_budget_mib));
+    std::cout << absl::StrFormat("%-12s %16d %22d\n", "unshared", per_layer_token * c.n_layers,
+                                 capacity(c.n_layers));
+    std::cout << absl::StrFormat("%-12s %16d %22d   (%.3fx capacity)\n", "strategy",
+                                 per_layer_token * st.owning_layers(),
+                                 capacity(st.owning_layers()),
+                                 double(capacity(st.owning_layers())) / capacity(c.n_layers));
+    return 0;
+  };
+}
+
+}  // namespace kvshare::cli

