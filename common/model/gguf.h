@@ -45,6 +45,8 @@ class GgufFile {
 
   uint32_t version() const { return version_; }
   uint64_t alignment() const { return alignment_; }
+  // Absolute offset of the data section (the tensor table's end, aligned up).
+  uint64_t data_offset() const { return data_offset_; }
   const std::map<std::string, GgufValue>& metadata() const { return metadata_; }
   const std::vector<GgufTensorInfo>& tensors() const { return tensors_; }
   const GgufTensorInfo* FindTensor(const std::string& name) const;
@@ -65,8 +67,10 @@ class GgufFile {
  private:
   uint32_t version_ = 0;
   uint64_t alignment_ = 32;
+  uint64_t data_offset_ = 0;
   std::map<std::string, GgufValue> metadata_;
   std::vector<GgufTensorInfo> tensors_;
+  std::map<std::string, size_t> tensor_index_;  // name -> index in tensors_
 };
 
 }  // namespace kvshare

@@ -1,0 +1,86 @@
+#include "common/model/fingerprint.h"
+
+#include <openssl/evp.h>
+
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/escaping.h"
+#include "common/model/model_layout.h"
+
+namespace kvshare {
+namespace {
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+              "the serialisation writes integers with memcpy, which assumes little-endian");
+
+// Feeds the canonical serialisation to one SHA-256 context. Tensor bytes are hashed in place
+// (one pass over the mapping, no copies); only the small framing fields are buffered.
+class CanonicalHasher {
+ public:
+  CanonicalHasher() : ctx_(EVP_MD_CTX_new(), &EVP_MD_CTX_free) {
+    ok_ = ctx_ != nullptr && EVP_DigestInit_ex(ctx_.get(), EVP_sha256(), nullptr) == 1;
+  }
+
+  template <typename T>
+  void Scalar(T v) {
+    Bytes(&v, sizeof(v));
+  }
+  void Str(const std::string& s) {
+    Scalar<uint64_t>(s.size());
+    Bytes(s.data(), s.size());
+  }
+  void Bytes(const void* p, size_t n) {
+    if (ok_ && n > 0) ok_ = EVP_DigestUpdate(ctx_.get(), p, n) == 1;
+  }
+
+  absl::StatusOr<std::string> HexDigest() {
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned int len = 0;
+    if (!ok_ || EVP_DigestFinal_ex(ctx_.get(), digest, &len) != 1) {
+      return absl::InternalError("fingerprint: OpenSSL SHA-256 failed");
+    }
+    return absl::BytesToHexString(absl::string_view(reinterpret_cast<const char*>(digest), len));
+  }
+
+ private:
+  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx_;
+  bool ok_ = false;
+};
+
+uint32_t FloatBits(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof(bits));
+  return bits;
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> ComputeModelFingerprint(const ModelConfig& c, const ModelWeights& w) {
+  CanonicalHasher h;
+  h.Str("kvshare-model-fingerprint-v1");
+  h.Str(c.architecture);
+  for (int64_t v : {c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim,
+                    c.vocab_size, c.max_seq_len}) {
+    h.Scalar<int64_t>(v);
+  }
+  h.Scalar<uint32_t>(FloatBits(c.rope_theta));
+  h.Scalar<uint32_t>(FloatBits(c.norm_eps));
+  h.Scalar<uint8_t>(c.tied_output ? 1 : 0);
+  const std::vector<TensorSpec> specs = CanonicalTensorSpecs(c);
+  h.Scalar<uint64_t>(specs.size());
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const Tensor& t = CanonicalTensor(w, i);
+    h.Str(specs[i].name);
+    h.Scalar<uint32_t>(static_cast<uint32_t>(t.type));
+    h.Scalar<uint32_t>(static_cast<uint32_t>(t.shape.size()));
+    for (int64_t d : t.shape) h.Scalar<int64_t>(d);
+    h.Scalar<uint64_t>(t.nbytes);
+    h.Bytes(t.data, t.nbytes);
+  }
+  return h.HexDigest();
+}
+
+}  // namespace kvshare

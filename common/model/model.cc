@@ -1,0 +1,157 @@
+#include "common/model/model.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+#include "absl/memory/memory.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/model/fingerprint.h"
+#include "common/model/gguf_llama.h"
+#include "common/model/llama2c.h"
+#include "common/model/model_layout.h"
+
+namespace kvshare {
+namespace {
+
+// Keeps the code, prefixes the message with where it came from.
+absl::Status Annotate(const absl::Status& st, const std::string& where) {
+  return absl::Status(st.code(), absl::StrCat(where, ": ", st.message()));
+}
+
+absl::Status ErrnoStatus(int err, const std::string& what) {
+  const std::string msg = absl::StrCat(what, ": ", std::strerror(err));
+  switch (err) {
+    case ENOENT:
+      return absl::NotFoundError(msg);
+    case EACCES:
+    case EPERM:
+      return absl::PermissionDeniedError(msg);
+    default:
+      return absl::UnavailableError(msg);
+  }
+}
+
+// "dir/stories260K.bin" -> "stories260K".
+std::string FileStem(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  std::string base = slash == std::string::npos ? path : path.substr(slash + 1);
+  const size_t dot = base.find_last_of('.');
+  if (dot != std::string::npos && dot > 0) base.resize(dot);
+  return base;
+}
+
+}  // namespace
+
+std::string ModelConfig::DebugString() const {
+  return absl::StrFormat(
+      "%s '%s': dim %d, hidden_dim %d, n_layers %d, n_heads %d, n_kv_heads %d, head_dim %d, "
+      "vocab_size %d, max_seq_len %d, rope_theta %g, norm_eps %g, %s output",
+      architecture, name, dim, hidden_dim, n_layers, n_heads, n_kv_heads, head_dim, vocab_size,
+      max_seq_len, rope_theta, norm_eps, tied_output ? "tied" : "untied");
+}
+
+Model::~Model() {
+  if (mapping_ != nullptr) munmap(mapping_, size_);
+}
+
+absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& path) {
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoStatus(errno, absl::StrCat("cannot open model file ", path));
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    const int err = errno;
+    close(fd);
+    return ErrnoStatus(err, absl::StrCat("cannot stat ", path));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    close(fd);
+    return absl::InvalidArgumentError(absl::StrCat(path, ": not a regular file"));
+  }
+  if (st.st_size == 0) {
+    close(fd);
+    return absl::InvalidArgumentError(absl::StrCat(path, ": the file is empty"));
+  }
+  const size_t size = static_cast<size_t>(st.st_size);
+  // Read-only and private: the weights are views into the page cache, shared between
+  // processes that load the same file, and nothing can write through them.
+  void* mapping = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+  const int err = errno;
+  close(fd);  // the mapping keeps the file alive
+  if (mapping == MAP_FAILED) return ErrnoStatus(err, absl::StrCat("cannot mmap ", path));
+
+  auto m = absl::WrapUnique(new Model());
+  m->path_ = path;
+  m->mapping_ = mapping;
+  m->data_ = static_cast<const uint8_t*>(mapping);
+  m->size_ = size;
+  absl::StatusOr<std::unique_ptr<Model>> loaded = FromStorage(std::move(m));
+  if (!loaded.ok()) return Annotate(loaded.status(), path);
+  return loaded;
+}
+
+absl::StatusOr<std::unique_ptr<Model>> Model::FromBytes(std::vector<uint8_t> bytes,
+                                                        const std::string& name) {
+  auto m = absl::WrapUnique(new Model());
+  m->path_ = name;
+  m->owned_ = std::move(bytes);
+  // operator new aligns to at least 16 bytes, and GGUF tensor offsets are multiples of the
+  // alignment (>= 8), so F32 views are suitably aligned, as with a page-aligned mapping.
+  m->data_ = m->owned_.data();
+  m->size_ = m->owned_.size();
+  absl::StatusOr<std::unique_ptr<Model>> loaded = FromStorage(std::move(m));
+  if (!loaded.ok()) return Annotate(loaded.status(), name);
+  return loaded;
+}
+
+absl::StatusOr<std::unique_ptr<Model>> Model::FromStorage(std::unique_ptr<Model> m) {
+  const bool is_gguf = m->size_ >= 4 && std::memcmp(m->data_, "GGUF", 4) == 0;
+  if (is_gguf) {
+    absl::StatusOr<GgufFile> gguf = GgufFile::Parse(m->data_, m->size_);
+    if (!gguf.ok()) return gguf.status();
+    m->gguf_ = std::make_unique<GgufFile>(*std::move(gguf));
+    absl::Status st = LoadLlamaFromGguf(*m->gguf_, m->data_, &m->config_, &m->weights_);
+    if (!st.ok()) return st;
+    m->format_ = ModelFormat::kGguf;
+  } else {
+    // llama2.c checkpoints have no magic: anything that is not GGUF must be a consistent
+    // llama2.c checkpoint, and the error says both were tried.
+    absl::Status st = LoadLlama2c(m->data_, m->size_, &m->config_, &m->weights_);
+    if (!st.ok()) {
+      std::string magic;
+      for (size_t i = 0; i < 4 && i < m->size_; ++i) {
+        absl::StrAppendFormat(&magic, "%s%02x", i ? " " : "", m->data_[i]);
+      }
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "not a GGUF file (magic bytes [%s], expected 47 47 55 46 'GGUF') and not a llama2.c "
+          "checkpoint: %s",
+          magic, st.message()));
+    }
+    m->format_ = ModelFormat::kLlama2c;
+  }
+  m->config_.name = FileStem(m->path_);
+  if (m->config_.name.empty() && m->gguf_ != nullptr) {
+    m->config_.name = m->gguf_->GetString("general.name").value_or("");
+  }
+  absl::StatusOr<std::string> fingerprint = ComputeModelFingerprint(m->config_, m->weights_);
+  if (!fingerprint.ok()) return fingerprint.status();
+  m->fingerprint_ = *std::move(fingerprint);
+  return m;
+}
+
+int64_t Model::parameter_count() const {
+  // Canonical tensors are the distinct ones: a tied output is not counted twice.
+  const size_t n = CanonicalTensorSpecs(config_).size();
+  int64_t count = 0;
+  for (size_t i = 0; i < n; ++i) count += CanonicalTensor(weights_, i).elements();
+  return count;
+}
+
+}  // namespace kvshare
