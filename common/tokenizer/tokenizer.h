@@ -34,10 +34,17 @@ class Tokenizer {
   // written in the text (e.g. "<|im_start|>") become their ids.
   virtual std::vector<int32_t> Encode(std::string_view text, bool add_bos) const = 0;
   // The bytes token `id` stands for, given the previous token (llama2.c strips the leading
-  // space after BOS). Raw bytes: a UTF-8 character may span tokens.
+  // space after BOS). Raw bytes: a UTF-8 character may span tokens. Control tokens (BOS, EOS,
+  // <|im_start|>, ...) and ids out of range give "": they mark structure, not text. To show
+  // them (debugging, a raw transcript) use TokenText.
   virtual std::string DecodeToken(int32_t prev_id, int32_t id) const = 0;
   // Concatenated bytes of ids (BOS/EOS and other control tokens produce nothing).
   std::string Decode(absl::Span<const int32_t> ids) const;
+  // True for ids that mark structure rather than text (DecodeToken gives "").
+  virtual bool IsControlToken(int32_t id) const { return id == bos_id() || id == eos_id(); }
+  // The vocabulary entry as stored, e.g. "<|im_end|>", "\n<s>\n", "Ġthe" (byte-level BPE text is
+  // not decoded); "" out of range.
+  virtual std::string TokenText(int32_t id) const { return DecodeToken(-1, id); }
 
   virtual int vocab_size() const = 0;
   virtual int32_t bos_id() const = 0;  // -1 when none
