@@ -13,5 +13,7 @@ using Runner = std::function<int()>;
 Runner RegisterGenerate(CLI::App& app);
 Runner RegisterEval(CLI::App& app);
 Runner RegisterInfo(CLI::App& app);
+Runner RegisterSearch(CLI::App& app);
+Runner RegisterStrategy(CLI::App& app);
 
 }  // namespace kvshare::cli

@@ -98,7 +98,7 @@ TEST_P(StoriesGoldenTest, TokenByTokenDecodeEqualsPrefillNll) {
   const auto ref = nlohmann::json::parse(
       testing::ReadFileOrDie(testing::SourcePath("tests/reference/stories260k_reference.json")));
   const std::vector<int32_t> ids = ref["nll"]["ids"].get<std::vector<int32_t>>();
-  const std::vector<double> per_pos = ref["nll"]["per_position_nll"].get<std::vector<double>>();
+  const std::vector<double> per_pos = ref["nll"]["per_position_nll_first64"].get<std::vector<double>>();
   auto seq = engine_->AddSequence();
   ASSERT_TRUE(seq.ok());
   std::vector<float> logits;

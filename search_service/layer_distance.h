@@ -1,0 +1,35 @@
+// Pairwise layer distances of the KVSharer method (DESIGN.md §1), on the calibration K/V
+// averaged over samples (AveragedKv). For a pair (i, j), i > j:
+//   dK = mean over tokens t and KV heads h of || avgK_i[t][h][:] - avgK_j[t][h][:] ||_2
+//   dV = the same on V
+//   distance = (dK + dV) / 2
+// (the reference code's norm(a - b, dim=-1).mean()). Computed in double.
+#pragma once
+
+#include <vector>
+
+#include "search_service/calibration.h"
+
+namespace kvshare {
+
+// Lower triangle of an L x L matrix: entries exist for i > j only. A value type.
+class LayerDistances {
+ public:
+  explicit LayerDistances(int n_layers = 0);
+
+  int n_layers() const { return n_layers_; }
+  // Requires 0 <= j < i < n_layers.
+  double distance(int i, int j) const { return (dk(i, j) + dv(i, j)) / 2; }
+  double dk(int i, int j) const { return dk_[Index(i, j)]; }
+  double dv(int i, int j) const { return dv_[Index(i, j)]; }
+  void Set(int i, int j, double dk, double dv);
+
+ private:
+  size_t Index(int i, int j) const { return size_t(i) * n_layers_ + j; }
+  int n_layers_ = 0;
+  std::vector<double> dk_, dv_;  // [L][L], used below the diagonal
+};
+
+LayerDistances ComputeLayerDistances(const AveragedKv& kv);
+
+}  // namespace kvshare

@@ -1,0 +1,110 @@
+#include "tests/support/naive_llama.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace kvshare::testing {
+namespace {
+
+const float* F(const Tensor& t) { return static_cast<const float*>(t.data); }
+
+// out[r] = sum_c W[r][c] x[c], W fp32 rows x cols.
+Vec MatVec(const Tensor& w, const Vec& x) {
+  const int64_t rows = w.rows(), cols = w.cols();
+  Vec out(rows, 0.0);
+  for (int64_t r = 0; r < rows; ++r) {
+    double s = 0;
+    for (int64_t c = 0; c < cols; ++c) s += double(F(w)[r * cols + c]) * x[c];
+    out[r] = s;
+  }
+  return out;
+}
+
+Vec RmsNorm(const Vec& x, const Tensor& w, double eps) {
+  double ss = 0;
+  for (double v : x) ss += v * v;
+  const double scale = 1.0 / std::sqrt(ss / x.size() + eps);
+  Vec out(x.size());
+  for (size_t i = 0; i < x.size(); ++i) out[i] = x[i] * scale * F(w)[i];
+  return out;
+}
+
+void Rope(Vec& x, int pos, int n_heads, int hd, double theta) {
+  for (int h = 0; h < n_heads; ++h) {
+    for (int i = 0; i < hd; i += 2) {
+      const double angle = pos * std::pow(theta, -double(i) / hd);
+      const double a = x[h * hd + i], b = x[h * hd + i + 1];
+      x[h * hd + i] = a * std::cos(angle) - b * std::sin(angle);
+      x[h * hd + i + 1] = a * std::sin(angle) + b * std::cos(angle);
+    }
+  }
+}
+
+}  // namespace
+
+NaiveRun NaiveLlamaForward(const Model& m, const std::vector<int>& kv_source,
+                           const std::vector<int32_t>& ids, bool with_logits) {
+  const ModelConfig& c = m.config();
+  const ModelWeights& w = m.weights();
+  const int T = static_cast<int>(ids.size()), hd = c.head_dim;
+  std::vector<Vec> x(T);
+  for (int t = 0; t < T; ++t) {
+    x[t].assign(F(w.token_embedding) + size_t(ids[t]) * c.dim,
+                F(w.token_embedding) + size_t(ids[t] + 1) * c.dim);
+  }
+  NaiveRun run;
+  run.keys.resize(c.n_layers);
+  run.values.resize(c.n_layers);
+  for (int l = 0; l < c.n_layers; ++l) {
+    const LayerWeights& lw = w.layers[l];
+    std::vector<Vec> q(T);
+    for (int t = 0; t < T; ++t) {
+      Vec xb = RmsNorm(x[t], lw.attn_norm, c.norm_eps);
+      q[t] = MatVec(lw.wq, xb);
+      Rope(q[t], t, c.n_heads, hd, c.rope_theta);
+      if (kv_source[l] == l) {
+        Vec k = MatVec(lw.wk, xb);
+        Rope(k, t, c.n_kv_heads, hd, c.rope_theta);
+        run.keys[l].push_back(k);
+        run.values[l].push_back(MatVec(lw.wv, xb));
+      }
+    }
+    const auto& K = run.keys[kv_source[l]];
+    const auto& V = run.values[kv_source[l]];
+    for (int t = 0; t < T; ++t) {
+      Vec att(size_t(c.n_heads) * hd, 0.0);
+      for (int h = 0; h < c.n_heads; ++h) {
+        const int kvh = h / (c.n_heads / c.n_kv_heads);
+        Vec score(t + 1);
+        double mx = -1e300;
+        for (int s = 0; s <= t; ++s) {
+          double d = 0;
+          for (int i = 0; i < hd; ++i) d += q[t][h * hd + i] * K[s][kvh * hd + i];
+          score[s] = d / std::sqrt(double(hd));
+          mx = std::max(mx, score[s]);
+        }
+        double sum = 0;
+        for (double& e : score) sum += (e = std::exp(e - mx));
+        for (int s = 0; s <= t; ++s) {
+          for (int i = 0; i < hd; ++i) att[h * hd + i] += score[s] / sum * V[s][kvh * hd + i];
+        }
+      }
+      Vec o = MatVec(lw.wo, att);
+      for (int i = 0; i < c.dim; ++i) x[t][i] += o[i];
+      Vec xb = RmsNorm(x[t], lw.ffn_norm, c.norm_eps);
+      Vec g = MatVec(lw.w_gate, xb), u = MatVec(lw.w_up, xb);
+      for (size_t i = 0; i < g.size(); ++i) g[i] = g[i] / (1 + std::exp(-g[i])) * u[i];
+      Vec d = MatVec(lw.w_down, g);
+      for (int i = 0; i < c.dim; ++i) x[t][i] += d[i];
+    }
+  }
+  run.final_hidden.resize(T);
+  if (with_logits) run.logits.resize(T);
+  for (int t = 0; t < T; ++t) {
+    run.final_hidden[t] = RmsNorm(x[t], w.output_norm, c.norm_eps);
+    if (with_logits) run.logits[t] = MatVec(w.output, run.final_hidden[t]);
+  }
+  return run;
+}
+
+}  // namespace kvshare::testing

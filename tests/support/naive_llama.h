@@ -1,0 +1,33 @@
+// A deliberately naive Llama forward for tests: every position recomputed, no cache, double
+// precision, fp32 weights only (stories260K). A sharing layer's K/V are its source layer's
+// (DESIGN.md §1). Independent of the engine and kernels it checks.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "common/model/model.h"
+
+namespace kvshare::testing {
+
+using Vec = std::vector<double>;
+
+struct NaiveRun {
+  std::vector<Vec> final_hidden;  // [T][dim], after the final RMSNorm
+  std::vector<Vec> logits;        // [T][vocab], when asked for
+  // Post-RoPE keys and values, [layer][T][n_kv_heads * head_dim]; empty for sharing layers.
+  std::vector<std::vector<Vec>> keys, values;
+};
+
+// The forward of `ids` at positions 0..T-1 with layer l attending over layer kv_source[l]'s
+// K/V.
+NaiveRun NaiveLlamaForward(const Model& m, const std::vector<int>& kv_source,
+                           const std::vector<int32_t>& ids, bool with_logits);
+
+// Logits [T][vocab] of NaiveLlamaForward.
+inline std::vector<Vec> NaiveForward(const Model& m, const std::vector<int>& kv_source,
+                                     const std::vector<int32_t>& ids) {
+  return NaiveLlamaForward(m, kv_source, ids, /*with_logits=*/true).logits;
+}
+
+}  // namespace kvshare::testing
