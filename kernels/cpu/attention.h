@@ -1,0 +1,55 @@
+// Causal GQA attention over the paged KV pool on the CPU.
+//
+// Work items are (sequence, KV head, tile of up to kQueryTile consecutive queries); an item's
+// rows are its queries x the query heads of that KV head. Each row's context is cut into fixed
+// chunks of kAttentionChunk positions whose partial softmax results merge in position order
+// (flash-decoding). When there are few items (decode of a few long sequences), an item's
+// chunks run on different threads and are merged after; otherwise one thread runs an item's
+// chunks in order. Both do the same float operations in the same order, and a row's arithmetic
+// does not depend on the other rows of its tile, so results depend neither on the thread count
+// nor on whether a token was computed in prefill or in decode.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "kernels/backend.h"
+#include "kernels/cpu/attention_kernels.h"
+#include "kernels/cpu/isa.h"
+#include "kernels/cpu/thread_pool.h"
+
+namespace kvshare::cpu {
+
+constexpr int kAttentionChunk = kMaxChunk;
+constexpr int kQueryTile = 8;
+
+class AttentionRunner {
+ public:
+  AttentionRunner(ThreadPool* pool, Isa isa);
+
+  void Run(const KvGeometry& g, const float* pool, const AttentionSeq* seqs, int n_seqs,
+           const float* q, int n_heads, float* out);
+
+ private:
+  struct Item {
+    int seq;
+    int kv_head;
+    int j0, j1;             // queries [j0, j1) of the sequence
+    int n_chunks;           // of its last query
+    int64_t first_partial;  // split mode: index of its first chunk's partial
+  };
+  struct Scratch {
+    std::vector<float> scores, run, next;
+    std::vector<const float*> q;
+    std::vector<float*> out;
+    std::vector<int> limit;
+  };
+
+  ThreadPool* pool_;
+  Isa isa_;
+  std::vector<Item> items_;
+  std::vector<float> partials_;   // split mode
+  std::vector<Scratch> scratch_;  // per thread
+};
+
+}  // namespace kvshare::cpu

@@ -1,0 +1,29 @@
+// The CPU backend: OpenBLAS for large fp32 GEMMs, SIMD kernels (AVX-512 VNNI or AVX2, chosen at
+// run time, scalar otherwise) for quantized matmuls and attention, one persistent thread pool.
+//
+// Results do not depend on the number of threads (work is split by output rows, heads and
+// fixed-size chunks only). They depend on the SIMD level and, for quantized weights, on
+// MatMulOptions::int8_activations (see matmul.h).
+//
+// Prepare: F32/F16/BF16 weights are used in place (the tensor's bytes must outlive the
+// prepared weight); Q8_0/Q4_0/Q4_1 are repacked into a copy of the same size (packed_weight.h),
+// after which the source bytes are no longer read.
+#pragma once
+
+#include <memory>
+
+#include "kernels/backend.h"
+#include "kernels/cpu/isa.h"
+#include "kernels/cpu/matmul.h"
+
+namespace kvshare {
+
+struct CpuBackendOptions {
+  int threads = 0;                       // <= 0: std::thread::hardware_concurrency()
+  cpu::Isa max_isa = cpu::Isa::kAvx512;  // a cap below the CPU's level (tests, benches)
+  cpu::MatMulOptions matmul;
+};
+
+std::unique_ptr<Backend> MakeCpuBackend(const CpuBackendOptions& options);
+
+}  // namespace kvshare

@@ -1,0 +1,237 @@
+// MatMul of every fast path against the plain reference, over a grid of shapes, types, batch
+// sizes and SIMD levels; and the same bits at every thread count.
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/cpu/half.h"
+#include "kernels/cpu/reference.h"
+#include "tests/kernels/kernel_test_util.h"
+
+namespace kvshare {
+namespace {
+
+using cpu::Isa;
+using cpu::MatMulOptions;
+using cpu::QuantGemm;
+using testing::OwnedTensor;
+
+constexpr int kCols[] = {32, 64, 96, 576, 1536};
+constexpr int kRows[] = {1, 3, 17, 192, 577};
+constexpr int kTokens[] = {1, 2, 5, 16, 33, 100};
+
+struct Case {
+  OwnedTensor w;
+  int n;
+  std::vector<float> x;
+  std::vector<float> ref;      // exact fp32 weights x fp32 activations, double sums
+  std::vector<float> ref_abs;  // sum |x * w| per output
+  std::vector<float> ref_q8;   // quantized types: int8 activations, exact integer dots
+  std::vector<float> bound;    // quantized types: |ref - ref_q8| <= bound (see below)
+};
+
+// The int8-activation error bound: x[c] is replaced by s_b * q[c] with |x[c] - s_b q[c]| <=
+// s_b / 2, so each output moves by at most sum_c |Wq[r][c]| * s_b(c) / 2, where Wq is the part
+// of the weight multiplied by the quantized x: all of it, except Q4_1's offset m (its term uses
+// the exact sum of x).
+std::vector<float> Int8Bound(const Tensor& w, const std::vector<float>& x, int n) {
+  const int64_t rows = w.rows(), cols = w.cols();
+  std::vector<float> row(cols), bound(n * rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    cpu::DequantizeRow(w.type, w.row_data(r), cols, row.data());
+    for (int t = 0; t < n; ++t) {
+      double b = 0.0;
+      for (int64_t blk = 0; blk < cols / 32; ++blk) {
+        float amax = 0.0f;
+        for (int j = 0; j < 32; ++j) amax = std::fmax(amax, std::fabs(x[t * cols + blk * 32 + j]));
+        double m = 0.0;
+        if (w.type == DType::kQ4_1) {
+          m = cpu::Fp16ToFp32(reinterpret_cast<const cpu::BlockQ4_1*>(w.row_data(r))[blk].m);
+        }
+        double wsum = 0.0;
+        for (int j = 0; j < 32; ++j) wsum += std::fabs(row[blk * 32 + j] - m);
+        b += wsum * amax / 127.0 / 2.0;
+      }
+      bound[t * rows + r] = static_cast<float>(b);
+    }
+  }
+  return bound;
+}
+
+Case MakeCase(DType type, int rows, int cols, int n, uint32_t seed) {
+  Case c{testing::RandomWeight(type, rows, cols, seed),
+         n,
+         testing::RandomFloats(static_cast<int64_t>(n) * cols, seed + 1),
+         {},
+         {},
+         {},
+         {}};
+  c.ref.resize(static_cast<size_t>(n) * rows);
+  c.ref_abs.resize(c.ref.size());
+  cpu::ref::MatMul(c.w.tensor, c.x.data(), n, c.ref.data(), c.ref_abs.data());
+  if (testing::IsQuantized(type)) {
+    c.ref_q8.resize(c.ref.size());
+    cpu::ref::MatMulQ8Activations(c.w.tensor, c.x.data(), n, c.ref_q8.data());
+    c.bound = Int8Bound(c.w.tensor, c.x, n);
+  }
+  return c;
+}
+
+std::vector<float> RunMatMul(Backend& b, const Tensor& w, const std::vector<float>& x, int n) {
+  auto pw = b.Prepare(w);
+  EXPECT_TRUE(pw.ok()) << pw.status();
+  std::vector<float> out(static_cast<size_t>(n) * w.rows(), NAN);
+  b.MatMul(**pw, x.data(), n, out.data());
+  return out;
+}
+
+// |got - want| <= rel * (sum of |terms|): the fp32 rounding of a length-`cols` dot product,
+// independent of how much the sum cancels.
+void ExpectClose(const std::vector<float>& got, const std::vector<float>& want,
+                 const std::vector<float>& scale, double rel, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size());
+  int bad = 0;
+  for (size_t i = 0; i < got.size() && bad < 5; ++i) {
+    const double tol = rel * scale[i] + 1e-30;
+    if (!(std::fabs(static_cast<double>(got[i]) - want[i]) <= tol)) {
+      ADD_FAILURE() << what << " element " << i << ": got " << got[i] << " want " << want[i]
+                    << " tol " << tol;
+      ++bad;
+    }
+  }
+}
+
+// The modes a quantized matmul can run in, and what each is compared with.
+struct Mode {
+  const char* name;
+  MatMulOptions options;
+  bool int8;  // compared with ref_q8 (and the int8 bound) instead of ref
+};
+
+std::vector<Mode> Modes(DType type) {
+  MatMulOptions int8_gemm;  // defaults: int8 activations, integer GEMM for large n
+  MatMulOptions int8_sgemm;
+  int8_sgemm.quant_gemm = QuantGemm::kSgemm;
+  MatMulOptions exact;
+  exact.int8_activations = false;
+  MatMulOptions never_gemm = exact;
+  never_gemm.gemm_min_tokens = 1 << 30;
+  if (!testing::IsQuantized(type)) {
+    return {{"small-n kernels", never_gemm, false}, {"default", exact, false}};
+  }
+  return {{"int8", int8_gemm, true},
+          {"int8+sgemm", int8_sgemm, true},
+          {"exact fused", never_gemm, false},
+          {"exact+sgemm", exact, false}};
+}
+
+class MatMulGridTest : public ::testing::TestWithParam<DType> {};
+
+TEST_P(MatMulGridTest, MatchesReferenceOnEveryShapeLevelAndMode) {
+  const DType type = GetParam();
+  uint32_t seed = 1;
+  for (int cols : kCols) {
+    for (int rows : kRows) {
+      for (int n : kTokens) {
+        // Keep the grid's cost in check: the largest shapes only with a few batch sizes.
+        if (static_cast<int64_t>(cols) * rows * n > 40'000'000) continue;
+        const Case c = MakeCase(type, rows, cols, n, seed++);
+        for (Isa isa : testing::SupportedIsas()) {
+          for (const Mode& mode : Modes(type)) {
+            SCOPED_TRACE(::testing::Message()
+                         << GetDTypeInfo(type).name << " rows " << rows << " cols " << cols << " n "
+                         << n << " isa " << cpu::IsaName(isa) << " mode " << mode.name);
+            auto backend = testing::CpuBackendAt(isa, 2, mode.options);
+            const std::vector<float> got = RunMatMul(*backend, c.w.tensor, c.x, n);
+            // The scalar level has no int8 kernels: it always computes the exact product.
+            const bool int8 = mode.int8 && isa != Isa::kScalar &&
+                              !(n >= mode.options.gemm_min_tokens &&
+                                mode.options.quant_gemm == QuantGemm::kSgemm);
+            if (int8) {
+              ExpectClose(got, c.ref_q8, c.ref_abs, 2e-6, "vs int8 reference");
+              std::vector<float> bound(c.bound);
+              for (size_t i = 0; i < bound.size(); ++i) bound[i] += 2e-6f * c.ref_abs[i];
+              ExpectClose(got, c.ref, bound, 1.0, "vs exact reference within the int8 bound");
+            } else {
+              ExpectClose(got, c.ref, c.ref_abs, 1e-5, "vs exact reference");
+            }
+          }
+        }
+        if (::testing::Test::HasFailure()) return;
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllTypes, MatMulGridTest, ::testing::ValuesIn(testing::AllDTypes()),
+                         [](const ::testing::TestParamInfo<DType>& info) {
+                           return std::string(GetDTypeInfo(info.param).name);
+                         });
+
+// The search compares hidden states across runs: the bits must not depend on the thread count.
+TEST(MatMulTest, ResultsAreBitwiseIdenticalAtEveryThreadCount) {
+  for (DType type : testing::AllDTypes()) {
+    for (int n : {1, 3, 8, 16, 40}) {
+      const OwnedTensor w = testing::RandomWeight(type, 577, 576, 7);
+      const std::vector<float> x = testing::RandomFloats(n * 576, 8);
+      for (Isa isa : testing::SupportedIsas()) {
+        for (const Mode& mode : Modes(type)) {
+          SCOPED_TRACE(::testing::Message() << GetDTypeInfo(type).name << " n " << n << " isa "
+                                            << cpu::IsaName(isa) << " mode " << mode.name);
+          std::vector<float> first;
+          for (int threads : {1, 2, 3, 5}) {
+            auto backend = testing::CpuBackendAt(isa, threads, mode.options);
+            const std::vector<float> got = RunMatMul(*backend, w.tensor, x, n);
+            if (first.empty()) {
+              first = got;
+            } else {
+              ASSERT_EQ(0, std::memcmp(first.data(), got.data(), got.size() * sizeof(float)))
+                  << "threads " << threads;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// Token t's output does not depend on the other tokens of the batch while n stays on one side
+// of gemm_min_tokens (the integer kernels are exact per token): batching does not change
+// results.
+TEST(MatMulTest, Int8ResultsDoNotDependOnBatchSize) {
+  if (cpu::DetectIsa() == Isa::kScalar) GTEST_SKIP() << "no int8 kernels at the scalar level";
+  for (DType type : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_1}) {
+    const OwnedTensor w = testing::RandomWeight(type, 192, 576, 3);
+    const std::vector<float> x = testing::RandomFloats(64 * 576, 4);
+    auto backend = MakeCpuBackend(2);
+    const std::vector<float> all = RunMatMul(*backend, w.tensor, x, 64);
+    for (int t : {0, 5, 63}) {
+      const std::vector<float> one(x.begin() + t * 576, x.begin() + (t + 1) * 576);
+      const std::vector<float> got = RunMatMul(*backend, w.tensor, one, 1);
+      EXPECT_EQ(0, std::memcmp(got.data(), &all[t * 192], 192 * sizeof(float)))
+          << GetDTypeInfo(type).name << " token " << t;
+    }
+  }
+}
+
+TEST(MatMulTest, PrepareRejectsBadTensorsWithTheirName) {
+  auto backend = MakeCpuBackend(1);
+  Tensor t;
+  t.name = "blk.0.attn_q.weight";
+  t.type = DType::kQ4_1;
+  t.shape = {48, 4};  // 48 is not a multiple of 32
+  std::vector<uint8_t> bytes(1024);
+  t.data = bytes.data();
+  t.nbytes = bytes.size();
+  auto p = backend->Prepare(t);
+  ASSERT_FALSE(p.ok());
+  EXPECT_NE(p.status().message().find("blk.0.attn_q.weight"), std::string::npos);
+  t.shape = {64, 100};  // needs 4000 bytes
+  p = backend->Prepare(t);
+  ASSERT_FALSE(p.ok());
+  EXPECT_NE(p.status().message().find("4000"), std::string::npos) << p.status();
+}
+
+}  // namespace
+}  // namespace kvshare
