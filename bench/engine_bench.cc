@@ -12,6 +12,7 @@
 #include "common/engine/engine.h"
 #include "common/model/locate.h"
 #include "common/model/model.h"
+#include "kernels/cpu/cpu_backend.h"
 
 namespace kvshare::bench {
 namespace {
@@ -29,7 +30,8 @@ int64_t WeightBytesPerToken(const Model& m) {
   return bytes;
 }
 
-nlohmann::json Measure(const std::string& path, int threads, int prefill, int decode, int reps) {
+nlohmann::json Measure(const std::string& path, int threads, bool int8, int prefill, int decode,
+                       int reps) {
   auto model = Model::Load(path);
   if (!model.ok()) return {{"error", std::string(model.status().message())}};
   // Short-context models (stories260K: 512) get a shorter prompt so prompt + decode fits.
@@ -37,7 +39,10 @@ nlohmann::json Measure(const std::string& path, int threads, int prefill, int de
   EngineOptions o;
   o.max_step_rows = 512;
   o.kv_pool_bytes = int64_t(prefill + decode + 16) * (*model)->config().KvBytesPerToken();
-  auto engine = Engine::Create(**model, MakeCpuBackend(threads), o);
+  CpuBackendOptions backend;
+  backend.threads = threads;
+  backend.matmul.int8_activations = int8;
+  auto engine = Engine::Create(**model, MakeCpuBackend(backend), o);
   if (!engine.ok()) return {{"error", std::string(engine.status().message())}};
   Engine& e = **engine;
   const int vocab = (*model)->config().vocab_size;
@@ -64,6 +69,7 @@ nlohmann::json Measure(const std::string& path, int threads, int prefill, int de
   const int64_t wbytes = WeightBytesPerToken(**model);
   return {{"model", (*model)->config().name},
           {"threads", threads},
+          {"activations", int8 ? "int8" : "fp32"},
           {"prefill_tokens", prefill},
           {"decode_tokens", decode},
           {"prefill_tok_s", prefill / best_prefill},
@@ -98,18 +104,19 @@ int main(int argc, char** argv) {
   if (auto p = AssetPath("stories260K.bin"); p.ok()) models.push_back(*p);
   if (auto p = SmolLm2GgufPath(); p.ok()) models.push_back(*p);
   nlohmann::json all = nlohmann::json::array();
-  std::printf("%-14s %7s %14s %13s %14s %14s %10s\n", "model", "threads", "prefill tok/s",
+  std::printf("%-14s %7s %5s %14s %13s %14s %14s %10s\n", "model", "threads", "act", "prefill tok/s",
               "decode tok/s", "weights MB/tok", "decode GB/s", "peak MiB");
   for (const std::string& path : models) {
-    for (int threads : {1, 2}) {
+    for (int threads : {1, 2}) for (bool int8 : {false, true}) {
       nlohmann::json r = bench::RunIsolated(
-          [&] { return bench::Measure(path, threads, prefill, decode, reps); });
+          [&] { return bench::Measure(path, threads, int8, prefill, decode, reps); });
       if (r.contains("error")) {
         std::printf("%s: %s\n", path.c_str(), r["error"].get<std::string>().c_str());
         continue;
       }
-      std::printf("%-14s %7d %14.1f %13.1f %14.2f %14.2f %10.1f\n",
+      std::printf("%-14s %7d %5s %14.1f %13.1f %14.2f %14.2f %10.1f\n",
                   r["model"].get<std::string>().substr(0, 14).c_str(), threads,
+                  r["activations"].get<std::string>().c_str(),
                   r["prefill_tok_s"].get<double>(), r["decode_tok_s"].get<double>(),
                   r["weight_bytes_per_token"].get<double>() / 1e6,
                   r["decode_weight_gb_s"].get<double>(), r["peak_rss_mib"].get<double>());

@@ -119,7 +119,8 @@ absl::Status ValidateGreedyOptions(const GreedyOptions& options, int n_layers) {
 
 absl::StatusOr<GreedyResult> GreedySearch(const LayerDistances& distances,
                                           const GreedyOptions& options, Evaluator& evaluator,
-                                          const GreedyProgressFn& progress) {
+                                          const GreedyProgressFn& progress,
+                                          const std::atomic<bool>* cancel) {
   const int L = distances.n_layers();
   absl::Status valid = ValidateGreedyOptions(options, L);
   if (!valid.ok()) return valid;
@@ -136,8 +137,22 @@ absl::StatusOr<GreedyResult> GreedySearch(const LayerDistances& distances,
       continue;
     }
     if (progress) {
-      progress(
-          {int(p), int(pairs.size()), pairs[p], result.accepted, sharing, options.target_layers});
+      GreedyProgress g;
+      g.pair_index = int(p);
+      g.pairs_total = int(pairs.size());
+      g.pair = pairs[p];
+      g.accepted = result.accepted;
+      g.sharing_layers = sharing;
+      g.target_layers = options.target_layers;
+      g.pairs_scored = int(result.trace.size());
+      g.score = result.score;
+      g.kv_source = result.kv_source;
+      progress(g);
+    }
+    if (cancel != nullptr && cancel->load(std::memory_order_acquire)) {
+      return absl::CancelledError(absl::StrFormat(
+          "search cancelled after %d pairs scored (%d accepted) of %d", result.trace.size(),
+          result.accepted, pairs.size()));
     }
     PairTrial trial;
     trial.i = i;

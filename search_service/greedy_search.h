@@ -10,6 +10,7 @@
 // Deterministic: no clocks, no unordered containers; the random order is a documented shuffle.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -97,12 +98,18 @@ struct GreedyProgress {
   int accepted = 0;
   int sharing_layers = 0;
   int target_layers = 0;
+  int pairs_scored = 0;          // pairs scored before this one
+  double score = 1.0;            // score of the accepted strategy (the current best)
+  std::vector<int> kv_source;    // the accepted strategy
 };
 using GreedyProgressFn = std::function<void(const GreedyProgress&)>;
 
+// `cancel` (optional): read before each candidate is scored; once true the search stops there
+// (so within one candidate evaluation of the request) with a Cancelled status.
 absl::StatusOr<GreedyResult> GreedySearch(const LayerDistances& distances,
                                           const GreedyOptions& options, Evaluator& evaluator,
-                                          const GreedyProgressFn& progress = nullptr);
+                                          const GreedyProgressFn& progress = nullptr,
+                                          const std::atomic<bool>* cancel = nullptr);
 
 // The accepted strategy after the first `accepts` acceptances of a trace (identity for 0).
 // The greedy run to target K passes through exactly these strategies, so a run to 12 shared

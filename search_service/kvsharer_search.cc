@@ -20,14 +20,37 @@ int SearchMaxRows(const CalibrationSet& calibration) {
   return std::max(calibration.tokens, std::min(calibration.samples * calibration.tokens, 2048));
 }
 
+const char* SearchPhaseName(SearchPhase phase) {
+  switch (phase) {
+    case SearchPhase::kCalibration:
+      return "calibration";
+    case SearchPhase::kGreedy:
+      return "greedy";
+  }
+  return "?";
+}
+
 absl::StatusOr<KvSharerSearchResult> RunKvSharerSearch(const Model& model, Backend& backend,
                                                        const CalibrationSet& calibration,
                                                        const GreedyOptions& options,
                                                        const GreedyProgressFn& progress) {
+  SearchHooks hooks;
+  hooks.progress = progress;
+  return RunKvSharerSearch(model, backend, calibration, options, hooks);
+}
+
+absl::StatusOr<KvSharerSearchResult> RunKvSharerSearch(const Model& model, Backend& backend,
+                                                       const CalibrationSet& calibration,
+                                                       const GreedyOptions& options,
+                                                       const SearchHooks& hooks) {
   const ModelConfig& c = model.config();
   absl::Status valid = ValidateGreedyOptions(options, c.n_layers);
   if (!valid.ok()) return valid;
   const auto start = std::chrono::steady_clock::now();
+  if (hooks.on_phase) hooks.on_phase(SearchPhase::kCalibration);
+  if (hooks.cancel != nullptr && hooks.cancel->load(std::memory_order_acquire)) {
+    return absl::CancelledError("search cancelled before the calibration forward pass");
+  }
 
   auto transformer = Transformer::Create(model, backend, SearchMaxRows(calibration));
   if (!transformer.ok()) return transformer.status();
@@ -42,7 +65,8 @@ absl::StatusOr<KvSharerSearchResult> RunKvSharerSearch(const Model& model, Backe
   result.calibration_seconds = Seconds(start);
 
   const auto greedy_start = std::chrono::steady_clock::now();
-  auto greedy = GreedySearch(result.distances, options, **evaluator, progress);
+  if (hooks.on_phase) hooks.on_phase(SearchPhase::kGreedy);
+  auto greedy = GreedySearch(result.distances, options, **evaluator, hooks.progress, hooks.cancel);
   if (!greedy.ok()) return greedy.status();
   result.greedy = std::move(*greedy);
   result.greedy_seconds = Seconds(greedy_start);

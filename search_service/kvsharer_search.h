@@ -7,6 +7,8 @@
 // reported beside them and are not part of either.
 #pragma once
 
+#include <atomic>
+#include <functional>
 #include <memory>
 
 #include "absl/status/statusor.h"
@@ -34,8 +36,30 @@ struct KvSharerSearchResult {
 // rows (fewer, bigger GEMMs), and never less than one sample.
 int SearchMaxRows(const CalibrationSet& calibration);
 
+enum class SearchPhase {
+  kCalibration,  // the unshared forward, K/V averaging, distances
+  kGreedy,       // scoring candidates
+};
+const char* SearchPhaseName(SearchPhase phase);
+
+// What a caller may watch and stop while the search runs. Every hook is optional and is
+// called on the searching thread.
+struct SearchHooks {
+  std::function<void(SearchPhase)> on_phase;  // at the start of each phase
+  GreedyProgressFn progress;                  // before each pair is scored
+  // Read before every forward pass over the calibration set (the unshared one and each
+  // candidate's): once true the search stops there, so within one candidate evaluation, and
+  // returns Cancelled.
+  const std::atomic<bool>* cancel = nullptr;
+};
+
 // Runs the search with its own Transformer over `backend`. Errors: invalid options
-// (ValidateGreedyOptions), a calibration set that does not fit the model, backend failures.
+// (ValidateGreedyOptions), a calibration set that does not fit the model, backend failures,
+// Cancelled (hooks.cancel).
+absl::StatusOr<KvSharerSearchResult> RunKvSharerSearch(const Model& model, Backend& backend,
+                                                       const CalibrationSet& calibration,
+                                                       const GreedyOptions& options,
+                                                       const SearchHooks& hooks);
 absl::StatusOr<KvSharerSearchResult> RunKvSharerSearch(const Model& model, Backend& backend,
                                                        const CalibrationSet& calibration,
                                                        const GreedyOptions& options,

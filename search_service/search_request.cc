@@ -11,33 +11,54 @@ namespace {
 
 absl::Status Invalid(const std::string& message) { return absl::InvalidArgumentError(message); }
 
+// The field as the caller spells it: the CLI flag or the proto field.
+std::string F(const SearchRequest& r, const char* flag, const char* field) {
+  return r.field_style == FieldStyle::kCliFlag ? flag : field;
+}
+
 }  // namespace
 
 absl::StatusOr<std::string> CheckSearchRequest(const SearchRequest& r) {
   if (!ParsePairOrder(r.order).ok()) {
     return Invalid(
-        absl::StrFormat("--order '%s' is not one of dissimilar, similar, random", r.order));
+        absl::StrFormat("%s '%s' is not one of dissimilar, similar, random", F(r, "--order", "order"),
+                        r.order));
   }
+  auto rule = CheckRuleFields(r.method, r.best_of, r.max_nll_increase,
+                              r.field_style == FieldStyle::kCliFlag);
+  if (!rule.ok()) return rule.status();
   if (r.calibration.samples < 1) {
-    return Invalid(absl::StrFormat("--samples %d must be >= 1", r.calibration.samples));
+    return Invalid(absl::StrFormat("%s %d must be >= 1", F(r, "--samples", "samples"),
+                                   r.calibration.samples));
   }
   if (r.calibration.tokens < 1) {
-    return Invalid(absl::StrFormat("--tokens %d must be >= 1", r.calibration.tokens));
+    return Invalid(absl::StrFormat("%s %d must be >= 1", F(r, "--tokens", "tokens"),
+                                   r.calibration.tokens));
   }
   if (!(r.threshold > -1.0 && r.threshold <= 1.0)) {
     return Invalid(absl::StrFormat(
-        "--threshold %g must be in (-1, 1] (a cosine similarity; accepted when above it)",
-        r.threshold));
+        "%s %g must be in (-1, 1] (a cosine similarity; accepted when above it)",
+        F(r, "--threshold", "threshold"), r.threshold));
   }
   if (r.target_layers.has_value() && r.target_ratio.has_value()) {
-    return Invalid(absl::StrFormat("--target-layers %d and --target-ratio %g: give one",
-                                   *r.target_layers, *r.target_ratio));
+    return Invalid(absl::StrFormat("%s %d and %s %g: give one",
+                                   F(r, "--target-layers", "target_layers"), *r.target_layers,
+                                   F(r, "--target-ratio", "target_ratio"), *r.target_ratio));
   }
   if (r.target_ratio.has_value() && !(*r.target_ratio > 0.0 && *r.target_ratio < 1.0)) {
-    return Invalid(absl::StrFormat("--target-ratio %g must be in (0, 1)", *r.target_ratio));
+    return Invalid(absl::StrFormat("%s %g must be in (0, 1)",
+                                   F(r, "--target-ratio", "target_ratio"), *r.target_ratio));
   }
   if (r.target_layers.has_value() && *r.target_layers < 1) {
-    return Invalid(absl::StrFormat("--target-layers %d must be >= 1", *r.target_layers));
+    return Invalid(absl::StrFormat("%s %d must be >= 1",
+                                   F(r, "--target-layers", "target_layers"), *r.target_layers));
+  }
+  if (r.calibration_text.has_value()) {
+    if (r.calibration_text->empty()) {
+      return Invalid(absl::StrFormat("%s is empty (0 bytes); give calibration text",
+                                     r.calibration_source));
+    }
+    return *r.calibration_text;
   }
   if (r.calibration_path.empty()) return Invalid("--calibration is empty; give a text file");
   auto text = ReadFileToString(r.calibration_path);
@@ -67,8 +88,9 @@ absl::StatusOr<PreparedSearch> PrepareSearch(const SearchRequest& r, const Model
   if (r.target_layers.has_value()) {
     if (*r.target_layers > c.n_layers - 1) {
       return Invalid(absl::StrFormat(
-          "--target-layers %d must be in [1, %d] (layer 0 always owns; '%s' has %d layers)",
-          *r.target_layers, c.n_layers - 1, c.name, c.n_layers));
+          "%s %d must be in [1, %d] (layer 0 always owns; '%s' has %d layers)",
+          F(r, "--target-layers", "target_layers"), *r.target_layers, c.n_layers - 1, c.name,
+          c.n_layers));
     }
     p.options.target_layers = *r.target_layers;
   } else {
@@ -76,23 +98,32 @@ absl::StatusOr<PreparedSearch> PrepareSearch(const SearchRequest& r, const Model
     const long target = std::lround(ratio * c.n_layers);
     if (target < 1 || target > c.n_layers - 1) {
       return Invalid(absl::StrFormat(
-          "--target-ratio %g of %d layers rounds to %d sharing layers; must be in [1, %d]", ratio,
-          c.n_layers, target, c.n_layers - 1));
+          "%s %g of %d layers rounds to %d sharing layers; must be in [1, %d]",
+          F(r, "--target-ratio", "target_ratio"), ratio, c.n_layers, target, c.n_layers - 1));
     }
     p.options.target_layers = static_cast<int>(target);
   }
   if (r.calibration.tokens > c.max_seq_len) {
-    return Invalid(absl::StrFormat("--tokens %d exceeds the context of '%s' (%d)",
-                                   r.calibration.tokens, c.name, c.max_seq_len));
+    return Invalid(absl::StrFormat("%s %d exceeds the context of '%s' (%d)",
+                                   F(r, "--tokens", "tokens"), r.calibration.tokens, c.name,
+                                   c.max_seq_len));
   }
-  auto set =
-      BuildCalibrationSet(*text, tokenizer, r.calibration, "--calibration " + r.calibration_path);
+  const std::string source = r.calibration_text.has_value()
+                                 ? r.calibration_source
+                                 : "--calibration " + r.calibration_path;
+  auto set = BuildCalibrationSet(*text, tokenizer, r.calibration, source);
   if (!set.ok()) {
     return absl::Status(set.status().code(),
-                        absl::StrFormat("%s (--samples %d, --tokens %d)", set.status().message(),
-                                        r.calibration.samples, r.calibration.tokens));
+                        absl::StrFormat("%s (%s %d, %s %d)", set.status().message(),
+                                        F(r, "--samples", "samples"), r.calibration.samples,
+                                        F(r, "--tokens", "tokens"), r.calibration.tokens));
   }
   p.calibration = std::move(*set);
+  p.selection.method = *ParseSearchMethod(r.method);  // checked above
+  p.selection.greedy = p.options;
+  p.selection.best_of = r.best_of;
+  p.selection.lazy = r.lazy;
+  p.selection.max_nll_increase = r.max_nll_increase;
   return p;
 }
 

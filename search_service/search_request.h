@@ -1,8 +1,8 @@
-// A strategy search as a user asks for it (the `kvshare search` flags; later the search
-// service's request), checked completely before any forward pass runs.
+// A strategy search as a user asks for it (the `kvshare search` flags, or the search service's
+// CreateSearchJobRequest), checked completely before any forward pass runs.
 //
-// Error messages name the field as the CLI flag spells it (e.g. "--threshold"), its value and
-// the limit it breaks.
+// Error messages name the field as the caller spells it (FieldStyle: the CLI flag "--threshold"
+// or the proto field "threshold"), its value and the limit it breaks.
 #pragma once
 
 #include <cstdint>
@@ -14,11 +14,23 @@
 #include "common/tokenizer/tokenizer.h"
 #include "search_service/calibration.h"
 #include "search_service/greedy_search.h"
+#include "search_service/selection_rules.h"
 
 namespace kvshare {
 
+// How error messages spell a request's fields.
+enum class FieldStyle {
+  kCliFlag,     // "--target-layers"
+  kProtoField,  // "target_layers"
+};
+
 struct SearchRequest {
+  // The calibration text: `calibration_text` when set (the service has it inline or from its
+  // catalog), else the file at `calibration_path`. `calibration_source` names the text in
+  // errors when calibration_text is set (e.g. "calibration_corpus 'wikitext-2'").
   std::string calibration_path;
+  std::optional<std::string> calibration_text;
+  std::string calibration_source;
   CalibrationOptions calibration;
   // At most one of the two; neither means a ratio of kDefaultTargetRatio.
   std::optional<int> target_layers;
@@ -26,16 +38,23 @@ struct SearchRequest {
   double threshold = 0.5;
   std::string order = "dissimilar";
   uint64_t seed = 0;
+  FieldStyle field_style = FieldStyle::kCliFlag;
+  // The selection rule (search_service/selection_rules.h); the defaults are the paper's.
+  std::string method = "kvsharer";
+  int best_of = 1;
+  bool lazy = false;
+  std::optional<double> max_nll_increase;
   static constexpr double kDefaultTargetRatio = 0.25;
 };
 
 struct PreparedSearch {
   CalibrationSet calibration;
   GreedyOptions options;
+  SelectionOptions selection;  // the rule; selection.greedy == options
 };
 
 // Checks everything that does not need the model: order, samples, tokens, threshold, ratio,
-// and that the calibration file exists and is not empty. Returns the file's text.
+// and that the calibration text (or file) exists and is not empty. Returns the text.
 absl::StatusOr<std::string> CheckSearchRequest(const SearchRequest& request);
 
 // CheckSearchRequest, then what needs the model: the target against its layer count, tokens

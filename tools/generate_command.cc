@@ -6,6 +6,7 @@
 #include "common/engine/generate.h"
 #include "tools/commands.h"
 #include "tools/session.h"
+#include "tools/worker_client.h"
 
 namespace kvshare::cli {
 
@@ -17,6 +18,8 @@ Runner RegisterGenerate(CLI::App& app) {
     std::string system;
     GenerateOptions gen;
     bool no_echo = false;
+    std::string server;
+    int64_t strategy_version = -1;
   };
   auto flags = std::make_shared<Flags>();
   CLI::App* sub = app.add_subcommand("generate", "Generate text from a prompt, streamed to stdout");
@@ -36,8 +39,16 @@ Runner RegisterGenerate(CLI::App& app) {
   sub->add_option("--seed", flags->gen.sampling.seed, "Sampling seed")->capture_default_str();
   sub->add_option("--stop", flags->gen.stop, "Stop string (repeatable)");
   sub->add_flag("--no-echo", flags->no_echo, "Do not print the prompt before the completion");
+  sub->add_option("--server", flags->server,
+                  "Stream from a kvshare-worker at HOST:PORT instead of running the model here");
+  sub->add_option("--strategy-version", flags->strategy_version,
+                  "With --server: run this strategy version (default: the worker's current)");
 
   return [flags]() -> int {
+    if (!flags->server.empty()) {
+      return RunRemoteGenerate({flags->server, flags->prompt, flags->chat, flags->system,
+                                flags->gen, flags->no_echo, flags->strategy_version});
+    }
     auto session = OpenSession(flags->model);
     if (!session.ok()) return Fail(session.status());
     const Tokenizer& tok = *session->tokenizer;

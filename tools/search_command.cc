@@ -5,10 +5,14 @@
 #include <iostream>
 
 #include "absl/strings/str_format.h"
+#include "common/util/file.h"
+#include "search_service/heldout_quality.h"
 #include "search_service/kvsharer_search.h"
 #include "search_service/search_request.h"
+#include "search_service/strategy_search.h"
 #include "tools/commands.h"
 #include "tools/progress.h"
+#include "tools/search_client.h"
 #include "tools/session.h"
 
 namespace kvshare::cli {
@@ -28,27 +32,99 @@ absl::Status CheckOutputPath(const std::string& path) {
   return absl::OkStatus();
 }
 
-void PrintResult(const ModelConfig& c, const KvSharerSearchResult& result, int target) {
-  const GreedyResult& g = result.greedy;
-  std::cout << absl::StrFormat("%-10s %10s %10s  %s\n", "pair", "distance", "score", "accepted");
-  for (const PairTrial& t : g.trace) {
-    std::cout << absl::StrFormat("%-10s %10.4f %10.6f  %s\n", absl::StrFormat("(%d, %d)", t.i, t.j),
-                                 t.distance, t.score, t.accepted ? "yes" : "no");
+// Where the strategy's quality is measured (heldout_quality.h).
+struct HeldoutFlags {
+  std::string path;  // empty: the calibration text, after the calibration lines
+  HeldoutOptions options;
+};
+
+absl::Status CheckHeldoutFlags(const HeldoutFlags& f) {
+  if (f.options.tokens < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("--heldout-tokens %d must be >= 1", f.options.tokens));
+  }
+  if (f.options.context < 2) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("--heldout-context %d must be >= 2", f.options.context));
+  }
+  return absl::OkStatus();
+}
+
+// The held-out slice: of --heldout from its first line, or of the calibration text from the
+// line after the last calibration line (also when --heldout names the calibration file).
+absl::StatusOr<HeldoutSlice> PrepareHeldout(const HeldoutFlags& f,
+                                            const std::string& calibration_path,
+                                            const std::string& calibration_text,
+                                            const CalibrationSet& calibration,
+                                            const Tokenizer& tokenizer, const ModelConfig& c) {
+  if (f.options.context > c.max_seq_len) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "--heldout-context %d exceeds the context of '%s' (%d)", f.options.context, c.name,
+        c.max_seq_len));
+  }
+  if (f.path.empty() || f.path == calibration_path) {
+    return BuildHeldoutSlice(calibration_text, tokenizer, LastCalibrationLine(calibration),
+                             f.options,
+                             f.path.empty() ? "--calibration " + calibration_path
+                                            : "--heldout " + f.path);
+  }
+  auto text = ReadFileToString(f.path);
+  if (!text.ok()) {
+    return absl::Status(text.status().code(),
+                        absl::StrFormat("--heldout: %s", text.status().message()));
+  }
+  return BuildHeldoutSlice(*text, tokenizer, 0, f.options, "--heldout " + f.path);
+}
+
+absl::StatusOr<StrategyQuality> MeasureHeldout(const Model& model, HeldoutSlice slice,
+                                               int threads,
+                                               std::shared_ptr<const SharingStrategy> strategy,
+                                               double calibration_score) {
+  std::cerr << absl::StrFormat(
+      "quality: held-out perplexity on %d tokens from line %d, %d-token windows, with and "
+      "without the strategy\n",
+      slice.targets(), slice.first_line, slice.context);
+  auto meter = QualityMeter::Create(model, std::move(slice), threads);
+  if (!meter.ok()) return meter.status();
+  return (*meter)->Measure(std::move(strategy), calibration_score);
+}
+
+void PrintQuality(const StrategyQuality& q) {
+  std::cout << absl::StrFormat(
+      "heldout    perplexity %.4f (unshared %.4f): NLL +%.4f nats/token on %d tokens in %d-token "
+      "windows\n",
+      q.heldout_ppl(), q.baseline_ppl(), q.nll_increase(), q.heldout_tokens, q.context);
+}
+
+void PrintResult(const ModelConfig& c, const StrategySearchResult& result, int target) {
+  const GreedyResult& g = result.selection.greedy;
+  std::cout << absl::StrFormat("%-10s %5s %10s %10s  %s\n", "pair", "step", "distance", "score",
+                               "outcome");
+  for (size_t t = 0; t < g.trace.size(); ++t) {
+    const PairTrial& p = g.trace[t];
+    std::cout << absl::StrFormat("%-10s %5d %10.4f %10.6f  %s\n",
+                                 absl::StrFormat("(%d, %d)", p.i, p.j), result.selection.step[t],
+                                 p.distance, p.score,
+                                 TrialOutcomeName(result.selection.outcome[t]));
   }
   const SharingStrategy& st = *result.strategy;
   const int64_t per_layer = c.KvBytesPerToken() / c.n_layers;
   const double kept = double(st.owning_layers()) / c.n_layers;
   std::cout << absl::StrFormat(
-      "stop       %s: %d of %d target layers share; %d pairs scored, %d skipped (layer i "
+      "stop       %s: %d of %d target layers share; %d candidates scored, %d skipped (layer i "
       "already shares)\n"
       "kv_source  %s\n"
       "owning     %d of %d layers; KV %d -> %d bytes/token (%.1f%% of unshared, saves %.1f%%)\n"
-      "score      %.6f (mean cosine similarity to the unshared model)\n"
-      "time       %.2f s (unshared forward + distances %.2f s, greedy %.2f s)\n",
+      "score      %.6f (%s)\n"
+      "cosine     %.6f (mean cosine similarity of final hidden states to the unshared model)\n"
+      "time       %.2f s (unshared forward + distances %.2f s, selection %.2f s)\n",
       StopReasonName(g.stop), st.sharing_layers(), target, g.trace.size(), g.pairs_skipped,
       st.CanonicalString(), st.owning_layers(), c.n_layers, c.KvBytesPerToken(),
-      per_layer * st.owning_layers(), 100 * kept, 100 * (1 - kept), g.score, result.total_seconds,
-      result.calibration_seconds, result.greedy_seconds);
+      per_layer * st.owning_layers(), 100 * kept, 100 * (1 - kept), g.score,
+      st.provenance().method == "nll" ? "minus the calibration NLL increase, nats/token"
+                                      : "mean cosine similarity to the unshared model",
+      result.calibration_score, result.total_seconds, result.calibration_seconds,
+      result.greedy_seconds);
 }
 
 }  // namespace
@@ -60,6 +136,9 @@ Runner RegisterSearch(CLI::App& app) {
     double target_ratio = SearchRequest::kDefaultTargetRatio;
     int target_layers = 0;
     std::string out;
+    RemoteSearchFlags remote;  // --server: run as a job of a kvshare-search
+    double max_nll_increase = 0;
+    HeldoutFlags heldout;
   };
   auto flags = std::make_shared<Flags>();
   CLI::App* sub = app.add_subcommand(
@@ -67,8 +146,7 @@ Runner RegisterSearch(CLI::App& app) {
   AddModelFlags(sub, &flags->model, /*with_strategy=*/false);
   SearchRequest& r = flags->request;
   sub->add_option("--calibration", r.calibration_path,
-                  "Calibration text: its first --samples lines of >= --tokens tokens")
-      ->required();
+                  "Calibration text: its first --samples lines of >= --tokens tokens");
   CLI::Option* ratio =
       sub->add_option("--target-ratio", flags->target_ratio, "Share round(R * layers) layers")
           ->capture_default_str();
@@ -87,18 +165,50 @@ Runner RegisterSearch(CLI::App& app) {
       ->capture_default_str();
   sub->add_option("--tokens", r.calibration.tokens, "Tokens per calibration sample (BOS counted)")
       ->capture_default_str();
-  sub->add_option("--out", flags->out, "Strategy JSON file to write")->required();
+  sub->add_option("--method", r.method,
+                  "Selection rule: kvsharer (the paper: cosine above --threshold) or nll "
+                  "(calibration NLL increase below --max-nll-increase)")
+      ->capture_default_str();
+  sub->add_option("--best-of", r.best_of,
+                  "Score the next K candidates of the order per step and accept the best "
+                  "(1 = the first acceptable one, the paper's rule)")
+      ->capture_default_str();
+  sub->add_flag("--lazy", r.lazy,
+                "With --best-of: rescore only the candidate with the best last score until it "
+                "is current (fewer forward passes; exact when scores only fall)");
+  CLI::Option* max_nll = sub->add_option(
+      "--max-nll-increase", flags->max_nll_increase,
+      "--method nll: accept a candidate while its calibration NLL is less than R nats/token "
+      "above the unshared model's (no cap when not given)");
+  sub->add_option("--heldout", flags->heldout.path,
+                  "Held-out text the strategy's quality is measured on (default: the "
+                  "calibration text from the line after the last calibration line)");
+  sub->add_option("--heldout-tokens", flags->heldout.options.tokens,
+                  "Held-out tokens scored (perplexity with and without the strategy)")
+      ->capture_default_str();
+  sub->add_option("--heldout-context", flags->heldout.options.context,
+                  "Held-out window length in tokens")
+      ->capture_default_str();
+  sub->add_option("--out", flags->out, "Strategy JSON file to write");
+  AddRemoteSearchFlags(sub, &flags->remote);
 
-  return [flags, ratio, layers]() -> int {
+  return [flags, ratio, layers, max_nll]() -> int {
     SearchRequest request = flags->request;
     if (layers->count() > 0) request.target_layers = flags->target_layers;
     if (ratio->count() > 0) request.target_ratio = flags->target_ratio;
+    if (max_nll->count() > 0) request.max_nll_increase = flags->max_nll_increase;
+    if (!flags->remote.server.empty()) {
+      return RunRemoteSearchCommand(flags->remote, flags->model.model, request, flags->out);
+    }
+    if (absl::Status s = CheckNoRemoteFlags(flags->remote); !s.ok()) return Fail(s);
     // Everything is checked before the first forward pass: the flags alone, then with the
     // model (layer count, context, calibration lines).
     absl::Status s = CheckOutputPath(flags->out);
     if (!s.ok()) return Fail(s);
     auto checked = CheckSearchRequest(request);
     if (!checked.ok()) return Fail(checked.status());
+    s = CheckHeldoutFlags(flags->heldout);
+    if (!s.ok()) return Fail(s);
     auto session = OpenSession(flags->model, /*need_engine=*/false);
     if (!session.ok()) return Fail(session.status());
     const Model& model = *session->model;
@@ -106,28 +216,48 @@ Runner RegisterSearch(CLI::App& app) {
     auto prepared = PrepareSearch(request, model, *session->tokenizer);
     if (!prepared.ok()) return Fail(prepared.status());
     const GreedyOptions& options = prepared->options;
+    // The held-out slice is cut before the search, so a text too short for it costs nothing.
+    auto heldout = PrepareHeldout(flags->heldout, request.calibration_path, *checked,
+                                  prepared->calibration, *session->tokenizer, c);
+    if (!heldout.ok()) return Fail(heldout.status());
 
     std::cerr << absl::StrFormat(
-        "search: %s, %d layers; calibration %d x %d tokens (%s); order %s, threshold %g, "
-        "target %d sharing layers\n",
+        "search: %s, %d layers; calibration %d x %d tokens (%s); method %s, order %s, %s, best "
+        "of %d%s, target %d sharing layers\n",
         c.name, c.n_layers, prepared->calibration.samples, prepared->calibration.tokens,
-        prepared->calibration.hash.substr(0, 16), PairOrderName(options.order), options.threshold,
-        options.target_layers);
+        prepared->calibration.hash.substr(0, 16), request.method, PairOrderName(options.order),
+        prepared->selection.method == SearchMethod::kNll
+            ? (request.max_nll_increase.has_value()
+                   ? absl::StrFormat("NLL increase < %g", *request.max_nll_increase)
+                   : std::string("no NLL cap"))
+            : absl::StrFormat("threshold %g", options.threshold),
+        request.best_of, request.lazy ? " (lazy)" : "", options.target_layers);
     auto backend = MakeCpuBackend(flags->model.threads);
     ProgressBar bar("search", "pairs");
-    auto result = RunKvSharerSearch(
-        model, *backend, prepared->calibration, options, [&](const GreedyProgress& p) {
-          bar.Update(p.pair_index, p.pairs_total,
-                     absl::StrFormat("pair (%d, %d), %d accepted, %d/%d layers share", p.pair.i,
-                                     p.pair.j, p.accepted, p.sharing_layers, p.target_layers));
-        });
+    SearchHooks hooks;
+    hooks.progress = [&](const GreedyProgress& p) {
+      bar.Update(p.pair_index, p.pairs_total,
+                 absl::StrFormat("pair (%d, %d), %d scored, %d accepted, %d/%d layers share",
+                                 p.pair.i, p.pair.j, p.pairs_scored, p.accepted,
+                                 p.sharing_layers, p.target_layers));
+    };
+    auto result =
+        RunStrategySearch(model, *backend, prepared->calibration, prepared->selection, hooks);
     bar.Finish();
     if (!result.ok()) return Fail(result.status());
     PrintResult(c, *result, options.target_layers);
-    s = result->strategy->WriteFile(flags->out);
+
+    // Quality on record: held-out perplexity with and without the strategy.
+    SharingStrategy strategy = *result->strategy;
+    auto quality = MeasureHeldout(model, std::move(*heldout), flags->model.threads,
+                                  std::make_shared<const SharingStrategy>(strategy),
+                                  result->calibration_score);
+    if (!quality.ok()) return Fail(quality.status());
+    RecordQuality(*quality, &strategy.provenance());
+    PrintQuality(*quality);
+    s = strategy.WriteFile(flags->out);
     if (!s.ok()) return Fail(s);
-    std::cout << absl::StrFormat("wrote      %s (strategy %s)\n", flags->out,
-                                 result->strategy->id());
+    std::cout << absl::StrFormat("wrote      %s (strategy %s)\n", flags->out, strategy.id());
     return 0;
   };
 }

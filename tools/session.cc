@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/model/locate.h"
+#include "kernels/cpu/cpu_backend.h"
 
 namespace kvshare::cli {
 
@@ -17,6 +18,10 @@ void AddModelFlags(CLI::App* app, ModelFlags* flags, bool with_strategy) {
                   "model)");
   app->add_option("--threads", flags->threads, "Worker threads (0 = all cores)")
       ->check(CLI::Range(0, 1024));
+  app->add_flag("--int8", flags->int8,
+                "Quantized weights: multiply with int8-quantized activations (up to 3x faster "
+                "prefill and batched decode; +1.3% WikiText-2 perplexity on SmolLM2) instead "
+                "of fp32 activations");
   if (with_strategy) {
     app->add_option("--strategy", flags->strategy,
                     "KV sharing strategy JSON file (default: identity, no sharing)");
@@ -65,7 +70,10 @@ absl::StatusOr<Session> OpenSession(const ModelFlags& flags, bool need_engine) {
                                   ? flags.kv_pool_tokens
                                   : std::max<int64_t>(8192, c.max_seq_len);
   options.kv_pool_bytes = pool_tokens * c.KvBytesPerToken();
-  auto engine = Engine::Create(*session.model, MakeCpuBackend(flags.threads), options);
+  CpuBackendOptions backend;
+  backend.threads = flags.threads;
+  backend.matmul.int8_activations = flags.int8;
+  auto engine = Engine::Create(*session.model, MakeCpuBackend(backend), options);
   if (!engine.ok()) return engine.status();
   session.engine = std::move(*engine);
   return session;

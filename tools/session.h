@@ -19,6 +19,7 @@ struct ModelFlags {
   std::string tokenizer;  // llama2.c models: tok<vocab>.bin beside the model when empty
   std::string strategy;   // strategy JSON file; empty = identity
   int threads = 0;        // 0 = all cores
+  bool int8 = false;      // int8-quantized activations in quantized matmuls (faster, less exact)
   int max_step_rows = 256;
   int64_t kv_pool_tokens = 0;  // 0 = max(8192, model context) unshared tokens
 };

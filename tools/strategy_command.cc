@@ -1,9 +1,13 @@
-// kvshare strategy: write a hand-made sharing strategy file for a model.
+// kvshare strategy: write a hand-made sharing strategy file for a model, or a baseline
+// pattern from the cross-layer sharing literature at a given number of sharing layers.
 #include <iostream>
+#include <optional>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "search_service/baseline_strategies.h"
 #include "tools/commands.h"
 #include "tools/session.h"
 
@@ -36,25 +40,61 @@ Runner RegisterStrategy(CLI::App& app) {
   struct Flags {
     ModelFlags model;
     std::string share;
+    std::string baseline;
+    int shared = 0;
+    BaselineOptions baseline_options;
     std::string out;
     std::string note;
   };
   auto flags = std::make_shared<Flags>();
   CLI::App* sub = app.add_subcommand(
-      "strategy", "Write a hand-made KV sharing strategy file for a model (LAYER:SOURCE pairs)");
+      "strategy",
+      "Write a KV sharing strategy file for a model: LAYER:SOURCE pairs or a baseline pattern");
   AddModelFlags(sub, &flags->model, /*with_strategy=*/false);
-  sub->add_option("--share", flags->share,
-                  "Comma-separated LAYER:SOURCE pairs, e.g. 29:28,27:26 (empty = identity)");
+  CLI::Option* share = sub->add_option(
+      "--share", flags->share,
+      "Comma-separated LAYER:SOURCE pairs, e.g. 29:28,27:26 (empty = identity)");
+  CLI::Option* baseline = sub->add_option(
+      "--baseline", flags->baseline,
+      "A pattern from the literature instead of --share: alternate (odd layers read the layer "
+      "below), groups (adjacent layers share the lowest), middle (top layers read one middle "
+      "layer), minicache (the deepest layers in adjacent pairs)");
+  baseline->excludes(share);
+  sub->add_option("--shared", flags->shared, "With --baseline: how many layers share");
+  sub->add_option("--group-size", flags->baseline_options.group_size,
+                  "With --baseline groups: layers per group")
+      ->capture_default_str();
   sub->add_option("--out", flags->out, "Output JSON file")->required();
   sub->add_option("--note", flags->note, "Free text kept in the provenance");
-  return [flags]() -> int {
+  return [flags, baseline]() -> int {
+    // Flags alone first: a bad pattern name costs no model load.
+    std::optional<BaselinePattern> pattern;
+    if (baseline->count() > 0) {
+      auto p = ParseBaselinePattern(flags->baseline);
+      if (!p.ok()) return Fail(p.status());
+      pattern = *p;
+    } else if (flags->shared != 0) {
+      return Fail(absl::InvalidArgumentError(
+          absl::StrFormat("--shared %d needs --baseline NAME", flags->shared)));
+    }
     auto model = LoadModelFromFlags(flags->model);
     if (!model.ok()) return Fail(model.status());
-    auto kv_source = ParseSharePairs(flags->share, (*model)->config().n_layers);
+    const int n_layers = (*model)->config().n_layers;
+    auto kv_source = pattern.has_value() ? BaselineStrategy(*pattern, n_layers, flags->shared,
+                                                            flags->baseline_options)
+                                         : ParseSharePairs(flags->share, n_layers);
     if (!kv_source.ok()) return Fail(kv_source.status());
     auto st = SharingStrategy::Create(*kv_source, (*model)->fingerprint());
     if (!st.ok()) return Fail(st.status());
     st->provenance().note = flags->note;
+    if (pattern.has_value()) {
+      StrategyProvenance& p = st->provenance();
+      p.method = absl::StrCat("baseline:", BaselinePatternName(*pattern));
+      p.target_layers = flags->shared;
+      if (*pattern == BaselinePattern::kGroups && p.note.empty()) {
+        p.note = absl::StrFormat("group size %d", flags->baseline_options.group_size);
+      }
+    }
     absl::Status s = st->WriteFile(flags->out);
     if (!s.ok()) return Fail(s);
     std::cout << absl::StrFormat("wrote %s: %d of %d layers own KV, id %s\n", flags->out,

@@ -36,6 +36,48 @@ const char* FinishReasonName(FinishReason r) {
   return "unknown";
 }
 
+CompletionTracker::CompletionTracker(const Tokenizer& tokenizer, int32_t last_prompt_token,
+                                     int max_tokens, std::vector<std::string> stop,
+                                     bool ignore_eos)
+    : tokenizer_(tokenizer),
+      prev_(last_prompt_token),
+      max_tokens_(max_tokens),
+      stop_(std::move(stop)),
+      ignore_eos_(ignore_eos) {}
+
+CompletionTracker::Step CompletionTracker::Accept(int32_t id) {
+  Step step;
+  if (!ignore_eos_ && tokenizer_.IsEndOfGeneration(id)) {
+    step.finished = finished_ = true;
+    step.finish = FinishReason::kEos;
+    return step;
+  }
+  step.emitted = true;
+  tokens_.push_back(id);
+  step.piece = tokenizer_.DecodeToken(prev_, id);
+  prev_ = id;
+  const size_t before = text_.size();
+  text_ += step.piece;
+  for (const std::string& stop : stop_) {
+    if (stop.empty()) continue;
+    // Only a match that ends in the new piece is new.
+    const size_t from = before >= stop.size() ? before - stop.size() + 1 : 0;
+    const size_t at = text_.find(stop, from);
+    if (at != std::string::npos) {
+      step.piece = at > before ? text_.substr(before, at - before) : "";
+      text_.resize(at);
+      step.finished = finished_ = true;
+      step.finish = FinishReason::kStop;
+      return step;
+    }
+  }
+  if (int(tokens_.size()) >= max_tokens_) {
+    step.finished = finished_ = true;
+    step.finish = FinishReason::kLength;
+  }
+  return step;
+}
+
 absl::StatusOr<GenerateResult> Generate(Engine& engine, const Tokenizer& tokenizer,
                                         absl::Span<const int32_t> prompt,
                                         const GenerateOptions& options,
@@ -66,48 +108,24 @@ absl::StatusOr<GenerateResult> Generate(Engine& engine, const Tokenizer& tokeniz
   auto t1 = std::chrono::steady_clock::now();
   result.prefill_seconds = Seconds(t0, t1);
 
-  int32_t prev = prompt.back();
+  CompletionTracker tracker(tokenizer, prompt.back(), options.max_tokens, options.stop);
   while (true) {
     const int32_t next = sampler.Sample(logits);
-    if (tokenizer.IsEndOfGeneration(next)) {
-      result.finish = FinishReason::kEos;
-      break;
-    }
-    result.tokens.push_back(next);
-    std::string piece = tokenizer.DecodeToken(prev, next);
-    prev = next;
-    const size_t before = result.text.size();
-    result.text += piece;
-    bool stopped = false;
-    for (const std::string& stop : options.stop) {
-      if (stop.empty()) continue;
-      // Only a match that ends in the new piece is new.
-      const size_t from = before >= stop.size() ? before - stop.size() + 1 : 0;
-      const size_t at = result.text.find(stop, from);
-      if (at != std::string::npos) {
-        piece = at > before ? result.text.substr(before, at - before) : "";
-        result.text.resize(at);
-        stopped = true;
-        break;
-      }
-    }
-    if (on_token && !on_token(next, piece)) {
+    const CompletionTracker::Step step = tracker.Accept(next);
+    if (step.emitted && on_token && !on_token(next, step.piece)) {
       result.finish = FinishReason::kCancelled;
       break;
     }
-    if (stopped) {
-      result.finish = FinishReason::kStop;
+    if (step.finished) {
+      result.finish = step.finish;
       break;
     }
-    if (int(result.tokens.size()) >= options.max_tokens) {
-      result.finish = FinishReason::kLength;
-      break;
-    }
-    const int32_t id = next;
-    StepInput in{seq.id(), absl::MakeConstSpan(&id, 1), false};
+    StepInput in{seq.id(), absl::MakeConstSpan(&next, 1), false};
     s = engine.Step({in}, &logits);
     if (!s.ok()) return s;
   }
+  result.tokens = tracker.tokens();
+  result.text = tracker.text();
   result.decode_seconds = Seconds(t1, std::chrono::steady_clock::now());
   return result;
 }

@@ -1,5 +1,6 @@
 #include "common/strategy/sharing_strategy.h"
 
+#include <cmath>
 #include <fstream>
 #include <sstream>
 
@@ -22,6 +23,11 @@ std::string ContentId(const std::string& fingerprint, const std::vector<int>& kv
 }
 
 }  // namespace
+
+double StrategyProvenance::heldout_nll_increase() const {
+  if (!has_quality() || !(heldout_ppl > 0) || !(baseline_ppl > 0)) return 0.0;
+  return std::log(heldout_ppl / baseline_ppl);
+}
 
 SharingStrategy SharingStrategy::Identity(int n_layers, const std::string& model_fingerprint) {
   SharingStrategy s;
@@ -106,6 +112,17 @@ std::string SharingStrategy::ToJson() const {
   p["target_layers"] = provenance_.target_layers;
   p["score"] = provenance_.score;
   p["note"] = provenance_.note;
+  if (provenance_.best_of > 0) p["best_of"] = provenance_.best_of;
+  if (provenance_.max_nll_increase > 0) p["max_nll_increase"] = provenance_.max_nll_increase;
+  if (provenance_.has_quality()) {
+    p["quality"] = {{"heldout_ppl", provenance_.heldout_ppl},
+                    {"baseline_ppl", provenance_.baseline_ppl},
+                    {"heldout_nll_increase", provenance_.heldout_nll_increase()},
+                    {"heldout_tokens", provenance_.heldout_tokens},
+                    {"heldout_context", provenance_.heldout_context},
+                    {"heldout_hash", provenance_.heldout_hash},
+                    {"calibration_score", provenance_.calibration_score}};
+  }
   j["provenance"] = p;
   return j.dump(2) + "\n";
 }
@@ -157,6 +174,17 @@ absl::StatusOr<SharingStrategy> SharingStrategy::FromJson(const std::string& tex
     out.target_layers = p.value("target_layers", 0);
     out.score = p.value("score", 0.0);
     out.note = p.value("note", "");
+    out.best_of = p.value("best_of", 0);
+    out.max_nll_increase = p.value("max_nll_increase", 0.0);
+    if (p.contains("quality") && p["quality"].is_object()) {
+      const auto& q = p["quality"];
+      out.heldout_ppl = q.value("heldout_ppl", 0.0);
+      out.baseline_ppl = q.value("baseline_ppl", 0.0);
+      out.heldout_tokens = q.value("heldout_tokens", int64_t{0});
+      out.heldout_context = q.value("heldout_context", 0);
+      out.heldout_hash = q.value("heldout_hash", "");
+      out.calibration_score = q.value("calibration_score", 0.0);
+    }
   }
   return st;
 }

@@ -30,6 +30,25 @@ struct StrategyProvenance {
   int target_layers = 0;           // requested number of sharing layers
   double score = 0.0;              // calibration score of the final strategy
   std::string note;
+
+  // Selection rule parameters beyond the paper's (search_service/selection_rules.h).
+  int best_of = 0;                 // candidates scored per step (0: not recorded; 1: the paper's)
+  double max_nll_increase = 0.0;   // NLL acceptance cap, nats/token over unshared (0: not used)
+
+  // Measured quality (search_service/heldout_quality.h); heldout_tokens == 0: not measured.
+  // Perplexity with and without the strategy on a fixed held-out slice disjoint from the
+  // calibration lines, scored in windows of heldout_context tokens.
+  double heldout_ppl = 0.0;
+  double baseline_ppl = 0.0;
+  int64_t heldout_tokens = 0;
+  int heldout_context = 0;
+  std::string heldout_hash;        // hash of the held-out token ids
+  // Mean cosine similarity of final-norm hidden states to the unshared model's on the
+  // calibration set (the paper's score), whatever rule chose the strategy.
+  double calibration_score = 0.0;
+  bool has_quality() const { return heldout_tokens > 0; }
+  // ln(heldout_ppl / baseline_ppl): the held-out NLL increase in nats/token.
+  double heldout_nll_increase() const;
 };
 
 class SharingStrategy {

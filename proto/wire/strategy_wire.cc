@@ -18,6 +18,17 @@ void ToProto(const SharingStrategy& strategy, v1::SharingStrategy* out) {
   pp->set_target_layers(p.target_layers);
   pp->set_score(p.score);
   pp->set_note(p.note);
+  pp->set_best_of(p.best_of);
+  pp->set_max_nll_increase(p.max_nll_increase);
+  if (p.has_quality()) {
+    v1::StrategyQuality* q = pp->mutable_quality();
+    q->set_heldout_ppl(p.heldout_ppl);
+    q->set_baseline_ppl(p.baseline_ppl);
+    q->set_heldout_tokens(p.heldout_tokens);
+    q->set_heldout_context(p.heldout_context);
+    q->set_heldout_hash(p.heldout_hash);
+    q->set_calibration_score(p.calibration_score);
+  }
 }
 
 absl::StatusOr<SharingStrategy> FromProto(const v1::SharingStrategy& msg) {
@@ -38,6 +49,17 @@ absl::StatusOr<SharingStrategy> FromProto(const v1::SharingStrategy& msg) {
     p.target_layers = pp.target_layers();
     p.score = pp.score();
     p.note = pp.note();
+    p.best_of = pp.best_of();
+    p.max_nll_increase = pp.max_nll_increase();
+    if (pp.has_quality()) {
+      const v1::StrategyQuality& q = pp.quality();
+      p.heldout_ppl = q.heldout_ppl();
+      p.baseline_ppl = q.baseline_ppl();
+      p.heldout_tokens = q.heldout_tokens();
+      p.heldout_context = q.heldout_context();
+      p.heldout_hash = q.heldout_hash();
+      p.calibration_score = q.calibration_score();
+    }
   }
   return st;
 }

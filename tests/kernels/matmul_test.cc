@@ -110,8 +110,9 @@ struct Mode {
 };
 
 std::vector<Mode> Modes(DType type) {
-  MatMulOptions int8_gemm;  // defaults: int8 activations, integer GEMM for large n
-  MatMulOptions int8_sgemm;
+  MatMulOptions int8_gemm;  // int8 activations, integer GEMM for large n
+  int8_gemm.int8_activations = true;
+  MatMulOptions int8_sgemm = int8_gemm;
   int8_sgemm.quant_gemm = QuantGemm::kSgemm;
   MatMulOptions exact;
   exact.int8_activations = false;
@@ -204,7 +205,10 @@ TEST(MatMulTest, Int8ResultsDoNotDependOnBatchSize) {
   for (DType type : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_1}) {
     const OwnedTensor w = testing::RandomWeight(type, 192, 576, 3);
     const std::vector<float> x = testing::RandomFloats(64 * 576, 4);
-    auto backend = MakeCpuBackend(2);
+    CpuBackendOptions options;
+    options.threads = 2;
+    options.matmul.int8_activations = true;
+    auto backend = MakeCpuBackend(options);
     const std::vector<float> all = RunMatMul(*backend, w.tensor, x, 64);
     for (int t : {0, 5, 63}) {
       const std::vector<float> one(x.begin() + t * 576, x.begin() + (t + 1) * 576);

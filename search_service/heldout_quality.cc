@@ -1,0 +1,146 @@
+#include "search_service/heldout_quality.h"
+
+#include <cmath>
+
+#include "absl/strings/str_format.h"
+#include "common/util/sha256.h"
+
+namespace kvshare {
+namespace {
+
+std::string HashSlice(int context, const std::vector<int32_t>& ids) {
+  Sha256 h;
+  h.Update(absl::StrFormat("kvshare-heldout-v1 %d\n", context));
+  std::string bytes(ids.size() * 4, '\0');
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const uint32_t u = static_cast<uint32_t>(ids[i]);
+    for (int b = 0; b < 4; ++b) bytes[4 * i + b] = static_cast<char>((u >> (8 * b)) & 0xff);
+  }
+  h.Update(bytes);
+  return h.HexDigest();
+}
+
+}  // namespace
+
+int LastCalibrationLine(const CalibrationSet& calibration) {
+  return calibration.source_lines.empty() ? 0 : calibration.source_lines.back();
+}
+
+absl::StatusOr<HeldoutSlice> BuildHeldoutSlice(std::string_view text, const Tokenizer& tokenizer,
+                                               int after_line, const HeldoutOptions& options,
+                                               const std::string& source) {
+  if (options.tokens < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("--heldout-tokens %d must be >= 1", options.tokens));
+  }
+  if (options.context < 2) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("--heldout-context %d must be >= 2", options.context));
+  }
+  size_t offset = 0;
+  for (int line = 0; line < after_line; ++line) {
+    offset = text.find('\n', offset);
+    if (offset == std::string_view::npos) {
+      return absl::OutOfRangeError(absl::StrFormat(
+          "%s: no held-out text: it ends before line %d", source, after_line + 1));
+    }
+    ++offset;
+  }
+  const std::string_view rest = text.substr(offset);
+  // Tokenise a prefix cut at a line end (WikiText-2 is ~1.3 MB; ~16 bytes per needed token is
+  // plenty), growing it when it falls short. Only tokens well before the cut are kept, so the
+  // cut does not change them.
+  const int64_t margin = 64;
+  std::vector<int32_t> ids;
+  for (size_t bytes = size_t(options.tokens) * 16;; bytes *= 2) {
+    std::string_view prefix = rest.substr(0, bytes);
+    if (prefix.size() < rest.size()) {
+      const size_t cut = prefix.rfind('\n');
+      if (cut != std::string_view::npos) prefix = prefix.substr(0, cut + 1);
+    }
+    ids = tokenizer.Encode(prefix, /*add_bos=*/false);
+    if (prefix.size() == rest.size() || int64_t(ids.size()) >= options.tokens + margin) break;
+  }
+  if (int64_t(ids.size()) < options.tokens) {
+    return absl::OutOfRangeError(absl::StrFormat(
+        "%s from line %d has %d tokens; --heldout-tokens %d asked for (use fewer, or a longer "
+        "text)",
+        source, after_line + 1, ids.size(), options.tokens));
+  }
+  ids.resize(options.tokens);
+  // BOS first (the document start); it is context, never a target.
+  if (tokenizer.bos_id() >= 0) ids.insert(ids.begin(), tokenizer.bos_id());
+  HeldoutSlice slice;
+  slice.ids = std::move(ids);
+  slice.first_line = after_line + 1;
+  slice.context = options.context;
+  slice.hash = HashSlice(options.context, slice.ids);
+  return slice;
+}
+
+double StrategyQuality::heldout_ppl() const { return std::exp(heldout_nll); }
+double StrategyQuality::baseline_ppl() const { return std::exp(baseline_nll); }
+
+void RecordQuality(const StrategyQuality& q, StrategyProvenance* p) {
+  p->heldout_ppl = q.heldout_ppl();
+  p->baseline_ppl = q.baseline_ppl();
+  p->heldout_tokens = q.heldout_tokens;
+  p->heldout_context = q.context;
+  p->heldout_hash = q.heldout_hash;
+  p->calibration_score = q.calibration_score;
+}
+
+absl::StatusOr<std::unique_ptr<QualityMeter>> QualityMeter::Create(const Model& model,
+                                                                   HeldoutSlice slice,
+                                                                   int threads) {
+  const ModelConfig& c = model.config();
+  if (slice.context < 2 || slice.context > c.max_seq_len) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("--heldout-context %d must be in [2, %d] (the context of '%s')",
+                        slice.context, c.max_seq_len, c.name));
+  }
+  if (slice.ids.size() < 2) {
+    return absl::InvalidArgumentError("held-out slice: need at least 2 tokens");
+  }
+  std::unique_ptr<QualityMeter> meter(new QualityMeter(model, std::move(slice)));
+  EngineOptions eo;
+  eo.max_step_rows = meter->slice_.context;
+  // One window at a time: room for a context of unshared KV plus a block of slack.
+  eo.kv_pool_bytes = int64_t(meter->slice_.context + 64) * c.KvBytesPerToken();
+  auto engine = Engine::Create(model, MakeCpuBackend(threads), eo);
+  if (!engine.ok()) return engine.status();
+  meter->engine_ = std::move(*engine);
+  auto base = meter->Perplexity(nullptr);
+  if (!base.ok()) return base.status();
+  meter->baseline_ = *base;
+  return meter;
+}
+
+absl::StatusOr<PerplexityResult> QualityMeter::Perplexity(
+    std::shared_ptr<const SharingStrategy> strategy) {
+  if (strategy != nullptr) {
+    absl::Status s = strategy->ValidateFor(model_.config(), model_.fingerprint());
+    if (!s.ok()) return s;
+  }
+  PerplexityOptions po;
+  po.context = slice_.context;
+  po.stride = slice_.context;
+  po.strategy = std::move(strategy);
+  return EvaluatePerplexity(*engine_, slice_.ids, po);
+}
+
+absl::StatusOr<StrategyQuality> QualityMeter::Measure(
+    std::shared_ptr<const SharingStrategy> strategy, double calibration_score) {
+  auto ppl = Perplexity(std::move(strategy));
+  if (!ppl.ok()) return ppl.status();
+  StrategyQuality q;
+  q.heldout_nll = ppl->mean_nll;
+  q.baseline_nll = baseline_.mean_nll;
+  q.heldout_tokens = ppl->tokens_scored;
+  q.context = slice_.context;
+  q.heldout_hash = slice_.hash;
+  q.calibration_score = calibration_score;
+  return q;
+}
+
+}  // namespace kvshare

@@ -1,0 +1,94 @@
+// The measured quality every search result carries (issue 12): perplexity with and without
+// the strategy on a fixed held-out slice of text disjoint from the calibration lines, beside
+// the calibration cosine score.
+//
+// Held-out slice: the text from the line after the last calibration line (when the held-out
+// text is the calibration text; from its first line otherwise), tokenised without BOS, its
+// first `tokens` tokens, BOS put first when the tokenizer has one (context, never a target).
+// Scored as EvaluatePerplexity does: windows of `context` tokens, stride = context (each target
+// scored once). WikiText-2 test, 16384 tokens, 512-token windows by default.
+//
+// QualityMeter owns an engine; not thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/engine/engine.h"
+#include "common/engine/generate.h"
+#include "common/model/model.h"
+#include "common/strategy/sharing_strategy.h"
+#include "common/tokenizer/tokenizer.h"
+#include "search_service/calibration.h"
+
+namespace kvshare {
+
+struct HeldoutOptions {
+  int64_t tokens = 16384;  // targets scored (the slice is tokens + 1 with BOS)
+  int context = 512;       // window length = stride
+};
+
+struct HeldoutSlice {
+  std::vector<int32_t> ids;  // BOS (when the tokenizer has one), then `tokens` text tokens
+  int first_line = 1;        // 1-based line of the text the slice starts at
+  int context = 512;
+  // Hex SHA-256 of "kvshare-heldout-v1 <context>\n" + the ids as little-endian int32.
+  std::string hash;
+  int64_t targets() const { return int64_t(ids.size()) - 1; }
+};
+
+// The slice of `text` starting after line `after_line` (0: from the start). `source` names the
+// text in errors. InvalidArgument for tokens < 1 or context < 2, and OutOfRange when the text
+// after that line has fewer than `tokens` tokens (saying how many it has) — never a shorter
+// slice.
+absl::StatusOr<HeldoutSlice> BuildHeldoutSlice(std::string_view text, const Tokenizer& tokenizer,
+                                               int after_line, const HeldoutOptions& options,
+                                               const std::string& source);
+// The last line a calibration set took (0 when empty): a held-out slice of the same text
+// starts after it.
+int LastCalibrationLine(const CalibrationSet& calibration);
+
+struct StrategyQuality {
+  double heldout_nll = 0, baseline_nll = 0;  // nats/token
+  int64_t heldout_tokens = 0;
+  int context = 0;
+  std::string heldout_hash;
+  double calibration_score = 0;  // mean cosine to the unshared model on the calibration set
+  double heldout_ppl() const;
+  double baseline_ppl() const;
+  double nll_increase() const { return heldout_nll - baseline_nll; }
+};
+
+// Writes the measured quality into a strategy's provenance.
+void RecordQuality(const StrategyQuality& quality, StrategyProvenance* provenance);
+
+// Perplexity of strategies on one held-out slice; the unshared model's is computed once, at
+// Create.
+class QualityMeter {
+ public:
+  // `threads`: the CPU backend's (0 = all cores). InvalidArgument when the slice's context
+  // exceeds the model's.
+  static absl::StatusOr<std::unique_ptr<QualityMeter>> Create(const Model& model,
+                                                              HeldoutSlice slice, int threads);
+
+  const HeldoutSlice& slice() const { return slice_; }
+  const PerplexityResult& baseline() const { return baseline_; }
+  // FailedPrecondition for a strategy of another model (fingerprint, layer count).
+  absl::StatusOr<PerplexityResult> Perplexity(std::shared_ptr<const SharingStrategy> strategy);
+  // Perplexity of `strategy` beside the baseline, with the given calibration score.
+  absl::StatusOr<StrategyQuality> Measure(std::shared_ptr<const SharingStrategy> strategy,
+                                          double calibration_score);
+
+ private:
+  QualityMeter(const Model& model, HeldoutSlice slice) : model_(model), slice_(std::move(slice)) {}
+  const Model& model_;
+  HeldoutSlice slice_;
+  std::unique_ptr<Engine> engine_;
+  PerplexityResult baseline_;
+};
+
+}  // namespace kvshare

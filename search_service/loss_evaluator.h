@@ -1,0 +1,103 @@
+// Scores candidate strategies by what they do to the model's predictions on the calibration
+// set, for the selection rules beyond the paper's (selection_rules.h):
+//   - nll:    the mean next-token NLL of the calibration samples (targets: positions 1 .. T-1
+//             of each sample), reported against the unshared model's;
+//   - cosine: the paper's score (mean per-sample cosine of the flattened final-norm hidden
+//             states), computed the same way as CosineEvaluator.
+// Every Score computes both (last()); Score returns the one the evaluator was made for, in the
+// "higher is better" form the greedy rules compare with a threshold:
+//   kCosine: the mean cosine;      kNllIncrease: -(nll - unshared nll), in nats/token.
+//
+// Cost is CosineEvaluator's (the accepted strategy's residual stream is kept per layer; a
+// candidate runs from its first changed layer only) plus, for the NLL, the output projection
+// of every calibration row, in chunks of up to 128 rows. The paper's `--method kvsharer` keeps
+// using CosineEvaluator untouched; this class exists so the new rules do not change it.
+//
+// Owns its buffers; uses (does not own) the transformer and the calibration set, which must
+// outlive it. Not thread-safe.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/engine/transformer.h"
+#include "search_service/calibration.h"
+#include "search_service/dense_kv_layout.h"
+#include "search_service/greedy_search.h"
+
+namespace kvshare {
+
+enum class CandidateMetric {
+  kCosine,       // the paper's score
+  kNllIncrease,  // minus the calibration NLL increase over the unshared model
+};
+
+// Both measures of one strategy on the calibration set.
+struct CalibrationLoss {
+  double cosine = 1.0;  // mean per-sample cosine of final-norm states to the unshared model's
+  double nll = 0.0;     // mean next-token NLL, nats/token
+};
+
+class LossEvaluator : public Evaluator {
+ public:
+  // Runs the unshared model over `calibration` (identity_observer, optional, sees that
+  // forward). InvalidArgument when a sample is longer than the transformer's max_rows or the
+  // model's context, when samples have fewer than 2 tokens (no NLL target), or an id is out of
+  // the vocabulary.
+  static absl::StatusOr<std::unique_ptr<LossEvaluator>> Create(
+      Transformer& transformer, const CalibrationSet& calibration, CandidateMetric metric,
+      ForwardObserver* identity_observer = nullptr);
+  ~LossEvaluator() override;
+
+  // InvalidArgument for an invalid strategy of this model, or a first_changed_layer outside
+  // [1, L) or after a layer that differs from the accepted strategy.
+  absl::StatusOr<double> Score(const std::vector<int>& kv_source, int first_changed_layer) override;
+  absl::Status Accept(const std::vector<int>& kv_source, int first_changed_layer) override;
+
+  // Both measures of any valid strategy, scored against the accepted one from the first layer
+  // where they differ (the identity when they do not differ at all). Leaves the accepted
+  // strategy as it was.
+  absl::StatusOr<CalibrationLoss> Measure(const std::vector<int>& kv_source);
+
+  CandidateMetric metric() const { return metric_; }
+  const CalibrationLoss& unshared() const { return unshared_; }
+  const CalibrationLoss& last() const { return last_; }  // of the last Score
+  const std::vector<int>& accepted() const { return accepted_; }
+
+ private:
+  class LayerOutputCapture;
+  LossEvaluator(Transformer& transformer, const CalibrationSet& calibration,
+                CandidateMetric metric);
+  absl::Status Init(ForwardObserver* identity_observer);
+  absl::Status CheckCandidate(const std::vector<int>& kv_source, int first_changed_layer) const;
+  // Runs layers [first, L) of the current candidate over every sample (first == 0: from the
+  // embeddings), keeping each layer's output in candidate_hidden_, the final-norm states in
+  // final_ and the NLL summed over targets in nll_sum_.
+  absl::Status RunCandidate(int first, ForwardObserver* extra_observer);
+  // Adds the NLL of rows [row0, row0 + rows) (final-normed, on the backend at h) to nll_sum_.
+  void AddNll(const float* h, size_t row0, int rows);
+  CalibrationLoss Compare() const;
+
+  Transformer& transformer_;
+  const CalibrationSet& calibration_;
+  const CandidateMetric metric_;
+  int dim_ = 0, n_layers_ = 0, vocab_ = 0, batch_samples_ = 0, logit_rows_ = 0;
+  std::unique_ptr<DenseKvLayout> kv_;
+  std::unique_ptr<Buffer> x_;       // [batch rows][dim], the residual stream being run
+  std::unique_ptr<Buffer> logits_;  // [logit_rows][vocab]
+  std::vector<float> host_logits_;
+  std::vector<int32_t> positions_;
+  std::vector<BatchSeq> seqs_;
+  // Residual entering layer l, [samples * tokens][dim]: accepted strategy and last candidate.
+  std::vector<std::vector<float>> accepted_hidden_, candidate_hidden_;
+  std::vector<float> reference_final_;  // unshared model's final-norm states
+  std::vector<float> final_;            // the last run's final-norm states
+  double nll_sum_ = 0.0;                // the last run's NLL summed over targets
+  CalibrationLoss unshared_, last_;
+  std::vector<int> accepted_;
+  std::vector<int> scored_;  // the last candidate scored (its states are in candidate_*)
+  int scored_first_ = -1;
+};
+
+}  // namespace kvshare

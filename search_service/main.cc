@@ -1,0 +1,121 @@
+// kvshare-search: the search service (DESIGN.md §2): KVSharer search jobs and the versioned
+// strategy registry over gRPC.
+//
+//   kvshare-search --data-dir /var/lib/kvshare [--catalog catalog.json] [--port 50061]
+//
+// Start-up: open the registry store and the job records (jobs the previous process left
+// unfinished are reported FAILED), listen, health SERVING. SIGTERM or SIGINT: drain — health
+// NOT_SERVING, no new jobs, queued and running jobs get --drain-grace seconds, the rest end
+// FAILED with the reason — then exit 0.
+#include <string>
+#include <thread>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/str_format.h"
+#include "absl/time/time.h"
+#include "search_service/server/search_metrics.h"
+#include "search_service/server/search_server.h"
+#include "service_runtime/metrics_exposer.h"
+#include "service_runtime/port_file.h"
+#include "service_runtime/service_logging.h"
+#include "service_runtime/shutdown_signal.h"
+#include "spdlog/spdlog.h"
+
+namespace {
+
+struct Flags {
+  kvshare::SearchServerOptions server;
+  std::string host = "0.0.0.0";
+  int port = 50061;
+  std::string port_file;
+  int metrics_port = 9465;
+  double drain_grace_s = 30;
+  std::string log_level = "info";
+};
+
+int Fail(const std::string& what) {
+  spdlog::critical("event=startup_failed error=\"{}\"", what);
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Before any thread starts: every thread inherits the blocked SIGTERM/SIGINT.
+  kvshare::runtime::ShutdownSignal shutdown_signal;
+
+  Flags f;
+  kvshare::SearchJobRunnerOptions& jobs = f.server.jobs;
+  CLI::App app{
+      "kvshare-search: serves kvshare.v1.SearchService (KVSharer strategy search jobs) "
+      "and kvshare.v1.StrategyRegistry (versioned, immutable strategies) over gRPC"};
+  app.add_option("--host", f.host, "Address to listen on")->capture_default_str();
+  app.add_option("--port", f.port, "gRPC port (0 = any free port)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 65535));
+  app.add_option("--port-file", f.port_file,
+                 "Write the gRPC port here once listening (useful with --port 0)");
+  app.add_option("--data-dir", f.server.data_dir,
+                 "Directory of the strategy registry (strategies/) and job records (jobs/); "
+                 "created if missing, one service per directory")
+      ->required();
+  app.add_option("--catalog", f.server.catalog_path,
+                 "Model catalog JSON (models and calibration corpora by name; see "
+                 "search_service/catalog.example.json). Default: SmolLM2-135M-Instruct and "
+                 "stories260K; WikiText-2, TinyStories, Tiny Shakespeare");
+  app.add_option("--max-concurrent-jobs", jobs.max_concurrent_jobs, "Searches running at once")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
+  app.add_option("--max-queued-jobs", jobs.max_queued_jobs,
+                 "Jobs waiting to run; beyond it CreateSearchJob answers RESOURCE_EXHAUSTED")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 100000));
+  app.add_option("--search-threads", jobs.search_threads,
+                 "CPU threads per running search (0 = cores / --max-concurrent-jobs)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1024));
+  app.add_option("--metrics-port", f.metrics_port, "Prometheus /metrics port (0 = off)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 65535));
+  app.add_option("--drain-grace", f.drain_grace_s,
+                 "Seconds queued and running jobs get to finish after SIGTERM")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--log-level", f.log_level, "trace, debug, info, warn, error")
+      ->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+
+  absl::Status s = kvshare::runtime::SetUpServiceLogging("kvshare-search", f.log_level);
+  if (!s.ok()) return Fail(std::string(s.message()));
+
+  kvshare::SearchMetrics metrics;
+  std::unique_ptr<prometheus::Exposer> exposer;
+  if (f.metrics_port > 0) {
+    auto started =
+        kvshare::runtime::StartMetricsExposer(f.host, f.metrics_port, {metrics.registry()});
+    if (!started.ok())
+      return Fail(absl::StrFormat("--metrics-port: %s", started.status().message()));
+    exposer = std::move(*started);
+  }
+
+  f.server.address = absl::StrFormat("%s:%d", f.host, f.port);
+  auto server = kvshare::SearchServer::Start(f.server, &metrics);
+  if (!server.ok()) return Fail(std::string(server.status().message()));
+  spdlog::info(
+      "event=ready address={}:{} data_dir={} catalog_models={} max_concurrent_jobs={} "
+      "max_queued_jobs={} metrics_port={} health=SERVING",
+      f.host, (*server)->port(), f.server.data_dir, (*server)->catalog().model_names().size(),
+      jobs.max_concurrent_jobs, jobs.max_queued_jobs, f.metrics_port);
+  if (!f.port_file.empty()) {
+    s = kvshare::runtime::WritePortFile(f.port_file, (*server)->port());
+    if (!s.ok()) return Fail(absl::StrFormat("--port-file: %s", s.message()));
+  }
+
+  const int signal = shutdown_signal.Wait();
+  spdlog::info("event=signal signal={} action=drain",
+               kvshare::runtime::ShutdownSignal::Name(signal));
+  const bool clean = (*server)->Drain(absl::Seconds(f.drain_grace_s));
+  server->reset();
+  spdlog::info("event=exit clean_drain={}", clean);
+  return 0;
+}

@@ -1,0 +1,270 @@
+#include "search_service/server/directory_strategy_store.h"
+
+#include <dirent.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <map>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "common/util/file.h"
+#include "nlohmann/json.hpp"
+#include "spdlog/spdlog.h"
+
+namespace kvshare {
+namespace {
+
+using json = nlohmann::json;
+
+constexpr char kRecordFormat[] = "kvshare.strategy_record.v1";
+constexpr char kDeprecationFormat[] = "kvshare.strategy_deprecation.v1";
+
+std::string Rfc3339(absl::Time t) {
+  return absl::FormatTime(absl::RFC3339_full, t, absl::UTCTimeZone());
+}
+
+bool ParseTimeField(const json& j, const char* key, absl::Time* out) {
+  if (!j.contains(key) || !j[key].is_string()) return false;
+  std::string err;
+  return absl::ParseTime(absl::RFC3339_full, j[key].get<std::string>(), out, &err);
+}
+
+std::string VersionFileName(uint64_t version, const char* suffix) {
+  return absl::StrFormat("v%08d%s", version, suffix);
+}
+
+// "v00000003.json" -> 3, with `suffix` ".json" or ".deprecated.json"; 0 when not that shape.
+uint64_t ParseVersionFileName(const std::string& name, const std::string& suffix) {
+  if (name.size() != 9 + suffix.size() || name[0] != 'v' || !absl::EndsWith(name, suffix)) {
+    return 0;
+  }
+  uint64_t v = 0;
+  if (!absl::SimpleAtoi(name.substr(1, 8), &v)) return 0;
+  return v;
+}
+
+absl::StatusOr<std::vector<std::string>> ListDirectory(const std::string& dir) {
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return absl::InternalError(absl::StrFormat("cannot list %s", dir));
+  std::vector<std::string> names;
+  while (dirent* e = ::readdir(d)) {
+    const std::string name = e->d_name;
+    if (name != "." && name != "..") names.push_back(name);
+  }
+  ::closedir(d);
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+std::string RecordJson(const StrategyRecord& r) {
+  json j;
+  j["format"] = kRecordFormat;
+  j["model_fingerprint"] = r.model_fingerprint;
+  j["model_name"] = r.model_name;
+  j["version"] = r.version;
+  j["publish_time"] = Rfc3339(r.publish_time);
+  j["source_job_id"] = r.source_job_id;
+  j["strategy"] = json::parse(r.strategy->ToJson());
+  return j.dump(2) + "\n";
+}
+
+absl::StatusOr<StrategyRecord> ParseRecord(const std::string& text) {
+  const json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) return absl::DataLossError("not a JSON object");
+  if (j.value("format", "") != kRecordFormat) {
+    return absl::DataLossError(absl::StrFormat("format is not %s", kRecordFormat));
+  }
+  StrategyRecord r;
+  if (!j.contains("version") || !j["version"].is_number_unsigned() ||
+      !j.contains("model_fingerprint") || !j["model_fingerprint"].is_string() ||
+      !j.contains("strategy") || !j["strategy"].is_object() ||
+      !ParseTimeField(j, "publish_time", &r.publish_time)) {
+    return absl::DataLossError(
+        "missing or mistyped version, model_fingerprint, strategy or "
+        "publish_time");
+  }
+  r.version = j["version"].get<uint64_t>();
+  r.model_fingerprint = j["model_fingerprint"].get<std::string>();
+  r.model_name = j.value("model_name", "");
+  r.source_job_id = j.value("source_job_id", "");
+  auto strategy = SharingStrategy::FromJson(j["strategy"].dump());
+  if (!strategy.ok()) return absl::DataLossError(strategy.status().message());
+  if (strategy->model_fingerprint() != r.model_fingerprint) {
+    return absl::DataLossError("the strategy's model_fingerprint differs from the record's");
+  }
+  r.strategy = std::make_shared<const SharingStrategy>(std::move(*strategy));
+  return r;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<DirectoryStrategyStore>> DirectoryStrategyStore::Open(
+    const std::string& dir) {
+  absl::Status s = MakeDirectoryDurably(dir);
+  if (!s.ok()) return s;
+  auto lock = DirectoryLock::Acquire(dir);
+  if (!lock.ok()) return lock.status();
+  std::unique_ptr<DirectoryStrategyStore> store(new DirectoryStrategyStore(dir, std::move(*lock)));
+  s = store->Load();
+  if (!s.ok()) return s;
+  return store;
+}
+
+std::string DirectoryStrategyStore::RecordPath(const std::string& model_fingerprint,
+                                               uint64_t version) const {
+  return absl::StrFormat("%s/%s/%s", dir_, model_fingerprint, VersionFileName(version, ".json"));
+}
+
+absl::Status DirectoryStrategyStore::Load() {
+  absl::MutexLock lock(&mu_);
+  auto models = ListDirectory(dir_);
+  if (!models.ok()) return models.status();
+  size_t removed_temporaries = 0;
+  for (const std::string& fingerprint : *models) {
+    const std::string model_dir = dir_ + "/" + fingerprint;
+    if (fingerprint == "LOCK") continue;
+    auto names = ListDirectory(model_dir);
+    if (!names.ok()) {
+      spdlog::warn("event=store_skip path={} reason=\"not a model directory\"", model_dir);
+      continue;
+    }
+    std::map<uint64_t, std::string> records, deprecations;
+    for (const std::string& name : *names) {
+      const std::string path = model_dir + "/" + name;
+      if (absl::StrContains(name, ".tmp.")) {
+        // A write a crash interrupted before its rename: it was never answered, so it was
+        // never published.
+        ::unlink(path.c_str());
+        ++removed_temporaries;
+      } else if (uint64_t v = ParseVersionFileName(name, ".json")) {
+        records[v] = path;
+      } else if (uint64_t v = ParseVersionFileName(name, ".deprecated.json")) {
+        deprecations[v] = path;
+      } else {
+        spdlog::warn("event=store_skip path={} reason=\"not a record\"", path);
+      }
+    }
+    uint64_t expected = 1;
+    for (const auto& [version, path] : records) {
+      if (version != expected) {
+        return absl::DataLossError(absl::StrFormat(
+            "strategy store %s: model %s has version %d but no version %d (versions are dense)",
+            dir_, fingerprint, version, expected));
+      }
+      ++expected;
+      auto text = ReadFileToString(path);
+      if (!text.ok()) return text.status();
+      auto record = ParseRecord(*text);
+      if (!record.ok()) {
+        return absl::DataLossError(
+            absl::StrFormat("strategy record %s: %s", path, record.status().message()));
+      }
+      if (record->version != version || record->model_fingerprint != fingerprint) {
+        return absl::DataLossError(absl::StrFormat("strategy record %s: says model %s version %d",
+                                                   path, record->model_fingerprint,
+                                                   record->version));
+      }
+      absl::Status s = index_.Add(std::move(*record));
+      if (!s.ok()) {
+        return absl::DataLossError(absl::StrFormat("strategy record %s: %s", path, s.message()));
+      }
+    }
+    for (const auto& [version, path] : deprecations) {
+      if (index_.Find(fingerprint, version) == nullptr) {
+        return absl::DataLossError(absl::StrFormat("deprecation mark %s: no such version", path));
+      }
+      auto text = ReadFileToString(path);
+      if (!text.ok()) return text.status();
+      const json j = json::parse(*text, nullptr, /*allow_exceptions=*/false);
+      absl::Time when;
+      if (j.is_discarded() || j.value("format", "") != kDeprecationFormat ||
+          !ParseTimeField(j, "deprecate_time", &when)) {
+        return absl::DataLossError(absl::StrFormat("deprecation mark %s does not parse", path));
+      }
+      index_.MarkDeprecated(fingerprint, version, j.value("reason", ""), when);
+    }
+  }
+  spdlog::info("event=strategy_store_opened dir={} records={} removed_temporaries={}", dir_,
+               index_.size(), removed_temporaries);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<PublishOutcome> DirectoryStrategyStore::Publish(
+    std::shared_ptr<const SharingStrategy> strategy, const PublishInfo& info) {
+  absl::Status s = StrategyIndex::CheckPublishable(strategy.get());
+  if (!s.ok()) return s;
+  absl::MutexLock lock(&mu_);
+  if (const StrategyRecord* existing = index_.FindById(strategy->id())) {
+    return PublishOutcome{*existing, false};
+  }
+  StrategyRecord record;
+  record.model_fingerprint = strategy->model_fingerprint();
+  record.model_name = info.model_name;
+  record.version = index_.NextVersion(record.model_fingerprint);
+  record.strategy = std::move(strategy);
+  // Whole seconds, so the time written reads back identical.
+  record.publish_time = absl::FromUnixSeconds(absl::ToUnixSeconds(absl::Now()));
+  record.source_job_id = info.source_job_id;
+  if (record.version == 1) {
+    s = MakeDirectoryDurably(dir_ + "/" + record.model_fingerprint);
+    if (!s.ok()) return s;
+  }
+  // Durable before it is indexed (and so before anyone can see or be told the version).
+  s = WriteFileAtomically(RecordPath(record.model_fingerprint, record.version), RecordJson(record));
+  if (!s.ok()) return s;
+  s = index_.Add(record);
+  if (!s.ok()) return s;
+  return PublishOutcome{std::move(record), true};
+}
+
+absl::StatusOr<StrategyRecord> DirectoryStrategyStore::Get(const std::string& model_fingerprint,
+                                                           uint64_t version) const {
+  absl::MutexLock lock(&mu_);
+  const StrategyRecord* r = index_.Find(model_fingerprint, version);
+  if (r == nullptr) return StrategyIndex::NotFoundVersion(model_fingerprint, version);
+  return *r;
+}
+
+absl::StatusOr<StrategyRecord> DirectoryStrategyStore::GetById(
+    const std::string& strategy_id) const {
+  absl::MutexLock lock(&mu_);
+  const StrategyRecord* r = index_.FindById(strategy_id);
+  if (r == nullptr) {
+    return absl::NotFoundError(absl::StrFormat("no strategy with id %s", strategy_id));
+  }
+  return *r;
+}
+
+std::vector<StrategyRecord> DirectoryStrategyStore::List(
+    const std::string& model_fingerprint) const {
+  absl::MutexLock lock(&mu_);
+  return index_.List(model_fingerprint);
+}
+
+absl::StatusOr<StrategyRecord> DirectoryStrategyStore::Deprecate(
+    const std::string& model_fingerprint, uint64_t version, const std::string& reason) {
+  absl::MutexLock lock(&mu_);
+  const StrategyRecord* r = index_.Find(model_fingerprint, version);
+  if (r == nullptr) return StrategyIndex::NotFoundVersion(model_fingerprint, version);
+  if (r->deprecated) return *r;
+  const absl::Time when = absl::FromUnixSeconds(absl::ToUnixSeconds(absl::Now()));
+  json j;
+  j["format"] = kDeprecationFormat;
+  j["model_fingerprint"] = model_fingerprint;
+  j["version"] = version;
+  j["reason"] = reason;
+  j["deprecate_time"] = Rfc3339(when);
+  absl::Status s =
+      WriteFileAtomically(absl::StrFormat("%s/%s/%s", dir_, model_fingerprint,
+                                          VersionFileName(version, ".deprecated.json")),
+                          j.dump(2) + "\n");
+  if (!s.ok()) return s;
+  index_.MarkDeprecated(model_fingerprint, version, reason, when);
+  return *index_.Find(model_fingerprint, version);
+}
+
+}  // namespace kvshare

@@ -1,0 +1,202 @@
+#include "search_service/server/model_catalog.h"
+
+#include <chrono>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "common/model/locate.h"
+#include "common/util/file.h"
+#include "nlohmann/json.hpp"
+#include "spdlog/spdlog.h"
+
+namespace kvshare {
+namespace {
+
+using json = nlohmann::json;
+
+constexpr char kCatalogFormat[] = "kvshare.catalog.v1";
+
+constexpr char kDefaultCatalog[] = R"({
+  "format": "kvshare.catalog.v1",
+  "models": [
+    {"name": "smollm2", "path": "smollm2", "format": "gguf"},
+    {"name": "stories260K", "path": "asset:stories260K.bin", "format": "llama2c",
+     "tokenizer": "asset:tok512.bin"}
+  ],
+  "calibration_corpora": [
+    {"name": "wikitext-2", "path": "asset:wikitext-2-raw-test.txt"},
+    {"name": "tinystories", "path": "asset:tinystories-sample.txt"},
+    {"name": "tinyshakespeare", "path": "asset:tinyshakespeare.txt"}
+  ]
+})";
+
+// Resolves a catalog path (see the header) to a file path.
+absl::StatusOr<std::string> ResolvePath(const std::string& path, const std::string& base_dir) {
+  if (path == "smollm2") return SmolLm2GgufPath();
+  if (absl::StartsWith(path, "asset:")) return AssetPath(path.substr(6));
+  if (!path.empty() && path[0] == '/') return path;
+  return base_dir.empty() ? path : base_dir + "/" + path;
+}
+
+const char* FormatName(ModelFormat f) { return f == ModelFormat::kGguf ? "gguf" : "llama2c"; }
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ModelCatalog>> ModelCatalog::FromJson(const std::string& text,
+                                                                     const std::string& base_dir) {
+  const json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) {
+    return absl::InvalidArgumentError("catalog: not a JSON object");
+  }
+  if (j.contains("format") && j["format"] != kCatalogFormat) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("catalog: format is %s, expected %s", j["format"].dump(), kCatalogFormat));
+  }
+  std::unique_ptr<ModelCatalog> catalog(new ModelCatalog());
+  catalog->base_dir_ = base_dir;
+  auto field = [](const json& e, const char* key) -> std::string {
+    return e.contains(key) && e[key].is_string() ? e[key].get<std::string>() : "";
+  };
+  const json models = j.value("models", json::array());
+  if (!models.is_array()) return absl::InvalidArgumentError("catalog: models is not a list");
+  for (size_t i = 0; i < models.size(); ++i) {
+    const json& e = models[i];
+    auto entry = std::make_unique<ModelEntry>();
+    entry->name = field(e, "name");
+    entry->path = field(e, "path");
+    entry->format = field(e, "format");
+    entry->tokenizer = field(e, "tokenizer");
+    if (entry->name.empty() || entry->path.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("catalog: models[%d] needs a name and a path", i));
+    }
+    if (!entry->format.empty() && entry->format != "gguf" && entry->format != "llama2c") {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("catalog: models[%d] ('%s') format '%s' is not gguf or llama2c", i,
+                          entry->name, entry->format));
+    }
+    const std::string name = entry->name;
+    if (!catalog->models_.emplace(name, std::move(entry)).second) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("catalog: models[%d]: the name '%s' is used twice", i, name));
+    }
+  }
+  const json corpora = j.value("calibration_corpora", json::array());
+  if (!corpora.is_array()) {
+    return absl::InvalidArgumentError("catalog: calibration_corpora is not a list");
+  }
+  for (size_t i = 0; i < corpora.size(); ++i) {
+    CorpusEntry c{field(corpora[i], "name"), field(corpora[i], "path")};
+    if (c.name.empty() || c.path.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("catalog: calibration_corpora[%d] needs a name and a path", i));
+    }
+    const std::string name = c.name;
+    if (!catalog->corpora_.emplace(name, std::move(c)).second) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "catalog: calibration_corpora[%d]: the name '%s' is used twice", i, name));
+    }
+  }
+  return catalog;
+}
+
+absl::StatusOr<std::unique_ptr<ModelCatalog>> ModelCatalog::FromFile(const std::string& path) {
+  auto text = ReadFileToString(path);
+  if (!text.ok()) return text.status();
+  const size_t slash = path.find_last_of('/');
+  auto catalog = FromJson(*text, slash == std::string::npos ? "." : path.substr(0, slash));
+  if (!catalog.ok()) {
+    return absl::Status(catalog.status().code(),
+                        absl::StrFormat("%s: %s", path, catalog.status().message()));
+  }
+  return catalog;
+}
+
+std::unique_ptr<ModelCatalog> ModelCatalog::Default() {
+  return std::move(*FromJson(kDefaultCatalog, ""));
+}
+
+absl::StatusOr<std::shared_ptr<const CatalogModel>> ModelCatalog::GetModel(
+    const std::string& name) {
+  auto it = models_.find(name);
+  if (it == models_.end()) {
+    return absl::NotFoundError(absl::StrFormat("model '%s' is not in the catalog (it has: %s)",
+                                               name, absl::StrJoin(model_names(), ", ")));
+  }
+  ModelEntry& e = *it->second;
+  absl::MutexLock lock(&e.mu);
+  if (e.loaded != nullptr) return e.loaded;
+  auto fail = [&](const absl::Status& s) {
+    return absl::FailedPreconditionError(
+        absl::StrFormat("catalog model '%s' does not load: %s", name, s.message()));
+  };
+  const auto start = std::chrono::steady_clock::now();
+  auto path = ResolvePath(e.path, base_dir_);
+  if (!path.ok()) return fail(path.status());
+  auto model = Model::Load(*path);
+  if (!model.ok()) return fail(model.status());
+  if (!e.format.empty() && e.format != FormatName((*model)->format())) {
+    return fail(absl::InvalidArgumentError(absl::StrFormat(
+        "%s is %s, the catalog says %s", *path, FormatName((*model)->format()), e.format)));
+  }
+  std::string tokenizer_path;
+  if (!e.tokenizer.empty()) {
+    auto tp = ResolvePath(e.tokenizer, base_dir_);
+    if (!tp.ok()) return fail(tp.status());
+    tokenizer_path = *tp;
+  }
+  auto tokenizer = LoadTokenizerForModel(**model, tokenizer_path);
+  if (!tokenizer.ok()) return fail(tokenizer.status());
+  auto loaded = std::make_shared<CatalogModel>();
+  loaded->name = name;
+  loaded->model = std::move(*model);
+  loaded->tokenizer = std::move(*tokenizer);
+  loaded->load_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  spdlog::info("event=model_loaded model={} path={} layers={} fingerprint={} load_s={:.2f}", name,
+               *path, loaded->model->config().n_layers, loaded->model->fingerprint().substr(0, 16),
+               loaded->load_seconds);
+  e.loaded = std::move(loaded);
+  return e.loaded;
+}
+
+absl::StatusOr<std::string> ModelCatalog::ReadCorpus(const std::string& name) const {
+  auto it = corpora_.find(name);
+  if (it == corpora_.end()) {
+    return absl::NotFoundError(
+        absl::StrFormat("calibration_corpus '%s' is not in the catalog (it has: %s)", name,
+                        absl::StrJoin(corpus_names(), ", ")));
+  }
+  auto path = ResolvePath(it->second.path, base_dir_);
+  absl::StatusOr<std::string> text =
+      path.ok() ? ReadFileToString(*path) : absl::StatusOr<std::string>(path.status());
+  if (!text.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrFormat("catalog corpus '%s' cannot be read: %s", name, text.status().message()));
+  }
+  return text;
+}
+
+std::vector<std::string> ModelCatalog::model_names() const {
+  std::vector<std::string> names;
+  for (const auto& [name, e] : models_) names.push_back(name);
+  return names;
+}
+
+std::vector<std::string> ModelCatalog::corpus_names() const {
+  std::vector<std::string> names;
+  for (const auto& [name, c] : corpora_) names.push_back(name);
+  return names;
+}
+
+std::vector<std::string> ModelCatalog::loaded_model_names() const {
+  std::vector<std::string> names;
+  for (const auto& [name, e] : models_) {
+    absl::MutexLock lock(&e->mu);
+    if (e->loaded != nullptr) names.push_back(name);
+  }
+  return names;
+}
+
+}  // namespace kvshare

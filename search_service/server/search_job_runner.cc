@@ -1,0 +1,615 @@
+#include "search_service/server/search_job_runner.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "kernels/backend.h"
+#include "proto/wire/strategy_wire.h"
+#include "search_service/kvsharer_search.h"
+#include "search_service/server/registry_wire.h"
+#include "spdlog/spdlog.h"
+
+namespace kvshare {
+namespace {
+
+bool IsTerminal(v1::SearchJobState s) {
+  return s == v1::SEARCH_JOB_SUCCEEDED || s == v1::SEARCH_JOB_FAILED ||
+         s == v1::SEARCH_JOB_CANCELLED;
+}
+
+const char* ResultName(v1::SearchJobState s) {
+  switch (s) {
+    case v1::SEARCH_JOB_SUCCEEDED:
+      return "succeeded";
+    case v1::SEARCH_JOB_FAILED:
+      return "failed";
+    case v1::SEARCH_JOB_CANCELLED:
+      return "cancelled";
+    default:
+      return "other";
+  }
+}
+
+uint64_t JobNumber(const std::string& job_id) {
+  uint64_t n = 0;
+  if (job_id.size() > 4 && job_id.compare(0, 4, "job-") == 0) {
+    if (!absl::SimpleAtoi(job_id.substr(4), &n)) n = 0;
+  }
+  return n;
+}
+
+}  // namespace
+
+struct SearchJobRunner::Job {
+  uint64_t number = 0;
+  v1::SearchJob record;  // guarded by the runner's mu_, as are the fields below but `cancel`
+  uint64_t sequence = 1;
+  std::atomic<bool> cancel{false};
+  absl::StatusCode stop_code = absl::StatusCode::kCancelled;
+  std::string stop_reason;
+  std::map<uint64_t, std::function<void()>> listeners;
+  // Set by Create, read by the job thread, released when the job ends.
+  std::shared_ptr<const CatalogModel> model;
+  PreparedSearch search;
+};
+
+SearchJobRunner::SearchJobRunner(const SearchJobRunnerOptions& options, ModelCatalog* catalog,
+                                 StrategyStore* store, SearchMetrics* metrics)
+    : options_(options),
+      search_threads_(options.search_threads > 0
+                          ? options.search_threads
+                          : std::max(1, int(std::thread::hardware_concurrency()) /
+                                            std::max(1, options.max_concurrent_jobs))),
+      catalog_(catalog),
+      store_(store),
+      metrics_(metrics) {}
+
+absl::StatusOr<std::unique_ptr<SearchJobRunner>> SearchJobRunner::Start(
+    const SearchJobRunnerOptions& options, ModelCatalog* catalog, StrategyStore* store,
+    SearchMetrics* metrics) {
+  if (options.max_concurrent_jobs < 1 || options.max_concurrent_jobs > 64) {
+    return absl::InvalidArgumentError(absl::StrFormat("--max-concurrent-jobs %d must be in [1, 64]",
+                                                      options.max_concurrent_jobs));
+  }
+  if (options.max_queued_jobs < 0 || options.max_queued_jobs > 100000) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("--max-queued-jobs %d must be in [0, 100000]", options.max_queued_jobs));
+  }
+  std::unique_ptr<SearchJobRunner> runner(new SearchJobRunner(options, catalog, store, metrics));
+  if (!options.jobs_dir.empty()) {
+    auto journal = JobJournal::Open(options.jobs_dir);
+    if (!journal.ok()) return journal.status();
+    runner->journal_ = std::move(*journal);
+    absl::Status s = runner->Recover();
+    if (!s.ok()) return s;
+  }
+  for (int i = 0; i < options.max_concurrent_jobs; ++i) {
+    runner->threads_.emplace_back([r = runner.get()] { r->JobThread(); });
+  }
+  return runner;
+}
+
+SearchJobRunner::~SearchJobRunner() {
+  StopAdmitting();
+  FailRemaining("the search service shut down");
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  for (std::thread& t : threads_) t.join();
+}
+
+absl::Status SearchJobRunner::Recover() {
+  const std::string now = absl::FormatTime(absl::RFC3339_sec, absl::Now(), absl::UTCTimeZone());
+  std::vector<std::shared_ptr<Job>> interrupted;
+  int recovered = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    for (v1::SearchJob& record : journal_->ReadAll()) {
+      auto job = std::make_shared<Job>();
+      job->number = JobNumber(record.job_id());
+      next_job_number_ = std::max(next_job_number_, job->number + 1);
+      if (!IsTerminal(record.state())) {
+        const bool was_running = record.state() == v1::SEARCH_JOB_RUNNING;
+        record.set_state(v1::SEARCH_JOB_FAILED);
+        record.set_error(absl::StrFormat(
+            "the search service stopped while this job was %s (found at restart, %s); its "
+            "search is lost: create the job again",
+            was_running ? "running" : "queued", now));
+        record.set_error_code(static_cast<int>(absl::StatusCode::kAborted));
+        ToTimestamp(absl::Now(), record.mutable_end_time());
+        record.mutable_progress()->set_phase(v1::SEARCH_PHASE_DONE);
+        record.mutable_progress()->set_eta_seconds(0);
+        job->sequence = 2;  // newer than what is on disk
+        interrupted.push_back(job);
+      }
+      if (!record.request().idempotency_key().empty()) {
+        idempotency_keys_[record.request().idempotency_key()] = record.job_id();
+      }
+      job->record = std::move(record);
+      jobs_[job->record.job_id()] = job;
+      ++recovered;
+    }
+  }
+  for (const auto& job : interrupted) {
+    absl::Status s = Persist(job);
+    if (!s.ok()) return s;
+    spdlog::warn("event=job_interrupted job_id={} error=\"{}\"", job->record.job_id(),
+                 job->record.error());
+    if (metrics_ != nullptr) metrics_->jobs("failed").Increment();
+  }
+  spdlog::info("event=jobs_recovered dir={} jobs={} interrupted={}", options_.jobs_dir, recovered,
+               interrupted.size());
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::SearchJob> SearchJobRunner::Create(const v1::CreateSearchJobRequest& request) {
+  const std::string hash = SearchJobRequestHash(request);
+  const std::string& key = request.idempotency_key();
+  // A retried create gets the first job, whatever it has become.
+  auto existing = [&]() -> absl::StatusOr<v1::SearchJob> {
+    const std::string& id = idempotency_keys_.at(key);
+    const v1::SearchJob& record = jobs_.at(id)->record;
+    if (record.request_hash() != hash) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "idempotency_key '%s' was used for a different request (job %s); use a new key for "
+          "a new request",
+          key, id));
+    }
+    return record;
+  };
+  {
+    absl::MutexLock lock(&mu_);
+    if (!key.empty() && idempotency_keys_.count(key) > 0) return existing();
+    if (!admitting_) {
+      return absl::UnavailableError("the search service is draining; it takes no new jobs");
+    }
+  }
+  auto prepared = PrepareSearchJob(request, *catalog_);
+  if (!prepared.ok()) {
+    if (metrics_ != nullptr) metrics_->jobs("rejected").Increment();
+    return prepared.status();
+  }
+
+  std::shared_ptr<Job> job;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!key.empty() && idempotency_keys_.count(key) > 0) return existing();
+    if (!admitting_) {
+      return absl::UnavailableError("the search service is draining; it takes no new jobs");
+    }
+    // Waiting room: the queue, plus the job threads that are free to take a job at once.
+    const int free_threads = std::max(0, options_.max_concurrent_jobs - running_);
+    if (queued_ >= options_.max_queued_jobs + free_threads) {
+      if (metrics_ != nullptr) metrics_->jobs("rejected").Increment();
+      return absl::ResourceExhaustedError(
+          absl::StrFormat("the job queue is full (%d queued, --max-queued-jobs %d, %d running); "
+                          "retry later",
+                          queued_, options_.max_queued_jobs, running_));
+    }
+    job = std::make_shared<Job>();
+    job->number = next_job_number_++;
+    v1::SearchJob& r = job->record;
+    r.set_job_id(absl::StrFormat("job-%06d", job->number));
+    r.set_state(v1::SEARCH_JOB_QUEUED);
+    *r.mutable_request() = request;
+    if (request.has_calibration_text()) r.mutable_request()->set_calibration_text("");
+    r.set_calibration_text_bytes(request.has_calibration_text() ? prepared->calibration_text_bytes
+                                                                : 0);
+    r.set_model_fingerprint(prepared->model->model->fingerprint());
+    r.set_n_layers(prepared->model->model->config().n_layers);
+    r.set_calibration_hash(prepared->search.calibration.hash);
+    r.set_request_hash(hash);
+    ToTimestamp(absl::Now(), r.mutable_create_time());
+    v1::SearchProgress* progress = r.mutable_progress();
+    progress->set_phase(v1::SEARCH_PHASE_QUEUED);
+    progress->set_target_layers(prepared->search.options.target_layers);
+    progress->set_best_score(1.0);
+    progress->set_eta_seconds(-1);
+    job->model = std::move(prepared->model);
+    job->search = std::move(prepared->search);
+    jobs_[r.job_id()] = job;
+    if (!key.empty()) idempotency_keys_[key] = r.job_id();
+    ++queued_;
+    UpdateGaugesLocked();
+  }
+  // Durably QUEUED before anyone is told about it, and before it can run.
+  absl::Status s = Persist(job);
+  absl::MutexLock lock(&mu_);
+  if (!s.ok()) {
+    jobs_.erase(job->record.job_id());
+    if (!key.empty()) idempotency_keys_.erase(key);
+    --queued_;
+    UpdateGaugesLocked();
+    return absl::InternalError(absl::StrFormat("cannot record the job: %s", s.message()));
+  }
+  if (job->record.state() == v1::SEARCH_JOB_QUEUED) queue_.push_back(job);  // not cancelled yet
+  if (metrics_ != nullptr) metrics_->jobs("created").Increment();
+  spdlog::info("event=job_created job_id={} model={} target_layers={} samples={} tokens={}",
+               job->record.job_id(), request.model(), job->search.options.target_layers,
+               job->search.calibration.samples, job->search.calibration.tokens);
+  return job->record;
+}
+
+absl::StatusOr<JobSnapshot> SearchJobRunner::Snapshot(const std::string& job_id) const {
+  if (job_id.empty()) return absl::InvalidArgumentError("job_id is empty");
+  absl::MutexLock lock(&mu_);
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end()) {
+    return absl::NotFoundError(absl::StrFormat("job_id '%s' names no job", job_id));
+  }
+  return JobSnapshot{it->second->sequence, it->second->record};
+}
+
+absl::StatusOr<v1::SearchJob> SearchJobRunner::Get(const std::string& job_id) const {
+  auto snapshot = Snapshot(job_id);
+  if (!snapshot.ok()) return snapshot.status();
+  return std::move(snapshot->job);
+}
+
+absl::StatusOr<v1::SearchJob> SearchJobRunner::Cancel(const std::string& job_id) {
+  if (job_id.empty()) return absl::InvalidArgumentError("job_id is empty");
+  std::shared_ptr<Job> job;
+  bool ended = false;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = jobs_.find(job_id);
+    if (it == jobs_.end()) {
+      return absl::NotFoundError(absl::StrFormat("job_id '%s' names no job", job_id));
+    }
+    job = it->second;
+    if (job->record.state() == v1::SEARCH_JOB_QUEUED) {
+      EndQueuedLocked(*job, v1::SEARCH_JOB_CANCELLED, absl::StatusCode::kCancelled,
+                      "cancelled (CancelSearchJob) while queued");
+      ended = true;
+    } else if (job->record.state() == v1::SEARCH_JOB_RUNNING && !job->cancel.load()) {
+      job->stop_code = absl::StatusCode::kCancelled;
+      job->stop_reason = "cancelled (CancelSearchJob)";
+      job->record.set_cancel_requested(true);
+      ++job->sequence;
+      job->cancel.store(true, std::memory_order_release);
+    } else {
+      return job->record;
+    }
+  }
+  spdlog::info("event=job_cancel job_id={} was={}", job_id, ended ? "queued" : "running");
+  if (ended) {
+    absl::Status s = Persist(job);
+    if (!s.ok()) {
+      spdlog::error("event=job_persist_failed job_id={} error=\"{}\"", job_id,
+                    std::string(s.message()));
+    }
+  }
+  Notify(job);
+  return Get(job_id);
+}
+
+std::vector<v1::SearchJob> SearchJobRunner::List(const v1::ListSearchJobsRequest& request) const {
+  std::vector<std::shared_ptr<Job>> matching;
+  std::vector<v1::SearchJob> out;
+  absl::MutexLock lock(&mu_);
+  for (const auto& [id, job] : jobs_) {
+    if (!request.model().empty() && job->record.request().model() != request.model()) continue;
+    if (request.states_size() > 0 && std::find(request.states().begin(), request.states().end(),
+                                               job->record.state()) == request.states().end()) {
+      continue;
+    }
+    matching.push_back(job);
+  }
+  std::sort(matching.begin(), matching.end(),
+            [](const auto& a, const auto& b) { return a->number > b->number; });
+  const size_t limit = request.limit() > 0 ? size_t(request.limit()) : 100;
+  for (size_t i = 0; i < matching.size() && i < limit; ++i) {
+    out.push_back(matching[i]->record);
+    if (request.omit_trace()) out.back().mutable_result()->clear_trace();
+  }
+  return out;
+}
+
+absl::StatusOr<uint64_t> SearchJobRunner::Watch(const std::string& job_id,
+                                                std::function<void()> listener) {
+  if (job_id.empty()) return absl::InvalidArgumentError("job_id is empty");
+  absl::MutexLock lock(&mu_);
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end()) {
+    return absl::NotFoundError(absl::StrFormat("job_id '%s' names no job", job_id));
+  }
+  const uint64_t token = next_listener_++;
+  it->second->listeners[token] = std::move(listener);
+  return token;
+}
+
+void SearchJobRunner::Unwatch(const std::string& job_id, uint64_t token) {
+  absl::MutexLock lock(&mu_);
+  auto it = jobs_.find(job_id);
+  if (it != jobs_.end()) it->second->listeners.erase(token);
+}
+
+void SearchJobRunner::StopAdmitting() {
+  absl::MutexLock lock(&mu_);
+  admitting_ = false;
+}
+
+bool SearchJobRunner::WaitUntilIdle(absl::Duration timeout) {
+  auto idle = [this]() { return queued_ == 0 && running_ == 0; };
+  absl::MutexLock lock(&mu_);
+  return mu_.AwaitWithTimeout(absl::Condition(&idle), timeout);
+}
+
+void SearchJobRunner::FailRemaining(const std::string& reason) {
+  std::vector<std::shared_ptr<Job>> ended;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [id, job] : jobs_) {
+      if (job->record.state() == v1::SEARCH_JOB_QUEUED) {
+        EndQueuedLocked(*job, v1::SEARCH_JOB_FAILED, absl::StatusCode::kUnavailable,
+                        reason + " while the job was queued");
+        ended.push_back(job);
+      } else if (job->record.state() == v1::SEARCH_JOB_RUNNING && !job->cancel.load()) {
+        job->stop_code = absl::StatusCode::kUnavailable;
+        job->stop_reason = reason + " while the job was running";
+        job->cancel.store(true, std::memory_order_release);
+      }
+    }
+  }
+  for (const auto& job : ended) {
+    absl::Status s = Persist(job);
+    if (!s.ok()) spdlog::error("event=job_persist_failed error=\"{}\"", std::string(s.message()));
+    Notify(job);
+  }
+}
+
+void SearchJobRunner::EndQueuedLocked(Job& job, v1::SearchJobState state, absl::StatusCode code,
+                                      const std::string& error) {
+  v1::SearchJob& r = job.record;
+  r.set_state(state);
+  r.set_error(error);
+  r.set_error_code(static_cast<int>(code));
+  ToTimestamp(absl::Now(), r.mutable_end_time());
+  r.mutable_progress()->set_phase(v1::SEARCH_PHASE_DONE);
+  r.mutable_progress()->set_eta_seconds(0);
+  ++job.sequence;
+  --queued_;
+  queue_.erase(std::remove_if(queue_.begin(), queue_.end(),
+                              [&](const std::shared_ptr<Job>& q) { return q.get() == &job; }),
+               queue_.end());
+  job.model.reset();
+  job.search = PreparedSearch();
+  if (metrics_ != nullptr) metrics_->jobs(ResultName(state)).Increment();
+  UpdateGaugesLocked();
+}
+
+void SearchJobRunner::UpdateGaugesLocked() {
+  if (metrics_ == nullptr) return;
+  metrics_->jobs_queued.Set(queued_);
+  metrics_->jobs_running.Set(running_);
+}
+
+absl::Status SearchJobRunner::Persist(const std::shared_ptr<Job>& job) {
+  if (journal_ == nullptr) return absl::OkStatus();
+  JobSnapshot snapshot;
+  {
+    absl::MutexLock lock(&mu_);
+    snapshot = {job->sequence, job->record};
+  }
+  return journal_->Write(snapshot.job, snapshot.sequence);
+}
+
+void SearchJobRunner::Notify(const std::shared_ptr<Job>& job) {
+  std::vector<std::function<void()>> listeners;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [token, listener] : job->listeners) listeners.push_back(listener);
+  }
+  for (const auto& listener : listeners) listener();
+}
+
+void SearchJobRunner::Update(const std::shared_ptr<Job>& job,
+                             const std::function<void(v1::SearchJob&)>& edit, bool persist) {
+  {
+    absl::MutexLock lock(&mu_);
+    edit(job->record);
+    ++job->sequence;
+  }
+  if (persist) {
+    absl::Status s = Persist(job);
+    if (!s.ok()) {
+      spdlog::error("event=job_persist_failed job_id={} error=\"{}\"", job->record.job_id(),
+                    std::string(s.message()));
+    }
+  }
+  Notify(job);
+}
+
+void SearchJobRunner::JobThread() {
+  for (;;) {
+    std::shared_ptr<Job> job;
+    {
+      auto ready = [this]() { return stopping_ || !queue_.empty(); };
+      absl::MutexLock lock(&mu_, absl::Condition(&ready));
+      if (queue_.empty()) return;  // stopping
+      job = queue_.front();
+      queue_.pop_front();
+      if (job->record.state() != v1::SEARCH_JOB_QUEUED) continue;
+      --queued_;
+      ++running_;
+      UpdateGaugesLocked();
+      job->record.set_state(v1::SEARCH_JOB_RUNNING);
+      ToTimestamp(absl::Now(), job->record.mutable_start_time());
+      job->record.mutable_progress()->set_phase(v1::SEARCH_PHASE_CALIBRATION);
+      ++job->sequence;
+    }
+    absl::Status s = Persist(job);
+    if (!s.ok()) spdlog::error("event=job_persist_failed error=\"{}\"", std::string(s.message()));
+    Notify(job);
+    Run(job);
+  }
+}
+
+void SearchJobRunner::Run(const std::shared_ptr<Job>& job) {
+  const std::string job_id = job->record.job_id();
+  const CatalogModel& model = *job->model;
+  const PreparedSearch& search = job->search;
+  spdlog::info("event=job_started job_id={} model={} threads={}", job_id, model.name,
+               search_threads_);
+  const absl::Time start = absl::Now();
+  absl::Time greedy_start = start;
+  auto backend = MakeCpuBackend(search_threads_);
+
+  SearchHooks hooks;
+  hooks.cancel = &job->cancel;
+  hooks.on_phase = [&](SearchPhase phase) {
+    if (phase == SearchPhase::kGreedy) greedy_start = absl::Now();
+    Update(
+        job,
+        [&](v1::SearchJob& r) {
+          v1::SearchProgress* p = r.mutable_progress();
+          p->set_elapsed_seconds(absl::ToDoubleSeconds(absl::Now() - start));
+          if (phase == SearchPhase::kCalibration) {
+            p->set_phase(v1::SEARCH_PHASE_CALIBRATION);
+            return;
+          }
+          // The greedy search starts from the identity strategy over every pair.
+          const int n = model.model->config().n_layers;
+          p->set_phase(v1::SEARCH_PHASE_GREEDY);
+          p->set_pairs_total(n * (n - 1) / 2);
+          p->clear_best_kv_source();
+          for (int l = 0; l < n; ++l) p->add_best_kv_source(l);
+          p->set_best_score(1.0);
+        },
+        /*persist=*/false);
+  };
+  hooks.progress = [&](const GreedyProgress& g) {
+    const absl::Time now = absl::Now();
+    // Scoring rate so far times the pairs still needed: at the acceptance rate so far, the
+    // sharing layers missing need (missing / rate) more candidates; never more than are left.
+    double eta = -1;
+    if (g.pairs_scored > 0) {
+      const double per_pair = absl::ToDoubleSeconds(now - greedy_start) / g.pairs_scored;
+      double pairs_left = g.pairs_total - g.pair_index;
+      if (g.accepted > 0) {
+        const double needed =
+            double(g.target_layers - g.sharing_layers) * g.pairs_scored / g.accepted;
+        pairs_left = std::min(pairs_left, std::ceil(needed));
+      }
+      eta = per_pair * pairs_left;
+    }
+    Update(
+        job,
+        [&](v1::SearchJob& r) {
+          v1::SearchProgress* p = r.mutable_progress();
+          p->set_phase(v1::SEARCH_PHASE_GREEDY);
+          p->set_pairs_done(g.pair_index);
+          p->set_pairs_total(g.pairs_total);
+          p->set_pairs_tried(g.pairs_scored);
+          p->set_accepted(g.accepted);
+          p->set_sharing_layers(g.sharing_layers);
+          p->set_target_layers(g.target_layers);
+          p->set_best_score(g.score);
+          p->mutable_best_kv_source()->Assign(g.kv_source.begin(), g.kv_source.end());
+          p->set_pair_i(g.pair.i);
+          p->set_pair_j(g.pair.j);
+          p->set_elapsed_seconds(absl::ToDoubleSeconds(now - start));
+          p->set_eta_seconds(eta);
+        },
+        /*persist=*/false);
+  };
+  auto result =
+      RunKvSharerSearch(*model.model, *backend, search.calibration, search.options, hooks);
+
+  v1::SearchJobState state = v1::SEARCH_JOB_SUCCEEDED;
+  absl::Status error;
+  v1::SearchResult out;
+  if (!result.ok()) {
+    state = v1::SEARCH_JOB_FAILED;
+    error = result.status();
+    if (result.status().code() == absl::StatusCode::kCancelled && job->cancel.load()) {
+      absl::MutexLock lock(&mu_);
+      error = absl::Status(job->stop_code,
+                           absl::StrFormat("%s: %s", job->stop_reason, result.status().message()));
+      if (job->stop_code == absl::StatusCode::kCancelled) state = v1::SEARCH_JOB_CANCELLED;
+    }
+  } else {
+    const GreedyResult& g = result->greedy;
+    ToProto(*result->strategy, out.mutable_strategy());
+    out.set_stop_reason(StopReasonName(g.stop));
+    out.set_pairs_scored(static_cast<int>(g.trace.size()));
+    out.set_pairs_skipped(g.pairs_skipped);
+    out.set_accepted(g.accepted);
+    for (const PairTrial& t : g.trace) {
+      v1::PairTrial* w = out.add_trace();
+      w->set_i(t.i);
+      w->set_j(t.j);
+      w->set_distance(t.distance);
+      w->set_score(t.score);
+      w->set_accepted(t.accepted);
+    }
+    out.set_calibration_seconds(result->calibration_seconds);
+    out.set_greedy_seconds(result->greedy_seconds);
+    out.set_total_seconds(result->total_seconds);
+    if (metrics_ != nullptr) metrics_->pairs_scored.Increment(double(g.trace.size()));
+    if (job->record.request().publish()) {
+      Update(
+          job,
+          [](v1::SearchJob& r) { r.mutable_progress()->set_phase(v1::SEARCH_PHASE_PUBLISHING); },
+          /*persist=*/false);
+      auto published = store_->Publish(result->strategy, {model.name, job_id});
+      if (published.ok()) {
+        ToProto(published->record, out.mutable_published());
+        if (published->created && metrics_ != nullptr) {
+          metrics_->strategies_published.Increment();
+          metrics_->strategy_records.Set(double(store_->List("").size()));
+        }
+      } else {
+        state = v1::SEARCH_JOB_FAILED;
+        error = absl::Status(published.status().code(),
+                             absl::StrFormat("the search succeeded but publishing failed: %s",
+                                             published.status().message()));
+      }
+    }
+  }
+
+  const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  Update(
+      job,
+      [&](v1::SearchJob& r) {
+        r.set_state(state);
+        ToTimestamp(absl::Now(), r.mutable_end_time());
+        v1::SearchProgress* p = r.mutable_progress();
+        p->set_phase(v1::SEARCH_PHASE_DONE);
+        p->set_elapsed_seconds(seconds);
+        p->set_eta_seconds(0);
+        if (result.ok()) {
+          const GreedyResult& g = result->greedy;
+          p->set_pairs_tried(static_cast<int>(g.trace.size()));
+          p->set_accepted(g.accepted);
+          p->set_sharing_layers(result->strategy->sharing_layers());
+          p->set_best_score(g.score);
+          p->mutable_best_kv_source()->Assign(g.kv_source.begin(), g.kv_source.end());
+          *r.mutable_result() = out;  // kept on failure too: a failed publish still has it
+        }
+        if (!error.ok()) {
+          r.set_error(std::string(error.message()));
+          r.set_error_code(static_cast<int>(error.code()));
+        }
+        --running_;
+        UpdateGaugesLocked();
+      },
+      /*persist=*/true);
+  {
+    absl::MutexLock lock(&mu_);
+    job->model.reset();
+    job->search = PreparedSearch();
+  }
+  if (metrics_ != nullptr) {
+    metrics_->jobs(ResultName(state)).Increment();
+    metrics_->job_seconds.Observe(seconds);
+  }
+  spdlog::info("event=job_done job_id={} state={} seconds={:.2f} error=\"{}\"", job_id,
+               ResultName(state), seconds, std::string(error.message()));
+}
+
+}  // namespace kvshare

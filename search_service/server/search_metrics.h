@@ -1,0 +1,45 @@
+// The search service's Prometheus metrics (prometheus-cpp), served by an Exposer that main()
+// owns. Every metric is thread-safe.
+//
+//   kvshare_search_jobs_total{result}       created, rejected (queue full or draining),
+//                                           succeeded, failed, cancelled
+//   kvshare_search_jobs_queued, kvshare_search_jobs_running
+//   kvshare_search_job_seconds              start -> end of a job that ran (histogram)
+//   kvshare_search_pairs_scored_total       candidates scored by all jobs
+//   kvshare_strategies_published_total      new versions (republishing existing content: not)
+//   kvshare_strategy_records                records in the store
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+
+namespace kvshare {
+
+class SearchMetrics {
+ public:
+  SearchMetrics();
+
+  const std::shared_ptr<prometheus::Registry>& registry() const { return registry_; }
+  // The job counter for `result` (one of the names above).
+  prometheus::Counter& jobs(const std::string& result);
+
+ private:
+  std::shared_ptr<prometheus::Registry> registry_;  // first: the metrics below live in it
+  prometheus::Family<prometheus::Counter>& jobs_family_;
+
+ public:
+  prometheus::Gauge& jobs_queued;
+  prometheus::Gauge& jobs_running;
+  prometheus::Histogram& job_seconds;
+  prometheus::Counter& pairs_scored;
+  prometheus::Counter& strategies_published;
+  prometheus::Gauge& strategy_records;
+};
+
+}  // namespace kvshare

@@ -1,0 +1,77 @@
+#include "search_service/server/search_server.h"
+
+#include "absl/strings/str_format.h"
+#include "search_service/server/directory_strategy_store.h"
+#include "service_runtime/drain.h"
+#include "spdlog/spdlog.h"
+
+namespace kvshare {
+
+absl::StatusOr<std::unique_ptr<SearchServer>> SearchServer::Start(
+    const SearchServerOptions& options, SearchMetrics* metrics) {
+  if (options.data_dir.empty()) {
+    return absl::InvalidArgumentError(
+        "--data-dir is empty; give a directory for the registry "
+        "and job records");
+  }
+  std::unique_ptr<SearchServer> server(new SearchServer());
+  if (options.catalog_path.empty()) {
+    server->catalog_ = ModelCatalog::Default();
+  } else {
+    auto catalog = ModelCatalog::FromFile(options.catalog_path);
+    if (!catalog.ok()) return catalog.status();
+    server->catalog_ = std::move(*catalog);
+  }
+  auto store = DirectoryStrategyStore::Open(options.data_dir + "/strategies");
+  if (!store.ok()) return store.status();
+  server->store_ = std::move(*store);
+  if (metrics != nullptr) {
+    metrics->strategy_records.Set(double(server->store_->List("").size()));
+  }
+  SearchJobRunnerOptions jobs = options.jobs;
+  jobs.jobs_dir = options.data_dir + "/jobs";
+  auto runner = SearchJobRunner::Start(jobs, server->catalog_.get(), server->store_.get(), metrics);
+  if (!runner.ok()) return runner.status();
+  server->runner_ = std::move(*runner);
+  server->search_service_ = std::make_unique<SearchJobService>(server->runner_.get());
+  server->registry_service_ = std::make_unique<StrategyRegistryService>(
+      server->store_.get(), server->catalog_.get(), metrics);
+
+  runtime::GrpcServerOptions grpc_options;
+  grpc_options.address = options.address;
+  grpc_options.services = {server->search_service_.get(), server->registry_service_.get()};
+  grpc_options.health_services = {v1::SearchService::service_full_name(),
+                                  v1::StrategyRegistry::service_full_name()};
+  // Calibration text may come inline (WikiText-2's test split is 1.3 MB).
+  grpc_options.max_receive_message_bytes = 64 << 20;
+  auto grpc = runtime::GrpcServer::Start(grpc_options);
+  if (!grpc.ok()) return grpc.status();
+  server->grpc_ = std::move(*grpc);
+  server->grpc_->SetServing(true);
+  return server;
+}
+
+SearchServer::~SearchServer() { Shutdown(absl::ZeroDuration()); }
+
+bool SearchServer::Drain(absl::Duration grace) {
+  runtime::DrainSteps steps;
+  steps.stop_admitting = [this] { runner_->StopAdmitting(); };
+  steps.wait_until_idle = [this](absl::Duration timeout) {
+    return runner_->WaitUntilIdle(timeout);
+  };
+  steps.cancel_remaining = [this, grace] {
+    runner_->FailRemaining(
+        absl::StrFormat("the search service shut down (drain grace of %s ran "
+                        "out)",
+                        absl::FormatDuration(grace)));
+  };
+  runtime::DrainOptions options;
+  options.grace = grace;
+  return runtime::DrainAndShutdown(*grpc_, steps, options);
+}
+
+void SearchServer::Shutdown(absl::Duration deadline) {
+  if (grpc_ != nullptr) grpc_->Shutdown(deadline);
+}
+
+}  // namespace kvshare

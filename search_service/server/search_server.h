@@ -1,0 +1,61 @@
+// The search service assembled: model catalog, strategy store (data_dir/strategies), job
+// runner (records in data_dir/jobs), SearchService + StrategyRegistry + health + reflection on
+// one gRPC port. kvshare-search's main and the tests start it the same way.
+//
+// Start() opens the store (refusing a damaged one), reports jobs the previous process left
+// unfinished as FAILED, listens, and reports SERVING. Drain(grace) reports NOT_SERVING, stops
+// taking jobs, gives queued and running ones `grace`, fails the rest (UNAVAILABLE, with the
+// reason), and stops the server. Registry reads keep working until the server stops.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "search_service/server/model_catalog.h"
+#include "search_service/server/search_job_runner.h"
+#include "search_service/server/search_job_service.h"
+#include "search_service/server/search_metrics.h"
+#include "search_service/server/strategy_registry_service.h"
+#include "search_service/server/strategy_store.h"
+#include "service_runtime/grpc_server.h"
+
+namespace kvshare {
+
+struct SearchServerOptions {
+  std::string address = "0.0.0.0:50061";  // port 0 picks a free one
+  std::string data_dir;                   // required
+  std::string catalog_path;               // empty: ModelCatalog::Default()
+  SearchJobRunnerOptions jobs;            // jobs_dir is set to data_dir/jobs
+};
+
+class SearchServer {
+ public:
+  // `metrics` may be null; it must outlive the server.
+  static absl::StatusOr<std::unique_ptr<SearchServer>> Start(const SearchServerOptions& options,
+                                                             SearchMetrics* metrics);
+  ~SearchServer();  // Shutdown(), then jobs still running end FAILED
+
+  int port() const { return grpc_->port(); }
+  ModelCatalog& catalog() { return *catalog_; }
+  StrategyStore& store() { return *store_; }
+  SearchJobRunner& jobs() { return *runner_; }
+
+  // True when every job finished within `grace`.
+  bool Drain(absl::Duration grace);
+  void Shutdown(absl::Duration deadline = absl::Seconds(5));
+
+ private:
+  SearchServer() = default;
+
+  // Destroyed in reverse: the gRPC server stops before what its services use.
+  std::unique_ptr<ModelCatalog> catalog_;
+  std::unique_ptr<StrategyStore> store_;
+  std::unique_ptr<SearchJobRunner> runner_;
+  std::unique_ptr<SearchJobService> search_service_;
+  std::unique_ptr<StrategyRegistryService> registry_service_;
+  std::unique_ptr<runtime::GrpcServer> grpc_;
+};
+
+}  // namespace kvshare

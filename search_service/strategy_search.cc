@@ -1,0 +1,168 @@
+#include "search_service/strategy_search.h"
+
+#include <chrono>
+
+#include "absl/strings/str_format.h"
+#include "common/engine/transformer.h"
+#include "search_service/cosine_evaluator.h"
+#include "search_service/loss_evaluator.h"
+
+namespace kvshare {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point since) {
+  return std::chrono::duration<double>(Clock::now() - since).count();
+}
+
+// Times every acceptance of the evaluator it wraps.
+class TimedEvaluator : public Evaluator {
+ public:
+  TimedEvaluator(Evaluator& inner, Clock::time_point start, std::vector<double>* accept_seconds)
+      : inner_(inner), start_(start), accept_seconds_(accept_seconds) {}
+  absl::StatusOr<double> Score(const std::vector<int>& kv_source, int first) override {
+    return inner_.Score(kv_source, first);
+  }
+  absl::Status Accept(const std::vector<int>& kv_source, int first) override {
+    absl::Status s = inner_.Accept(kv_source, first);
+    accept_seconds_->push_back(Seconds(start_));
+    return s;
+  }
+
+ private:
+  Evaluator& inner_;
+  const Clock::time_point start_;
+  std::vector<double>* const accept_seconds_;
+};
+
+void FillProvenance(const SelectionOptions& options, const CalibrationSet& calibration,
+                    const StrategySearchResult& r, StrategyProvenance* p) {
+  const GreedyResult& g = r.selection.greedy;
+  p->method = SearchMethodName(options.method);
+  p->order = PairOrderName(options.greedy.order);
+  p->threshold = options.method == SearchMethod::kKvSharer ? options.greedy.threshold : 0.0;
+  p->best_of = options.best_of;
+  p->max_nll_increase = options.max_nll_increase.value_or(0.0);
+  p->calibration_hash = calibration.hash;
+  p->target_layers = options.greedy.target_layers;
+  p->score = g.score;
+  p->calibration_score = r.calibration_score;
+  p->note = absl::StrFormat(
+      "calibration %d samples x %d tokens; %s%s; best of %d%s; %d candidates scored, %d "
+      "accepted, %d skipped",
+      calibration.samples, calibration.tokens, StopReasonName(g.stop),
+      options.greedy.order == PairOrder::kRandom ? absl::StrFormat("; seed %d", options.greedy.seed)
+                                                 : "",
+      options.best_of, options.lazy ? " (lazy)" : "", g.trace.size(), g.accepted,
+      g.pairs_skipped);
+}
+
+}  // namespace
+
+absl::StatusOr<StrategySearchResult> RunStrategySearch(const Model& model, Backend& backend,
+                                                       const CalibrationSet& calibration,
+                                                       const SelectionOptions& options,
+                                                       const SearchHooks& hooks) {
+  const ModelConfig& c = model.config();
+  absl::Status valid = ValidateSelectionOptions(options, c.n_layers);
+  if (!valid.ok()) return valid;
+  const auto start = Clock::now();
+  StrategySearchResult result;
+
+  if (options.method == SearchMethod::kKvSharer && options.best_of == 1 && !options.lazy) {
+    // The paper's search, exactly; acceptances are timed from the progress hook (called before
+    // each candidate, so an acceptance is seen at the next candidate or at the end).
+    SearchHooks timed = hooks;
+    int seen = 0;
+    timed.progress = [&](const GreedyProgress& p) {
+      for (; seen < p.accepted; ++seen) result.accept_seconds.push_back(Seconds(start));
+      if (hooks.progress) hooks.progress(p);
+    };
+    auto r = RunKvSharerSearch(model, backend, calibration, options.greedy, timed);
+    if (!r.ok()) return r.status();
+    for (; seen < r->greedy.accepted; ++seen) result.accept_seconds.push_back(Seconds(start));
+    result.distances = std::move(r->distances);
+    result.selection.greedy = std::move(r->greedy);
+    int step = 0;
+    for (const PairTrial& t : result.selection.greedy.trace) {
+      result.selection.outcome.push_back(t.accepted ? TrialOutcome::kAccepted
+                                                    : TrialOutcome::kBelowThreshold);
+      result.selection.step.push_back(step);
+      step += t.accepted;
+    }
+    result.calibration_score = result.selection.greedy.score;
+    result.calibration_seconds = r->calibration_seconds;
+    result.greedy_seconds = r->greedy_seconds;
+  } else {
+    if (hooks.on_phase) hooks.on_phase(SearchPhase::kCalibration);
+    if (hooks.cancel != nullptr && hooks.cancel->load(std::memory_order_acquire)) {
+      return absl::CancelledError("search cancelled before the calibration forward pass");
+    }
+    auto transformer = Transformer::Create(model, backend, SearchMaxRows(calibration));
+    if (!transformer.ok()) return transformer.status();
+    KvAverager averager(c, calibration.tokens);
+    std::unique_ptr<Evaluator> evaluator;
+    LossEvaluator* loss = nullptr;
+    if (options.method == SearchMethod::kKvSharer) {
+      auto e = CosineEvaluator::Create(**transformer, calibration, &averager);
+      if (!e.ok()) return e.status();
+      evaluator = std::move(*e);
+    } else {
+      auto e = LossEvaluator::Create(**transformer, calibration, CandidateMetric::kNllIncrease,
+                                     &averager);
+      if (!e.ok()) return e.status();
+      loss = e->get();
+      evaluator = std::move(*e);
+    }
+    auto averaged = averager.Result();
+    if (!averaged.ok()) return averaged.status();
+    result.distances = ComputeLayerDistances(*averaged);
+    result.calibration_seconds = Seconds(start);
+
+    const auto greedy_start = Clock::now();
+    if (hooks.on_phase) hooks.on_phase(SearchPhase::kGreedy);
+    TimedEvaluator timed(*evaluator, start, &result.accept_seconds);
+    auto selection = BestOfKSearch(result.distances, GreedyOptionsFor(options),
+                                   {options.best_of, options.lazy}, timed, hooks.progress,
+                                   hooks.cancel);
+    if (!selection.ok()) return selection.status();
+    result.selection = std::move(*selection);
+    result.greedy_seconds = Seconds(greedy_start);
+    if (loss != nullptr) {
+      // The cosine of the final strategy (the accepted one: scored from the last layer).
+      auto measured = loss->Measure(result.selection.greedy.kv_source);
+      if (!measured.ok()) return measured.status();
+      result.calibration_score = measured->cosine;
+    } else {
+      result.calibration_score = result.selection.greedy.score;
+    }
+  }
+
+  auto strategy = SharingStrategy::Create(result.selection.greedy.kv_source, model.fingerprint());
+  if (!strategy.ok()) return strategy.status();
+  result.total_seconds = Seconds(start);
+  FillProvenance(options, calibration, result, &strategy->provenance());
+  result.strategy = std::make_shared<const SharingStrategy>(std::move(*strategy));
+  return result;
+}
+
+absl::StatusOr<double> CalibrationCosine(const Model& model, Backend& backend,
+                                         const CalibrationSet& calibration,
+                                         const std::vector<int>& kv_source) {
+  const int L = model.config().n_layers;
+  if (int(kv_source.size()) != L) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("strategy has %d layers, the model %d", kv_source.size(), L));
+  }
+  int first = 1;
+  while (first < L && kv_source[first] == first) ++first;
+  if (first == L) return 1.0;  // the identity: the unshared model itself
+  auto transformer = Transformer::Create(model, backend, SearchMaxRows(calibration));
+  if (!transformer.ok()) return transformer.status();
+  auto e = CosineEvaluator::Create(**transformer, calibration);
+  if (!e.ok()) return e.status();
+  return (*e)->Score(kv_source, first);
+}
+
+}  // namespace kvshare
