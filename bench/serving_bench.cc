@@ -3,7 +3,7 @@
 // for the identity strategy and for a strategy sharing 8 of 30 layers (29->28, 27->26, ...,
 // 15->14; hand-written, not searched: this measures capacity, not quality).
 //
-//   build/bench/serving_bench [--kv-budget-mib 112.5] [--threads 0] [--max-tokens 128]
+//   build/bench/serving_bench [--kv-budget-mib 67.5] [--threads 0] [--max-tokens 64]
 //                             [--prompt-tokens 32] [--concurrency 1,4,16,64] [--repeat 2]
 //                             [--json FILE]
 //
@@ -16,9 +16,12 @@
 // total_blocks / blocks_per_request — the "cap" column; sharing raises it by 30/22.
 // Per row: output tokens/s, client-side TTFT and inter-token latency percentiles, the largest
 // batch seen, and what limited the row.
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <thread>
 #include <vector>
@@ -41,8 +44,8 @@ namespace {
 struct Args {
   std::string model;
   int threads = 0;
-  double kv_budget_mib = 112.5;  // 16 unshared requests of 32 + 128 tokens
-  int max_tokens = 128;
+  double kv_budget_mib = 67.5;  // 16 unshared requests of 32 + 64 tokens
+  int max_tokens = 64;
   int prompt_tokens = 32;
   std::string concurrency = "1,4,16,64";
   int min_requests = 8;
@@ -80,8 +83,20 @@ std::vector<std::vector<int32_t>> Prompts(const Tokenizer& tok, int length) {
   return out;
 }
 
+// CPU seconds this process has used (all threads): throughput per CPU-second does not drop
+// when other processes take the cores, so it compares strategies on a shared host.
+double ProcessCpuSeconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_utime.tv_sec + u.ru_stime.tv_sec + 1e-6 * (u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+}
+
 struct Row {
   std::string strategy;
+  double cpu_seconds = 0;
+  double tokens_per_cpu_second() const {
+    return cpu_seconds > 0 ? report.completion_tokens / cpu_seconds : 0;
+  }
   int owning = 0, layers = 0, capacity = 0, concurrency = 0;
   LoadReport report;
   int max_running = 0, max_queued = 0;
@@ -174,7 +189,9 @@ Row RunRow(const Args& a, Deployment& d, int concurrency) {
       absl::SleepFor(absl::Milliseconds(2));
     }
   });
+  const double cpu0 = ProcessCpuSeconds();
   row.report = RunLoad(d.channel, load);
+  row.cpu_seconds = ProcessCpuSeconds() - cpu0;
   done = true;
   poll.join();
   row.limit = Limit(row);
@@ -257,24 +274,35 @@ int Main(int argc, char** argv) {
       "%d prompt + %d generated tokens (ignore_eos); loopback gRPC, closed-loop clients\n\n",
       a.model.substr(a.model.find_last_of('/') + 1).c_str(), a.threads > 0 ? a.threads : int(cores),
       cores, a.kv_budget_mib, a.prompt_tokens, a.max_tokens);
-  std::printf("%-10s %6s %4s %4s %5s %8s %7s | %8s %8s | %7s %7s | %4s  %s\n", "strategy", "owning",
-              "cap", "conc", "reqs", "tok/s", "vs id", "TTFT p50", "TTFT p99", "ITL p50", "ITL p99",
-              "run", "limited by");
+  double load[3] = {0, 0, 0};
+  getloadavg(load, 3);
+  std::printf(
+      "host load average at the end: %.1f %.1f %.1f (%u cores): wall-clock figures include "
+      "foreign load; tok/CPU-s does not\n\n",
+      load[0], load[1], load[2], cores);
+  std::printf("%-10s %6s %4s %4s %5s %8s %6s %9s %6s | %8s %8s | %7s %7s | %4s  %s\n", "strategy",
+              "owning", "cap", "conc", "reqs", "tok/s", "vs id", "tok/CPU-s", "vs id", "TTFT p50",
+              "TTFT p99", "ITL p50", "ITL p99", "run", "limited by");
   nlohmann::json out = nlohmann::json::array();
   for (const Row& r : rows) {
-    double base = 0;
+    double base = 0, base_cpu = 0;
     for (const Row& b : rows) {
       if (b.strategy == "identity" && b.concurrency == r.concurrency) {
         base = b.report.tokens_per_second();
+        base_cpu = b.tokens_per_cpu_second();
       }
     }
     const LoadReport& rep = r.report;
+    std::string errors;
+    for (const auto& [code, n] : rep.errors) errors += absl::StrFormat(" [%d %s]", n, code);
     std::printf(
-        "%-10s %3d/%-2d %4d %4d %5d %8.1f %6.2fx | %7.0fms %7.0fms | %5.1fms %5.1fms | %4d  %s\n",
+        "%-10s %3d/%-2d %4d %4d %5d %8.1f %5.2fx %9.1f %5.2fx | %6.0fms %6.0fms | %5.1fms "
+        "%5.1fms | %4d  %s%s\n",
         r.strategy.c_str(), r.owning, r.layers, r.capacity, r.concurrency, rep.requests,
         rep.tokens_per_second(), base > 0 ? rep.tokens_per_second() / base : 0.0,
+        r.tokens_per_cpu_second(), base_cpu > 0 ? r.tokens_per_cpu_second() / base_cpu : 0.0,
         rep.ttft.p50 * 1e3, rep.ttft.p99 * 1e3, rep.inter_token.p50 * 1e3,
-        rep.inter_token.p99 * 1e3, r.max_running, r.limit.c_str());
+        rep.inter_token.p99 * 1e3, r.max_running, r.limit.c_str(), errors.c_str());
     out.push_back({{"strategy", r.strategy},
                    {"owning_layers", r.owning},
                    {"layers", r.layers},
@@ -287,6 +315,9 @@ int Main(int argc, char** argv) {
                    {"wall_s", rep.wall_seconds},
                    {"tokens_per_s", rep.tokens_per_second()},
                    {"vs_identity", base > 0 ? rep.tokens_per_second() / base : 0.0},
+                   {"cpu_s", r.cpu_seconds},
+                   {"tokens_per_cpu_s", r.tokens_per_cpu_second()},
+                   {"cpu_vs_identity", base_cpu > 0 ? r.tokens_per_cpu_second() / base_cpu : 0.0},
                    {"ttft_p50_s", rep.ttft.p50},
                    {"ttft_p99_s", rep.ttft.p99},
                    {"itl_p50_s", rep.inter_token.p50},
@@ -304,6 +335,7 @@ int Main(int argc, char** argv) {
                             {"prompt_tokens", a.prompt_tokens},
                             {"max_tokens", a.max_tokens},
                             {"repeat", a.repeat},
+                            {"host_load_average", {load[0], load[1], load[2]}},
                             {"rows", out}});
   return 0;
 }

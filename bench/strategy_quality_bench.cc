@@ -1,6 +1,6 @@
 // Strategy quality at equal KV memory (issue 12): held-out perplexity of the strategies each
 // selection rule and each baseline pattern gives at k shared layers, beside the unshared
-// model's, with the calibration cosine score and the search wall time.
+// model's, with the calibration cosine score and the search time (wall and CPU).
 //
 //   build/bench/strategy_quality_bench [--json FILE] [--threads 2] [--eval-tokens 16384]
 //                                      [--context 512] [--models smollm2,stories]
@@ -11,14 +11,14 @@
 // after the last calibration line (search_service/heldout_quality.h), WikiText-2 test for
 // SmolLM2 and tinystories-sample.txt for stories260K.
 //
-// Methods (--methods picks some; default all): searches (one run per method to the largest
-// k; the smaller k are its first acceptances, timed at the moment of that acceptance, with the
-// calibration forward included) and baselines (search time 0).
+// Rows: every search rule (AllMethods; one run per rule to the largest k, the smaller k being
+// its first acceptances, timed at that acceptance with the calibration forward included) and
+// every baseline pattern (search_service/baseline_strategies.h; no search). --methods picks
+// some; the default is all.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -33,9 +33,9 @@
 #include "common/model/model.h"
 #include "common/tokenizer/tokenizer.h"
 #include "common/util/file.h"
-#include "search_service/cosine_evaluator.h"
 #include "search_service/baseline_strategies.h"
 #include "search_service/calibration.h"
+#include "search_service/cosine_evaluator.h"
 #include "search_service/heldout_quality.h"
 #include "search_service/strategy_search.h"
 
@@ -58,32 +58,37 @@ struct Method {
   bool baseline = false;
   SelectionOptions selection;  // searches
   BaselinePattern pattern = BaselinePattern::kAlternate;
+  bool small_models_only = false;  // skipped for models of more than 8 layers
 };
 
 std::vector<Method> AllMethods() {
   std::vector<Method> out;
-  auto search = [&](const std::string& name, SearchMethod m, PairOrder order, int k,
-                    std::optional<double> r, bool lazy = false) {
+  auto search = [&](const std::string& name, SearchMethod m, PairOrder order, int k, bool lazy,
+                    std::optional<double> r = {}, bool small_models_only = false) {
     Method x;
     x.name = name;
     x.selection.method = m;
     x.selection.greedy.order = order;
     x.selection.best_of = k;
-    x.selection.max_nll_increase = r;
     x.selection.lazy = lazy;
+    x.selection.max_nll_increase = r;
+    x.small_models_only = small_models_only;
     out.push_back(x);
   };
-  search("kvsharer-dissimilar", SearchMethod::kKvSharer, PairOrder::kDissimilar, 1, {});
-  search("kvsharer-similar", SearchMethod::kKvSharer, PairOrder::kSimilar, 1, {});
-  search("kvsharer-similar-best8", SearchMethod::kKvSharer, PairOrder::kSimilar, 8, {});
-  search("nll-dissimilar-R0.1", SearchMethod::kNll, PairOrder::kDissimilar, 1, 0.1);
-  search("nll-similar-R0.1", SearchMethod::kNll, PairOrder::kSimilar, 1, 0.1);
-  search("nll-dissimilar-best8", SearchMethod::kNll, PairOrder::kDissimilar, 8, {});
-  search("nll-similar-best8", SearchMethod::kNll, PairOrder::kSimilar, 8, {});
-  search("nll-similar-best16", SearchMethod::kNll, PairOrder::kSimilar, 16, {});
-  search("nll-similar-lazy8", SearchMethod::kNll, PairOrder::kSimilar, 8, {}, true);
-  search("nll-similar-lazy16", SearchMethod::kNll, PairOrder::kSimilar, 16, {}, true);
-  search("nll-dissimilar-lazy16", SearchMethod::kNll, PairOrder::kDissimilar, 16, {}, true);
+  // The paper's rule, both orders.
+  search("kvsharer-dissimilar", SearchMethod::kKvSharer, PairOrder::kDissimilar, 1, false);
+  search("kvsharer-similar", SearchMethod::kKvSharer, PairOrder::kSimilar, 1, false);
+  // Best-of-K with the paper's cosine score.
+  search("kvsharer-similar-best8", SearchMethod::kKvSharer, PairOrder::kSimilar, 8, false);
+  // The NLL cap, first acceptable pair (K = 1). A cap that binds makes the search score every
+  // remaining pair of the order (~400 on SmolLM2), so these run on small models only.
+  search("nll-dissimilar-R0.5", SearchMethod::kNll, PairOrder::kDissimilar, 1, false, 0.5, true);
+  search("nll-similar-R0.5", SearchMethod::kNll, PairOrder::kSimilar, 1, false, 0.5, true);
+  // Best-of-K on the calibration NLL: exact, and lazy.
+  search("nll-dissimilar-lazy8", SearchMethod::kNll, PairOrder::kDissimilar, 8, true);
+  search("nll-similar-best8", SearchMethod::kNll, PairOrder::kSimilar, 8, false);
+  search("nll-similar-lazy8", SearchMethod::kNll, PairOrder::kSimilar, 8, true);
+  search("nll-similar-lazy16", SearchMethod::kNll, PairOrder::kSimilar, 16, true);
   for (BaselinePattern p : AllBaselinePatterns()) {
     Method x;
     x.name = absl::StrCat("baseline-", BaselinePatternName(p));
@@ -109,7 +114,8 @@ struct Row {
   std::vector<int> kv_source;
   StrategyQuality quality;
   double search_seconds = 0;
-  int candidates_scored = 0;  // up to this k's acceptance
+  double search_cpu_seconds = 0;  // process CPU time, all threads
+  int candidates_scored = 0;      // up to this k's acceptance
 };
 
 absl::StatusOr<nlohmann::json> RunModel(const ModelSpec& spec, const Flags& flags,
@@ -136,11 +142,11 @@ absl::StatusOr<nlohmann::json> RunModel(const ModelSpec& spec, const Flags& flag
   auto meter = QualityMeter::Create(m, std::move(*slice), flags.threads);
   if (!meter.ok()) return meter.status();
   *baseline_ppl = std::exp((*meter)->baseline().mean_nll);
-  std::fprintf(stderr, "%s: calibration lines %d..%d; held-out from line %d, %lld targets; "
+  std::fprintf(stderr,
+               "%s: calibration lines %d..%d; held-out from line %d, %lld targets; "
                "unshared ppl %.4f (%.1f s)\n",
-               c.name.c_str(), calibration->source_lines.front(),
-               LastCalibrationLine(*calibration), heldout.first_line,
-               (long long)heldout.targets(), *baseline_ppl, Now() - t0);
+               c.name.c_str(), calibration->source_lines.front(), LastCalibrationLine(*calibration),
+               heldout.first_line, (long long)heldout.targets(), *baseline_ppl, Now() - t0);
   auto backend = MakeCpuBackend(flags.threads);
   // The calibration cosine of any strategy: scored against the identity from its first
   // sharing layer.
@@ -180,7 +186,8 @@ absl::StatusOr<nlohmann::json> RunModel(const ModelSpec& spec, const Flags& flag
     auto q = (*meter)->Measure(std::make_shared<const SharingStrategy>(std::move(*st)), *cos);
     if (!q.ok()) return q.status();
     row.quality = *q;
-    std::fprintf(stderr, "  %-26s k=%-2d ppl %9.3f  dNLL %.4f  cos %.4f  search %.1f s  "
+    std::fprintf(stderr,
+                 "  %-26s k=%-2d ppl %9.3f  dNLL %.4f  cos %.4f  search %.1f s  "
                  "(eval %.1f s)\n",
                  row.method.c_str(), row.shared, q->heldout_ppl(), q->nll_increase(),
                  q->calibration_score, row.search_seconds, Now() - t);
@@ -189,6 +196,7 @@ absl::StatusOr<nlohmann::json> RunModel(const ModelSpec& spec, const Flags& flag
 
   const int k_max = spec.shared.back();
   for (const Method& method : methods) {
+    if (method.small_models_only && c.n_layers > 8) continue;
     if (method.baseline) {
       for (int k : spec.shared) {
         Row row;
@@ -213,9 +221,11 @@ absl::StatusOr<nlohmann::json> RunModel(const ModelSpec& spec, const Flags& flag
     auto r = RunStrategySearch(m, *backend, *calibration, o);
     if (!r.ok()) return r.status();
     const GreedyResult& g = r->selection.greedy;
-    std::fprintf(stderr, "  search %s to %d: %.1f s (calibration %.1f s), %zu candidates, %s\n",
-                 method.name.c_str(), k_max, r->total_seconds, r->calibration_seconds,
-                 g.trace.size(), StopReasonName(g.stop));
+    std::fprintf(stderr,
+                 "  search %s to %d: %.1f s, CPU %.1f s (calibration %.1f s), %zu candidates, "
+                 "%s\n",
+                 method.name.c_str(), k_max, r->total_seconds, r->total_cpu_seconds,
+                 r->calibration_seconds, g.trace.size(), StopReasonName(g.stop));
     nlohmann::json trace = nlohmann::json::array();
     for (size_t t = 0; t < g.trace.size(); ++t) {
       trace.push_back({{"i", g.trace[t].i},
@@ -227,7 +237,9 @@ absl::StatusOr<nlohmann::json> RunModel(const ModelSpec& spec, const Flags& flag
                              {"target_layers", k_max},
                              {"seconds", r->total_seconds},
                              {"calibration_seconds", r->calibration_seconds},
+                             {"cpu_seconds", r->total_cpu_seconds},
                              {"accept_seconds", r->accept_seconds},
+                             {"accept_cpu_seconds", r->accept_cpu_seconds},
                              {"stop", StopReasonName(g.stop)},
                              {"trace", trace}});
     for (int k : spec.shared) {
@@ -244,6 +256,7 @@ absl::StatusOr<nlohmann::json> RunModel(const ModelSpec& spec, const Flags& flag
       }
       row.kv_source = *kv;
       row.search_seconds = r->accept_seconds[k - 1];
+      row.search_cpu_seconds = r->accept_cpu_seconds[k - 1];
       int accepts = 0;
       for (size_t t = 0; t < g.trace.size() && accepts < k; ++t) {
         ++row.candidates_scored;
@@ -256,8 +269,8 @@ absl::StatusOr<nlohmann::json> RunModel(const ModelSpec& spec, const Flags& flag
   }
   nlohmann::json jrows = nlohmann::json::array();
   for (const Row& row : *rows) {
-    nlohmann::json jr = {{"method", row.method}, {"shared", row.shared},
-                         {"available", row.available}};
+    nlohmann::json jr = {
+        {"method", row.method}, {"shared", row.shared}, {"available", row.available}};
     if (!row.available) {
       jr["why"] = row.why;
     } else {
@@ -267,6 +280,7 @@ absl::StatusOr<nlohmann::json> RunModel(const ModelSpec& spec, const Flags& flag
       jr["nll_increase"] = row.quality.nll_increase();
       jr["calibration_score"] = row.quality.calibration_score;
       jr["search_seconds"] = row.search_seconds;
+      jr["search_cpu_seconds"] = row.search_cpu_seconds;
       jr["candidates_scored"] = row.candidates_scored;
     }
     jrows.push_back(jr);
@@ -279,55 +293,55 @@ void PrintTable(const nlohmann::json& j, double baseline_ppl, const std::vector<
                 const std::vector<int>& shared) {
   const std::string model = j["model"].get<std::string>();
   const int L = j["n_layers"].get<int>();
-  std::printf("\n%s (%d layers): held-out perplexity, %lld targets from line %d in %d-token "
-              "windows; unshared %.4f\n",
-              model.c_str(), L, (long long)j["heldout"]["targets"].get<int64_t>(),
-              j["heldout"]["first_line"].get<int>(), j["heldout"]["context"].get<int>(),
-              baseline_ppl);
-  std::printf("%-26s", "method");
-  for (int k : shared) std::printf(" | k=%-2d %9s %7s %6s %7s", k, "ppl", "dNLL", "cos", "search");
-  std::printf("\n");
-  std::map<std::string, std::map<int, const Row*>> by;
-  std::vector<std::string> order;
-  for (const Row& r : rows) {
-    if (by.find(r.method) == by.end()) order.push_back(r.method);
-    by[r.method][r.shared] = &r;
-  }
-  for (const std::string& name : order) {
-    std::printf("%-26s", name.c_str());
-    for (int k : shared) {
-      auto it = by[name].find(k);
-      if (it == by[name].end() || !it->second->available) {
-        std::printf(" | %-5s %9s %7s %6s %7s", "", "-", "-", "-", "-");
-        continue;
-      }
-      const Row& r = *it->second;
-      std::printf(" | %-5s %9.3f %7.4f %6.3f %6.1fs", "", r.quality.heldout_ppl(),
-                  r.quality.nll_increase(), r.quality.calibration_score, r.search_seconds);
-    }
-    std::printf("\n");
-  }
-  for (const Row& r : rows) {
-    if (!r.available) std::printf("  %s k=%d: %s\n", r.method.c_str(), r.shared, r.why.c_str());
-  }
-  // Each k: the best row, and its NLL increase against the paper's (dissimilar, 0.5).
+  std::printf(
+      "\n%s (%d layers): held-out perplexity, %lld targets from line %d in %d-token "
+      "windows; unshared %.4f\n",
+      model.c_str(), L, (long long)j["heldout"]["targets"].get<int64_t>(),
+      j["heldout"]["first_line"].get<int>(), j["heldout"]["context"].get<int>(), baseline_ppl);
+  std::printf(
+      "dNLL: held-out NLL increase over unshared, nats/token; x paper: dNLL / the "
+      "paper's (kvsharer-dissimilar) at the same k; cos: calibration cosine score;\n"
+      "scored: candidates scored up to that k; search: wall s to that k's acceptance "
+      "(calibration forward included), cpu: process CPU s (all threads)\n");
   for (int k : shared) {
-    const Row* best = nullptr;
     const Row* paper = nullptr;
     for (const Row& r : rows) {
-      if (r.shared != k || !r.available) continue;
+      if (r.shared == k && r.available && r.method == "kvsharer-dissimilar") paper = &r;
+    }
+    std::printf("\n k=%-2d of %d (KV %.1f%%)\n", k, L, 100.0 * (L - k) / L);
+    std::printf("  %-26s %10s %8s %8s %6s %6s %8s %8s\n", "method", "ppl", "dNLL", "x paper", "cos",
+                "scored", "search", "cpu");
+    const Row* best = nullptr;
+    for (const Row& r : rows) {
+      if (r.shared != k) continue;
+      if (!r.available) {
+        std::printf("  %-26s %10s  (%s)\n", r.method.c_str(), "-", r.why.c_str());
+        continue;
+      }
       if (best == nullptr || r.quality.heldout_nll < best->quality.heldout_nll) best = &r;
-      if (r.method == "kvsharer-dissimilar") paper = &r;
+      const bool searched = r.candidates_scored > 0;
+      std::printf(
+          "  %-26s %10.3f %8.4f %8s %6.3f %6s %8s %8s\n", r.method.c_str(), r.quality.heldout_ppl(),
+          r.quality.nll_increase(),
+          paper != nullptr && paper->quality.nll_increase() > 0
+              ? absl::StrFormat("%.3f", r.quality.nll_increase() / paper->quality.nll_increase())
+                    .c_str()
+              : "-",
+          r.quality.calibration_score,
+          searched ? absl::StrFormat("%d", r.candidates_scored).c_str() : "-",
+          searched ? absl::StrFormat("%.1f", r.search_seconds).c_str() : "-",
+          searched ? absl::StrFormat("%.1f", r.search_cpu_seconds).c_str() : "-");
     }
-    if (best == nullptr) continue;
-    std::printf("k=%-2d best: %s, ppl %.3f, dNLL %.4f", k, best->method.c_str(),
-                best->quality.heldout_ppl(), best->quality.nll_increase());
-    if (paper != nullptr && paper->quality.nll_increase() > 0) {
-      std::printf(" = %.3f x the paper's dNLL %.4f (target <= 1/3)",
-                  best->quality.nll_increase() / paper->quality.nll_increase(),
-                  paper->quality.nll_increase());
+    if (best != nullptr) {
+      std::printf("  best: %s, ppl %.3f, dNLL %.4f", best->method.c_str(),
+                  best->quality.heldout_ppl(), best->quality.nll_increase());
+      if (paper != nullptr && paper->quality.nll_increase() > 0) {
+        std::printf(" = %.3f x the paper's %.4f",
+                    best->quality.nll_increase() / paper->quality.nll_increase(),
+                    paper->quality.nll_increase());
+      }
+      std::printf("\n");
     }
-    std::printf("\n");
   }
 }
 

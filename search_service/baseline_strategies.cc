@@ -9,9 +9,9 @@ namespace {
 
 absl::Status TooMany(BaselinePattern pattern, int n_layers, int shared, int limit,
                      const std::string& why) {
-  return absl::InvalidArgumentError(absl::StrFormat(
-      "--baseline %s cannot share %d of %d layers: at most %d (%s)",
-      BaselinePatternName(pattern), shared, n_layers, limit, why));
+  return absl::InvalidArgumentError(
+      absl::StrFormat("--baseline %s cannot share %d of %d layers: at most %d (%s)",
+                      BaselinePatternName(pattern), shared, n_layers, limit, why));
 }
 
 }  // namespace
@@ -41,12 +41,12 @@ absl::StatusOr<BaselinePattern> ParseBaselinePattern(const std::string& name) {
   for (BaselinePattern p : AllBaselinePatterns()) {
     if (name == BaselinePatternName(p)) return p;
   }
-  return absl::InvalidArgumentError(absl::StrFormat(
-      "--baseline '%s' is not one of alternate, groups, middle, minicache", name));
+  return absl::InvalidArgumentError(
+      absl::StrFormat("--baseline '%s' is not one of alternate, groups, middle, minicache", name));
 }
 
-absl::StatusOr<std::vector<int>> BaselineStrategy(BaselinePattern pattern, int n_layers,
-                                                  int shared, const BaselineOptions& options) {
+absl::StatusOr<std::vector<int>> BaselineStrategy(BaselinePattern pattern, int n_layers, int shared,
+                                                  const BaselineOptions& options) {
   const int L = n_layers;
   if (L < 2) {
     return absl::InvalidArgumentError(

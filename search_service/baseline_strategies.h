@@ -6,11 +6,11 @@
 //              al. 2024). With k < L/2 the k sharing layers are odd layers spread evenly over
 //              the depth: of the m = floor(L/2) odd layers 1, 3, ..., the ones with index
 //              floor((t + 0.5) * m / k), t = 0 .. k-1. k <= floor(L/2).
-//   groups     groups of `group_size` adjacent layers, each reading the group's lowest layer
+//   groups     groups of g = group_size adjacent layers, each reading the group's lowest layer
 //              (CLA with factor g), from the top of the model down: layers L-g+1 .. L-1 read
 //              L-g, then the group below, until k layers share; the last group takes only as
-//              many layers above its lowest one as are left. k <= (g-1) * floor((L-1) / g) +
-//              the partial group's.
+//              many layers above its lowest one as are left, and the bottom group is clipped
+//              at layer 0. k <= the layers above every group's lowest (20 of 30 for g = 3).
 //   middle     the top k layers all read one middle layer, L-k-1, the highest owner (YOCO's
 //              cross-decoder, where the upper half reads the middle layer's cache).
 //   minicache  adjacent deep layers pair up, in the spirit of MiniCache (which merges the KV
@@ -39,8 +39,7 @@ struct BaselineOptions {
 };
 
 // kv_source of `pattern` with exactly `shared` of `n_layers` layers sharing.
-absl::StatusOr<std::vector<int>> BaselineStrategy(BaselinePattern pattern, int n_layers,
-                                                  int shared,
+absl::StatusOr<std::vector<int>> BaselineStrategy(BaselinePattern pattern, int n_layers, int shared,
                                                   const BaselineOptions& options = {});
 
 }  // namespace kvshare

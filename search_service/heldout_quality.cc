@@ -41,8 +41,8 @@ absl::StatusOr<HeldoutSlice> BuildHeldoutSlice(std::string_view text, const Toke
   for (int line = 0; line < after_line; ++line) {
     offset = text.find('\n', offset);
     if (offset == std::string_view::npos) {
-      return absl::OutOfRangeError(absl::StrFormat(
-          "%s: no held-out text: it ends before line %d", source, after_line + 1));
+      return absl::OutOfRangeError(
+          absl::StrFormat("%s: no held-out text: it ends before line %d", source, after_line + 1));
     }
     ++offset;
   }

@@ -135,7 +135,7 @@ void LossEvaluator::AddNll(const float* h, size_t row0, int rows) {
     transformer_.Logits(h + size_t(r0) * dim_, n, logits_->f32());
     backend.CopyToHost(logits_->f32(), size_t(n) * vocab_ * sizeof(float), host_logits_.data());
     for (int r = 0; r < n; ++r) {
-      const size_t row = row0 + r0 + r;  // global row: sample row / T, position row % T
+      const size_t row = row0 + r0 + r;     // global row: sample row / T, position row % T
       if (int(row % T) == T - 1) continue;  // the last position predicts nothing in the sample
       nll_sum_ += Nll(host_logits_.data() + size_t(r) * vocab_, vocab_, calibration_.ids[row + 1]);
     }

@@ -41,7 +41,7 @@ int Fail(const std::string& what) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // Before any thread starts: every thread inherits the blocked SIGTERM/SIGINT.
+  // First: SIGTERM/SIGINT from here on start the drain, whichever thread takes them.
   kvshare::runtime::ShutdownSignal shutdown_signal;
 
   Flags f;

@@ -46,19 +46,19 @@ absl::StatusOr<SearchMethod> CheckRuleFields(const std::string& method, int best
         absl::StrFormat("%s '%s' is not one of kvsharer, nll", f_method, method));
   }
   if (best_of < 1) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "%s %d must be >= 1 (candidates scored per step; 1 = the paper's rule)", f_best_of,
-        best_of));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s %d must be >= 1 (candidates scored per step; 1 = the paper's rule)",
+                        f_best_of, best_of));
   }
   if (max_nll_increase.has_value()) {
     const double r = *max_nll_increase;
     if (*m != SearchMethod::kNll) {
-      return absl::InvalidArgumentError(absl::StrFormat("%s %g applies to %s nll, not %s %s",
-                                                        f_r, r, f_method, f_method, method));
+      return absl::InvalidArgumentError(absl::StrFormat("%s %g applies to %s nll, not %s %s", f_r,
+                                                        r, f_method, f_method, method));
     }
     if (!(r > 0) || !std::isfinite(r)) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "%s %g must be > 0 (nats/token over the unshared model)", f_r, r));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("%s %g must be > 0 (nats/token over the unshared model)", f_r, r));
     }
   }
   return *m;
@@ -77,8 +77,8 @@ const char* TrialOutcomeName(TrialOutcome outcome) {
 }
 
 absl::Status ValidateSelectionOptions(const SelectionOptions& options, int n_layers) {
-  auto m = CheckRuleFields(SearchMethodName(options.method), options.best_of,
-                           options.max_nll_increase);
+  auto m =
+      CheckRuleFields(SearchMethodName(options.method), options.best_of, options.max_nll_increase);
   if (!m.ok()) return m.status();
   // The threshold field is the cosine threshold; kNll does not use it (GreedyOptionsFor), and
   // GreedyOptions' default is valid either way.
@@ -88,9 +88,8 @@ absl::Status ValidateSelectionOptions(const SelectionOptions& options, int n_lay
 GreedyOptions GreedyOptionsFor(const SelectionOptions& options) {
   GreedyOptions g = options.greedy;
   if (options.method == SearchMethod::kNll) {
-    g.threshold = options.max_nll_increase.has_value()
-                      ? -*options.max_nll_increase
-                      : -std::numeric_limits<double>::infinity();
+    g.threshold = options.max_nll_increase.has_value() ? -*options.max_nll_increase
+                                                       : -std::numeric_limits<double>::infinity();
   }
   return g;
 }
@@ -102,8 +101,7 @@ absl::StatusOr<SelectionResult> BestOfKSearch(const LayerDistances& distances,
                                               const std::atomic<bool>* cancel) {
   const int L = distances.n_layers();
   if (step.best_of < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("--best-of %d must be >= 1", step.best_of));
+    return absl::InvalidArgumentError(absl::StrFormat("--best-of %d must be >= 1", step.best_of));
   }
   // The threshold may lie outside the cosine range here (kNll's is -R), so only the target is
   // checked, as ValidateGreedyOptions does.
@@ -127,8 +125,8 @@ absl::StatusOr<SelectionResult> BestOfKSearch(const LayerDistances& distances,
     int scored_at = -1;
     size_t trial = 0;  // its last trace entry
   };
-  size_t next = 0;               // the first pair of the order not yet in the window
-  std::vector<Pending> window;   // in pair order
+  size_t next = 0;              // the first pair of the order not yet in the window
+  std::vector<Pending> window;  // in pair order
   int sharing = 0;
 
   // Scores window[w] against the accepted strategy; false when it fell to the threshold (then
@@ -149,9 +147,9 @@ absl::StatusOr<SelectionResult> BestOfKSearch(const LayerDistances& distances,
       progress(g);
     }
     if (cancel != nullptr && cancel->load(std::memory_order_acquire)) {
-      return absl::CancelledError(absl::StrFormat(
-          "search cancelled after %d candidates scored (%d accepted)", result.trace.size(),
-          result.accepted));
+      return absl::CancelledError(
+          absl::StrFormat("search cancelled after %d candidates scored (%d accepted)",
+                          result.trace.size(), result.accepted));
     }
     PairTrial trial;
     trial.i = i;

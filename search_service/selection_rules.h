@@ -46,9 +46,9 @@ struct SelectionOptions {
   // order, seed, target_layers; threshold is the cosine threshold of kKvSharer (kNll sets the
   // threshold GreedySearch compares with from max_nll_increase: see GreedyOptionsFor).
   GreedyOptions greedy;
-  int best_of = 1;                          // K >= 1
-  bool lazy = false;                        // BestOfK::lazy
-  std::optional<double> max_nll_increase;   // kNll only; R > 0, nats/token
+  int best_of = 1;                         // K >= 1
+  bool lazy = false;                       // BestOfK::lazy
+  std::optional<double> max_nll_increase;  // kNll only; R > 0, nats/token
 };
 
 // The rule fields of a request, checked before any work: the method's name, K >= 1, R > 0

@@ -1,5 +1,7 @@
 #include "search_service/strategy_search.h"
 
+#include <sys/resource.h>
+
 #include <chrono>
 
 #include "absl/strings/str_format.h"
@@ -16,24 +18,42 @@ double Seconds(Clock::time_point since) {
   return std::chrono::duration<double>(Clock::now() - since).count();
 }
 
+// CPU time of the process, all threads.
+double CpuSeconds() {
+  struct rusage u {};
+  getrusage(RUSAGE_SELF, &u);
+  return double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+         1e-6 * double(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+}
+
+// Wall and CPU time since a start.
+struct Stopwatch {
+  Clock::time_point wall = Clock::now();
+  double cpu = CpuSeconds();
+  void Lap(StrategySearchResult* r) const {
+    r->accept_seconds.push_back(Seconds(wall));
+    r->accept_cpu_seconds.push_back(CpuSeconds() - cpu);
+  }
+};
+
 // Times every acceptance of the evaluator it wraps.
 class TimedEvaluator : public Evaluator {
  public:
-  TimedEvaluator(Evaluator& inner, Clock::time_point start, std::vector<double>* accept_seconds)
-      : inner_(inner), start_(start), accept_seconds_(accept_seconds) {}
+  TimedEvaluator(Evaluator& inner, const Stopwatch& watch, StrategySearchResult* result)
+      : inner_(inner), watch_(watch), result_(result) {}
   absl::StatusOr<double> Score(const std::vector<int>& kv_source, int first) override {
     return inner_.Score(kv_source, first);
   }
   absl::Status Accept(const std::vector<int>& kv_source, int first) override {
     absl::Status s = inner_.Accept(kv_source, first);
-    accept_seconds_->push_back(Seconds(start_));
+    watch_.Lap(result_);
     return s;
   }
 
  private:
   Evaluator& inner_;
-  const Clock::time_point start_;
-  std::vector<double>* const accept_seconds_;
+  const Stopwatch& watch_;
+  StrategySearchResult* const result_;
 };
 
 void FillProvenance(const SelectionOptions& options, const CalibrationSet& calibration,
@@ -54,8 +74,7 @@ void FillProvenance(const SelectionOptions& options, const CalibrationSet& calib
       calibration.samples, calibration.tokens, StopReasonName(g.stop),
       options.greedy.order == PairOrder::kRandom ? absl::StrFormat("; seed %d", options.greedy.seed)
                                                  : "",
-      options.best_of, options.lazy ? " (lazy)" : "", g.trace.size(), g.accepted,
-      g.pairs_skipped);
+      options.best_of, options.lazy ? " (lazy)" : "", g.trace.size(), g.accepted, g.pairs_skipped);
 }
 
 }  // namespace
@@ -67,7 +86,8 @@ absl::StatusOr<StrategySearchResult> RunStrategySearch(const Model& model, Backe
   const ModelConfig& c = model.config();
   absl::Status valid = ValidateSelectionOptions(options, c.n_layers);
   if (!valid.ok()) return valid;
-  const auto start = Clock::now();
+  const Stopwatch watch;
+  const auto start = watch.wall;
   StrategySearchResult result;
 
   if (options.method == SearchMethod::kKvSharer && options.best_of == 1 && !options.lazy) {
@@ -76,12 +96,12 @@ absl::StatusOr<StrategySearchResult> RunStrategySearch(const Model& model, Backe
     SearchHooks timed = hooks;
     int seen = 0;
     timed.progress = [&](const GreedyProgress& p) {
-      for (; seen < p.accepted; ++seen) result.accept_seconds.push_back(Seconds(start));
+      for (; seen < p.accepted; ++seen) watch.Lap(&result);
       if (hooks.progress) hooks.progress(p);
     };
     auto r = RunKvSharerSearch(model, backend, calibration, options.greedy, timed);
     if (!r.ok()) return r.status();
-    for (; seen < r->greedy.accepted; ++seen) result.accept_seconds.push_back(Seconds(start));
+    for (; seen < r->greedy.accepted; ++seen) watch.Lap(&result);
     result.distances = std::move(r->distances);
     result.selection.greedy = std::move(r->greedy);
     int step = 0;
@@ -122,10 +142,10 @@ absl::StatusOr<StrategySearchResult> RunStrategySearch(const Model& model, Backe
 
     const auto greedy_start = Clock::now();
     if (hooks.on_phase) hooks.on_phase(SearchPhase::kGreedy);
-    TimedEvaluator timed(*evaluator, start, &result.accept_seconds);
-    auto selection = BestOfKSearch(result.distances, GreedyOptionsFor(options),
-                                   {options.best_of, options.lazy}, timed, hooks.progress,
-                                   hooks.cancel);
+    TimedEvaluator timed(*evaluator, watch, &result);
+    auto selection =
+        BestOfKSearch(result.distances, GreedyOptionsFor(options), {options.best_of, options.lazy},
+                      timed, hooks.progress, hooks.cancel);
     if (!selection.ok()) return selection.status();
     result.selection = std::move(*selection);
     result.greedy_seconds = Seconds(greedy_start);
@@ -142,6 +162,7 @@ absl::StatusOr<StrategySearchResult> RunStrategySearch(const Model& model, Backe
   auto strategy = SharingStrategy::Create(result.selection.greedy.kv_source, model.fingerprint());
   if (!strategy.ok()) return strategy.status();
   result.total_seconds = Seconds(start);
+  result.total_cpu_seconds = CpuSeconds() - watch.cpu;
   FillProvenance(options, calibration, result, &strategy->provenance());
   result.strategy = std::make_shared<const SharingStrategy>(std::move(*strategy));
   return result;

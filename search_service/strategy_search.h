@@ -32,8 +32,12 @@ struct StrategySearchResult {
   double calibration_seconds = 0;  // unshared forward, K/V averaging, distances
   double greedy_seconds = 0;
   double total_seconds = 0;
-  // Seconds from the start of the search to the k-th acceptance (index k-1).
+  // Seconds from the start of the search to the k-th acceptance (index k-1): wall time, and
+  // the process's CPU time (all threads; on a machine shared with other work, CPU time / the
+  // backend's threads estimates the wall time it would take alone).
   std::vector<double> accept_seconds;
+  std::vector<double> accept_cpu_seconds;
+  double total_cpu_seconds = 0;
 };
 
 // Errors: ValidateSelectionOptions, a calibration set that does not fit the model, backend

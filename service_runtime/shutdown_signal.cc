@@ -1,32 +1,55 @@
 #include "service_runtime/shutdown_signal.h"
 
-#include <pthread.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
 
 namespace kvshare::runtime {
 namespace {
 
-sigset_t ShutdownSet() {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  return set;
+int g_pipe[2] = {-1, -1};
+
+void OnShutdownSignal(int signal) {
+  const int saved_errno = errno;
+  const unsigned char byte = static_cast<unsigned char>(signal);
+  // A full pipe means a signal is already waiting to be read: dropping this one is fine.
+  [[maybe_unused]] const ssize_t n = ::write(g_pipe[1], &byte, 1);
+  errno = saved_errno;
 }
 
 }  // namespace
 
 ShutdownSignal::ShutdownSignal() {
-  const sigset_t set = ShutdownSet();
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  if (::pipe2(g_pipe, O_CLOEXEC | O_NONBLOCK) != 0) std::abort();
+  // Reads block; only the handler's writes must never block.
+  ::fcntl(g_pipe[0], F_SETFL, ::fcntl(g_pipe[0], F_GETFL) & ~O_NONBLOCK);
+  struct sigaction action {};
+  action.sa_handler = &OnShutdownSignal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;
+  ::sigaction(SIGTERM, &action, nullptr);
+  ::sigaction(SIGINT, &action, nullptr);
+}
+
+ShutdownSignal::~ShutdownSignal() {
+  struct sigaction action {};
+  action.sa_handler = SIG_DFL;
+  sigemptyset(&action.sa_mask);
+  ::sigaction(SIGTERM, &action, nullptr);
+  ::sigaction(SIGINT, &action, nullptr);
 }
 
 int ShutdownSignal::Wait() {
-  const sigset_t set = ShutdownSet();
-  int signal = 0;
-  while (sigwait(&set, &signal) != 0) {
+  unsigned char byte = 0;
+  for (;;) {
+    const ssize_t n = ::read(g_pipe[0], &byte, 1);
+    if (n == 1) return byte;
+    if (n < 0 && errno == EINTR) continue;
+    std::abort();  // the pipe is ours alone; anything else is a bug
   }
-  return signal;
 }
 
 const char* ShutdownSignal::Name(int signal) {

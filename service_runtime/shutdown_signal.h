@@ -1,8 +1,11 @@
 // SIGTERM / SIGINT as a value main() waits for.
 //
-// Construct it first thing in main(), before any thread starts: it blocks both signals in the
-// calling thread, every thread started later inherits the mask, and Wait() takes them with
-// sigwait — so no handler runs on an arbitrary thread and the shutdown code is ordinary code.
+// The handler only writes the signal number to a pipe (async-signal-safe); Wait() reads it on
+// main's thread, so the shutdown code is ordinary code. This holds whichever thread the kernel
+// picks to take the signal — including threads that libraries start before main() (OpenBLAS's
+// pool does), which a signal mask set in main() would not cover.
+//
+// One per process; construct it early in main().
 #pragma once
 
 namespace kvshare::runtime {
@@ -10,9 +13,10 @@ namespace kvshare::runtime {
 class ShutdownSignal {
  public:
   ShutdownSignal();
-  // Blocks until SIGTERM or SIGINT arrives; returns it.
+  ~ShutdownSignal();
+  // Blocks until SIGTERM or SIGINT arrives (or arrived since construction); returns it.
   int Wait();
-  // "SIGTERM", "SIGINT", or the number.
+  // "SIGTERM", "SIGINT", or "signal".
   static const char* Name(int signal);
 
   ShutdownSignal(const ShutdownSignal&) = delete;

@@ -90,7 +90,8 @@ Runner RegisterEval(CLI::App& app) {
   sub->add_option("--max-tokens", flags->max_tokens,
                   "How many tokens of the file to score (0 = all)")
       ->capture_default_str();
-  sub->add_option("--context", flags->ppl.context, "Window length in tokens")->capture_default_str();
+  sub->add_option("--context", flags->ppl.context, "Window length in tokens")
+      ->capture_default_str();
   sub->add_option("--stride", flags->ppl.stride,
                   "Window start step (tokens already scored are not scored again)")
       ->capture_default_str();
@@ -110,19 +111,17 @@ Runner RegisterEval(CLI::App& app) {
     // Every file is read and checked against the model before any token is scored.
     std::vector<EvalRow> rows;
     if (flags->strategies.size() <= 1) {
-      rows.push_back({flags->strategies.empty() ? "(unshared)" : flags->strategies[0],
-                      session->strategy, {}});
+      rows.push_back(
+          {flags->strategies.empty() ? "(unshared)" : flags->strategies[0], session->strategy, {}});
     } else {
-      rows.push_back({"(unshared)", std::make_shared<const SharingStrategy>(
-                                        SharingStrategy::Identity(
-                                            session->model->config().n_layers,
-                                            session->model->fingerprint())),
+      rows.push_back({"(unshared)",
+                      std::make_shared<const SharingStrategy>(SharingStrategy::Identity(
+                          session->model->config().n_layers, session->model->fingerprint())),
                       {}});
       for (const std::string& path : flags->strategies) {
         auto st = SharingStrategy::ReadFile(path);
         if (!st.ok()) return Fail(st.status());
-        absl::Status s =
-            st->ValidateFor(session->model->config(), session->model->fingerprint());
+        absl::Status s = st->ValidateFor(session->model->config(), session->model->fingerprint());
         if (!s.ok()) {
           return Fail(absl::Status(s.code(), absl::StrCat("--strategy ", path, ": ", s.message())));
         }
@@ -143,11 +142,11 @@ Runner RegisterEval(CLI::App& app) {
     PerplexityOptions options = flags->ppl;
     for (size_t r = 0; r < rows.size(); ++r) {
       options.strategy = rows[r].strategy;
-      ProgressBar bar(rows.size() == 1 ? "eval" : absl::StrFormat("eval %d/%d", r + 1,
-                                                                    rows.size()),
+      ProgressBar bar(rows.size() == 1 ? "eval" : absl::StrFormat("eval %d/%d", r + 1, rows.size()),
                       "tokens");
-      auto result = EvaluatePerplexity(*session->engine, ids, options,
-                                       [&](int64_t done, int64_t total) { bar.Update(done, total); });
+      auto result =
+          EvaluatePerplexity(*session->engine, ids, options,
+                             [&](int64_t done, int64_t total) { bar.Update(done, total); });
       bar.Finish();
       if (!result.ok()) return Fail(result.status());
       rows[r].result = *result;

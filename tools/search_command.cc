@@ -58,15 +58,14 @@ absl::StatusOr<HeldoutSlice> PrepareHeldout(const HeldoutFlags& f,
                                             const CalibrationSet& calibration,
                                             const Tokenizer& tokenizer, const ModelConfig& c) {
   if (f.options.context > c.max_seq_len) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "--heldout-context %d exceeds the context of '%s' (%d)", f.options.context, c.name,
-        c.max_seq_len));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("--heldout-context %d exceeds the context of '%s' (%d)", f.options.context,
+                        c.name, c.max_seq_len));
   }
   if (f.path.empty() || f.path == calibration_path) {
-    return BuildHeldoutSlice(calibration_text, tokenizer, LastCalibrationLine(calibration),
-                             f.options,
-                             f.path.empty() ? "--calibration " + calibration_path
-                                            : "--heldout " + f.path);
+    return BuildHeldoutSlice(
+        calibration_text, tokenizer, LastCalibrationLine(calibration), f.options,
+        f.path.empty() ? "--calibration " + calibration_path : "--heldout " + f.path);
   }
   auto text = ReadFileToString(f.path);
   if (!text.ok()) {
@@ -76,8 +75,7 @@ absl::StatusOr<HeldoutSlice> PrepareHeldout(const HeldoutFlags& f,
   return BuildHeldoutSlice(*text, tokenizer, 0, f.options, "--heldout " + f.path);
 }
 
-absl::StatusOr<StrategyQuality> MeasureHeldout(const Model& model, HeldoutSlice slice,
-                                               int threads,
+absl::StatusOr<StrategyQuality> MeasureHeldout(const Model& model, HeldoutSlice slice, int threads,
                                                std::shared_ptr<const SharingStrategy> strategy,
                                                double calibration_score) {
   std::cerr << absl::StrFormat(
@@ -236,10 +234,10 @@ Runner RegisterSearch(CLI::App& app) {
     ProgressBar bar("search", "pairs");
     SearchHooks hooks;
     hooks.progress = [&](const GreedyProgress& p) {
-      bar.Update(p.pair_index, p.pairs_total,
-                 absl::StrFormat("pair (%d, %d), %d scored, %d accepted, %d/%d layers share",
-                                 p.pair.i, p.pair.j, p.pairs_scored, p.accepted,
-                                 p.sharing_layers, p.target_layers));
+      bar.Update(
+          p.pair_index, p.pairs_total,
+          absl::StrFormat("pair (%d, %d), %d scored, %d accepted, %d/%d layers share", p.pair.i,
+                          p.pair.j, p.pairs_scored, p.accepted, p.sharing_layers, p.target_layers));
     };
     auto result =
         RunStrategySearch(model, *backend, prepared->calibration, prepared->selection, hooks);

@@ -51,9 +51,9 @@ Runner RegisterStrategy(CLI::App& app) {
       "strategy",
       "Write a KV sharing strategy file for a model: LAYER:SOURCE pairs or a baseline pattern");
   AddModelFlags(sub, &flags->model, /*with_strategy=*/false);
-  CLI::Option* share = sub->add_option(
-      "--share", flags->share,
-      "Comma-separated LAYER:SOURCE pairs, e.g. 29:28,27:26 (empty = identity)");
+  CLI::Option* share =
+      sub->add_option("--share", flags->share,
+                      "Comma-separated LAYER:SOURCE pairs, e.g. 29:28,27:26 (empty = identity)");
   CLI::Option* baseline = sub->add_option(
       "--baseline", flags->baseline,
       "A pattern from the literature instead of --share: alternate (odd layers read the layer "

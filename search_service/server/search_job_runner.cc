@@ -450,7 +450,14 @@ void SearchJobRunner::JobThread() {
 }
 
 void SearchJobRunner::Run(const std::shared_ptr<Job>& job) {
-  const std::string job_id = job->record.job_id();
+  std::string job_id;
+  bool publish = false;
+  {
+    absl::MutexLock lock(&mu_);
+    job_id = job->record.job_id();
+    publish = job->record.request().publish();
+  }
+  // Set by Create, unchanged until this job ends.
   const CatalogModel& model = *job->model;
   const PreparedSearch& search = job->search;
   spdlog::info("event=job_started job_id={} model={} threads={}", job_id, model.name,
@@ -551,7 +558,7 @@ void SearchJobRunner::Run(const std::shared_ptr<Job>& job) {
     out.set_greedy_seconds(result->greedy_seconds);
     out.set_total_seconds(result->total_seconds);
     if (metrics_ != nullptr) metrics_->pairs_scored.Increment(double(g.trace.size()));
-    if (job->record.request().publish()) {
+    if (publish) {
       Update(
           job,
           [](v1::SearchJob& r) { r.mutable_progress()->set_phase(v1::SEARCH_PHASE_PUBLISHING); },

@@ -33,12 +33,21 @@ std::vector<int> Make(BaselinePattern p, int n_layers, int shared, int group_siz
 TEST(BaselineStrategyTest, AlternateSpreadsOddLayersReadingTheLayerBelowOverTheDepth) {
   EXPECT_EQ(Make(BaselinePattern::kAlternate, 30, 4),
             Sources(30, {{3, 2}, {11, 10}, {19, 18}, {27, 26}}));
-  EXPECT_EQ(Make(BaselinePattern::kAlternate, 30, 8),
-            Sources(30, {{1, 0}, {5, 4}, {9, 8}, {13, 12}, {17, 16}, {21, 20}, {25, 24},
-                         {29, 28}}));
-  EXPECT_EQ(Make(BaselinePattern::kAlternate, 30, 12),
-            Sources(30, {{1, 0}, {3, 2}, {7, 6}, {9, 8}, {11, 10}, {13, 12}, {17, 16},
-                         {19, 18}, {21, 20}, {23, 22}, {27, 26}, {29, 28}}));
+  EXPECT_EQ(
+      Make(BaselinePattern::kAlternate, 30, 8),
+      Sources(30, {{1, 0}, {5, 4}, {9, 8}, {13, 12}, {17, 16}, {21, 20}, {25, 24}, {29, 28}}));
+  EXPECT_EQ(Make(BaselinePattern::kAlternate, 30, 12), Sources(30, {{1, 0},
+                                                                    {3, 2},
+                                                                    {7, 6},
+                                                                    {9, 8},
+                                                                    {11, 10},
+                                                                    {13, 12},
+                                                                    {17, 16},
+                                                                    {19, 18},
+                                                                    {21, 20},
+                                                                    {23, 22},
+                                                                    {27, 26},
+                                                                    {29, 28}}));
   // All odd layers: CLA with factor 2 over the whole model.
   std::map<int, int> all;
   for (int l = 1; l < 30; l += 2) all[l] = l - 1;
@@ -50,12 +59,22 @@ TEST(BaselineStrategyTest, AlternateSpreadsOddLayersReadingTheLayerBelowOverTheD
 TEST(BaselineStrategyTest, GroupsShareTheirLowestLayerFromTheTopDown) {
   EXPECT_EQ(Make(BaselinePattern::kGroups, 30, 4),
             Sources(30, {{28, 27}, {29, 27}, {25, 24}, {26, 24}}));
-  EXPECT_EQ(Make(BaselinePattern::kGroups, 30, 8),
-            Sources(30, {{28, 27}, {29, 27}, {25, 24}, {26, 24}, {22, 21}, {23, 21}, {19, 18},
-                         {20, 18}}));
-  EXPECT_EQ(Make(BaselinePattern::kGroups, 30, 12),
-            Sources(30, {{28, 27}, {29, 27}, {25, 24}, {26, 24}, {22, 21}, {23, 21}, {19, 18},
-                         {20, 18}, {16, 15}, {17, 15}, {13, 12}, {14, 12}}));
+  EXPECT_EQ(
+      Make(BaselinePattern::kGroups, 30, 8),
+      Sources(30,
+              {{28, 27}, {29, 27}, {25, 24}, {26, 24}, {22, 21}, {23, 21}, {19, 18}, {20, 18}}));
+  EXPECT_EQ(Make(BaselinePattern::kGroups, 30, 12), Sources(30, {{28, 27},
+                                                                 {29, 27},
+                                                                 {25, 24},
+                                                                 {26, 24},
+                                                                 {22, 21},
+                                                                 {23, 21},
+                                                                 {19, 18},
+                                                                 {20, 18},
+                                                                 {16, 15},
+                                                                 {17, 15},
+                                                                 {13, 12},
+                                                                 {14, 12}}));
   // A partial group takes the layers just above its lowest one.
   EXPECT_EQ(Make(BaselinePattern::kGroups, 30, 3), Sources(30, {{28, 27}, {29, 27}, {25, 24}}));
   EXPECT_EQ(Make(BaselinePattern::kGroups, 30, 6, 4),

@@ -54,8 +54,16 @@ LayerDistances Matrix(int n_layers, const std::vector<std::tuple<int, int, doubl
 
 // 5 layers; dissimilar order: (4,0) (3,0) (4,1) (2,0) (3,1) (4,2) (1,0) (2,1) (3,2) (4,3).
 LayerDistances FiveLayers() {
-  return Matrix(5, {{4, 0, 10}, {3, 0, 9}, {4, 1, 8}, {2, 0, 7}, {3, 1, 6}, {4, 2, 5},
-                    {1, 0, 4}, {2, 1, 3}, {3, 2, 2}, {4, 3, 1}});
+  return Matrix(5, {{4, 0, 10},
+                    {3, 0, 9},
+                    {4, 1, 8},
+                    {2, 0, 7},
+                    {3, 1, 6},
+                    {4, 2, 5},
+                    {1, 0, 4},
+                    {2, 1, 3},
+                    {3, 2, 2},
+                    {4, 3, 1}});
 }
 
 GreedyOptions Target(int target, double threshold = 0.5) {
@@ -74,7 +82,9 @@ std::vector<std::pair<int, int>> TracePairs(const GreedyResult& g) {
 TEST(BestOfKTest, KOfOneIsThePapersGreedyRuleExactly) {
   const LayerDistances d = FiveLayers();
   // Scores that reject some pairs and depend on the accepted strategy.
-  auto score = [](int i, int j, int sharing) { return 0.9 - 0.1 * ((i * 7 + j * 3) % 5) - 0.05 * sharing; };
+  auto score = [](int i, int j, int sharing) {
+    return 0.9 - 0.1 * ((i * 7 + j * 3) % 5) - 0.05 * sharing;
+  };
   for (PairOrder order : {PairOrder::kDissimilar, PairOrder::kSimilar, PairOrder::kRandom}) {
     for (int target : {1, 2, 3, 4}) {
       GreedyOptions o = Target(target);
@@ -145,8 +155,8 @@ TEST(BestOfKTest, CandidatesAtOrBelowTheThresholdAreDroppedForGood) {
   });
   auto r = BestOfKSearch(FiveLayers(), Target(2), {2, false}, e);
   ASSERT_TRUE(r.ok()) << r.status();
-  EXPECT_THAT(e.scored, ElementsAre(std::pair{4, 0}, std::pair{3, 0}, std::pair{4, 1},
-                                    std::pair{2, 0}));
+  EXPECT_THAT(e.scored,
+              ElementsAre(std::pair{4, 0}, std::pair{3, 0}, std::pair{4, 1}, std::pair{2, 0}));
   EXPECT_THAT(r->outcome, ElementsAre(TrialOutcome::kBelowThreshold, TrialOutcome::kAccepted,
                                       TrialOutcome::kOutranked, TrialOutcome::kAccepted));
   EXPECT_THAT(e.accepted, ElementsAre(std::pair{3, 0}, std::pair{2, 0}));
@@ -161,7 +171,8 @@ TEST(BestOfKTest, TiesGoToTheEarlierPairOfTheOrder) {
 
 TEST(BestOfKTest, StopsWhenThePairsRunOutSayingSo) {
   // Only (1,0) and (3,2) pass: two layers share at most, short of a target of 3.
-  FakeEvaluator e([](int i, int j, int) { return (i == 1 && j == 0) || (i == 3 && j == 2) ? 0.9 : 0.1; });
+  FakeEvaluator e(
+      [](int i, int j, int) { return (i == 1 && j == 0) || (i == 3 && j == 2) ? 0.9 : 0.1; });
   auto r = BestOfKSearch(FiveLayers(), Target(3), {3, false}, e);
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->greedy.stop, StopReason::kPairsExhausted);
@@ -176,8 +187,8 @@ TEST(BestOfKTest, StopsAtTheTargetWithoutScoringFurther) {
   EXPECT_EQ(r->greedy.stop, StopReason::kTargetReached);
   EXPECT_EQ(r->greedy.accepted, 2);
   // Step 0: (4,0) (3,0) -> (4,0). Step 1: (3,0) pending, (4,1) skipped, (2,0) -> (3,0).
-  EXPECT_THAT(e.scored, ElementsAre(std::pair{4, 0}, std::pair{3, 0}, std::pair{3, 0},
-                                    std::pair{2, 0}));
+  EXPECT_THAT(e.scored,
+              ElementsAre(std::pair{4, 0}, std::pair{3, 0}, std::pair{3, 0}, std::pair{2, 0}));
   EXPECT_EQ(r->greedy.pairs_skipped, 1);
 }
 

@@ -39,7 +39,7 @@ std::shared_ptr<grpc::Channel> Channel(int port, int client = 0) {
   grpc::ChannelArguments args;
   // A distinct argument per client: its own connection, not one shared subchannel.
   args.SetInt("kvshare.test.client", client);
-  return grpc::CreateCustomChannel(absl::StrFormat("localhost:%d", port),
+  return grpc::CreateCustomChannel(absl::StrFormat("127.0.0.1:%d", port),
                                    grpc::InsecureChannelCredentials(), args);
 }
 
