@@ -6,8 +6,9 @@
 //   F32/F16/BF16      DenseRows (fp32 dots)               OpenBLAS sgemm per 128-row tile
 //                                                          (F16/BF16 tiles converted first)
 //   Q8_0/Q4_0/Q4_1    Int8Groups (x -> int8, VNNI)        Int8Groups (the same kernel: an
-//                     or F32Groups (exact mode)            integer GEMM), or dequantized tiles
-//                                                          + sgemm (exact mode / kSgemm)
+//                     or F32Groups (exact mode)            integer GEMM) or F32Groups (exact
+//                                                          mode); dequantized tiles + sgemm
+//                                                          with quant_gemm = kSgemm
 //
 // Measured (SmolLM2-135M matmuls, Zen 4, 2 threads): decode n = 1 is memory-bound and both
 // quantized kernels stream at ~25 GB/s; at n = 4 int8 gives 806 tok/s against 575 for fp32;
@@ -40,7 +41,8 @@ struct MatMulOptions {
   bool int8_activations = false;
   // n at or above which the GEMM paths are used.
   int gemm_min_tokens = 16;
-  // Quantized weights, n >= gemm_min_tokens, int8_activations: integer GEMM or sgemm.
+  // Quantized weights, n >= gemm_min_tokens: the group kernels (integer GEMM with int8
+  // activations, F32Groups in exact mode) or dequantized tiles + sgemm.
   QuantGemm quant_gemm = QuantGemm::kInt8;
 };
 
