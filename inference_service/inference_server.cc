@@ -22,6 +22,9 @@ class InferenceServiceImpl final : public v1::InferenceService::CallbackService 
   }
 
   void SetWorker(InferenceWorker* worker) { worker_.store(worker); }
+  void SetControlPlaneStatus(std::function<std::string()> status) {
+    control_plane_status_ = std::move(status);
+  }
   StreamCounter& streams() { return streams_; }
   InferenceWorker* worker() const { return worker_.load(); }
 
@@ -83,6 +86,12 @@ class InferenceServiceImpl final : public v1::InferenceService::CallbackService 
     }
     response->set_max_tokens_limit(MaxTokensLimit(worker->limits(), c.max_seq_len));
     response->set_backend(scheduler.backend_name());
+    const DeviceInfo& device = worker->device();
+    response->set_device_kind(device.kind);
+    response->set_device_name(device.name);
+    response->set_device_memory_total_bytes(device.total_memory_bytes);
+    response->set_device_memory_free_bytes(device.free_memory_bytes);
+    response->set_device_note(worker->device_note());
     reactor->Finish(grpc::Status::OK);
     return reactor;
   }
@@ -104,6 +113,7 @@ class InferenceServiceImpl final : public v1::InferenceService::CallbackService 
     response->set_kv_blocks_total(load.kv_blocks_total);
     response->set_kv_blocks_reserved(load.kv_blocks_reserved);
     response->set_draining(load.draining);
+    if (control_plane_status_) response->set_control_plane(control_plane_status_());
     if (auto current = worker->strategies().Current()) {
       response->set_strategy_version(current->version);
     }
@@ -119,6 +129,8 @@ class InferenceServiceImpl final : public v1::InferenceService::CallbackService 
 
   ServingMetrics* const metrics_;
   std::atomic<InferenceWorker*> worker_{nullptr};
+  // Set before the worker (SetWorker publishes it to the handlers), never changed after.
+  std::function<std::string()> control_plane_status_;
   StreamCounter streams_;
   std::string id_prefix_;
   std::atomic<int64_t> next_id_{1};
@@ -148,6 +160,10 @@ void InferenceServer::SetServing(bool serving) {
   if (health == nullptr) return;
   health->SetServingStatus(serving);  // the overall ("") status
   health->SetServingStatus(v1::InferenceService::service_full_name(), serving);
+}
+
+void InferenceServer::SetControlPlaneStatus(std::function<std::string()> status) {
+  service_->SetControlPlaneStatus(std::move(status));
 }
 
 void InferenceServer::SetWorker(InferenceWorker* worker) {

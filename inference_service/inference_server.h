@@ -15,6 +15,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -41,6 +42,9 @@ class InferenceServer {
 
   int port() const { return port_; }
   void SetWorker(InferenceWorker* worker);
+  // What GetLoad's control_plane says (health details); called on every GetLoad. Set before
+  // SetWorker.
+  void SetControlPlaneStatus(std::function<std::string()> status);
   // True when every accepted request finished within `grace`.
   bool Drain(absl::Duration grace);
   void Shutdown(absl::Duration deadline = absl::Seconds(5));

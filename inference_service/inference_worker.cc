@@ -48,7 +48,19 @@ absl::StatusOr<std::unique_ptr<InferenceWorker>> InferenceWorker::Load(const Wor
   engine_options.block_tokens = options.block_tokens;
   engine_options.kv_pool_bytes = options.kv_budget_bytes;
   engine_options.max_step_rows = options.scheduler.step_tokens;
-  auto engine = Engine::Create(m, MakeCpuBackend(options.threads), engine_options);
+  engine_options.kv_memory_fraction = options.kv_memory_fraction;
+  DeviceOptions device_options;
+  device_options.device = options.device;
+  device_options.cpu.threads = options.threads;
+  auto device = MakeBackend(device_options);
+  if (!device.ok()) {
+    return absl::Status(device.status().code(),
+                        absl::StrCat("--device ", options.device, ": ", device.status().message()));
+  }
+  w->device_ = device->info;
+  w->device_note_ = device->note;
+  spdlog::info("event=device device=\"{}\" note=\"{}\"", w->device_.Describe(), w->device_note_);
+  auto engine = Engine::Create(m, std::move(device->backend), engine_options);
   if (!engine.ok()) return engine.status();
   auto scheduler =
       Scheduler::Create(std::move(*engine), *w->tokenizer_, options.scheduler, metrics);

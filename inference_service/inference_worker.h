@@ -14,6 +14,7 @@
 #include "inference_service/scheduler.h"
 #include "inference_service/serving_metrics.h"
 #include "inference_service/strategy_holder.h"
+#include "kernels/device_backend.h"
 
 namespace kvshare {
 
@@ -23,6 +24,10 @@ struct WorkerOptions {
   std::string strategy_path;      // strategy JSON; empty: identity
   uint64_t strategy_version = 1;  // the version the local strategy is published as
   int threads = 0;                // engine threads; 0 = all cores
+  std::string device = "auto";    // auto | cpu | cuda | cuda:N (kernels/device_backend.h)
+  // > 0: the KV pool takes this fraction of the device's free memory after the weights
+  // (overrides kv_budget_bytes).
+  double kv_memory_fraction = 0.0;
   int64_t kv_budget_bytes = 512LL << 20;  // the KV pool
   int block_tokens = 16;
   SchedulerOptions scheduler;  // scheduler.step_tokens is also the engine's max_step_rows
@@ -44,12 +49,17 @@ class InferenceWorker {
   Scheduler& scheduler() { return *scheduler_; }
   const RequestLimits& limits() const { return options_.limits; }
   ServingMetrics* metrics() const { return metrics_; }
+  // The device the engine runs on (memory as probed at load) and why it was chosen.
+  const DeviceInfo& device() const { return device_; }
+  const std::string& device_note() const { return device_note_; }
 
  private:
   InferenceWorker() = default;
 
   WorkerOptions options_;
   ServingMetrics* metrics_ = nullptr;
+  DeviceInfo device_;
+  std::string device_note_;
   std::unique_ptr<Model> model_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<StrategyHolder> strategies_;

@@ -32,6 +32,35 @@ absl::Status StrategyHolder::Publish(uint64_t version,
   return absl::OkStatus();
 }
 
+absl::Status StrategyHolder::Apply(uint64_t version,
+                                   std::shared_ptr<const SharingStrategy> strategy) {
+  if (strategy == nullptr) return absl::InvalidArgumentError("strategy: null");
+  if (validate_) {
+    absl::Status s = validate_(*strategy);
+    if (!s.ok()) return s;
+  }
+  VersionedStrategy applied{version, std::move(strategy)};
+  std::vector<std::function<void(const VersionedStrategy&)>> listeners;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!versions_.empty() && versions_.back().version == version &&
+        versions_.back().strategy->id() == applied.strategy->id()) {
+      return absl::OkStatus();  // already current: a replayed assignment
+    }
+    for (auto it = versions_.begin(); it != versions_.end(); ++it) {
+      if (it->version == version) {
+        versions_.erase(it);
+        break;
+      }
+    }
+    versions_.push_back(applied);
+    while (versions_.size() > keep_versions_) versions_.pop_front();
+    listeners = listeners_;
+  }
+  for (const auto& listener : listeners) listener(applied);
+  return absl::OkStatus();
+}
+
 std::optional<VersionedStrategy> StrategyHolder::Current() const {
   absl::MutexLock lock(&mu_);
   if (versions_.empty()) return std::nullopt;
@@ -64,7 +93,7 @@ void StrategyHolder::AddListener(std::function<void(const VersionedStrategy&)> l
 
 absl::Status StrategyHolder::UnknownVersionError(uint64_t version,
                                                  const std::vector<uint64_t>& held) {
-  return absl::InvalidArgumentError(
+  return absl::FailedPreconditionError(
       absl::StrFormat("strategy_version %d is not held by this worker (held: [%s])", version,
                       absl::StrJoin(held, ", ")));
 }

@@ -41,20 +41,25 @@ class StrategyHolder {
   // the current one is FailedPrecondition (a replayed or out-of-order assignment); a strategy
   // the validator rejects keeps the current one (the caller NACKs with this status).
   absl::Status Publish(uint64_t version, std::shared_ptr<const SharingStrategy> strategy);
+  // The control plane's path (inference_service/strategy_subscriber.h): makes `strategy` the
+  // current version whatever the order — a rollback to an older version is an assignment like
+  // any other. A version already held is replaced by the assigned content (the registry is
+  // authoritative) and becomes current; in-flight requests keep the shared_ptr they resolved.
+  // A strategy the validator rejects keeps the current one.
+  absl::Status Apply(uint64_t version, std::shared_ptr<const SharingStrategy> strategy);
 
   // The version new requests take; nullopt until the first Publish (the worker is not ready).
   std::optional<VersionedStrategy> Current() const;
   // `pin` when set (it must be held), else the current version.
   absl::StatusOr<VersionedStrategy> Resolve(std::optional<uint64_t> pin) const;
-  // Pinnable versions, oldest first.
+  // Pinnable versions, least recently made current first (the current one last).
   std::vector<uint64_t> Versions() const;
 
   // Called (outside the lock) after every successful Publish: metrics, logs.
   void AddListener(std::function<void(const VersionedStrategy&)> listener);
 
-  // The one place that decides what pinning an unknown version is. INVALID_ARGUMENT while a
-  // worker only knows the versions it was given locally; once the fleet's control plane exists
-  // a version the fleet has but this worker does not becomes FAILED_PRECONDITION.
+  // The one place that decides what pinning an unknown version is: FAILED_PRECONDITION (the
+  // version may well exist in the fleet; this worker does not hold it now).
   static absl::Status UnknownVersionError(uint64_t version, const std::vector<uint64_t>& held);
 
  private:

@@ -1,17 +1,21 @@
 // kvshare-worker: serves Generate for one model over gRPC (DESIGN.md §2 Serving).
 //
 //   kvshare-worker --model M [--strategy S.json] [--port 50051] [--metrics-port 9464]
+//                  [--control-plane HOST:PORT --worker-id ID --label k=v ...]
 //
 // Start-up: listen at once (health NOT_SERVING), load the model and apply the strategy
 // (SERVING). SIGTERM or SIGINT: drain — stop admitting, let accepted requests finish within
 // --drain-grace seconds, cut the rest — then exit 0.
 #include <pthread.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_format.h"
@@ -19,6 +23,7 @@
 #include "inference_service/inference_server.h"
 #include "inference_service/inference_worker.h"
 #include "inference_service/serving_metrics.h"
+#include "inference_service/strategy_subscriber.h"
 #include "prometheus/exposer.h"
 #include "spdlog/sinks/stdout_sinks.h"
 #include "spdlog/spdlog.h"
@@ -34,6 +39,11 @@ struct Flags {
   double kv_budget_mib = 512;
   double drain_grace_s = 30;
   std::string log_level = "info";
+  // The control plane (kvshare-search's StrategyDistribution); empty: local strategy only.
+  std::string control_plane;
+  std::string worker_id;  // empty: <hostname>:<port>
+  std::vector<std::string> labels;
+  double load_interval_s = 2;
 };
 
 int Fail(const std::string& what) {
@@ -69,6 +79,14 @@ int main(int argc, char** argv) {
   app.add_option("--threads", f.worker.threads, "Engine threads (0 = all cores)")
       ->capture_default_str()
       ->check(CLI::Range(0, 1024));
+  app.add_option("--device", f.worker.device,
+                 "auto (CUDA when a usable GPU and the CUDA plugin are present, else the CPU), "
+                 "cpu, cuda or cuda:N")
+      ->capture_default_str();
+  app.add_option("--kv-memory-fraction", f.worker.kv_memory_fraction,
+                 "Size the KV pool as this fraction of the device's free memory after the "
+                 "weights (0 = use --kv-budget-mib)")
+      ->check(CLI::Range(0.0, 1.0));
   app.add_option("--host", f.host, "Address to listen on")->capture_default_str();
   app.add_option("--port", f.port, "gRPC port (0 = any free port)")
       ->capture_default_str()
@@ -111,7 +129,35 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   app.add_option("--log-level", f.log_level, "trace, debug, info, warn, error")
       ->capture_default_str();
+  app.add_option("--control-plane", f.control_plane,
+                 "host:port of kvshare-search: subscribe to the strategy version this worker "
+                 "should run (rollouts, pins). The worker serves the local strategy until the "
+                 "first assignment and keeps serving its last good one while the service is "
+                 "down. With it, the identity strategy is version 0 unless "
+                 "--strategy-version says otherwise");
+  app.add_option("--worker-id", f.worker_id,
+                 "Stable id in the fleet (rollout selection is sticky on it). Default: "
+                 "<hostname>:<port>");
+  app.add_option("--label", f.labels, "key=value label for rollout selectors and pins "
+                 "(repeatable)");
+  app.add_option("--load-interval", f.load_interval_s,
+                 "Seconds between load reports to the control plane")
+      ->capture_default_str()
+      ->check(CLI::Range(0.05, 3600.0));
   CLI11_PARSE(app, argc, argv);
+  std::map<std::string, std::string> labels;
+  for (const std::string& label : f.labels) {
+    const size_t eq = label.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      std::fprintf(stderr, "--label \"%s\": expected key=value\n", label.c_str());
+      return 2;
+    }
+    labels[label.substr(0, eq)] = label.substr(eq + 1);
+  }
+  if (!f.control_plane.empty() && f.worker.strategy_path.empty() &&
+      app.count("--strategy-version") == 0) {
+    f.worker.strategy_version = 0;  // the fleet's name for the identity strategy
+  }
 
   spdlog::set_default_logger(spdlog::stderr_logger_mt("kvshare-worker"));
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e%z level=%l %v");
@@ -154,11 +200,37 @@ int main(int argc, char** argv) {
       strategy->strategy->owning_layers(), (*worker)->scheduler().total_blocks(),
       (*worker)->scheduler().block_tokens(), (*worker)->scheduler().backend_name(),
       absl::ToDoubleSeconds(absl::Now() - load_start));
+  std::unique_ptr<kvshare::StrategySubscriber> subscriber;
+  if (!f.control_plane.empty()) {
+    kvshare::SubscriberOptions so;
+    so.control_plane = f.control_plane;
+    char host[256] = {0};
+    gethostname(host, sizeof(host) - 1);
+    so.worker_id =
+        f.worker_id.empty() ? absl::StrFormat("%s:%d", host, (*server)->port()) : f.worker_id;
+    so.model_fingerprint = (*worker)->model().fingerprint();
+    so.model_name = c.name;
+    so.labels = labels;
+    so.address = absl::StrFormat("%s:%d", f.host == "0.0.0.0" ? host : f.host, (*server)->port());
+    so.load_interval = absl::Seconds(f.load_interval_s);
+    subscriber = std::make_unique<kvshare::StrategySubscriber>(
+        so, &(*worker)->strategies(), &(*worker)->scheduler());
+    kvshare::StrategySubscriber* sub = subscriber.get();
+    (*server)->SetControlPlaneStatus([sub] { return sub->state().Describe(); });
+    spdlog::info("event=control_plane_subscribe address={} worker_id={} labels={}",
+                 f.control_plane, so.worker_id, labels.size());
+  } else {
+    (*server)->SetControlPlaneStatus(
+        [] { return std::string("no control plane (--control-plane not given)"); });
+  }
   (*server)->SetWorker(worker->get());
+  if (subscriber != nullptr) subscriber->Start();
 
   int signal = 0;
   sigwait(&signals, &signal);
   spdlog::info("event=signal signal={} action=drain", signal == SIGTERM ? "SIGTERM" : "SIGINT");
+  // Off the control plane first: the service sees this worker leave before it drains.
+  if (subscriber != nullptr) subscriber->Stop();
   const bool clean = (*server)->Drain(absl::Seconds(f.drain_grace_s));
   // Every stream has ended (the drain saw to it); what is left are idle client connections,
   // which need not hold the exit up.

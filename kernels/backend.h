@@ -19,7 +19,8 @@
 
 namespace kvshare {
 
-// Memory owned by a backend. Freed when destroyed.
+// Memory owned by a backend (device memory for a GPU backend: never dereference data() on the
+// host). Freed when destroyed.
 class Buffer {
  public:
   virtual ~Buffer() = default;
@@ -46,6 +47,8 @@ struct KvGeometry {
   int64_t block_floats() const { return 2LL * block_tokens * n_kv_heads * head_dim; }
 };
 
+// Host-side arrays an op takes (ids, pos, block_table, seqs) are read before the op returns.
+//
 // One sequence's slice of a batched attention call. Its queries are rows
 // [q_row, q_row + n_q) of q; query j sits at position start_pos + j and attends (causally) to
 // positions [0, start_pos + j], whose K/V are found through block_table (block i holds
@@ -66,6 +69,11 @@ class Backend {
   virtual absl::StatusOr<std::unique_ptr<Buffer>> Allocate(size_t bytes) = 0;
   virtual void CopyToHost(const void* src, size_t bytes, void* dst_host) = 0;
   virtual void CopyFromHost(const void* src_host, size_t bytes, void* dst) = 0;
+  // Copy between two places in this backend's memory (Buffers); the ranges do not overlap.
+  virtual void Copy(const void* src, size_t bytes, void* dst) = 0;
+  // Bytes this backend could still allocate now: free device memory for a GPU, available
+  // physical memory for the CPU. Sizes the KV pool from a fraction (EngineOptions).
+  virtual int64_t FreeMemoryBytes() = 0;
   virtual absl::StatusOr<std::unique_ptr<PreparedWeight>> Prepare(const Tensor& w) = 0;
 
   // out[n][w.rows] = x[n][w.cols] * W^T  (each output row is a dot with each weight row).

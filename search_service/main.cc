@@ -83,7 +83,14 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   app.add_option("--log-level", f.log_level, "trace, debug, info, warn, error")
       ->capture_default_str();
+  double worker_expiry_s = 30;
+  app.add_option("--worker-expiry", worker_expiry_s,
+                 "Seconds a selected worker may be away (disconnected, or not back since this "
+                 "process started) before it stops holding a rollout step up")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   CLI11_PARSE(app, argc, argv);
+  f.server.fleet.worker_expiry = absl::Seconds(worker_expiry_s);
 
   absl::Status s = kvshare::runtime::SetUpServiceLogging("kvshare-search", f.log_level);
   if (!s.ok()) return Fail(std::string(s.message()));

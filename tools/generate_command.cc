@@ -82,11 +82,11 @@ Runner RegisterGenerate(CLI::App& app) {
                                   : 0.0;
     std::cerr << absl::StrFormat(
         "[%d prompt tokens in %.3f s (%.1f tok/s); %d generated, decode %.1f tok/s; finish: %s; "
-        "strategy %s, %d/%d layers own KV]\n",
+        "strategy %s, %d/%d layers own KV; device %s]\n",
         prompt.size(), result->prefill_seconds, prompt.size() / result->prefill_seconds,
         result->tokens.size(), decode_tps, FinishReasonName(result->finish),
         session->strategy->id().substr(0, 12), session->strategy->owning_layers(),
-        session->strategy->n_layers());
+        session->strategy->n_layers(), session->device.Describe());
     return 0;
   };
 }

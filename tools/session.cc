@@ -22,6 +22,14 @@ void AddModelFlags(CLI::App* app, ModelFlags* flags, bool with_strategy) {
                 "Quantized weights: multiply with int8-quantized activations (up to 3x faster "
                 "prefill and batched decode; +1.3% WikiText-2 perplexity on SmolLM2) instead "
                 "of fp32 activations");
+  app->add_option("--device", flags->device,
+                  "auto (CUDA when a usable GPU and the CUDA plugin are present, else the CPU), "
+                  "cpu, cuda or cuda:N")
+      ->capture_default_str();
+  app->add_option("--kv-memory-fraction", flags->kv_memory_fraction,
+                  "Size the KV pool as this fraction of the device's free memory after the "
+                  "weights (0 = the default pool)")
+      ->check(CLI::Range(0.0, 1.0));
   if (with_strategy) {
     app->add_option("--strategy", flags->strategy,
                     "KV sharing strategy JSON file (default: identity, no sharing)");
@@ -70,10 +78,19 @@ absl::StatusOr<Session> OpenSession(const ModelFlags& flags, bool need_engine) {
                                   ? flags.kv_pool_tokens
                                   : std::max<int64_t>(8192, c.max_seq_len);
   options.kv_pool_bytes = pool_tokens * c.KvBytesPerToken();
-  CpuBackendOptions backend;
-  backend.threads = flags.threads;
-  backend.matmul.int8_activations = flags.int8;
-  auto engine = Engine::Create(*session.model, MakeCpuBackend(backend), options);
+  options.kv_memory_fraction = flags.kv_memory_fraction;
+  DeviceOptions device;
+  device.device = flags.device;
+  device.cpu.threads = flags.threads;
+  device.cpu.matmul.int8_activations = flags.int8;
+  auto backend = MakeBackend(device);
+  if (!backend.ok()) {
+    return absl::Status(backend.status().code(),
+                        absl::StrCat("--device ", flags.device, ": ", backend.status().message()));
+  }
+  session.device = backend->info;
+  session.device_note = backend->note;
+  auto engine = Engine::Create(*session.model, std::move(backend->backend), options);
   if (!engine.ok()) return engine.status();
   session.engine = std::move(*engine);
   return session;

@@ -71,9 +71,20 @@ absl::Status Engine::Init() {
   g.block_tokens = options_.block_tokens;
   g.n_kv_heads = c.n_kv_heads;
   g.head_dim = c.head_dim;
-  const int64_t pool_bytes = options_.kv_pool_bytes > 0
-                                 ? options_.kv_pool_bytes
-                                 : options_.default_pool_tokens * c.KvBytesPerToken();
+  int64_t pool_bytes = options_.kv_pool_bytes > 0
+                           ? options_.kv_pool_bytes
+                           : options_.default_pool_tokens * c.KvBytesPerToken();
+  if (options_.kv_memory_fraction != 0.0) {
+    if (!(options_.kv_memory_fraction > 0.0 && options_.kv_memory_fraction <= 1.0)) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "engine: kv_memory_fraction %g must be in (0, 1]", options_.kv_memory_fraction));
+    }
+    // Everything else the engine holds comes first, so the fraction is of what is truly left.
+    absl::Status s = EnsureLogitRows(options_.max_step_rows);
+    if (!s.ok()) return s;
+    pool_bytes = static_cast<int64_t>(options_.kv_memory_fraction *
+                                      static_cast<double>(backend_->FreeMemoryBytes()));
+  }
   // A block holds one layer's K and V of block_tokens positions.
   const int64_t blocks = pool_bytes / (g.block_floats() * 4);
   if (blocks < 1) {

@@ -28,6 +28,9 @@ struct EngineOptions {
   // KV pool size in bytes; 0 = room for `default_pool_tokens` unshared tokens.
   int64_t kv_pool_bytes = 0;
   int64_t default_pool_tokens = 8192;
+  // > 0: the pool takes this fraction (0, 1] of the backend's free memory once the weights,
+  // the scratch and the logits of max_step_rows rows are allocated (overrides kv_pool_bytes).
+  double kv_memory_fraction = 0.0;
   // Most rows (tokens over all sequences) one forward pass processes; longer prefills are
   // split into chunks of this many tokens.
   int max_step_rows = 256;

@@ -118,8 +118,8 @@ void Transformer::RunLayers(int first, int last, absl::Span<const BatchSeq> seqs
         kv_positions_.clear();
         for (int i = 0; i < n_inputs; ++i) {
           if (kv_row0_[i] < 0) continue;
-          std::memcpy(xg + size_t(kv_row0_[i]) * dim, xb + size_t(seqs[i].row0) * dim,
-                      size_t(seqs[i].n) * dim * 4);
+          backend_.Copy(xb + size_t(seqs[i].row0) * dim, size_t(seqs[i].n) * dim * 4,
+                        xg + size_t(kv_row0_[i]) * dim);
           kv_positions_.insert(kv_positions_.end(), positions + seqs[i].row0,
                                positions + seqs[i].row0 + seqs[i].n);
         }

@@ -1,6 +1,7 @@
 #include "kernels/cpu/cpu_backend.h"
 
 #include <cblas.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
@@ -62,6 +63,11 @@ class CpuBackend : public Backend {
   }
   void CopyFromHost(const void* src_host, size_t bytes, void* dst) override {
     std::memcpy(dst, src_host, bytes);
+  }
+  void Copy(const void* src, size_t bytes, void* dst) override { std::memcpy(dst, src, bytes); }
+  int64_t FreeMemoryBytes() override {
+    const long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    return pages > 0 && page > 0 ? static_cast<int64_t>(pages) * page : 0;
   }
 
   absl::StatusOr<std::unique_ptr<PreparedWeight>> Prepare(const Tensor& w) override {

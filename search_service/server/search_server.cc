@@ -37,11 +37,23 @@ absl::StatusOr<std::unique_ptr<SearchServer>> SearchServer::Start(
   server->registry_service_ = std::make_unique<StrategyRegistryService>(
       server->store_.get(), server->catalog_.get(), metrics);
 
+  RolloutControllerOptions fleet = options.fleet;
+  fleet.dir = options.data_dir + "/fleet";
+  auto rollouts = RolloutController::Open(fleet, server->store_.get());
+  if (!rollouts.ok()) return rollouts.status();
+  server->rollouts_ = std::move(*rollouts);
+  server->stream_service_ = std::make_unique<StrategyStreamService>(server->rollouts_.get());
+  server->rollout_service_ =
+      std::make_unique<RolloutService>(server->rollouts_.get(), server->registry_service_.get());
+
   runtime::GrpcServerOptions grpc_options;
   grpc_options.address = options.address;
-  grpc_options.services = {server->search_service_.get(), server->registry_service_.get()};
+  grpc_options.services = {server->search_service_.get(), server->registry_service_.get(),
+                           server->stream_service_.get(), server->rollout_service_.get()};
   grpc_options.health_services = {v1::SearchService::service_full_name(),
-                                  v1::StrategyRegistry::service_full_name()};
+                                  v1::StrategyRegistry::service_full_name(),
+                                  v1::StrategyDistribution::service_full_name(),
+                                  v1::Rollouts::service_full_name()};
   // Calibration text may come inline (WikiText-2's test split is 1.3 MB).
   grpc_options.max_receive_message_bytes = 64 << 20;
   auto grpc = runtime::GrpcServer::Start(grpc_options);

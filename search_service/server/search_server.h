@@ -1,6 +1,7 @@
 // The search service assembled: model catalog, strategy store (data_dir/strategies), job
 // runner (records in data_dir/jobs), SearchService + StrategyRegistry + health + reflection on
-// one gRPC port. kvshare-search's main and the tests start it the same way.
+// one gRPC port, with the fleet's control plane (StrategyDistribution streams to workers and
+// the Rollouts service over a RolloutController, state in data_dir/fleet). kvshare-search's main and the tests start it the same way.
 //
 // Start() opens the store (refusing a damaged one), reports jobs the previous process left
 // unfinished as FAILED, listens, and reports SERVING. Drain(grace) reports NOT_SERVING, stops
@@ -14,11 +15,14 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "search_service/server/model_catalog.h"
+#include "search_service/server/rollout_controller.h"
+#include "search_service/server/rollout_service.h"
 #include "search_service/server/search_job_runner.h"
 #include "search_service/server/search_job_service.h"
 #include "search_service/server/search_metrics.h"
 #include "search_service/server/strategy_registry_service.h"
 #include "search_service/server/strategy_store.h"
+#include "search_service/server/strategy_stream_service.h"
 #include "service_runtime/grpc_server.h"
 
 namespace kvshare {
@@ -28,6 +32,8 @@ struct SearchServerOptions {
   std::string data_dir;                   // required
   std::string catalog_path;               // empty: ModelCatalog::Default()
   SearchJobRunnerOptions jobs;            // jobs_dir is set to data_dir/jobs
+  // Rollouts, pins and baselines (data_dir/fleet/state.json); fleet.dir is set to data_dir/fleet.
+  RolloutControllerOptions fleet;
 };
 
 class SearchServer {
@@ -41,6 +47,7 @@ class SearchServer {
   ModelCatalog& catalog() { return *catalog_; }
   StrategyStore& store() { return *store_; }
   SearchJobRunner& jobs() { return *runner_; }
+  RolloutController& rollouts() { return *rollouts_; }
 
   // True when every job finished within `grace`.
   bool Drain(absl::Duration grace);
@@ -55,6 +62,9 @@ class SearchServer {
   std::unique_ptr<SearchJobRunner> runner_;
   std::unique_ptr<SearchJobService> search_service_;
   std::unique_ptr<StrategyRegistryService> registry_service_;
+  std::unique_ptr<RolloutController> rollouts_;
+  std::unique_ptr<StrategyStreamService> stream_service_;
+  std::unique_ptr<RolloutService> rollout_service_;
   std::unique_ptr<runtime::GrpcServer> grpc_;
 };
 

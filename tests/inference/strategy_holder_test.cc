@@ -65,7 +65,7 @@ TEST(StrategyHolderTest, PinnedVersionsResolveWhileHeldAndUnknownOnesNameTheVers
   ASSERT_TRUE(h.Publish(3, Strategy({0, 0, 0, 3, 4})).ok());  // version 1 falls out
   EXPECT_THAT(h.Versions(), ::testing::ElementsAre(2, 3));
   const auto gone = h.Resolve(1);
-  EXPECT_EQ(gone.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(gone.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(std::string(gone.status().message()),
               HasSubstr("strategy_version 1 is not held by this worker (held: [2, 3])"));
   EXPECT_EQ(h.Resolve(2)->version, 2u);

@@ -104,10 +104,12 @@ TEST_F(ValidationTest, ChatOnAModelWithoutATemplateIsRefused) {
   EXPECT_INVALID(r, HasSubstr("chat.messages[0].role \"robot\""));
 }
 
-TEST_F(ValidationTest, UnknownStrategyVersionNamesTheVersionAndWhatIsHeld) {
+TEST_F(ValidationTest, UnknownStrategyVersionIsAFailedPreconditionNamingWhatIsHeld) {
   v1::GenerateRequest r = Valid();
   r.set_strategy_version(42);
-  EXPECT_INVALID(r, HasSubstr("strategy_version 42"), HasSubstr("held: [1]"));
+  const grpc::Status s = Refusal(r);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(s.error_message(), AllOf(HasSubstr("strategy_version 42"), HasSubstr("held: [1]")));
   r.set_strategy_version(1);
   EXPECT_TRUE(Collect(*worker_->stub, r).status.ok());
 }

@@ -1,0 +1,207 @@
+#include "inference_service/strategy_subscriber.h"
+
+#include <algorithm>
+#include <random>
+
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/notification.h"
+#include "grpcpp/grpcpp.h"
+#include "kvshare/v1/registry.grpc.pb.h"
+#include "proto/wire/strategy_wire.h"
+#include "spdlog/spdlog.h"
+
+namespace kvshare {
+namespace {
+
+const char* ReasonName(v1::NackReason r) {
+  switch (r) {
+    case v1::NACK_REASON_FINGERPRINT_MISMATCH:
+      return "fingerprint_mismatch";
+    case v1::NACK_REASON_INVALID_STRATEGY:
+      return "invalid_strategy";
+    case v1::NACK_REASON_LOAD_FAILURE:
+      return "load_failure";
+    default:
+      return "unspecified";
+  }
+}
+
+}  // namespace
+
+std::string SubscriberState::Describe() const {
+  if (connected) {
+    return absl::StrFormat("control plane connected (streams opened: %d, assignments: %d, "
+                           "nacks: %d)",
+                           connects, assignments, nacks);
+  }
+  if (connects == 0) {
+    return absl::StrFormat(
+        "control plane not reachable yet; serving the local strategy (last error: %s)",
+        last_error.empty() ? "none yet" : last_error);
+  }
+  return absl::StrFormat("control plane disconnected; serving the last good strategy "
+                         "(last error: %s)",
+                         last_error);
+}
+
+StrategySubscriber::StrategySubscriber(SubscriberOptions options, StrategyHolder* holder,
+                                       Scheduler* scheduler)
+    : options_(std::move(options)), holder_(holder), scheduler_(scheduler) {}
+
+StrategySubscriber::~StrategySubscriber() { Stop(); }
+
+void StrategySubscriber::Start() { thread_ = std::thread([this] { Run(); }); }
+
+void StrategySubscriber::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+    if (context_ != nullptr) context_->TryCancel();
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+SubscriberState StrategySubscriber::state() const {
+  absl::MutexLock lock(&mu_);
+  return state_;
+}
+
+void StrategySubscriber::Run() {
+  std::mt19937_64 rng(std::random_device{}());
+  absl::Duration backoff = options_.initial_backoff;
+  while (true) {
+    const int64_t connects_before = state().connects;
+    const std::string why = RunStream();
+    bool was_connected;
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) return;
+      was_connected = state_.connects > connects_before;
+      state_.connected = false;
+      state_.last_error = why;
+      state_.last_change = absl::Now();
+    }
+    if (was_connected) backoff = options_.initial_backoff;  // a stream that worked resets it
+    // Full jitter in [backoff/2, backoff]: workers that lost the same service do not all
+    // come back in the same instant.
+    std::uniform_real_distribution<double> jitter(0.5, 1.0);
+    const absl::Duration wait = backoff * jitter(rng);
+    spdlog::log(was_connected ? spdlog::level::warn : spdlog::level::info,
+                "event=control_plane_disconnected address={} error=\"{}\" retry_in_ms={}",
+                options_.control_plane, why, absl::ToInt64Milliseconds(wait));
+    backoff = std::min(backoff * 2, options_.max_backoff);
+    absl::MutexLock lock(&mu_);
+    auto stopping = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stopping_; };
+    if (mu_.AwaitWithTimeout(absl::Condition(&stopping), wait)) return;
+  }
+}
+
+std::string StrategySubscriber::RunStream() {
+  auto stub = v1::StrategyDistribution::NewStub(
+      grpc::CreateChannel(options_.control_plane, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return "stopping";
+    context_ = &context;
+  }
+  auto stream = stub->StreamStrategy(&context);
+  absl::Mutex write_mu;  // the sync API allows one writer at a time
+  auto write = [&](const v1::WorkerMessage& m) {
+    absl::MutexLock lock(&write_mu);
+    return stream->Write(m);
+  };
+
+  v1::WorkerMessage hello_msg;
+  v1::WorkerHello* hello = hello_msg.mutable_hello();
+  hello->set_worker_id(options_.worker_id);
+  hello->set_model_fingerprint(options_.model_fingerprint);
+  hello->set_model_name(options_.model_name);
+  for (const auto& [k, v] : options_.labels) (*hello->mutable_labels())[k] = v;
+  hello->set_address(options_.address);
+  if (auto current = holder_->Current()) {
+    hello->set_current_version(current->version);
+    hello->set_current_strategy_id(current->strategy->id());
+  }
+  absl::Notification done;
+  std::thread loads;
+  if (write(hello_msg)) {
+    {
+      absl::MutexLock lock(&mu_);
+      state_.connected = true;
+      ++state_.connects;
+      state_.last_change = absl::Now();
+    }
+    spdlog::info("event=control_plane_connected address={} worker_id={} current_version={}",
+                 options_.control_plane, options_.worker_id, hello->current_version());
+    loads = std::thread([&] {
+      while (!done.WaitForNotificationWithTimeout(options_.load_interval)) {
+        const SchedulerLoad l = scheduler_->Load();
+        v1::WorkerMessage m;
+        v1::WorkerLoad* load = m.mutable_load();
+        load->set_running(l.running);
+        load->set_queued(l.queued);
+        load->set_kv_blocks_used(l.kv_blocks_used);
+        load->set_kv_blocks_total(l.kv_blocks_total);
+        load->set_draining(l.draining);
+        if (!write(m)) return;
+      }
+    });
+    v1::StrategyAssignment assignment;
+    while (stream->Read(&assignment)) {
+      v1::WorkerMessage reply;
+      v1::StrategyAck* ack = reply.mutable_ack();
+      ack->set_version(assignment.version());
+      ack->set_strategy_id(assignment.strategy().id());
+      auto strategy = FromProto(assignment.strategy());
+      absl::Status applied;
+      if (!strategy.ok()) {
+        ack->set_reason(v1::NACK_REASON_INVALID_STRATEGY);
+        applied = strategy.status();
+      } else if (strategy->model_fingerprint() != options_.model_fingerprint) {
+        ack->set_reason(v1::NACK_REASON_FINGERPRINT_MISMATCH);
+        applied = absl::FailedPreconditionError(absl::StrFormat(
+            "strategy.model_fingerprint %s is not this worker's model %s",
+            strategy->model_fingerprint(), options_.model_fingerprint));
+      } else {
+        applied = holder_->Apply(assignment.version(),
+                                 std::make_shared<const SharingStrategy>(std::move(*strategy)));
+        if (!applied.ok()) {
+          ack->set_reason(applied.code() == absl::StatusCode::kInvalidArgument
+                              ? v1::NACK_REASON_INVALID_STRATEGY
+                              : v1::NACK_REASON_LOAD_FAILURE);
+        }
+      }
+      ack->set_applied(applied.ok());
+      if (!applied.ok()) ack->set_error(std::string(applied.message()));
+      {
+        absl::MutexLock lock(&mu_);
+        ++state_.assignments;
+        if (!applied.ok()) ++state_.nacks;
+      }
+      if (applied.ok()) {
+        spdlog::info("event=strategy_ack version={} strategy_id={} cause=\"{}\"",
+                     assignment.version(), assignment.strategy().id().substr(0, 16),
+                     assignment.cause());
+      } else {
+        spdlog::warn("event=strategy_nack version={} reason={} error=\"{}\" cause=\"{}\"",
+                     assignment.version(), ReasonName(ack->reason()), ack->error(),
+                     assignment.cause());
+      }
+      if (!write(reply)) break;
+    }
+  }
+  done.Notify();
+  if (loads.joinable()) loads.join();
+  const grpc::Status status = stream->Finish();
+  {
+    absl::MutexLock lock(&mu_);
+    context_ = nullptr;
+  }
+  if (status.ok()) return "the control plane ended the stream";
+  return absl::StrFormat("%s: %s",
+                         absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code())),
+                         status.error_message());
+}
+
+}  // namespace kvshare

@@ -1,0 +1,80 @@
+// The worker's end of the strategy stream (kvshare.v1.StrategyDistribution, DESIGN.md §2
+// Control plane): one bidirectional stream to the search service for the worker's whole life.
+//
+// It announces the worker (id, model fingerprint, labels, the version it runs), applies every
+// assignment through the StrategyHolder (new requests take it at once; in-flight ones keep
+// theirs) and answers ACK, or NACK with the reason — fingerprint mismatch, invalid strategy,
+// load failure — keeping the last good version. It sends the scheduler's load every
+// `load_interval`. When the stream breaks or the service cannot be reached it reconnects with
+// jittered exponential backoff; the worker keeps serving what it has meanwhile.
+//
+// Thread-safe. Start() spawns one thread; Stop() (or the destructor) cancels the stream and
+// joins it. The holder and scheduler must outlive the subscriber.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "inference_service/scheduler.h"
+#include "inference_service/strategy_holder.h"
+
+namespace grpc {
+class ClientContext;
+}  // namespace grpc
+
+namespace kvshare {
+
+struct SubscriberOptions {
+  std::string control_plane;  // host:port of kvshare-search
+  std::string worker_id;
+  std::string model_fingerprint;
+  std::string model_name;
+  std::map<std::string, std::string> labels;
+  std::string address;  // where this worker serves Generate
+  absl::Duration load_interval = absl::Seconds(2);
+  absl::Duration initial_backoff = absl::Milliseconds(200);
+  absl::Duration max_backoff = absl::Seconds(5);
+};
+
+// What the health details say about the control plane.
+struct SubscriberState {
+  bool connected = false;
+  int64_t connects = 0;       // streams opened so far
+  int64_t assignments = 0;    // received
+  int64_t nacks = 0;
+  std::string last_error;     // why the last stream ended or failed to open
+  absl::Time last_change = absl::InfinitePast();
+  std::string Describe() const;  // one line for logs and health details
+};
+
+class StrategySubscriber {
+ public:
+  StrategySubscriber(SubscriberOptions options, StrategyHolder* holder, Scheduler* scheduler);
+  ~StrategySubscriber();
+
+  void Start();
+  void Stop();
+  SubscriberState state() const;
+
+ private:
+  void Run();
+  // One stream from connect to break; returns why it ended.
+  std::string RunStream();
+
+  const SubscriberOptions options_;
+  StrategyHolder* const holder_;
+  Scheduler* const scheduler_;
+  std::thread thread_;
+
+  mutable absl::Mutex mu_;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::ClientContext* context_ ABSL_GUARDED_BY(mu_) = nullptr;  // the live stream's
+  SubscriberState state_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace kvshare

@@ -1,0 +1,272 @@
+// kvshare rollout create|status|pause|resume|promote|abort|list and kvshare fleet status|pin|
+// unpin: the search service's Rollouts API (kvshare.v1.Rollouts) from the command line.
+#include <chrono>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/time.h"
+#include "grpcpp/grpcpp.h"
+#include "kvshare/v1/registry.grpc.pb.h"
+#include "tools/commands.h"
+
+namespace kvshare::cli {
+namespace {
+
+std::unique_ptr<v1::Rollouts::Stub> Stub(const std::string& server) {
+  return v1::Rollouts::NewStub(grpc::CreateChannel(server, grpc::InsecureChannelCredentials()));
+}
+
+std::unique_ptr<grpc::ClientContext> Context(double seconds) {
+  auto c = std::make_unique<grpc::ClientContext>();
+  c->set_deadline(std::chrono::system_clock::now() +
+                  std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)));
+  return c;
+}
+
+int RpcFail(const std::string& server, const grpc::Status& status) {
+  std::cerr << absl::StrFormat(
+      "error: %s: %s: %s\n", server,
+      absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code())),
+      status.error_message());
+  return 1;
+}
+
+const char* StateName(v1::RolloutState s) {
+  switch (s) {
+    case v1::ROLLOUT_RUNNING:
+      return "running";
+    case v1::ROLLOUT_PAUSED:
+      return "paused";
+    case v1::ROLLOUT_COMPLETED:
+      return "completed";
+    case v1::ROLLOUT_ABORTED:
+      return "aborted";
+    default:
+      return "?";
+  }
+}
+
+void PrintRollout(const v1::Rollout& r) {
+  std::vector<std::string> steps;
+  for (int i = 0; i < r.steps_size(); ++i) {
+    steps.push_back(absl::StrFormat(i == static_cast<int>(r.current_step()) ? "[%d%%]" : "%d%%",
+                                    r.steps(i)));
+  }
+  std::cout << absl::StrFormat(
+      "rollout   %s  %s%s\n"
+      "model     %s (%s)\n"
+      "versions  %d -> %d\n"
+      "steps     %s  (step %d of %d)\n"
+      "workers   %d eligible, %d selected, %d on the target%s\n",
+      r.rollout_id(), StateName(r.state()),
+      r.state_reason().empty() ? "" : absl::StrFormat(": %s", r.state_reason()),
+      r.model_name().empty() ? "-" : r.model_name(), r.model_fingerprint().substr(0, 16),
+      r.from_version(), r.target_version(), absl::StrJoin(steps, " "), r.current_step() + 1,
+      r.steps_size(), r.eligible_workers(), r.selected_workers_size(), r.acked_workers(),
+      r.label_selector().empty() ? "" : absl::StrFormat(" (selector %s)", r.label_selector()));
+}
+
+std::string Ago(const google::protobuf::Timestamp& t) {
+  if (t.seconds() == 0) return "-";
+  const absl::Duration d =
+      absl::Now() - (absl::FromUnixSeconds(t.seconds()) + absl::Nanoseconds(t.nanos()));
+  return absl::StrFormat("%.1fs ago", absl::ToDoubleSeconds(d));
+}
+
+void PrintFleet(const v1::FleetStatus& f) {
+  std::cout << absl::StrFormat("%-14s %-21s %-4s %-8s %-8s %-7s %-44s %-11s %-7s %s\n", "WORKER",
+                               "ADDRESS", "UP", "VERSION", "ASSIGNED", "OWNING", "LAST ACK/NACK",
+                               "LAST SEEN", "RUN/Q", "KV BLOCKS");
+  for (const v1::WorkerStatus& w : f.workers()) {
+    std::string ack = "-";
+    if (w.last_ack().version() != 0 || w.last_ack().applied() || !w.last_ack().error().empty()) {
+      ack = w.last_ack().applied()
+                ? absl::StrFormat("ACK v%d", w.last_ack().version())
+                : absl::StrFormat("NACK v%d %s: %s", w.last_ack().version(),
+                                  v1::NackReason_Name(w.last_ack().reason()).substr(12),
+                                  w.last_ack().error());
+      if (ack.size() > 44) ack = ack.substr(0, 41) + "...";
+    }
+    std::cout << absl::StrFormat(
+        "%-14s %-21s %-4s %-8d %-8s %-7s %-44s %-11s %-7s %d/%d\n", w.worker_id(), w.address(),
+        w.connected() ? "yes" : "no", w.current_version(),
+        w.has_assignment() ? absl::StrFormat("%d", w.assigned_version()) : "-",
+        w.n_layers() > 0 ? absl::StrFormat("%d/%d", w.owning_layers(), w.n_layers()) : "-", ack,
+        Ago(w.last_seen()), absl::StrFormat("%d/%d", w.load().running(), w.load().queued()),
+        w.load().kv_blocks_used(), w.load().kv_blocks_total());
+  }
+  for (const v1::Rollout& r : f.active_rollouts()) {
+    std::cout << "\n";
+    PrintRollout(r);
+  }
+}
+
+}  // namespace
+
+Runner RegisterRollout(CLI::App& app) {
+  struct Flags {
+    std::string server = "127.0.0.1:50061";
+    double timeout = 30;
+    std::string model;
+    uint64_t version = 0;
+    std::vector<uint32_t> steps;
+    std::string selector;
+    std::string id;
+    bool watch = false;
+  };
+  auto f = std::make_shared<Flags>();
+  CLI::App* sub = app.add_subcommand(
+      "rollout", "Roll a strategy version out across the worker fleet (kvshare-search)");
+  sub->require_subcommand(1);
+  auto common = [&](CLI::App* c) {
+    c->add_option("--server", f->server, "Search service address (host:port)")
+        ->capture_default_str();
+    c->add_option("--timeout", f->timeout, "Seconds per call")->capture_default_str();
+  };
+  CLI::App* create = sub->add_subcommand("create", "Start a rollout");
+  common(create);
+  create->add_option("--model", f->model, "Model fingerprint or name")->required();
+  create->add_option("--version", f->version, "Target version")->required();
+  create->add_option("--steps", f->steps,
+                     "Percent of the eligible workers after each step, e.g. 10,50,100 "
+                     "(default 100)")
+      ->delimiter(',');
+  create->add_option("--selector", f->selector,
+                     "key=value[,key=value]: only workers with these labels (default: workers "
+                     "running the model)");
+  std::vector<CLI::App*> by_id;
+  for (auto [name, help] : std::vector<std::pair<const char*, const char*>>{
+           {"status", "Show a rollout (--watch: follow it until it ends)"},
+           {"pause", "Stop moving workers and advancing steps"},
+           {"resume", "Resume a paused rollout"},
+           {"promote", "Jump to 100% (still gated on ACKs)"},
+           {"abort", "End it; the workers it moved go back to the previous version"}}) {
+    CLI::App* c = sub->add_subcommand(name, help);
+    common(c);
+    c->add_option("id", f->id, "Rollout id (e.g. r3)")->required();
+    by_id.push_back(c);
+  }
+  by_id[0]->add_flag("--watch", f->watch, "Print each change until the rollout ends");
+  CLI::App* list = sub->add_subcommand("list", "List every rollout");
+  common(list);
+
+  return [f, create, by_id, list]() -> int {
+    auto stub = Stub(f->server);
+    v1::Rollout r;
+    grpc::Status s;
+    if (create->parsed()) {
+      v1::CreateRolloutRequest req;
+      req.set_model(f->model);
+      req.set_target_version(f->version);
+      for (uint32_t step : f->steps) req.add_steps(step);
+      req.set_label_selector(f->selector);
+      s = stub->CreateRollout(Context(f->timeout).get(), req, &r);
+    } else if (list->parsed()) {
+      v1::ListRolloutsResponse out;
+      s = stub->ListRollouts(Context(f->timeout).get(), v1::ListRolloutsRequest(), &out);
+      if (!s.ok()) return RpcFail(f->server, s);
+      for (const v1::Rollout& one : out.rollouts()) {
+        PrintRollout(one);
+        std::cout << "\n";
+      }
+      return 0;
+    } else {
+      v1::RolloutRef ref;
+      ref.set_rollout_id(f->id);
+      if (by_id[0]->parsed() && f->watch) {
+        grpc::ClientContext ctx;
+        auto reader = stub->WatchRollout(&ctx, ref);
+        while (reader->Read(&r)) {
+          std::cout << absl::FormatTime("-- %H:%M:%S\n", absl::Now(), absl::LocalTimeZone());
+          PrintRollout(r);
+          std::cout.flush();
+        }
+        s = reader->Finish();
+        return s.ok() ? 0 : RpcFail(f->server, s);
+      }
+      auto ctx = Context(f->timeout);
+      if (by_id[0]->parsed()) s = stub->GetRollout(ctx.get(), ref, &r);
+      if (by_id[1]->parsed()) s = stub->PauseRollout(ctx.get(), ref, &r);
+      if (by_id[2]->parsed()) s = stub->ResumeRollout(ctx.get(), ref, &r);
+      if (by_id[3]->parsed()) s = stub->PromoteRollout(ctx.get(), ref, &r);
+      if (by_id[4]->parsed()) s = stub->AbortRollout(ctx.get(), ref, &r);
+    }
+    if (!s.ok()) return RpcFail(f->server, s);
+    PrintRollout(r);
+    return 0;
+  };
+}
+
+Runner RegisterFleet(CLI::App& app) {
+  struct Flags {
+    std::string server = "127.0.0.1:50061";
+    double timeout = 30;
+    std::string worker, label, model;
+    uint64_t version = 0;
+  };
+  auto f = std::make_shared<Flags>();
+  CLI::App* sub = app.add_subcommand(
+      "fleet", "The worker fleet as the search service sees it; operator pins");
+  sub->require_subcommand(1);
+  auto common = [&](CLI::App* c) {
+    c->add_option("--server", f->server, "Search service address (host:port)")
+        ->capture_default_str();
+    c->add_option("--timeout", f->timeout, "Seconds per call")->capture_default_str();
+  };
+  CLI::App* status = sub->add_subcommand(
+      "status", "Every worker: version, assignment, last ACK/NACK, last seen, load");
+  common(status);
+  CLI::App* pin = sub->add_subcommand("pin", "Pin a worker or a label to a version");
+  common(pin);
+  CLI::App* unpin = sub->add_subcommand("unpin", "Remove a pin");
+  common(unpin);
+  for (CLI::App* c : {pin, unpin}) {
+    auto* w = c->add_option("--worker", f->worker, "Worker id");
+    c->add_option("--label", f->label, "key=value")->excludes(w);
+  }
+  pin->add_option("--model", f->model, "Model fingerprint or name")->required();
+  pin->add_option("--version", f->version, "Version (0 = identity)")->required();
+
+  return [f, status, pin, unpin]() -> int {
+    auto stub = Stub(f->server);
+    auto ctx = Context(f->timeout);
+    if (status->parsed()) {
+      v1::FleetStatus fleet;
+      grpc::Status s = stub->GetFleetStatus(ctx.get(), v1::GetFleetStatusRequest(), &fleet);
+      if (!s.ok()) return RpcFail(f->server, s);
+      PrintFleet(fleet);
+      return 0;
+    }
+    if (f->worker.empty() && f->label.empty()) {
+      std::cerr << "error: give --worker or --label\n";
+      return 2;
+    }
+    v1::Pin p;
+    if (!f->worker.empty()) p.set_worker_id(f->worker);
+    else p.set_label(f->label);
+    p.set_model(f->model);
+    p.set_version(f->version);
+    if (pin->parsed()) {
+      v1::Pin out;
+      grpc::Status s = stub->SetPin(ctx.get(), p, &out);
+      if (!s.ok()) return RpcFail(f->server, s);
+      std::cout << "pinned " << (out.has_worker_id() ? "worker " + out.worker_id()
+                                                     : "label " + out.label())
+                << " to version " << out.version() << "\n";
+      return 0;
+    }
+    (void)unpin;
+    v1::ListPinsResponse left;
+    grpc::Status s = stub->ClearPin(ctx.get(), p, &left);
+    if (!s.ok()) return RpcFail(f->server, s);
+    std::cout << left.pins_size() << " pins left\n";
+    return 0;
+  };
+}
+
+}  // namespace kvshare::cli
