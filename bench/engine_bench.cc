@@ -408,6 +408,7 @@ int Main(int argc, char** argv) {
   }
   getloadavg(load, 3);
   std::printf("host load average at end %.1f %.1f %.1f\n", load[0], load[1], load[2]);
+  std::fflush(stdout);
   WriteJson(a.json, {{"bench", "engine"},
                      {"model", a.model},
                      {"llama_bench", llama},

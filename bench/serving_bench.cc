@@ -44,6 +44,7 @@ namespace {
 struct Args {
   std::string model;
   int threads = 0;
+  bool int8 = false;
   double kv_budget_mib = 67.5;  // 16 unshared requests of 32 + 64 tokens
   int max_tokens = 64;
   int prompt_tokens = 32;
@@ -129,6 +130,7 @@ std::unique_ptr<Deployment> Deploy(const Args& a, const std::string& name, bool 
   WorkerOptions o;
   o.model_path = a.model;
   o.threads = a.threads;
+  o.int8_activations = a.int8;
   o.kv_budget_bytes = static_cast<int64_t>(a.kv_budget_mib * (1 << 20));
   o.scheduler.step_tokens = 256;
   o.scheduler.max_batch = 64;
@@ -205,6 +207,7 @@ int Main(int argc, char** argv) {
       "layers shared, under a fixed KV budget"};
   app.add_option("--model", a.model, "GGUF (default: SmolLM2-135M-Instruct)");
   app.add_option("--threads", a.threads, "Engine threads (0 = all cores)")->capture_default_str();
+  app.add_flag("--int8", a.int8, "int8-quantized activations (the worker's --int8)");
   app.add_option("--kv-budget-mib", a.kv_budget_mib, "KV pool")->capture_default_str();
   app.add_option("--max-tokens", a.max_tokens, "Generated tokens per request")
       ->capture_default_str();
@@ -270,10 +273,10 @@ int Main(int argc, char** argv) {
 
   const unsigned cores = std::thread::hardware_concurrency();
   std::printf(
-      "serving_bench: %s, CPU engine (%d threads of %u cores), KV budget %.1f MiB; each request "
+      "serving_bench: %s, CPU engine (%s activations, %d threads of %u cores), KV budget %.1f MiB; each request "
       "%d prompt + %d generated tokens (ignore_eos); loopback gRPC, closed-loop clients\n\n",
-      a.model.substr(a.model.find_last_of('/') + 1).c_str(), a.threads > 0 ? a.threads : int(cores),
-      cores, a.kv_budget_mib, a.prompt_tokens, a.max_tokens);
+      a.model.substr(a.model.find_last_of('/') + 1).c_str(), a.int8 ? "int8" : "fp32",
+      a.threads > 0 ? a.threads : int(cores), cores, a.kv_budget_mib, a.prompt_tokens, a.max_tokens);
   double load[3] = {0, 0, 0};
   getloadavg(load, 3);
   std::printf(
@@ -331,6 +334,7 @@ int Main(int argc, char** argv) {
   bench::WriteJson(a.json, {{"bench", "serving"},
                             {"model", a.model},
                             {"threads", a.threads > 0 ? a.threads : int(cores)},
+                            {"activations", a.int8 ? "int8" : "fp32"},
                             {"kv_budget_mib", a.kv_budget_mib},
                             {"prompt_tokens", a.prompt_tokens},
                             {"max_tokens", a.max_tokens},

@@ -24,6 +24,7 @@ struct WorkerOptions {
   std::string strategy_path;      // strategy JSON; empty: identity
   uint64_t strategy_version = 1;  // the version the local strategy is published as
   int threads = 0;                // engine threads; 0 = all cores
+  bool int8_activations = false;  // CPU: int8-quantized activations (kernels/cpu/matmul.h)
   std::string device = "auto";    // auto | cpu | cuda | cuda:N (kernels/device_backend.h)
   // > 0: the KV pool takes this fraction of the device's free memory after the weights
   // (overrides kv_budget_bytes).

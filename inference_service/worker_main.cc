@@ -79,6 +79,9 @@ int main(int argc, char** argv) {
   app.add_option("--threads", f.worker.threads, "Engine threads (0 = all cores)")
       ->capture_default_str()
       ->check(CLI::Range(0, 1024));
+  app.add_flag("--int8", f.worker.int8_activations,
+               "CPU: multiply quantized weights with int8-quantized activations (up to 3x faster "
+               "prefill and batched decode; +1.3% WikiText-2 perplexity on SmolLM2)");
   app.add_option("--device", f.worker.device,
                  "auto (CUDA when a usable GPU and the CUDA plugin are present, else the CPU), "
                  "cpu, cuda or cuda:N")

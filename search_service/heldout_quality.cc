@@ -28,14 +28,16 @@ int LastCalibrationLine(const CalibrationSet& calibration) {
 
 absl::StatusOr<HeldoutSlice> BuildHeldoutSlice(std::string_view text, const Tokenizer& tokenizer,
                                                int after_line, const HeldoutOptions& options,
-                                               const std::string& source) {
+                                               const std::string& source, bool cli_flags) {
+  const char* f_tokens = cli_flags ? "--heldout-tokens" : "heldout_tokens";
+  const char* f_context = cli_flags ? "--heldout-context" : "heldout_context";
   if (options.tokens < 1) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("--heldout-tokens %d must be >= 1", options.tokens));
+        absl::StrFormat("%s %d must be >= 1", f_tokens, options.tokens));
   }
   if (options.context < 2) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("--heldout-context %d must be >= 2", options.context));
+        absl::StrFormat("%s %d must be >= 2", f_context, options.context));
   }
   size_t offset = 0;
   for (int line = 0; line < after_line; ++line) {
@@ -63,9 +65,8 @@ absl::StatusOr<HeldoutSlice> BuildHeldoutSlice(std::string_view text, const Toke
   }
   if (int64_t(ids.size()) < options.tokens) {
     return absl::OutOfRangeError(absl::StrFormat(
-        "%s from line %d has %d tokens; --heldout-tokens %d asked for (use fewer, or a longer "
-        "text)",
-        source, after_line + 1, ids.size(), options.tokens));
+        "%s from line %d has %d tokens; %s %d asked for (use fewer, or a longer text)", source,
+        after_line + 1, ids.size(), f_tokens, options.tokens));
   }
   ids.resize(options.tokens);
   // BOS first (the document start); it is context, never a target.
@@ -76,6 +77,31 @@ absl::StatusOr<HeldoutSlice> BuildHeldoutSlice(std::string_view text, const Toke
   slice.context = options.context;
   slice.hash = HashSlice(options.context, slice.ids);
   return slice;
+}
+
+absl::StatusOr<HeldoutSlice> CalibrationHeldoutSlice(std::string_view calibration_text,
+                                                     const CalibrationSet& calibration,
+                                                     const Tokenizer& tokenizer,
+                                                     const ModelConfig& config,
+                                                     const HeldoutOptions& options,
+                                                     const std::string& source, bool cli_flags) {
+  if (options.context > config.max_seq_len) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s %d exceeds the context of '%s' (%d)",
+                        cli_flags ? "--heldout-context" : "heldout_context", options.context,
+                        config.name, config.max_seq_len));
+  }
+  return BuildHeldoutSlice(calibration_text, tokenizer, LastCalibrationLine(calibration), options,
+                           source, cli_flags);
+}
+
+absl::StatusOr<StrategyQuality> MeasureHeldoutQuality(
+    const Model& model, HeldoutSlice slice, int threads,
+    std::shared_ptr<const SharingStrategy> strategy, double calibration_score,
+    const std::atomic<bool>* cancel) {
+  auto meter = QualityMeter::Create(model, std::move(slice), threads, cancel);
+  if (!meter.ok()) return meter.status();
+  return (*meter)->Measure(std::move(strategy), calibration_score);
 }
 
 double StrategyQuality::heldout_ppl() const { return std::exp(heldout_nll); }
@@ -92,7 +118,8 @@ void RecordQuality(const StrategyQuality& q, StrategyProvenance* p) {
 
 absl::StatusOr<std::unique_ptr<QualityMeter>> QualityMeter::Create(const Model& model,
                                                                    HeldoutSlice slice,
-                                                                   int threads) {
+                                                                   int threads,
+                                                                   const std::atomic<bool>* cancel) {
   const ModelConfig& c = model.config();
   if (slice.context < 2 || slice.context > c.max_seq_len) {
     return absl::InvalidArgumentError(
@@ -103,6 +130,7 @@ absl::StatusOr<std::unique_ptr<QualityMeter>> QualityMeter::Create(const Model& 
     return absl::InvalidArgumentError("held-out slice: need at least 2 tokens");
   }
   std::unique_ptr<QualityMeter> meter(new QualityMeter(model, std::move(slice)));
+  meter->cancel_ = cancel;
   EngineOptions eo;
   eo.max_step_rows = meter->slice_.context;
   // One window at a time: room for a context of unshared KV plus a block of slack.
@@ -126,6 +154,7 @@ absl::StatusOr<PerplexityResult> QualityMeter::Perplexity(
   po.context = slice_.context;
   po.stride = slice_.context;
   po.strategy = std::move(strategy);
+  po.cancel = cancel_;
   return EvaluatePerplexity(*engine_, slice_.ids, po);
 }
 

@@ -11,6 +11,7 @@
 // QualityMeter owns an engine; not thread-safe.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -44,13 +45,26 @@ struct HeldoutSlice {
 // The slice of `text` starting after line `after_line` (0: from the start). `source` names the
 // text in errors. InvalidArgument for tokens < 1 or context < 2, and OutOfRange when the text
 // after that line has fewer than `tokens` tokens (saying how many it has) — never a shorter
-// slice.
+// slice. `cli_flags`: errors name the options as the CLI flags ("--heldout-tokens") or as the
+// proto fields ("heldout_tokens").
 absl::StatusOr<HeldoutSlice> BuildHeldoutSlice(std::string_view text, const Tokenizer& tokenizer,
                                                int after_line, const HeldoutOptions& options,
-                                               const std::string& source);
+                                               const std::string& source, bool cli_flags = true);
 // The last line a calibration set took (0 when empty): a held-out slice of the same text
 // starts after it.
 int LastCalibrationLine(const CalibrationSet& calibration);
+
+// The held-out slice of a search's own calibration text (what `kvshare search` and the search
+// service measure by default): BuildHeldoutSlice after LastCalibrationLine(calibration), once
+// options.context is checked against the model's context (InvalidArgument naming the field,
+// the value and the limit).
+absl::StatusOr<HeldoutSlice> CalibrationHeldoutSlice(std::string_view calibration_text,
+                                                     const CalibrationSet& calibration,
+                                                     const Tokenizer& tokenizer,
+                                                     const ModelConfig& config,
+                                                     const HeldoutOptions& options,
+                                                     const std::string& source,
+                                                     bool cli_flags = true);
 
 struct StrategyQuality {
   double heldout_nll = 0, baseline_nll = 0;  // nats/token
@@ -66,14 +80,24 @@ struct StrategyQuality {
 // Writes the measured quality into a strategy's provenance.
 void RecordQuality(const StrategyQuality& quality, StrategyProvenance* provenance);
 
+// The quality of `strategy` on `slice` (a QualityMeter for one strategy: the unshared model's
+// perplexity, then the strategy's), with the given calibration score. `threads`: the CPU
+// backend's. Cancelled when *cancel turns true (read before every window of either pass).
+absl::StatusOr<StrategyQuality> MeasureHeldoutQuality(
+    const Model& model, HeldoutSlice slice, int threads,
+    std::shared_ptr<const SharingStrategy> strategy, double calibration_score,
+    const std::atomic<bool>* cancel = nullptr);
+
 // Perplexity of strategies on one held-out slice; the unshared model's is computed once, at
 // Create.
 class QualityMeter {
  public:
   // `threads`: the CPU backend's (0 = all cores). InvalidArgument when the slice's context
-  // exceeds the model's.
-  static absl::StatusOr<std::unique_ptr<QualityMeter>> Create(const Model& model,
-                                                              HeldoutSlice slice, int threads);
+  // exceeds the model's. `cancel`: when set, every perplexity pass (the baseline's at Create
+  // included) ends Cancelled before its next window once it is true; it must outlive the meter.
+  static absl::StatusOr<std::unique_ptr<QualityMeter>> Create(
+      const Model& model, HeldoutSlice slice, int threads,
+      const std::atomic<bool>* cancel = nullptr);
 
   const HeldoutSlice& slice() const { return slice_; }
   const PerplexityResult& baseline() const { return baseline_; }
@@ -87,6 +111,7 @@ class QualityMeter {
   QualityMeter(const Model& model, HeldoutSlice slice) : model_(model), slice_(std::move(slice)) {}
   const Model& model_;
   HeldoutSlice slice_;
+  const std::atomic<bool>* cancel_ = nullptr;
   std::unique_ptr<Engine> engine_;
   PerplexityResult baseline_;
 };

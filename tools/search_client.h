@@ -8,6 +8,7 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/status/status.h"
+#include "search_service/heldout_quality.h"
 #include "search_service/search_request.h"
 
 namespace kvshare::cli {
@@ -27,10 +28,12 @@ void AddRemoteSearchFlags(CLI::App* search, RemoteSearchFlags* flags);
 // InvalidArgument naming the flags that need --server when one is given without it.
 absl::Status CheckNoRemoteFlags(const RemoteSearchFlags& flags);
 // `kvshare search --server`: `model` is a catalog name (empty: smollm2); the request's
-// calibration file, if any, is sent inline. Creates the job and, unless detached, follows it to
+// calibration file, if any, is sent inline, with the selection rule and the held-out quality
+// options (measured by the server on the calibration text after the calibration lines). Creates the job and, unless detached, follows it to
 // its end, printing the result and writing `out` when given. The exit code: 0 when the job
 // succeeded.
 int RunRemoteSearchCommand(const RemoteSearchFlags& flags, const std::string& model,
-                           const SearchRequest& request, const std::string& out);
+                           const SearchRequest& request, const HeldoutOptions& heldout,
+                           const std::string& out);
 
 }  // namespace kvshare::cli

@@ -74,6 +74,8 @@ const char* PhaseName(v1::SearchPhase p) {
       return "calibration (unshared forward, K/V averages, layer distances)";
     case v1::SEARCH_PHASE_GREEDY:
       return "greedy search";
+    case v1::SEARCH_PHASE_QUALITY:
+      return "held-out quality (perplexity with and without the strategy)";
     case v1::SEARCH_PHASE_PUBLISHING:
       return "publishing";
     case v1::SEARCH_PHASE_DONE:
@@ -135,13 +137,21 @@ void PrintJobResult(const v1::SearchJob& job) {
       "stop       %s: %d of %d target layers share; %d pairs scored, %d skipped\n"
       "kv_source  %s\n"
       "owning     %d of %d layers\n"
-      "score      %.6f (mean cosine similarity to the unshared model)\n"
+      "score      %.6f (%s)\n"
       "time       %.2f s (calibration %.2f s, greedy %.2f s)\n"
       "strategy   %s\n",
       r.stop_reason(), s.kv_source_size() - owning, job.progress().target_layers(),
       r.pairs_scored(), r.pairs_skipped(), absl::StrJoin(s.kv_source(), " "), owning,
-      s.kv_source_size(), s.provenance().score(), r.total_seconds(), r.calibration_seconds(),
-      r.greedy_seconds(), s.id());
+      s.kv_source_size(), s.provenance().score(),
+      s.provenance().method() == "nll" ? "minus the calibration NLL increase, nats/token"
+                                       : "mean cosine similarity to the unshared model",
+      r.total_seconds(), r.calibration_seconds(), r.greedy_seconds(), s.id());
+  if (s.provenance().has_quality() && s.provenance().quality().heldout_tokens() > 0) {
+    const v1::StrategyQuality& q = s.provenance().quality();
+    std::cout << absl::StrFormat(
+        "heldout    perplexity %.4f (unshared %.4f) on %d tokens in %d-token windows\n",
+        q.heldout_ppl(), q.baseline_ppl(), q.heldout_tokens(), q.heldout_context());
+  }
   if (r.has_published()) {
     std::cout << absl::StrFormat("published  version %d of %s (%s)\n", r.published().version(),
                                  r.published().model_name(),
@@ -258,7 +268,8 @@ absl::Status CheckNoRemoteFlags(const RemoteSearchFlags& f) {
 }
 
 int RunRemoteSearchCommand(const RemoteSearchFlags& f, const std::string& model,
-                           const SearchRequest& r, const std::string& out) {
+                           const SearchRequest& r, const HeldoutOptions& heldout,
+                           const std::string& out) {
   if (!f.cancel.empty()) return CancelRemoteSearch(f.server, f.cancel);
   if (!f.follow.empty()) return FollowRemoteSearch(f.server, f.follow, out);
   if (!out.empty()) {
@@ -293,6 +304,12 @@ int RunRemoteSearchCommand(const RemoteSearchFlags& f, const std::string& model,
   request.set_threshold(r.threshold);
   request.set_order(r.order);
   request.set_seed(r.seed);
+  request.set_method(r.method);
+  request.set_best_of(r.best_of);
+  request.set_lazy(r.lazy);
+  if (r.max_nll_increase.has_value()) request.set_max_nll_increase(*r.max_nll_increase);
+  request.set_heldout_tokens(static_cast<int32_t>(heldout.tokens));
+  request.set_heldout_context(heldout.context);
   request.set_publish(f.publish);
   request.set_idempotency_key(f.idempotency_key.empty() ? RandomKey() : f.idempotency_key);
 

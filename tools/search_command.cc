@@ -2,6 +2,7 @@
 // strategy JSON file.
 #include <sys/stat.h>
 
+#include <cstdint>
 #include <iostream>
 
 #include "absl/strings/str_format.h"
@@ -57,15 +58,15 @@ absl::StatusOr<HeldoutSlice> PrepareHeldout(const HeldoutFlags& f,
                                             const std::string& calibration_text,
                                             const CalibrationSet& calibration,
                                             const Tokenizer& tokenizer, const ModelConfig& c) {
+  if (f.path.empty() || f.path == calibration_path) {
+    return CalibrationHeldoutSlice(
+        calibration_text, calibration, tokenizer, c, f.options,
+        f.path.empty() ? "--calibration " + calibration_path : "--heldout " + f.path);
+  }
   if (f.options.context > c.max_seq_len) {
     return absl::InvalidArgumentError(
         absl::StrFormat("--heldout-context %d exceeds the context of '%s' (%d)", f.options.context,
                         c.name, c.max_seq_len));
-  }
-  if (f.path.empty() || f.path == calibration_path) {
-    return BuildHeldoutSlice(
-        calibration_text, tokenizer, LastCalibrationLine(calibration), f.options,
-        f.path.empty() ? "--calibration " + calibration_path : "--heldout " + f.path);
   }
   auto text = ReadFileToString(f.path);
   if (!text.ok()) {
@@ -82,9 +83,8 @@ absl::StatusOr<StrategyQuality> MeasureHeldout(const Model& model, HeldoutSlice 
       "quality: held-out perplexity on %d tokens from line %d, %d-token windows, with and "
       "without the strategy\n",
       slice.targets(), slice.first_line, slice.context);
-  auto meter = QualityMeter::Create(model, std::move(slice), threads);
-  if (!meter.ok()) return meter.status();
-  return (*meter)->Measure(std::move(strategy), calibration_score);
+  return MeasureHeldoutQuality(model, std::move(slice), threads, std::move(strategy),
+                               calibration_score);
 }
 
 void PrintQuality(const StrategyQuality& q) {
@@ -196,7 +196,20 @@ Runner RegisterSearch(CLI::App& app) {
     if (ratio->count() > 0) request.target_ratio = flags->target_ratio;
     if (max_nll->count() > 0) request.max_nll_increase = flags->max_nll_increase;
     if (!flags->remote.server.empty()) {
-      return RunRemoteSearchCommand(flags->remote, flags->model.model, request, flags->out);
+      // The server measures the quality on the calibration text it searched with.
+      if (!flags->heldout.path.empty()) {
+        return Fail(absl::InvalidArgumentError(
+            "--heldout: with --server the quality is measured on the calibration text after the "
+            "calibration lines; leave --heldout out"));
+      }
+      if (flags->heldout.options.tokens < 0 || flags->heldout.options.tokens > INT32_MAX) {
+        return Fail(absl::InvalidArgumentError(
+            absl::StrFormat("--heldout-tokens %d must be in [0, %d] with --server (0 = do not "
+                            "measure)",
+                            flags->heldout.options.tokens, INT32_MAX)));
+      }
+      return RunRemoteSearchCommand(flags->remote, flags->model.model, request,
+                                    flags->heldout.options, flags->out);
     }
     if (absl::Status s = CheckNoRemoteFlags(flags->remote); !s.ok()) return Fail(s);
     // Everything is checked before the first forward pass: the flags alone, then with the

@@ -154,6 +154,10 @@ absl::StatusOr<PerplexityResult> EvaluatePerplexity(
   int64_t scored_until = 0;  // targets at positions <= scored_until are done (position 0 is never a target)
   std::vector<float> logits;
   for (int64_t start = 0; scored_until < n - 1; start += options.stride) {
+    if (options.cancel != nullptr && options.cancel->load(std::memory_order_acquire)) {
+      return absl::CancelledError(absl::StrFormat(
+          "perplexity: cancelled after %d of %d targets", scored_until, total_targets));
+    }
     const int64_t end = std::min(n, start + options.context);
     auto seq_or = engine.AddSequence(options.strategy);
     if (!seq_or.ok()) return seq_or.status();

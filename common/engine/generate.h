@@ -2,6 +2,7 @@
 // benchmarks share.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -84,6 +85,8 @@ struct PerplexityOptions {
   int context = 512;  // window length in tokens
   int stride = 512;   // window start step; tokens already scored are not scored again
   std::shared_ptr<const SharingStrategy> strategy;
+  // When set, read before every window: Cancelled once it is true.
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 struct PerplexityResult {

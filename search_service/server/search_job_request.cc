@@ -62,9 +62,26 @@ absl::StatusOr<PreparedSearchJob> PrepareSearchJob(const v1::CreateSearchJobRequ
   if (request.has_threshold()) r.threshold = request.threshold();
   if (!request.order().empty()) r.order = request.order();
   r.seed = request.seed();
+  if (!request.method().empty()) r.method = request.method();
+  if (request.has_best_of()) r.best_of = request.best_of();
+  r.lazy = request.lazy();
+  if (request.has_max_nll_increase()) r.max_nll_increase = request.max_nll_increase();
+  HeldoutOptions heldout;
+  heldout.tokens = request.has_heldout_tokens() ? request.heldout_tokens() : kDefaultHeldoutTokens;
+  heldout.context =
+      request.has_heldout_context() ? request.heldout_context() : kDefaultHeldoutContext;
   // The model-free checks first: a bad request costs no model load.
-  auto checked = CheckSearchRequest(r);
+  auto checked = CheckSearchRequest(r);  // method, best_of, max_nll_increase among them
   if (!checked.ok()) return checked.status();
+  if (heldout.tokens < 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "heldout_tokens %d must be >= 0 (0 = do not measure the held-out quality)",
+        heldout.tokens));
+  }
+  if (heldout.context < 2) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("heldout_context %d must be >= 2", heldout.context));
+  }
 
   PreparedSearchJob p;
   p.calibration_text_bytes = static_cast<int64_t>(r.calibration_text->size());
@@ -74,6 +91,23 @@ absl::StatusOr<PreparedSearchJob> PrepareSearchJob(const v1::CreateSearchJobRequ
   auto search = PrepareSearch(r, *p.model->model, *p.model->tokenizer);
   if (!search.ok()) return search.status();
   p.search = std::move(*search);
+  const ModelConfig& config = p.model->model->config();
+  if (heldout.context > config.max_seq_len) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("heldout_context %d exceeds the context of model '%s' (%d)",
+                        heldout.context, request.model(), config.max_seq_len));
+  }
+  if (heldout.tokens > 0) {
+    // Cut now, so a text too short for it is refused before the job exists.
+    auto slice = CalibrationHeldoutSlice(*r.calibration_text, p.search.calibration,
+                                         *p.model->tokenizer, config, heldout,
+                                         r.calibration_source, /*cli_flags=*/false);
+    if (!slice.ok()) {
+      // Too little text after the calibration lines is a malformed request here.
+      return absl::InvalidArgumentError(slice.status().message());
+    }
+    p.heldout = std::move(*slice);
+  }
   return p;
 }
 

@@ -2,13 +2,16 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "kernels/backend.h"
 #include "proto/wire/strategy_wire.h"
+#include "search_service/heldout_quality.h"
 #include "search_service/kvsharer_search.h"
+#include "search_service/strategy_search.h"
 #include "search_service/server/registry_wire.h"
 #include "spdlog/spdlog.h"
 
@@ -54,6 +57,7 @@ struct SearchJobRunner::Job {
   // Set by Create, read by the job thread, released when the job ends.
   std::shared_ptr<const CatalogModel> model;
   PreparedSearch search;
+  std::optional<HeldoutSlice> heldout;  // empty: the quality is not measured
 };
 
 SearchJobRunner::SearchJobRunner(const SearchJobRunnerOptions& options, ModelCatalog* catalog,
@@ -211,6 +215,7 @@ absl::StatusOr<v1::SearchJob> SearchJobRunner::Create(const v1::CreateSearchJobR
     progress->set_eta_seconds(-1);
     job->model = std::move(prepared->model);
     job->search = std::move(prepared->search);
+    job->heldout = std::move(prepared->heldout);
     jobs_[r.job_id()] = job;
     if (!key.empty()) idempotency_keys_[key] = r.job_id();
     ++queued_;
@@ -378,6 +383,7 @@ void SearchJobRunner::EndQueuedLocked(Job& job, v1::SearchJobState state, absl::
                queue_.end());
   job.model.reset();
   job.search = PreparedSearch();
+  job.heldout.reset();
   if (metrics_ != nullptr) metrics_->jobs(ResultName(state)).Increment();
   UpdateGaugesLocked();
 }
@@ -525,7 +531,30 @@ void SearchJobRunner::Run(const std::shared_ptr<Job>& job) {
         /*persist=*/false);
   };
   auto result =
-      RunKvSharerSearch(*model.model, *backend, search.calibration, search.options, hooks);
+      RunStrategySearch(*model.model, *backend, search.calibration, search.selection, hooks);
+  if (result.ok() && job->heldout.has_value()) {
+    // Quality on record: held-out perplexity with and without the strategy, written into the
+    // strategy's provenance (so into the result and the published record).
+    Update(
+        job,
+        [&](v1::SearchJob& r) {
+          r.mutable_progress()->set_phase(v1::SEARCH_PHASE_QUALITY);
+          r.mutable_progress()->set_elapsed_seconds(absl::ToDoubleSeconds(absl::Now() - start));
+          r.mutable_progress()->set_eta_seconds(-1);
+        },
+        /*persist=*/false);
+    auto quality =
+        MeasureHeldoutQuality(*model.model, *job->heldout, search_threads_, result->strategy,
+                              result->calibration_score, &job->cancel);
+    if (quality.ok()) {
+      auto measured = std::make_shared<SharingStrategy>(*result->strategy);
+      RecordQuality(*quality, &measured->provenance());
+      result->strategy = std::move(measured);
+    } else {
+      result = absl::Status(quality.status().code(),
+                            absl::StrFormat("held-out quality: %s", quality.status().message()));
+    }
+  }
 
   v1::SearchJobState state = v1::SEARCH_JOB_SUCCEEDED;
   absl::Status error;
@@ -540,7 +569,7 @@ void SearchJobRunner::Run(const std::shared_ptr<Job>& job) {
       if (job->stop_code == absl::StatusCode::kCancelled) state = v1::SEARCH_JOB_CANCELLED;
     }
   } else {
-    const GreedyResult& g = result->greedy;
+    const GreedyResult& g = result->selection.greedy;
     ToProto(*result->strategy, out.mutable_strategy());
     out.set_stop_reason(StopReasonName(g.stop));
     out.set_pairs_scored(static_cast<int>(g.trace.size()));
@@ -590,7 +619,7 @@ void SearchJobRunner::Run(const std::shared_ptr<Job>& job) {
         p->set_elapsed_seconds(seconds);
         p->set_eta_seconds(0);
         if (result.ok()) {
-          const GreedyResult& g = result->greedy;
+          const GreedyResult& g = result->selection.greedy;
           p->set_pairs_tried(static_cast<int>(g.trace.size()));
           p->set_accepted(g.accepted);
           p->set_sharing_layers(result->strategy->sharing_layers());
@@ -610,6 +639,7 @@ void SearchJobRunner::Run(const std::shared_ptr<Job>& job) {
     absl::MutexLock lock(&mu_);
     job->model.reset();
     job->search = PreparedSearch();
+    job->heldout.reset();
   }
   if (metrics_ != nullptr) {
     metrics_->jobs(ResultName(state)).Increment();

@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <filesystem>
 #include <fstream>
@@ -27,7 +28,9 @@
 #include "kvshare/v1/registry.grpc.pb.h"
 #include "kvshare/v1/search.grpc.pb.h"
 #include "proto/wire/strategy_wire.h"
+#include "search_service/heldout_quality.h"
 #include "search_service/kvsharer_search.h"
+#include "search_service/strategy_search.h"
 #include "tests/support/test_env.h"
 
 namespace kvshare {
@@ -100,8 +103,10 @@ class SearchServerTest : public ::testing::Test {
     r.set_tokens(64);
     r.set_target_layers(target_layers);
     r.set_threshold(0.5);
+    r.set_heldout_tokens(kHeldoutTokens);  // the quality on record, on a small slice
     return r;
   }
+  static constexpr int kHeldoutTokens = 512;
   // A SmolLM2 job with a tiny calibration set: 435 pairs, each scored in milliseconds.
   static v1::CreateSearchJobRequest SmolLm2(double threshold, int target_layers) {
     v1::CreateSearchJobRequest r;
@@ -111,7 +116,35 @@ class SearchServerTest : public ::testing::Test {
     r.set_tokens(32);
     r.set_target_layers(target_layers);
     r.set_threshold(threshold);
+    r.set_heldout_tokens(kHeldoutTokens);
     return r;
+  }
+
+  // The quality the library measures for `strategy` on the slice a job of `request` (inline
+  // text, default heldout_context) measures on.
+  static absl::StatusOr<StrategyQuality> LibraryQuality(
+      const Model& model, const Tokenizer& tokenizer, const CalibrationSet& calibration,
+      std::shared_ptr<const SharingStrategy> strategy, double calibration_score) {
+    HeldoutOptions o;
+    o.tokens = kHeldoutTokens;
+    o.context = 512;
+    auto slice = CalibrationHeldoutSlice(*text_, calibration, tokenizer, model.config(), o,
+                                         "calibration_text", /*cli_flags=*/false);
+    if (!slice.ok()) return slice.status();
+    return MeasureHeldoutQuality(model, std::move(*slice), 2, std::move(strategy),
+                                 calibration_score);
+  }
+  // The quality a job recorded equals the library's measurement.
+  static void ExpectQuality(const v1::SharingStrategy& got, const StrategyQuality& want) {
+    ASSERT_TRUE(got.provenance().has_quality());
+    const v1::StrategyQuality& q = got.provenance().quality();
+    EXPECT_EQ(q.heldout_tokens(), kHeldoutTokens);
+    EXPECT_EQ(q.heldout_context(), 512);
+    EXPECT_TRUE(std::isfinite(q.heldout_ppl())) << q.heldout_ppl();
+    EXPECT_GT(q.heldout_ppl(), 1.0);
+    EXPECT_EQ(q.heldout_ppl(), want.heldout_ppl());
+    EXPECT_EQ(q.baseline_ppl(), want.baseline_ppl());
+    EXPECT_EQ(q.heldout_hash(), want.heldout_hash);
   }
 
   absl::StatusOr<v1::SearchJob> Create(const v1::CreateSearchJobRequest& request) {
@@ -191,6 +224,10 @@ TEST_F(SearchServerTest, AJobOnStories260KFindsWhatTheLibrarySearchFindsAndPubli
     EXPECT_EQ(got.distance(), want.distance);
   }
   EXPECT_EQ(done.result().stop_reason(), StopReasonName(local->greedy.stop));
+  // The quality on record is the library's measurement on the same held-out slice.
+  auto quality = LibraryQuality(**model, **tokenizer, *calibration, local->strategy, 0);
+  ASSERT_TRUE(quality.ok()) << quality.status();
+  ExpectQuality(done.result().strategy(), *quality);
 
   // Published: the registry has it, by id and by (model name, version).
   ASSERT_TRUE(done.result().has_published());
@@ -203,9 +240,30 @@ TEST_F(SearchServerTest, AJobOnStories260KFindsWhatTheLibrarySearchFindsAndPubli
   v1::StrategyRecord record;
   ASSERT_TRUE(registry_->GetStrategy(Context().get(), get, &record).ok());
   EXPECT_EQ(record.strategy().id(), local->strategy->id());
+  ExpectQuality(record.strategy(), *quality);  // the registry record carries it too
   get.set_strategy_id(local->strategy->id());
   ASSERT_TRUE(registry_->GetStrategy(Context().get(), get, &record).ok());
   EXPECT_EQ(record.version(), published.version());
+}
+
+// The order a job goes through the phases (QUALITY is numbered after DONE, so not by number).
+int PhaseRank(v1::SearchPhase phase) {
+  switch (phase) {
+    case v1::SEARCH_PHASE_QUEUED:
+      return 1;
+    case v1::SEARCH_PHASE_CALIBRATION:
+      return 2;
+    case v1::SEARCH_PHASE_GREEDY:
+      return 3;
+    case v1::SEARCH_PHASE_QUALITY:
+      return 4;
+    case v1::SEARCH_PHASE_PUBLISHING:
+      return 5;
+    case v1::SEARCH_PHASE_DONE:
+      return 6;
+    default:
+      return 0;
+  }
 }
 
 TEST_F(SearchServerTest, WatchStreamsProgressInOrderAndEndsWithTheResult) {
@@ -222,7 +280,8 @@ TEST_F(SearchServerTest, WatchStreamsProgressInOrderAndEndsWithTheResult) {
     const v1::SearchJob& before = updates[k - 1].job();
     EXPECT_GT(updates[k].sequence(), updates[k - 1].sequence());
     EXPECT_GE(int(j.state()), int(before.state()));  // QUEUED < RUNNING < SUCCEEDED
-    EXPECT_GE(int(j.progress().phase()), int(before.progress().phase()));
+    EXPECT_GE(PhaseRank(j.progress().phase()), PhaseRank(before.progress().phase()));
+    EXPECT_GE(PhaseRank(j.progress().phase()), 1) << j.progress().phase();
     EXPECT_GE(j.progress().pairs_tried(), before.progress().pairs_tried());
     EXPECT_GE(j.progress().accepted(), before.progress().accepted());
     EXPECT_GE(j.progress().elapsed_seconds(), before.progress().elapsed_seconds());
@@ -247,6 +306,8 @@ TEST_F(SearchServerTest, WatchStreamsProgressInOrderAndEndsWithTheResult) {
   EXPECT_EQ(last.result().accepted(), 3);
   EXPECT_EQ(last.result().strategy().kv_source_size(), 30);
   EXPECT_EQ(last.progress().pairs_tried(), last.result().pairs_scored());
+  ASSERT_TRUE(last.result().strategy().provenance().has_quality());
+  EXPECT_EQ(last.result().strategy().provenance().quality().heldout_tokens(), kHeldoutTokens);
 
   // Watching a finished job: its final snapshot, then the end.
   const std::vector<v1::SearchJobUpdate> again = WatchToEnd(job->job_id());
@@ -333,12 +394,105 @@ TEST_F(SearchServerTest, ARetriedCreateWithTheSameIdempotencyKeyMakesNoSecondJob
     with_key += j.request().idempotency_key() == "retry-me";
   EXPECT_EQ(with_key, 1);
 
-  // The key is bound to its request.
-  v1::CreateSearchJobRequest different = request;
-  different.set_threshold(0.25);
-  auto refused = Create(different);
-  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("idempotency_key 'retry-me'"));
+  // The key is bound to its request, the selection rule and held-out fields included.
+  auto different = [&](auto edit) {
+    v1::CreateSearchJobRequest r = request;
+    edit(r);
+    auto refused = Create(r);
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << r.DebugString();
+    EXPECT_THAT(std::string(refused.status().message()), HasSubstr("idempotency_key 'retry-me'"));
+  };
+  different([](auto& r) { r.set_threshold(0.25); });
+  different([](auto& r) { r.set_method("nll"); });
+  different([](auto& r) { r.set_best_of(2); });
+  different([](auto& r) { r.set_lazy(true); });
+  different([](auto& r) { r.set_heldout_tokens(256); });
+  different([](auto& r) { r.set_heldout_context(256); });
+}
+
+TEST_F(SearchServerTest, ANllBestOfTwoJobFindsWhatTheLibraryFindsWithItsQualityOnRecord) {
+  v1::CreateSearchJobRequest request = Stories(2);
+  request.set_method("nll");
+  request.set_best_of(2);
+  request.set_max_nll_increase(5.0);
+  request.set_publish(true);
+  auto job = Create(request);
+  ASSERT_TRUE(job.ok()) << job.status();
+  const std::vector<v1::SearchJobUpdate> updates = WatchToEnd(job->job_id());
+  ASSERT_FALSE(updates.empty());
+  const v1::SearchJob& done = updates.back().job();
+  ASSERT_EQ(done.state(), v1::SEARCH_JOB_SUCCEEDED) << done.error();
+  EXPECT_EQ(done.request().method(), "nll");
+  EXPECT_EQ(done.request().best_of(), 2);
+
+  // The same rule through the library, on this thread.
+  auto model = Model::Load(testing::Asset("stories260K.bin"));
+  ASSERT_TRUE(model.ok());
+  auto tokenizer = LoadTokenizerForModel(**model, testing::Asset("tok512.bin"));
+  ASSERT_TRUE(tokenizer.ok());
+  auto calibration = BuildCalibrationSet(*text_, **tokenizer, {30, 64}, "tinystories");
+  ASSERT_TRUE(calibration.ok());
+  SelectionOptions options;
+  options.method = SearchMethod::kNll;
+  options.greedy.target_layers = 2;
+  options.greedy.threshold = 0.5;
+  options.best_of = 2;
+  options.max_nll_increase = 5.0;
+  auto backend = MakeCpuBackend(1);
+  auto local = RunStrategySearch(**model, *backend, *calibration, options);
+  ASSERT_TRUE(local.ok()) << local.status();
+
+  auto remote = FromProto(done.result().strategy());
+  ASSERT_TRUE(remote.ok()) << remote.status();
+  EXPECT_EQ(remote->kv_source(), local->strategy->kv_source());
+  EXPECT_EQ(remote->id(), local->strategy->id());
+  EXPECT_EQ(remote->provenance().method, "nll");
+  EXPECT_EQ(remote->provenance().method, local->strategy->provenance().method);
+  EXPECT_EQ(remote->provenance().best_of, 2);
+  EXPECT_EQ(remote->provenance().max_nll_increase, local->strategy->provenance().max_nll_increase);
+  EXPECT_EQ(remote->provenance().score, local->strategy->provenance().score);
+  const GreedyResult& g = local->selection.greedy;
+  ASSERT_EQ(done.result().trace_size(), int(g.trace.size()));
+  for (int t = 0; t < done.result().trace_size(); ++t) {
+    EXPECT_EQ(std::make_tuple(done.result().trace(t).i(), done.result().trace(t).j(),
+                              done.result().trace(t).accepted(), done.result().trace(t).score()),
+              std::make_tuple(g.trace[t].i, g.trace[t].j, g.trace[t].accepted, g.trace[t].score));
+  }
+  EXPECT_EQ(done.result().stop_reason(), StopReasonName(g.stop));
+
+  // Its quality: the library's measurement on the same slice, with the search's cosine score;
+  // in the result and in the published record.
+  auto quality = LibraryQuality(**model, **tokenizer, *calibration, local->strategy,
+                                local->calibration_score);
+  ASSERT_TRUE(quality.ok()) << quality.status();
+  ExpectQuality(done.result().strategy(), *quality);
+  EXPECT_EQ(done.result().strategy().provenance().quality().calibration_score(),
+            local->calibration_score);
+  EXPECT_TRUE(remote->provenance().has_quality());
+  ASSERT_TRUE(done.result().has_published());
+  v1::GetStrategyRequest get;
+  get.mutable_model_version()->set_model("stories260K");
+  get.mutable_model_version()->set_version(done.result().published().version());
+  v1::StrategyRecord record;
+  ASSERT_TRUE(registry_->GetStrategy(Context().get(), get, &record).ok());
+  EXPECT_EQ(record.strategy().id(), local->strategy->id());
+  ExpectQuality(record.strategy(), *quality);
+}
+
+TEST_F(SearchServerTest, HeldoutTokensZeroSkipsTheQuality) {
+  v1::CreateSearchJobRequest request = Stories(1);
+  request.set_heldout_tokens(0);
+  auto job = Create(request);
+  ASSERT_TRUE(job.ok()) << job.status();
+  const std::vector<v1::SearchJobUpdate> updates = WatchToEnd(job->job_id());
+  ASSERT_FALSE(updates.empty());
+  const v1::SearchJob& done = updates.back().job();
+  ASSERT_EQ(done.state(), v1::SEARCH_JOB_SUCCEEDED) << done.error();
+  for (const v1::SearchJobUpdate& u : updates) {
+    EXPECT_NE(u.job().progress().phase(), v1::SEARCH_PHASE_QUALITY);
+  }
+  EXPECT_FALSE(done.result().strategy().provenance().has_quality() &&
+               done.result().strategy().provenance().quality().heldout_tokens() > 0);
 }
 
 TEST_F(SearchServerTest, InvalidRequestsAreRefusedNamingTheField) {
@@ -379,6 +533,32 @@ TEST_F(SearchServerTest, InvalidRequestsAreRefusedNamingTheField) {
   expect(with([](auto& r) { r.set_samples(0); }), C::kInvalidArgument, "samples 0 must be >= 1");
   expect(with([](auto& r) { r.set_tokens(600); }), C::kInvalidArgument,
          "tokens 600 exceeds the context of 'stories260K' (512)");
+  // The selection rule and the held-out quality fields.
+  expect(with([](auto& r) { r.set_best_of(0); }), C::kInvalidArgument, "best_of 0 must be >= 1");
+  expect(with([](auto& r) { r.set_best_of(-3); }), C::kInvalidArgument,
+         "best_of -3 must be >= 1");
+  expect(with([](auto& r) {
+           r.set_method("nll");
+           r.set_max_nll_increase(0);
+         }),
+         C::kInvalidArgument, "max_nll_increase 0 must be > 0");
+  expect(with([](auto& r) {
+           r.set_method("nll");
+           r.set_max_nll_increase(-0.5);
+         }),
+         C::kInvalidArgument, "max_nll_increase -0.5 must be > 0");
+  expect(with([](auto& r) { r.set_max_nll_increase(0.1); }), C::kInvalidArgument,
+         "max_nll_increase 0.1 applies to method nll, not method kvsharer");
+  expect(with([](auto& r) { r.set_method("cosine"); }), C::kInvalidArgument,
+         "method 'cosine' is not one of kvsharer, nll");
+  expect(with([](auto& r) { r.set_heldout_context(600); }), C::kInvalidArgument,
+         "heldout_context 600 exceeds the context of model 'stories260K' (512)");
+  expect(with([](auto& r) { r.set_heldout_context(1); }), C::kInvalidArgument,
+         "heldout_context 1 must be >= 2");
+  expect(with([](auto& r) { r.set_heldout_tokens(-1); }), C::kInvalidArgument,
+         "heldout_tokens -1 must be >= 0");
+  expect(with([](auto& r) { r.set_heldout_tokens(100000000); }), C::kInvalidArgument,
+         "heldout_tokens 100000000 asked for");
 
   v1::SearchJob job;
   v1::GetSearchJobRequest get;
