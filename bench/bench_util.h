@@ -21,6 +21,16 @@ inline double Now() {
       .count();
 }
 
+// Everything readable from `fd` until end of file; closes it.
+inline std::string ReadAllAndClose(int fd) {
+  std::string text;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof buf)) > 0) text.append(buf, size_t(n));
+  close(fd);
+  return text;
+}
+
 // Runs `body` in a forked child (so each configuration's peak RSS is its own), returning the
 // JSON the child produced and adding "peak_rss_mib" from wait4's rusage.
 inline nlohmann::json RunIsolated(const std::function<nlohmann::json()>& body) {
@@ -40,11 +50,7 @@ inline nlohmann::json RunIsolated(const std::function<nlohmann::json()>& body) {
     _exit(0);
   }
   close(fds[1]);
-  std::string text;
-  char buf[4096];
-  ssize_t n;
-  while ((n = read(fds[0], buf, sizeof buf)) > 0) text.append(buf, size_t(n));
-  close(fds[0]);
+  const std::string text = ReadAllAndClose(fds[0]);
   int status = 0;
   struct rusage usage {};
   wait4(pid, &status, 0, &usage);

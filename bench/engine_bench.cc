@@ -232,11 +232,7 @@ nlohmann::json RunLlamaBench(const std::string& bin, const Args& a, int threads)
     _exit(127);
   }
   close(fds[1]);
-  std::string text;
-  char buf[4096];
-  ssize_t n;
-  while ((n = read(fds[0], buf, sizeof buf)) > 0) text.append(buf, size_t(n));
-  close(fds[0]);
+  const std::string text = ReadAllAndClose(fds[0]);
   int status = 0;
   struct rusage usage {};
   wait4(pid, &status, 0, &usage);
