@@ -61,7 +61,7 @@ done
 echo
 echo "== KVSharer search on the service (6 of 30 layers, 8 calibration lines of 64 tokens)"
 "$KV" search --server "$CP" --calibration-corpus wikitext-2 --samples 8 --tokens 64 \
-  --target-layers 6 --publish | tee "$RUN/search.out"
+  --target-layers 6 --heldout-tokens 4096 --publish | tee "$RUN/search.out"
 VERSION=$(sed -n 's/^published  version \([0-9][0-9]*\).*/\1/p' "$RUN/search.out" | head -n 1)
 [[ -n $VERSION ]] || { echo "the search published no version" >&2; exit 1; }
 
