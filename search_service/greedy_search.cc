@@ -18,12 +18,6 @@ uint64_t UniformBelow(std::mt19937_64& rng, uint64_t bound) {
   }
 }
 
-int SharingLayers(const std::vector<int>& kv_source) {
-  int n = 0;
-  for (size_t l = 0; l < kv_source.size(); ++l) n += kv_source[l] != int(l);
-  return n;
-}
-
 }  // namespace
 
 const char* PairOrderName(PairOrder order) {
@@ -99,6 +93,37 @@ std::vector<int> ApplyPair(const std::vector<int>& kv_source, int i, int j) {
   return out;
 }
 
+int CountSharingLayers(const std::vector<int>& kv_source) {
+  int n = 0;
+  for (size_t l = 0; l < kv_source.size(); ++l) n += kv_source[l] != int(l);
+  return n;
+}
+
+GreedyProgress ProgressBefore(const GreedyResult& state, const std::vector<LayerPair>& pairs,
+                              size_t pair_index, int target_layers) {
+  GreedyProgress g;
+  g.pair_index = int(pair_index);
+  g.pairs_total = int(pairs.size());
+  g.pair = pairs[pair_index];
+  g.accepted = state.accepted;
+  g.sharing_layers = CountSharingLayers(state.kv_source);
+  g.target_layers = target_layers;
+  g.pairs_scored = int(state.trace.size());
+  g.score = state.score;
+  g.kv_source = state.kv_source;
+  return g;
+}
+
+PairTrial CandidateTrial(const LayerDistances& distances, const std::vector<int>& kv_source,
+                         int i, int j) {
+  PairTrial trial;
+  trial.i = i;
+  trial.j = j;
+  trial.distance = distances.distance(i, j);
+  trial.kv_source = ApplyPair(kv_source, i, j);
+  return trial;
+}
+
 absl::Status ValidateGreedyOptions(const GreedyOptions& options, int n_layers) {
   if (n_layers < 2) {
     return absl::InvalidArgumentError(
@@ -136,29 +161,13 @@ absl::StatusOr<GreedyResult> GreedySearch(const LayerDistances& distances,
       ++result.pairs_skipped;
       continue;
     }
-    if (progress) {
-      GreedyProgress g;
-      g.pair_index = int(p);
-      g.pairs_total = int(pairs.size());
-      g.pair = pairs[p];
-      g.accepted = result.accepted;
-      g.sharing_layers = sharing;
-      g.target_layers = options.target_layers;
-      g.pairs_scored = int(result.trace.size());
-      g.score = result.score;
-      g.kv_source = result.kv_source;
-      progress(g);
-    }
+    if (progress) progress(ProgressBefore(result, pairs, p, options.target_layers));
     if (cancel != nullptr && cancel->load(std::memory_order_acquire)) {
       return absl::CancelledError(absl::StrFormat(
           "search cancelled after %d pairs scored (%d accepted) of %d", result.trace.size(),
           result.accepted, pairs.size()));
     }
-    PairTrial trial;
-    trial.i = i;
-    trial.j = j;
-    trial.distance = distances.distance(i, j);
-    trial.kv_source = ApplyPair(result.kv_source, i, j);
+    PairTrial trial = CandidateTrial(distances, result.kv_source, i, j);
     // Layers below i are unchanged by the candidate rule.
     auto score = evaluator.Score(trial.kv_source, i);
     if (!score.ok()) return score.status();
@@ -170,7 +179,7 @@ absl::StatusOr<GreedyResult> GreedySearch(const LayerDistances& distances,
       result.kv_source = trial.kv_source;
       result.score = trial.score;
       ++result.accepted;
-      sharing = SharingLayers(result.kv_source);
+      sharing = CountSharingLayers(result.kv_source);
     }
     result.trace.push_back(std::move(trial));
     if (sharing >= options.target_layers) {

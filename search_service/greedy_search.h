@@ -47,6 +47,9 @@ std::vector<LayerPair> OrderPairs(const LayerDistances& distances, PairOrder ord
 // Requires kv_source valid (roots only), j < i, and i owning.
 std::vector<int> ApplyPair(const std::vector<int>& kv_source, int i, int j);
 
+// Layers that read another layer's cache (kv_source[l] != l).
+int CountSharingLayers(const std::vector<int>& kv_source);
+
 // Scores candidate strategies against the unshared model.
 class Evaluator {
  public:
@@ -103,6 +106,14 @@ struct GreedyProgress {
   std::vector<int> kv_source;    // the accepted strategy
 };
 using GreedyProgressFn = std::function<void(const GreedyProgress&)>;
+
+// What a search reports before it scores pairs[pair_index] against its accepted state.
+GreedyProgress ProgressBefore(const GreedyResult& state, const std::vector<LayerPair>& pairs,
+                              size_t pair_index, int target_layers);
+
+// Candidate (i, j) of the accepted kv_source (ApplyPair) with its distance; not yet scored.
+PairTrial CandidateTrial(const LayerDistances& distances, const std::vector<int>& kv_source,
+                         int i, int j);
 
 // `cancel` (optional): read before each candidate is scored; once true the search stops there
 // (so within one candidate evaluation of the request) with a Cancelled status.

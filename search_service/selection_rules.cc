@@ -6,15 +6,6 @@
 #include "absl/strings/str_format.h"
 
 namespace kvshare {
-namespace {
-
-int SharingLayers(const std::vector<int>& kv_source) {
-  int n = 0;
-  for (size_t l = 0; l < kv_source.size(); ++l) n += kv_source[l] != int(l);
-  return n;
-}
-
-}  // namespace
 
 const char* SearchMethodName(SearchMethod method) {
   switch (method) {
@@ -133,29 +124,13 @@ absl::StatusOr<SelectionResult> BestOfKSearch(const LayerDistances& distances,
   // it is gone from the window).
   auto score_entry = [&](size_t w) -> absl::StatusOr<bool> {
     const auto [i, j] = pairs[window[w].pair];
-    if (progress) {
-      GreedyProgress g;
-      g.pair_index = int(window[w].pair);
-      g.pairs_total = int(pairs.size());
-      g.pair = pairs[window[w].pair];
-      g.accepted = result.accepted;
-      g.sharing_layers = sharing;
-      g.target_layers = options.target_layers;
-      g.pairs_scored = int(result.trace.size());
-      g.score = result.score;
-      g.kv_source = result.kv_source;
-      progress(g);
-    }
+    if (progress) progress(ProgressBefore(result, pairs, window[w].pair, options.target_layers));
     if (cancel != nullptr && cancel->load(std::memory_order_acquire)) {
       return absl::CancelledError(
           absl::StrFormat("search cancelled after %d candidates scored (%d accepted)",
                           result.trace.size(), result.accepted));
     }
-    PairTrial trial;
-    trial.i = i;
-    trial.j = j;
-    trial.distance = distances.distance(i, j);
-    trial.kv_source = ApplyPair(result.kv_source, i, j);
+    PairTrial trial = CandidateTrial(distances, result.kv_source, i, j);
     // Layers below i are unchanged by the candidate rule.
     auto score = evaluator.Score(trial.kv_source, i);
     if (!score.ok()) return score.status();
@@ -228,7 +203,7 @@ absl::StatusOr<SelectionResult> BestOfKSearch(const LayerDistances& distances,
     result.kv_source = chosen.kv_source;
     result.score = chosen.score;
     ++result.accepted;
-    sharing = SharingLayers(result.kv_source);
+    sharing = CountSharingLayers(result.kv_source);
     window.erase(window.begin() + best);
     if (sharing >= options.target_layers) {
       result.stop = StopReason::kTargetReached;

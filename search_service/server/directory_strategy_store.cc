@@ -224,19 +224,13 @@ absl::StatusOr<PublishOutcome> DirectoryStrategyStore::Publish(
 absl::StatusOr<StrategyRecord> DirectoryStrategyStore::Get(const std::string& model_fingerprint,
                                                            uint64_t version) const {
   absl::MutexLock lock(&mu_);
-  const StrategyRecord* r = index_.Find(model_fingerprint, version);
-  if (r == nullptr) return StrategyIndex::NotFoundVersion(model_fingerprint, version);
-  return *r;
+  return index_.Get(model_fingerprint, version);
 }
 
 absl::StatusOr<StrategyRecord> DirectoryStrategyStore::GetById(
     const std::string& strategy_id) const {
   absl::MutexLock lock(&mu_);
-  const StrategyRecord* r = index_.FindById(strategy_id);
-  if (r == nullptr) {
-    return absl::NotFoundError(absl::StrFormat("no strategy with id %s", strategy_id));
-  }
-  return *r;
+  return index_.GetById(strategy_id);
 }
 
 std::vector<StrategyRecord> DirectoryStrategyStore::List(

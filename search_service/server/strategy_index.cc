@@ -57,6 +57,21 @@ std::vector<StrategyRecord> StrategyIndex::List(const std::string& model_fingerp
   return out;
 }
 
+absl::StatusOr<StrategyRecord> StrategyIndex::Get(const std::string& model_fingerprint,
+                                                  uint64_t version) const {
+  const StrategyRecord* r = Find(model_fingerprint, version);
+  if (r == nullptr) return NotFoundVersion(model_fingerprint, version);
+  return *r;
+}
+
+absl::StatusOr<StrategyRecord> StrategyIndex::GetById(const std::string& strategy_id) const {
+  const StrategyRecord* r = FindById(strategy_id);
+  if (r == nullptr) {
+    return absl::NotFoundError(absl::StrFormat("no strategy with id %s", strategy_id));
+  }
+  return *r;
+}
+
 absl::Status StrategyIndex::NotFoundVersion(const std::string& model_fingerprint,
                                             uint64_t version) {
   return absl::NotFoundError(

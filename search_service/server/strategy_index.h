@@ -9,6 +9,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "search_service/server/strategy_store.h"
 
 namespace kvshare {
@@ -17,6 +18,9 @@ class StrategyIndex {
  public:
   const StrategyRecord* Find(const std::string& model_fingerprint, uint64_t version) const;
   const StrategyRecord* FindById(const std::string& strategy_id) const;
+  // Copies of Find / FindById, or the NOT_FOUND every store gives.
+  absl::StatusOr<StrategyRecord> Get(const std::string& model_fingerprint, uint64_t version) const;
+  absl::StatusOr<StrategyRecord> GetById(const std::string& strategy_id) const;
   // 1 for a model with no versions.
   uint64_t NextVersion(const std::string& model_fingerprint) const;
   // Adds a record whose version must be NextVersion(its model) and whose strategy id must be
