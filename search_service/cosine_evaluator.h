@@ -49,7 +49,6 @@ class CosineEvaluator : public Evaluator {
   class LayerOutputCapture;
   CosineEvaluator(Transformer& transformer, const CalibrationSet& calibration);
   absl::Status Init(ForwardObserver* identity_observer);
-  absl::Status CheckCandidate(const std::vector<int>& kv_source, int first_changed_layer) const;
   // Runs layers [first, L) of the current candidate over every sample (first == 0: from the
   // embeddings), storing each layer's output in candidate_hidden_ and returning the
   // per-sample cosines against the reference (or storing the reference when first == 0).

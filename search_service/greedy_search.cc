@@ -124,6 +124,33 @@ PairTrial CandidateTrial(const LayerDistances& distances, const std::vector<int>
   return trial;
 }
 
+absl::Status CheckEvaluatorCandidate(const std::vector<int>& accepted,
+                                     const std::vector<int>& kv_source, int first) {
+  const int n_layers = int(accepted.size());
+  if (int(kv_source.size()) != n_layers) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("candidate has %d layers, the model %d", kv_source.size(), n_layers));
+  }
+  if (first < 1 || first >= n_layers) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("first changed layer %d must be in [1, %d)", first, n_layers));
+  }
+  for (int l = 0; l < n_layers; ++l) {
+    const int s = kv_source[l];
+    if (s < 0 || s > l || kv_source[s] != s) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "candidate layer %d reads %d: sources must be earlier or equal roots", l, s));
+    }
+    if (l < first && s != accepted[l]) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "candidate layer %d reads %d, the accepted strategy %d, but the first changed layer "
+          "is said to be %d",
+          l, s, accepted[l], first));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateGreedyOptions(const GreedyOptions& options, int n_layers) {
   if (n_layers < 2) {
     return absl::InvalidArgumentError(

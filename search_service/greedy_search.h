@@ -63,6 +63,12 @@ class Evaluator {
   virtual absl::Status Accept(const std::vector<int>& kv_source, int first_changed_layer) = 0;
 };
 
+// The Evaluator contract for a candidate of an n-layer model: kv_source has one entry per
+// layer, every source is an earlier-or-equal root, 1 <= first_changed_layer < n, and layers
+// below first_changed_layer read what `accepted` reads. InvalidArgument naming the layer.
+absl::Status CheckEvaluatorCandidate(const std::vector<int>& accepted,
+                                     const std::vector<int>& kv_source, int first_changed_layer);
+
 struct GreedyOptions {
   PairOrder order = PairOrder::kDissimilar;
   uint64_t seed = 0;       // kRandom only

@@ -191,34 +191,9 @@ CalibrationLoss LossEvaluator::Compare() const {
   return loss;
 }
 
-absl::Status LossEvaluator::CheckCandidate(const std::vector<int>& kv_source, int first) const {
-  if (int(kv_source.size()) != n_layers_) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("candidate has %d layers, the model %d", kv_source.size(), n_layers_));
-  }
-  if (first < 1 || first >= n_layers_) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("first changed layer %d must be in [1, %d)", first, n_layers_));
-  }
-  for (int l = 0; l < n_layers_; ++l) {
-    const int s = kv_source[l];
-    if (s < 0 || s > l || kv_source[s] != s) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "candidate layer %d reads %d: sources must be earlier or equal roots", l, s));
-    }
-    if (l < first && s != accepted_[l]) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "candidate layer %d reads %d, the accepted strategy %d, but the first changed layer "
-          "is said to be %d",
-          l, s, accepted_[l], first));
-    }
-  }
-  return absl::OkStatus();
-}
-
 absl::StatusOr<double> LossEvaluator::Score(const std::vector<int>& kv_source,
                                             int first_changed_layer) {
-  absl::Status s = CheckCandidate(kv_source, first_changed_layer);
+  absl::Status s = CheckEvaluatorCandidate(accepted_, kv_source, first_changed_layer);
   if (!s.ok()) return s;
   kv_->SetCandidate(kv_source, first_changed_layer);
   scored_first_ = -1;  // candidate_* are being overwritten

@@ -70,7 +70,6 @@ class LossEvaluator : public Evaluator {
   LossEvaluator(Transformer& transformer, const CalibrationSet& calibration,
                 CandidateMetric metric);
   absl::Status Init(ForwardObserver* identity_observer);
-  absl::Status CheckCandidate(const std::vector<int>& kv_source, int first_changed_layer) const;
   // Runs layers [first, L) of the current candidate over every sample (first == 0: from the
   // embeddings), keeping each layer's output in candidate_hidden_, the final-norm states in
   // final_ and the NLL summed over targets in nll_sum_.
