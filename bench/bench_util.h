@@ -17,8 +17,7 @@
 namespace kvshare::bench {
 
 inline double Now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 // Everything readable from `fd` until end of file; closes it.

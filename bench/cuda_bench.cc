@@ -181,8 +181,9 @@ std::vector<T> ParseList(const std::string& s, const char* flag) {
 int main(int argc, char** argv) {
   using namespace kvshare;
   Flags f;
-  CLI::App app{"cuda_bench: decode/prefill speed and KV memory of the CUDA backend on "
-               "named model shapes with random weights"};
+  CLI::App app{
+      "cuda_bench: decode/prefill speed and KV memory of the CUDA backend on "
+      "named model shapes with random weights"};
   app.add_option("--models", f.models, "Comma-separated: smollm2-135m, llama2-7b, llama2-13b")
       ->capture_default_str();
   app.add_option("--batches", f.batches, "Decode batch sizes")->capture_default_str();
@@ -256,15 +257,19 @@ int main(int argc, char** argv) {
       KvCache& kv = e.kv_cache();
       const int64_t per_seq_blocks = kv.BlocksFor(*strategy, ctx);
       const int64_t max_batch = kv.total_blocks() / per_seq_blocks;
-      const int64_t kv_per_token = int64_t(strategy->owning_layers()) * 2 * c.n_kv_heads *
-                                   c.head_dim * 4;
+      const int64_t kv_per_token =
+          int64_t(strategy->owning_layers()) * 2 * c.n_kv_heads * c.head_dim * 4;
       std::mt19937 rng(7);
       for (int batch : batches) {
-        nlohmann::json row = {{"model", shape->name}, {"device", device.name},
-                              {"shared_layers", k}, {"layers", c.n_layers},
-                              {"share_percent", share}, {"kv_bytes_per_token", kv_per_token},
+        nlohmann::json row = {{"model", shape->name},
+                              {"device", device.name},
+                              {"shared_layers", k},
+                              {"layers", c.n_layers},
+                              {"share_percent", share},
+                              {"kv_bytes_per_token", kv_per_token},
                               {"max_batch_at_budget", max_batch},
-                              {"kv_budget_bytes", budget}, {"batch", batch}};
+                              {"kv_budget_bytes", budget},
+                              {"batch", batch}};
         if (batch > max_batch) {
           std::printf("%-13s %5.1f%% %3d/%-3d %12lld %9lld %12s %6d %12s %9s %7s\n",
                       shape->name.c_str(), share, k, c.n_layers, (long long)kv_per_token,
@@ -324,7 +329,8 @@ int main(int argc, char** argv) {
         const double avg_ctx = f.prompt + 1 + f.steps / 2.0;
         const double step_bytes = double(weight_bytes) + double(batch) * avg_ctx * kv_per_token;
         const double gbs = step_bytes * f.steps / decode_s / 1e9;
-        const double pct = device.peak_bandwidth_gbs > 0 ? 100.0 * gbs / device.peak_bandwidth_gbs : 0;
+        const double pct =
+            device.peak_bandwidth_gbs > 0 ? 100.0 * gbs / device.peak_bandwidth_gbs : 0;
         const std::string pct_text =
             device.peak_bandwidth_gbs > 0 ? absl::StrFormat("%.1f%%", pct) : std::string("-");
         std::printf("%-13s %5.1f%% %3d/%-3d %12lld %9lld %12.0f %6d %12.1f %9.0f %7s\n",

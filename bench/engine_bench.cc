@@ -52,8 +52,8 @@ struct Args {
 int64_t WeightBytesPerToken(const Model& m) {
   int64_t bytes = m.weights().output.nbytes;
   for (const LayerWeights& l : m.weights().layers) {
-    for (const Tensor* t : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down,
-                            &l.attn_norm, &l.ffn_norm}) {
+    for (const Tensor* t :
+         {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down, &l.attn_norm, &l.ffn_norm}) {
       bytes += t->nbytes;
     }
   }
@@ -200,8 +200,7 @@ std::string FindLlamaBench(const Args& a) {
   std::vector<std::string> candidates;
   if (!a.llama_bench.empty()) candidates.push_back(a.llama_bench);
   if (const char* env = std::getenv("LLAMA_BENCH")) candidates.push_back(env);
-  candidates.push_back(
-      "/tmp/lcpp/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin/llama-bench");
+  candidates.push_back("/tmp/lcpp/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin/llama-bench");
   for (const std::string& c : candidates) {
     if (access(c.c_str(), X_OK) == 0) return c;
   }
@@ -212,12 +211,18 @@ std::string FindLlamaBench(const Args& a) {
 // its tok/s and the child's peak RSS.
 nlohmann::json RunLlamaBench(const std::string& bin, const Args& a, int threads) {
   std::vector<std::string> argv = {bin,
-                                   "-m", a.model,
-                                   "-t", std::to_string(threads),
-                                   "-p", std::to_string(a.prefill),
-                                   "-n", std::to_string(a.decode),
-                                   "-r", std::to_string(a.reps),
-                                   "-o", "json"};
+                                   "-m",
+                                   a.model,
+                                   "-t",
+                                   std::to_string(threads),
+                                   "-p",
+                                   std::to_string(a.prefill),
+                                   "-n",
+                                   std::to_string(a.decode),
+                                   "-r",
+                                   std::to_string(a.reps),
+                                   "-o",
+                                   "json"};
   int fds[2];
   if (pipe(fds) != 0) return {{"error", "pipe failed"}};
   const pid_t pid = fork();
@@ -292,19 +297,27 @@ int Main(int argc, char** argv) {
         std::exit(2);
       }
     };
-    if (f == "--json") a.json = next();
-    else if (f == "--model") a.model = next();
-    else if (f == "--prefill") positive(&a.prefill);
-    else if (f == "--decode") positive(&a.decode);
-    else if (f == "--reps") positive(&a.reps);
-    else if (f == "--llama-bench") a.llama_bench = next();
-    else if (f == "--no-llama") a.no_llama = true;
-    else if (f == "--gemm-min-tokens") positive(&a.gemm_min_tokens);
+    if (f == "--json")
+      a.json = next();
+    else if (f == "--model")
+      a.model = next();
+    else if (f == "--prefill")
+      positive(&a.prefill);
+    else if (f == "--decode")
+      positive(&a.decode);
+    else if (f == "--reps")
+      positive(&a.reps);
+    else if (f == "--llama-bench")
+      a.llama_bench = next();
+    else if (f == "--no-llama")
+      a.no_llama = true;
+    else if (f == "--gemm-min-tokens")
+      positive(&a.gemm_min_tokens);
     else if (f == "--threads" || f == "--batches") {
       const std::string s = next();
       if (!ParseList(s, f == "--threads" ? &a.threads : &a.batches)) {
-        std::fprintf(stderr, "%s '%s' must be a comma-separated list of integers >= 1\n",
-                     f.c_str(), s.c_str());
+        std::fprintf(stderr, "%s '%s' must be a comma-separated list of integers >= 1\n", f.c_str(),
+                     s.c_str());
         return 2;
       }
     } else {
@@ -328,8 +341,9 @@ int Main(int argc, char** argv) {
               a.model.substr(a.model.find_last_of('/') + 1).c_str(),
               std::thread::hardware_concurrency(), load[0], load[1], load[2]);
   if (llama.empty() && !a.no_llama) {
-    std::printf("llama-bench not found: build it with ../shared/tools/llama-bench.sh (about 8 "
-                "minutes) or pass --llama-bench PATH\n");
+    std::printf(
+        "llama-bench not found: build it with ../shared/tools/llama-bench.sh (about 8 "
+        "minutes) or pass --llama-bench PATH\n");
   }
 
   nlohmann::json bandwidth = nlohmann::json::object();

@@ -116,12 +116,18 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string s = argv[i];
     auto next = [&]() { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
-    if (s == "--json") a.json = next();
-    else if (s == "--budget-mib") a.budget_mib = std::stod(next());
-    else if (s == "--context") a.context = std::stoi(next());
-    else if (s == "--decode") a.decode = std::stoi(next());
-    else if (s == "--threads") a.threads = std::stoi(next());
-    else if (s == "--model") a.model = next();
+    if (s == "--json")
+      a.json = next();
+    else if (s == "--budget-mib")
+      a.budget_mib = std::stod(next());
+    else if (s == "--context")
+      a.context = std::stoi(next());
+    else if (s == "--decode")
+      a.decode = std::stoi(next());
+    else if (s == "--threads")
+      a.threads = std::stoi(next());
+    else if (s == "--model")
+      a.model = next();
     else {
       std::fprintf(stderr,
                    "usage: kv_sharing_bench [--json FILE] [--budget-mib 256] [--context 512] "
@@ -140,8 +146,7 @@ int main(int argc, char** argv) {
   std::printf("KV budget %.0f MiB, sequences of %d tokens (%d prompt + %d decode), %d threads\n",
               a.budget_mib, a.context, a.context - a.decode, a.decode, a.threads);
   std::printf("%6s %6s %14s %9s %14s %13s %18s %17s %10s\n", "shared", "owning", "KV bytes/tok",
-              "seqs fit", "prefill b=1", "decode b=1", "prefill b=max", "decode b=max",
-              "peak MiB");
+              "seqs fit", "prefill b=1", "decode b=1", "prefill b=max", "decode b=max", "peak MiB");
   nlohmann::json all = nlohmann::json::array();
   for (int k : {0, 4, 8, 12}) {
     nlohmann::json r = bench::RunIsolated([&] { return bench::Measure(a, k); });
@@ -157,7 +162,10 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
     all.push_back(r);
   }
-  bench::WriteJson(a.json, {{"bench", "kv_sharing"}, {"budget_mib", a.budget_mib},
-                            {"context", a.context}, {"threads", a.threads}, {"results", all}});
+  bench::WriteJson(a.json, {{"bench", "kv_sharing"},
+                            {"budget_mib", a.budget_mib},
+                            {"context", a.context},
+                            {"threads", a.threads},
+                            {"results", all}});
   return 0;
 }

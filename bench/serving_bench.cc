@@ -273,10 +273,12 @@ int Main(int argc, char** argv) {
 
   const unsigned cores = std::thread::hardware_concurrency();
   std::printf(
-      "serving_bench: %s, CPU engine (%s activations, %d threads of %u cores), KV budget %.1f MiB; each request "
+      "serving_bench: %s, CPU engine (%s activations, %d threads of %u cores), KV budget %.1f MiB; "
+      "each request "
       "%d prompt + %d generated tokens (ignore_eos); loopback gRPC, closed-loop clients\n\n",
       a.model.substr(a.model.find_last_of('/') + 1).c_str(), a.int8 ? "int8" : "fp32",
-      a.threads > 0 ? a.threads : int(cores), cores, a.kv_budget_mib, a.prompt_tokens, a.max_tokens);
+      a.threads > 0 ? a.threads : int(cores), cores, a.kv_budget_mib, a.prompt_tokens,
+      a.max_tokens);
   double load[3] = {0, 0, 0};
   getloadavg(load, 3);
   std::printf(

@@ -30,18 +30,20 @@ const char* ReasonName(v1::NackReason r) {
 
 std::string SubscriberState::Describe() const {
   if (connected) {
-    return absl::StrFormat("control plane connected (streams opened: %d, assignments: %d, "
-                           "nacks: %d)",
-                           connects, assignments, nacks);
+    return absl::StrFormat(
+        "control plane connected (streams opened: %d, assignments: %d, "
+        "nacks: %d)",
+        connects, assignments, nacks);
   }
   if (connects == 0) {
     return absl::StrFormat(
         "control plane not reachable yet; serving the local strategy (last error: %s)",
         last_error.empty() ? "none yet" : last_error);
   }
-  return absl::StrFormat("control plane disconnected; serving the last good strategy "
-                         "(last error: %s)",
-                         last_error);
+  return absl::StrFormat(
+      "control plane disconnected; serving the last good strategy "
+      "(last error: %s)",
+      last_error);
 }
 
 StrategySubscriber::StrategySubscriber(SubscriberOptions options, StrategyHolder* holder,
@@ -50,7 +52,9 @@ StrategySubscriber::StrategySubscriber(SubscriberOptions options, StrategyHolder
 
 StrategySubscriber::~StrategySubscriber() { Stop(); }
 
-void StrategySubscriber::Start() { thread_ = std::thread([this] { Run(); }); }
+void StrategySubscriber::Start() {
+  thread_ = std::thread([this] { Run(); });
+}
 
 void StrategySubscriber::Stop() {
   {
@@ -160,9 +164,9 @@ std::string StrategySubscriber::RunStream() {
         applied = strategy.status();
       } else if (strategy->model_fingerprint() != options_.model_fingerprint) {
         ack->set_reason(v1::NACK_REASON_FINGERPRINT_MISMATCH);
-        applied = absl::FailedPreconditionError(absl::StrFormat(
-            "strategy.model_fingerprint %s is not this worker's model %s",
-            strategy->model_fingerprint(), options_.model_fingerprint));
+        applied = absl::FailedPreconditionError(
+            absl::StrFormat("strategy.model_fingerprint %s is not this worker's model %s",
+                            strategy->model_fingerprint(), options_.model_fingerprint));
       } else {
         applied = holder_->Apply(assignment.version(),
                                  std::make_shared<const SharingStrategy>(std::move(*strategy)));
@@ -199,9 +203,9 @@ std::string StrategySubscriber::RunStream() {
     context_ = nullptr;
   }
   if (status.ok()) return "the control plane ended the stream";
-  return absl::StrFormat("%s: %s",
-                         absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code())),
-                         status.error_message());
+  return absl::StrFormat(
+      "%s: %s", absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code())),
+      status.error_message());
 }
 
 }  // namespace kvshare

@@ -44,10 +44,10 @@ struct SubscriberOptions {
 // What the health details say about the control plane.
 struct SubscriberState {
   bool connected = false;
-  int64_t connects = 0;       // streams opened so far
-  int64_t assignments = 0;    // received
+  int64_t connects = 0;     // streams opened so far
+  int64_t assignments = 0;  // received
   int64_t nacks = 0;
-  std::string last_error;     // why the last stream ended or failed to open
+  std::string last_error;  // why the last stream ended or failed to open
   absl::Time last_change = absl::InfinitePast();
   std::string Describe() const;  // one line for logs and health details
 };

@@ -141,7 +141,8 @@ int main(int argc, char** argv) {
   app.add_option("--worker-id", f.worker_id,
                  "Stable id in the fleet (rollout selection is sticky on it). Default: "
                  "<hostname>:<port>");
-  app.add_option("--label", f.labels, "key=value label for rollout selectors and pins "
+  app.add_option("--label", f.labels,
+                 "key=value label for rollout selectors and pins "
                  "(repeatable)");
   app.add_option("--load-interval", f.load_interval_s,
                  "Seconds between load reports to the control plane")
@@ -216,12 +217,12 @@ int main(int argc, char** argv) {
     so.labels = labels;
     so.address = absl::StrFormat("%s:%d", f.host == "0.0.0.0" ? host : f.host, (*server)->port());
     so.load_interval = absl::Seconds(f.load_interval_s);
-    subscriber = std::make_unique<kvshare::StrategySubscriber>(
-        so, &(*worker)->strategies(), &(*worker)->scheduler());
+    subscriber = std::make_unique<kvshare::StrategySubscriber>(so, &(*worker)->strategies(),
+                                                               &(*worker)->scheduler());
     kvshare::StrategySubscriber* sub = subscriber.get();
     (*server)->SetControlPlaneStatus([sub] { return sub->state().Describe(); });
-    spdlog::info("event=control_plane_subscribe address={} worker_id={} labels={}",
-                 f.control_plane, so.worker_id, labels.size());
+    spdlog::info("event=control_plane_subscribe address={} worker_id={} labels={}", f.control_plane,
+                 so.worker_id, labels.size());
   } else {
     (*server)->SetControlPlaneStatus(
         [] { return std::string("no control plane (--control-plane not given)"); });

@@ -93,8 +93,8 @@ class Backend {
   virtual void Add(float* x, const float* y, int64_t count) = 0;
   // Writes k, v ([n][n_kv_heads][head_dim]) for positions start_pos..start_pos+n-1 into the
   // pool through block_table.
-  virtual void WriteKv(const KvGeometry& g, float* pool, const int32_t* block_table,
-                       int start_pos, int n, const float* k, const float* v) = 0;
+  virtual void WriteKv(const KvGeometry& g, float* pool, const int32_t* block_table, int start_pos,
+                       int n, const float* k, const float* v) = 0;
   // Causal grouped-query attention. q: [rows][n_heads][head_dim]; out: same shape.
   // Scores are scaled by 1/sqrt(head_dim); query head h reads KV head h / (n_heads/n_kv_heads).
   virtual void Attention(const KvGeometry& g, const float* pool, const AttentionSeq* seqs,

@@ -8,11 +8,11 @@
 #include <mutex>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/match.h"
 #include "kernels/cuda/cuda_plugin.h"
 
 namespace kvshare {
@@ -45,7 +45,8 @@ LoadedPlugin LoadPluginUncached(const std::string& explicit_path) {
       candidates.push_back(env);
     }
 #ifdef KVSHARE_CUDA_PLUGIN_BUILD_PATH
-    if (Exists(KVSHARE_CUDA_PLUGIN_BUILD_PATH)) candidates.push_back(KVSHARE_CUDA_PLUGIN_BUILD_PATH);
+    if (Exists(KVSHARE_CUDA_PLUGIN_BUILD_PATH))
+      candidates.push_back(KVSHARE_CUDA_PLUGIN_BUILD_PATH);
 #endif
     if (const std::string dir = ExecutableDir(); !dir.empty()) {
       const std::string beside = absl::StrCat(dir, "/", KVSHARE_CUDA_PLUGIN_FILE);
@@ -80,8 +81,9 @@ LoadedPlugin LoadPluginUncached(const std::string& explicit_path) {
 #ifdef KVSHARE_CUDA_PLUGIN_BUILD_PATH
   const char* built = "";
 #else
-  const char* built = "this build has no CUDA plugin (no CUDA compiler at configure time, or "
-                      "KVSHARE_CUDA=OFF); ";
+  const char* built =
+      "this build has no CUDA plugin (no CUDA compiler at configure time, or "
+      "KVSHARE_CUDA=OFF); ";
 #endif
   out.reason = absl::StrCat(built, "the CUDA plugin ", KVSHARE_CUDA_PLUGIN_FILE,
                             " could not be loaded: ", absl::StrJoin(errors, "; "));
@@ -93,7 +95,8 @@ const LoadedPlugin& LoadPlugin(const std::string& explicit_path) {
   static auto* cache = new std::map<std::string, LoadedPlugin>();
   std::lock_guard<std::mutex> lock(mu);
   auto it = cache->find(explicit_path);
-  if (it == cache->end()) it = cache->emplace(explicit_path, LoadPluginUncached(explicit_path)).first;
+  if (it == cache->end())
+    it = cache->emplace(explicit_path, LoadPluginUncached(explicit_path)).first;
   return it->second;
 }
 
@@ -126,8 +129,7 @@ absl::StatusOr<DeviceBackend> MakeCuda(const DeviceOptions& options, int ordinal
   char err[1024] = {0};
   void* b = loaded.plugin->create_backend(&o, err, sizeof(err));
   if (b == nullptr) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("the CUDA backend did not start: ", err));
+    return absl::FailedPreconditionError(absl::StrCat("the CUDA backend did not start: ", err));
   }
   DeviceBackend out;
   out.backend.reset(static_cast<Backend*>(b));
@@ -185,20 +187,20 @@ absl::StatusOr<DeviceBackend> MakeBackend(const DeviceOptions& options) {
     DeviceBackend out;
     out.backend = MakeCpuBackend(options.cpu);
     out.info = CpuInfo(*out.backend);
-    out.note = absl::StrCat("auto: CUDA unavailable (", cuda.status().message(),
-                            "); using the CPU");
+    out.note =
+        absl::StrCat("auto: CUDA unavailable (", cuda.status().message(), "); using the CPU");
     return out;
   }
   const int ordinal = CudaOrdinal(options.device);
   if (ordinal < 0) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "device \"%s\" is not one of auto, cpu, cuda, cuda:N", options.device));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("device \"%s\" is not one of auto, cpu, cuda, cuda:N", options.device));
   }
   auto cuda = MakeCuda(options, ordinal);
   if (!cuda.ok()) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "device \"%s\" requested but CUDA is unavailable: %s", options.device,
-        cuda.status().message()));
+    return absl::FailedPreconditionError(
+        absl::StrFormat("device \"%s\" requested but CUDA is unavailable: %s", options.device,
+                        cuda.status().message()));
   }
   cuda->note = absl::StrFormat("%s: as asked", options.device);
   return cuda;

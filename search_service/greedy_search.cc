@@ -114,8 +114,8 @@ GreedyProgress ProgressBefore(const GreedyResult& state, const std::vector<Layer
   return g;
 }
 
-PairTrial CandidateTrial(const LayerDistances& distances, const std::vector<int>& kv_source,
-                         int i, int j) {
+PairTrial CandidateTrial(const LayerDistances& distances, const std::vector<int>& kv_source, int i,
+                         int j) {
   PairTrial trial;
   trial.i = i;
   trial.j = j;
@@ -190,9 +190,9 @@ absl::StatusOr<GreedyResult> GreedySearch(const LayerDistances& distances,
     }
     if (progress) progress(ProgressBefore(result, pairs, p, options.target_layers));
     if (cancel != nullptr && cancel->load(std::memory_order_acquire)) {
-      return absl::CancelledError(absl::StrFormat(
-          "search cancelled after %d pairs scored (%d accepted) of %d", result.trace.size(),
-          result.accepted, pairs.size()));
+      return absl::CancelledError(
+          absl::StrFormat("search cancelled after %d pairs scored (%d accepted) of %d",
+                          result.trace.size(), result.accepted, pairs.size()));
     }
     PairTrial trial = CandidateTrial(distances, result.kv_source, i, j);
     // Layers below i are unchanged by the candidate rule.

@@ -107,9 +107,9 @@ struct GreedyProgress {
   int accepted = 0;
   int sharing_layers = 0;
   int target_layers = 0;
-  int pairs_scored = 0;          // pairs scored before this one
-  double score = 1.0;            // score of the accepted strategy (the current best)
-  std::vector<int> kv_source;    // the accepted strategy
+  int pairs_scored = 0;        // pairs scored before this one
+  double score = 1.0;          // score of the accepted strategy (the current best)
+  std::vector<int> kv_source;  // the accepted strategy
 };
 using GreedyProgressFn = std::function<void(const GreedyProgress&)>;
 
@@ -118,8 +118,8 @@ GreedyProgress ProgressBefore(const GreedyResult& state, const std::vector<Layer
                               size_t pair_index, int target_layers);
 
 // Candidate (i, j) of the accepted kv_source (ApplyPair) with its distance; not yet scored.
-PairTrial CandidateTrial(const LayerDistances& distances, const std::vector<int>& kv_source,
-                         int i, int j);
+PairTrial CandidateTrial(const LayerDistances& distances, const std::vector<int>& kv_source, int i,
+                         int j);
 
 // `cancel` (optional): read before each candidate is scored; once true the search stops there
 // (so within one candidate evaluation of the request) with a Cancelled status.

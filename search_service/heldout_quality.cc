@@ -116,10 +116,8 @@ void RecordQuality(const StrategyQuality& q, StrategyProvenance* p) {
   p->calibration_score = q.calibration_score;
 }
 
-absl::StatusOr<std::unique_ptr<QualityMeter>> QualityMeter::Create(const Model& model,
-                                                                   HeldoutSlice slice,
-                                                                   int threads,
-                                                                   const std::atomic<bool>* cancel) {
+absl::StatusOr<std::unique_ptr<QualityMeter>> QualityMeter::Create(
+    const Model& model, HeldoutSlice slice, int threads, const std::atomic<bool>* cancel) {
   const ModelConfig& c = model.config();
   if (slice.context < 2 || slice.context > c.max_seq_len) {
     return absl::InvalidArgumentError(

@@ -58,13 +58,10 @@ int LastCalibrationLine(const CalibrationSet& calibration);
 // service measure by default): BuildHeldoutSlice after LastCalibrationLine(calibration), once
 // options.context is checked against the model's context (InvalidArgument naming the field,
 // the value and the limit).
-absl::StatusOr<HeldoutSlice> CalibrationHeldoutSlice(std::string_view calibration_text,
-                                                     const CalibrationSet& calibration,
-                                                     const Tokenizer& tokenizer,
-                                                     const ModelConfig& config,
-                                                     const HeldoutOptions& options,
-                                                     const std::string& source,
-                                                     bool cli_flags = true);
+absl::StatusOr<HeldoutSlice> CalibrationHeldoutSlice(
+    std::string_view calibration_text, const CalibrationSet& calibration,
+    const Tokenizer& tokenizer, const ModelConfig& config, const HeldoutOptions& options,
+    const std::string& source, bool cli_flags = true);
 
 struct StrategyQuality {
   double heldout_nll = 0, baseline_nll = 0;  // nats/token

@@ -20,25 +20,24 @@ std::string F(const SearchRequest& r, const char* flag, const char* field) {
 
 absl::StatusOr<std::string> CheckSearchRequest(const SearchRequest& r) {
   if (!ParsePairOrder(r.order).ok()) {
-    return Invalid(
-        absl::StrFormat("%s '%s' is not one of dissimilar, similar, random", F(r, "--order", "order"),
-                        r.order));
+    return Invalid(absl::StrFormat("%s '%s' is not one of dissimilar, similar, random",
+                                   F(r, "--order", "order"), r.order));
   }
   auto rule = CheckRuleFields(r.method, r.best_of, r.max_nll_increase,
                               r.field_style == FieldStyle::kCliFlag);
   if (!rule.ok()) return rule.status();
   if (r.calibration.samples < 1) {
-    return Invalid(absl::StrFormat("%s %d must be >= 1", F(r, "--samples", "samples"),
-                                   r.calibration.samples));
+    return Invalid(
+        absl::StrFormat("%s %d must be >= 1", F(r, "--samples", "samples"), r.calibration.samples));
   }
   if (r.calibration.tokens < 1) {
-    return Invalid(absl::StrFormat("%s %d must be >= 1", F(r, "--tokens", "tokens"),
-                                   r.calibration.tokens));
+    return Invalid(
+        absl::StrFormat("%s %d must be >= 1", F(r, "--tokens", "tokens"), r.calibration.tokens));
   }
   if (!(r.threshold > -1.0 && r.threshold <= 1.0)) {
-    return Invalid(absl::StrFormat(
-        "%s %g must be in (-1, 1] (a cosine similarity; accepted when above it)",
-        F(r, "--threshold", "threshold"), r.threshold));
+    return Invalid(
+        absl::StrFormat("%s %g must be in (-1, 1] (a cosine similarity; accepted when above it)",
+                        F(r, "--threshold", "threshold"), r.threshold));
   }
   if (r.target_layers.has_value() && r.target_ratio.has_value()) {
     return Invalid(absl::StrFormat("%s %d and %s %g: give one",
@@ -50,13 +49,13 @@ absl::StatusOr<std::string> CheckSearchRequest(const SearchRequest& r) {
                                    F(r, "--target-ratio", "target_ratio"), *r.target_ratio));
   }
   if (r.target_layers.has_value() && *r.target_layers < 1) {
-    return Invalid(absl::StrFormat("%s %d must be >= 1",
-                                   F(r, "--target-layers", "target_layers"), *r.target_layers));
+    return Invalid(absl::StrFormat("%s %d must be >= 1", F(r, "--target-layers", "target_layers"),
+                                   *r.target_layers));
   }
   if (r.calibration_text.has_value()) {
     if (r.calibration_text->empty()) {
-      return Invalid(absl::StrFormat("%s is empty (0 bytes); give calibration text",
-                                     r.calibration_source));
+      return Invalid(
+          absl::StrFormat("%s is empty (0 bytes); give calibration text", r.calibration_source));
     }
     return *r.calibration_text;
   }
@@ -87,10 +86,10 @@ absl::StatusOr<PreparedSearch> PrepareSearch(const SearchRequest& r, const Model
   }
   if (r.target_layers.has_value()) {
     if (*r.target_layers > c.n_layers - 1) {
-      return Invalid(absl::StrFormat(
-          "%s %d must be in [1, %d] (layer 0 always owns; '%s' has %d layers)",
-          F(r, "--target-layers", "target_layers"), *r.target_layers, c.n_layers - 1, c.name,
-          c.n_layers));
+      return Invalid(
+          absl::StrFormat("%s %d must be in [1, %d] (layer 0 always owns; '%s' has %d layers)",
+                          F(r, "--target-layers", "target_layers"), *r.target_layers,
+                          c.n_layers - 1, c.name, c.n_layers));
     }
     p.options.target_layers = *r.target_layers;
   } else {
@@ -108,15 +107,14 @@ absl::StatusOr<PreparedSearch> PrepareSearch(const SearchRequest& r, const Model
                                    F(r, "--tokens", "tokens"), r.calibration.tokens, c.name,
                                    c.max_seq_len));
   }
-  const std::string source = r.calibration_text.has_value()
-                                 ? r.calibration_source
-                                 : "--calibration " + r.calibration_path;
+  const std::string source =
+      r.calibration_text.has_value() ? r.calibration_source : "--calibration " + r.calibration_path;
   auto set = BuildCalibrationSet(*text, tokenizer, r.calibration, source);
   if (!set.ok()) {
-    return absl::Status(set.status().code(),
-                        absl::StrFormat("%s (%s %d, %s %d)", set.status().message(),
-                                        F(r, "--samples", "samples"), r.calibration.samples,
-                                        F(r, "--tokens", "tokens"), r.calibration.tokens));
+    return absl::Status(
+        set.status().code(),
+        absl::StrFormat("%s (%s %d, %s %d)", set.status().message(), F(r, "--samples", "samples"),
+                        r.calibration.samples, F(r, "--tokens", "tokens"), r.calibration.tokens));
   }
   p.calibration = std::move(*set);
   p.selection.method = *ParseSearchMethod(r.method);  // checked above

@@ -54,8 +54,8 @@ const char* StateName(v1::RolloutState s) {
 void PrintRollout(const v1::Rollout& r) {
   std::vector<std::string> steps;
   for (int i = 0; i < r.steps_size(); ++i) {
-    steps.push_back(absl::StrFormat(i == static_cast<int>(r.current_step()) ? "[%d%%]" : "%d%%",
-                                    r.steps(i)));
+    steps.push_back(
+        absl::StrFormat(i == static_cast<int>(r.current_step()) ? "[%d%%]" : "%d%%", r.steps(i)));
   }
   std::cout << absl::StrFormat(
       "rollout   %s  %s%s\n"
@@ -132,9 +132,10 @@ Runner RegisterRollout(CLI::App& app) {
   common(create);
   create->add_option("--model", f->model, "Model fingerprint or name")->required();
   create->add_option("--version", f->version, "Target version")->required();
-  create->add_option("--steps", f->steps,
-                     "Percent of the eligible workers after each step, e.g. 10,50,100 "
-                     "(default 100)")
+  create
+      ->add_option("--steps", f->steps,
+                   "Percent of the eligible workers after each step, e.g. 10,50,100 "
+                   "(default 100)")
       ->delimiter(',');
   create->add_option("--selector", f->selector,
                      "key=value[,key=value]: only workers with these labels (default: workers "
@@ -210,8 +211,8 @@ Runner RegisterFleet(CLI::App& app) {
     uint64_t version = 0;
   };
   auto f = std::make_shared<Flags>();
-  CLI::App* sub = app.add_subcommand(
-      "fleet", "The worker fleet as the search service sees it; operator pins");
+  CLI::App* sub =
+      app.add_subcommand("fleet", "The worker fleet as the search service sees it; operator pins");
   sub->require_subcommand(1);
   auto common = [&](CLI::App* c) {
     c->add_option("--server", f->server, "Search service address (host:port)")
@@ -247,16 +248,18 @@ Runner RegisterFleet(CLI::App& app) {
       return 2;
     }
     v1::Pin p;
-    if (!f->worker.empty()) p.set_worker_id(f->worker);
-    else p.set_label(f->label);
+    if (!f->worker.empty())
+      p.set_worker_id(f->worker);
+    else
+      p.set_label(f->label);
     p.set_model(f->model);
     p.set_version(f->version);
     if (pin->parsed()) {
       v1::Pin out;
       grpc::Status s = stub->SetPin(ctx.get(), p, &out);
       if (!s.ok()) return RpcFail(f->server, s);
-      std::cout << "pinned " << (out.has_worker_id() ? "worker " + out.worker_id()
-                                                     : "label " + out.label())
+      std::cout << "pinned "
+                << (out.has_worker_id() ? "worker " + out.worker_id() : "label " + out.label())
                 << " to version " << out.version() << "\n";
       return 0;
     }

@@ -69,12 +69,12 @@ Runner RegisterGenerate(CLI::App& app) {
     }
     GenerateOptions options = flags->gen;
     options.strategy = session->strategy;
-    auto result = Generate(*session->engine, tok, prompt, options,
-                           [](int32_t, const std::string& piece) {
-                             std::fwrite(piece.data(), 1, piece.size(), stdout);
-                             std::fflush(stdout);
-                             return true;
-                           });
+    auto result =
+        Generate(*session->engine, tok, prompt, options, [](int32_t, const std::string& piece) {
+          std::fwrite(piece.data(), 1, piece.size(), stdout);
+          std::fflush(stdout);
+          return true;
+        });
     std::fputc('\n', stdout);
     if (!result.ok()) return Fail(result.status());
     const double decode_tps = result->tokens.size() > 1 && result->decode_seconds > 0

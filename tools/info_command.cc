@@ -42,8 +42,8 @@ Runner RegisterInfo(CLI::App& app) {
         "rope_theta   %g\n"
         "parameters   %d\n"
         "fingerprint  %s\n",
-        c.name, m.path(), m.format() == ModelFormat::kGguf ? "gguf" : "llama2.c", c.n_layers,
-        c.dim, c.hidden_dim, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab_size, c.max_seq_len,
+        c.name, m.path(), m.format() == ModelFormat::kGguf ? "gguf" : "llama2.c", c.n_layers, c.dim,
+        c.hidden_dim, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab_size, c.max_seq_len,
         c.rope_theta, m.parameter_count(), m.fingerprint());
 
     // KV cost: fp32 K and V per owning layer; capacity counts whole blocks of block_tokens
@@ -64,8 +64,7 @@ Runner RegisterInfo(CLI::App& app) {
     std::cout << absl::StrFormat("%-12s %16d %22d\n", "unshared", per_layer_token * c.n_layers,
                                  capacity(c.n_layers));
     std::cout << absl::StrFormat("%-12s %16d %22d   (%.3fx capacity)\n", "strategy",
-                                 per_layer_token * st.owning_layers(),
-                                 capacity(st.owning_layers()),
+                                 per_layer_token * st.owning_layers(), capacity(st.owning_layers()),
                                  double(capacity(st.owning_layers())) / capacity(c.n_layers));
     return 0;
   };

@@ -11,11 +11,11 @@ int main(int argc, char** argv) {
       "Run `kvshare <command> --help` for a command's flags."};
   app.require_subcommand(1);
   std::map<CLI::App*, kvshare::cli::Runner> runners;
-  for (auto reg : {kvshare::cli::RegisterGenerate, kvshare::cli::RegisterEval,
-                   kvshare::cli::RegisterInfo, kvshare::cli::RegisterSearch,
-                   kvshare::cli::RegisterStrategy, kvshare::cli::RegisterLoad,
-                   kvshare::cli::RegisterStrategies, kvshare::cli::RegisterRollout,
-                   kvshare::cli::RegisterFleet}) {
+  for (auto reg :
+       {kvshare::cli::RegisterGenerate, kvshare::cli::RegisterEval, kvshare::cli::RegisterInfo,
+        kvshare::cli::RegisterSearch, kvshare::cli::RegisterStrategy, kvshare::cli::RegisterLoad,
+        kvshare::cli::RegisterStrategies, kvshare::cli::RegisterRollout,
+        kvshare::cli::RegisterFleet}) {
     kvshare::cli::Runner run = reg(app);
     runners[app.get_subcommands({}).back()] = std::move(run);
   }

@@ -29,9 +29,9 @@ void AddRemoteSearchFlags(CLI::App* search, RemoteSearchFlags* flags);
 absl::Status CheckNoRemoteFlags(const RemoteSearchFlags& flags);
 // `kvshare search --server`: `model` is a catalog name (empty: smollm2); the request's
 // calibration file, if any, is sent inline, with the selection rule and the held-out quality
-// options (measured by the server on the calibration text after the calibration lines). Creates the job and, unless detached, follows it to
-// its end, printing the result and writing `out` when given. The exit code: 0 when the job
-// succeeded.
+// options (measured by the server on the calibration text after the calibration lines). Creates the
+// job and, unless detached, follows it to its end, printing the result and writing `out` when
+// given. The exit code: 0 when the job succeeded.
 int RunRemoteSearchCommand(const RemoteSearchFlags& flags, const std::string& model,
                            const SearchRequest& request, const HeldoutOptions& heldout,
                            const std::string& out);

@@ -222,9 +222,9 @@ Runner RegisterSearch(CLI::App& app) {
     if (!s.ok()) return Fail(s);
     // Calibration and the search read K/V and hidden states on the host (ForwardObserver).
     if (flags->model.device != "auto" && flags->model.device != "cpu") {
-      return Fail(absl::InvalidArgumentError(absl::StrFormat(
-          "--device %s: the strategy search runs on the CPU only (auto or cpu)",
-          flags->model.device)));
+      return Fail(absl::InvalidArgumentError(
+          absl::StrFormat("--device %s: the strategy search runs on the CPU only (auto or cpu)",
+                          flags->model.device)));
     }
     auto session = OpenSession(flags->model, /*need_engine=*/false);
     if (!session.ok()) return Fail(session.status());

@@ -41,9 +41,9 @@ absl::StatusOr<std::unique_ptr<Model>> LoadModelFromFlags(const ModelFlags& flag
   if (path.empty()) {
     auto found = DefaultModelPath();
     if (!found.ok()) {
-      return absl::Status(found.status().code(),
-                          absl::StrCat("--model not given and no default model: ",
-                                       found.status().message()));
+      return absl::Status(
+          found.status().code(),
+          absl::StrCat("--model not given and no default model: ", found.status().message()));
     }
     path = *found;
   }
@@ -67,16 +67,16 @@ absl::StatusOr<Session> OpenSession(const ModelFlags& flags, bool need_engine) {
     auto st = SharingStrategy::ReadFile(flags.strategy);
     if (!st.ok()) return st.status();
     absl::Status s = st->ValidateFor(c, session.model->fingerprint());
-    if (!s.ok()) return absl::Status(s.code(), absl::StrCat("--strategy ", flags.strategy, ": ", s.message()));
+    if (!s.ok())
+      return absl::Status(s.code(), absl::StrCat("--strategy ", flags.strategy, ": ", s.message()));
     session.strategy = std::make_shared<const SharingStrategy>(std::move(*st));
   }
   if (!need_engine) return session;
 
   EngineOptions options;
   options.max_step_rows = flags.max_step_rows;
-  const int64_t pool_tokens = flags.kv_pool_tokens > 0
-                                  ? flags.kv_pool_tokens
-                                  : std::max<int64_t>(8192, c.max_seq_len);
+  const int64_t pool_tokens =
+      flags.kv_pool_tokens > 0 ? flags.kv_pool_tokens : std::max<int64_t>(8192, c.max_seq_len);
   options.kv_pool_bytes = pool_tokens * c.KvBytesPerToken();
   options.kv_memory_fraction = flags.kv_memory_fraction;
   DeviceOptions device;

@@ -22,9 +22,9 @@ struct ModelFlags {
   int threads = 0;        // 0 = all cores
   bool int8 = false;      // int8-quantized activations in quantized matmuls (faster, less exact)
   int max_step_rows = 256;
-  int64_t kv_pool_tokens = 0;  // 0 = max(8192, model context) unshared tokens
-  std::string device = "auto";       // auto | cpu | cuda | cuda:N (kernels/device_backend.h)
-  double kv_memory_fraction = 0.0;   // > 0: KV pool = this fraction of free device memory
+  int64_t kv_pool_tokens = 0;       // 0 = max(8192, model context) unshared tokens
+  std::string device = "auto";      // auto | cpu | cuda | cuda:N (kernels/device_backend.h)
+  double kv_memory_fraction = 0.0;  // > 0: KV pool = this fraction of free device memory
 };
 
 // Registers --model, --tokenizer, --threads, --int8, --device, --kv-memory-fraction and
@@ -37,8 +37,8 @@ struct Session {
   std::unique_ptr<Tokenizer> tokenizer;
   std::unique_ptr<Engine> engine;
   std::shared_ptr<const SharingStrategy> strategy;  // identity when no --strategy
-  DeviceInfo device;        // what the engine runs on
-  std::string device_note;  // why that device
+  DeviceInfo device;                                // what the engine runs on
+  std::string device_note;                          // why that device
 };
 
 // Loads what the flags name; errors say which flag and file.

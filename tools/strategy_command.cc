@@ -23,13 +23,13 @@ absl::StatusOr<std::vector<int>> ParseSharePairs(const std::string& text, int n_
     int layer = 0, source = 0;
     if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &layer) ||
         !absl::SimpleAtoi(parts[1], &source)) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "--share: '%s' is not LAYER:SOURCE (e.g. 29:28)", std::string(pair)));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("--share: '%s' is not LAYER:SOURCE (e.g. 29:28)", std::string(pair)));
     }
     if (layer < 0 || layer >= n_layers) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "--share: layer %d is outside [0, %d) (the model has %d layers)", layer, n_layers,
-          n_layers));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("--share: layer %d is outside [0, %d) (the model has %d layers)", layer,
+                          n_layers, n_layers));
     }
     kv_source[layer] = source;
   }

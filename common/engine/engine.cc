@@ -40,8 +40,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Model& model,
                                                        std::unique_ptr<Backend> backend,
                                                        const EngineOptions& options) {
   if (options.block_tokens < 1 || options.block_tokens > 1024) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "engine: block_tokens %d must be in [1, 1024]", options.block_tokens));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("engine: block_tokens %d must be in [1, 1024]", options.block_tokens));
   }
   if (options.max_step_rows < 1) {
     return absl::InvalidArgumentError(
@@ -88,9 +88,9 @@ absl::Status Engine::Init() {
   // A block holds one layer's K and V of block_tokens positions.
   const int64_t blocks = pool_bytes / (g.block_floats() * 4);
   if (blocks < 1) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "engine: KV pool of %d bytes holds no block (a block is %d bytes)", pool_bytes,
-        g.block_floats() * 4));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("engine: KV pool of %d bytes holds no block (a block is %d bytes)",
+                        pool_bytes, g.block_floats() * 4));
   }
   auto kv = KvCache::Create(*backend_, g, blocks);
   if (!kv.ok()) return kv.status();
@@ -126,7 +126,8 @@ absl::Status Engine::Step(absl::Span<const StepInput> inputs, std::vector<float>
   for (size_t i = 0; i < inputs.size(); ++i) {
     const StepInput& in = inputs[i];
     if (!kv_->HasSequence(in.seq)) {
-      return absl::NotFoundError(absl::StrFormat("engine: input %d: unknown sequence %d", i, in.seq));
+      return absl::NotFoundError(
+          absl::StrFormat("engine: input %d: unknown sequence %d", i, in.seq));
     }
     if (!seen.insert(in.seq).second) {
       return absl::InvalidArgumentError(
@@ -137,15 +138,15 @@ absl::Status Engine::Step(absl::Span<const StepInput> inputs, std::vector<float>
     }
     for (int32_t id : in.tokens) {
       if (id < 0 || id >= c.vocab_size) {
-        return absl::InvalidArgumentError(absl::StrFormat(
-            "engine: token id %d out of range [0, %d)", id, c.vocab_size));
+        return absl::InvalidArgumentError(
+            absl::StrFormat("engine: token id %d out of range [0, %d)", id, c.vocab_size));
       }
     }
     const int64_t end = kv_->length(in.seq) + int64_t(in.tokens.size());
     if (end > c.max_seq_len) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "engine: sequence %d would reach %d tokens, the model's context is %d", in.seq, end,
-          c.max_seq_len));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("engine: sequence %d would reach %d tokens, the model's context is %d",
+                          in.seq, end, c.max_seq_len));
     }
     blocks_needed += kv_->MissingBlocks(in.seq, end);
     rows += static_cast<int>(in.tokens.size());
@@ -156,9 +157,9 @@ absl::Status Engine::Step(absl::Span<const StepInput> inputs, std::vector<float>
         "engine: step of %d rows exceeds max_step_rows %d", rows, options_.max_step_rows));
   }
   if (blocks_needed > kv_->free_blocks()) {
-    return absl::ResourceExhaustedError(absl::StrFormat(
-        "KV pool: step needs %d more blocks, %d of %d free", blocks_needed, kv_->free_blocks(),
-        kv_->total_blocks()));
+    return absl::ResourceExhaustedError(
+        absl::StrFormat("KV pool: step needs %d more blocks, %d of %d free", blocks_needed,
+                        kv_->free_blocks(), kv_->total_blocks()));
   }
   for (const StepInput& in : inputs) {
     absl::Status s = kv_->Reserve(in.seq, kv_->length(in.seq) + int64_t(in.tokens.size()));

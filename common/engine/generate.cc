@@ -28,17 +28,20 @@ class ScopedSequence {
 
 const char* FinishReasonName(FinishReason r) {
   switch (r) {
-    case FinishReason::kLength: return "length";
-    case FinishReason::kStop: return "stop";
-    case FinishReason::kEos: return "eos";
-    case FinishReason::kCancelled: return "cancelled";
+    case FinishReason::kLength:
+      return "length";
+    case FinishReason::kStop:
+      return "stop";
+    case FinishReason::kEos:
+      return "eos";
+    case FinishReason::kCancelled:
+      return "cancelled";
   }
   return "unknown";
 }
 
 CompletionTracker::CompletionTracker(const Tokenizer& tokenizer, int32_t last_prompt_token,
-                                     int max_tokens, std::vector<std::string> stop,
-                                     bool ignore_eos)
+                                     int max_tokens, std::vector<std::string> stop, bool ignore_eos)
     : tokenizer_(tokenizer),
       prev_(last_prompt_token),
       max_tokens_(max_tokens),
@@ -145,18 +148,19 @@ absl::StatusOr<PerplexityResult> EvaluatePerplexity(
         "context %d must be in [2, %d] (the model's context)", options.context, c.max_seq_len));
   }
   if (options.stride < 1 || options.stride > options.context) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "stride %d must be in [1, context = %d]", options.stride, options.context));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("stride %d must be in [1, context = %d]", options.stride, options.context));
   }
   const int64_t n = static_cast<int64_t>(tokens.size());
   const int64_t total_targets = n - 1;
   double nll_sum = 0.0;
-  int64_t scored_until = 0;  // targets at positions <= scored_until are done (position 0 is never a target)
+  int64_t scored_until =
+      0;  // targets at positions <= scored_until are done (position 0 is never a target)
   std::vector<float> logits;
   for (int64_t start = 0; scored_until < n - 1; start += options.stride) {
     if (options.cancel != nullptr && options.cancel->load(std::memory_order_acquire)) {
-      return absl::CancelledError(absl::StrFormat(
-          "perplexity: cancelled after %d of %d targets", scored_until, total_targets));
+      return absl::CancelledError(absl::StrFormat("perplexity: cancelled after %d of %d targets",
+                                                  scored_until, total_targets));
     }
     const int64_t end = std::min(n, start + options.context);
     auto seq_or = engine.AddSequence(options.strategy);

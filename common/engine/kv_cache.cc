@@ -20,7 +20,8 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(Backend& backend, KvGeo
   cache->pool_ = std::move(*pool);
   cache->free_list_.reserve(num_blocks);
   // LIFO free list handing out low ids first.
-  for (int64_t b = num_blocks - 1; b >= 0; --b) cache->free_list_.push_back(static_cast<int32_t>(b));
+  for (int64_t b = num_blocks - 1; b >= 0; --b)
+    cache->free_list_.push_back(static_cast<int32_t>(b));
   return cache;
 }
 
@@ -62,8 +63,8 @@ absl::Status KvCache::Reserve(SeqId seq, int64_t tokens) {
   const int64_t missing = MissingBlocks(seq, tokens);
   if (missing > free_blocks()) {
     return absl::ResourceExhaustedError(absl::StrFormat(
-        "KV pool: %d more blocks needed for %d tokens (%d owning layers), %d of %d free",
-        missing, tokens, s.strategy->owning_layers(), free_blocks(), total_blocks_));
+        "KV pool: %d more blocks needed for %d tokens (%d owning layers), %d of %d free", missing,
+        tokens, s.strategy->owning_layers(), free_blocks(), total_blocks_));
   }
   for (int l = 0; l < s.strategy->n_layers(); ++l) {
     if (!s.strategy->owns(l)) continue;

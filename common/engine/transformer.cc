@@ -34,8 +34,12 @@ absl::Status Transformer::Init() {
   for (int l = 0; l < c.n_layers && s.ok(); ++l) {
     const LayerWeights& lw = w.layers[l];
     LayerParams& p = layers_[l];
-    for (auto [t, out] : {std::pair{&lw.wq, &p.wq}, {&lw.wk, &p.wk}, {&lw.wv, &p.wv},
-                          {&lw.wo, &p.wo}, {&lw.w_gate, &p.gate}, {&lw.w_up, &p.up},
+    for (auto [t, out] : {std::pair{&lw.wq, &p.wq},
+                          {&lw.wk, &p.wk},
+                          {&lw.wv, &p.wv},
+                          {&lw.wo, &p.wo},
+                          {&lw.w_gate, &p.gate},
+                          {&lw.w_up, &p.up},
                           {&lw.w_down, &p.down}}) {
       if (s.ok()) s = prepare(*t, out);
     }
@@ -59,9 +63,14 @@ absl::Status Transformer::Init() {
   };
   const size_t R = max_rows_;
   const size_t q_dim = size_t(c.n_heads) * c.head_dim, kv_dim = size_t(c.n_kv_heads) * c.head_dim;
-  for (auto [floats, out] : {std::pair{norm_floats, &norm_weights_}, {R * c.dim, &xb_},
-                             {R * c.dim, &xg_}, {R * q_dim, &q_}, {R * kv_dim, &k_},
-                             {R * kv_dim, &v_}, {R * q_dim, &att_}, {R * c.hidden_dim, &hb_},
+  for (auto [floats, out] : {std::pair{norm_floats, &norm_weights_},
+                             {R * c.dim, &xb_},
+                             {R * c.dim, &xg_},
+                             {R * q_dim, &q_},
+                             {R * kv_dim, &k_},
+                             {R * kv_dim, &v_},
+                             {R * q_dim, &att_},
+                             {R * c.hidden_dim, &hb_},
                              {R * c.hidden_dim, &hb2_}}) {
     if (s.ok()) s = alloc(floats, out);
   }
@@ -81,9 +90,9 @@ void Transformer::RunLayers(int first, int last, absl::Span<const BatchSeq> seqs
   const ModelConfig& c = config();
   const int dim = c.dim, hd = c.head_dim, kv_dim = c.n_kv_heads * hd;
   const float* norms = norm_weights_->f32();
-  float* xb = xb_->f32();    // normed input [rows][dim]
-  float* q = q_->f32();      // [rows][n_heads][hd]
-  float* k = k_->f32();      // [kv rows][n_kv_heads][hd]
+  float* xb = xb_->f32();  // normed input [rows][dim]
+  float* q = q_->f32();    // [rows][n_heads][hd]
+  float* k = k_->f32();    // [kv rows][n_kv_heads][hd]
   float* v = v_->f32();
   float* att = att_->f32();  // [rows][n_heads][hd]
   float* hb = hb_->f32();    // [rows][hidden]
@@ -133,8 +142,7 @@ void Transformer::RunLayers(int first, int last, absl::Span<const BatchSeq> seqs
         if (kv_row0_[i] < 0) continue;
         const float* ki = k + size_t(kv_row0_[i]) * kv_dim;
         const float* vi = v + size_t(kv_row0_[i]) * kv_dim;
-        backend_.WriteKv(g, kv.pool(), kv.Table(i, l).data(), seqs[i].start_pos, seqs[i].n, ki,
-                         vi);
+        backend_.WriteKv(g, kv.pool(), kv.Table(i, l).data(), seqs[i].start_pos, seqs[i].n, ki, vi);
         if (observer != nullptr) observer->OnKv(l, i, ki, vi, seqs[i].n);
       }
     }

@@ -61,8 +61,8 @@ class ForwardObserver {
 
 class Transformer {
  public:
-  static absl::StatusOr<std::unique_ptr<Transformer>> Create(const Model& model,
-                                                             Backend& backend, int max_rows);
+  static absl::StatusOr<std::unique_ptr<Transformer>> Create(const Model& model, Backend& backend,
+                                                             int max_rows);
   ~Transformer();
 
   const ModelConfig& config() const { return model_.config(); }

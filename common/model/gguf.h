@@ -20,8 +20,19 @@ namespace kvshare {
 
 // GGUF metadata value types (the file's type ids).
 enum class GgufType : uint32_t {
-  kU8 = 0, kI8 = 1, kU16 = 2, kI16 = 3, kU32 = 4, kI32 = 5, kF32 = 6, kBool = 7,
-  kString = 8, kArray = 9, kU64 = 10, kI64 = 11, kF64 = 12,
+  kU8 = 0,
+  kI8 = 1,
+  kU16 = 2,
+  kI16 = 3,
+  kU32 = 4,
+  kI32 = 5,
+  kF32 = 6,
+  kBool = 7,
+  kString = 8,
+  kArray = 9,
+  kU64 = 10,
+  kI64 = 11,
+  kF64 = 12,
 };
 
 struct GgufValue {
@@ -53,7 +64,7 @@ class GgufFile {
   const GgufValue* Find(const std::string& key) const;
 
   // Typed getters: NotFound when absent, InvalidArgument naming the key on a type mismatch.
-  absl::StatusOr<int64_t> GetInt(const std::string& key) const;  // any integer type
+  absl::StatusOr<int64_t> GetInt(const std::string& key) const;   // any integer type
   absl::StatusOr<double> GetFloat(const std::string& key) const;  // F32/F64 (or integer)
   absl::StatusOr<bool> GetBool(const std::string& key) const;
   absl::StatusOr<std::string> GetString(const std::string& key) const;

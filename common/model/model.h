@@ -24,15 +24,15 @@ namespace kvshare {
 
 struct ModelConfig {
   std::string architecture = "llama";
-  std::string name;      // human-readable (file stem or general.name)
-  int dim = 0;           // model width
-  int hidden_dim = 0;    // FFN width
+  std::string name;    // human-readable (file stem or general.name)
+  int dim = 0;         // model width
+  int hidden_dim = 0;  // FFN width
   int n_layers = 0;
   int n_heads = 0;
   int n_kv_heads = 0;
-  int head_dim = 0;      // dim / n_heads
+  int head_dim = 0;  // dim / n_heads
   int vocab_size = 0;
-  int max_seq_len = 0;   // context length
+  int max_seq_len = 0;  // context length
   float rope_theta = 10000.0f;
   float norm_eps = 1e-5f;
   bool tied_output = false;  // the classifier reuses the token embedding
@@ -57,8 +57,8 @@ struct LayerWeights {
 struct ModelWeights {
   Tensor token_embedding;  // rows vocab_size, cols dim
   std::vector<LayerWeights> layers;
-  Tensor output_norm;      // [dim] f32
-  Tensor output;           // rows vocab_size, cols dim (== token_embedding when tied)
+  Tensor output_norm;  // [dim] f32
+  Tensor output;       // rows vocab_size, cols dim (== token_embedding when tied)
 };
 
 enum class ModelFormat { kLlama2c, kGguf };

@@ -18,8 +18,8 @@ namespace {
 constexpr char kFormat[] = "kvshare.strategy.v1";
 
 std::string ContentId(const std::string& fingerprint, const std::vector<int>& kv_source) {
-  return Sha256Hex(absl::StrCat("kvshare-strategy-v1\n", fingerprint, "\n",
-                                absl::StrJoin(kv_source, ",")));
+  return Sha256Hex(
+      absl::StrCat("kvshare-strategy-v1\n", fingerprint, "\n", absl::StrJoin(kv_source, ",")));
 }
 
 }  // namespace
@@ -42,7 +42,8 @@ SharingStrategy SharingStrategy::Identity(int n_layers, const std::string& model
 absl::StatusOr<SharingStrategy> SharingStrategy::Create(std::vector<int> kv_source,
                                                         const std::string& model_fingerprint) {
   const int n = static_cast<int>(kv_source.size());
-  if (n == 0) return absl::InvalidArgumentError("strategy: kv_source is empty (need one entry per layer)");
+  if (n == 0)
+    return absl::InvalidArgumentError("strategy: kv_source is empty (need one entry per layer)");
   if (kv_source[0] != 0) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "strategy: layer 0 must own its KV cache (kv_source[0] = %d, must be 0)", kv_source[0]));
@@ -77,8 +78,8 @@ absl::Status SharingStrategy::ValidateFor(const ModelConfig& config,
                                           const std::string& model_fingerprint) const {
   if (n_layers() != config.n_layers) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("strategy: has %d layers, the model '%s' has %d", n_layers(),
-                        config.name, config.n_layers));
+        absl::StrFormat("strategy: has %d layers, the model '%s' has %d", n_layers(), config.name,
+                        config.n_layers));
   }
   if (model_fingerprint_ != model_fingerprint) {
     return absl::FailedPreconditionError(absl::StrFormat(
@@ -137,10 +138,12 @@ absl::StatusOr<SharingStrategy> SharingStrategy::FromJson(const std::string& tex
         absl::StrCat("strategy JSON: field 'format' must be \"", kFormat, "\""));
   }
   if (!j.contains("model_fingerprint") || !j["model_fingerprint"].is_string()) {
-    return absl::InvalidArgumentError("strategy JSON: field 'model_fingerprint' (string) is missing");
+    return absl::InvalidArgumentError(
+        "strategy JSON: field 'model_fingerprint' (string) is missing");
   }
   if (!j.contains("kv_source") || !j["kv_source"].is_array()) {
-    return absl::InvalidArgumentError("strategy JSON: field 'kv_source' (array of ints) is missing");
+    return absl::InvalidArgumentError(
+        "strategy JSON: field 'kv_source' (array of ints) is missing");
   }
   std::vector<int> kv_source;
   for (size_t i = 0; i < j["kv_source"].size(); ++i) {
@@ -151,18 +154,17 @@ absl::StatusOr<SharingStrategy> SharingStrategy::FromJson(const std::string& tex
     }
     kv_source.push_back(v.get<int>());
   }
-  if (j.contains("n_layers") &&
-      (!j["n_layers"].is_number_integer() || j["n_layers"].get<int64_t>() != int64_t(kv_source.size()))) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "strategy JSON: n_layers %s disagrees with kv_source's %d entries", j["n_layers"].dump(),
-        kv_source.size()));
+  if (j.contains("n_layers") && (!j["n_layers"].is_number_integer() ||
+                                 j["n_layers"].get<int64_t>() != int64_t(kv_source.size()))) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("strategy JSON: n_layers %s disagrees with kv_source's %d entries",
+                        j["n_layers"].dump(), kv_source.size()));
   }
   auto st = Create(std::move(kv_source), j["model_fingerprint"].get<std::string>());
   if (!st.ok()) return st.status();
   if (j.contains("id") && (!j["id"].is_string() || j["id"].get<std::string>() != st->id())) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "strategy JSON: id %s does not match the content (expected %s)", j["id"].dump(),
-        st->id()));
+        "strategy JSON: id %s does not match the content (expected %s)", j["id"].dump(), st->id()));
   }
   if (j.contains("provenance") && j["provenance"].is_object()) {
     const auto& p = j["provenance"];
@@ -193,7 +195,8 @@ absl::StatusOr<SharingStrategy> SharingStrategy::ReadFile(const std::string& pat
   auto text = ReadFileToString(path);
   if (!text.ok()) return text.status();
   auto st = FromJson(*text);
-  if (!st.ok()) return absl::Status(st.status().code(), absl::StrCat(path, ": ", st.status().message()));
+  if (!st.ok())
+    return absl::Status(st.status().code(), absl::StrCat(path, ": ", st.status().message()));
   return st;
 }
 

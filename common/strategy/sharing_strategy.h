@@ -23,17 +23,17 @@ struct ModelConfig;
 
 // Where a strategy came from (carried in files and the registry; not part of the content id).
 struct StrategyProvenance {
-  std::string method;              // "identity", "manual", "kvsharer", ...
-  std::string order;               // "dissimilar", "similar", "random"
-  double threshold = 0.0;          // acceptance threshold used by the search
-  std::string calibration_hash;    // hash of the calibration token ids
-  int target_layers = 0;           // requested number of sharing layers
-  double score = 0.0;              // calibration score of the final strategy
+  std::string method;            // "identity", "manual", "kvsharer", ...
+  std::string order;             // "dissimilar", "similar", "random"
+  double threshold = 0.0;        // acceptance threshold used by the search
+  std::string calibration_hash;  // hash of the calibration token ids
+  int target_layers = 0;         // requested number of sharing layers
+  double score = 0.0;            // calibration score of the final strategy
   std::string note;
 
   // Selection rule parameters beyond the paper's (search_service/selection_rules.h).
-  int best_of = 0;                 // candidates scored per step (0: not recorded; 1: the paper's)
-  double max_nll_increase = 0.0;   // NLL acceptance cap, nats/token over unshared (0: not used)
+  int best_of = 0;                // candidates scored per step (0: not recorded; 1: the paper's)
+  double max_nll_increase = 0.0;  // NLL acceptance cap, nats/token over unshared (0: not used)
 
   // Measured quality (search_service/heldout_quality.h); heldout_tokens == 0: not measured.
   // Perplexity with and without the strategy on a fixed held-out slice disjoint from the
@@ -42,7 +42,7 @@ struct StrategyProvenance {
   double baseline_ppl = 0.0;
   int64_t heldout_tokens = 0;
   int heldout_context = 0;
-  std::string heldout_hash;        // hash of the held-out token ids
+  std::string heldout_hash;  // hash of the held-out token ids
   // Mean cosine similarity of final-norm hidden states to the unshared model's on the
   // calibration set (the paper's score), whatever rule chose the strategy.
   double calibration_score = 0.0;

@@ -57,12 +57,18 @@ void CheckBlas(cublasStatus_t s, const char* what) {
 // Elements per block and bytes per block of a GGML type (kernels/tensor.h); {0, 0} if unknown.
 std::pair<int, int> BlockLayout(DType t) {
   switch (t) {
-    case DType::kF32: return {1, 4};
-    case DType::kF16: return {1, 2};
-    case DType::kBF16: return {1, 2};
-    case DType::kQ8_0: return {32, 34};
-    case DType::kQ4_0: return {32, 18};
-    case DType::kQ4_1: return {32, 20};
+    case DType::kF32:
+      return {1, 4};
+    case DType::kF16:
+      return {1, 2};
+    case DType::kBF16:
+      return {1, 2};
+    case DType::kQ8_0:
+      return {32, 34};
+    case DType::kQ4_0:
+      return {32, 18};
+    case DType::kQ4_1:
+      return {32, 20};
   }
   return {0, 0};
 }
@@ -88,9 +94,9 @@ absl::StatusOr<std::unique_ptr<DeviceMemory>> DeviceAlloc(size_t bytes, const ch
     cudaGetLastError();  // clear the sticky-free allocation error
     size_t free_b = 0, total_b = 0;
     cudaMemGetInfo(&free_b, &total_b);
-    return absl::ResourceExhaustedError(absl::StrFormat(
-        "cuda backend: cannot allocate %u bytes for %s (%s); %u of %u bytes free", bytes, what,
-        cudaGetErrorString(e), free_b, total_b));
+    return absl::ResourceExhaustedError(
+        absl::StrFormat("cuda backend: cannot allocate %u bytes for %s (%s); %u of %u bytes free",
+                        bytes, what, cudaGetErrorString(e), free_b, total_b));
   }
   return std::make_unique<DeviceMemory>(p);
 }
@@ -110,7 +116,8 @@ class CudaBuffer : public Buffer {
 // and shape; its data pointer is not read after Prepare.
 class CudaWeight : public PreparedWeight {
  public:
-  CudaWeight(const Tensor& t, std::shared_ptr<DeviceMemory> mem) : tensor_(t), mem_(std::move(mem)) {}
+  CudaWeight(const Tensor& t, std::shared_ptr<DeviceMemory> mem)
+      : tensor_(t), mem_(std::move(mem)) {}
   const Tensor& tensor() const override { return tensor_; }
   const void* data() const { return mem_->get(); }
   int64_t rows() const { return tensor_.rows(); }
@@ -227,18 +234,20 @@ class CudaBackend : public Backend {
     }
     const size_t src_bytes = static_cast<size_t>(n / block_elems) * block_bytes;
     if (w.data == nullptr || w.nbytes < src_bytes) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "cuda backend: tensor %s holds %u bytes, its shape needs %u", w.name, w.nbytes,
-          src_bytes));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("cuda backend: tensor %s holds %u bytes, its shape needs %u", w.name,
+                          w.nbytes, src_bytes));
     }
     // A tied output matrix is the embedding's very bytes: upload it once.
     const auto key = std::make_tuple(w.data, static_cast<uint32_t>(w.type), n);
     if (auto it = uploaded_.find(key); it != uploaded_.end()) {
-      if (auto mem = it->second.lock()) return std::unique_ptr<PreparedWeight>(new CudaWeight(w, mem));
+      if (auto mem = it->second.lock())
+        return std::unique_ptr<PreparedWeight>(new CudaWeight(w, mem));
     }
     auto dst = DeviceAlloc(static_cast<size_t>(n) * 2, "weights");
-    if (!dst.ok()) return absl::Status(dst.status().code(),
-                                       absl::StrCat(dst.status().message(), " (tensor ", w.name, ")"));
+    if (!dst.ok())
+      return absl::Status(dst.status().code(),
+                          absl::StrCat(dst.status().message(), " (tensor ", w.name, ")"));
     auto src = DeviceAlloc(src_bytes, "a weight upload");
     if (!src.ok()) return src.status();
     Check(cudaMemcpyAsync((*src)->get(), w.data, src_bytes, cudaMemcpyHostToDevice, stream_),
@@ -264,9 +273,9 @@ class CudaBackend : public Backend {
     const cudaDataType_t t = bf16_ ? CUDA_R_16BF : CUDA_R_16F;
     // Column-major view: out^T[rows][n] = (W as [cols][rows])^T * (x as [cols][n]).
     CheckBlas(cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(rows), n,
-                           static_cast<int>(cols), &one, w.data(), t, static_cast<int>(cols), xh,
-                           t, static_cast<int>(cols), &zero, out, CUDA_R_32F,
-                           static_cast<int>(rows), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                           static_cast<int>(cols), &one, w.data(), t, static_cast<int>(cols), xh, t,
+                           static_cast<int>(cols), &zero, out, CUDA_R_32F, static_cast<int>(rows),
+                           CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
               "MatMul cublasGemmEx");
   }
 
@@ -322,7 +331,8 @@ class CudaBackend : public Backend {
     Bind();
     if (g.head_dim > kMaxHeadDim || g.head_dim < 1 || g.n_kv_heads < 1 ||
         n_heads % g.n_kv_heads != 0) {
-      Die(absl::StrFormat("Attention: head_dim %d (limit %d), n_heads %d, n_kv_heads %d not "
+      Die(
+          absl::StrFormat("Attention: head_dim %d (limit %d), n_heads %d, n_kv_heads %d not "
                           "supported (n_heads must be a multiple of n_kv_heads)",
                           g.head_dim, kMaxHeadDim, n_heads, g.n_kv_heads));
     }
@@ -352,10 +362,9 @@ class CudaBackend : public Backend {
         items_.Upload(reinterpret_cast<const int32_t*>(items_host_.data()), items_host_.size() * 4,
                       stream_, "Attention rows"));
     const int64_t scratch_floats = AttentionScratchFloats(shape, n_items, splits);
-    float* scratch = scratch_floats > 0
-                         ? static_cast<float*>(att_scratch_.Ensure(scratch_floats * 4, stream_,
-                                                                   "Attention scratch"))
-                         : nullptr;
+    float* scratch = scratch_floats > 0 ? static_cast<float*>(att_scratch_.Ensure(
+                                              scratch_floats * 4, stream_, "Attention scratch"))
+                                        : nullptr;
     LaunchAttention(shape, pool, d_tables, d_items, n_items, splits, split_tokens, q, scratch, out,
                     stream_);
     Check(cudaGetLastError(), "Attention");
@@ -496,6 +505,7 @@ const KvshareCudaPlugin kPlugin = {KVSHARE_CUDA_PLUGIN_ABI, &Probe, &CreateBacke
 }  // namespace
 }  // namespace kvshare::cuda
 
-extern "C" __attribute__((visibility("default"))) const KvshareCudaPlugin* kvshare_cuda_plugin_v1() {
+extern "C" __attribute__((visibility("default"))) const KvshareCudaPlugin*
+kvshare_cuda_plugin_v1() {
   return &kvshare::cuda::kPlugin;
 }

@@ -1,13 +1,13 @@
 // The CUDA kernels of the backend. Storage: weights fp16/bf16, activations and the KV pool
 // fp32 (kernels/backend.h fixes the pool's element type); every reduction accumulates in fp32.
 // Each kernel's plain reference is the same-named function of kernels/cpu/reference.cc.
-#include "kernels/cuda/cuda_kernels.h"
-
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <algorithm>
 #include <cmath>
+
+#include "kernels/cuda/cuda_kernels.h"
 
 namespace kvshare::cuda {
 namespace {
@@ -114,8 +114,7 @@ __device__ __forceinline__ float WarpSum(float v) {
 }
 
 // One block per row.
-__global__ void RmsNormKernel(const float* x, const float* weight, int dim, float eps,
-                              float* out) {
+__global__ void RmsNormKernel(const float* x, const float* weight, int dim, float eps, float* out) {
   __shared__ float partial[32];
   const float* xr = x + static_cast<int64_t>(blockIdx.x) * dim;
   float* orow = out + static_cast<int64_t>(blockIdx.x) * dim;
@@ -293,9 +292,9 @@ __global__ void __launch_bounds__(kAttWarps * 32)
     if (splits == 1) {
       out[(static_cast<int64_t>(it.row) * s.n_heads + head) * hd + d] = a / sum;
     } else {
-      float* st = scratch +
-                  ((static_cast<int64_t>(blockIdx.x) * s.n_heads + head) * splits + blockIdx.z) *
-                      (hd + 2);
+      float* st =
+          scratch +
+          ((static_cast<int64_t>(blockIdx.x) * s.n_heads + head) * splits + blockIdx.z) * (hd + 2);
       st[d] = a;
       if (d == 0) {
         st[hd] = mx;
@@ -331,13 +330,26 @@ __global__ void AttentionMergeKernel(AttentionShape s, const AttentionItem* item
 bool LaunchDequantize(uint32_t type, const void* src, int64_t n_elems, bool bf16, void* dst,
                       cudaStream_t stream) {
   switch (type) {
-    case 0: DequantizeAs<0>(src, n_elems, bf16, dst, stream); return true;
-    case 1: DequantizeAs<1>(src, n_elems, bf16, dst, stream); return true;
-    case 2: DequantizeAs<2>(src, n_elems, bf16, dst, stream); return true;
-    case 3: DequantizeAs<3>(src, n_elems, bf16, dst, stream); return true;
-    case 8: DequantizeAs<8>(src, n_elems, bf16, dst, stream); return true;
-    case 30: DequantizeAs<30>(src, n_elems, bf16, dst, stream); return true;
-    default: return false;
+    case 0:
+      DequantizeAs<0>(src, n_elems, bf16, dst, stream);
+      return true;
+    case 1:
+      DequantizeAs<1>(src, n_elems, bf16, dst, stream);
+      return true;
+    case 2:
+      DequantizeAs<2>(src, n_elems, bf16, dst, stream);
+      return true;
+    case 3:
+      DequantizeAs<3>(src, n_elems, bf16, dst, stream);
+      return true;
+    case 8:
+      DequantizeAs<8>(src, n_elems, bf16, dst, stream);
+      return true;
+    case 30:
+      DequantizeAs<30>(src, n_elems, bf16, dst, stream);
+      return true;
+    default:
+      return false;
   }
 }
 
@@ -373,14 +385,13 @@ void LaunchRope(float* x, const int32_t* pos, int n, int n_heads, int head_dim, 
   const int64_t pairs = static_cast<int64_t>(n) * n_heads * (head_dim / 2);
   if (pairs <= 0) return;
   RopeKernel<<<std::min(Blocks(pairs), 65535 * 8), kThreads, 0, stream>>>(x, pos, pairs, n_heads,
-                                                                           head_dim, theta);
+                                                                          head_dim, theta);
 }
 
 void LaunchSiluMul(const float* gate, const float* up, int64_t count, float* out,
                    cudaStream_t stream) {
   if (count <= 0) return;
-  SiluMulKernel<<<std::min(Blocks(count), 65535 * 8), kThreads, 0, stream>>>(gate, up, count,
-                                                                             out);
+  SiluMulKernel<<<std::min(Blocks(count), 65535 * 8), kThreads, 0, stream>>>(gate, up, count, out);
 }
 
 void LaunchAdd(float* x, const float* y, int64_t count, cudaStream_t stream) {
@@ -388,8 +399,8 @@ void LaunchAdd(float* x, const float* y, int64_t count, cudaStream_t stream) {
   AddKernel<<<std::min(Blocks(count), 65535 * 8), kThreads, 0, stream>>>(x, y, count);
 }
 
-void LaunchWriteKv(int block_tokens, int kv_dim, float* pool, const int32_t* table,
-                   int start_pos, int n, const float* k, const float* v, cudaStream_t stream) {
+void LaunchWriteKv(int block_tokens, int kv_dim, float* pool, const int32_t* table, int start_pos,
+                   int n, const float* k, const float* v, cudaStream_t stream) {
   const int64_t count = static_cast<int64_t>(n) * kv_dim;
   if (count <= 0) return;
   WriteKvKernel<<<std::min(Blocks(count), 65535 * 8), kThreads, 0, stream>>>(
@@ -399,8 +410,8 @@ void LaunchWriteKv(int block_tokens, int kv_dim, float* pool, const int32_t* tab
 int AttentionSplits(const AttentionShape& shape, int n_items, int multiprocessors,
                     int* split_tokens) {
   const int group = shape.n_heads / shape.n_kv_heads;
-  const int64_t base_blocks = static_cast<int64_t>(n_items) * shape.n_kv_heads *
-                              ((group + kAttHeads - 1) / kAttHeads);
+  const int64_t base_blocks =
+      static_cast<int64_t>(n_items) * shape.n_kv_heads * ((group + kAttHeads - 1) / kAttHeads);
   // Enough blocks for two waves over the SMs, but no split shorter than 64 keys.
   const int64_t want = (2LL * std::max(multiprocessors, 1) + base_blocks - 1) / base_blocks;
   const int most = std::max(1, (shape.max_len + 63) / 64);

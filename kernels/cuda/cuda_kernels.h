@@ -6,9 +6,9 @@
 // kernels/cpu/reference.cc.
 #pragma once
 
-#include <cstdint>
-
 #include <cuda_runtime_api.h>
+
+#include <cstdint>
 
 namespace kvshare::cuda {
 
@@ -36,8 +36,8 @@ void LaunchSiluMul(const float* gate, const float* up, int64_t count, float* out
 void LaunchAdd(float* x, const float* y, int64_t count, cudaStream_t stream);
 
 // k, v: [n][kv_dim]; table: the block ids of the sequence from block 0.
-void LaunchWriteKv(int block_tokens, int kv_dim, float* pool, const int32_t* table,
-                   int start_pos, int n, const float* k, const float* v, cudaStream_t stream);
+void LaunchWriteKv(int block_tokens, int kv_dim, float* pool, const int32_t* table, int start_pos,
+                   int n, const float* k, const float* v, cudaStream_t stream);
 
 // One query row of a paged attention call: output row `row` (of q and out), whose sequence's
 // block table starts at tables[table_offset], at position `pos` (it attends to [0, pos]).

@@ -37,8 +37,8 @@ absl::StatusOr<std::map<std::string, std::string>> ParseSelector(const std::stri
   for (absl::string_view part : absl::StrSplit(selector, ',')) {
     const size_t eq = part.find('=');
     if (eq == absl::string_view::npos || eq == 0) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "%s \"%s\": \"%s\" is not key=value", field, selector, std::string(part)));
+      return absl::InvalidArgumentError(absl::StrFormat("%s \"%s\": \"%s\" is not key=value", field,
+                                                        selector, std::string(part)));
     }
     out[std::string(part.substr(0, eq))] = std::string(part.substr(eq + 1));
   }
@@ -89,8 +89,7 @@ absl::StatusOr<std::unique_ptr<RolloutController>> RolloutController::Open(
   if (!s.ok()) return s;
   auto lock = DirectoryLock::Acquire(options.dir);
   if (!lock.ok()) return lock.status();
-  std::unique_ptr<RolloutController> c(
-      new RolloutController(options, store, std::move(*lock)));
+  std::unique_ptr<RolloutController> c(new RolloutController(options, store, std::move(*lock)));
   const std::string path = options.dir + "/state.json";
   if (std::filesystem::exists(path)) {
     auto text = ReadFileToString(path);
@@ -98,8 +97,8 @@ absl::StatusOr<std::unique_ptr<RolloutController>> RolloutController::Open(
     google::protobuf::util::JsonParseOptions parse;
     auto parsed = google::protobuf::util::JsonStringToMessage(*text, &c->state_, parse);
     if (!parsed.ok()) {
-      return absl::DataLossError(absl::StrFormat("%s does not parse as FleetControlState: %s",
-                                                 path, parsed.ToString()));
+      return absl::DataLossError(
+          absl::StrFormat("%s does not parse as FleetControlState: %s", path, parsed.ToString()));
     }
   }
   int active = 0;
@@ -161,10 +160,10 @@ std::optional<RolloutController::Desired> RolloutController::DesiredFor(const Wo
     if (!IsActive(r) || !Eligible(r, w)) continue;
     const auto& sel = r.selected_workers();
     if (std::find(sel.begin(), sel.end(), w.hello.worker_id()) != sel.end()) {
-      return Desired{r.model_fingerprint(), r.target_version(),
-                     absl::StrFormat("rollout %s step %d/%d (%d%%)", r.rollout_id(),
-                                     r.current_step() + 1, r.steps_size(),
-                                     r.steps(r.current_step()))};
+      return Desired{
+          r.model_fingerprint(), r.target_version(),
+          absl::StrFormat("rollout %s step %d/%d (%d%%)", r.rollout_id(), r.current_step() + 1,
+                          r.steps_size(), r.steps(r.current_step()))};
     }
   }
   auto it = state_.baselines().find(w.hello.model_fingerprint());
@@ -274,8 +273,8 @@ void RolloutController::SendAssignments() {
     }
     auto strategy = StrategyOf(d->fingerprint, d->version);
     if (!strategy.ok()) {
-      spdlog::error("event=assignment_failed worker_id={} version={} error=\"{}\"", id,
-                    d->version, std::string(strategy.status().message()));
+      spdlog::error("event=assignment_failed worker_id={} version={} error=\"{}\"", id, d->version,
+                    std::string(strategy.status().message()));
       continue;
     }
     w.has_assignment = true;
@@ -307,7 +306,8 @@ void RolloutController::Reconcile() {
   SendAssignments();
   if (changed) {
     absl::Status s = Save();
-    if (!s.ok()) spdlog::error("event=fleet_state_save_failed error=\"{}\"", std::string(s.message()));
+    if (!s.ok())
+      spdlog::error("event=fleet_state_save_failed error=\"{}\"", std::string(s.message()));
   }
 }
 
@@ -376,7 +376,8 @@ void RolloutController::Ack(WorkerChannel* channel, const v1::StrategyAck& ack) 
         spdlog::warn("event=rollout_paused rollout={} reason=\"{}\"", r.rollout_id(),
                      r.state_reason());
         absl::Status s = Save();
-        if (!s.ok()) spdlog::error("event=fleet_state_save_failed error=\"{}\"", std::string(s.message()));
+        if (!s.ok())
+          spdlog::error("event=fleet_state_save_failed error=\"{}\"", std::string(s.message()));
       }
     }
     Reconcile();
@@ -426,15 +427,14 @@ absl::StatusOr<v1::Rollout> RolloutController::CreateRollout(const std::string& 
           absl::StrFormat("steps[%d] %d is not a percent in [1, 100]", i, steps[i]));
     }
     if (i > 0 && steps[i] <= steps[i - 1]) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "steps[%d] %d must be above steps[%d] %d (steps increase)", i, steps[i], i - 1,
-          steps[i - 1]));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("steps[%d] %d must be above steps[%d] %d (steps increase)", i, steps[i],
+                          i - 1, steps[i - 1]));
     }
   }
   if (steps.back() != 100) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("steps[%d] %d: the last step must be 100", steps.size() - 1,
-                        steps.back()));
+        absl::StrFormat("steps[%d] %d: the last step must be 100", steps.size() - 1, steps.back()));
   }
   auto parsed = ParseSelector(selector, "label_selector");
   if (!parsed.ok()) return parsed.status();
@@ -476,9 +476,10 @@ absl::StatusOr<v1::Rollout> RolloutController::CreateRollout(const std::string& 
       state_.mutable_rollouts()->RemoveLast();
       return s;
     }
-    spdlog::info("event=rollout_created rollout={} model={} from={} to={} steps=[{}] selector=\"{}\"",
-                 r.rollout_id(), fingerprint.substr(0, 16), from, target,
-                 absl::StrJoin(steps, ","), selector);
+    spdlog::info(
+        "event=rollout_created rollout={} model={} from={} to={} steps=[{}] selector=\"{}\"",
+        r.rollout_id(), fingerprint.substr(0, 16), from, target, absl::StrJoin(steps, ","),
+        selector);
     Reconcile();
     out = *FindRollout(r.rollout_id());
   }
@@ -557,9 +558,9 @@ absl::StatusOr<v1::Rollout> RolloutController::Resume(const std::string& id) {
 absl::StatusOr<v1::Rollout> RolloutController::Promote(const std::string& id) {
   return Operate(id, [](v1::Rollout& r) {
     if (!IsActive(r)) {
-      return absl::FailedPreconditionError(absl::StrFormat(
-          "rollout %s is %s; only a running or paused rollout is promoted", r.rollout_id(),
-          StateName(r.state())));
+      return absl::FailedPreconditionError(
+          absl::StrFormat("rollout %s is %s; only a running or paused rollout is promoted",
+                          r.rollout_id(), StateName(r.state())));
     }
     r.set_current_step(r.steps_size() - 1);
     r.set_state(v1::ROLLOUT_RUNNING);
@@ -572,9 +573,9 @@ absl::StatusOr<v1::Rollout> RolloutController::Promote(const std::string& id) {
 absl::StatusOr<v1::Rollout> RolloutController::Abort(const std::string& id) {
   return Operate(id, [this](v1::Rollout& r) ABSL_NO_THREAD_SAFETY_ANALYSIS {
     if (!IsActive(r)) {
-      return absl::FailedPreconditionError(absl::StrFormat(
-          "rollout %s is %s; only a running or paused rollout is aborted", r.rollout_id(),
-          StateName(r.state())));
+      return absl::FailedPreconditionError(
+          absl::StrFormat("rollout %s is %s; only a running or paused rollout is aborted",
+                          r.rollout_id(), StateName(r.state())));
     }
     r.set_state(v1::ROLLOUT_ABORTED);
     r.set_state_reason(

@@ -137,8 +137,8 @@ class RolloutController {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::optional<Desired> DesiredFor(const WorkerEntry& w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The strategy of (fingerprint, version); version 0 is the identity.
-  absl::StatusOr<std::shared_ptr<const SharingStrategy>> StrategyOf(
-      const std::string& fingerprint, uint64_t version) const;
+  absl::StatusOr<std::shared_ptr<const SharingStrategy>> StrategyOf(const std::string& fingerprint,
+                                                                    uint64_t version) const;
   // Selects workers, advances steps, sends assignments; persists what changed.
   void Reconcile() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool AdvanceRollout(v1::Rollout& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

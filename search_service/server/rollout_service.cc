@@ -177,8 +177,8 @@ grpc::ServerUnaryReactor* RolloutService::ListRollouts(grpc::CallbackServerConte
   return Answer<v1::ListRolloutsResponse>(context, std::move(out), response);
 }
 
-grpc::ServerWriteReactor<v1::Rollout>* RolloutService::WatchRollout(
-    grpc::CallbackServerContext*, const v1::RolloutRef* request) {
+grpc::ServerWriteReactor<v1::Rollout>* RolloutService::WatchRollout(grpc::CallbackServerContext*,
+                                                                    const v1::RolloutRef* request) {
   const std::string id = request->rollout_id();
   RolloutController* controller = controller_;
   return new SnapshotWatch<v1::Rollout>(
@@ -190,13 +190,13 @@ grpc::ServerWriteReactor<v1::Rollout>* RolloutService::WatchRollout(
       Terminal);
 }
 
-#define KVSHARE_ROLLOUT_OP(Rpc, Method)                                                      \
-  grpc::ServerUnaryReactor* RolloutService::Rpc(grpc::CallbackServerContext* context,       \
-                                                const v1::RolloutRef* request,              \
-                                                v1::Rollout* response) {                    \
-    absl::Status s = RequireId(*request);                                                   \
-    if (!s.ok()) return Answer<v1::Rollout>(context, s, response);                          \
-    return Answer(context, controller_->Method(request->rollout_id()), response);           \
+#define KVSHARE_ROLLOUT_OP(Rpc, Method)                                               \
+  grpc::ServerUnaryReactor* RolloutService::Rpc(grpc::CallbackServerContext* context, \
+                                                const v1::RolloutRef* request,        \
+                                                v1::Rollout* response) {              \
+    absl::Status s = RequireId(*request);                                             \
+    if (!s.ok()) return Answer<v1::Rollout>(context, s, response);                    \
+    return Answer(context, controller_->Method(request->rollout_id()), response);     \
   }
 KVSHARE_ROLLOUT_OP(PauseRollout, Pause)
 KVSHARE_ROLLOUT_OP(ResumeRollout, Resume)

@@ -74,9 +74,9 @@ absl::StatusOr<PreparedSearchJob> PrepareSearchJob(const v1::CreateSearchJobRequ
   auto checked = CheckSearchRequest(r);  // method, best_of, max_nll_increase among them
   if (!checked.ok()) return checked.status();
   if (heldout.tokens < 0) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "heldout_tokens %d must be >= 0 (0 = do not measure the held-out quality)",
-        heldout.tokens));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("heldout_tokens %d must be >= 0 (0 = do not measure the held-out quality)",
+                        heldout.tokens));
   }
   if (heldout.context < 2) {
     return absl::InvalidArgumentError(
@@ -99,9 +99,9 @@ absl::StatusOr<PreparedSearchJob> PrepareSearchJob(const v1::CreateSearchJobRequ
   }
   if (heldout.tokens > 0) {
     // Cut now, so a text too short for it is refused before the job exists.
-    auto slice = CalibrationHeldoutSlice(*r.calibration_text, p.search.calibration,
-                                         *p.model->tokenizer, config, heldout,
-                                         r.calibration_source, /*cli_flags=*/false);
+    auto slice =
+        CalibrationHeldoutSlice(*r.calibration_text, p.search.calibration, *p.model->tokenizer,
+                                config, heldout, r.calibration_source, /*cli_flags=*/false);
     if (!slice.ok()) {
       // Too little text after the calibration lines is a malformed request here.
       return absl::InvalidArgumentError(slice.status().message());

@@ -1,7 +1,8 @@
 // A CreateSearchJobRequest checked and turned into a search the library can run: the catalog
-// model (loaded on first use), the calibration set, the selection rule, the held-out slice. Every check happens
-// here, before a job exists; errors name the request's field (the proto spelling), its value
-// and the limit. Model-free checks come first, so a malformed request costs no model load.
+// model (loaded on first use), the calibration set, the selection rule, the held-out slice. Every
+// check happens here, before a job exists; errors name the request's field (the proto spelling),
+// its value and the limit. Model-free checks come first, so a malformed request costs no model
+// load.
 #pragma once
 
 #include <cstdint>

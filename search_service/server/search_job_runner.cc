@@ -11,8 +11,8 @@
 #include "proto/wire/strategy_wire.h"
 #include "search_service/heldout_quality.h"
 #include "search_service/kvsharer_search.h"
-#include "search_service/strategy_search.h"
 #include "search_service/server/registry_wire.h"
+#include "search_service/strategy_search.h"
 #include "spdlog/spdlog.h"
 
 namespace kvshare {
@@ -543,9 +543,8 @@ void SearchJobRunner::Run(const std::shared_ptr<Job>& job) {
           r.mutable_progress()->set_eta_seconds(-1);
         },
         /*persist=*/false);
-    auto quality =
-        MeasureHeldoutQuality(*model.model, *job->heldout, search_threads_, result->strategy,
-                              result->calibration_score, &job->cancel);
+    auto quality = MeasureHeldoutQuality(*model.model, *job->heldout, search_threads_,
+                                         result->strategy, result->calibration_score, &job->cancel);
     if (quality.ok()) {
       auto measured = std::make_shared<SharingStrategy>(*result->strategy);
       RecordQuality(*quality, &measured->provenance());

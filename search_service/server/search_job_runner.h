@@ -7,10 +7,10 @@
 // CANCELLED | FAILED. Cancel stops a running search before its next forward pass (within one
 // candidate evaluation, or one held-out window while the quality is measured). A search that
 // succeeds has its held-out quality measured (phase QUALITY; unless heldout_tokens is 0) and
-// written into its strategy's provenance before it is published. A job whose record says QUEUED or RUNNING when the runner starts was
-// cut off by the previous process's death: it becomes FAILED (ABORTED) with that reason — never
-// lost, never stuck RUNNING. On shutdown (FailRemaining, the destructor) unfinished jobs end
-// FAILED (UNAVAILABLE) with the reason.
+// written into its strategy's provenance before it is published. A job whose record says QUEUED or
+// RUNNING when the runner starts was cut off by the previous process's death: it becomes FAILED
+// (ABORTED) with that reason — never lost, never stuck RUNNING. On shutdown (FailRemaining, the
+// destructor) unfinished jobs end FAILED (UNAVAILABLE) with the reason.
 //
 // Watchers get a call after every change of a job (state or progress; each bumps the job's
 // sequence number) and read the state with Snapshot().

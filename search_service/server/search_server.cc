@@ -50,10 +50,9 @@ absl::StatusOr<std::unique_ptr<SearchServer>> SearchServer::Start(
   grpc_options.address = options.address;
   grpc_options.services = {server->search_service_.get(), server->registry_service_.get(),
                            server->stream_service_.get(), server->rollout_service_.get()};
-  grpc_options.health_services = {v1::SearchService::service_full_name(),
-                                  v1::StrategyRegistry::service_full_name(),
-                                  v1::StrategyDistribution::service_full_name(),
-                                  v1::Rollouts::service_full_name()};
+  grpc_options.health_services = {
+      v1::SearchService::service_full_name(), v1::StrategyRegistry::service_full_name(),
+      v1::StrategyDistribution::service_full_name(), v1::Rollouts::service_full_name()};
   // Calibration text may come inline (WikiText-2's test split is 1.3 MB).
   grpc_options.max_receive_message_bytes = 64 << 20;
   auto grpc = runtime::GrpcServer::Start(grpc_options);

@@ -1,7 +1,8 @@
 // The search service assembled: model catalog, strategy store (data_dir/strategies), job
 // runner (records in data_dir/jobs), SearchService + StrategyRegistry + health + reflection on
 // one gRPC port, with the fleet's control plane (StrategyDistribution streams to workers and
-// the Rollouts service over a RolloutController, state in data_dir/fleet). kvshare-search's main and the tests start it the same way.
+// the Rollouts service over a RolloutController, state in data_dir/fleet). kvshare-search's main
+// and the tests start it the same way.
 //
 // Start() opens the store (refusing a damaged one), reports jobs the previous process left
 // unfinished as FAILED, listens, and reports SERVING. Drain(grace) reports NOT_SERVING, stops

@@ -13,8 +13,9 @@ namespace {
 // One worker's stream. Reads are always outstanding; writes go out one at a time from a
 // queue (the callback API allows one write in flight). The controller holds the reactor as a
 // WorkerChannel from the hello until Disconnected(), which OnDone calls before deleting it.
-class WorkerStream final : public grpc::ServerBidiReactor<v1::WorkerMessage, v1::StrategyAssignment>,
-                           public WorkerChannel {
+class WorkerStream final
+    : public grpc::ServerBidiReactor<v1::WorkerMessage, v1::StrategyAssignment>,
+      public WorkerChannel {
  public:
   WorkerStream(RolloutController* controller, grpc::CallbackServerContext* context)
       : controller_(controller), peer_(context->peer()) {
@@ -42,9 +43,12 @@ class WorkerStream final : public grpc::ServerBidiReactor<v1::WorkerMessage, v1:
       case v1::WorkerMessage::kHello: {
         const v1::WorkerHello& h = in_.hello();
         std::string error;
-        if (hello_seen_) error = "hello: sent twice on one stream";
-        else if (h.worker_id().empty()) error = "hello.worker_id is empty";
-        else if (h.model_fingerprint().empty()) error = "hello.model_fingerprint is empty";
+        if (hello_seen_)
+          error = "hello: sent twice on one stream";
+        else if (h.worker_id().empty())
+          error = "hello.worker_id is empty";
+        else if (h.model_fingerprint().empty())
+          error = "hello.model_fingerprint is empty";
         if (!error.empty()) {
           End(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, error));
           return;
@@ -60,8 +64,10 @@ class WorkerStream final : public grpc::ServerBidiReactor<v1::WorkerMessage, v1:
                            "the first message of StreamStrategy must be a hello"));
           return;
         }
-        if (in_.has_ack()) controller_->Ack(this, in_.ack());
-        else controller_->Load(this, in_.load());
+        if (in_.has_ack())
+          controller_->Ack(this, in_.ack());
+        else
+          controller_->Load(this, in_.load());
         break;
       default:
         End(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "WorkerMessage.kind is not set"));

@@ -22,8 +22,8 @@
 namespace kvshare {
 namespace {
 
-void ExpectLogitRowsClose(const std::vector<float>& got, const std::vector<float>& want,
-                          int vocab, const std::string& where) {
+void ExpectLogitRowsClose(const std::vector<float>& got, const std::vector<float>& want, int vocab,
+                          const std::string& where) {
   ASSERT_EQ(got.size(), want.size()) << where;
   const size_t rows = want.size() / vocab;
   int argmax_same = 0;
@@ -92,7 +92,8 @@ class CudaModelTest : public ::testing::TestWithParam<std::string> {
   // kv_source for a strategy where every third layer from 2 on reads the layer before it.
   std::vector<int> SomeSharing() {
     std::vector<int> ks(model_->config().n_layers);
-    for (int l = 0; l < static_cast<int>(ks.size()); ++l) ks[l] = (l >= 2 && l % 3 == 2) ? l - 1 : l;
+    for (int l = 0; l < static_cast<int>(ks.size()); ++l)
+      ks[l] = (l >= 2 && l % 3 == 2) ? l - 1 : l;
     return ks;
   }
 
@@ -124,7 +125,7 @@ TEST_P(CudaModelTest, BatchedDecodeWithMixedStrategiesMatchesTheCpuEngine) {
   const std::vector<std::vector<int>> strategies = {
       Strategy(SomeSharing())->kv_source(),
       std::vector<int>(model_->config().n_layers, 0),  // everything reads layer 0
-      {}};                                              // identity
+      {}};                                             // identity
   const std::vector<int> prompt_lens = {5, 17, 33};
   std::vector<float> logits[2];
   for (bool cuda : {false, true}) {

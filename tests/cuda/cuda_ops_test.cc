@@ -217,10 +217,10 @@ void CheckWriteAndAttention(Backend& b, const PagedCase& c, uint32_t seed) {
     const int parts[2][2] = {{0, c.start[s]}, {c.start[s], c.n_q[s]}};
     for (const auto& part : parts) {
       if (part[1] == 0) continue;
-      cpu::ref::WriteKv(g, pool.data(), tables[s].data(), part[0], part[1], k.data() + int64_t(part[0]) * kv_dim,
-                        v.data() + int64_t(part[0]) * kv_dim);
-      b.WriteKv(g, dpool->f32(), tables[s].data(), part[0], part[1], dk->f32() + int64_t(part[0]) * kv_dim,
-                dv->f32() + int64_t(part[0]) * kv_dim);
+      cpu::ref::WriteKv(g, pool.data(), tables[s].data(), part[0], part[1],
+                        k.data() + int64_t(part[0]) * kv_dim, v.data() + int64_t(part[0]) * kv_dim);
+      b.WriteKv(g, dpool->f32(), tables[s].data(), part[0], part[1],
+                dk->f32() + int64_t(part[0]) * kv_dim, dv->f32() + int64_t(part[0]) * kv_dim);
     }
   }
   ExpectAllNear(ToHost(b, *dpool, pool.size()), pool, 0, 0, "pool after WriteKv");
@@ -237,10 +237,10 @@ void CheckWriteAndAttention(Backend& b, const PagedCase& c, uint32_t seed) {
   cpu::ref::Attention(g, pool.data(), seqs.data(), n_seqs, q.data(), c.n_heads, want.data());
   auto dq = ToDevice(b, q), dout = ToDevice(b, std::vector<float>(q.size(), NAN));
   b.Attention(g, dpool->f32(), seqs.data(), n_seqs, dq->f32(), c.n_heads, dout->f32());
-  ExpectAllNear(ToHost(b, *dout, q.size()), want, 2e-4, 2e-4,
-                absl::StrFormat("attention bt %d kv_heads %d heads %d hd %d seqs %d shared %d",
-                                g.block_tokens, g.n_kv_heads, c.n_heads, g.head_dim, n_seqs,
-                                c.shared_table));
+  ExpectAllNear(
+      ToHost(b, *dout, q.size()), want, 2e-4, 2e-4,
+      absl::StrFormat("attention bt %d kv_heads %d heads %d hd %d seqs %d shared %d",
+                      g.block_tokens, g.n_kv_heads, c.n_heads, g.head_dim, n_seqs, c.shared_table));
 }
 
 TEST(CudaOpsTest, PagedAttentionPrefillMatchesReferenceOverGqaRatiosAndBlockBoundaries) {

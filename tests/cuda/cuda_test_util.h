@@ -42,11 +42,11 @@ inline CudaForTests& Cuda(bool bf16 = false) {
 }
 
 // Skips the calling test, printing why, when CUDA cannot be used.
-#define KVSHARE_REQUIRE_CUDA()                                            \
-  do {                                                                    \
-    if (::kvshare::testing::Cuda().backend == nullptr) {                  \
-      GTEST_SKIP() << ::kvshare::testing::Cuda().skip_reason;             \
-    }                                                                     \
+#define KVSHARE_REQUIRE_CUDA()                                \
+  do {                                                        \
+    if (::kvshare::testing::Cuda().backend == nullptr) {      \
+      GTEST_SKIP() << ::kvshare::testing::Cuda().skip_reason; \
+    }                                                         \
   } while (0)
 
 inline std::unique_ptr<Buffer> ToDevice(Backend& b, const std::vector<float>& v) {

@@ -103,9 +103,9 @@ TEST_F(KvSharingTest, TokenByTokenDecodeAndPrefillThenDecodeEqualNaiveReference)
       for (int t = split; t < len; ++t) {
         StepInput in{*seq, absl::MakeConstSpan(&ids[t], 1), false};
         ASSERT_TRUE(engine->Step({in}, &logits).ok());
-        ExpectRowNear(logits.data(), want[t],
-                      absl::StrFormat("%s split %d pos %d", Strategy(ks)->CanonicalString(),
-                                      split, t));
+        ExpectRowNear(
+            logits.data(), want[t],
+            absl::StrFormat("%s split %d pos %d", Strategy(ks)->CanonicalString(), split, t));
       }
     }
   }
@@ -122,9 +122,10 @@ TEST_F(KvSharingTest, SequencesWithDifferentStrategiesInterleavedInOnePoolEqualS
   std::vector<float> logits;
   // Prefill a and b together (a mixed-strategy batch), then decode all three in one batch,
   // c joining later with its own prefill rows in the same step (continuous batching).
-  ASSERT_TRUE(engine->Step({{*a, absl::MakeConstSpan(a_ids).subspan(0, 5), false},
-                            {*b, absl::MakeConstSpan(b_ids).subspan(0, 3), false}},
-                           &logits)
+  ASSERT_TRUE(engine
+                  ->Step({{*a, absl::MakeConstSpan(a_ids).subspan(0, 5), false},
+                          {*b, absl::MakeConstSpan(b_ids).subspan(0, 3), false}},
+                         &logits)
                   .ok());
   int ta = 5, tb = 3, tc = 0;
   const auto wa = NaiveForward(*model_, a_ks, a_ids), wb = NaiveForward(*model_, b_ks, b_ids),
@@ -132,8 +133,12 @@ TEST_F(KvSharingTest, SequencesWithDifferentStrategiesInterleavedInOnePoolEqualS
   while (ta < 19 || tb < 13 || tc < 9) {
     std::vector<StepInput> step;
     std::vector<std::pair<const std::vector<Vec>*, int>> expect;
-    if (ta < 19) step.push_back({*a, absl::MakeConstSpan(&a_ids[ta], 1), false}), expect.push_back({&wa, ta++});
-    if (tb < 13) step.push_back({*b, absl::MakeConstSpan(&b_ids[tb], 1), false}), expect.push_back({&wb, tb++});
+    if (ta < 19)
+      step.push_back({*a, absl::MakeConstSpan(&a_ids[ta], 1), false}),
+          expect.push_back({&wa, ta++});
+    if (tb < 13)
+      step.push_back({*b, absl::MakeConstSpan(&b_ids[tb], 1), false}),
+          expect.push_back({&wb, tb++});
     if (tc == 0 && ta >= 8) {
       step.push_back({*c, absl::MakeConstSpan(c_ids).subspan(0, 4), false});
       tc = 4;

@@ -63,7 +63,8 @@ TEST_P(StoriesGoldenTest, GreedyGenerationMatchesGoldenTextAndIds) {
 }
 
 TEST_P(StoriesGoldenTest, MeanNllOfTinyStoriesSampleMatchesGolden) {
-  std::string text = testing::ReadFileOrDie(testing::Asset("tinystories-sample.txt")).substr(0, 6000);
+  std::string text =
+      testing::ReadFileOrDie(testing::Asset("tinystories-sample.txt")).substr(0, 6000);
   text.resize(text.rfind(' '));  // cut at the last ASCII space
   std::vector<int32_t> ids = tokenizer_->Encode(text, /*add_bos=*/true);
   ASSERT_GE(ids.size(), 512u);
@@ -98,7 +99,8 @@ TEST_P(StoriesGoldenTest, TokenByTokenDecodeEqualsPrefillNll) {
   const auto ref = nlohmann::json::parse(
       testing::ReadFileOrDie(testing::SourcePath("tests/reference/stories260k_reference.json")));
   const std::vector<int32_t> ids = ref["nll"]["ids"].get<std::vector<int32_t>>();
-  const std::vector<double> per_pos = ref["nll"]["per_position_nll_first64"].get<std::vector<double>>();
+  const std::vector<double> per_pos =
+      ref["nll"]["per_position_nll_first64"].get<std::vector<double>>();
   auto seq = engine_->AddSequence();
   ASSERT_TRUE(seq.ok());
   std::vector<float> logits;

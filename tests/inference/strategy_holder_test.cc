@@ -44,7 +44,8 @@ TEST(StrategyHolderTest, NewVersionsBecomeCurrentAndVersionsOnlyMoveForward) {
   EXPECT_EQ(h.Resolve(std::nullopt)->strategy->sharing_layers(), 2);
   const absl::Status old = h.Publish(4, Strategy({0, 1, 2, 3, 4}));
   EXPECT_EQ(old.code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(std::string(old.message()), HasSubstr("version 4 is not newer than the current version 5"));
+  EXPECT_THAT(std::string(old.message()),
+              HasSubstr("version 4 is not newer than the current version 5"));
   EXPECT_EQ(h.Current()->version, 5u);
   EXPECT_EQ(notified, 2);
 }

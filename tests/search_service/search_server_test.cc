@@ -462,8 +462,8 @@ TEST_F(SearchServerTest, ANllBestOfTwoJobFindsWhatTheLibraryFindsWithItsQualityO
 
   // Its quality: the library's measurement on the same slice, with the search's cosine score;
   // in the result and in the published record.
-  auto quality = LibraryQuality(**model, **tokenizer, *calibration, local->strategy,
-                                local->calibration_score);
+  auto quality =
+      LibraryQuality(**model, **tokenizer, *calibration, local->strategy, local->calibration_score);
   ASSERT_TRUE(quality.ok()) << quality.status();
   ExpectQuality(done.result().strategy(), *quality);
   EXPECT_EQ(done.result().strategy().provenance().quality().calibration_score(),
@@ -535,8 +535,7 @@ TEST_F(SearchServerTest, InvalidRequestsAreRefusedNamingTheField) {
          "tokens 600 exceeds the context of 'stories260K' (512)");
   // The selection rule and the held-out quality fields.
   expect(with([](auto& r) { r.set_best_of(0); }), C::kInvalidArgument, "best_of 0 must be >= 1");
-  expect(with([](auto& r) { r.set_best_of(-3); }), C::kInvalidArgument,
-         "best_of -3 must be >= 1");
+  expect(with([](auto& r) { r.set_best_of(-3); }), C::kInvalidArgument, "best_of -3 must be >= 1");
   expect(with([](auto& r) {
            r.set_method("nll");
            r.set_max_nll_increase(0);
