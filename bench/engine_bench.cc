@@ -29,9 +29,9 @@
 #include "absl/strings/str_split.h"
 #include "bench/bench_util.h"
 #include "common/engine/engine.h"
-#include "common/model/locate.h"
 #include "common/model/model.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "service_runtime/locate.h"
 
 namespace kvshare::bench {
 namespace {

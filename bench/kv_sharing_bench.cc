@@ -15,8 +15,8 @@
 #include "absl/strings/str_format.h"
 #include "bench/bench_util.h"
 #include "common/engine/engine.h"
-#include "common/model/locate.h"
 #include "common/model/model.h"
+#include "service_runtime/locate.h"
 
 namespace kvshare::bench {
 namespace {

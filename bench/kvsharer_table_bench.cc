@@ -23,12 +23,12 @@
 #include "bench/bench_util.h"
 #include "common/engine/engine.h"
 #include "common/engine/generate.h"
-#include "common/model/locate.h"
 #include "common/model/model.h"
 #include "common/tokenizer/tokenizer.h"
 #include "common/util/file.h"
 #include "search_service/calibration.h"
 #include "search_service/kvsharer_search.h"
+#include "service_runtime/locate.h"
 
 namespace kvshare::bench {
 namespace {

@@ -32,10 +32,10 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "bench/bench_util.h"
-#include "common/model/locate.h"
 #include "inference_service/inference_server.h"
 #include "inference_service/inference_worker.h"
 #include "inference_service/load_generator.h"
+#include "service_runtime/locate.h"
 #include "spdlog/spdlog.h"
 
 namespace kvshare {

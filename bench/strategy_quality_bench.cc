@@ -29,7 +29,6 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "bench/bench_util.h"
-#include "common/model/locate.h"
 #include "common/model/model.h"
 #include "common/tokenizer/tokenizer.h"
 #include "common/util/file.h"
@@ -38,6 +37,7 @@
 #include "search_service/cosine_evaluator.h"
 #include "search_service/heldout_quality.h"
 #include "search_service/strategy_search.h"
+#include "service_runtime/locate.h"
 
 namespace kvshare::bench {
 namespace {

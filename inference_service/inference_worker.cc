@@ -2,8 +2,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/engine/engine.h"
-#include "common/model/locate.h"
 #include "kernels/backend.h"
+#include "service_runtime/locate.h"
 #include "spdlog/spdlog.h"
 
 namespace kvshare {

@@ -4,8 +4,8 @@
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
-#include "common/model/locate.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "service_runtime/locate.h"
 
 namespace kvshare::cli {
 

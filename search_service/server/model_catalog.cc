@@ -5,9 +5,9 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "common/model/locate.h"
 #include "common/util/file.h"
 #include "nlohmann/json.hpp"
+#include "service_runtime/locate.h"
 #include "spdlog/spdlog.h"
 
 namespace kvshare {

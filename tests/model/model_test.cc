@@ -16,9 +16,9 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "common/model/locate.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "service_runtime/locate.h"
 #include "tests/model/gguf_builder.h"
 #include "tests/support/test_env.h"
 

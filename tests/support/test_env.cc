@@ -3,8 +3,8 @@
 #include <fstream>
 #include <sstream>
 
-#include "common/model/locate.h"
 #include "gtest/gtest.h"
+#include "service_runtime/locate.h"
 
 namespace kvshare::testing {
 

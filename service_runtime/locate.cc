@@ -1,4 +1,4 @@
-#include "common/model/locate.h"
+#include "service_runtime/locate.h"
 
 #include <cstdio>
 #include <cstdlib>
