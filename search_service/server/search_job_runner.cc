@@ -10,7 +10,6 @@
 #include "kernels/backend.h"
 #include "proto/wire/strategy_wire.h"
 #include "search_service/heldout_quality.h"
-#include "search_service/kvsharer_search.h"
 #include "search_service/server/registry_wire.h"
 #include "search_service/strategy_search.h"
 #include "spdlog/spdlog.h"

@@ -29,7 +29,6 @@
 #include "kvshare/v1/search.grpc.pb.h"
 #include "proto/wire/strategy_wire.h"
 #include "search_service/heldout_quality.h"
-#include "search_service/kvsharer_search.h"
 #include "search_service/strategy_search.h"
 #include "tests/support/test_env.h"
 
@@ -201,11 +200,11 @@ TEST_F(SearchServerTest, AJobOnStories260KFindsWhatTheLibrarySearchFindsAndPubli
   ASSERT_TRUE(tokenizer.ok());
   auto calibration = BuildCalibrationSet(*text_, **tokenizer, {30, 64}, "tinystories");
   ASSERT_TRUE(calibration.ok());
-  GreedyOptions options;
-  options.target_layers = 2;
-  options.threshold = 0.5;
+  SelectionOptions options;  // the paper's rule
+  options.greedy.target_layers = 2;
+  options.greedy.threshold = 0.5;
   auto backend = MakeCpuBackend(1);
-  auto local = RunKvSharerSearch(**model, *backend, *calibration, options);
+  auto local = RunStrategySearch(**model, *backend, *calibration, options);
   ASSERT_TRUE(local.ok()) << local.status();
 
   auto remote = FromProto(done.result().strategy());
@@ -214,16 +213,16 @@ TEST_F(SearchServerTest, AJobOnStories260KFindsWhatTheLibrarySearchFindsAndPubli
   EXPECT_EQ(remote->id(), local->strategy->id());
   EXPECT_EQ(remote->provenance().score, local->strategy->provenance().score);
   EXPECT_EQ(remote->provenance().calibration_hash, calibration->hash);
-  ASSERT_EQ(done.result().trace_size(), int(local->greedy.trace.size()));
+  ASSERT_EQ(done.result().trace_size(), int(local->selection.greedy.trace.size()));
   for (int t = 0; t < done.result().trace_size(); ++t) {
-    const PairTrial& want = local->greedy.trace[t];
+    const PairTrial& want = local->selection.greedy.trace[t];
     const v1::PairTrial& got = done.result().trace(t);
     EXPECT_EQ(std::make_tuple(got.i(), got.j(), got.accepted()),
               std::make_tuple(want.i, want.j, want.accepted));
     EXPECT_EQ(got.score(), want.score);
     EXPECT_EQ(got.distance(), want.distance);
   }
-  EXPECT_EQ(done.result().stop_reason(), StopReasonName(local->greedy.stop));
+  EXPECT_EQ(done.result().stop_reason(), StopReasonName(local->selection.greedy.stop));
   // The quality on record is the library's measurement on the same held-out slice.
   auto quality = LibraryQuality(**model, **tokenizer, *calibration, local->strategy, 0);
   ASSERT_TRUE(quality.ok()) << quality.status();
