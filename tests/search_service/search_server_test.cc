@@ -27,6 +27,7 @@
 #include "kernels/backend.h"
 #include "kvshare/v1/registry.grpc.pb.h"
 #include "kvshare/v1/search.grpc.pb.h"
+#include "proto/wire/search_job_wire.h"
 #include "proto/wire/strategy_wire.h"
 #include "search_service/heldout_quality.h"
 #include "search_service/strategy_search.h"
@@ -245,26 +246,6 @@ TEST_F(SearchServerTest, AJobOnStories260KFindsWhatTheLibrarySearchFindsAndPubli
   EXPECT_EQ(record.version(), published.version());
 }
 
-// The order a job goes through the phases (QUALITY is numbered after DONE, so not by number).
-int PhaseRank(v1::SearchPhase phase) {
-  switch (phase) {
-    case v1::SEARCH_PHASE_QUEUED:
-      return 1;
-    case v1::SEARCH_PHASE_CALIBRATION:
-      return 2;
-    case v1::SEARCH_PHASE_GREEDY:
-      return 3;
-    case v1::SEARCH_PHASE_QUALITY:
-      return 4;
-    case v1::SEARCH_PHASE_PUBLISHING:
-      return 5;
-    case v1::SEARCH_PHASE_DONE:
-      return 6;
-    default:
-      return 0;
-  }
-}
-
 TEST_F(SearchServerTest, WatchStreamsProgressInOrderAndEndsWithTheResult) {
   auto job = Create(SmolLm2(0.5, 3));
   ASSERT_TRUE(job.ok()) << job.status();
@@ -279,8 +260,8 @@ TEST_F(SearchServerTest, WatchStreamsProgressInOrderAndEndsWithTheResult) {
     const v1::SearchJob& before = updates[k - 1].job();
     EXPECT_GT(updates[k].sequence(), updates[k - 1].sequence());
     EXPECT_GE(int(j.state()), int(before.state()));  // QUEUED < RUNNING < SUCCEEDED
-    EXPECT_GE(PhaseRank(j.progress().phase()), PhaseRank(before.progress().phase()));
-    EXPECT_GE(PhaseRank(j.progress().phase()), 1) << j.progress().phase();
+    EXPECT_GE(SearchPhaseRank(j.progress().phase()), SearchPhaseRank(before.progress().phase()));
+    EXPECT_GE(SearchPhaseRank(j.progress().phase()), 1) << j.progress().phase();
     EXPECT_GE(j.progress().pairs_tried(), before.progress().pairs_tried());
     EXPECT_GE(j.progress().accepted(), before.progress().accepted());
     EXPECT_GE(j.progress().elapsed_seconds(), before.progress().elapsed_seconds());
