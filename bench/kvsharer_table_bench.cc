@@ -27,7 +27,7 @@
 #include "common/tokenizer/tokenizer.h"
 #include "common/util/file.h"
 #include "search_service/calibration.h"
-#include "search_service/kvsharer_search.h"
+#include "search_service/strategy_search.h"
 #include "service_runtime/locate.h"
 
 namespace kvshare::bench {
@@ -164,30 +164,32 @@ absl::StatusOr<nlohmann::json> RunModel(const ModelSpec& spec, const Flags& flag
 
   // The speed target: a search to 25% of the layers, dissimilar order, timed on its own.
   {
-    GreedyOptions o;
+    SelectionOptions paper;  // kvsharer, best of 1
+    GreedyOptions& o = paper.greedy;
     o.target_layers = std::max(1, int(std::lround(0.25 * c.n_layers)));
-    auto r = RunKvSharerSearch(m, e.backend(), *calibration, o);
+    auto r = RunStrategySearch(m, e.backend(), *calibration, paper);
     if (!r.ok()) return r.status();
     j["search_25pct"] = {{"target_layers", o.target_layers},
                          {"seconds", r->total_seconds},
                          {"calibration_seconds", r->calibration_seconds},
                          {"greedy_seconds", r->greedy_seconds},
-                         {"pairs_scored", r->greedy.trace.size()},
-                         {"kv_source", r->greedy.kv_source}};
+                         {"pairs_scored", r->selection.greedy.trace.size()},
+                         {"kv_source", r->selection.greedy.kv_source}};
     std::fprintf(stderr, "  search to %d of %d layers (25%%): %.2f s\n", o.target_layers,
                  c.n_layers, r->total_seconds);
   }
 
   const int k_max = spec.shared.back();
   for (PairOrder order : {PairOrder::kDissimilar, PairOrder::kSimilar, PairOrder::kRandom}) {
-    GreedyOptions o;
+    SelectionOptions paper;  // kvsharer, best of 1
+    GreedyOptions& o = paper.greedy;
     o.order = order;
     o.seed = flags.seed;
     o.target_layers = k_max;
-    auto r = RunKvSharerSearch(m, e.backend(), *calibration, o);
+    auto r = RunStrategySearch(m, e.backend(), *calibration, paper);
     if (!r.ok()) return r.status();
     nlohmann::json trace = nlohmann::json::array();
-    for (const PairTrial& t : r->greedy.trace) {
+    for (const PairTrial& t : r->selection.greedy.trace) {
       trace.push_back({{"i", t.i},
                        {"j", t.j},
                        {"distance", t.distance},
@@ -198,17 +200,18 @@ absl::StatusOr<nlohmann::json> RunModel(const ModelSpec& spec, const Flags& flag
                              {"seed", flags.seed},
                              {"target_layers", k_max},
                              {"seconds", r->total_seconds},
-                             {"stop", StopReasonName(r->greedy.stop)},
-                             {"accepted", r->greedy.accepted},
+                             {"stop", StopReasonName(r->selection.greedy.stop)},
+                             {"accepted", r->selection.greedy.accepted},
                              {"trace", trace}});
     std::fprintf(stderr, "  search %s to %d: %.2f s, %zu pairs scored, %s\n", PairOrderName(order),
-                 k_max, r->total_seconds, r->greedy.trace.size(), StopReasonName(r->greedy.stop));
+                 k_max, r->total_seconds, r->selection.greedy.trace.size(),
+                 StopReasonName(r->selection.greedy.stop));
     for (int k : spec.shared) {
       Row row;
       row.order = PairOrderName(order);
       row.shared = k;
       row.search_seconds = r->total_seconds;
-      auto ks = StrategyAfterAccepts(r->greedy.trace, c.n_layers, k);
+      auto ks = StrategyAfterAccepts(r->selection.greedy.trace, c.n_layers, k);
       if (!ks.ok()) {  // the pairs ran out before k acceptances
         row.available = false;
         rows->push_back(row);
@@ -216,7 +219,7 @@ absl::StatusOr<nlohmann::json> RunModel(const ModelSpec& spec, const Flags& flag
       }
       row.kv_source = *ks;
       int accepts = 0;
-      for (const PairTrial& t : r->greedy.trace) {
+      for (const PairTrial& t : r->selection.greedy.trace) {
         if (t.accepted && ++accepts == k) row.score = t.score;
       }
       s = evaluate(row);

@@ -1,177 +1,61 @@
 #include "search_service/cosine_evaluator.h"
 
-#include <algorithm>
 #include <cmath>
 #include <utility>
 
-#include "absl/strings/str_format.h"
-
 namespace kvshare {
 
-// Copies each layer's output rows of a batch into the candidate's host states (the residual
-// entering the next layer), and passes every event on to an optional observer.
-class CosineEvaluator::LayerOutputCapture : public ForwardObserver {
- public:
-  LayerOutputCapture(CosineEvaluator& e, size_t row0, ForwardObserver* extra)
-      : e_(e), row0_(row0), extra_(extra) {}
-  void OnKv(int layer, int input, const float* k, const float* v, int n) override {
-    if (extra_ != nullptr) extra_->OnKv(layer, input, k, v, n);
-  }
-  void OnLayerOutput(int layer, const float* x, int rows) override {
-    if (layer + 1 < e_.n_layers_) {
-      e_.transformer_.backend().CopyToHost(
-          x, size_t(rows) * e_.dim_ * sizeof(float),
-          e_.candidate_hidden_[layer + 1].data() + row0_ * e_.dim_);
+double MeanSampleCosine(const std::vector<float>& a, const std::vector<float>& b, int samples,
+                        size_t per_sample, std::vector<double>* per_sample_cosines) {
+  if (per_sample_cosines != nullptr) per_sample_cosines->assign(samples, 0.0);
+  double total = 0;
+  for (int n = 0; n < samples; ++n) {
+    const float* x = a.data() + n * per_sample;
+    const float* y = b.data() + n * per_sample;
+    double xy = 0, xx = 0, yy = 0;
+    for (size_t k = 0; k < per_sample; ++k) {
+      xy += double(x[k]) * y[k];
+      xx += double(x[k]) * x[k];
+      yy += double(y[k]) * y[k];
     }
-    if (extra_ != nullptr) extra_->OnLayerOutput(layer, x, rows);
+    const double cosine = (xx > 0 && yy > 0) ? xy / (std::sqrt(xx) * std::sqrt(yy)) : 0.0;
+    if (per_sample_cosines != nullptr) (*per_sample_cosines)[n] = cosine;
+    total += cosine;
   }
+  return total / samples;
+}
 
- private:
-  CosineEvaluator& e_;
-  const size_t row0_;
-  ForwardObserver* const extra_;
-};
-
-CosineEvaluator::CosineEvaluator(Transformer& transformer, const CalibrationSet& calibration)
-    : transformer_(transformer), calibration_(calibration) {}
+CosineEvaluator::CosineEvaluator(const CalibrationSet& calibration,
+                                 std::unique_ptr<IncrementalForward> forward)
+    : calibration_(calibration), forward_(std::move(forward)) {}
 
 CosineEvaluator::~CosineEvaluator() = default;
 
 absl::StatusOr<std::unique_ptr<CosineEvaluator>> CosineEvaluator::Create(
     Transformer& transformer, const CalibrationSet& calibration,
     ForwardObserver* identity_observer) {
-  std::unique_ptr<CosineEvaluator> e(new CosineEvaluator(transformer, calibration));
-  absl::Status s = e->Init(identity_observer);
-  if (!s.ok()) return s;
-  return e;
-}
-
-absl::Status CosineEvaluator::Init(ForwardObserver* identity_observer) {
-  const ModelConfig& c = transformer_.config();
-  const int N = calibration_.samples, T = calibration_.tokens;
-  if (N < 1 || T < 1 || calibration_.ids.size() != size_t(N) * T) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("cosine evaluator: calibration set of %d samples x %d tokens holds %d ids",
-                        N, T, calibration_.ids.size()));
-  }
-  if (T > c.max_seq_len) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "calibration tokens %d exceed the model's context of %d", T, c.max_seq_len));
-  }
-  if (T > transformer_.max_rows()) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "calibration tokens %d exceed the transformer's max_rows %d", T, transformer_.max_rows()));
-  }
-  for (size_t k = 0; k < calibration_.ids.size(); ++k) {
-    const int32_t id = calibration_.ids[k];
-    if (id < 0 || id >= c.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "calibration sample %d position %d: token id %d is outside the vocabulary [0, %d)",
-          int(k / T), int(k % T), id, c.vocab_size));
-    }
-  }
-  dim_ = c.dim;
-  n_layers_ = c.n_layers;
-  batch_samples_ = std::min(N, transformer_.max_rows() / T);
-
-  auto kv = DenseKvLayout::Create(transformer_.backend(), c, N, T);
-  if (!kv.ok()) return kv.status();
-  kv_ = std::move(*kv);
-  auto x = transformer_.backend().Allocate(size_t(batch_samples_) * T * dim_ * sizeof(float));
-  if (!x.ok()) return x.status();
-  x_ = std::move(*x);
-  positions_.resize(size_t(batch_samples_) * T);
-  for (size_t r = 0; r < positions_.size(); ++r) positions_[r] = static_cast<int32_t>(r % T);
-  seqs_.resize(batch_samples_);
-  for (int b = 0; b < batch_samples_; ++b) seqs_[b] = {b * T, T, 0};
-
-  const size_t floats = size_t(N) * T * dim_;
-  accepted_hidden_.assign(n_layers_, std::vector<float>(floats));
-  candidate_hidden_.assign(n_layers_, std::vector<float>(floats));
-  final_.resize(floats);
-
-  // The unshared model: every layer runs and owns, so the whole forward is a "candidate"
-  // changed from layer 0; its final states are the reference every score compares with.
-  scored_.resize(n_layers_);
-  for (int l = 0; l < n_layers_; ++l) scored_[l] = l;
-  kv_->SetCandidate(scored_, 0);
-  absl::Status s = RunCandidate(0, identity_observer);
-  if (!s.ok()) return s;
-  reference_final_ = final_;
-  scored_first_ = 0;
-  return Accept(scored_, 0);
-}
-
-absl::Status CosineEvaluator::RunCandidate(int first, ForwardObserver* extra_observer) {
-  const int N = calibration_.samples, T = calibration_.tokens;
-  float* x = x_->f32();
-  Backend& backend = transformer_.backend();
-  for (int s0 = 0; s0 < N; s0 += batch_samples_) {
-    const int nb = std::min(batch_samples_, N - s0);
-    const int rows = nb * T;
-    const size_t row0 = size_t(s0) * T;
-    const size_t bytes = size_t(rows) * dim_ * sizeof(float);
-    kv_->set_first_input(s0);
-    if (first == 0) {
-      transformer_.Embed(calibration_.sample(s0), rows, x);
-      backend.CopyToHost(x, bytes, candidate_hidden_[0].data() + row0 * dim_);
-    } else {
-      backend.CopyFromHost(accepted_hidden_[first].data() + row0 * dim_, bytes, x);
-    }
-    LayerOutputCapture capture(*this, row0, extra_observer);
-    transformer_.RunLayers(first, n_layers_, absl::MakeConstSpan(seqs_.data(), nb),
-                           positions_.data(), rows, *kv_, x, &capture);
-    transformer_.FinalNorm(x, rows, x);
-    backend.CopyToHost(x, bytes, final_.data() + row0 * dim_);
-  }
-  return absl::OkStatus();
+  auto forward =
+      IncrementalForward::Create(transformer, calibration, "cosine evaluator", identity_observer);
+  if (!forward.ok()) return forward.status();
+  return std::unique_ptr<CosineEvaluator>(new CosineEvaluator(calibration, std::move(*forward)));
 }
 
 absl::StatusOr<double> CosineEvaluator::Score(const std::vector<int>& kv_source,
                                               int first_changed_layer) {
-  absl::Status s = CheckEvaluatorCandidate(accepted_, kv_source, first_changed_layer);
+  absl::Status s = forward_->Run(kv_source, first_changed_layer);
   if (!s.ok()) return s;
-  kv_->SetCandidate(kv_source, first_changed_layer);
-  scored_first_ = -1;  // candidate_* are being overwritten
-  s = RunCandidate(first_changed_layer, nullptr);
-  if (!s.ok()) return s;
-  scored_ = kv_source;
-  scored_first_ = first_changed_layer;
-
-  const int N = calibration_.samples;
-  const size_t per_sample = size_t(calibration_.tokens) * dim_;
-  sample_scores_.assign(N, 0.0);
-  double total = 0;
-  for (int n = 0; n < N; ++n) {
-    const float* a = reference_final_.data() + n * per_sample;
-    const float* b = final_.data() + n * per_sample;
-    double ab = 0, aa = 0, bb = 0;
-    for (size_t k = 0; k < per_sample; ++k) {
-      ab += double(a[k]) * b[k];
-      aa += double(a[k]) * a[k];
-      bb += double(b[k]) * b[k];
-    }
-    // A zero vector has no direction; call it orthogonal rather than NaN.
-    sample_scores_[n] = (aa > 0 && bb > 0) ? ab / (std::sqrt(aa) * std::sqrt(bb)) : 0.0;
-    total += sample_scores_[n];
-  }
-  return total / N;
+  return MeanSampleCosine(forward_->reference_final(), forward_->final_states(),
+                          calibration_.samples, size_t(calibration_.tokens) * forward_->dim(),
+                          &sample_scores_);
 }
 
 absl::Status CosineEvaluator::Accept(const std::vector<int>& kv_source, int first_changed_layer) {
-  if (scored_first_ < 0 || kv_source != scored_ || first_changed_layer != scored_first_) {
+  if (!forward_->IsLastRun(kv_source, first_changed_layer)) {
     // Not the candidate just scored: compute its states first.
     auto score = Score(kv_source, first_changed_layer);
     if (!score.ok()) return score.status();
   }
-  kv_->AcceptCandidate();
-  // The residual entering layer first_changed is the accepted one already; the later ones are
-  // the candidate's.
-  const int from = first_changed_layer == 0 ? 0 : first_changed_layer + 1;
-  for (int l = from; l < n_layers_; ++l) std::swap(accepted_hidden_[l], candidate_hidden_[l]);
-  accepted_ = kv_source;
-  scored_first_ = -1;
-  return absl::OkStatus();
+  return forward_->Accept(kv_source, first_changed_layer);
 }
 
 }  // namespace kvshare

@@ -3,15 +3,10 @@
 // vector) of the unshared model and of the candidate, averaged over samples (in double, in
 // sample order).
 //
-// Cost: Create runs the unshared model once over all samples and keeps, per layer, the
-// residual stream entering it (host memory, [samples * tokens][dim] per layer) and the K/V of
-// every layer (DenseKvLayout). A candidate whose first changed layer is i starts from the
-// accepted strategy's residual at layer i and runs layers i .. L-1 only, reading the K/V of
-// layers < i from the accepted cache. Accept keeps the candidate's states (no recompute).
-// Samples run as one input each, batched so each RunLayers call has up to max_rows rows
-// (fewer, bigger GEMMs).
+// A metric over IncrementalForward's final states: Create runs the unshared model once, and a
+// candidate runs from its first changed layer only (see incremental_forward.h for the cost).
 //
-// Owns its buffers; uses (does not own) the transformer and the calibration set, which must
+// Owns its forward; uses (does not own) the transformer and the calibration set, which must
 // outlive it. Not thread-safe.
 #pragma once
 
@@ -21,10 +16,16 @@
 #include "absl/status/statusor.h"
 #include "common/engine/transformer.h"
 #include "search_service/calibration.h"
-#include "search_service/dense_kv_layout.h"
 #include "search_service/greedy_search.h"
+#include "search_service/incremental_forward.h"
 
 namespace kvshare {
+
+// The mean over `samples` of the cosine between a[n] and b[n], each sample `per_sample` floats,
+// summed in double in sample order; a zero vector has no direction and counts as orthogonal
+// (0) rather than NaN. `per_sample_cosines` (optional) gets each sample's cosine.
+double MeanSampleCosine(const std::vector<float>& a, const std::vector<float>& b, int samples,
+                        size_t per_sample, std::vector<double>* per_sample_cosines = nullptr);
 
 class CosineEvaluator : public Evaluator {
  public:
@@ -41,34 +42,16 @@ class CosineEvaluator : public Evaluator {
   absl::StatusOr<double> Score(const std::vector<int>& kv_source, int first_changed_layer) override;
   absl::Status Accept(const std::vector<int>& kv_source, int first_changed_layer) override;
 
-  const std::vector<int>& accepted() const { return accepted_; }
+  const std::vector<int>& accepted() const { return forward_->accepted(); }
   // Per-sample cosines of the last Score call.
   const std::vector<double>& last_sample_scores() const { return sample_scores_; }
 
  private:
-  class LayerOutputCapture;
-  CosineEvaluator(Transformer& transformer, const CalibrationSet& calibration);
-  absl::Status Init(ForwardObserver* identity_observer);
-  // Runs layers [first, L) of the current candidate over every sample (first == 0: from the
-  // embeddings), storing each layer's output in candidate_hidden_ and returning the
-  // per-sample cosines against the reference (or storing the reference when first == 0).
-  absl::Status RunCandidate(int first, ForwardObserver* extra_observer);
+  CosineEvaluator(const CalibrationSet& calibration, std::unique_ptr<IncrementalForward> forward);
 
-  Transformer& transformer_;
   const CalibrationSet& calibration_;
-  int dim_ = 0, n_layers_ = 0, batch_samples_ = 0;
-  std::unique_ptr<DenseKvLayout> kv_;
-  std::unique_ptr<Buffer> x_;  // [batch rows][dim], the residual stream being run
-  std::vector<int32_t> positions_;
-  std::vector<BatchSeq> seqs_;
-  // Residual entering layer l, [samples * tokens][dim]: accepted strategy and last candidate.
-  std::vector<std::vector<float>> accepted_hidden_, candidate_hidden_;
-  std::vector<float> reference_final_;  // unshared model's final-norm states
-  std::vector<float> final_;            // a batch's final-norm states (host)
+  std::unique_ptr<IncrementalForward> forward_;
   std::vector<double> sample_scores_;
-  std::vector<int> accepted_;
-  std::vector<int> scored_;  // the last candidate scored (its states are in candidate_*)
-  int scored_first_ = -1;
 };
 
 }  // namespace kvshare

@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_format.h"
+#include "search_service/cosine_evaluator.h"
 
 namespace kvshare {
 namespace {
@@ -22,30 +23,6 @@ double Nll(const float* row, int vocab, int32_t target) {
 }
 
 }  // namespace
-
-// Copies each layer's output rows of a batch into the candidate's host states (the residual
-// entering the next layer), and passes every event on to an optional observer.
-class LossEvaluator::LayerOutputCapture : public ForwardObserver {
- public:
-  LayerOutputCapture(LossEvaluator& e, size_t row0, ForwardObserver* extra)
-      : e_(e), row0_(row0), extra_(extra) {}
-  void OnKv(int layer, int input, const float* k, const float* v, int n) override {
-    if (extra_ != nullptr) extra_->OnKv(layer, input, k, v, n);
-  }
-  void OnLayerOutput(int layer, const float* x, int rows) override {
-    if (layer + 1 < e_.n_layers_) {
-      e_.transformer_.backend().CopyToHost(
-          x, size_t(rows) * e_.dim_ * sizeof(float),
-          e_.candidate_hidden_[layer + 1].data() + row0_ * e_.dim_);
-    }
-    if (extra_ != nullptr) extra_->OnLayerOutput(layer, x, rows);
-  }
-
- private:
-  LossEvaluator& e_;
-  const size_t row0_;
-  ForwardObserver* const extra_;
-};
 
 LossEvaluator::LossEvaluator(Transformer& transformer, const CalibrationSet& calibration,
                              CandidateMetric metric)
@@ -71,60 +48,24 @@ absl::Status LossEvaluator::Init(ForwardObserver* identity_observer) {
         "sample of >= 2 tokens: the NLL needs a target)",
         N, T, calibration_.ids.size()));
   }
-  if (T > c.max_seq_len) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "calibration tokens %d exceed the model's context of %d", T, c.max_seq_len));
-  }
-  if (T > transformer_.max_rows()) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "calibration tokens %d exceed the transformer's max_rows %d", T, transformer_.max_rows()));
-  }
-  for (size_t k = 0; k < calibration_.ids.size(); ++k) {
-    const int32_t id = calibration_.ids[k];
-    if (id < 0 || id >= c.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "calibration sample %d position %d: token id %d is outside the vocabulary [0, %d)",
-          int(k / T), int(k % T), id, c.vocab_size));
-    }
-  }
   dim_ = c.dim;
-  n_layers_ = c.n_layers;
   vocab_ = c.vocab_size;
-  batch_samples_ = std::min(N, transformer_.max_rows() / T);
   logit_rows_ = std::min(kMaxLogitRows, transformer_.max_rows());
-
-  auto kv = DenseKvLayout::Create(transformer_.backend(), c, N, T);
-  if (!kv.ok()) return kv.status();
-  kv_ = std::move(*kv);
-  auto x = transformer_.backend().Allocate(size_t(batch_samples_) * T * dim_ * sizeof(float));
-  if (!x.ok()) return x.status();
-  x_ = std::move(*x);
   auto logits = transformer_.backend().Allocate(size_t(logit_rows_) * vocab_ * sizeof(float));
   if (!logits.ok()) return logits.status();
   logits_ = std::move(*logits);
   host_logits_.resize(size_t(logit_rows_) * vocab_);
-  positions_.resize(size_t(batch_samples_) * T);
-  for (size_t r = 0; r < positions_.size(); ++r) positions_[r] = static_cast<int32_t>(r % T);
-  seqs_.resize(batch_samples_);
-  for (int b = 0; b < batch_samples_; ++b) seqs_[b] = {b * T, T, 0};
 
-  const size_t floats = size_t(N) * T * dim_;
-  accepted_hidden_.assign(n_layers_, std::vector<float>(floats));
-  candidate_hidden_.assign(n_layers_, std::vector<float>(floats));
-  final_.resize(floats);
-
-  // The unshared model is a candidate changed from layer 0; its final states and NLL are the
-  // reference.
-  scored_.resize(n_layers_);
-  for (int l = 0; l < n_layers_; ++l) scored_[l] = l;
-  kv_->SetCandidate(scored_, 0);
-  absl::Status s = RunCandidate(0, identity_observer);
-  if (!s.ok()) return s;
-  reference_final_ = final_;
+  // The unshared model's final states and NLL are the reference.
+  nll_sum_ = 0.0;
+  auto forward = IncrementalForward::Create(
+      transformer_, calibration_, "loss evaluator", identity_observer,
+      [this](const float* h, size_t row0, int rows) { AddNll(h, row0, rows); });
+  if (!forward.ok()) return forward.status();
+  forward_ = std::move(*forward);
   unshared_ = Compare();
   last_ = unshared_;
-  scored_first_ = 0;
-  return Accept(scored_, 0);
+  return absl::OkStatus();
 }
 
 void LossEvaluator::AddNll(const float* h, size_t row0, int rows) {
@@ -142,65 +83,22 @@ void LossEvaluator::AddNll(const float* h, size_t row0, int rows) {
   }
 }
 
-absl::Status LossEvaluator::RunCandidate(int first, ForwardObserver* extra_observer) {
-  const int N = calibration_.samples, T = calibration_.tokens;
-  float* x = x_->f32();
-  Backend& backend = transformer_.backend();
-  nll_sum_ = 0.0;
-  for (int s0 = 0; s0 < N; s0 += batch_samples_) {
-    const int nb = std::min(batch_samples_, N - s0);
-    const int rows = nb * T;
-    const size_t row0 = size_t(s0) * T;
-    const size_t bytes = size_t(rows) * dim_ * sizeof(float);
-    kv_->set_first_input(s0);
-    if (first == 0) {
-      transformer_.Embed(calibration_.sample(s0), rows, x);
-      backend.CopyToHost(x, bytes, candidate_hidden_[0].data() + row0 * dim_);
-    } else {
-      backend.CopyFromHost(accepted_hidden_[first].data() + row0 * dim_, bytes, x);
-    }
-    LayerOutputCapture capture(*this, row0, extra_observer);
-    transformer_.RunLayers(first, n_layers_, absl::MakeConstSpan(seqs_.data(), nb),
-                           positions_.data(), rows, *kv_, x, &capture);
-    transformer_.FinalNorm(x, rows, x);
-    backend.CopyToHost(x, bytes, final_.data() + row0 * dim_);
-    AddNll(x, row0, rows);
-  }
-  return absl::OkStatus();
-}
-
 CalibrationLoss LossEvaluator::Compare() const {
   const int N = calibration_.samples, T = calibration_.tokens;
-  const size_t per_sample = size_t(T) * dim_;
   CalibrationLoss loss;
-  double total = 0;
-  for (int n = 0; n < N; ++n) {
-    const float* a = reference_final_.data() + n * per_sample;
-    const float* b = final_.data() + n * per_sample;
-    double ab = 0, aa = 0, bb = 0;
-    for (size_t k = 0; k < per_sample; ++k) {
-      ab += double(a[k]) * b[k];
-      aa += double(a[k]) * a[k];
-      bb += double(b[k]) * b[k];
-    }
-    // A zero vector has no direction; call it orthogonal rather than NaN (as CosineEvaluator).
-    total += (aa > 0 && bb > 0) ? ab / (std::sqrt(aa) * std::sqrt(bb)) : 0.0;
-  }
-  loss.cosine = total / N;
+  loss.cosine =
+      MeanSampleCosine(forward_->reference_final(), forward_->final_states(), N, size_t(T) * dim_);
   loss.nll = nll_sum_ / (double(N) * (T - 1));
   return loss;
 }
 
 absl::StatusOr<double> LossEvaluator::Score(const std::vector<int>& kv_source,
                                             int first_changed_layer) {
-  absl::Status s = CheckEvaluatorCandidate(accepted_, kv_source, first_changed_layer);
+  nll_sum_ = 0.0;
+  absl::Status s =
+      forward_->Run(kv_source, first_changed_layer,
+                    [this](const float* h, size_t row0, int rows) { AddNll(h, row0, rows); });
   if (!s.ok()) return s;
-  kv_->SetCandidate(kv_source, first_changed_layer);
-  scored_first_ = -1;  // candidate_* are being overwritten
-  s = RunCandidate(first_changed_layer, nullptr);
-  if (!s.ok()) return s;
-  scored_ = kv_source;
-  scored_first_ = first_changed_layer;
   last_ = Compare();
   switch (metric_) {
     case CandidateMetric::kCosine:
@@ -212,31 +110,26 @@ absl::StatusOr<double> LossEvaluator::Score(const std::vector<int>& kv_source,
 }
 
 absl::Status LossEvaluator::Accept(const std::vector<int>& kv_source, int first_changed_layer) {
-  if (scored_first_ < 0 || kv_source != scored_ || first_changed_layer != scored_first_) {
+  if (!forward_->IsLastRun(kv_source, first_changed_layer)) {
     // Not the candidate just scored (a best-of-K step accepts an earlier one): run it again.
     auto score = Score(kv_source, first_changed_layer);
     if (!score.ok()) return score.status();
   }
-  kv_->AcceptCandidate();
-  // The residual entering layer first_changed is the accepted one already; the later ones are
-  // the candidate's.
-  const int from = first_changed_layer == 0 ? 0 : first_changed_layer + 1;
-  for (int l = from; l < n_layers_; ++l) std::swap(accepted_hidden_[l], candidate_hidden_[l]);
-  accepted_ = kv_source;
-  scored_first_ = -1;
-  return absl::OkStatus();
+  return forward_->Accept(kv_source, first_changed_layer);
 }
 
 absl::StatusOr<CalibrationLoss> LossEvaluator::Measure(const std::vector<int>& kv_source) {
-  if (int(kv_source.size()) != n_layers_) {
+  const int L = forward_->n_layers();
+  if (int(kv_source.size()) != L) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("strategy has %d layers, the model %d", kv_source.size(), n_layers_));
+        absl::StrFormat("strategy has %d layers, the model %d", kv_source.size(), L));
   }
+  const std::vector<int>& accepted = forward_->accepted();
   int first = 0;
-  while (first < n_layers_ && kv_source[first] == accepted_[first]) ++first;
-  if (first == n_layers_) {
+  while (first < L && kv_source[first] == accepted[first]) ++first;
+  if (first == L) {
     // The accepted strategy itself: score it from its last layer (the same computation).
-    first = n_layers_ - 1;
+    first = L - 1;
   }
   auto score = Score(kv_source, first);
   if (!score.ok()) return score.status();

@@ -8,13 +8,14 @@
 // "higher is better" form the greedy rules compare with a threshold:
 //   kCosine: the mean cosine;      kNllIncrease: -(nll - unshared nll), in nats/token.
 //
-// Cost is CosineEvaluator's (the accepted strategy's residual stream is kept per layer; a
-// candidate runs from its first changed layer only) plus, for the NLL, the output projection
-// of every calibration row, in chunks of up to 128 rows. The paper's `--method kvsharer` keeps
+// A metric over IncrementalForward's final states, like CosineEvaluator: its cost (the accepted
+// strategy's residual stream is kept per layer; a candidate runs from its first changed layer
+// only) plus, for the NLL, the output projection of every calibration row, in chunks of up to
+// 128 rows. The paper's `--method kvsharer` keeps
 // using CosineEvaluator untouched; this class exists so the new rules do not change it.
 //
-// Owns its buffers; uses (does not own) the transformer and the calibration set, which must
-// outlive it. Not thread-safe.
+// Owns its forward and buffers; uses (does not own) the transformer and the calibration set, which
+// must outlive it. Not thread-safe.
 #pragma once
 
 #include <memory>
@@ -23,8 +24,8 @@
 #include "absl/status/statusor.h"
 #include "common/engine/transformer.h"
 #include "search_service/calibration.h"
-#include "search_service/dense_kv_layout.h"
 #include "search_service/greedy_search.h"
+#include "search_service/incremental_forward.h"
 
 namespace kvshare {
 
@@ -63,40 +64,26 @@ class LossEvaluator : public Evaluator {
   CandidateMetric metric() const { return metric_; }
   const CalibrationLoss& unshared() const { return unshared_; }
   const CalibrationLoss& last() const { return last_; }  // of the last Score
-  const std::vector<int>& accepted() const { return accepted_; }
+  const std::vector<int>& accepted() const { return forward_->accepted(); }
 
  private:
-  class LayerOutputCapture;
   LossEvaluator(Transformer& transformer, const CalibrationSet& calibration,
                 CandidateMetric metric);
   absl::Status Init(ForwardObserver* identity_observer);
-  // Runs layers [first, L) of the current candidate over every sample (first == 0: from the
-  // embeddings), keeping each layer's output in candidate_hidden_, the final-norm states in
-  // final_ and the NLL summed over targets in nll_sum_.
-  absl::Status RunCandidate(int first, ForwardObserver* extra_observer);
   // Adds the NLL of rows [row0, row0 + rows) (final-normed, on the backend at h) to nll_sum_.
   void AddNll(const float* h, size_t row0, int rows);
+  // Both measures of the forward's last run, whose NLL summed over targets is nll_sum_.
   CalibrationLoss Compare() const;
 
   Transformer& transformer_;
   const CalibrationSet& calibration_;
   const CandidateMetric metric_;
-  int dim_ = 0, n_layers_ = 0, vocab_ = 0, batch_samples_ = 0, logit_rows_ = 0;
-  std::unique_ptr<DenseKvLayout> kv_;
-  std::unique_ptr<Buffer> x_;       // [batch rows][dim], the residual stream being run
+  int dim_ = 0, vocab_ = 0, logit_rows_ = 0;
+  std::unique_ptr<IncrementalForward> forward_;
   std::unique_ptr<Buffer> logits_;  // [logit_rows][vocab]
   std::vector<float> host_logits_;
-  std::vector<int32_t> positions_;
-  std::vector<BatchSeq> seqs_;
-  // Residual entering layer l, [samples * tokens][dim]: accepted strategy and last candidate.
-  std::vector<std::vector<float>> accepted_hidden_, candidate_hidden_;
-  std::vector<float> reference_final_;  // unshared model's final-norm states
-  std::vector<float> final_;            // the last run's final-norm states
-  double nll_sum_ = 0.0;                // the last run's NLL summed over targets
+  double nll_sum_ = 0.0;  // the last run's NLL summed over targets
   CalibrationLoss unshared_, last_;
-  std::vector<int> accepted_;
-  std::vector<int> scored_;  // the last candidate scored (its states are in candidate_*)
-  int scored_first_ = -1;
 };
 
 }  // namespace kvshare

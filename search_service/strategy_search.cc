@@ -2,6 +2,7 @@
 
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <chrono>
 
 #include "absl/strings/str_format.h"
@@ -10,6 +11,21 @@
 #include "search_service/loss_evaluator.h"
 
 namespace kvshare {
+
+int SearchMaxRows(const CalibrationSet& calibration) {
+  return std::max(calibration.tokens, std::min(calibration.samples * calibration.tokens, 2048));
+}
+
+const char* SearchPhaseName(SearchPhase phase) {
+  switch (phase) {
+    case SearchPhase::kCalibration:
+      return "calibration";
+    case SearchPhase::kGreedy:
+      return "greedy";
+  }
+  return "?";
+}
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -90,73 +106,47 @@ absl::StatusOr<StrategySearchResult> RunStrategySearch(const Model& model, Backe
   const auto start = watch.wall;
   StrategySearchResult result;
 
-  if (options.method == SearchMethod::kKvSharer && options.best_of == 1 && !options.lazy) {
-    // The paper's search, exactly; acceptances are timed from the progress hook (called before
-    // each candidate, so an acceptance is seen at the next candidate or at the end).
-    SearchHooks timed = hooks;
-    int seen = 0;
-    timed.progress = [&](const GreedyProgress& p) {
-      for (; seen < p.accepted; ++seen) watch.Lap(&result);
-      if (hooks.progress) hooks.progress(p);
-    };
-    auto r = RunKvSharerSearch(model, backend, calibration, options.greedy, timed);
-    if (!r.ok()) return r.status();
-    for (; seen < r->greedy.accepted; ++seen) watch.Lap(&result);
-    result.distances = std::move(r->distances);
-    result.selection.greedy = std::move(r->greedy);
-    int step = 0;
-    for (const PairTrial& t : result.selection.greedy.trace) {
-      result.selection.outcome.push_back(t.accepted ? TrialOutcome::kAccepted
-                                                    : TrialOutcome::kBelowThreshold);
-      result.selection.step.push_back(step);
-      step += t.accepted;
-    }
-    result.calibration_score = result.selection.greedy.score;
-    result.calibration_seconds = r->calibration_seconds;
-    result.greedy_seconds = r->greedy_seconds;
+  if (hooks.on_phase) hooks.on_phase(SearchPhase::kCalibration);
+  if (hooks.cancel != nullptr && hooks.cancel->load(std::memory_order_acquire)) {
+    return absl::CancelledError("search cancelled before the calibration forward pass");
+  }
+  auto transformer = Transformer::Create(model, backend, SearchMaxRows(calibration));
+  if (!transformer.ok()) return transformer.status();
+  KvAverager averager(c, calibration.tokens);
+  std::unique_ptr<Evaluator> evaluator;
+  LossEvaluator* loss = nullptr;
+  if (options.method == SearchMethod::kKvSharer) {
+    auto e = CosineEvaluator::Create(**transformer, calibration, &averager);
+    if (!e.ok()) return e.status();
+    evaluator = std::move(*e);
   } else {
-    if (hooks.on_phase) hooks.on_phase(SearchPhase::kCalibration);
-    if (hooks.cancel != nullptr && hooks.cancel->load(std::memory_order_acquire)) {
-      return absl::CancelledError("search cancelled before the calibration forward pass");
-    }
-    auto transformer = Transformer::Create(model, backend, SearchMaxRows(calibration));
-    if (!transformer.ok()) return transformer.status();
-    KvAverager averager(c, calibration.tokens);
-    std::unique_ptr<Evaluator> evaluator;
-    LossEvaluator* loss = nullptr;
-    if (options.method == SearchMethod::kKvSharer) {
-      auto e = CosineEvaluator::Create(**transformer, calibration, &averager);
-      if (!e.ok()) return e.status();
-      evaluator = std::move(*e);
-    } else {
-      auto e = LossEvaluator::Create(**transformer, calibration, CandidateMetric::kNllIncrease,
-                                     &averager);
-      if (!e.ok()) return e.status();
-      loss = e->get();
-      evaluator = std::move(*e);
-    }
-    auto averaged = averager.Result();
-    if (!averaged.ok()) return averaged.status();
-    result.distances = ComputeLayerDistances(*averaged);
-    result.calibration_seconds = Seconds(start);
+    auto e =
+        LossEvaluator::Create(**transformer, calibration, CandidateMetric::kNllIncrease, &averager);
+    if (!e.ok()) return e.status();
+    loss = e->get();
+    evaluator = std::move(*e);
+  }
+  auto averaged = averager.Result();
+  if (!averaged.ok()) return averaged.status();
+  result.distances = ComputeLayerDistances(*averaged);
+  result.calibration_seconds = Seconds(start);
 
-    const auto greedy_start = Clock::now();
-    if (hooks.on_phase) hooks.on_phase(SearchPhase::kGreedy);
-    TimedEvaluator timed(*evaluator, watch, &result);
-    auto selection =
-        BestOfKSearch(result.distances, GreedyOptionsFor(options), {options.best_of, options.lazy},
-                      timed, hooks.progress, hooks.cancel);
-    if (!selection.ok()) return selection.status();
-    result.selection = std::move(*selection);
-    result.greedy_seconds = Seconds(greedy_start);
-    if (loss != nullptr) {
-      // The cosine of the final strategy (the accepted one: scored from the last layer).
-      auto measured = loss->Measure(result.selection.greedy.kv_source);
-      if (!measured.ok()) return measured.status();
-      result.calibration_score = measured->cosine;
-    } else {
-      result.calibration_score = result.selection.greedy.score;
-    }
+  const auto greedy_start = Clock::now();
+  if (hooks.on_phase) hooks.on_phase(SearchPhase::kGreedy);
+  TimedEvaluator timed(*evaluator, watch, &result);
+  auto selection =
+      BestOfKSearch(result.distances, GreedyOptionsFor(options), {options.best_of, options.lazy},
+                    timed, hooks.progress, hooks.cancel);
+  if (!selection.ok()) return selection.status();
+  result.selection = std::move(*selection);
+  result.greedy_seconds = Seconds(greedy_start);
+  if (loss != nullptr) {
+    // The cosine of the final strategy (the accepted one: scored from the last layer).
+    auto measured = loss->Measure(result.selection.greedy.kv_source);
+    if (!measured.ok()) return measured.status();
+    result.calibration_score = measured->cosine;
+  } else {
+    result.calibration_score = result.selection.greedy.score;
   }
 
   auto strategy = SharingStrategy::Create(result.selection.greedy.kv_source, model.fingerprint());

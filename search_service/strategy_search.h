@@ -1,11 +1,19 @@
-// A strategy search under any selection rule (selection_rules.h): the paper's exactly
-// (RunKvSharerSearch) for `--method kvsharer --best-of 1`, else the same calibration forward
-// and distances followed by BestOfKSearch over the rule's evaluator (CosineEvaluator for
-// kvsharer, LossEvaluator for nll). The result carries the calibration cosine score of the
+// The strategy search for one model, under any selection rule (selection_rules.h): one
+// unshared forward over the calibration set (K/V averaged per layer, hidden states kept for the
+// evaluator), the layer distance matrix, then BestOfKSearch over the rule's evaluator
+// (CosineEvaluator for kvsharer, LossEvaluator for nll). `--method kvsharer --best-of 1` is the
+// paper's search (DESIGN.md §1) exactly: best-of-1 selection makes GreedySearch's choices
+// (tests/search/greedy_search_test.cc). The result carries the calibration cosine score of the
 // final strategy, and the wall time at which each acceptance happened, so one run to the
 // largest target also times every smaller one.
+//
+// Deterministic: the strategy and the trace depend on the model, the calibration set and the
+// options only (the CPU kernels give the same numbers at any thread count). Timings are
+// reported beside them and are not part of either.
 #pragma once
 
+#include <atomic>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -14,11 +22,31 @@
 #include "common/strategy/sharing_strategy.h"
 #include "kernels/backend.h"
 #include "search_service/calibration.h"
-#include "search_service/kvsharer_search.h"
 #include "search_service/layer_distance.h"
 #include "search_service/selection_rules.h"
 
 namespace kvshare {
+
+// Rows per forward pass the search asks of its Transformer: all samples at once up to 2048
+// rows (fewer, bigger GEMMs), and never less than one sample.
+int SearchMaxRows(const CalibrationSet& calibration);
+
+enum class SearchPhase {
+  kCalibration,  // the unshared forward, K/V averaging, distances
+  kGreedy,       // scoring candidates
+};
+const char* SearchPhaseName(SearchPhase phase);
+
+// What a caller may watch and stop while the search runs. Every hook is optional and is
+// called on the searching thread.
+struct SearchHooks {
+  std::function<void(SearchPhase)> on_phase;  // at the start of each phase
+  GreedyProgressFn progress;                  // before each candidate is scored
+  // Read before every forward pass over the calibration set (the unshared one and each
+  // candidate's): once true the search stops there, so within one candidate evaluation, and
+  // returns Cancelled.
+  const std::atomic<bool>* cancel = nullptr;
+};
 
 struct StrategySearchResult {
   LayerDistances distances;
@@ -40,8 +68,8 @@ struct StrategySearchResult {
   double total_cpu_seconds = 0;
 };
 
-// Errors: ValidateSelectionOptions, a calibration set that does not fit the model, backend
-// failures, Cancelled (hooks.cancel).
+// Runs the search with its own Transformer over `backend`. Errors: ValidateSelectionOptions, a
+// calibration set that does not fit the model, backend failures, Cancelled (hooks.cancel).
 absl::StatusOr<StrategySearchResult> RunStrategySearch(const Model& model, Backend& backend,
                                                        const CalibrationSet& calibration,
                                                        const SelectionOptions& options,

@@ -16,6 +16,7 @@
 #include "grpcpp/grpcpp.h"
 #include "kvshare/v1/registry.grpc.pb.h"
 #include "kvshare/v1/search.grpc.pb.h"
+#include "proto/wire/search_job_wire.h"
 #include "proto/wire/strategy_wire.h"
 #include "tools/commands.h"
 #include "tools/progress.h"
@@ -49,47 +50,6 @@ std::string RandomKey() {
   return absl::StrFormat("kvshare-cli-%08x%08x", rd(), rd());
 }
 
-const char* StateName(v1::SearchJobState s) {
-  switch (s) {
-    case v1::SEARCH_JOB_QUEUED:
-      return "queued";
-    case v1::SEARCH_JOB_RUNNING:
-      return "running";
-    case v1::SEARCH_JOB_SUCCEEDED:
-      return "succeeded";
-    case v1::SEARCH_JOB_FAILED:
-      return "failed";
-    case v1::SEARCH_JOB_CANCELLED:
-      return "cancelled";
-    default:
-      return "?";
-  }
-}
-
-const char* PhaseName(v1::SearchPhase p) {
-  switch (p) {
-    case v1::SEARCH_PHASE_QUEUED:
-      return "queued";
-    case v1::SEARCH_PHASE_CALIBRATION:
-      return "calibration (unshared forward, K/V averages, layer distances)";
-    case v1::SEARCH_PHASE_GREEDY:
-      return "greedy search";
-    case v1::SEARCH_PHASE_QUALITY:
-      return "held-out quality (perplexity with and without the strategy)";
-    case v1::SEARCH_PHASE_PUBLISHING:
-      return "publishing";
-    case v1::SEARCH_PHASE_DONE:
-      return "done";
-    default:
-      return "?";
-  }
-}
-
-bool IsTerminal(v1::SearchJobState s) {
-  return s == v1::SEARCH_JOB_SUCCEEDED || s == v1::SEARCH_JOB_FAILED ||
-         s == v1::SEARCH_JOB_CANCELLED;
-}
-
 std::string Short(const std::string& id) { return id.substr(0, 16); }
 
 std::string FormatTimestamp(const google::protobuf::Timestamp& t) {
@@ -100,8 +60,7 @@ std::string FormatTimestamp(const google::protobuf::Timestamp& t) {
 
 void PrintRecord(const v1::StrategyRecord& r) {
   const v1::SharingStrategy& s = r.strategy();
-  int owning = 0;
-  for (int l = 0; l < s.kv_source_size(); ++l) owning += s.kv_source(l) == l;
+  const int owning = OwningLayers(s);
   std::cout << absl::StrFormat(
       "model      %s (%s)\n"
       "version    %d%s\n"
@@ -131,8 +90,7 @@ void PrintJobResult(const v1::SearchJob& job) {
                                  t.accepted() ? "yes" : "no");
   }
   const v1::SharingStrategy& s = r.strategy();
-  int owning = 0;
-  for (int l = 0; l < s.kv_source_size(); ++l) owning += s.kv_source(l) == l;
+  const int owning = OwningLayers(s);
   std::cout << absl::StrFormat(
       "stop       %s: %d of %d target layers share; %d pairs scored, %d skipped\n"
       "kv_source  %s\n"
@@ -163,8 +121,8 @@ void PrintJobResult(const v1::SearchJob& job) {
 int Conclude(const v1::SearchJob& job, const std::string& out) {
   if (job.has_result() && job.result().has_strategy()) PrintJobResult(job);
   if (job.state() != v1::SEARCH_JOB_SUCCEEDED) {
-    std::cerr << absl::StrFormat("error: job %s %s: %s\n", job.job_id(), StateName(job.state()),
-                                 job.error());
+    std::cerr << absl::StrFormat("error: job %s %s: %s\n", job.job_id(),
+                                 SearchJobStateName(job.state()), job.error());
     return 1;
   }
   if (!out.empty()) {
@@ -199,7 +157,7 @@ int FollowRemoteSearch(const std::string& server, const std::string& job_id,
     if (p.phase() != phase && p.phase() != v1::SEARCH_PHASE_GREEDY &&
         p.phase() != v1::SEARCH_PHASE_DONE) {
       if (bar_drawn) bar.Finish();
-      std::cerr << absl::StrFormat("%s: %s\n", job_id, PhaseName(p.phase()));
+      std::cerr << absl::StrFormat("%s: %s\n", job_id, SearchPhaseDescription(p.phase()));
     }
     phase = p.phase();
     if (p.phase() == v1::SEARCH_PHASE_GREEDY && p.pairs_total() > 0) {
@@ -217,7 +175,7 @@ int FollowRemoteSearch(const std::string& server, const std::string& job_id,
   if (bar_drawn) bar.Finish();
   grpc::Status status = reader->Finish();
   if (!status.ok()) return RpcFail(server, status);
-  if (!IsTerminal(last.state())) {
+  if (!IsTerminalJobState(last.state())) {
     std::cerr << absl::StrFormat("error: the watch of %s ended before the job did\n", job_id);
     return 1;
   }
@@ -233,8 +191,8 @@ int CancelRemoteSearch(const std::string& server, const std::string& job_id) {
   v1::SearchJob job;
   grpc::Status status = stub->CancelSearchJob(&context, request, &job);
   if (!status.ok()) return RpcFail(server, status);
-  std::cout << absl::StrFormat("%s: %s%s\n", job.job_id(), StateName(job.state()),
-                               job.cancel_requested() && !IsTerminal(job.state())
+  std::cout << absl::StrFormat("%s: %s%s\n", job.job_id(), SearchJobStateName(job.state()),
+                               job.cancel_requested() && !IsTerminalJobState(job.state())
                                    ? " (cancel requested; stops within one candidate evaluation)"
                                    : "");
   return 0;
@@ -327,7 +285,7 @@ int RunRemoteSearchCommand(const RemoteSearchFlags& f, const std::string& model,
   if (!status.ok()) return RpcFail(f.server, status);
   std::cerr << absl::StrFormat(
       "job %s %s: model %s (%d layers, %s), calibration %s, target %d sharing layers\n",
-      job.job_id(), StateName(job.state()), job.request().model(), job.n_layers(),
+      job.job_id(), SearchJobStateName(job.state()), job.request().model(), job.n_layers(),
       Short(job.model_fingerprint()), Short(job.calibration_hash()),
       job.progress().target_layers());
   if (f.detach) {
@@ -404,8 +362,7 @@ Runner RegisterStrategies(CLI::App& app) {
                                    "method", "published (UTC)", "state");
       for (const v1::StrategyRecord& r : response.records()) {
         const v1::SharingStrategy& s = r.strategy();
-        int owning = 0;
-        for (int l = 0; l < s.kv_source_size(); ++l) owning += s.kv_source(l) == l;
+        const int owning = OwningLayers(s);
         std::cout << absl::StrFormat(
             "%-14s %-16s %7d  %-16s %8s %9.6f  %-10s %-19s %s\n",
             r.model_name().empty() ? "-" : r.model_name(), Short(r.model_fingerprint()),

@@ -8,7 +8,6 @@
 #include "absl/strings/str_format.h"
 #include "common/util/file.h"
 #include "search_service/heldout_quality.h"
-#include "search_service/kvsharer_search.h"
 #include "search_service/search_request.h"
 #include "search_service/strategy_search.h"
 #include "tools/commands.h"

@@ -64,4 +64,10 @@ absl::StatusOr<SharingStrategy> FromProto(const v1::SharingStrategy& msg) {
   return st;
 }
 
+int OwningLayers(const v1::SharingStrategy& msg) {
+  int owning = 0;
+  for (int l = 0; l < msg.kv_source_size(); ++l) owning += msg.kv_source(l) == l;
+  return owning;
+}
+
 }  // namespace kvshare

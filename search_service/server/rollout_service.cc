@@ -8,18 +8,7 @@
 namespace kvshare {
 namespace {
 
-template <typename T>
-grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* context, absl::StatusOr<T> result,
-                                 T* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (result.ok()) {
-    *response = std::move(*result);
-    reactor->Finish(grpc::Status::OK);
-  } else {
-    reactor->Finish(runtime::ToGrpcStatus(result.status()));
-  }
-  return reactor;
-}
+using runtime::Answer;
 
 // Writes snapshot() now and after every change the controller reports, at most one write in
 // flight (changes during a write coalesce into the next snapshot). `done(snapshot)` true ends

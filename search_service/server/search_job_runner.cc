@@ -1,40 +1,21 @@
 #include "search_service/server/search_job_runner.h"
 
 #include <algorithm>
-#include <cmath>
 #include <optional>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "kernels/backend.h"
+#include "proto/wire/search_job_wire.h"
 #include "proto/wire/strategy_wire.h"
 #include "search_service/heldout_quality.h"
-#include "search_service/kvsharer_search.h"
 #include "search_service/server/registry_wire.h"
 #include "search_service/strategy_search.h"
 #include "spdlog/spdlog.h"
 
 namespace kvshare {
 namespace {
-
-bool IsTerminal(v1::SearchJobState s) {
-  return s == v1::SEARCH_JOB_SUCCEEDED || s == v1::SEARCH_JOB_FAILED ||
-         s == v1::SEARCH_JOB_CANCELLED;
-}
-
-const char* ResultName(v1::SearchJobState s) {
-  switch (s) {
-    case v1::SEARCH_JOB_SUCCEEDED:
-      return "succeeded";
-    case v1::SEARCH_JOB_FAILED:
-      return "failed";
-    case v1::SEARCH_JOB_CANCELLED:
-      return "cancelled";
-    default:
-      return "other";
-  }
-}
 
 uint64_t JobNumber(const std::string& job_id) {
   uint64_t n = 0;
@@ -116,17 +97,14 @@ absl::Status SearchJobRunner::Recover() {
       auto job = std::make_shared<Job>();
       job->number = JobNumber(record.job_id());
       next_job_number_ = std::max(next_job_number_, job->number + 1);
-      if (!IsTerminal(record.state())) {
+      if (!IsTerminalJobState(record.state())) {
         const bool was_running = record.state() == v1::SEARCH_JOB_RUNNING;
-        record.set_state(v1::SEARCH_JOB_FAILED);
-        record.set_error(absl::StrFormat(
-            "the search service stopped while this job was %s (found at restart, %s); its "
-            "search is lost: create the job again",
-            was_running ? "running" : "queued", now));
-        record.set_error_code(static_cast<int>(absl::StatusCode::kAborted));
-        ToTimestamp(absl::Now(), record.mutable_end_time());
-        record.mutable_progress()->set_phase(v1::SEARCH_PHASE_DONE);
-        record.mutable_progress()->set_eta_seconds(0);
+        EndJob(v1::SEARCH_JOB_FAILED,
+               absl::AbortedError(absl::StrFormat(
+                   "the search service stopped while this job was %s (found at restart, %s); its "
+                   "search is lost: create the job again",
+                   was_running ? "running" : "queued", now)),
+               absl::Now(), &record);
         job->sequence = 2;  // newer than what is on disk
         interrupted.push_back(job);
       }
@@ -369,13 +347,7 @@ void SearchJobRunner::FailRemaining(const std::string& reason) {
 
 void SearchJobRunner::EndQueuedLocked(Job& job, v1::SearchJobState state, absl::StatusCode code,
                                       const std::string& error) {
-  v1::SearchJob& r = job.record;
-  r.set_state(state);
-  r.set_error(error);
-  r.set_error_code(static_cast<int>(code));
-  ToTimestamp(absl::Now(), r.mutable_end_time());
-  r.mutable_progress()->set_phase(v1::SEARCH_PHASE_DONE);
-  r.mutable_progress()->set_eta_seconds(0);
+  EndJob(state, absl::Status(code, error), absl::Now(), &job.record);
   ++job.sequence;
   --queued_;
   queue_.erase(std::remove_if(queue_.begin(), queue_.end(),
@@ -384,7 +356,7 @@ void SearchJobRunner::EndQueuedLocked(Job& job, v1::SearchJobState state, absl::
   job.model.reset();
   job.search = PreparedSearch();
   job.heldout.reset();
-  if (metrics_ != nullptr) metrics_->jobs(ResultName(state)).Increment();
+  if (metrics_ != nullptr) metrics_->jobs(SearchJobStateName(state)).Increment();
   UpdateGaugesLocked();
 }
 
@@ -481,50 +453,21 @@ void SearchJobRunner::Run(const std::shared_ptr<Job>& job) {
         [&](v1::SearchJob& r) {
           v1::SearchProgress* p = r.mutable_progress();
           p->set_elapsed_seconds(absl::ToDoubleSeconds(absl::Now() - start));
-          if (phase == SearchPhase::kCalibration) {
-            p->set_phase(v1::SEARCH_PHASE_CALIBRATION);
-            return;
+          p->set_phase(ToProto(phase));
+          if (phase == SearchPhase::kGreedy) {
+            StartGreedyProgress(model.model->config().n_layers, p);
           }
-          // The greedy search starts from the identity strategy over every pair.
-          const int n = model.model->config().n_layers;
-          p->set_phase(v1::SEARCH_PHASE_GREEDY);
-          p->set_pairs_total(n * (n - 1) / 2);
-          p->clear_best_kv_source();
-          for (int l = 0; l < n; ++l) p->add_best_kv_source(l);
-          p->set_best_score(1.0);
         },
         /*persist=*/false);
   };
   hooks.progress = [&](const GreedyProgress& g) {
     const absl::Time now = absl::Now();
-    // Scoring rate so far times the pairs still needed: at the acceptance rate so far, the
-    // sharing layers missing need (missing / rate) more candidates; never more than are left.
-    double eta = -1;
-    if (g.pairs_scored > 0) {
-      const double per_pair = absl::ToDoubleSeconds(now - greedy_start) / g.pairs_scored;
-      double pairs_left = g.pairs_total - g.pair_index;
-      if (g.accepted > 0) {
-        const double needed =
-            double(g.target_layers - g.sharing_layers) * g.pairs_scored / g.accepted;
-        pairs_left = std::min(pairs_left, std::ceil(needed));
-      }
-      eta = per_pair * pairs_left;
-    }
+    const double eta = SearchEtaSeconds(g, absl::ToDoubleSeconds(now - greedy_start));
     Update(
         job,
         [&](v1::SearchJob& r) {
           v1::SearchProgress* p = r.mutable_progress();
-          p->set_phase(v1::SEARCH_PHASE_GREEDY);
-          p->set_pairs_done(g.pair_index);
-          p->set_pairs_total(g.pairs_total);
-          p->set_pairs_tried(g.pairs_scored);
-          p->set_accepted(g.accepted);
-          p->set_sharing_layers(g.sharing_layers);
-          p->set_target_layers(g.target_layers);
-          p->set_best_score(g.score);
-          p->mutable_best_kv_source()->Assign(g.kv_source.begin(), g.kv_source.end());
-          p->set_pair_i(g.pair.i);
-          p->set_pair_j(g.pair.j);
+          ToProto(g, p);
           p->set_elapsed_seconds(absl::ToDoubleSeconds(now - start));
           p->set_eta_seconds(eta);
         },
@@ -568,24 +511,8 @@ void SearchJobRunner::Run(const std::shared_ptr<Job>& job) {
       if (job->stop_code == absl::StatusCode::kCancelled) state = v1::SEARCH_JOB_CANCELLED;
     }
   } else {
-    const GreedyResult& g = result->selection.greedy;
-    ToProto(*result->strategy, out.mutable_strategy());
-    out.set_stop_reason(StopReasonName(g.stop));
-    out.set_pairs_scored(static_cast<int>(g.trace.size()));
-    out.set_pairs_skipped(g.pairs_skipped);
-    out.set_accepted(g.accepted);
-    for (const PairTrial& t : g.trace) {
-      v1::PairTrial* w = out.add_trace();
-      w->set_i(t.i);
-      w->set_j(t.j);
-      w->set_distance(t.distance);
-      w->set_score(t.score);
-      w->set_accepted(t.accepted);
-    }
-    out.set_calibration_seconds(result->calibration_seconds);
-    out.set_greedy_seconds(result->greedy_seconds);
-    out.set_total_seconds(result->total_seconds);
-    if (metrics_ != nullptr) metrics_->pairs_scored.Increment(double(g.trace.size()));
+    ToProto(*result, &out);
+    if (metrics_ != nullptr) metrics_->pairs_scored.Increment(double(out.pairs_scored()));
     if (publish) {
       Update(
           job,
@@ -611,24 +538,11 @@ void SearchJobRunner::Run(const std::shared_ptr<Job>& job) {
   Update(
       job,
       [&](v1::SearchJob& r) {
-        r.set_state(state);
-        ToTimestamp(absl::Now(), r.mutable_end_time());
-        v1::SearchProgress* p = r.mutable_progress();
-        p->set_phase(v1::SEARCH_PHASE_DONE);
-        p->set_elapsed_seconds(seconds);
-        p->set_eta_seconds(0);
+        EndJob(state, error, absl::Now(), &r);
+        r.mutable_progress()->set_elapsed_seconds(seconds);
         if (result.ok()) {
-          const GreedyResult& g = result->selection.greedy;
-          p->set_pairs_tried(static_cast<int>(g.trace.size()));
-          p->set_accepted(g.accepted);
-          p->set_sharing_layers(result->strategy->sharing_layers());
-          p->set_best_score(g.score);
-          p->mutable_best_kv_source()->Assign(g.kv_source.begin(), g.kv_source.end());
+          FinalProgress(*result, r.mutable_progress());
           *r.mutable_result() = out;  // kept on failure too: a failed publish still has it
-        }
-        if (!error.ok()) {
-          r.set_error(std::string(error.message()));
-          r.set_error_code(static_cast<int>(error.code()));
         }
         --running_;
         UpdateGaugesLocked();
@@ -641,11 +555,11 @@ void SearchJobRunner::Run(const std::shared_ptr<Job>& job) {
     job->heldout.reset();
   }
   if (metrics_ != nullptr) {
-    metrics_->jobs(ResultName(state)).Increment();
+    metrics_->jobs(SearchJobStateName(state)).Increment();
     metrics_->job_seconds.Observe(seconds);
   }
   spdlog::info("event=job_done job_id={} state={} seconds={:.2f} error=\"{}\"", job_id,
-               ResultName(state), seconds, std::string(error.message()));
+               SearchJobStateName(state), seconds, std::string(error.message()));
 }
 
 }  // namespace kvshare

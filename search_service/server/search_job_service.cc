@@ -4,32 +4,15 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
+#include "proto/wire/search_job_wire.h"
 #include "service_runtime/grpc_status.h"
 #include "spdlog/spdlog.h"
 
 namespace kvshare {
 namespace {
 
+using runtime::Answer;
 using runtime::ToGrpcStatus;
-
-bool IsTerminal(v1::SearchJobState s) {
-  return s == v1::SEARCH_JOB_SUCCEEDED || s == v1::SEARCH_JOB_FAILED ||
-         s == v1::SEARCH_JOB_CANCELLED;
-}
-
-// Answers a unary call with a runner result.
-template <typename T>
-grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* context, absl::StatusOr<T> result,
-                                 T* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (result.ok()) {
-    *response = std::move(*result);
-    reactor->Finish(grpc::Status::OK);
-  } else {
-    reactor->Finish(ToGrpcStatus(result.status()));
-  }
-  return reactor;
-}
 
 // One WatchSearchJob call. Owned by itself (self_) from creation to OnDone; the runner's
 // listener holds only a weak reference, so a change racing with the end of the call is
@@ -110,7 +93,7 @@ class WatchStream : public grpc::ServerWriteReactor<v1::SearchJobUpdate>,
         } else {
           if (snapshot->sequence <= last_sequence_) return;
           last_sequence_ = snapshot->sequence;
-          terminal_sent_ = IsTerminal(snapshot->job.state());
+          terminal_sent_ = IsTerminalJobState(snapshot->job.state());
           message_.set_sequence(snapshot->sequence);
           *message_.mutable_job() = std::move(snapshot->job);
           writing_ = true;

@@ -20,18 +20,7 @@ bool IsFingerprint(const std::string& s) {
   return true;
 }
 
-template <typename T>
-grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* context, absl::StatusOr<T> result,
-                                 T* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (result.ok()) {
-    *response = std::move(*result);
-    reactor->Finish(grpc::Status::OK);
-  } else {
-    reactor->Finish(runtime::ToGrpcStatus(result.status()));
-  }
-  return reactor;
-}
+using runtime::Answer;
 
 absl::Status Prefixed(const std::string& prefix, const absl::Status& s) {
   return absl::Status(s.code(), absl::StrFormat("%s: %s", prefix, s.message()));

@@ -1,6 +1,7 @@
 // The greedy rules of the KVSharer search (DESIGN.md §1) on hand-built distance matrices,
 // scored by an in-memory fake evaluator: pair order, skip, chain collapse, threshold, stop
-// reasons, and the prefix property the benchmark relies on.
+// reasons, the prefix property the benchmark relies on, and best-of-1 selection (what
+// RunStrategySearch runs) making exactly GreedySearch's choices.
 #include "search_service/greedy_search.h"
 
 #include <algorithm>
@@ -8,9 +9,13 @@
 #include <map>
 #include <random>
 #include <set>
+#include <tuple>
 
+#include "absl/strings/str_format.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "search_service/selection_rules.h"
+#include "tests/support/paper_search.h"
 
 namespace kvshare {
 namespace {
@@ -296,6 +301,64 @@ TEST(GreedySearchTest, ARunToKPassesThroughTheRunsToSmallerTargets) {
   }
   EXPECT_THAT(*StrategyAfterAccepts(full->trace, 8, 0), ElementsAre(0, 1, 2, 3, 4, 5, 6, 7));
   EXPECT_EQ(StrategyAfterAccepts(full->trace, 8, 6).status().code(), absl::StatusCode::kOutOfRange);
+}
+
+// GreedySearch is the readable reference; RunStrategySearch runs BestOfKSearch, whose K = 1
+// (lazy or not) must make the same calls on the evaluator, report the same progress and
+// return the same strategy and trace, whatever the order, target and rejections.
+TEST(GreedySearchTest, BestOfOneSelectionMakesExactlyTheGreedyChoices) {
+  LayerDistances d(7);
+  std::mt19937 rng(11);
+  for (int i = 1; i < 7; ++i) {
+    for (int j = 0; j < i; ++j) d.Set(i, j, rng() % 100, rng() % 100);  // ties included
+  }
+  auto score = [](int i, int j) { return ((i * 5 + j * 3) % 7) / 6.0; };  // 0 .. 1, some equal
+  using Progress = std::tuple<int, int, int, int, int, int, double, std::vector<int>>;
+  auto progress_of = [](std::vector<Progress>* out) {
+    return [out](const GreedyProgress& p) {
+      out->push_back({p.pair_index, p.pair.i, p.pair.j, p.accepted, p.sharing_layers,
+                      p.pairs_scored, p.score, p.kv_source});
+    };
+  };
+  int rejections = 0, skips = 0, exhausted = 0;
+  for (PairOrder order : {PairOrder::kDissimilar, PairOrder::kSimilar, PairOrder::kRandom}) {
+    for (int target = 1; target <= 6; ++target) {
+      for (double threshold : {0.3, 0.5, 0.99}) {
+        GreedyOptions o = Options(target, threshold);
+        o.order = order;
+        o.seed = 5;
+        FakeEvaluator reference(score);
+        std::vector<Progress> reference_progress;
+        auto greedy = GreedySearch(d, o, reference, progress_of(&reference_progress));
+        ASSERT_TRUE(greedy.ok()) << greedy.status();
+        for (bool lazy : {false, true}) {
+          FakeEvaluator fake(score);
+          std::vector<Progress> progress;
+          auto best1 = BestOfKSearch(d, o, {1, lazy}, fake, progress_of(&progress));
+          ASSERT_TRUE(best1.ok()) << best1.status();
+          SCOPED_TRACE(absl::StrFormat("%s target %d threshold %g lazy %d", PairOrderName(order),
+                                       target, threshold, lazy));
+          testing::ExpectSameSearch(*greedy, best1->greedy);
+          ASSERT_EQ(fake.calls_.size(), reference.calls_.size());
+          for (size_t k = 0; k < fake.calls_.size(); ++k) {
+            EXPECT_EQ(std::tie(fake.calls_[k].kv_source, fake.calls_[k].first_changed,
+                               fake.calls_[k].accept),
+                      std::tie(reference.calls_[k].kv_source, reference.calls_[k].first_changed,
+                               reference.calls_[k].accept))
+                << "call " << k;
+          }
+          EXPECT_EQ(progress, reference_progress);
+        }
+        rejections += greedy->trace.size() - greedy->accepted;
+        skips += greedy->pairs_skipped;
+        exhausted += greedy->stop == StopReason::kPairsExhausted;
+      }
+    }
+  }
+  // The table covers rejections, skipped pairs and both stop reasons.
+  EXPECT_GT(rejections, 0);
+  EXPECT_GT(skips, 0);
+  EXPECT_GT(exhausted, 0);
 }
 
 TEST(GreedySearchTest, BadOptionsAreRejectedNamingValueAndLimit) {

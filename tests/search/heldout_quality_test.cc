@@ -16,10 +16,10 @@
 #include "gtest/gtest.h"
 #include "proto/wire/strategy_wire.h"
 #include "search_service/cosine_evaluator.h"
-#include "search_service/kvsharer_search.h"
 #include "search_service/loss_evaluator.h"
 #include "search_service/strategy_search.h"
 #include "tests/support/naive_llama.h"
+#include "tests/support/paper_search.h"
 #include "tests/support/test_env.h"
 
 namespace kvshare {
@@ -301,10 +301,10 @@ TEST_F(QualityTest, ThePapersSearchStaysExactBehindTheRuleDriver) {
     SelectionOptions s;
     s.greedy.order = order;
     s.greedy.target_layers = 3;
-    auto paper = RunKvSharerSearch(*model_, *backend, c, s.greedy);
+    auto paper = testing::PaperSearch(*model_, *backend, c, s.greedy);
     auto driver = RunStrategySearch(*model_, *backend, c, s);
     ASSERT_TRUE(paper.ok() && driver.ok());
-    EXPECT_EQ(driver->strategy->kv_source(), paper->strategy->kv_source());
+    EXPECT_EQ(driver->strategy->kv_source(), paper->greedy.kv_source);
     ASSERT_EQ(driver->selection.greedy.trace.size(), paper->greedy.trace.size());
     for (size_t t = 0; t < paper->greedy.trace.size(); ++t) {
       EXPECT_EQ(driver->selection.greedy.trace[t].i, paper->greedy.trace[t].i);
@@ -319,7 +319,7 @@ TEST_F(QualityTest, ThePapersSearchStaysExactBehindTheRuleDriver) {
     s.lazy = true;  // lazy best-of-1 is best-of-1
     auto general = RunStrategySearch(*model_, *backend, c, s);
     ASSERT_TRUE(general.ok());
-    EXPECT_EQ(general->strategy->kv_source(), paper->strategy->kv_source());
+    EXPECT_EQ(general->strategy->kv_source(), paper->greedy.kv_source);
     EXPECT_EQ(general->selection.greedy.trace.size(), paper->greedy.trace.size());
   }
 }

@@ -3,8 +3,6 @@
 // the averaged K/V and the layer distance matrix (DESIGN.md §1), and the cosine score of
 // candidates evaluated from their first changed layer on cached states. Then determinism across
 // thread counts, and every bad search request.
-#include "search_service/kvsharer_search.h"
-
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -18,7 +16,9 @@
 #include "gtest/gtest.h"
 #include "search_service/cosine_evaluator.h"
 #include "search_service/search_request.h"
+#include "search_service/strategy_search.h"
 #include "tests/support/naive_llama.h"
+#include "tests/support/paper_search.h"
 #include "tests/support/test_env.h"
 
 namespace kvshare {
@@ -231,7 +231,7 @@ TEST_F(KvSharerSearchTest, CandidatesThatAreNotAStepFromTheAcceptedStrategyAreRe
   }
 }
 
-std::string TraceText(const KvSharerSearchResult& r) {
+std::string TraceText(const StrategySearchResult& r) {
   std::string out;
   const int L = r.distances.n_layers();
   for (int i = 1; i < L; ++i) {
@@ -239,7 +239,7 @@ std::string TraceText(const KvSharerSearchResult& r) {
       out += absl::StrFormat("d %d %d %a %a\n", i, j, r.distances.dk(i, j), r.distances.dv(i, j));
     }
   }
-  for (const PairTrial& t : r.greedy.trace) {
+  for (const PairTrial& t : r.selection.greedy.trace) {
     out += absl::StrFormat("t %d %d %a %a %d\n", t.i, t.j, t.distance, t.score, t.accepted);
   }
   return out + r.strategy->ToJson();
@@ -248,40 +248,82 @@ std::string TraceText(const KvSharerSearchResult& r) {
 TEST_F(KvSharerSearchTest, SearchIsIdenticalByteForByteAtOneAndTwoThreads) {
   const CalibrationSet c = Calibration(30, 64);
   for (PairOrder order : {PairOrder::kDissimilar, PairOrder::kSimilar, PairOrder::kRandom}) {
-    GreedyOptions o;
+    SelectionOptions s;  // the paper's rule: kvsharer, best of 1
+    GreedyOptions& o = s.greedy;
     o.order = order;
     o.seed = 7;
     o.target_layers = 3;
     std::vector<std::string> texts;
     for (int threads : {1, 2}) {
       auto backend = MakeCpuBackend(threads);
-      auto r = RunKvSharerSearch(*model_, *backend, c, o);
+      auto r = RunStrategySearch(*model_, *backend, c, s);
       ASSERT_TRUE(r.ok()) << r.status();
       texts.push_back(TraceText(*r));
-      EXPECT_FALSE(r->greedy.trace.empty());
+      EXPECT_FALSE(r->selection.greedy.trace.empty());
     }
     EXPECT_EQ(texts[0], texts[1]) << PairOrderName(order);
   }
 }
 
+// RunStrategySearch runs best-of-1 selection for the paper's rule; on a real model and the real
+// evaluator it must make GreedySearch's choices bit for bit, for every order.
+TEST_F(KvSharerSearchTest, ThePapersRuleThroughRunStrategySearchIsGreedySearchExactly) {
+  const CalibrationSet c = Calibration(10, 32);
+  auto backend = MakeCpuBackend(2);
+  int rejected = 0;
+  for (PairOrder order : {PairOrder::kDissimilar, PairOrder::kSimilar, PairOrder::kRandom}) {
+    for (double threshold : {0.5, 0.9}) {
+      SelectionOptions s;
+      s.greedy.order = order;
+      s.greedy.seed = 3;
+      s.greedy.threshold = threshold;
+      s.greedy.target_layers = 4;
+      SCOPED_TRACE(absl::StrFormat("%s threshold %g", PairOrderName(order), threshold));
+      auto paper = testing::PaperSearch(*model_, *backend, c, s.greedy);
+      ASSERT_TRUE(paper.ok()) << paper.status();
+      auto driver = RunStrategySearch(*model_, *backend, c, s);
+      ASSERT_TRUE(driver.ok()) << driver.status();
+      testing::ExpectSameSearch(paper->greedy, driver->selection.greedy);
+      EXPECT_EQ(driver->strategy->kv_source(), paper->greedy.kv_source);
+      EXPECT_EQ(driver->calibration_score, paper->greedy.score);
+      for (int i = 1; i < 5; ++i) {
+        for (int j = 0; j < i; ++j) {
+          EXPECT_EQ(driver->distances.dk(i, j), paper->distances.dk(i, j));
+          EXPECT_EQ(driver->distances.dv(i, j), paper->distances.dv(i, j));
+        }
+      }
+      // Best of 1 never outranks: a scored candidate is accepted or below the threshold.
+      ASSERT_EQ(driver->selection.outcome.size(), paper->greedy.trace.size());
+      for (size_t t = 0; t < paper->greedy.trace.size(); ++t) {
+        EXPECT_EQ(driver->selection.outcome[t], paper->greedy.trace[t].accepted
+                                                    ? TrialOutcome::kAccepted
+                                                    : TrialOutcome::kBelowThreshold);
+        rejected += !paper->greedy.trace[t].accepted;
+      }
+    }
+  }
+  EXPECT_GT(rejected, 0);  // the cases include rejected candidates
+}
+
 TEST_F(KvSharerSearchTest, TheStrategyRecordsItsProvenance) {
   const CalibrationSet c = Calibration(8, 32);
-  GreedyOptions o;
+  SelectionOptions s;
+  GreedyOptions& o = s.greedy;
   o.target_layers = 2;
   o.threshold = 0.25;
   auto backend = MakeCpuBackend(2);
-  auto r = RunKvSharerSearch(*model_, *backend, c, o);
+  auto r = RunStrategySearch(*model_, *backend, c, s);
   ASSERT_TRUE(r.ok()) << r.status();
   const SharingStrategy& st = *r->strategy;
   EXPECT_EQ(st.model_fingerprint(), model_->fingerprint());
-  EXPECT_EQ(st.kv_source(), r->greedy.kv_source);
+  EXPECT_EQ(st.kv_source(), r->selection.greedy.kv_source);
   EXPECT_EQ(st.provenance().method, "kvsharer");
   EXPECT_EQ(st.provenance().order, "dissimilar");
   EXPECT_EQ(st.provenance().threshold, 0.25);
   EXPECT_EQ(st.provenance().calibration_hash, c.hash);
   EXPECT_EQ(st.provenance().target_layers, 2);
-  EXPECT_EQ(st.provenance().score, r->greedy.score);
-  if (r->greedy.stop == StopReason::kTargetReached) {
+  EXPECT_EQ(st.provenance().score, r->selection.greedy.score);
+  if (r->selection.greedy.stop == StopReason::kTargetReached) {
     EXPECT_EQ(st.sharing_layers(), 2);
   }
   // The first pair tried is the most dissimilar one.
@@ -289,7 +331,7 @@ TEST_F(KvSharerSearchTest, TheStrategyRecordsItsProvenance) {
   for (int i = 1; i < 5; ++i) {
     for (int j = 0; j < i; ++j) best = std::max(best, r->distances.distance(i, j));
   }
-  EXPECT_EQ(r->greedy.trace[0].distance, best);
+  EXPECT_EQ(r->selection.greedy.trace[0].distance, best);
 }
 
 class SearchRequestTest : public KvSharerSearchTest {

@@ -7,7 +7,7 @@
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
 #include "search_service/greedy_search.h"
-#include "search_service/kvsharer_search.h"
+#include "search_service/strategy_search.h"
 #include "tests/support/test_env.h"
 
 namespace kvshare {
@@ -78,9 +78,9 @@ TEST(SearchHooksTest, TheDriverReportsItsPhasesAndHonoursCancelOnARealModel) {
                           **tokenizer, {4, 32}, "tinystories");
   ASSERT_TRUE(calibration.ok());
   auto backend = MakeCpuBackend(1);
-  GreedyOptions options;
-  options.target_layers = 4;
-  options.threshold = 1.0;  // never accepts: scores every pair unless stopped
+  SelectionOptions options;  // the paper's rule
+  options.greedy.target_layers = 4;
+  options.greedy.threshold = 1.0;  // never accepts: scores every pair unless stopped
 
   std::atomic<bool> cancel{false};
   std::vector<SearchPhase> phases;
@@ -92,14 +92,14 @@ TEST(SearchHooksTest, TheDriverReportsItsPhasesAndHonoursCancelOnARealModel) {
     EXPECT_EQ(p.pairs_scored, progress_calls - 1);
   };
   hooks.cancel = &cancel;
-  auto r = RunKvSharerSearch(**model, *backend, *calibration, options, hooks);
+  auto r = RunStrategySearch(**model, *backend, *calibration, options, hooks);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kCancelled);
   EXPECT_EQ(progress_calls, 4);  // the 4th candidate was not scored
   EXPECT_THAT(phases, ElementsAre(SearchPhase::kCalibration, SearchPhase::kGreedy));
 
   // Cancelled before it starts: not even the calibration forward runs.
   phases.clear();
-  auto early = RunKvSharerSearch(**model, *backend, *calibration, options, hooks);
+  auto early = RunStrategySearch(**model, *backend, *calibration, options, hooks);
   EXPECT_EQ(early.status().code(), absl::StatusCode::kCancelled);
   EXPECT_THAT(phases, ElementsAre(SearchPhase::kCalibration));
 }

@@ -27,9 +27,9 @@
 #include "kernels/backend.h"
 #include "kvshare/v1/registry.grpc.pb.h"
 #include "kvshare/v1/search.grpc.pb.h"
+#include "proto/wire/search_job_wire.h"
 #include "proto/wire/strategy_wire.h"
 #include "search_service/heldout_quality.h"
-#include "search_service/kvsharer_search.h"
 #include "search_service/strategy_search.h"
 #include "tests/support/test_env.h"
 
@@ -201,11 +201,11 @@ TEST_F(SearchServerTest, AJobOnStories260KFindsWhatTheLibrarySearchFindsAndPubli
   ASSERT_TRUE(tokenizer.ok());
   auto calibration = BuildCalibrationSet(*text_, **tokenizer, {30, 64}, "tinystories");
   ASSERT_TRUE(calibration.ok());
-  GreedyOptions options;
-  options.target_layers = 2;
-  options.threshold = 0.5;
+  SelectionOptions options;  // the paper's rule
+  options.greedy.target_layers = 2;
+  options.greedy.threshold = 0.5;
   auto backend = MakeCpuBackend(1);
-  auto local = RunKvSharerSearch(**model, *backend, *calibration, options);
+  auto local = RunStrategySearch(**model, *backend, *calibration, options);
   ASSERT_TRUE(local.ok()) << local.status();
 
   auto remote = FromProto(done.result().strategy());
@@ -214,16 +214,16 @@ TEST_F(SearchServerTest, AJobOnStories260KFindsWhatTheLibrarySearchFindsAndPubli
   EXPECT_EQ(remote->id(), local->strategy->id());
   EXPECT_EQ(remote->provenance().score, local->strategy->provenance().score);
   EXPECT_EQ(remote->provenance().calibration_hash, calibration->hash);
-  ASSERT_EQ(done.result().trace_size(), int(local->greedy.trace.size()));
+  ASSERT_EQ(done.result().trace_size(), int(local->selection.greedy.trace.size()));
   for (int t = 0; t < done.result().trace_size(); ++t) {
-    const PairTrial& want = local->greedy.trace[t];
+    const PairTrial& want = local->selection.greedy.trace[t];
     const v1::PairTrial& got = done.result().trace(t);
     EXPECT_EQ(std::make_tuple(got.i(), got.j(), got.accepted()),
               std::make_tuple(want.i, want.j, want.accepted));
     EXPECT_EQ(got.score(), want.score);
     EXPECT_EQ(got.distance(), want.distance);
   }
-  EXPECT_EQ(done.result().stop_reason(), StopReasonName(local->greedy.stop));
+  EXPECT_EQ(done.result().stop_reason(), StopReasonName(local->selection.greedy.stop));
   // The quality on record is the library's measurement on the same held-out slice.
   auto quality = LibraryQuality(**model, **tokenizer, *calibration, local->strategy, 0);
   ASSERT_TRUE(quality.ok()) << quality.status();
@@ -246,26 +246,6 @@ TEST_F(SearchServerTest, AJobOnStories260KFindsWhatTheLibrarySearchFindsAndPubli
   EXPECT_EQ(record.version(), published.version());
 }
 
-// The order a job goes through the phases (QUALITY is numbered after DONE, so not by number).
-int PhaseRank(v1::SearchPhase phase) {
-  switch (phase) {
-    case v1::SEARCH_PHASE_QUEUED:
-      return 1;
-    case v1::SEARCH_PHASE_CALIBRATION:
-      return 2;
-    case v1::SEARCH_PHASE_GREEDY:
-      return 3;
-    case v1::SEARCH_PHASE_QUALITY:
-      return 4;
-    case v1::SEARCH_PHASE_PUBLISHING:
-      return 5;
-    case v1::SEARCH_PHASE_DONE:
-      return 6;
-    default:
-      return 0;
-  }
-}
-
 TEST_F(SearchServerTest, WatchStreamsProgressInOrderAndEndsWithTheResult) {
   auto job = Create(SmolLm2(0.5, 3));
   ASSERT_TRUE(job.ok()) << job.status();
@@ -280,8 +260,8 @@ TEST_F(SearchServerTest, WatchStreamsProgressInOrderAndEndsWithTheResult) {
     const v1::SearchJob& before = updates[k - 1].job();
     EXPECT_GT(updates[k].sequence(), updates[k - 1].sequence());
     EXPECT_GE(int(j.state()), int(before.state()));  // QUEUED < RUNNING < SUCCEEDED
-    EXPECT_GE(PhaseRank(j.progress().phase()), PhaseRank(before.progress().phase()));
-    EXPECT_GE(PhaseRank(j.progress().phase()), 1) << j.progress().phase();
+    EXPECT_GE(SearchPhaseRank(j.progress().phase()), SearchPhaseRank(before.progress().phase()));
+    EXPECT_GE(SearchPhaseRank(j.progress().phase()), 1) << j.progress().phase();
     EXPECT_GE(j.progress().pairs_tried(), before.progress().pairs_tried());
     EXPECT_GE(j.progress().accepted(), before.progress().accepted());
     EXPECT_GE(j.progress().elapsed_seconds(), before.progress().elapsed_seconds());

@@ -39,5 +39,12 @@ TEST(StrategyWireTest, RejectsInvalidStrategiesAndMismatchedIds) {
   EXPECT_NE(bad.status().message().find("does not match its content"), std::string::npos);
 }
 
+TEST(StrategyWireTest, OwningLayersCountsTheLayersThatReadThemselves) {
+  v1::SharingStrategy msg;
+  for (int s : {0, 0, 2, 2, 0, 5}) msg.add_kv_source(s);
+  EXPECT_EQ(OwningLayers(msg), 3);  // layers 0, 2 and 5
+  EXPECT_EQ(OwningLayers(v1::SharingStrategy()), 0);
+}
+
 }  // namespace
 }  // namespace kvshare

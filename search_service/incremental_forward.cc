@@ -1,0 +1,165 @@
+#include "search_service/incremental_forward.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_format.h"
+#include "search_service/greedy_search.h"
+
+namespace kvshare {
+
+// Copies each layer's output rows of a batch into the candidate's host states (the residual
+// entering the next layer), and passes every event on to an optional observer.
+class IncrementalForward::LayerOutputCapture : public ForwardObserver {
+ public:
+  LayerOutputCapture(IncrementalForward& f, size_t row0, ForwardObserver* extra)
+      : f_(f), row0_(row0), extra_(extra) {}
+  void OnKv(int layer, int input, const float* k, const float* v, int n) override {
+    if (extra_ != nullptr) extra_->OnKv(layer, input, k, v, n);
+  }
+  void OnLayerOutput(int layer, const float* x, int rows) override {
+    if (layer + 1 < f_.n_layers_) {
+      f_.transformer_.backend().CopyToHost(
+          x, size_t(rows) * f_.dim_ * sizeof(float),
+          f_.candidate_hidden_[layer + 1].data() + row0_ * f_.dim_);
+    }
+    if (extra_ != nullptr) extra_->OnLayerOutput(layer, x, rows);
+  }
+
+ private:
+  IncrementalForward& f_;
+  const size_t row0_;
+  ForwardObserver* const extra_;
+};
+
+IncrementalForward::IncrementalForward(Transformer& transformer, const CalibrationSet& calibration)
+    : transformer_(transformer), calibration_(calibration) {}
+
+IncrementalForward::~IncrementalForward() = default;
+
+absl::StatusOr<std::unique_ptr<IncrementalForward>> IncrementalForward::Create(
+    Transformer& transformer, const CalibrationSet& calibration, const std::string& user,
+    ForwardObserver* identity_observer, const FinalBatchFn& on_final) {
+  std::unique_ptr<IncrementalForward> f(new IncrementalForward(transformer, calibration));
+  absl::Status s = f->Init(user, identity_observer, on_final);
+  if (!s.ok()) return s;
+  return f;
+}
+
+absl::Status IncrementalForward::Init(const std::string& user, ForwardObserver* identity_observer,
+                                      const FinalBatchFn& on_final) {
+  const ModelConfig& c = transformer_.config();
+  const int N = calibration_.samples, T = calibration_.tokens;
+  if (N < 1 || T < 1 || calibration_.ids.size() != size_t(N) * T) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: calibration set of %d samples x %d tokens holds %d ids", user, N, T,
+                        calibration_.ids.size()));
+  }
+  if (T > c.max_seq_len) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "calibration tokens %d exceed the model's context of %d", T, c.max_seq_len));
+  }
+  if (T > transformer_.max_rows()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "calibration tokens %d exceed the transformer's max_rows %d", T, transformer_.max_rows()));
+  }
+  for (size_t k = 0; k < calibration_.ids.size(); ++k) {
+    const int32_t id = calibration_.ids[k];
+    if (id < 0 || id >= c.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "calibration sample %d position %d: token id %d is outside the vocabulary [0, %d)",
+          int(k / T), int(k % T), id, c.vocab_size));
+    }
+  }
+  dim_ = c.dim;
+  n_layers_ = c.n_layers;
+  batch_samples_ = std::min(N, transformer_.max_rows() / T);
+
+  auto kv = DenseKvLayout::Create(transformer_.backend(), c, N, T);
+  if (!kv.ok()) return kv.status();
+  kv_ = std::move(*kv);
+  auto x = transformer_.backend().Allocate(size_t(batch_samples_) * T * dim_ * sizeof(float));
+  if (!x.ok()) return x.status();
+  x_ = std::move(*x);
+  positions_.resize(size_t(batch_samples_) * T);
+  for (size_t r = 0; r < positions_.size(); ++r) positions_[r] = static_cast<int32_t>(r % T);
+  seqs_.resize(batch_samples_);
+  for (int b = 0; b < batch_samples_; ++b) seqs_[b] = {b * T, T, 0};
+
+  const size_t floats = size_t(N) * T * dim_;
+  accepted_hidden_.assign(n_layers_, std::vector<float>(floats));
+  candidate_hidden_.assign(n_layers_, std::vector<float>(floats));
+  final_.resize(floats);
+
+  // The unshared model: every layer runs and owns, so the whole forward is a "candidate"
+  // changed from layer 0; its final states are the reference every metric compares with.
+  run_.resize(n_layers_);
+  for (int l = 0; l < n_layers_; ++l) run_[l] = l;
+  kv_->SetCandidate(run_, 0);
+  RunFrom(0, identity_observer, on_final);
+  reference_final_ = final_;
+  run_first_ = 0;
+  return Accept(run_, 0);
+}
+
+void IncrementalForward::RunFrom(int first, ForwardObserver* extra_observer,
+                                 const FinalBatchFn& on_final) {
+  const int N = calibration_.samples, T = calibration_.tokens;
+  float* x = x_->f32();
+  Backend& backend = transformer_.backend();
+  for (int s0 = 0; s0 < N; s0 += batch_samples_) {
+    const int nb = std::min(batch_samples_, N - s0);
+    const int rows = nb * T;
+    const size_t row0 = size_t(s0) * T;
+    const size_t bytes = size_t(rows) * dim_ * sizeof(float);
+    kv_->set_first_input(s0);
+    if (first == 0) {
+      transformer_.Embed(calibration_.sample(s0), rows, x);
+      backend.CopyToHost(x, bytes, candidate_hidden_[0].data() + row0 * dim_);
+    } else {
+      backend.CopyFromHost(accepted_hidden_[first].data() + row0 * dim_, bytes, x);
+    }
+    LayerOutputCapture capture(*this, row0, extra_observer);
+    transformer_.RunLayers(first, n_layers_, absl::MakeConstSpan(seqs_.data(), nb),
+                           positions_.data(), rows, *kv_, x, &capture);
+    transformer_.FinalNorm(x, rows, x);
+    backend.CopyToHost(x, bytes, final_.data() + row0 * dim_);
+    if (on_final) on_final(x, row0, rows);
+  }
+}
+
+absl::Status IncrementalForward::Run(const std::vector<int>& kv_source, int first_changed_layer,
+                                     const FinalBatchFn& on_final) {
+  absl::Status s = CheckEvaluatorCandidate(accepted_, kv_source, first_changed_layer);
+  if (!s.ok()) return s;
+  kv_->SetCandidate(kv_source, first_changed_layer);
+  run_first_ = -1;  // candidate_* are being overwritten
+  RunFrom(first_changed_layer, nullptr, on_final);
+  run_ = kv_source;
+  run_first_ = first_changed_layer;
+  return absl::OkStatus();
+}
+
+bool IncrementalForward::IsLastRun(const std::vector<int>& kv_source,
+                                   int first_changed_layer) const {
+  return run_first_ >= 0 && first_changed_layer == run_first_ && kv_source == run_;
+}
+
+absl::Status IncrementalForward::Accept(const std::vector<int>& kv_source,
+                                        int first_changed_layer) {
+  if (!IsLastRun(kv_source, first_changed_layer)) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "accepting a candidate (first changed layer %d) that is not the one last run",
+        first_changed_layer));
+  }
+  kv_->AcceptCandidate();
+  // The residual entering layer first_changed is the accepted one already; the later ones are
+  // the candidate's.
+  const int from = first_changed_layer == 0 ? 0 : first_changed_layer + 1;
+  for (int l = from; l < n_layers_; ++l) std::swap(accepted_hidden_[l], candidate_hidden_[l]);
+  accepted_ = kv_source;
+  run_first_ = -1;
+  return absl::OkStatus();
+}
+
+}  // namespace kvshare
