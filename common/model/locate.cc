@@ -108,4 +108,10 @@ absl::StatusOr<std::string> DefaultModelPath() {
   return SmolLm2GgufPath();
 }
 
+std::string DefaultLlama2cTokenizerPath(const std::string& model_path, int vocab_size) {
+  const size_t slash = model_path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : model_path.substr(0, slash);
+  return absl::StrCat(dir, "/tok", vocab_size, ".bin");
+}
+
 }  // namespace kvshare

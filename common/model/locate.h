@@ -1,6 +1,7 @@
 // Where model files and data live on this machine.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -17,5 +18,12 @@ absl::StatusOr<std::string> AssetPath(const std::string& file);
 absl::StatusOr<std::string> SmolLm2GgufPath();
 // The default model for the CLI: $KVSHARE_MODEL, else SmolLm2GgufPath().
 absl::StatusOr<std::string> DefaultModelPath();
+
+// Where a llama2.c checkpoint's tokenizer is looked for when none is given:
+// <the model's directory>/tok<vocab_size>.bin.
+std::string DefaultLlama2cTokenizerPath(const std::string& model_path, int vocab_size);
+
+// The largest tokenizer file read (llama2.c's tok32000.bin is about 0.5 MB).
+inline constexpr int64_t kMaxTokenizerFileBytes = 64 << 20;
 
 }  // namespace kvshare
