@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/engine/engine.h"
+#include "common/strategy/strategy_binding.h"
 #include "kernels/backend.h"
 #include "service_runtime/locate.h"
 #include "spdlog/spdlog.h"
@@ -24,7 +25,7 @@ absl::StatusOr<std::unique_ptr<InferenceWorker>> InferenceWorker::Load(const Wor
     }
     path = *found;
   }
-  auto model = Model::Load(path);
+  auto model = Model::Load(path, options.tokenizer_path);  // the fingerprint covers it
   if (!model.ok()) return model.status();
   w->model_ = std::move(*model);
   auto tokenizer = LoadTokenizerForModel(*w->model_, options.tokenizer_path);
@@ -33,7 +34,7 @@ absl::StatusOr<std::unique_ptr<InferenceWorker>> InferenceWorker::Load(const Wor
 
   const Model& m = *w->model_;
   w->strategies_ = std::make_unique<StrategyHolder>(
-      [&m](const SharingStrategy& s) { return s.ValidateFor(m.config(), m.fingerprint()); });
+      [&m](const SharingStrategy& s) { return ValidateStrategyForModel(s, m); });
   if (metrics != nullptr) {
     w->strategies_->AddListener([metrics](const VersionedStrategy& v) {
       metrics->strategy_version.Set(static_cast<double>(v.version));

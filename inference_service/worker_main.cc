@@ -1,6 +1,7 @@
 // kvshare-worker: serves Generate for one model over gRPC (DESIGN.md §2 Serving).
 //
 //   kvshare-worker --model M [--strategy S.json] [--port 50051] [--metrics-port 9464]
+//                  [--metrics-host 127.0.0.1]
 //                  [--control-plane HOST:PORT --worker-id ID --label k=v ...]
 //
 // Start-up: listen at once (health NOT_SERVING), load the model and apply the strategy
@@ -24,7 +25,7 @@
 #include "inference_service/inference_worker.h"
 #include "inference_service/serving_metrics.h"
 #include "inference_service/strategy_subscriber.h"
-#include "prometheus/exposer.h"
+#include "service_runtime/metrics_exposer.h"
 #include "spdlog/sinks/stdout_sinks.h"
 #include "spdlog/spdlog.h"
 
@@ -36,6 +37,7 @@ struct Flags {
   int port = 50051;
   std::string port_file;
   int metrics_port = 9464;
+  std::string metrics_host = "127.0.0.1";
   double kv_budget_mib = 512;
   double drain_grace_s = 30;
   std::string log_level = "info";
@@ -99,6 +101,9 @@ int main(int argc, char** argv) {
   app.add_option("--metrics-port", f.metrics_port, "Prometheus /metrics port (0 = off)")
       ->capture_default_str()
       ->check(CLI::Range(0, 65535));
+  app.add_option("--metrics-host", f.metrics_host,
+                 "Address /metrics listens on (0.0.0.0 to let other hosts scrape it)")
+      ->capture_default_str();
   app.add_option("--kv-budget-mib", f.kv_budget_mib, "KV cache pool size in MiB")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
@@ -169,22 +174,22 @@ int main(int argc, char** argv) {
   f.worker.kv_budget_bytes = static_cast<int64_t>(f.kv_budget_mib * (1 << 20));
 
   kvshare::ServingMetrics metrics;
-  std::unique_ptr<prometheus::Exposer> exposer;
+  std::unique_ptr<kvshare::runtime::HttpServer> metrics_server;
   if (f.metrics_port > 0) {
-    try {
-      exposer =
-          std::make_unique<prometheus::Exposer>(absl::StrFormat("%s:%d", f.host, f.metrics_port));
-    } catch (const std::exception& e) {
-      return Fail(absl::StrFormat("--metrics-port %d: %s", f.metrics_port, e.what()));
+    auto started =
+        kvshare::runtime::StartMetricsServer(f.metrics_host, f.metrics_port, {metrics.registry()});
+    if (!started.ok()) {
+      return Fail(
+          absl::StrFormat("--metrics-port %d: %s", f.metrics_port, started.status().message()));
     }
-    exposer->RegisterCollectable(metrics.registry());
+    metrics_server = *std::move(started);
   }
 
   const std::string address = absl::StrFormat("%s:%d", f.host, f.port);
   auto server = kvshare::InferenceServer::Start(address, &metrics);
   if (!server.ok()) return Fail(absl::StrFormat("--port: %s", server.status().message()));
-  spdlog::info("event=listening address={}:{} health=NOT_SERVING metrics_port={}", f.host,
-               (*server)->port(), f.metrics_port);
+  spdlog::info("event=listening address={}:{} health=NOT_SERVING metrics={}:{}", f.host,
+               (*server)->port(), f.metrics_host, f.metrics_port);
   if (!f.port_file.empty()) {
     // Written whole then renamed, so a reader never sees a partial number.
     const std::string tmp = f.port_file + ".tmp";

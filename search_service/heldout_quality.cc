@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "absl/strings/str_format.h"
+#include "common/strategy/strategy_binding.h"
 #include "common/util/sha256.h"
 
 namespace kvshare {
@@ -145,7 +146,7 @@ absl::StatusOr<std::unique_ptr<QualityMeter>> QualityMeter::Create(
 absl::StatusOr<PerplexityResult> QualityMeter::Perplexity(
     std::shared_ptr<const SharingStrategy> strategy) {
   if (strategy != nullptr) {
-    absl::Status s = strategy->ValidateFor(model_.config(), model_.fingerprint());
+    absl::Status s = ValidateStrategyForModel(*strategy, model_);
     if (!s.ok()) return s;
   }
   PerplexityOptions po;

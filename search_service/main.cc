@@ -2,6 +2,7 @@
 // strategy registry over gRPC.
 //
 //   kvshare-search --data-dir /var/lib/kvshare [--catalog catalog.json] [--port 50061]
+//                  [--metrics-port 9465 --metrics-host 127.0.0.1]
 //
 // Start-up: open the registry store and the job records (jobs the previous process left
 // unfinished are reported FAILED), listen, health SERVING. SIGTERM or SIGINT: drain — health
@@ -29,6 +30,7 @@ struct Flags {
   int port = 50061;
   std::string port_file;
   int metrics_port = 9465;
+  std::string metrics_host = "127.0.0.1";
   double drain_grace_s = 30;
   std::string log_level = "info";
 };
@@ -77,6 +79,9 @@ int main(int argc, char** argv) {
   app.add_option("--metrics-port", f.metrics_port, "Prometheus /metrics port (0 = off)")
       ->capture_default_str()
       ->check(CLI::Range(0, 65535));
+  app.add_option("--metrics-host", f.metrics_host,
+                 "Address /metrics listens on (0.0.0.0 to let other hosts scrape it)")
+      ->capture_default_str();
   app.add_option("--drain-grace", f.drain_grace_s,
                  "Seconds queued and running jobs get to finish after SIGTERM")
       ->capture_default_str()
@@ -96,13 +101,15 @@ int main(int argc, char** argv) {
   if (!s.ok()) return Fail(std::string(s.message()));
 
   kvshare::SearchMetrics metrics;
-  std::unique_ptr<prometheus::Exposer> exposer;
+  std::unique_ptr<kvshare::runtime::HttpServer> metrics_server;
   if (f.metrics_port > 0) {
     auto started =
-        kvshare::runtime::StartMetricsExposer(f.host, f.metrics_port, {metrics.registry()});
-    if (!started.ok())
-      return Fail(absl::StrFormat("--metrics-port: %s", started.status().message()));
-    exposer = std::move(*started);
+        kvshare::runtime::StartMetricsServer(f.metrics_host, f.metrics_port, {metrics.registry()});
+    if (!started.ok()) {
+      return Fail(
+          absl::StrFormat("--metrics-port %d: %s", f.metrics_port, started.status().message()));
+    }
+    metrics_server = *std::move(started);
   }
 
   f.server.address = absl::StrFormat("%s:%d", f.host, f.port);
@@ -110,9 +117,9 @@ int main(int argc, char** argv) {
   if (!server.ok()) return Fail(std::string(server.status().message()));
   spdlog::info(
       "event=ready address={}:{} data_dir={} catalog_models={} max_concurrent_jobs={} "
-      "max_queued_jobs={} metrics_port={} health=SERVING",
+      "max_queued_jobs={} metrics={}:{} health=SERVING",
       f.host, (*server)->port(), f.server.data_dir, (*server)->catalog().model_names().size(),
-      jobs.max_concurrent_jobs, jobs.max_queued_jobs, f.metrics_port);
+      jobs.max_concurrent_jobs, jobs.max_queued_jobs, f.metrics_host, f.metrics_port);
   if (!f.port_file.empty()) {
     s = kvshare::runtime::WritePortFile(f.port_file, (*server)->port());
     if (!s.ok()) return Fail(absl::StrFormat("--port-file: %s", s.message()));

@@ -17,6 +17,9 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const GrpcServerOp
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options.address, grpc::InsecureServerCredentials(), &server->port_);
+  // gRPC sets SO_REUSEPORT by default, so a second server on a busy port would start and
+  // share it; without it the bind fails and start-up says which port.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   if (options.max_receive_message_bytes > 0) {
     builder.SetMaxReceiveMessageSize(options.max_receive_message_bytes);
   }

@@ -1,6 +1,7 @@
 // Where model files and data live on this machine.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "absl/status/statusor.h"

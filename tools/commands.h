@@ -15,6 +15,7 @@ Runner RegisterEval(CLI::App& app);
 Runner RegisterInfo(CLI::App& app);
 Runner RegisterSearch(CLI::App& app);
 Runner RegisterStrategy(CLI::App& app);
+Runner RegisterRebind(CLI::App& app);      // strategy_command.cc
 Runner RegisterLoad(CLI::App& app);        // worker_client_commands.cc
 Runner RegisterStrategies(CLI::App& app);  // search_client_commands.cc
 Runner RegisterRollout(CLI::App& app);     // fleet_commands.cc

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/engine/generate.h"
+#include "common/strategy/strategy_binding.h"
 #include "common/util/file.h"
 #include "nlohmann/json.hpp"
 #include "tools/commands.h"
@@ -121,7 +122,7 @@ Runner RegisterEval(CLI::App& app) {
       for (const std::string& path : flags->strategies) {
         auto st = SharingStrategy::ReadFile(path);
         if (!st.ok()) return Fail(st.status());
-        absl::Status s = st->ValidateFor(session->model->config(), session->model->fingerprint());
+        absl::Status s = ValidateStrategyForModel(*st, *session->model);
         if (!s.ok()) {
           return Fail(absl::Status(s.code(), absl::StrCat("--strategy ", path, ": ", s.message())));
         }

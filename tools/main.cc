@@ -13,8 +13,8 @@ int main(int argc, char** argv) {
   std::map<CLI::App*, kvshare::cli::Runner> runners;
   for (auto reg :
        {kvshare::cli::RegisterGenerate, kvshare::cli::RegisterEval, kvshare::cli::RegisterInfo,
-        kvshare::cli::RegisterSearch, kvshare::cli::RegisterStrategy, kvshare::cli::RegisterLoad,
-        kvshare::cli::RegisterStrategies, kvshare::cli::RegisterRollout,
+        kvshare::cli::RegisterSearch, kvshare::cli::RegisterStrategy, kvshare::cli::RegisterRebind,
+        kvshare::cli::RegisterLoad, kvshare::cli::RegisterStrategies, kvshare::cli::RegisterRollout,
         kvshare::cli::RegisterFleet}) {
     kvshare::cli::Runner run = reg(app);
     runners[app.get_subcommands({}).back()] = std::move(run);

@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
+#include "common/strategy/strategy_binding.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "service_runtime/locate.h"
 
@@ -47,7 +48,7 @@ absl::StatusOr<std::unique_ptr<Model>> LoadModelFromFlags(const ModelFlags& flag
     }
     path = *found;
   }
-  return Model::Load(path);
+  return Model::Load(path, flags.tokenizer);  // the fingerprint covers the tokenizer
 }
 
 absl::StatusOr<Session> OpenSession(const ModelFlags& flags, bool need_engine) {
@@ -66,7 +67,7 @@ absl::StatusOr<Session> OpenSession(const ModelFlags& flags, bool need_engine) {
   } else {
     auto st = SharingStrategy::ReadFile(flags.strategy);
     if (!st.ok()) return st.status();
-    absl::Status s = st->ValidateFor(c, session.model->fingerprint());
+    absl::Status s = ValidateStrategyForModel(*st, *session.model);
     if (!s.ok())
       return absl::Status(s.code(), absl::StrCat("--strategy ", flags.strategy, ": ", s.message()));
     session.strategy = std::make_shared<const SharingStrategy>(std::move(*st));

@@ -1,5 +1,7 @@
 // kvshare strategy: write a hand-made sharing strategy file for a model, or a baseline
 // pattern from the cross-layer sharing literature at a given number of sharing layers.
+// kvshare rebind: re-bind a strategy file made before fingerprint v2 to the model's current
+// fingerprint, after checking it was bound to the v1 fingerprint of the same weights.
 #include <iostream>
 #include <optional>
 
@@ -7,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "common/strategy/strategy_binding.h"
 #include "search_service/baseline_strategies.h"
 #include "tools/commands.h"
 #include "tools/session.h"
@@ -99,6 +102,46 @@ Runner RegisterStrategy(CLI::App& app) {
     if (!s.ok()) return Fail(s);
     std::cout << absl::StrFormat("wrote %s: %d of %d layers own KV, id %s\n", flags->out,
                                  st->owning_layers(), st->n_layers(), st->id());
+    return 0;
+  };
+}
+
+Runner RegisterRebind(CLI::App& app) {
+  struct Flags {
+    ModelFlags model;
+    std::string strategy;
+    std::string out;
+  };
+  auto flags = std::make_shared<Flags>();
+  CLI::App* sub = app.add_subcommand(
+      "rebind",
+      "Re-bind a strategy file bound to a model's fingerprint v1 (weights only) to its current "
+      "fingerprint (which also covers the tokenizer); refused for any other model's strategy");
+  AddModelFlags(sub, &flags->model, /*with_strategy=*/false);
+  sub->add_option("--strategy", flags->strategy, "Strategy JSON file to re-bind")->required();
+  sub->add_option("--out", flags->out, "Output JSON file (default: rewrite --strategy)");
+  return [flags]() -> int {
+    auto st = SharingStrategy::ReadFile(flags->strategy);
+    if (!st.ok()) return Fail(st.status());
+    auto model = LoadModelFromFlags(flags->model);
+    if (!model.ok()) return Fail(model.status());
+    auto rebound = RebindStrategy(*st, **model);
+    if (!rebound.ok()) {
+      return Fail(absl::Status(
+          rebound.status().code(),
+          absl::StrCat("--strategy ", flags->strategy, ": ", rebound.status().message())));
+    }
+    if (rebound->model_fingerprint() == st->model_fingerprint()) {
+      std::cout << absl::StrFormat("%s is already bound to fingerprint %s; nothing to do\n",
+                                   flags->strategy, st->model_fingerprint());
+      return 0;
+    }
+    const std::string out = flags->out.empty() ? flags->strategy : flags->out;
+    absl::Status s = rebound->WriteFile(out);
+    if (!s.ok()) return Fail(s);
+    std::cout << absl::StrFormat("wrote %s: bound to fingerprint %s (was v1 %s), id %s\n", out,
+                                 rebound->model_fingerprint(), st->model_fingerprint(),
+                                 rebound->id());
     return 0;
   };
 }

@@ -5,6 +5,7 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_format.h"
+#include "common/strategy/strategy_binding.h"
 
 namespace kvshare {
 
@@ -102,7 +103,7 @@ absl::Status Engine::Init() {
 
 absl::StatusOr<SeqId> Engine::AddSequence(std::shared_ptr<const SharingStrategy> strategy) {
   if (strategy == nullptr) strategy = identity_;
-  absl::Status s = strategy->ValidateFor(config(), model_.fingerprint());
+  absl::Status s = ValidateStrategyForModel(*strategy, model_);
   if (!s.ok()) return s;
   return kv_->AddSequence(std::move(strategy));
 }

@@ -4,6 +4,7 @@
 
 #include <cstring>
 #include <memory>
+#include <variant>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -56,9 +57,57 @@ uint32_t FloatBits(float f) {
   return bits;
 }
 
+// The value encoding of the v2 serialisation (fingerprint.h).
+void HashGgufValue(CanonicalHasher& h, const GgufValue& v) {
+  h.Scalar<uint32_t>(static_cast<uint32_t>(v.type));
+  if (const int64_t* i = std::get_if<int64_t>(&v.value)) {
+    h.Scalar<int64_t>(*i);
+  } else if (const uint64_t* u = std::get_if<uint64_t>(&v.value)) {
+    h.Scalar<uint64_t>(*u);
+  } else if (const double* d = std::get_if<double>(&v.value)) {
+    uint64_t bits;
+    std::memcpy(&bits, d, sizeof(bits));
+    h.Scalar<uint64_t>(bits);
+  } else if (const bool* b = std::get_if<bool>(&v.value)) {
+    h.Scalar<uint8_t>(*b ? 1 : 0);
+  } else if (const std::string* s = std::get_if<std::string>(&v.value)) {
+    h.Str(*s);
+  } else if (const auto* a = std::get_if<std::vector<GgufValue>>(&v.value)) {
+    h.Scalar<uint32_t>(static_cast<uint32_t>(v.array_type));
+    h.Scalar<uint64_t>(a->size());
+    for (const GgufValue& e : *a) HashGgufValue(h, e);
+  }
+}
+
 }  // namespace
 
-absl::StatusOr<std::string> ComputeModelFingerprint(const ModelConfig& c, const ModelWeights& w) {
+absl::StatusOr<std::string> ComputeModelFingerprintV2(const std::string& fingerprint_v1,
+                                                      const FingerprintedTokenizer& tokenizer) {
+  CanonicalHasher h;
+  h.Str("kvshare-model-fingerprint-v2");
+  h.Str(fingerprint_v1);
+  if (tokenizer.gguf != nullptr) {
+    h.Scalar<uint8_t>(1);
+    const std::string prefix = "tokenizer.";
+    const auto& metadata = tokenizer.gguf->metadata();  // a std::map: keys in byte order
+    uint64_t count = 0;
+    for (const auto& [key, value] : metadata) count += key.rfind(prefix, 0) == 0 ? 1 : 0;
+    h.Scalar<uint64_t>(count);
+    for (const auto& [key, value] : metadata) {
+      if (key.rfind(prefix, 0) != 0) continue;
+      h.Str(key);
+      HashGgufValue(h, value);
+    }
+  } else if (tokenizer.llama2c_file.has_value()) {
+    h.Scalar<uint8_t>(2);
+    h.Str(*tokenizer.llama2c_file);
+  } else {
+    h.Scalar<uint8_t>(0);
+  }
+  return h.HexDigest();
+}
+
+absl::StatusOr<std::string> ComputeModelFingerprintV1(const ModelConfig& c, const ModelWeights& w) {
   CanonicalHasher h;
   h.Str("kvshare-model-fingerprint-v1");
   h.Str(c.architecture);

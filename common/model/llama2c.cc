@@ -119,4 +119,10 @@ absl::Status LoadLlama2c(const uint8_t* data, size_t size, ModelConfig* config,
   return absl::OkStatus();
 }
 
+std::string DefaultLlama2cTokenizerPath(const std::string& model_path, int vocab_size) {
+  const size_t slash = model_path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : model_path.substr(0, slash);
+  return absl::StrCat(dir, "/tok", vocab_size, ".bin");
+}
+
 }  // namespace kvshare

@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "absl/status/status.h"
 #include "common/model/model.h"
@@ -18,6 +19,13 @@
 namespace kvshare {
 
 inline constexpr size_t kLlama2cHeaderBytes = 7 * sizeof(int32_t);
+
+// Where a llama2.c checkpoint's tokenizer is looked for when none is given:
+// <the model's directory>/tok<vocab_size>.bin.
+std::string DefaultLlama2cTokenizerPath(const std::string& model_path, int vocab_size);
+
+// The largest tokenizer file read (llama2.c's tok32000.bin is about 0.5 MB).
+inline constexpr int64_t kMaxTokenizerFileBytes = 64 << 20;
 
 // Fills `config` (all but `name`) and `weights` (F32 views into `data`) from a checkpoint of
 // exactly `size` bytes. The format has no magic, so the header must be plausible and the size

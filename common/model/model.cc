@@ -16,7 +16,10 @@
 #include "common/model/fingerprint.h"
 #include "common/model/gguf_llama.h"
 #include "common/model/llama2c.h"
+#include "common/model/llama2c.h"
 #include "common/model/model_layout.h"
+#include "common/util/file.h"
+#include "common/util/sha256.h"
 
 namespace kvshare {
 namespace {
@@ -62,7 +65,8 @@ Model::~Model() {
   if (mapping_ != nullptr) munmap(mapping_, size_);
 }
 
-absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& path) {
+absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& path,
+                                                   const std::string& tokenizer_path) {
   const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return ErrnoStatus(errno, absl::StrCat("cannot open model file ", path));
   struct stat st;
@@ -94,7 +98,40 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& path) {
   m->size_ = size;
   absl::StatusOr<std::unique_ptr<Model>> loaded = FromStorage(std::move(m));
   if (!loaded.ok()) return Annotate(loaded.status(), path);
+  if ((*loaded)->format_ == ModelFormat::kLlama2c) {
+    absl::Status s = (*loaded)->BindLlama2cTokenizer(tokenizer_path);
+    if (!s.ok()) return s;
+  }
   return loaded;
+}
+
+absl::Status Model::BindLlama2cTokenizer(const std::string& tokenizer_path) {
+  std::string file = tokenizer_path;
+  if (file.empty()) {
+    file = DefaultLlama2cTokenizerPath(path_, config_.vocab_size);
+    struct stat st;
+    if (stat(file.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return absl::OkStatus();  // none
+  }
+  struct stat st;
+  if (stat(file.c_str(), &st) == 0 && st.st_size > kMaxTokenizerFileBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("tokenizer file %s has %d bytes, more than the limit of %d", file,
+                        static_cast<int64_t>(st.st_size), kMaxTokenizerFileBytes));
+  }
+  absl::StatusOr<std::string> bytes = ReadFileToString(file);
+  if (!bytes.ok()) return bytes.status();
+  if (static_cast<int64_t>(bytes->size()) > kMaxTokenizerFileBytes) {  // grew, or not a file
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "tokenizer file %s is more than the limit of %d bytes", file, kMaxTokenizerFileBytes));
+  }
+  FingerprintedTokenizer tokenizer;
+  tokenizer.llama2c_file = *std::move(bytes);
+  absl::StatusOr<std::string> v2 = ComputeModelFingerprintV2(fingerprint_v1_, tokenizer);
+  if (!v2.ok()) return v2.status();
+  fingerprint_ = *std::move(v2);
+  tokenizer_path_ = file;
+  tokenizer_sha256_ = Sha256Hex(*tokenizer.llama2c_file);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::unique_ptr<Model>> Model::FromBytes(std::vector<uint8_t> bytes,
@@ -140,9 +177,15 @@ absl::StatusOr<std::unique_ptr<Model>> Model::FromStorage(std::unique_ptr<Model>
   if (m->config_.name.empty() && m->gguf_ != nullptr) {
     m->config_.name = m->gguf_->GetString("general.name").value_or("");
   }
-  absl::StatusOr<std::string> fingerprint = ComputeModelFingerprint(m->config_, m->weights_);
-  if (!fingerprint.ok()) return fingerprint.status();
-  m->fingerprint_ = *std::move(fingerprint);
+  absl::StatusOr<std::string> v1 = ComputeModelFingerprintV1(m->config_, m->weights_);
+  if (!v1.ok()) return v1.status();
+  m->fingerprint_v1_ = *std::move(v1);
+  // A llama2.c tokenizer is a separate file: Load binds it (FromBytes models have none).
+  FingerprintedTokenizer tokenizer;
+  tokenizer.gguf = m->gguf_.get();
+  absl::StatusOr<std::string> v2 = ComputeModelFingerprintV2(m->fingerprint_v1_, tokenizer);
+  if (!v2.ok()) return v2.status();
+  m->fingerprint_ = *std::move(v2);
   return m;
 }
 

@@ -66,8 +66,12 @@ enum class ModelFormat { kLlama2c, kGguf };
 class Model {
  public:
   // Detects the format from the first bytes (GGUF magic, else llama2.c) and loads the file
-  // (memory-mapped, read-only).
-  static absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& path);
+  // (memory-mapped, read-only). A llama2.c checkpoint's tokenizer file, which the fingerprint
+  // covers, is `tokenizer_path`, else tok<vocab>.bin beside the model when it exists, else none
+  // (NotFound naming a given `tokenizer_path` that cannot be read). GGUF files carry their own
+  // tokenizer; `tokenizer_path` is ignored for them (LoadTokenizerForModel refuses it).
+  static absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& path,
+                                                     const std::string& tokenizer_path = "");
   // Same from bytes in memory (tests use truncated and bit-flipped copies). Takes ownership.
   static absl::StatusOr<std::unique_ptr<Model>> FromBytes(std::vector<uint8_t> bytes,
                                                           const std::string& name);
@@ -79,14 +83,23 @@ class Model {
   const std::string& path() const { return path_; }
   // GGUF metadata (tokenizer, chat template); null for llama2.c checkpoints.
   const GgufFile* gguf() const { return gguf_.get(); }
-  // Hex SHA-256 over the canonical config and every tensor's name, type, shape and bytes.
-  // Stable across loads, paths and formats' incidental bytes (padding, metadata order).
+  // Hex SHA-256 (fingerprint v2, common/model/fingerprint.h) over the canonical config, every
+  // tensor's name, type, shape and bytes, and the tokenizer. Stable across loads, paths and
+  // formats' incidental bytes (padding, metadata order).
   const std::string& fingerprint() const { return fingerprint_; }
+  // The v1 fingerprint (config and weights only) that strategies bound before v2 carry.
+  const std::string& fingerprint_v1() const { return fingerprint_v1_; }
+  // llama2.c: the tokenizer file the fingerprint covers ("" when none); GGUF: "".
+  const std::string& tokenizer_path() const { return tokenizer_path_; }
+  // Hex SHA-256 of that file's bytes ("" when none).
+  const std::string& tokenizer_sha256() const { return tokenizer_sha256_; }
   int64_t parameter_count() const;
 
  private:
   Model() = default;
   static absl::StatusOr<std::unique_ptr<Model>> FromStorage(std::unique_ptr<Model> m);
+  // Reads a llama2.c model's tokenizer file (see Load) and folds it into the fingerprint.
+  absl::Status BindLlama2cTokenizer(const std::string& tokenizer_path);
 
   std::string path_;
   ModelFormat format_ = ModelFormat::kGguf;
@@ -94,6 +107,9 @@ class Model {
   ModelWeights weights_;
   std::unique_ptr<GgufFile> gguf_;
   std::string fingerprint_;
+  std::string fingerprint_v1_;
+  std::string tokenizer_path_;
+  std::string tokenizer_sha256_;
   // Backing bytes: either a read-only mapping or an owned vector.
   const uint8_t* data_ = nullptr;
   size_t size_ = 0;

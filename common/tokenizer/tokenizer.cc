@@ -8,8 +8,11 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "common/model/gguf.h"
+#include "common/model/llama2c.h"
 #include "common/model/model.h"
 #include "common/tokenizer/bpe_tokenizer.h"
+#include "common/util/file.h"
+#include "common/util/sha256.h"
 
 namespace kvshare {
 namespace {
@@ -147,16 +150,26 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerForModel(
     return tokenizer;
   }
 
-  std::string path = tokenizer_path;
+  std::string path = tokenizer_path.empty() ? model.tokenizer_path() : tokenizer_path;
   if (path.empty()) {
     const std::string& model_path = model.path();
-    const size_t slash = model_path.find_last_of('/');
-    const std::string dir = slash == std::string::npos ? "." : model_path.substr(0, slash);
-    path = absl::StrCat(dir, "/tok", model_vocab, ".bin");
+    path = DefaultLlama2cTokenizerPath(model_path, model_vocab);
     if (!FileExists(path)) {
       return absl::NotFoundError(
           absl::StrCat("llama2.c model ", model_path, " needs a tokenizer file: ", path,
                        " does not exist; pass the tokenizer path (e.g. tok", model_vocab, ".bin)"));
+    }
+  }
+  // The model's fingerprint covers the tokenizer it was loaded with: another one would serve
+  // (and bind strategies to) a fingerprint that does not describe it.
+  if (!model.tokenizer_sha256().empty() && path != model.tokenizer_path()) {
+    absl::StatusOr<std::string> bytes = ReadFileToString(path);
+    if (!bytes.ok()) return bytes.status();
+    if (Sha256Hex(*bytes) != model.tokenizer_sha256()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "tokenizer ", path, " differs from ", model.tokenizer_path(), ", the one model ",
+          model.path(),
+          " was loaded (and fingerprinted) with; give the tokenizer when loading the model"));
     }
   }
   return LoadLlama2cTokenizer(path, model_vocab);

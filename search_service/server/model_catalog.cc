@@ -134,17 +134,18 @@ absl::StatusOr<std::shared_ptr<const CatalogModel>> ModelCatalog::GetModel(
   const auto start = std::chrono::steady_clock::now();
   auto path = ResolvePath(e.path, base_dir_);
   if (!path.ok()) return fail(path.status());
-  auto model = Model::Load(*path);
-  if (!model.ok()) return fail(model.status());
-  if (!e.format.empty() && e.format != FormatName((*model)->format())) {
-    return fail(absl::InvalidArgumentError(absl::StrFormat(
-        "%s is %s, the catalog says %s", *path, FormatName((*model)->format()), e.format)));
-  }
   std::string tokenizer_path;
   if (!e.tokenizer.empty()) {
     auto tp = ResolvePath(e.tokenizer, base_dir_);
     if (!tp.ok()) return fail(tp.status());
     tokenizer_path = *tp;
+  }
+  // The tokenizer goes to Load too: the model's fingerprint covers it.
+  auto model = Model::Load(*path, tokenizer_path);
+  if (!model.ok()) return fail(model.status());
+  if (!e.format.empty() && e.format != FormatName((*model)->format())) {
+    return fail(absl::InvalidArgumentError(absl::StrFormat(
+        "%s is %s, the catalog says %s", *path, FormatName((*model)->format()), e.format)));
   }
   auto tokenizer = LoadTokenizerForModel(**model, tokenizer_path);
   if (!tokenizer.ok()) return fail(tokenizer.status());

@@ -6,7 +6,7 @@
 //                "tokenizer": "asset:tok512.bin"}],
 //    "calibration_corpora": [{"name": "wikitext-2", "path": "asset:wikitext-2-raw-test.txt"}]}
 //
-// Paths: "smollm2" is the SmolLM2-135M-Instruct GGUF wherever common/model/locate.h finds it;
+// Paths: "smollm2" is the SmolLM2-135M-Instruct GGUF wherever service_runtime/locate.h finds it;
 // "asset:FILE" is FILE in the shared assets folder; a relative path is relative to the
 // config's directory. "format" ("gguf" or "llama2c"; optional) is checked against the file.
 // "tokenizer" is for llama2.c checkpoints (default: tok<vocab>.bin beside the model).

@@ -1,5 +1,6 @@
 // The kvshare-worker binary as operators run it (spawned as a subprocess): it reports health
-// once ready, serves /metrics, and on SIGTERM drains — new requests are refused, a stream in
+// once ready, serves /metrics (and survives junk sent to it), refuses to start on a busy port
+// naming it, and on SIGTERM drains — new requests are refused, a stream in
 // flight runs to its end — and exits 0; a stream longer than --drain-grace is cut with finish
 // CANCELLED and status UNAVAILABLE, and the process still exits 0.
 #include <arpa/inet.h>
@@ -20,6 +21,7 @@
 #include "gtest/gtest.h"
 #include "kvshare/v1/inference.grpc.pb.h"
 #include "tests/inference/grpc_probe.h"
+#include "tests/support/http_probe.h"
 #include "tests/support/test_env.h"
 
 namespace kvshare {
@@ -276,6 +278,101 @@ TEST(WorkerProcessTest, MetricsEndpointServesPrometheusText) {
   }
   worker.Signal(SIGTERM);
   EXPECT_EQ(worker.WaitForExit(absl::Seconds(30)), 0);
+}
+
+// Runs kvshare-worker with `args` until it exits (at most `timeout`): the exit status (-1 if
+// it had to be killed) and what it logged.
+std::pair<int, std::string> RunWorkerToExit(std::vector<std::string> args, absl::Duration timeout) {
+  const std::string log = absl::StrCat(::testing::TempDir(), "/kvshare-worker-run-", getpid(), "-",
+                                       args.size(), ".log");
+  args.insert(args.begin(), KVSHARE_WORKER_BINARY);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    FILE* f = std::fopen(log.c_str(), "w");
+    if (f != nullptr) dup2(fileno(f), 2);
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  int code = -1;
+  const absl::Time end = absl::Now() + timeout;
+  for (;;) {
+    int status = 0;
+    if (waitpid(pid, &status, WNOHANG) == pid) {
+      code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      break;
+    }
+    if (absl::Now() > end) {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+      break;
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  std::ifstream in(log);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return {code, ss.str()};
+}
+
+TEST(WorkerProcessTest, MetricsJunkNeverTakesTheWorkerDown) {
+  WorkerProcess worker({});
+  ASSERT_TRUE(worker.WaitUntilServing());
+  const int port = worker.metrics_port();
+  for (const auto& [name, request] : testing::MetricsJunkRequests()) {
+    const std::string r = testing::HttpExchange(port, request, absl::Seconds(15));
+    const int status = testing::HttpStatus(r);
+    EXPECT_TRUE(r.empty() || (status >= 200 && status < 600)) << name << ":\n" << r;
+    EXPECT_EQ(worker.WaitForExit(absl::Milliseconds(5)), -1) << "the worker died on " << name;
+  }
+  EXPECT_EQ(
+      testing::HttpStatus(testing::HttpExchange(port, testing::MetricsJunkRequests()[1].second)),
+      200);  // HEAD /metrics
+  {
+    testing::HalfOpenConnections idle(port, 200);
+    EXPECT_EQ(idle.opened(), 200);
+    // A hang guard, not a speed target: queued behind 200 idle connections that each wait
+    // 5 s, the scrape would take far longer than this.
+    const std::string page = testing::HttpGet(port, "/metrics", absl::Seconds(4));
+    EXPECT_EQ(testing::HttpStatus(page), 200) << page;
+    EXPECT_NE(page.find("kvshare_queue_depth"), std::string::npos);
+  }
+  auto health = testing::CheckHealth(worker.channel(), "");
+  ASSERT_TRUE(health.ok()) << health.status();
+  EXPECT_EQ(*health, testing::HealthStatus::kServing);
+  worker.Signal(SIGTERM);
+  EXPECT_EQ(worker.WaitForExit(absl::Seconds(30)), 0);
+}
+
+TEST(WorkerProcessTest, ASecondWorkerOnABusyPortExitsNamingIt) {
+  WorkerProcess first({});
+  const int port = first.WaitForPort();
+  ASSERT_GT(port, 0);
+  const std::vector<std::string> common = {
+      "--model",   testing::SmolLm2Path(), "--threads", "1", "--host",
+      "127.0.0.1", "--kv-budget-mib",      "16"};
+  {
+    std::vector<std::string> args = common;
+    args.insert(args.end(), {"--port", std::to_string(port), "--metrics-port", "0"});
+    const auto [code, log] = RunWorkerToExit(args, absl::Seconds(60));
+    EXPECT_NE(code, 0) << log;
+    EXPECT_NE(code, -1) << "a worker on busy port " << port << " kept running:\n" << log;
+    EXPECT_NE(log.find(absl::StrCat("127.0.0.1:", port)), std::string::npos) << log;
+  }
+  {
+    std::vector<std::string> args = common;
+    args.insert(args.end(),
+                {"--port", "0", "--metrics-port", std::to_string(first.metrics_port())});
+    const auto [code, log] = RunWorkerToExit(args, absl::Seconds(60));
+    EXPECT_NE(code, 0) << log;
+    EXPECT_NE(code, -1) << "a worker on busy metrics port kept running:\n" << log;
+    EXPECT_NE(log.find(absl::StrCat("--metrics-port ", first.metrics_port())), std::string::npos)
+        << log;
+  }
+  // The first one still owns both.
+  EXPECT_EQ(testing::HttpStatus(testing::HttpGet(first.metrics_port(), "/metrics")), 200);
 }
 
 }  // namespace

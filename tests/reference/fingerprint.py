@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Independent reference for Model::fingerprint() (common/model/fingerprint.h, serialisation v1).
+"""Independent reference for Model::fingerprint() (common/model/fingerprint.h, v1 and v2).
 
 Reads each model file with no project code -- llama2.c checkpoints with `struct`, GGUF files
 with the `gguf` PyPI package's GGUFReader -- and hashes the same canonical serialisation with
@@ -129,12 +129,88 @@ def load_gguf(path):
     return cfg, tensors
 
 
+def gguf_tokenizer_section(path):
+    """The v2 tokenizer section of a GGUF file, from a plain struct reader of its metadata."""
+    raw = open(path, "rb").read()
+    off = 4 + 4  # magic, version
+    _n_tensors, n_kv = struct.unpack_from("<QQ", raw, off)
+    off += 16
+
+    def take(fmt):
+        nonlocal off
+        v = struct.unpack_from(fmt, raw, off)[0]
+        off += struct.calcsize(fmt)
+        return v
+
+    def read_str():
+        nonlocal off
+        n = take("<Q")
+        b = raw[off:off + n]
+        off += n
+        return b
+
+    ints = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 11: "<q"}
+
+    def read_value(t):  # -> canonical bytes of the value (fingerprint.h, v2)
+        out = struct.pack("<I", t)
+        if t in ints:
+            return out + struct.pack("<q", take(ints[t]))
+        if t == 10:
+            return out + struct.pack("<Q", take("<Q"))
+        if t in (6, 12):
+            x = take("<f" if t == 6 else "<d")
+            return out + struct.pack("<d", x)
+        if t == 7:
+            return out + struct.pack("<B", take("<B"))
+        if t == 8:
+            b = read_str()
+            return out + struct.pack("<Q", len(b)) + b
+        if t == 9:
+            et = take("<I")
+            n = take("<Q")
+            return out + struct.pack("<IQ", et, n) + b"".join(read_value(et) for _ in range(n))
+        raise ValueError(f"GGUF type {t}")
+
+    kv = {}
+    for _ in range(n_kv):
+        key = read_str()
+        kv[key] = read_value(take("<I"))
+    keys = sorted(k for k in kv if k.startswith(b"tokenizer."))
+    body = struct.pack("<BQ", 1, len(keys))
+    for k in keys:
+        body += struct.pack("<Q", len(k)) + k + kv[k]
+    return body
+
+
+def fingerprint_v2(v1, tokenizer_section):
+    h = hashlib.sha256()
+    for b in (b"kvshare-model-fingerprint-v2", v1.encode()):
+        h.update(struct.pack("<Q", len(b)))
+        h.update(b)
+    h.update(tokenizer_section)
+    return h.hexdigest()
+
+
 def main(paths):
+    """Each model file: its v1 and v2 fingerprints. A llama2.c checkpoint's v2 covers
+    tok<vocab>.bin beside it when that exists (as Model::Load does)."""
+    import os
     for path in paths:
         with open(path, "rb") as f:
             magic = f.read(4)
         cfg, tensors = load_gguf(path) if magic == b"GGUF" else load_llama2c(path)
-        print(fingerprint(cfg, tensors), path)
+        v1 = fingerprint(cfg, tensors)
+        if magic == b"GGUF":
+            section = gguf_tokenizer_section(path)
+        else:
+            tok = os.path.join(os.path.dirname(path) or ".", f"tok{cfg['vocab_size']}.bin")
+            if os.path.exists(tok):
+                data = open(tok, "rb").read()
+                section = struct.pack("<BQ", 2, len(data)) + data
+            else:
+                section = struct.pack("<B", 0)
+        print("v1", v1, path)
+        print("v2", fingerprint_v2(v1, section), path)
 
 
 if __name__ == "__main__":
