@@ -204,15 +204,15 @@ absl::StatusOr<SharingStrategy> SharingStrategy::FromJson(const std::string& tex
     return absl::Status(st.status().code(),
                         absl::StrCat(where, ": field 'kv_source': ", st.status().message()));
   }
-  if (has_owning && owning_layers != st->owning_layers()) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("%s: field 'owning_layers' is %d; kv_source has %d owning layers", where,
-                        owning_layers, st->owning_layers()));
-  }
   if (has_id && id != st->id()) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "%s: id \"%s\" does not match the content (model_fingerprint and kv_source; expected %s)",
         where, Excerpt(id), st->id()));
+  }
+  if (has_owning && owning_layers != st->owning_layers()) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: field 'owning_layers' is %d; kv_source has %d owning layers", where,
+                        owning_layers, st->owning_layers()));
   }
   if (p.method.empty()) p.method = st->provenance_.method;  // "identity" or "manual"
   st->provenance_ = std::move(p);
