@@ -3,6 +3,8 @@
 #include <algorithm>
 
 #include "absl/strings/str_format.h"
+#include "common/limits.h"
+#include "common/util/excerpt.h"
 
 namespace kvshare {
 namespace {
@@ -19,12 +21,20 @@ absl::StatusOr<std::vector<int32_t>> Prompt(const v1::GenerateRequest& wire,
       return Invalid("prompt: none given (set text, token_ids or chat)");
     case v1::GenerateRequest::kText: {
       if (wire.text().empty()) return Invalid("text: empty prompt");
+      if (wire.text().size() > kMaxPromptBytes) {
+        return Invalid(absl::StrFormat("text: %d bytes, at most %d (the limit)", wire.text().size(),
+                                       kMaxPromptBytes));
+      }
       const bool bos = wire.has_add_bos() ? wire.add_bos() : tokenizer.add_bos_by_default();
       return tokenizer.Encode(wire.text(), bos);
     }
     case v1::GenerateRequest::kTokenIds: {
       const auto& ids = wire.token_ids().ids();
       if (ids.empty()) return Invalid("token_ids.ids: empty prompt");
+      if (ids.size() > config.max_seq_len) {
+        return Invalid(absl::StrFormat("token_ids.ids: %d tokens, at most %d (the context of %s)",
+                                       ids.size(), config.max_seq_len, config.name));
+      }
       for (int i = 0; i < ids.size(); ++i) {
         if (ids[i] < 0 || ids[i] >= config.vocab_size) {
           return Invalid(absl::StrFormat("token_ids.ids[%d] = %d out of range [0, %d)", i, ids[i],
@@ -36,13 +46,24 @@ absl::StatusOr<std::vector<int32_t>> Prompt(const v1::GenerateRequest& wire,
     case v1::GenerateRequest::kChat: {
       const auto& wire_messages = wire.chat().messages();
       if (wire_messages.empty()) return Invalid("chat.messages: empty conversation");
+      if (wire_messages.size() > kMaxChatMessages) {
+        return Invalid(absl::StrFormat("chat.messages: %d messages, at most %d (the limit)",
+                                       wire_messages.size(), kMaxChatMessages));
+      }
       std::vector<ChatMessage> messages;
+      size_t bytes = 0;
       for (int i = 0; i < wire_messages.size(); ++i) {
         const std::string& role = wire_messages[i].role();
         if (role != "system" && role != "user" && role != "assistant") {
           return Invalid(absl::StrFormat(
               "chat.messages[%d].role \"%s\" must be \"system\", \"user\" or \"assistant\"", i,
-              role));
+              Excerpt(role)));
+        }
+        bytes += wire_messages[i].content().size();
+        if (bytes > kMaxPromptBytes) {
+          return Invalid(absl::StrFormat(
+              "chat.messages: the contents up to [%d] are %d bytes, at most %d (the limit)", i,
+              bytes, kMaxPromptBytes));
         }
         messages.push_back({role, wire_messages[i].content()});
       }

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/limits.h"
 #include "common/util/file.h"
 
 namespace kvshare {
@@ -26,13 +27,22 @@ absl::StatusOr<std::string> CheckSearchRequest(const SearchRequest& r) {
   auto rule = CheckRuleFields(r.method, r.best_of, r.max_nll_increase,
                               r.field_style == FieldStyle::kCliFlag);
   if (!rule.ok()) return rule.status();
+  // Checked before anything is sized by them (the calibration set reserves samples x tokens).
   if (r.calibration.samples < 1) {
     return Invalid(
         absl::StrFormat("%s %d must be >= 1", F(r, "--samples", "samples"), r.calibration.samples));
   }
+  if (r.calibration.samples > kMaxCalibrationSamples) {
+    return Invalid(absl::StrFormat("%s %d is above the limit, %d", F(r, "--samples", "samples"),
+                                   r.calibration.samples, kMaxCalibrationSamples));
+  }
   if (r.calibration.tokens < 1) {
     return Invalid(
         absl::StrFormat("%s %d must be >= 1", F(r, "--tokens", "tokens"), r.calibration.tokens));
+  }
+  if (r.calibration.tokens > kMaxCalibrationTokens) {
+    return Invalid(absl::StrFormat("%s %d is above the limit, %d", F(r, "--tokens", "tokens"),
+                                   r.calibration.tokens, kMaxCalibrationTokens));
   }
   if (!(r.threshold > -1.0 && r.threshold <= 1.0)) {
     return Invalid(

@@ -1,14 +1,16 @@
 #include "common/strategy/sharing_strategy.h"
 
 #include <cmath>
-#include <fstream>
-#include <sstream>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/limits.h"
 #include "common/model/model.h"
+#include "common/util/excerpt.h"
 #include "common/util/file.h"
+#include "common/util/json_fields.h"
 #include "common/util/sha256.h"
 #include "nlohmann/json.hpp"
 
@@ -44,6 +46,15 @@ absl::StatusOr<SharingStrategy> SharingStrategy::Create(std::vector<int> kv_sour
   const int n = static_cast<int>(kv_source.size());
   if (n == 0)
     return absl::InvalidArgumentError("strategy: kv_source is empty (need one entry per layer)");
+  if (n > kMaxLayers) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "strategy: kv_source has %d entries; at most %d (the layer limit)", n, kMaxLayers));
+  }
+  if (model_fingerprint.size() > kMaxIdBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("strategy: model_fingerprint \"%s\" is longer than %d bytes",
+                        Excerpt(model_fingerprint), kMaxIdBytes));
+  }
   if (kv_source[0] != 0) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "strategy: layer 0 must own its KV cache (kv_source[0] = %d, must be 0)", kv_source[0]));
@@ -125,79 +136,114 @@ std::string SharingStrategy::ToJson() const {
                     {"calibration_score", provenance_.calibration_score}};
   }
   j["provenance"] = p;
-  return j.dump(2) + "\n";
+  // Strings that are not UTF-8 are written with U+FFFD rather than throwing.
+  return j.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n";
 }
 
 absl::StatusOr<SharingStrategy> SharingStrategy::FromJson(const std::string& text) {
-  nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) {
-    return absl::InvalidArgumentError("strategy JSON: not a JSON object");
-  }
-  if (!j.contains("format") || j["format"] != kFormat) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("strategy JSON: field 'format' must be \"", kFormat, "\""));
-  }
-  if (!j.contains("model_fingerprint") || !j["model_fingerprint"].is_string()) {
-    return absl::InvalidArgumentError(
-        "strategy JSON: field 'model_fingerprint' (string) is missing");
-  }
-  if (!j.contains("kv_source") || !j["kv_source"].is_array()) {
-    return absl::InvalidArgumentError(
-        "strategy JSON: field 'kv_source' (array of ints) is missing");
-  }
-  std::vector<int> kv_source;
-  for (size_t i = 0; i < j["kv_source"].size(); ++i) {
-    const auto& v = j["kv_source"][i];
-    if (!v.is_number_integer()) {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("strategy JSON: kv_source[%d] is not an integer", i));
-    }
-    kv_source.push_back(v.get<int>());
-  }
-  if (j.contains("n_layers") && (!j["n_layers"].is_number_integer() ||
-                                 j["n_layers"].get<int64_t>() != int64_t(kv_source.size()))) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("strategy JSON: n_layers %s disagrees with kv_source's %d entries",
-                        j["n_layers"].dump(), kv_source.size()));
-  }
-  auto st = Create(std::move(kv_source), j["model_fingerprint"].get<std::string>());
-  if (!st.ok()) return st.status();
-  if (j.contains("id") && (!j["id"].is_string() || j["id"].get<std::string>() != st->id())) {
+  return FromJson(text, "strategy JSON");
+}
+
+absl::StatusOr<SharingStrategy> SharingStrategy::FromJson(const std::string& text,
+                                                          const std::string& where) {
+  if (text.size() > kMaxStrategyFileBytes) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "strategy JSON: id %s does not match the content (expected %s)", j["id"].dump(), st->id()));
+        "%s: %d bytes; a strategy is at most %d bytes", where, text.size(), kMaxStrategyFileBytes));
   }
-  if (j.contains("provenance") && j["provenance"].is_object()) {
-    const auto& p = j["provenance"];
-    StrategyProvenance& out = st->provenance_;
-    out.method = p.value("method", out.method);
-    out.order = p.value("order", "");
-    out.threshold = p.value("threshold", 0.0);
-    out.calibration_hash = p.value("calibration_hash", "");
-    out.target_layers = p.value("target_layers", 0);
-    out.score = p.value("score", 0.0);
-    out.note = p.value("note", "");
-    out.best_of = p.value("best_of", 0);
-    out.max_nll_increase = p.value("max_nll_increase", 0.0);
-    if (p.contains("quality") && p["quality"].is_object()) {
-      const auto& q = p["quality"];
-      out.heldout_ppl = q.value("heldout_ppl", 0.0);
-      out.baseline_ppl = q.value("baseline_ppl", 0.0);
-      out.heldout_tokens = q.value("heldout_tokens", int64_t{0});
-      out.heldout_context = q.value("heldout_context", 0);
-      out.heldout_hash = q.value("heldout_hash", "");
-      out.calibration_score = q.value("calibration_score", 0.0);
+  auto parsed = ParseJsonObject(text, where);
+  if (!parsed.ok()) return parsed.status();
+  const nlohmann::json& j = *parsed;
+  JsonFields f(j, where);
+  std::string format, fingerprint, id;
+  if (f.String("format", Field::kRequired, kMaxNameBytes, &format) && format != kFormat) {
+    f.Fail("format", absl::StrCat("\"", kFormat, "\""));
+  }
+  f.String("model_fingerprint", Field::kRequired, kMaxIdBytes, &fingerprint);
+  // Sources are in [0, kMaxLayers); Create checks each against its layer.
+  std::vector<int> kv_source;
+  f.IntArray("kv_source", Field::kRequired, kMaxLayers, 0, kMaxLayers - 1, &kv_source);
+  int n_layers = 0;
+  if (f.Int("n_layers", Field::kOptional, 1, kMaxLayers, &n_layers) &&
+      n_layers != static_cast<int>(kv_source.size())) {
+    f.Fail("n_layers", absl::StrFormat("kv_source's length, %d", kv_source.size()));
+  }
+  const bool has_id = f.String("id", Field::kOptional, kMaxIdBytes, &id);
+  int owning_layers = 0;  // derived (written for people): checked, not used
+  const bool has_owning = f.Int("owning_layers", Field::kOptional, 1, kMaxLayers, &owning_layers);
+  StrategyProvenance p;
+  p.method = "";
+  if (const nlohmann::json* pj = f.Object("provenance", Field::kOptional)) {
+    JsonFields pf = f.Nested("provenance", *pj);
+    constexpr double kHuge = std::numeric_limits<double>::max();
+    pf.String("method", Field::kOptional, kMaxNameBytes, &p.method);
+    pf.String("order", Field::kOptional, kMaxNameBytes, &p.order);
+    pf.Double("threshold", Field::kOptional, -kHuge, kHuge, &p.threshold);
+    pf.String("calibration_hash", Field::kOptional, kMaxIdBytes, &p.calibration_hash);
+    pf.Int("target_layers", Field::kOptional, 0, kMaxLayers, &p.target_layers);
+    pf.Double("score", Field::kOptional, -kHuge, kHuge, &p.score);
+    pf.String("note", Field::kOptional, kMaxTextFieldBytes, &p.note);
+    pf.Int("best_of", Field::kOptional, 0, std::numeric_limits<int>::max(), &p.best_of);
+    pf.Double("max_nll_increase", Field::kOptional, 0.0, kHuge, &p.max_nll_increase);
+    if (const nlohmann::json* qj = pf.Object("quality", Field::kOptional)) {
+      JsonFields qf = pf.Nested("quality", *qj);
+      qf.Double("heldout_ppl", Field::kOptional, 0.0, kHuge, &p.heldout_ppl);
+      qf.Double("baseline_ppl", Field::kOptional, 0.0, kHuge, &p.baseline_ppl);
+      qf.Int("heldout_tokens", Field::kOptional, int64_t{0}, std::numeric_limits<int64_t>::max(),
+             &p.heldout_tokens);
+      qf.Int("heldout_context", Field::kOptional, 0, std::numeric_limits<int>::max(),
+             &p.heldout_context);
+      qf.String("heldout_hash", Field::kOptional, kMaxIdBytes, &p.heldout_hash);
+      qf.Double("calibration_score", Field::kOptional, -kHuge, kHuge, &p.calibration_score);
+      double derived = 0;  // heldout_nll_increase: written for people, recomputed from the ppls
+      qf.Double("heldout_nll_increase", Field::kOptional, -kHuge, kHuge, &derived);
     }
   }
+  if (!f.ok()) return f.status();
+  auto st = Create(std::move(kv_source), fingerprint);
+  if (!st.ok()) {
+    return absl::Status(st.status().code(),
+                        absl::StrCat(where, ": field 'kv_source': ", st.status().message()));
+  }
+  if (has_id && id != st->id()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s: id \"%s\" does not match the content (model_fingerprint and kv_source; expected %s)",
+        where, Excerpt(id), st->id()));
+  }
+  if (has_owning && owning_layers != st->owning_layers()) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: field 'owning_layers' is %d; kv_source has %d owning layers", where,
+                        owning_layers, st->owning_layers()));
+  }
+  if (p.method.empty()) p.method = st->provenance_.method;  // "identity" or "manual"
+  st->provenance_ = std::move(p);
   return st;
 }
 
+absl::Status SharingStrategy::CheckProvenance(const StrategyProvenance& p,
+                                              const std::string& prefix) {
+  const struct {
+    const char* name;
+    const std::string& value;
+    size_t limit;
+  } fields[] = {{"method", p.method, kMaxNameBytes},
+                {"order", p.order, kMaxNameBytes},
+                {"calibration_hash", p.calibration_hash, kMaxIdBytes},
+                {"note", p.note, kMaxTextFieldBytes},
+                {"quality.heldout_hash", p.heldout_hash, kMaxIdBytes}};
+  for (const auto& f : fields) {
+    if (f.value.size() > f.limit) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("%s.%s \"%s\" is longer than %d bytes, the limit", prefix, f.name,
+                          Excerpt(f.value), f.limit));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<SharingStrategy> SharingStrategy::ReadFile(const std::string& path) {
-  auto text = ReadFileToString(path);
+  auto text = ReadFileToString(path, kMaxStrategyFileBytes);
   if (!text.ok()) return text.status();
-  auto st = FromJson(*text);
-  if (!st.ok())
-    return absl::Status(st.status().code(), absl::StrCat(path, ": ", st.status().message()));
-  return st;
+  return FromJson(*text, absl::StrCat("strategy file ", path));
 }
 
 absl::Status SharingStrategy::WriteFile(const std::string& path) const {

@@ -83,8 +83,18 @@ class SharingStrategy {
   //    "kv_source": [0, 1, 1, ...], "id": "...", "provenance": {...}}
   // "id", when present, must match the content (a file edited by hand is caught).
   std::string ToJson() const;
+  // Every field is read through checked accessors (common/util/json_fields.h): a wrong type,
+  // a value out of range (kv_source entries beyond int32 included) or a string past its limit
+  // (common/limits.h) is InvalidArgument naming `where`, the field, the value and the
+  // expectation; never an exception.
   static absl::StatusOr<SharingStrategy> FromJson(const std::string& json);
+  static absl::StatusOr<SharingStrategy> FromJson(const std::string& json,
+                                                  const std::string& where);
+  // Reads at most kMaxStrategyFileBytes (a larger or endless file is refused).
   static absl::StatusOr<SharingStrategy> ReadFile(const std::string& path);
+  // The provenance's strings within their limits (method, order: kMaxNameBytes; hashes:
+  // kMaxIdBytes; note: kMaxTextFieldBytes); InvalidArgument naming `prefix`.field.
+  static absl::Status CheckProvenance(const StrategyProvenance& p, const std::string& prefix);
   absl::Status WriteFile(const std::string& path) const;
 
  private:

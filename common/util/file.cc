@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -28,6 +29,31 @@ absl::StatusOr<std::string> ReadFileToString(const std::string& path) {
   std::ostringstream ss;
   ss << in.rdbuf();
   return ss.str();
+}
+
+absl::StatusOr<std::string> ReadFileToString(const std::string& path, size_t max_bytes) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoStatus("cannot read", path, errno);
+  std::string out;
+  char buf[64 * 1024];
+  while (out.size() <= max_bytes) {
+    const size_t want = std::min(sizeof(buf), max_bytes + 1 - out.size());
+    ssize_t n = ::read(fd, buf, want);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      int err = errno;
+      ::close(fd);
+      return ErrnoStatus("cannot read", path, err);
+    }
+    if (n == 0) break;
+    out.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  if (out.size() > max_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, " is larger than ", max_bytes, " bytes, the limit for this file"));
+  }
+  return out;
 }
 
 absl::Status WriteFileAtomically(const std::string& path, const std::string& content) {

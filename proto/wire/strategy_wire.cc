@@ -1,6 +1,7 @@
 #include "proto/wire/strategy_wire.h"
 
 #include "absl/strings/str_format.h"
+#include "common/util/excerpt.h"
 
 namespace kvshare {
 
@@ -37,7 +38,7 @@ absl::StatusOr<SharingStrategy> FromProto(const v1::SharingStrategy& msg) {
   if (!st.ok()) return st.status();
   if (!msg.id().empty() && msg.id() != st->id()) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "strategy.id %s does not match its content (expected %s)", msg.id(), st->id()));
+        "strategy.id %s does not match its content (expected %s)", Excerpt(msg.id()), st->id()));
   }
   StrategyProvenance& p = st->provenance();
   if (msg.has_provenance()) {
@@ -60,6 +61,8 @@ absl::StatusOr<SharingStrategy> FromProto(const v1::SharingStrategy& msg) {
       p.heldout_hash = q.heldout_hash();
       p.calibration_score = q.calibration_score();
     }
+    absl::Status bounded = SharingStrategy::CheckProvenance(p, "provenance");
+    if (!bounded.ok()) return bounded;
   }
   return st;
 }

@@ -9,9 +9,13 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "common/limits.h"
+#include "common/util/excerpt.h"
 #include "common/util/file.h"
+#include "common/util/json_fields.h"
 #include "nlohmann/json.hpp"
 #include "spdlog/spdlog.h"
 
@@ -22,15 +26,21 @@ using json = nlohmann::json;
 
 constexpr char kRecordFormat[] = "kvshare.strategy_record.v1";
 constexpr char kDeprecationFormat[] = "kvshare.strategy_deprecation.v1";
+// Version numbers fit the 8 digits of the file names.
+constexpr uint64_t kMaxVersion = 99999999;
 
 std::string Rfc3339(absl::Time t) {
   return absl::FormatTime(absl::RFC3339_full, t, absl::UTCTimeZone());
 }
 
-bool ParseTimeField(const json& j, const char* key, absl::Time* out) {
-  if (!j.contains(key) || !j[key].is_string()) return false;
-  std::string err;
-  return absl::ParseTime(absl::RFC3339_full, j[key].get<std::string>(), out, &err);
+// An RFC 3339 time field, required.
+bool TimeField(JsonFields& f, const char* key, absl::Time* out) {
+  std::string text, err;
+  if (!f.String(key, Field::kRequired, kMaxNameBytes, &text)) return false;
+  if (!absl::ParseTime(absl::RFC3339_full, text, out, &err)) {
+    return f.Fail(key, "an RFC 3339 time");
+  }
+  return true;
 }
 
 std::string VersionFileName(uint64_t version, const char* suffix) {
@@ -69,35 +79,65 @@ std::string RecordJson(const StrategyRecord& r) {
   j["publish_time"] = Rfc3339(r.publish_time);
   j["source_job_id"] = r.source_job_id;
   j["strategy"] = json::parse(r.strategy->ToJson());
-  return j.dump(2) + "\n";
+  return j.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
 }
 
-absl::StatusOr<StrategyRecord> ParseRecord(const std::string& text) {
-  const json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) return absl::DataLossError("not a JSON object");
-  if (j.value("format", "") != kRecordFormat) {
-    return absl::DataLossError(absl::StrFormat("format is not %s", kRecordFormat));
-  }
+// `path`'s record; DataLoss naming the path, the field, the value and the expectation.
+absl::StatusOr<StrategyRecord> ParseRecord(const std::string& text, const std::string& path) {
+  const std::string where = absl::StrCat("strategy record ", path);
+  auto parsed = ParseJsonObject(text, where);
+  if (!parsed.ok()) return absl::DataLossError(parsed.status().message());
+  JsonFields f(*parsed, where);
   StrategyRecord r;
-  if (!j.contains("version") || !j["version"].is_number_unsigned() ||
-      !j.contains("model_fingerprint") || !j["model_fingerprint"].is_string() ||
-      !j.contains("strategy") || !j["strategy"].is_object() ||
-      !ParseTimeField(j, "publish_time", &r.publish_time)) {
-    return absl::DataLossError(
-        "missing or mistyped version, model_fingerprint, strategy or "
-        "publish_time");
+  std::string format;
+  if (f.String("format", Field::kRequired, kMaxNameBytes, &format) && format != kRecordFormat) {
+    f.Fail("format", absl::StrCat("\"", kRecordFormat, "\""));
   }
-  r.version = j["version"].get<uint64_t>();
-  r.model_fingerprint = j["model_fingerprint"].get<std::string>();
-  r.model_name = j.value("model_name", "");
-  r.source_job_id = j.value("source_job_id", "");
-  auto strategy = SharingStrategy::FromJson(j["strategy"].dump());
+  f.Uint("version", Field::kRequired, 1, kMaxVersion, &r.version);
+  f.String("model_fingerprint", Field::kRequired, kMaxIdBytes, &r.model_fingerprint);
+  f.String("model_name", Field::kOptional, kMaxNameBytes, &r.model_name);
+  f.String("source_job_id", Field::kOptional, kMaxNameBytes, &r.source_job_id);
+  TimeField(f, "publish_time", &r.publish_time);
+  const json* strategy_json = f.Object("strategy", Field::kRequired);
+  if (!f.ok()) return absl::DataLossError(f.status().message());
+  auto strategy =
+      SharingStrategy::FromJson(strategy_json->dump(), absl::StrCat(where, " strategy"));
   if (!strategy.ok()) return absl::DataLossError(strategy.status().message());
   if (strategy->model_fingerprint() != r.model_fingerprint) {
-    return absl::DataLossError("the strategy's model_fingerprint differs from the record's");
+    return absl::DataLossError(
+        absl::StrCat(where, ": the strategy's model_fingerprint differs from the record's"));
   }
   r.strategy = std::make_shared<const SharingStrategy>(std::move(*strategy));
   return r;
+}
+
+// A deprecation mark: its reason and time (DataLoss as ParseRecord).
+absl::Status ParseDeprecation(const std::string& text, const std::string& path,
+                              const std::string& fingerprint, uint64_t version, std::string* reason,
+                              absl::Time* when) {
+  const std::string where = absl::StrCat("deprecation mark ", path);
+  auto parsed = ParseJsonObject(text, where);
+  if (!parsed.ok()) return absl::DataLossError(parsed.status().message());
+  JsonFields f(*parsed, where);
+  std::string format;
+  if (f.String("format", Field::kRequired, kMaxNameBytes, &format) &&
+      format != kDeprecationFormat) {
+    f.Fail("format", absl::StrCat("\"", kDeprecationFormat, "\""));
+  }
+  std::string says_fingerprint;
+  uint64_t says_version = 0;
+  if (f.String("model_fingerprint", Field::kRequired, kMaxIdBytes, &says_fingerprint) &&
+      says_fingerprint != fingerprint) {
+    f.Fail("model_fingerprint", absl::StrCat("\"", fingerprint, "\", the file's directory"));
+  }
+  if (f.Uint("version", Field::kRequired, 1, kMaxVersion, &says_version) &&
+      says_version != version) {
+    f.Fail("version", absl::StrCat(version, ", the file's name"));
+  }
+  f.String("reason", Field::kOptional, kMaxTextFieldBytes, reason);
+  TimeField(f, "deprecate_time", when);
+  if (!f.ok()) return absl::DataLossError(f.status().message());
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -156,17 +196,19 @@ absl::Status DirectoryStrategyStore::Load() {
             dir_, fingerprint, version, expected));
       }
       ++expected;
-      auto text = ReadFileToString(path);
-      if (!text.ok()) return text.status();
-      auto record = ParseRecord(*text);
-      if (!record.ok()) {
+      auto text = ReadFileToString(path, kMaxRecordFileBytes);
+      if (!text.ok()) {
         return absl::DataLossError(
-            absl::StrFormat("strategy record %s: %s", path, record.status().message()));
+            absl::StrFormat("strategy record %s: %s", path, text.status().message()));
       }
+      auto record = ParseRecord(*text, path);
+      if (!record.ok()) return record.status();
       if (record->version != version || record->model_fingerprint != fingerprint) {
-        return absl::DataLossError(absl::StrFormat("strategy record %s: says model %s version %d",
-                                                   path, record->model_fingerprint,
-                                                   record->version));
+        return absl::DataLossError(absl::StrFormat(
+            "strategy record %s: its fields model_fingerprint and version say %s version %d; the "
+            "file's place says %s version %d",
+            path, Excerpt(record->model_fingerprint), record->version, Excerpt(fingerprint),
+            version));
       }
       absl::Status s = index_.Add(std::move(*record));
       if (!s.ok()) {
@@ -177,15 +219,16 @@ absl::Status DirectoryStrategyStore::Load() {
       if (index_.Find(fingerprint, version) == nullptr) {
         return absl::DataLossError(absl::StrFormat("deprecation mark %s: no such version", path));
       }
-      auto text = ReadFileToString(path);
-      if (!text.ok()) return text.status();
-      const json j = json::parse(*text, nullptr, /*allow_exceptions=*/false);
-      absl::Time when;
-      if (j.is_discarded() || j.value("format", "") != kDeprecationFormat ||
-          !ParseTimeField(j, "deprecate_time", &when)) {
-        return absl::DataLossError(absl::StrFormat("deprecation mark %s does not parse", path));
+      auto text = ReadFileToString(path, kMaxRecordFileBytes);
+      if (!text.ok()) {
+        return absl::DataLossError(
+            absl::StrFormat("deprecation mark %s: %s", path, text.status().message()));
       }
-      index_.MarkDeprecated(fingerprint, version, j.value("reason", ""), when);
+      std::string reason;
+      absl::Time when;
+      absl::Status parsed = ParseDeprecation(*text, path, fingerprint, version, &reason, &when);
+      if (!parsed.ok()) return parsed;
+      index_.MarkDeprecated(fingerprint, version, reason, when);
     }
   }
   spdlog::info("event=strategy_store_opened dir={} records={} removed_temporaries={}", dir_,
@@ -255,7 +298,7 @@ absl::StatusOr<StrategyRecord> DirectoryStrategyStore::Deprecate(
   absl::Status s =
       WriteFileAtomically(absl::StrFormat("%s/%s/%s", dir_, model_fingerprint,
                                           VersionFileName(version, ".deprecated.json")),
-                          j.dump(2) + "\n");
+                          j.dump(2, ' ', false, json::error_handler_t::replace) + "\n");
   if (!s.ok()) return s;
   index_.MarkDeprecated(model_fingerprint, version, reason, when);
   return *index_.Find(model_fingerprint, version);

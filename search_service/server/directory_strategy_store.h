@@ -12,6 +12,17 @@
 // a record that does not parse, validate, or fit the dense sequence — it never serves a
 // damaged one.
 //
+// Damaged records are refused by name, not quarantined. Every field is read through checked
+// accessors (common/util/json_fields.h), so a wrong type, an out-of-range number or an
+// oversized string (common/limits.h) is a DataLoss naming the file, the field, the value and
+// the expectation — never an exception, never a crash loop. Refusing costs the control plane's
+// availability until an operator repairs or removes the named file, and that is the better
+// trade here: workers keep serving the strategies they hold while the search service is down,
+// whereas a registry that started without version N would either hand N to the next publish
+// (two contents under one version, a silent misread for every worker holding the old N) or
+// serve a hole that rollouts and pins cannot resolve. The job journal, whose records are
+// reports, quarantines instead (job_journal.h).
+//
 // Publishes are serialised by one mutex (a publish is an fsync or two). Reads are served from
 // memory. Thread-safe; one process per directory (the LOCK).
 #pragma once

@@ -5,7 +5,10 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/limits.h"
+#include "common/util/excerpt.h"
 #include "common/util/file.h"
+#include "common/util/json_fields.h"
 #include "nlohmann/json.hpp"
 #include "service_runtime/locate.h"
 #include "spdlog/spdlog.h"
@@ -16,6 +19,8 @@ namespace {
 using json = nlohmann::json;
 
 constexpr char kCatalogFormat[] = "kvshare.catalog.v1";
+constexpr size_t kMaxCatalogEntries = 1024;  // models, and corpora
+constexpr size_t kMaxPathBytes = 4096;       // PATH_MAX
 
 constexpr char kDefaultCatalog[] = R"({
   "format": "kvshare.catalog.v1",
@@ -45,28 +50,28 @@ const char* FormatName(ModelFormat f) { return f == ModelFormat::kGguf ? "gguf" 
 
 absl::StatusOr<std::unique_ptr<ModelCatalog>> ModelCatalog::FromJson(const std::string& text,
                                                                      const std::string& base_dir) {
-  const json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) {
-    return absl::InvalidArgumentError("catalog: not a JSON object");
-  }
-  if (j.contains("format") && j["format"] != kCatalogFormat) {
+  auto parsed = ParseJsonObject(text, "catalog");
+  if (!parsed.ok()) return parsed.status();
+  JsonFields f(*parsed, "catalog");
+  std::string format;
+  if (f.String("format", Field::kOptional, kMaxNameBytes, &format) && format != kCatalogFormat) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("catalog: format is %s, expected %s", j["format"].dump(), kCatalogFormat));
+        absl::StrFormat("catalog: format is \"%s\", expected %s", Excerpt(format), kCatalogFormat));
   }
   std::unique_ptr<ModelCatalog> catalog(new ModelCatalog());
   catalog->base_dir_ = base_dir;
-  auto field = [](const json& e, const char* key) -> std::string {
-    return e.contains(key) && e[key].is_string() ? e[key].get<std::string>() : "";
-  };
-  const json models = j.value("models", json::array());
-  if (!models.is_array()) return absl::InvalidArgumentError("catalog: models is not a list");
-  for (size_t i = 0; i < models.size(); ++i) {
-    const json& e = models[i];
+  const json* models = f.Array("models", Field::kOptional, kMaxCatalogEntries);
+  for (size_t i = 0; models != nullptr && i < models->size(); ++i) {
+    const std::string at = absl::StrFormat("models[%d]", i);
+    const json* e = f.ObjectAt(at.c_str(), (*models)[i]);
+    if (e == nullptr) break;
+    JsonFields ef = f.Nested(at.c_str(), *e);
     auto entry = std::make_unique<ModelEntry>();
-    entry->name = field(e, "name");
-    entry->path = field(e, "path");
-    entry->format = field(e, "format");
-    entry->tokenizer = field(e, "tokenizer");
+    ef.String("name", Field::kOptional, kMaxNameBytes, &entry->name);
+    ef.String("path", Field::kOptional, kMaxPathBytes, &entry->path);
+    ef.String("format", Field::kOptional, kMaxNameBytes, &entry->format);
+    ef.String("tokenizer", Field::kOptional, kMaxPathBytes, &entry->tokenizer);
+    if (!f.ok()) return f.status();
     if (entry->name.empty() || entry->path.empty()) {
       return absl::InvalidArgumentError(
           absl::StrFormat("catalog: models[%d] needs a name and a path", i));
@@ -82,12 +87,16 @@ absl::StatusOr<std::unique_ptr<ModelCatalog>> ModelCatalog::FromJson(const std::
           absl::StrFormat("catalog: models[%d]: the name '%s' is used twice", i, name));
     }
   }
-  const json corpora = j.value("calibration_corpora", json::array());
-  if (!corpora.is_array()) {
-    return absl::InvalidArgumentError("catalog: calibration_corpora is not a list");
-  }
-  for (size_t i = 0; i < corpora.size(); ++i) {
-    CorpusEntry c{field(corpora[i], "name"), field(corpora[i], "path")};
+  const json* corpora = f.Array("calibration_corpora", Field::kOptional, kMaxCatalogEntries);
+  for (size_t i = 0; corpora != nullptr && i < corpora->size(); ++i) {
+    const std::string at = absl::StrFormat("calibration_corpora[%d]", i);
+    const json* e = f.ObjectAt(at.c_str(), (*corpora)[i]);
+    if (e == nullptr) break;
+    JsonFields cf = f.Nested(at.c_str(), *e);
+    CorpusEntry c;
+    cf.String("name", Field::kOptional, kMaxNameBytes, &c.name);
+    cf.String("path", Field::kOptional, kMaxPathBytes, &c.path);
+    if (!f.ok()) return f.status();
     if (c.name.empty() || c.path.empty()) {
       return absl::InvalidArgumentError(
           absl::StrFormat("catalog: calibration_corpora[%d] needs a name and a path", i));
@@ -98,11 +107,12 @@ absl::StatusOr<std::unique_ptr<ModelCatalog>> ModelCatalog::FromJson(const std::
           "catalog: calibration_corpora[%d]: the name '%s' is used twice", i, name));
     }
   }
+  if (!f.ok()) return f.status();
   return catalog;
 }
 
 absl::StatusOr<std::unique_ptr<ModelCatalog>> ModelCatalog::FromFile(const std::string& path) {
-  auto text = ReadFileToString(path);
+  auto text = ReadFileToString(path, kMaxCatalogFileBytes);
   if (!text.ok()) return text.status();
   const size_t slash = path.find_last_of('/');
   auto catalog = FromJson(*text, slash == std::string::npos ? "." : path.substr(0, slash));

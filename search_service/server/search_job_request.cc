@@ -2,6 +2,8 @@
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/limits.h"
+#include "common/util/excerpt.h"
 #include "common/util/sha256.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
@@ -9,12 +11,25 @@
 namespace kvshare {
 namespace {
 
-constexpr size_t kMaxIdempotencyKeyBytes = 256;
+constexpr size_t kMaxIdempotencyKeyBytes = kMaxNameBytes;
+
+// A name field within kMaxNameBytes, checked before it is looked up or echoed.
+absl::Status CheckName(const char* field, const std::string& value) {
+  if (value.size() <= kMaxNameBytes) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrFormat("%s \"%s\" is %d bytes; at most %d", field,
+                                                    Excerpt(value), value.size(), kMaxNameBytes));
+}
 
 }  // namespace
 
 absl::StatusOr<PreparedSearchJob> PrepareSearchJob(const v1::CreateSearchJobRequest& request,
                                                    ModelCatalog& catalog) {
+  for (absl::Status s :
+       {CheckName("model", request.model()),
+        CheckName("calibration_corpus", request.calibration_corpus()),
+        CheckName("order", request.order()), CheckName("method", request.method())}) {
+    if (!s.ok()) return s;
+  }
   if (request.model().empty()) {
     return absl::InvalidArgumentError(
         absl::StrFormat("model is empty; give a catalog model name (one of: %s)",
@@ -22,9 +37,9 @@ absl::StatusOr<PreparedSearchJob> PrepareSearchJob(const v1::CreateSearchJobRequ
   }
   if (!catalog.HasModel(request.model())) return catalog.GetModel(request.model()).status();
   if (request.idempotency_key().size() > kMaxIdempotencyKeyBytes) {
-    return absl::InvalidArgumentError(absl::StrFormat("idempotency_key is %d bytes; at most %d",
-                                                      request.idempotency_key().size(),
-                                                      kMaxIdempotencyKeyBytes));
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "idempotency_key \"%s\" is %d bytes; at most %d", Excerpt(request.idempotency_key()),
+        request.idempotency_key().size(), kMaxIdempotencyKeyBytes));
   }
   SearchRequest r;
   r.field_style = FieldStyle::kProtoField;
@@ -77,6 +92,10 @@ absl::StatusOr<PreparedSearchJob> PrepareSearchJob(const v1::CreateSearchJobRequ
     return absl::InvalidArgumentError(
         absl::StrFormat("heldout_tokens %d must be >= 0 (0 = do not measure the held-out quality)",
                         heldout.tokens));
+  }
+  if (heldout.tokens > kMaxHeldoutTokens) {
+    return absl::InvalidArgumentError(absl::StrFormat("heldout_tokens %d is above the limit, %d",
+                                                      heldout.tokens, kMaxHeldoutTokens));
   }
   if (heldout.context < 2) {
     return absl::InvalidArgumentError(

@@ -6,6 +6,9 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "common/limits.h"
+#include "common/util/exception_status.h"
+#include "common/util/excerpt.h"
 #include "kernels/backend.h"
 #include "proto/wire/search_job_wire.h"
 #include "proto/wire/strategy_wire.h"
@@ -17,12 +20,14 @@
 namespace kvshare {
 namespace {
 
-uint64_t JobNumber(const std::string& job_id) {
-  uint64_t n = 0;
-  if (job_id.size() > 4 && job_id.compare(0, 4, "job-") == 0) {
-    if (!absl::SimpleAtoi(job_id.substr(4), &n)) n = 0;
+// Empty, or longer than any id the runner makes, is a malformed request.
+absl::Status CheckJobId(const std::string& job_id) {
+  if (job_id.empty()) return absl::InvalidArgumentError("job_id is empty");
+  if (job_id.size() > kMaxNameBytes) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "job_id '%s' is %d bytes; at most %d", Excerpt(job_id), job_id.size(), kMaxNameBytes));
   }
-  return n;
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -95,7 +100,7 @@ absl::Status SearchJobRunner::Recover() {
     absl::MutexLock lock(&mu_);
     for (v1::SearchJob& record : journal_->ReadAll()) {
       auto job = std::make_shared<Job>();
-      job->number = JobNumber(record.job_id());
+      job->number = JobJournal::JobNumber(record.job_id());
       next_job_number_ = std::max(next_job_number_, job->number + 1);
       if (!IsTerminalJobState(record.state())) {
         const bool was_running = record.state() == v1::SEARCH_JOB_RUNNING;
@@ -115,7 +120,11 @@ absl::Status SearchJobRunner::Recover() {
       jobs_[job->record.job_id()] = job;
       ++recovered;
     }
+    // Ids of quarantined records stay taken (job_journal.h).
+    next_job_number_ = std::max(next_job_number_, journal_->highest_job_number() + 1);
   }
+  const size_t quarantined = journal_->quarantined().size();
+  if (metrics_ != nullptr) metrics_->quarantined_job_records.Set(double(quarantined));
   for (const auto& job : interrupted) {
     absl::Status s = Persist(job);
     if (!s.ok()) return s;
@@ -123,8 +132,8 @@ absl::Status SearchJobRunner::Recover() {
                  job->record.error());
     if (metrics_ != nullptr) metrics_->jobs("failed").Increment();
   }
-  spdlog::info("event=jobs_recovered dir={} jobs={} interrupted={}", options_.jobs_dir, recovered,
-               interrupted.size());
+  spdlog::info("event=jobs_recovered dir={} jobs={} interrupted={} quarantined={}",
+               options_.jobs_dir, recovered, interrupted.size(), quarantined);
   return absl::OkStatus();
 }
 
@@ -139,7 +148,7 @@ absl::StatusOr<v1::SearchJob> SearchJobRunner::Create(const v1::CreateSearchJobR
       return absl::InvalidArgumentError(absl::StrFormat(
           "idempotency_key '%s' was used for a different request (job %s); use a new key for "
           "a new request",
-          key, id));
+          Excerpt(key), id));
     }
     return record;
   };
@@ -218,11 +227,11 @@ absl::StatusOr<v1::SearchJob> SearchJobRunner::Create(const v1::CreateSearchJobR
 }
 
 absl::StatusOr<JobSnapshot> SearchJobRunner::Snapshot(const std::string& job_id) const {
-  if (job_id.empty()) return absl::InvalidArgumentError("job_id is empty");
+  if (absl::Status s = CheckJobId(job_id); !s.ok()) return s;
   absl::MutexLock lock(&mu_);
   auto it = jobs_.find(job_id);
   if (it == jobs_.end()) {
-    return absl::NotFoundError(absl::StrFormat("job_id '%s' names no job", job_id));
+    return absl::NotFoundError(absl::StrFormat("job_id '%s' names no job", Excerpt(job_id)));
   }
   return JobSnapshot{it->second->sequence, it->second->record};
 }
@@ -234,14 +243,14 @@ absl::StatusOr<v1::SearchJob> SearchJobRunner::Get(const std::string& job_id) co
 }
 
 absl::StatusOr<v1::SearchJob> SearchJobRunner::Cancel(const std::string& job_id) {
-  if (job_id.empty()) return absl::InvalidArgumentError("job_id is empty");
+  if (absl::Status s = CheckJobId(job_id); !s.ok()) return s;
   std::shared_ptr<Job> job;
   bool ended = false;
   {
     absl::MutexLock lock(&mu_);
     auto it = jobs_.find(job_id);
     if (it == jobs_.end()) {
-      return absl::NotFoundError(absl::StrFormat("job_id '%s' names no job", job_id));
+      return absl::NotFoundError(absl::StrFormat("job_id '%s' names no job", Excerpt(job_id)));
     }
     job = it->second;
     if (job->record.state() == v1::SEARCH_JOB_QUEUED) {
@@ -294,11 +303,11 @@ std::vector<v1::SearchJob> SearchJobRunner::List(const v1::ListSearchJobsRequest
 
 absl::StatusOr<uint64_t> SearchJobRunner::Watch(const std::string& job_id,
                                                 std::function<void()> listener) {
-  if (job_id.empty()) return absl::InvalidArgumentError("job_id is empty");
+  if (absl::Status s = CheckJobId(job_id); !s.ok()) return s;
   absl::MutexLock lock(&mu_);
   auto it = jobs_.find(job_id);
   if (it == jobs_.end()) {
-    return absl::NotFoundError(absl::StrFormat("job_id '%s' names no job", job_id));
+    return absl::NotFoundError(absl::StrFormat("job_id '%s' names no job", Excerpt(job_id)));
   }
   const uint64_t token = next_listener_++;
   it->second->listeners[token] = std::move(listener);
@@ -473,8 +482,9 @@ void SearchJobRunner::Run(const std::shared_ptr<Job>& job) {
         },
         /*persist=*/false);
   };
-  auto result =
-      RunStrategySearch(*model.model, *backend, search.calibration, search.selection, hooks);
+  auto result = CatchExceptions("the search", [&] {
+    return RunStrategySearch(*model.model, *backend, search.calibration, search.selection, hooks);
+  });
   if (result.ok() && job->heldout.has_value()) {
     // Quality on record: held-out perplexity with and without the strategy, written into the
     // strategy's provenance (so into the result and the published record).
@@ -486,8 +496,10 @@ void SearchJobRunner::Run(const std::shared_ptr<Job>& job) {
           r.mutable_progress()->set_eta_seconds(-1);
         },
         /*persist=*/false);
-    auto quality = MeasureHeldoutQuality(*model.model, *job->heldout, search_threads_,
-                                         result->strategy, result->calibration_score, &job->cancel);
+    auto quality = CatchExceptions("the held-out quality", [&] {
+      return MeasureHeldoutQuality(*model.model, *job->heldout, search_threads_, result->strategy,
+                                   result->calibration_score, &job->cancel);
+    });
     if (quality.ok()) {
       auto measured = std::make_shared<SharingStrategy>(*result->strategy);
       RecordQuality(*quality, &measured->provenance());

@@ -4,6 +4,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
+#include "common/util/exception_status.h"
 #include "proto/wire/search_job_wire.h"
 #include "service_runtime/grpc_status.h"
 #include "spdlog/spdlog.h"
@@ -130,7 +131,7 @@ grpc::ServerUnaryReactor* SearchJobService::CreateSearchJob(
     v1::SearchJob* response) {
   // Runs on the callback thread: a first job for a model loads it here (about a second for
   // SmolLM2-135M); later jobs only tokenise their calibration text.
-  auto job = runner_->Create(*request);
+  auto job = CatchExceptions("CreateSearchJob", [&] { return runner_->Create(*request); });
   if (!job.ok()) {
     spdlog::info("event=create_refused code={} message=\"{}\"",
                  absl::StatusCodeToString(job.status().code()),
@@ -142,7 +143,9 @@ grpc::ServerUnaryReactor* SearchJobService::CreateSearchJob(
 grpc::ServerUnaryReactor* SearchJobService::GetSearchJob(grpc::CallbackServerContext* context,
                                                          const v1::GetSearchJobRequest* request,
                                                          v1::SearchJob* response) {
-  return Answer(context, runner_->Get(request->job_id()), response);
+  return Answer(context,
+                CatchExceptions("GetSearchJob", [&] { return runner_->Get(request->job_id()); }),
+                response);
 }
 
 grpc::ServerWriteReactor<v1::SearchJobUpdate>* SearchJobService::WatchSearchJob(
@@ -153,7 +156,10 @@ grpc::ServerWriteReactor<v1::SearchJobUpdate>* SearchJobService::WatchSearchJob(
 grpc::ServerUnaryReactor* SearchJobService::CancelSearchJob(
     grpc::CallbackServerContext* context, const v1::CancelSearchJobRequest* request,
     v1::SearchJob* response) {
-  return Answer(context, runner_->Cancel(request->job_id()), response);
+  return Answer(
+      context,
+      CatchExceptions("CancelSearchJob", [&] { return runner_->Cancel(request->job_id()); }),
+      response);
 }
 
 grpc::ServerUnaryReactor* SearchJobService::ListSearchJobs(grpc::CallbackServerContext* context,

@@ -38,7 +38,13 @@ SearchMetrics::SearchMetrics()
                            .Name("kvshare_strategy_records")
                            .Help("Strategy records in the registry store")
                            .Register(*registry_)
-                           .Add({})) {}
+                           .Add({})),
+      quarantined_job_records(prometheus::BuildGauge()
+                                  .Name("kvshare_search_quarantined_job_records")
+                                  .Help("Unreadable job records moved to <jobs>/quarantine at "
+                                        "start")
+                                  .Register(*registry_)
+                                  .Add({})) {}
 
 prometheus::Counter& SearchMetrics::jobs(const std::string& result) {
   return jobs_family_.Add({{"result", result}});

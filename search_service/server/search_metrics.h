@@ -8,6 +8,7 @@
 //   kvshare_search_pairs_scored_total       candidates scored by all jobs
 //   kvshare_strategies_published_total      new versions (republishing existing content: not)
 //   kvshare_strategy_records                records in the store
+//   kvshare_search_quarantined_job_records  job records moved aside at start (job_journal.h)
 #pragma once
 
 #include <memory>
@@ -40,6 +41,7 @@ class SearchMetrics {
   prometheus::Counter& pairs_scored;
   prometheus::Counter& strategies_published;
   prometheus::Gauge& strategy_records;
+  prometheus::Gauge& quarantined_job_records;
 };
 
 }  // namespace kvshare

@@ -2,8 +2,12 @@
 
 #include <set>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/limits.h"
+#include "common/util/exception_status.h"
+#include "common/util/excerpt.h"
 #include "proto/wire/strategy_wire.h"
 #include "search_service/server/registry_wire.h"
 #include "service_runtime/grpc_status.h"
@@ -22,6 +26,13 @@ bool IsFingerprint(const std::string& s) {
 
 using runtime::Answer;
 
+// A string request field within `limit` bytes; the value is echoed cut to kMaxEchoBytes.
+absl::Status CheckSize(const std::string& field, const std::string& value, size_t limit) {
+  if (value.size() <= limit) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrFormat("%s \"%s\" is %d bytes; at most %d", field,
+                                                    Excerpt(value), value.size(), limit));
+}
+
 absl::Status Prefixed(const std::string& prefix, const absl::Status& s) {
   return absl::Status(s.code(), absl::StrFormat("%s: %s", prefix, s.message()));
 }
@@ -34,6 +45,7 @@ absl::StatusOr<std::string> StrategyRegistryService::ResolveModel(const std::str
     return absl::InvalidArgumentError(
         absl::StrFormat("%s is empty; give a model fingerprint or name", field));
   }
+  if (absl::Status s = CheckSize(field, model, kMaxNameBytes); !s.ok()) return s;
   if (IsFingerprint(model)) return model;
   if (catalog_->HasModel(model)) {
     auto loaded = catalog_->GetModel(model);
@@ -56,11 +68,52 @@ absl::StatusOr<std::string> StrategyRegistryService::ResolveModel(const std::str
                       model, fingerprints.size(), absl::StrJoin(fingerprints, ", ")));
 }
 
+absl::Status StrategyRegistryService::CheckFitsModel(const SharingStrategy& strategy,
+                                                     const std::string& model_name) {
+  // The model named, when it is a catalog model: layers and fingerprint must both fit.
+  if (catalog_->HasModel(model_name)) {
+    auto loaded = catalog_->GetModel(model_name);
+    if (!loaded.ok()) return Prefixed("model_name", loaded.status());
+    const Model& model = *(*loaded)->model;
+    absl::Status s = strategy.ValidateFor(model.config(), model.fingerprint());
+    if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat("model_name: ", s.message()));
+    return absl::OkStatus();
+  }
+  // Otherwise the model the fingerprint names, if a catalog model already loaded is it or an
+  // earlier version was published for it: the layer count must be that model's.
+  int model_layers = 0;
+  std::string known_from;
+  for (const std::string& name : catalog_->loaded_model_names()) {
+    auto loaded = catalog_->GetModel(name);
+    if (loaded.ok() && (*loaded)->model->fingerprint() == strategy.model_fingerprint()) {
+      model_layers = (*loaded)->model->config().n_layers;
+      known_from = absl::StrFormat("catalog model '%s'", name);
+    }
+  }
+  if (model_layers == 0) {
+    const std::vector<StrategyRecord> earlier = store_->List(strategy.model_fingerprint());
+    if (!earlier.empty()) {
+      model_layers = earlier.front().strategy->n_layers();
+      known_from = absl::StrFormat("version 1 of model %s", strategy.model_fingerprint());
+    }
+  }
+  if (model_layers != 0 && strategy.n_layers() != model_layers) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "strategy.kv_source has %d layers; the model (fingerprint %s, %s) has %d",
+        strategy.n_layers(), strategy.model_fingerprint(), known_from, model_layers));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<v1::PublishStrategyResponse> StrategyRegistryService::Publish(
     const v1::PublishStrategyRequest& request) {
   if (!request.has_strategy()) return absl::InvalidArgumentError("strategy is missing");
+  if (absl::Status s = CheckSize("model_name", request.model_name(), kMaxNameBytes); !s.ok()) {
+    return s;
+  }
   auto strategy = FromProto(request.strategy());
   if (!strategy.ok()) return Prefixed("strategy", strategy.status());
+  if (absl::Status s = CheckFitsModel(*strategy, request.model_name()); !s.ok()) return s;
   auto outcome = store_->Publish(std::make_shared<const SharingStrategy>(std::move(*strategy)),
                                  {request.model_name(), ""});
   if (!outcome.ok()) return outcome.status();
@@ -96,6 +149,9 @@ absl::StatusOr<v1::StrategyRecord> StrategyRegistryService::Get(
       if (request.strategy_id().empty()) {
         return absl::InvalidArgumentError("strategy_id is empty");
       }
+      if (absl::Status s = CheckSize("strategy_id", request.strategy_id(), kMaxIdBytes); !s.ok()) {
+        return s;
+      }
       record = store_->GetById(request.strategy_id());
       break;
     case v1::GetStrategyRequest::SELECTOR_NOT_SET:
@@ -126,6 +182,9 @@ absl::StatusOr<v1::ListStrategiesResponse> StrategyRegistryService::List(
 absl::StatusOr<v1::StrategyRecord> StrategyRegistryService::Deprecate(
     const v1::DeprecateStrategyRequest& request) {
   if (!request.has_model_version()) return absl::InvalidArgumentError("model_version is missing");
+  if (absl::Status s = CheckSize("reason", request.reason(), kMaxTextFieldBytes); !s.ok()) {
+    return s;
+  }
   const v1::ModelVersion& mv = request.model_version();
   auto fingerprint = ResolveModel(mv.model(), "model_version.model");
   if (!fingerprint.ok()) return fingerprint.status();
@@ -145,25 +204,28 @@ absl::StatusOr<v1::StrategyRecord> StrategyRegistryService::Deprecate(
 grpc::ServerUnaryReactor* StrategyRegistryService::PublishStrategy(
     grpc::CallbackServerContext* context, const v1::PublishStrategyRequest* request,
     v1::PublishStrategyResponse* response) {
-  return Answer(context, Publish(*request), response);
+  return Answer(context, CatchExceptions("PublishStrategy", [&] { return Publish(*request); }),
+                response);
 }
 
 grpc::ServerUnaryReactor* StrategyRegistryService::GetStrategy(
     grpc::CallbackServerContext* context, const v1::GetStrategyRequest* request,
     v1::StrategyRecord* response) {
-  return Answer(context, Get(*request), response);
+  return Answer(context, CatchExceptions("GetStrategy", [&] { return Get(*request); }), response);
 }
 
 grpc::ServerUnaryReactor* StrategyRegistryService::ListStrategies(
     grpc::CallbackServerContext* context, const v1::ListStrategiesRequest* request,
     v1::ListStrategiesResponse* response) {
-  return Answer(context, List(*request), response);
+  return Answer(context, CatchExceptions("ListStrategies", [&] { return List(*request); }),
+                response);
 }
 
 grpc::ServerUnaryReactor* StrategyRegistryService::DeprecateStrategy(
     grpc::CallbackServerContext* context, const v1::DeprecateStrategyRequest* request,
     v1::StrategyRecord* response) {
-  return Answer(context, Deprecate(*request), response);
+  return Answer(context, CatchExceptions("DeprecateStrategy", [&] { return Deprecate(*request); }),
+                response);
 }
 
 }  // namespace kvshare

@@ -2,7 +2,9 @@
 //
 // Models are named by fingerprint (64 hex digits) or by name: a catalog model's name resolves
 // to its fingerprint (loading it if needed), any other name to the one model published under
-// it. The store and catalog must outlive the gRPC server. Thread-safe.
+// it. Request strings are bounded (common/limits.h): model names kMaxNameBytes, strategy ids
+// kMaxIdBytes, deprecation reasons kMaxTextFieldBytes; a strategy's layer count must be its
+// model's (CheckFitsModel). The store and catalog must outlive the gRPC server. Thread-safe.
 #pragma once
 
 #include "kvshare/v1/registry.grpc.pb.h"
@@ -36,6 +38,11 @@ class StrategyRegistryService final : public v1::StrategyRegistry::CallbackServi
 
  private:
   absl::StatusOr<v1::PublishStrategyResponse> Publish(const v1::PublishStrategyRequest& request);
+  // InvalidArgument unless `strategy` fits its model: the catalog model `model_name` names
+  // (layers and fingerprint), else the model of its fingerprint when a loaded catalog model or
+  // an earlier published version tells its layer count. A model known from neither is not
+  // checked (the registry also keeps strategies for models it does not serve).
+  absl::Status CheckFitsModel(const SharingStrategy& strategy, const std::string& model_name);
   absl::StatusOr<v1::StrategyRecord> Get(const v1::GetStrategyRequest& request);
   absl::StatusOr<v1::ListStrategiesResponse> List(const v1::ListStrategiesRequest& request);
   absl::StatusOr<v1::StrategyRecord> Deprecate(const v1::DeprecateStrategyRequest& request);

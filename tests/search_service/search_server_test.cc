@@ -583,6 +583,50 @@ TEST_F(SearchServerTest, InvalidRequestsAreRefusedNamingTheField) {
   EXPECT_THAT(s.error_message(), HasSubstr("layer"));
 }
 
+TEST_F(SearchServerTest, PublishRefusesTheWrongLayerCountAndOversizedFields) {
+  auto identity = [](const std::string& fingerprint, int layers) {
+    v1::PublishStrategyRequest r;
+    r.mutable_strategy()->set_model_fingerprint(fingerprint);
+    for (int l = 0; l < layers; ++l) r.mutable_strategy()->add_kv_source(l);
+    return r;
+  };
+  v1::PublishStrategyResponse published;
+  // Named after a catalog model: its layers (stories260K has 5) and fingerprint must fit.
+  v1::PublishStrategyRequest r = identity(std::string(64, '7'), 6);
+  r.set_model_name("stories260K");
+  grpc::Status s = registry_->PublishStrategy(Context().get(), r, &published);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("has 6 layers, the model 'stories260K' has 5"));
+  // A model known from its first version: later versions keep its layer count.
+  ASSERT_TRUE(
+      registry_->PublishStrategy(Context().get(), identity(std::string(64, '8'), 4), &published)
+          .ok());
+  s = registry_->PublishStrategy(Context().get(), identity(std::string(64, '8'), 3), &published);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("strategy.kv_source has 3 layers"));
+  // Oversized strings: refused naming the field and the limit, the value cut.
+  r = identity(std::string(64, '9'), 4);
+  r.set_model_name(std::string(20000, 'n'));
+  s = registry_->PublishStrategy(Context().get(), r, &published);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("model_name"));
+  EXPECT_THAT(s.error_message(), HasSubstr("is 20000 bytes; at most 256"));
+  EXPECT_LT(s.error_message().size(), 200u);
+  v1::GetSearchJobRequest get;
+  get.set_job_id(std::string(20000, 'j'));
+  v1::SearchJob job;
+  s = jobs_->GetSearchJob(Context().get(), get, &job);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("is 20000 bytes; at most 256"));
+  EXPECT_LT(s.error_message().size(), 200u);
+  v1::CreateSearchJobRequest create = Stories(1);
+  create.set_samples(2147483647);
+  auto created = Create(create);
+  EXPECT_EQ(created.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(created.status().message()),
+              HasSubstr("samples 2147483647 is above the limit, 4096"));
+}
+
 TEST_F(SearchServerTest, ConcurrentPublishesFromManyClientsGiveDenseVersionsWithNoDuplicates) {
   const std::string fingerprint(64, 'c');
   constexpr int kClients = 8, kDistinct = 48;
