@@ -27,7 +27,7 @@ class AttentionRunner {
  public:
   AttentionRunner(ThreadPool* pool, Isa isa);
 
-  void Run(const KvGeometry& g, const float* pool, const AttentionSeq* seqs, int n_seqs,
+  void Run(const KvGeometry& g, const void* pool, const AttentionSeq* seqs, int n_seqs,
            const float* q, int n_heads, float* out);
 
  private:
@@ -40,6 +40,7 @@ class AttentionRunner {
   };
   struct Scratch {
     std::vector<float> scores, run, next;
+    std::vector<float> kv;  // compact KV types: the chunk's dequantised K/V
     std::vector<const float*> q;
     std::vector<float*> out;
     std::vector<int> limit;
