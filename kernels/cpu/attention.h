@@ -7,7 +7,10 @@
 // chunks run on different threads and are merged after; otherwise one thread runs an item's
 // chunks in order. Both do the same float operations in the same order, and a row's arithmetic
 // does not depend on the other rows of its tile, so results depend neither on the thread count
-// nor on whether a token was computed in prefill or in decode.
+// nor on whether a token was computed in prefill or in decode — except in an int4 pool, where
+// a block that fills inside a prefill chunk is read quantised by that chunk's queries but was
+// read from the f16 tail by the decode steps that built it (KIVI's rule: only the newest
+// incomplete block stays full precision).
 #pragma once
 
 #include <cstdint>
