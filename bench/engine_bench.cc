@@ -291,6 +291,7 @@ nlohmann::json RunKvTypeRows(const Args& a) {
       rows.push_back(r);
     }
     std::printf("\n");
+    std::fflush(stdout);
   }
   return rows;
 }
