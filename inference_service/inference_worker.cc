@@ -47,6 +47,7 @@ absl::StatusOr<std::unique_ptr<InferenceWorker>> InferenceWorker::Load(const Wor
 
   EngineOptions engine_options;
   engine_options.block_tokens = options.block_tokens;
+  engine_options.kv_type = options.kv_type;
   engine_options.kv_pool_bytes = options.kv_budget_bytes;
   engine_options.max_step_rows = options.scheduler.step_tokens;
   engine_options.kv_memory_fraction = options.kv_memory_fraction;

@@ -31,7 +31,8 @@ struct WorkerOptions {
   double kv_memory_fraction = 0.0;
   int64_t kv_budget_bytes = 512LL << 20;  // the KV pool
   int block_tokens = 16;
-  SchedulerOptions scheduler;  // scheduler.step_tokens is also the engine's max_step_rows
+  KvType kv_type = KvType::kF16;  // how the pool stores K/V (f16 like llama.cpp and vLLM)
+  SchedulerOptions scheduler;     // scheduler.step_tokens is also the engine's max_step_rows
   RequestLimits limits;
 };
 

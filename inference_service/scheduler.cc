@@ -89,6 +89,7 @@ Scheduler::Scheduler(std::unique_ptr<Engine> engine, const Tokenizer& tokenizer,
       config_(engine->config()),
       total_blocks_(engine->kv_cache().total_blocks()),
       block_tokens_(engine->kv_cache().geometry().block_tokens),
+      block_bytes_(engine->kv_cache().block_bytes()),
       backend_name_(engine->backend().name()),
       engine_(std::move(engine)) {
   absl::MutexLock lock(&mu_);

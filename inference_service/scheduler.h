@@ -94,6 +94,8 @@ class Scheduler {
   int64_t BlocksFor(const SharingStrategy& strategy, int64_t tokens) const;
   int64_t total_blocks() const { return total_blocks_; }
   int block_tokens() const { return block_tokens_; }
+  // Bytes of one KV block (the pool's KvType; kernels/kv_type.h).
+  int64_t block_bytes() const { return block_bytes_; }
   const ModelConfig& config() const { return config_; }
   std::string backend_name() const { return backend_name_; }
 
@@ -131,6 +133,7 @@ class Scheduler {
   ModelConfig config_;
   int64_t total_blocks_ = 0;
   int block_tokens_ = 0;
+  int64_t block_bytes_ = 0;
   int max_step_rows_ = 0;
   std::string backend_name_;
 

@@ -39,6 +39,7 @@ struct Flags {
   int metrics_port = 9464;
   std::string metrics_host = "127.0.0.1";
   double kv_budget_mib = 512;
+  std::string kv_type = "f16";
   double drain_grace_s = 30;
   std::string log_level = "info";
   // The control plane (kvshare-search's StrategyDistribution); empty: local strategy only.
@@ -107,6 +108,10 @@ int main(int argc, char** argv) {
   app.add_option("--kv-budget-mib", f.kv_budget_mib, "KV cache pool size in MiB")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  app.add_option("--kv-type", f.kv_type,
+                 "How the KV pool stores K and V: f32, f16, int8 or int4 (kernels/kv_type.h)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"f32", "f16", "int8", "int4"}));
   app.add_option("--block-tokens", f.worker.block_tokens, "Tokens per KV block")
       ->capture_default_str()
       ->check(CLI::Range(1, 1024));
@@ -172,6 +177,11 @@ int main(int argc, char** argv) {
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e%z level=%l %v");
   spdlog::set_level(spdlog::level::from_str(f.log_level));
   f.worker.kv_budget_bytes = static_cast<int64_t>(f.kv_budget_mib * (1 << 20));
+  if (auto kv_type = kvshare::ParseKvType(f.kv_type); kv_type.ok()) {
+    f.worker.kv_type = *kv_type;
+  } else {
+    return Fail(std::string(kv_type.status().message()));
+  }
 
   kvshare::ServingMetrics metrics;
   std::unique_ptr<kvshare::runtime::HttpServer> metrics_server;

@@ -15,6 +15,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "kernels/kv_type.h"
 #include "kernels/tensor.h"
 
 namespace kvshare {
@@ -37,28 +38,21 @@ class PreparedWeight {
   virtual const Tensor& tensor() const = 0;
 };
 
-// Geometry of the paged KV pool. A block holds K then V for `block_tokens` consecutive
-// positions of one layer of one sequence: K[block_tokens][n_kv_heads][head_dim], then V alike,
-// fp32. Block b starts at pool + b * block_floats().
-struct KvGeometry {
-  int block_tokens = 16;
-  int n_kv_heads = 0;
-  int head_dim = 0;
-  int64_t block_floats() const { return 2LL * block_tokens * n_kv_heads * head_dim; }
-};
-
 // Host-side arrays an op takes (ids, pos, block_table, seqs) are read before the op returns.
 //
 // One sequence's slice of a batched attention call. Its queries are rows
 // [q_row, q_row + n_q) of q; query j sits at position start_pos + j and attends (causally) to
 // positions [0, start_pos + j], whose K/V are found through block_table (block i holds
-// positions [i * block_tokens, (i + 1) * block_tokens)).
+// positions [i * block_tokens, (i + 1) * block_tokens)). Positions [0, start_pos + n_q) are
+// stored; for an int4 pool the block holding the last of them, when not full, is read from
+// `tail` (kernels/kv_type.h), which is null for the other types.
 struct AttentionSeq {
   int q_row = 0;
   int n_q = 0;
   int start_pos = 0;
   const int32_t* block_table = nullptr;
   int n_blocks = 0;
+  const void* tail = nullptr;
 };
 
 class Backend {
@@ -92,13 +86,19 @@ class Backend {
   // x[i] += y[i].
   virtual void Add(float* x, const float* y, int64_t count) = 0;
   // Writes k, v ([n][n_kv_heads][head_dim]) for positions start_pos..start_pos+n-1 into the
-  // pool through block_table.
-  virtual void WriteKv(const KvGeometry& g, float* pool, const int32_t* block_table, int start_pos,
-                       int n, const float* k, const float* v) = 0;
-  // Causal grouped-query attention. q: [rows][n_heads][head_dim]; out: same shape.
-  // Scores are scaled by 1/sqrt(head_dim); query head h reads KV head h / (n_heads/n_kv_heads).
-  virtual void Attention(const KvGeometry& g, const float* pool, const AttentionSeq* seqs,
+  // pool through block_table, stored as g.type (kernels/kv_type.h). Positions arrive in order
+  // (start_pos is the number already stored). int4: positions go to `tail` (the sequence's f16
+  // tail for this layer, g.tail_bytes()) and a block is quantised into the pool when its last
+  // position arrives; tail is unused (may be null) for the other types.
+  virtual void WriteKv(const KvGeometry& g, void* pool, const int32_t* block_table, int start_pos,
+                       int n, const float* k, const float* v, void* tail) = 0;
+  // Causal grouped-query attention over a pool of type g.type. q: [rows][n_heads][head_dim];
+  // out: same shape. Scores are scaled by 1/sqrt(head_dim); query head h reads KV head
+  // h / (n_heads/n_kv_heads). A backend that cannot read g.type says so in SupportsKvType.
+  virtual void Attention(const KvGeometry& g, const void* pool, const AttentionSeq* seqs,
                          int n_seqs, const float* q, int n_heads, float* out) = 0;
+  // OK when WriteKv and Attention handle pools of `type`; else UNIMPLEMENTED naming it.
+  virtual absl::Status SupportsKvType(KvType type) const = 0;
 };
 
 // The CPU backend (OpenBLAS + SIMD + a persistent thread pool). threads <= 0: all cores.

@@ -131,6 +131,7 @@ absl::StatusOr<std::unique_ptr<QualityMeter>> QualityMeter::Create(
   std::unique_ptr<QualityMeter> meter(new QualityMeter(model, std::move(slice)));
   meter->cancel_ = cancel;
   EngineOptions eo;
+  eo.kv_type = KvType::kF32;  // the pinned held-out figures are of the exact fp32 cache
   eo.max_step_rows = meter->slice_.context;
   // One window at a time: room for a context of unshared KV plus a block of slack.
   eo.kv_pool_bytes = int64_t(meter->slice_.context + 64) * c.KvBytesPerToken();

@@ -32,6 +32,7 @@ void PrintJsonLine(const std::string& data, const Session& session, const Perple
   if (baseline != nullptr) j["strategy"] = row.label;
   j["strategy_id"] = row.strategy->id();
   j["owning_layers"] = row.strategy->owning_layers();
+  j["kv_type"] = KvTypeName(session.engine->kv_cache().geometry().type);
   j["context"] = o.context;
   j["stride"] = o.stride;
   j["tokens"] = row.result.tokens_scored;
@@ -157,8 +158,9 @@ Runner RegisterEval(CLI::App& app) {
         PrintJsonLine(flags->data, *session, options, rows[0], nullptr);
       } else {
         const PerplexityResult& r = rows[0].result;
-        std::cout << absl::StrFormat("tokens     %d\nmean_nll   %.6f\nperplexity %.4f\n",
-                                     r.tokens_scored, r.mean_nll, r.perplexity());
+        std::cout << absl::StrFormat(
+            "tokens     %d\nmean_nll   %.6f\nperplexity %.4f\nkv_type    %s\n", r.tokens_scored,
+            r.mean_nll, r.perplexity(), KvTypeName(session->engine->kv_cache().geometry().type));
       }
       return 0;
     }

@@ -46,26 +46,44 @@ Runner RegisterInfo(CLI::App& app) {
         c.hidden_dim, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab_size, c.max_seq_len,
         c.rope_theta, m.parameter_count(), m.fingerprint());
 
-    // KV cost: fp32 K and V per owning layer; capacity counts whole blocks of block_tokens
-    // positions, as the paged pool allocates them.
-    const int64_t per_layer_token = 2LL * c.n_kv_heads * c.head_dim * 4;
-    const int64_t block_bytes = per_layer_token * flags->block_tokens;
+    // KV cost: blocks of --kv-type per owning layer; capacity counts whole blocks of
+    // block_tokens positions, as the paged pool allocates them. Bytes per token are the pool's
+    // exactly (a block's bytes / block_tokens; int4's per-sequence f16 tail is not in them).
+    auto kv_type = ParseKvType(flags->model.kv_type);
+    if (!kv_type.ok()) return Fail(kv_type.status());
+    KvGeometry g;
+    g.block_tokens = flags->block_tokens;
+    g.n_kv_heads = c.n_kv_heads;
+    g.head_dim = c.head_dim;
+    g.type = *kv_type;
+    absl::Status valid = ValidateKvGeometry(g);
+    if (!valid.ok()) return Fail(valid);
+    const double per_layer_token = static_cast<double>(g.block_bytes()) / g.block_tokens;
+    const int64_t llama_cpp_f16 = 2LL * c.n_layers * c.n_kv_heads * c.head_dim * 2;
     const int64_t budget = static_cast<int64_t>(flags->kv_budget_mib * 1024 * 1024);
-    const int64_t blocks = budget / block_bytes;
+    const int64_t blocks = budget / g.block_bytes();
     auto capacity = [&](int owning) { return (blocks / owning) * flags->block_tokens; };
     std::cout << absl::StrFormat(
         "strategy     %s (%s)\n"
         "kv_source    %s\n"
-        "owning       %d of %d layers (%d share)\n",
+        "owning       %d of %d layers (%d share)\n"
+        "kv type      %s, %d-token blocks of %d bytes per layer\n",
         st.id(), st.provenance().method, st.CanonicalString(), st.owning_layers(), c.n_layers,
-        st.sharing_layers());
-    std::cout << absl::StrFormat("\n%-12s %16s %22s\n", "", "KV bytes/token",
+        st.sharing_layers(), KvTypeName(g.type), g.block_tokens, g.block_bytes());
+    std::cout << absl::StrFormat("\n%-16s %16s %12s %22s\n", "", "KV bytes/token", "vs f16",
                                  absl::StrFormat("tokens in %g MiB", flags->kv_budget_mib));
-    std::cout << absl::StrFormat("%-12s %16d %22d\n", "unshared", per_layer_token * c.n_layers,
-                                 capacity(c.n_layers));
-    std::cout << absl::StrFormat("%-12s %16d %22d   (%.3fx capacity)\n", "strategy",
-                                 per_layer_token * st.owning_layers(), capacity(st.owning_layers()),
-                                 double(capacity(st.owning_layers())) / capacity(c.n_layers));
+    std::cout << absl::StrFormat("%-16s %16d %12.3f\n", "llama.cpp f16", llama_cpp_f16, 1.0);
+    std::cout << absl::StrFormat(
+        "%-16s %16g %12.3f %22d\n", "unshared", per_layer_token * c.n_layers,
+        per_layer_token * c.n_layers / llama_cpp_f16, capacity(c.n_layers));
+    std::cout << absl::StrFormat(
+        "%-16s %16g %12.3f %22d   (%.3fx capacity)\n", "strategy",
+        per_layer_token * st.owning_layers(), per_layer_token * st.owning_layers() / llama_cpp_f16,
+        capacity(st.owning_layers()), double(capacity(st.owning_layers())) / capacity(c.n_layers));
+    if (g.tail_bytes() > 0) {
+      std::cout << absl::StrFormat("%-16s %16d   bytes per sequence (f16 partial blocks)\n",
+                                   "int4 tails", g.tail_bytes() * st.owning_layers());
+    }
     return 0;
   };
 }

@@ -31,6 +31,12 @@ void AddModelFlags(CLI::App* app, ModelFlags* flags, bool with_strategy) {
                   "Size the KV pool as this fraction of the device's free memory after the "
                   "weights (0 = the default pool)")
       ->check(CLI::Range(0.0, 1.0));
+  app->add_option("--kv-type", flags->kv_type,
+                  "How the KV cache stores K and V: f32, f16 (llama.cpp's and vLLM's default), "
+                  "int8 (per token and KV head, fp16 scale) or int4 (KIVI: K per channel and V "
+                  "per 32 channels over each 16-token block; needs head_dim % 32 == 0)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"f32", "f16", "int8", "int4"}));
   if (with_strategy) {
     app->add_option("--strategy", flags->strategy,
                     "KV sharing strategy JSON file (default: identity, no sharing)");
@@ -74,11 +80,14 @@ absl::StatusOr<Session> OpenSession(const ModelFlags& flags, bool need_engine) {
   }
   if (!need_engine) return session;
 
+  auto kv_type = ParseKvType(flags.kv_type);
+  if (!kv_type.ok())
+    return absl::InvalidArgumentError(absl::StrCat("--kv-type: ", kv_type.status().message()));
   EngineOptions options;
   options.max_step_rows = flags.max_step_rows;
-  const int64_t pool_tokens =
+  options.kv_type = *kv_type;
+  options.default_pool_tokens =
       flags.kv_pool_tokens > 0 ? flags.kv_pool_tokens : std::max<int64_t>(8192, c.max_seq_len);
-  options.kv_pool_bytes = pool_tokens * c.KvBytesPerToken();
   options.kv_memory_fraction = flags.kv_memory_fraction;
   DeviceOptions device;
   device.device = flags.device;

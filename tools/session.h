@@ -25,11 +25,11 @@ struct ModelFlags {
   int64_t kv_pool_tokens = 0;       // 0 = max(8192, model context) unshared tokens
   std::string device = "auto";      // auto | cpu | cuda | cuda:N (kernels/device_backend.h)
   double kv_memory_fraction = 0.0;  // > 0: KV pool = this fraction of free device memory
+  std::string kv_type = "f16";      // f32 | f16 | int8 | int4 (kernels/kv_type.h)
 };
 
-// Registers --model, --tokenizer, --threads, --int8, --device, --kv-memory-fraction and
-// --strategy on `app`.
-
+// Registers --model, --tokenizer, --threads, --int8, --device, --kv-memory-fraction,
+// --kv-type and --strategy on `app`.
 void AddModelFlags(CLI::App* app, ModelFlags* flags, bool with_strategy = true);
 
 struct Session {

@@ -17,7 +17,11 @@ class PagedKvLayout : public KvLayout {
   PagedKvLayout(KvCache& cache, absl::Span<const StepInput> inputs)
       : cache_(cache), inputs_(inputs) {}
   const KvGeometry& geometry() const override { return cache_.geometry(); }
+  const KvGeometry& LayerGeometry(int layer) const override { return cache_.LayerGeometry(layer); }
   float* pool() override { return cache_.pool(); }
+  void* Tail(int input, int layer) const override {
+    return cache_.TailForLayer(inputs_[input].seq, layer);
+  }
   bool Owns(int input, int layer) const override {
     return cache_.strategy(inputs_[input].seq).owns(layer);
   }
@@ -72,9 +76,14 @@ absl::Status Engine::Init() {
   g.block_tokens = options_.block_tokens;
   g.n_kv_heads = c.n_kv_heads;
   g.head_dim = c.head_dim;
-  int64_t pool_bytes = options_.kv_pool_bytes > 0
-                           ? options_.kv_pool_bytes
-                           : options_.default_pool_tokens * c.KvBytesPerToken();
+  g.type = options_.kv_type;
+  absl::Status valid = ValidateKvGeometry(g);
+  if (valid.ok()) valid = backend_->SupportsKvType(g.type);
+  if (!valid.ok()) return valid;
+  // Room for default_pool_tokens unshared positions of this type (whole blocks).
+  const int64_t default_bytes = (options_.default_pool_tokens + g.block_tokens - 1) /
+                                g.block_tokens * g.block_bytes() * c.n_layers;
+  int64_t pool_bytes = options_.kv_pool_bytes > 0 ? options_.kv_pool_bytes : default_bytes;
   if (options_.kv_memory_fraction != 0.0) {
     if (!(options_.kv_memory_fraction > 0.0 && options_.kv_memory_fraction <= 1.0)) {
       return absl::InvalidArgumentError(absl::StrFormat(
@@ -87,11 +96,11 @@ absl::Status Engine::Init() {
                                       static_cast<double>(backend_->FreeMemoryBytes()));
   }
   // A block holds one layer's K and V of block_tokens positions.
-  const int64_t blocks = pool_bytes / (g.block_floats() * 4);
+  const int64_t blocks = pool_bytes / g.block_bytes();
   if (blocks < 1) {
     return absl::InvalidArgumentError(
         absl::StrFormat("engine: KV pool of %d bytes holds no block (a block is %d bytes)",
-                        pool_bytes, g.block_floats() * 4));
+                        pool_bytes, g.block_bytes()));
   }
   auto kv = KvCache::Create(*backend_, g, blocks);
   if (!kv.ok()) return kv.status();

@@ -25,7 +25,11 @@ namespace kvshare {
 
 struct EngineOptions {
   int block_tokens = 16;
-  // KV pool size in bytes; 0 = room for `default_pool_tokens` unshared tokens.
+  // How the pool stores K/V (kernels/kv_type.h), for every owning layer. The library default
+  // is exact fp32 (what the golden tests and the strategy search pin); serving entry points
+  // (kvshare-worker, the kvshare commands) default to f16 like llama.cpp and vLLM.
+  KvType kv_type = KvType::kF32;
+  // KV pool size in bytes; 0 = room for `default_pool_tokens` unshared tokens of kv_type.
   int64_t kv_pool_bytes = 0;
   int64_t default_pool_tokens = 8192;
   // > 0: the pool takes this fraction (0, 1] of the backend's free memory once the weights,

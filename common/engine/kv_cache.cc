@@ -12,10 +12,13 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(Backend& backend, KvGeo
     return absl::InvalidArgumentError(
         absl::StrFormat("KV pool: %d blocks requested, must be in [1, %d]", num_blocks, INT32_MAX));
   }
-  std::unique_ptr<KvCache> cache(new KvCache());
+  absl::Status valid = ValidateKvGeometry(g);
+  if (valid.ok()) valid = backend.SupportsKvType(g.type);
+  if (!valid.ok()) return valid;
+  std::unique_ptr<KvCache> cache(new KvCache(backend));
   cache->geometry_ = g;
   cache->total_blocks_ = num_blocks;
-  auto pool = backend.Allocate(static_cast<size_t>(num_blocks * g.block_floats() * 4));
+  auto pool = backend.Allocate(static_cast<size_t>(num_blocks * g.block_bytes()));
   if (!pool.ok()) return pool.status();
   cache->pool_ = std::move(*pool);
   cache->free_list_.reserve(num_blocks);
@@ -44,6 +47,7 @@ void KvCache::RemoveSequence(SeqId seq) {
   for (auto& table : it->second.tables) {
     for (int32_t b : table) free_list_.push_back(b);
   }
+  if (it->second.tails != nullptr) tail_bytes_in_use_ -= it->second.tails->size();
   seqs_.erase(it);
 }
 
@@ -66,6 +70,20 @@ absl::Status KvCache::Reserve(SeqId seq, int64_t tokens) {
         "KV pool: %d more blocks needed for %d tokens (%d owning layers), %d of %d free", missing,
         tokens, s.strategy->owning_layers(), free_blocks(), total_blocks_));
   }
+  if (geometry_.tail_bytes() > 0 && s.tails == nullptr && tokens > 0) {
+    const int64_t bytes = geometry_.tail_bytes() * s.strategy->owning_layers();
+    auto tails = backend_.Allocate(static_cast<size_t>(bytes));
+    if (!tails.ok()) return tails.status();
+    s.tails = std::move(*tails);
+    tail_bytes_in_use_ += bytes;
+    s.tail_of.assign(s.strategy->n_layers(), nullptr);
+    int64_t next = 0;
+    for (int l = 0; l < s.strategy->n_layers(); ++l) {
+      if (s.strategy->owns(l)) {
+        s.tail_of[l] = static_cast<uint8_t*>(s.tails->data()) + next++ * geometry_.tail_bytes();
+      }
+    }
+  }
   for (int l = 0; l < s.strategy->n_layers(); ++l) {
     if (!s.strategy->owns(l)) continue;
     while (int64_t(s.tables[l].size()) < want) {
@@ -84,6 +102,11 @@ const std::vector<int32_t>& KvCache::TableForLayer(SeqId seq, int layer) const {
   const Sequence& s = seqs_.at(seq);
   // A sharing layer attends over its source's cache (kv_source[l] is always a root).
   return s.tables[s.strategy->source(layer)];
+}
+
+void* KvCache::TailForLayer(SeqId seq, int layer) const {
+  const Sequence& s = seqs_.at(seq);
+  return s.tail_of.empty() ? nullptr : s.tail_of[s.strategy->source(layer)];
 }
 
 }  // namespace kvshare

@@ -1,8 +1,14 @@
 // The paged, layer-aliased KV cache (DESIGN.md §2).
 //
 // One pool of fixed-size blocks, not tied to a layer: a block holds K and V of `block_tokens`
-// positions of one layer of one sequence (layout: kernels/backend.h KvGeometry). Each sequence
-// has a block table per *owning* layer of its strategy; a sharing layer resolves to its
+// positions of one layer of one sequence, stored as the pool's KvType (layouts:
+// kernels/kv_type.h). The type belongs to the owning layer; a sharing layer reads its source's
+// blocks as they are. Today the type is uniform across layers; a per-layer plan (issue 17)
+// needs one block pool per type behind LayerGeometry(), which is what callers already ask.
+// An int4 pool also gives each sequence an f16 *tail* per owning layer (its partial block,
+// quantised into the pool when it fills), allocated with the sequence's first blocks and not
+// counted in the pool's bytes: bytes_per_token() is exactly what the pool's blocks hold. Each
+// sequence has a block table per *owning* layer of its strategy; a sharing layer resolves to its
 // source's table ("the layer-to-cache mapping lives in the cache; no kernel knows about
 // sharing"). Sequences with different strategies share the pool. Growing a sequence allocates
 // blocks for every owning layer or none (all-or-nothing); when the pool is short the status is
@@ -32,8 +38,18 @@ class KvCache {
                                                          int64_t num_blocks);
 
   const KvGeometry& geometry() const { return geometry_; }
+  // The geometry (and so the KV type) of the blocks `layer` owns.
+  const KvGeometry& LayerGeometry(int /*layer*/) const { return geometry_; }
   float* pool() { return pool_->f32(); }
-  int64_t block_bytes() const { return geometry_.block_floats() * 4; }
+  int64_t block_bytes() const { return geometry_.block_bytes(); }
+  // Pool bytes per position of one owning layer: block_bytes() / block_tokens (exact: a
+  // sequence of a multiple of block_tokens positions holds exactly this many bytes per
+  // position and owning layer).
+  double bytes_per_token_per_layer() const {
+    return static_cast<double>(block_bytes()) / geometry_.block_tokens;
+  }
+  // Bytes of f16 tails held by sequences (int4 only; outside the pool).
+  int64_t tail_bytes_in_use() const { return tail_bytes_in_use_; }
   int64_t total_blocks() const { return total_blocks_; }
   int64_t free_blocks() const { return static_cast<int64_t>(free_list_.size()); }
   int64_t used_blocks() const { return total_blocks_ - free_blocks(); }
@@ -51,7 +67,8 @@ class KvCache {
 
   // Blocks Reserve(seq, tokens) would take from the pool.
   int64_t MissingBlocks(SeqId seq, int64_t tokens) const;
-  // Ensures room for `tokens` positions in every owning layer; all-or-nothing.
+  // Ensures room for `tokens` positions in every owning layer; all-or-nothing. The first call
+  // of an int4 sequence also allocates its tails (RESOURCE_EXHAUSTED when the backend cannot).
   absl::Status Reserve(SeqId seq, int64_t tokens);
   // Number of positions stored (advanced by the engine after a forward step).
   int64_t length(SeqId seq) const;
@@ -59,6 +76,9 @@ class KvCache {
   const SharingStrategy& strategy(SeqId seq) const;
   // The block table attention reads for `layer`: the table of kv_source[layer].
   const std::vector<int32_t>& TableForLayer(SeqId seq, int layer) const;
+  // The f16 tail attention and WriteKv use for `layer` (kv_source[layer]'s); null unless the
+  // layer's type is int4 and the sequence has reserved room.
+  void* TailForLayer(SeqId seq, int layer) const;
 
  private:
   struct Sequence {
@@ -66,10 +86,14 @@ class KvCache {
     // Indexed by layer; only owning layers have entries.
     std::vector<std::vector<int32_t>> tables;
     int64_t length = 0;
+    std::unique_ptr<Buffer> tails;  // int4: one tail per owning layer
+    std::vector<void*> tail_of;     // indexed by layer; only owning layers have one
   };
-  KvCache() = default;
+  explicit KvCache(Backend& backend) : backend_(backend) {}
 
+  Backend& backend_;
   KvGeometry geometry_;
+  int64_t tail_bytes_in_use_ = 0;
   int64_t total_blocks_ = 0;
   std::unique_ptr<Buffer> pool_;
   std::vector<int32_t> free_list_;  // LIFO

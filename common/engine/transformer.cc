@@ -97,13 +97,13 @@ void Transformer::RunLayers(int first, int last, absl::Span<const BatchSeq> seqs
   float* att = att_->f32();  // [rows][n_heads][hd]
   float* hb = hb_->f32();    // [rows][hidden]
   float* hb2 = hb2_->f32();
-  const KvGeometry& g = kv.geometry();
   const int n_inputs = static_cast<int>(seqs.size());
   att_seqs_.resize(n_inputs);
   kv_row0_.resize(n_inputs);
 
   for (int l = first; l < last; ++l) {
     const LayerParams& p = layers_[l];
+    const KvGeometry& g = kv.LayerGeometry(l);
     // Attention block.
     backend_.RmsNorm(x, norms + size_t(2 * l) * dim, rows, dim, c.norm_eps, xb);
     backend_.MatMul(*p.wq, xb, rows, q);
@@ -142,7 +142,8 @@ void Transformer::RunLayers(int first, int last, absl::Span<const BatchSeq> seqs
         if (kv_row0_[i] < 0) continue;
         const float* ki = k + size_t(kv_row0_[i]) * kv_dim;
         const float* vi = v + size_t(kv_row0_[i]) * kv_dim;
-        backend_.WriteKv(g, kv.pool(), kv.Table(i, l).data(), seqs[i].start_pos, seqs[i].n, ki, vi);
+        backend_.WriteKv(g, kv.pool(), kv.Table(i, l).data(), seqs[i].start_pos, seqs[i].n, ki, vi,
+                         kv.Tail(i, l));
         if (observer != nullptr) observer->OnKv(l, i, ki, vi, seqs[i].n);
       }
     }
@@ -154,6 +155,7 @@ void Transformer::RunLayers(int first, int last, absl::Span<const BatchSeq> seqs
       a.start_pos = seqs[i].start_pos;
       a.block_table = table.data();
       a.n_blocks = static_cast<int>(table.size());
+      a.tail = kv.Tail(i, l);
     }
     backend_.Attention(g, kv.pool(), att_seqs_.data(), n_inputs, q, c.n_heads, att);
     backend_.MatMul(*p.wo, att, rows, xb);

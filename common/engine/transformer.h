@@ -40,7 +40,11 @@ class KvLayout {
  public:
   virtual ~KvLayout() = default;
   virtual const KvGeometry& geometry() const = 0;
+  // The geometry `layer` reads and writes: its owning layer's KV type (kv_source[layer]'s).
+  virtual const KvGeometry& LayerGeometry(int /*layer*/) const { return geometry(); }
   virtual float* pool() = 0;
+  // The int4 tail of the cache `layer` reads for input i (kernels/kv_type.h); null otherwise.
+  virtual void* Tail(int /*input*/, int /*layer*/) const { return nullptr; }
   // Whether `layer` computes and stores K/V for input i.
   virtual bool Owns(int input, int layer) const = 0;
   // The block table of the cache `layer` reads for input i — its source's; for an owning

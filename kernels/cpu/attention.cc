@@ -4,22 +4,33 @@
 #include <cmath>
 
 #include "kernels/cpu/attention_kernels.h"
+#include "kernels/cpu/kv_chunk.h"
 
 namespace kvshare::cpu {
 
 namespace scalar {
+namespace {
+
+struct ScalarHalf {
+  static void Convert(const uint16_t* src, int n, float* dst) {
+    for (int i = 0; i < n; ++i) dst[i] = Fp16ToFp32(src[i]);
+  }
+};
+
+}  // namespace
+
+void GatherChunk(const ChunkRows& a, ChunkKv* kv) { GatherChunkT<ScalarHalf>(a, kv); }
 
 void AttendChunk(const ChunkRows& a) {
   const KvGeometry& geo = *a.geometry;
   const int hd = geo.head_dim, len = a.p1 - a.p0;
-  const int64_t v_offset = static_cast<int64_t>(geo.block_tokens) * geo.n_kv_heads * hd;
-  const float* keys[kMaxChunk];
-  ChunkKeys(geo, a.pool, a.block_table, a.kv_head, a.p0, a.p1, keys);
+  ChunkKv kv;
+  GatherChunk(a, &kv);
   for (int r = 0; r < a.n_rows; ++r) {
     const int end = std::min(a.p1, a.limit[r] + 1);
     float* s = a.scores + static_cast<int64_t>(r) * len;
     for (int p = a.p0; p < end; ++p) {
-      const float* k = keys[p - a.p0];
+      const float* k = kv.k[p - a.p0];
       float dot = 0.0f;
       for (int i = 0; i < hd; ++i) dot += a.q[r][i] * k[i];
       s[p - a.p0] = dot * a.scale;
@@ -35,7 +46,7 @@ void AttendChunk(const ChunkRows& a) {
     float* o = a.o + static_cast<int64_t>(r) * hd;
     std::fill(o, o + hd, 0.0f);
     for (int p = a.p0; p < end; ++p) {
-      const float* v = keys[p - a.p0] + v_offset;
+      const float* v = kv.v[p - a.p0];
       for (int i = 0; i < hd; ++i) o[i] += s[p - a.p0] * v[i];
     }
   }
@@ -82,7 +93,7 @@ struct Partial {
 AttentionRunner::AttentionRunner(ThreadPool* pool, Isa isa)
     : pool_(pool), isa_(isa), scratch_(pool->threads()) {}
 
-void AttentionRunner::Run(const KvGeometry& geo, const float* pool, const AttentionSeq* seqs,
+void AttentionRunner::Run(const KvGeometry& geo, const void* pool, const AttentionSeq* seqs,
                           int n_seqs, const float* q, int n_heads, float* out) {
   const int hd = geo.head_dim;
   const int group = n_heads / geo.n_kv_heads;
@@ -116,6 +127,9 @@ void AttentionRunner::Run(const KvGeometry& geo, const float* pool, const Attent
       s.out.resize(max_rows);
       s.limit.resize(max_rows);
     }
+    if (geo.type != KvType::kF32 && static_cast<int64_t>(s.kv.size()) < KvScratchFloats(hd)) {
+      s.kv.resize(KvScratchFloats(hd));
+    }
   }
 
   // Rows of an item, query-major: row (j, g) = query head kv_head * group + g of query j.
@@ -145,6 +159,9 @@ void AttentionRunner::Run(const KvGeometry& geo, const float* pool, const Attent
     a.geometry = &geo;
     a.pool = pool;
     a.block_table = seqs[it.seq].block_table;
+    a.tail = seqs[it.seq].tail;
+    a.stored = seqs[it.seq].start_pos + seqs[it.seq].n_q;
+    a.kv_scratch = s.kv.data();
     a.kv_head = it.kv_head;
     a.p0 = c * kAttentionChunk;
     a.p1 = std::min(s.limit[n_rows - 1] + 1, (c + 1) * kAttentionChunk);

@@ -7,7 +7,10 @@
 // chunks run on different threads and are merged after; otherwise one thread runs an item's
 // chunks in order. Both do the same float operations in the same order, and a row's arithmetic
 // does not depend on the other rows of its tile, so results depend neither on the thread count
-// nor on whether a token was computed in prefill or in decode.
+// nor on whether a token was computed in prefill or in decode — except in an int4 pool, where
+// a block that fills inside a prefill chunk is read quantised by that chunk's queries but was
+// read from the f16 tail by the decode steps that built it (KIVI's rule: only the newest
+// incomplete block stays full precision).
 #pragma once
 
 #include <cstdint>
@@ -27,7 +30,7 @@ class AttentionRunner {
  public:
   AttentionRunner(ThreadPool* pool, Isa isa);
 
-  void Run(const KvGeometry& g, const float* pool, const AttentionSeq* seqs, int n_seqs,
+  void Run(const KvGeometry& g, const void* pool, const AttentionSeq* seqs, int n_seqs,
            const float* q, int n_heads, float* out);
 
  private:
@@ -40,6 +43,7 @@ class AttentionRunner {
   };
   struct Scratch {
     std::vector<float> scores, run, next;
+    std::vector<float> kv;  // compact KV types: the chunk's dequantised K/V
     std::vector<const float*> q;
     std::vector<float*> out;
     std::vector<int> limit;

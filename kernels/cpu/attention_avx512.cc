@@ -4,6 +4,7 @@
 //           horizontally together by a 4-level shuffle tree (Reduce16);
 //   softmax: exp of the row's scores against its max, 16 at a time;
 //   o:      per row, accumulators in registers, two sets (even / odd positions).
+// Compact KV types are dequantised 16 lanes at a time first (kv_chunk.h).
 #include <immintrin.h>
 
 #include <algorithm>
@@ -11,6 +12,7 @@
 
 #include "kernels/cpu/attention_kernels.h"
 #include "kernels/cpu/isa.h"
+#include "kernels/cpu/kv_chunk.h"
 #include "kernels/cpu/vector_math.h"
 
 // GCC 12 reports the _mm512_undefined_* pass-through inside AVX-512 intrinsics as an
@@ -47,13 +49,23 @@ KVSHARE_TARGET_AVX512 inline __m512 Reduce16(const __m512* u) {
   return _mm512_add_ps(_mm512_shuffle_ps(y[0], y[1], 0x88), _mm512_shuffle_ps(y[0], y[1], 0xdd));
 }
 
+struct Avx512Half {
+  KVSHARE_TARGET_AVX512 static void Convert(const uint16_t* src, int n, float* dst) {
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+      _mm512_storeu_ps(
+          dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i))));
+    }
+    for (; i < n; ++i) dst[i] = Fp16ToFp32(src[i]);
+  }
+};
+
 template <int HD16>
 KVSHARE_TARGET_AVX512 void AttendChunkT(const ChunkRows& a) {
   const KvGeometry& geo = *a.geometry;
   const int hd = geo.head_dim, len = a.p1 - a.p0;
-  const int64_t v_offset = static_cast<int64_t>(geo.block_tokens) * geo.n_kv_heads * hd;
-  const float* keys[kMaxChunk];
-  ChunkKeys(geo, a.pool, a.block_table, a.kv_head, a.p0, a.p1, keys);
+  ChunkKv kv;
+  GatherChunk(a, &kv);
   __mmask16 mask[HD16];
 #pragma GCC unroll 8
   for (int c = 0; c < HD16; ++c) mask[c] = TailMask(hd - 16 * c);
@@ -69,7 +81,7 @@ KVSHARE_TARGET_AVX512 void AttendChunkT(const ChunkRows& a) {
       __m512 acc[16];
 #pragma GCC unroll 16
       for (int j = 0; j < 16; ++j) {
-        const float* k = keys[std::min(p + j, end - 1) - a.p0];
+        const float* k = kv.k[std::min(p + j, end - 1) - a.p0];
         __m512 d = _mm512_mul_ps(q[0], _mm512_maskz_loadu_ps(mask[0], k));
 #pragma GCC unroll 8
         for (int c = 1; c < HD16; ++c) {
@@ -102,8 +114,8 @@ KVSHARE_TARGET_AVX512 void AttendChunkT(const ChunkRows& a) {
     for (int c = 0; c < HD16; ++c) o0[c] = o1[c] = _mm512_setzero_ps();
     int p = a.p0;
     for (; p + 1 < end; p += 2) {
-      const float* v0 = keys[p - a.p0] + v_offset;
-      const float* v1 = keys[p + 1 - a.p0] + v_offset;
+      const float* v0 = kv.v[p - a.p0];
+      const float* v1 = kv.v[p + 1 - a.p0];
       const __m512 e0 = _mm512_set1_ps(s[p - a.p0]), e1 = _mm512_set1_ps(s[p + 1 - a.p0]);
 #pragma GCC unroll 8
       for (int c = 0; c < HD16; ++c) {
@@ -112,7 +124,7 @@ KVSHARE_TARGET_AVX512 void AttendChunkT(const ChunkRows& a) {
       }
     }
     if (p < end) {
-      const float* v0 = keys[p - a.p0] + v_offset;
+      const float* v0 = kv.v[p - a.p0];
       const __m512 e0 = _mm512_set1_ps(s[p - a.p0]);
 #pragma GCC unroll 8
       for (int c = 0; c < HD16; ++c) {
@@ -128,6 +140,10 @@ KVSHARE_TARGET_AVX512 void AttendChunkT(const ChunkRows& a) {
 }
 
 }  // namespace
+
+KVSHARE_TARGET_AVX512 void GatherChunk(const ChunkRows& a, ChunkKv* kv) {
+  GatherChunkT<Avx512Half>(a, kv);
+}
 
 void AttendChunk(const ChunkRows& a) {
   switch ((a.geometry->head_dim + 15) / 16) {

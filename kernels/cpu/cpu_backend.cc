@@ -11,6 +11,7 @@
 #include "absl/strings/str_format.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/kv_codec.h"
 #include "kernels/cpu/packed_weight.h"
 #include "kernels/cpu/reference.h"
 #include "kernels/cpu/thread_pool.h"
@@ -133,22 +134,28 @@ class CpuBackend : public Backend {
     ForRanges(count, [&](int64_t i0, int64_t len) { cpu::AddRange(isa_, x + i0, y + i0, len); });
   }
 
-  void WriteKv(const KvGeometry& g, float* pool, const int32_t* block_table, int start_pos, int n,
-               const float* k, const float* v) override {
-    const int64_t kv_dim = static_cast<int64_t>(g.n_kv_heads) * g.head_dim;
-    for (int t = 0; t < n; ++t) {
-      const int p = start_pos + t;
-      float* kd =
-          pool + block_table[p / g.block_tokens] * g.block_floats() + (p % g.block_tokens) * kv_dim;
-      std::memcpy(kd, k + t * kv_dim, kv_dim * sizeof(float));
-      std::memcpy(kd + g.block_tokens * kv_dim, v + t * kv_dim, kv_dim * sizeof(float));
+  void WriteKv(const KvGeometry& g, void* pool, const int32_t* block_table, int start_pos, int n,
+               const float* k, const float* v, void* tail) override {
+    if (g.type == KvType::kF32) {  // the common case without the per-type dispatch
+      const int64_t kv_dim = g.kv_dim();
+      for (int t = 0; t < n; ++t) {
+        const int p = start_pos + t;
+        float* kd = static_cast<float*>(pool) + block_table[p / g.block_tokens] * g.block_floats() +
+                    (p % g.block_tokens) * kv_dim;
+        std::memcpy(kd, k + t * kv_dim, kv_dim * sizeof(float));
+        std::memcpy(kd + g.block_tokens * kv_dim, v + t * kv_dim, kv_dim * sizeof(float));
+      }
+      return;
     }
+    cpu::StoreKv(g, pool, block_table, start_pos, n, k, v, tail);
   }
 
-  void Attention(const KvGeometry& g, const float* pool, const AttentionSeq* seqs, int n_seqs,
+  void Attention(const KvGeometry& g, const void* pool, const AttentionSeq* seqs, int n_seqs,
                  const float* q, int n_heads, float* out) override {
     attention_.Run(g, pool, seqs, n_seqs, q, n_heads, out);
   }
+
+  absl::Status SupportsKvType(KvType) const override { return absl::OkStatus(); }
 
  private:
   template <typename Fn>

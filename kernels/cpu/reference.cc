@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "kernels/cpu/half.h"
+#include "kernels/cpu/kv_codec.h"
 #include "kernels/cpu/quant.h"
 
 namespace kvshare::cpu::ref {
@@ -111,27 +112,9 @@ void Add(float* x, const float* y, int64_t count) {
   for (int64_t i = 0; i < count; ++i) x[i] += y[i];
 }
 
-namespace {
-
-// Where position p's K sits in the pool (V is block_tokens * kv_dim floats further).
-const float* KeyAt(const KvGeometry& g, const float* pool, const int32_t* table, int p) {
-  const int64_t kv_dim = static_cast<int64_t>(g.n_kv_heads) * g.head_dim;
-  return pool + table[p / g.block_tokens] * g.block_floats() + (p % g.block_tokens) * kv_dim;
-}
-
-}  // namespace
-
-void WriteKv(const KvGeometry& g, float* pool, const int32_t* block_table, int start_pos, int n,
-             const float* k, const float* v) {
-  const int64_t kv_dim = static_cast<int64_t>(g.n_kv_heads) * g.head_dim;
-  for (int t = 0; t < n; ++t) {
-    float* kd = const_cast<float*>(KeyAt(g, pool, block_table, start_pos + t));
-    float* vd = kd + g.block_tokens * kv_dim;
-    for (int64_t i = 0; i < kv_dim; ++i) {
-      kd[i] = k[t * kv_dim + i];
-      vd[i] = v[t * kv_dim + i];
-    }
-  }
+void WriteKv(const KvGeometry& g, void* pool, const int32_t* block_table, int start_pos, int n,
+             const float* k, const float* v, void* tail) {
+  StoreKv(g, pool, block_table, start_pos, n, k, v, tail);
 }
 
 void AttentionContiguous(const float* k, const float* v, int n_kv_heads, int head_dim,
@@ -169,7 +152,7 @@ void AttentionContiguous(const float* k, const float* v, int n_kv_heads, int hea
   }
 }
 
-void Attention(const KvGeometry& g, const float* pool, const AttentionSeq* seqs, int n_seqs,
+void Attention(const KvGeometry& g, const void* pool, const AttentionSeq* seqs, int n_seqs,
                const float* q, int n_heads, float* out) {
   const int64_t kv_dim = static_cast<int64_t>(g.n_kv_heads) * g.head_dim;
   const int64_t q_dim = static_cast<int64_t>(n_heads) * g.head_dim;
@@ -178,12 +161,7 @@ void Attention(const KvGeometry& g, const float* pool, const AttentionSeq* seqs,
     const int ctx = seq.start_pos + seq.n_q;
     std::vector<float> k(ctx * kv_dim), v(ctx * kv_dim);
     for (int p = 0; p < ctx; ++p) {
-      const float* kp = KeyAt(g, pool, seq.block_table, p);
-      const float* vp = kp + g.block_tokens * kv_dim;
-      for (int64_t i = 0; i < kv_dim; ++i) {
-        k[p * kv_dim + i] = kp[i];
-        v[p * kv_dim + i] = vp[i];
-      }
+      LoadKv(g, pool, seq.block_table, seq.tail, ctx, p, &k[p * kv_dim], &v[p * kv_dim]);
     }
     AttentionContiguous(k.data(), v.data(), g.n_kv_heads, g.head_dim, q + seq.q_row * q_dim,
                         seq.n_q, seq.start_pos, n_heads, out + seq.q_row * q_dim);

@@ -31,12 +31,13 @@ void Rope(float* x, const int32_t* pos, int n, int n_heads, int head_dim, float 
 void SiluMul(const float* gate, const float* up, int64_t count, float* out);
 void Add(float* x, const float* y, int64_t count);
 
-void WriteKv(const KvGeometry& g, float* pool, const int32_t* block_table, int start_pos, int n,
-             const float* k, const float* v);
+// Stores through kv_codec.h's StoreKv (the definition of every KV type).
+void WriteKv(const KvGeometry& g, void* pool, const int32_t* block_table, int start_pos, int n,
+             const float* k, const float* v, void* tail = nullptr);
 
-// Naive attention: gathers each sequence's K/V through its block table and runs a two-pass
-// softmax in double.
-void Attention(const KvGeometry& g, const float* pool, const AttentionSeq* seqs, int n_seqs,
+// Naive attention: gathers each sequence's K/V through its block table (and int4 tail),
+// dequantised position by position (kv_codec.h LoadKv), and runs a two-pass softmax in double.
+void Attention(const KvGeometry& g, const void* pool, const AttentionSeq* seqs, int n_seqs,
                const float* q, int n_heads, float* out);
 
 // Attention over contiguous K/V ([ctx][n_kv_heads][head_dim]) for queries at positions

@@ -1,6 +1,7 @@
 // The CUDA backend (kernels/backend.h) and the plugin's one exported entry point.
 //
-// Memory: every Buffer is cudaMalloc'ed device memory; the KV pool is fp32 as KvGeometry says.
+// Memory: every Buffer is cudaMalloc'ed device memory; the KV pool is fp32 or f16 (the KvTypes this
+// backend implements so far; SupportsKvType refuses int8 and int4).
 // Weights are dequantized at Prepare to fp16 (or bf16) on the device; GEMMs go through
 // cublasGemmEx with fp16/bf16 inputs and fp32 accumulation and output, so activations are
 // rounded to the weights' type just before each GEMM (the only place they leave fp32).
@@ -315,20 +316,32 @@ class CudaBackend : public Backend {
     Check(cudaGetLastError(), "Add");
   }
 
-  void WriteKv(const KvGeometry& g, float* pool, const int32_t* block_table, int start_pos, int n,
-               const float* k, const float* v) override {
+  // f32 and f16 pools so far (int8 and int4 only on the CPU); the engine asks SupportsKvType
+  // first, so another type reaching WriteKv or Attention is a bug.
+  absl::Status SupportsKvType(KvType type) const override {
+    if (type == KvType::kF32 || type == KvType::kF16) return absl::OkStatus();
+    return absl::UnimplementedError(absl::StrFormat(
+        "cuda backend: kv type %s is not implemented (f32 and f16 are); use --kv-type f16 or "
+        "--device cpu",
+        KvTypeName(type)));
+  }
+
+  void WriteKv(const KvGeometry& g, void* pool, const int32_t* block_table, int start_pos, int n,
+               const float* k, const float* v, void* /*tail*/) override {
     Bind();
+    if (!SupportsKvType(g.type).ok()) Die(std::string(SupportsKvType(g.type).message()));
     if (n <= 0) return;
     const int blocks = (start_pos + n + g.block_tokens - 1) / g.block_tokens;
     const int32_t* d_table = write_table_.Upload(block_table, blocks, stream_, "WriteKv table");
-    LaunchWriteKv(g.block_tokens, g.n_kv_heads * g.head_dim, pool, d_table, start_pos, n, k, v,
-                  stream_);
+    LaunchWriteKv(g.block_tokens, g.n_kv_heads * g.head_dim, g.type == KvType::kF16, pool, d_table,
+                  start_pos, n, k, v, stream_);
     Check(cudaGetLastError(), "WriteKv");
   }
 
-  void Attention(const KvGeometry& g, const float* pool, const AttentionSeq* seqs, int n_seqs,
+  void Attention(const KvGeometry& g, const void* pool, const AttentionSeq* seqs, int n_seqs,
                  const float* q, int n_heads, float* out) override {
     Bind();
+    if (!SupportsKvType(g.type).ok()) Die(std::string(SupportsKvType(g.type).message()));
     if (g.head_dim > kMaxHeadDim || g.head_dim < 1 || g.n_kv_heads < 1 ||
         n_heads % g.n_kv_heads != 0) {
       Die(
@@ -365,8 +378,8 @@ class CudaBackend : public Backend {
     float* scratch = scratch_floats > 0 ? static_cast<float*>(att_scratch_.Ensure(
                                               scratch_floats * 4, stream_, "Attention scratch"))
                                         : nullptr;
-    LaunchAttention(shape, pool, d_tables, d_items, n_items, splits, split_tokens, q, scratch, out,
-                    stream_);
+    LaunchAttention(shape, g.type == KvType::kF16, pool, d_tables, d_items, n_items, splits,
+                    split_tokens, q, scratch, out, stream_);
     Check(cudaGetLastError(), "Attention");
   }
 

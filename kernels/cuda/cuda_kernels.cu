@@ -170,7 +170,14 @@ __global__ void AddKernel(float* x, const float* y, int64_t count) {
   }
 }
 
-__global__ void WriteKvKernel(int block_tokens, int kv_dim, float* pool, const int32_t* table,
+// KV pool elements: fp32 or IEEE half (KvType f32 / f16; same layout, element for element).
+__device__ __forceinline__ float KvLoad(const float* p) { return *p; }
+__device__ __forceinline__ float KvLoad(const __half* p) { return __half2float(*p); }
+__device__ __forceinline__ void KvStore(float* p, float x) { *p = x; }
+__device__ __forceinline__ void KvStore(__half* p, float x) { *p = __float2half_rn(x); }
+
+template <typename T>
+__global__ void WriteKvKernel(int block_tokens, int kv_dim, T* pool, const int32_t* table,
                               int start_pos, int64_t count, const float* k, const float* v) {
   const int64_t block_floats = 2LL * block_tokens * kv_dim;
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < count;
@@ -178,10 +185,10 @@ __global__ void WriteKvKernel(int block_tokens, int kv_dim, float* pool, const i
     const int t = static_cast<int>(e / kv_dim);
     const int i = static_cast<int>(e % kv_dim);
     const int p = start_pos + t;
-    float* kd = pool + table[p / block_tokens] * block_floats +
-                static_cast<int64_t>(p % block_tokens) * kv_dim;
-    kd[i] = k[e];
-    kd[static_cast<int64_t>(block_tokens) * kv_dim + i] = v[e];
+    T* kd = pool + table[p / block_tokens] * block_floats +
+            static_cast<int64_t>(p % block_tokens) * kv_dim;
+    KvStore(kd + i, k[e]);
+    KvStore(kd + static_cast<int64_t>(block_tokens) * kv_dim + i, v[e]);
   }
 }
 
@@ -200,9 +207,9 @@ __device__ __forceinline__ float MergeWeight(float m, float max) {
   return m == -INFINITY ? 0.0f : expf(m - max);
 }
 
-template <int kPerLane>
+template <int kPerLane, typename T>
 __global__ void __launch_bounds__(kAttWarps * 32)
-    AttentionSplitKernel(AttentionShape s, const float* pool, const int32_t* tables,
+    AttentionSplitKernel(AttentionShape s, const T* pool, const int32_t* tables,
                          const AttentionItem* items, int splits, int split_tokens, float scale,
                          const float* q, float* scratch, float* out) {
   constexpr int kDims = kPerLane * 32;
@@ -240,15 +247,15 @@ __global__ void __launch_bounds__(kAttWarps * 32)
   const int64_t block_floats = 2LL * s.block_tokens * kv_dim;
   const int32_t* table = tables + it.table_offset;
   for (int p = p0 + warp; p < p1; p += kAttWarps) {
-    const float* kp = pool + table[p / s.block_tokens] * block_floats +
-                      static_cast<int64_t>(p % s.block_tokens) * kv_dim + kvh * hd;
-    const float* vp = kp + static_cast<int64_t>(s.block_tokens) * kv_dim;
+    const T* kp = pool + table[p / s.block_tokens] * block_floats +
+                  static_cast<int64_t>(p % s.block_tokens) * kv_dim + kvh * hd;
+    const T* vp = kp + static_cast<int64_t>(s.block_tokens) * kv_dim;
     float kr[kPerLane], vr[kPerLane];
 #pragma unroll
     for (int i = 0; i < kPerLane; ++i) {
       const int d = lane + 32 * i;
-      kr[i] = d < hd ? kp[d] : 0.0f;
-      vr[i] = d < hd ? vp[d] : 0.0f;
+      kr[i] = d < hd ? KvLoad(kp + d) : 0.0f;
+      vr[i] = d < hd ? KvLoad(vp + d) : 0.0f;
     }
 #pragma unroll
     for (int h = 0; h < kAttHeads; ++h) {
@@ -399,12 +406,18 @@ void LaunchAdd(float* x, const float* y, int64_t count, cudaStream_t stream) {
   AddKernel<<<std::min(Blocks(count), 65535 * 8), kThreads, 0, stream>>>(x, y, count);
 }
 
-void LaunchWriteKv(int block_tokens, int kv_dim, float* pool, const int32_t* table, int start_pos,
-                   int n, const float* k, const float* v, cudaStream_t stream) {
+void LaunchWriteKv(int block_tokens, int kv_dim, bool f16, void* pool, const int32_t* table,
+                   int start_pos, int n, const float* k, const float* v, cudaStream_t stream) {
   const int64_t count = static_cast<int64_t>(n) * kv_dim;
   if (count <= 0) return;
-  WriteKvKernel<<<std::min(Blocks(count), 65535 * 8), kThreads, 0, stream>>>(
-      block_tokens, kv_dim, pool, table, start_pos, count, k, v);
+  const int blocks = std::min(Blocks(count), 65535 * 8);
+  if (f16) {
+    WriteKvKernel<<<blocks, kThreads, 0, stream>>>(block_tokens, kv_dim, static_cast<__half*>(pool),
+                                                   table, start_pos, count, k, v);
+  } else {
+    WriteKvKernel<<<blocks, kThreads, 0, stream>>>(block_tokens, kv_dim, static_cast<float*>(pool),
+                                                   table, start_pos, count, k, v);
+  }
 }
 
 int AttentionSplits(const AttentionShape& shape, int n_items, int multiprocessors,
@@ -427,26 +440,43 @@ int64_t AttentionScratchFloats(const AttentionShape& shape, int n_items, int spl
   return static_cast<int64_t>(n_items) * shape.n_heads * splits * (shape.head_dim + 2);
 }
 
-void LaunchAttention(const AttentionShape& shape, const float* pool, const int32_t* tables,
-                     const AttentionItem* items, int n_items, int splits, int split_tokens,
-                     const float* q, float* scratch, float* out, cudaStream_t stream) {
-  if (n_items <= 0) return;
+namespace {
+
+template <typename T>
+void LaunchAttentionT(const AttentionShape& shape, const T* pool, const int32_t* tables,
+                      const AttentionItem* items, int n_items, int splits, int split_tokens,
+                      const float* q, float* scratch, float* out, cudaStream_t stream) {
   const int group = shape.n_heads / shape.n_kv_heads;
   const dim3 grid(n_items, shape.n_kv_heads * ((group + kAttHeads - 1) / kAttHeads), splits);
   const float scale = 1.0f / sqrtf(static_cast<float>(shape.head_dim));
   const int threads = kAttWarps * 32;
   if (shape.head_dim <= 32) {
-    AttentionSplitKernel<1><<<grid, threads, 0, stream>>>(shape, pool, tables, items, splits,
-                                                          split_tokens, scale, q, scratch, out);
+    AttentionSplitKernel<1, T><<<grid, threads, 0, stream>>>(shape, pool, tables, items, splits,
+                                                             split_tokens, scale, q, scratch, out);
   } else if (shape.head_dim <= 64) {
-    AttentionSplitKernel<2><<<grid, threads, 0, stream>>>(shape, pool, tables, items, splits,
-                                                          split_tokens, scale, q, scratch, out);
+    AttentionSplitKernel<2, T><<<grid, threads, 0, stream>>>(shape, pool, tables, items, splits,
+                                                             split_tokens, scale, q, scratch, out);
   } else if (shape.head_dim <= 128) {
-    AttentionSplitKernel<4><<<grid, threads, 0, stream>>>(shape, pool, tables, items, splits,
-                                                          split_tokens, scale, q, scratch, out);
+    AttentionSplitKernel<4, T><<<grid, threads, 0, stream>>>(shape, pool, tables, items, splits,
+                                                             split_tokens, scale, q, scratch, out);
   } else {
-    AttentionSplitKernel<8><<<grid, threads, 0, stream>>>(shape, pool, tables, items, splits,
-                                                          split_tokens, scale, q, scratch, out);
+    AttentionSplitKernel<8, T><<<grid, threads, 0, stream>>>(shape, pool, tables, items, splits,
+                                                             split_tokens, scale, q, scratch, out);
+  }
+}
+
+}  // namespace
+
+void LaunchAttention(const AttentionShape& shape, bool f16, const void* pool, const int32_t* tables,
+                     const AttentionItem* items, int n_items, int splits, int split_tokens,
+                     const float* q, float* scratch, float* out, cudaStream_t stream) {
+  if (n_items <= 0) return;
+  if (f16) {
+    LaunchAttentionT(shape, static_cast<const __half*>(pool), tables, items, n_items, splits,
+                     split_tokens, q, scratch, out, stream);
+  } else {
+    LaunchAttentionT(shape, static_cast<const float*>(pool), tables, items, n_items, splits,
+                     split_tokens, q, scratch, out, stream);
   }
   if (splits > 1) {
     AttentionMergeKernel<<<dim3(n_items, shape.n_heads), std::min(shape.head_dim, 256), 0,

@@ -35,9 +35,10 @@ void LaunchSiluMul(const float* gate, const float* up, int64_t count, float* out
 
 void LaunchAdd(float* x, const float* y, int64_t count, cudaStream_t stream);
 
-// k, v: [n][kv_dim]; table: the block ids of the sequence from block 0.
-void LaunchWriteKv(int block_tokens, int kv_dim, float* pool, const int32_t* table, int start_pos,
-                   int n, const float* k, const float* v, cudaStream_t stream);
+// k, v: [n][kv_dim]; table: the block ids of the sequence from block 0. The pool holds fp32,
+// or IEEE half when f16 (KvType f32 / f16: the same layout element for element).
+void LaunchWriteKv(int block_tokens, int kv_dim, bool f16, void* pool, const int32_t* table,
+                   int start_pos, int n, const float* k, const float* v, cudaStream_t stream);
 
 // One query row of a paged attention call: output row `row` (of q and out), whose sequence's
 // block table starts at tables[table_offset], at position `pos` (it attends to [0, pos]).
@@ -67,7 +68,7 @@ int AttentionSplits(const AttentionShape& shape, int n_items, int multiprocessor
 // Floats of scratch LaunchAttention needs for the partial states when splits > 1.
 int64_t AttentionScratchFloats(const AttentionShape& shape, int n_items, int splits);
 
-void LaunchAttention(const AttentionShape& shape, const float* pool, const int32_t* tables,
+void LaunchAttention(const AttentionShape& shape, bool f16, const void* pool, const int32_t* tables,
                      const AttentionItem* items, int n_items, int splits, int split_tokens,
                      const float* q, float* scratch, float* out, cudaStream_t stream);
 

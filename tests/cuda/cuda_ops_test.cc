@@ -220,7 +220,8 @@ void CheckWriteAndAttention(Backend& b, const PagedCase& c, uint32_t seed) {
       cpu::ref::WriteKv(g, pool.data(), tables[s].data(), part[0], part[1],
                         k.data() + int64_t(part[0]) * kv_dim, v.data() + int64_t(part[0]) * kv_dim);
       b.WriteKv(g, dpool->f32(), tables[s].data(), part[0], part[1],
-                dk->f32() + int64_t(part[0]) * kv_dim, dv->f32() + int64_t(part[0]) * kv_dim);
+                dk->f32() + int64_t(part[0]) * kv_dim, dv->f32() + int64_t(part[0]) * kv_dim,
+                nullptr);
     }
   }
   ExpectAllNear(ToHost(b, *dpool, pool.size()), pool, 0, 0, "pool after WriteKv");

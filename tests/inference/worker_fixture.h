@@ -23,6 +23,7 @@ inline WorkerOptions StoriesWorkerOptions() {
   o.model_path = Asset("stories260K.bin");
   o.threads = 2;
   o.kv_budget_bytes = 4LL << 20;
+  o.kv_type = KvType::kF32;  // the tests pin fp32 pool sizes and outputs
   return o;
 }
 
@@ -31,6 +32,7 @@ inline WorkerOptions SmolLm2WorkerOptions() {
   o.model_path = SmolLm2Path();
   o.threads = 2;
   o.kv_budget_bytes = 64LL << 20;
+  o.kv_type = KvType::kF32;
   return o;
 }
 

@@ -123,7 +123,7 @@ TEST(OpsTest, WriteKvMatchesReferenceThroughAShuffledTable) {
     const std::vector<float> k = testing::RandomFloats(n * kv_dim, start);
     const std::vector<float> v = testing::RandomFloats(n * kv_dim, start + 100);
     cpu::ref::WriteKv(g, want.data(), table.data(), start, n, k.data(), v.data());
-    b->WriteKv(g, got.data(), table.data(), start, n, k.data(), v.data());
+    b->WriteKv(g, got.data(), table.data(), start, n, k.data(), v.data(), nullptr);
   }
   EXPECT_EQ(want, got);
 }

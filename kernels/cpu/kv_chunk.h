@@ -1,0 +1,123 @@
+// GatherChunk, written once for every SIMD level: the K/V of a chunk's positions for one KV
+// head as fp32 rows (kernels/kv_type.h layouts). f32 pools are read in place; the compact
+// types are dequantised into the call's scratch, so the attention loops after it are the same
+// for every type. `Half` is the level's fp16 -> fp32 row converter (F16C / AVX-512 / scalar);
+// the body is force-inlined into each level's GatherChunk so the compiler vectorises the int8
+// and nibble loops for that level.
+//
+// Dequantised values equal kv_codec.h LoadKv's (the same products and sums of exact fp16
+// values, up to the contraction of q * scale + min into one fma).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+#include "kernels/cpu/attention_kernels.h"
+#include "kernels/cpu/half.h"
+#include "kernels/cpu/kv_codec.h"
+
+namespace kvshare::cpu {
+
+// Scratch GatherChunk needs, in floats, for a head of head_dim channels.
+constexpr int64_t KvScratchFloats(int head_dim) { return (2LL * kMaxChunk + 2) * head_dim; }
+
+template <class Half>
+inline __attribute__((always_inline)) void GatherChunkT(const ChunkRows& a, ChunkKv* kv) {
+  const KvGeometry& g = *a.geometry;
+  const int hd = g.head_dim, bt = g.block_tokens;
+  const int64_t c = g.kv_dim(), head = static_cast<int64_t>(a.kv_head) * hd;
+  const KvBlockLayout lay(g);
+  const auto* pool = static_cast<const uint8_t*>(a.pool);
+  float* k_out = a.kv_scratch;
+  float* v_out = k_out + static_cast<int64_t>(kMaxChunk) * hd;
+  float* k_scale = v_out + static_cast<int64_t>(kMaxChunk) * hd;  // int4: [hd] per block
+  float* k_min = k_scale + hd;
+  const int full_blocks = a.stored / bt;
+  constexpr int kHalfGroup = kKvInt4Group / 2;
+  for (int p = a.p0; p < a.p1;) {
+    const int b = p / bt, r0 = p - b * bt;
+    const int n = std::min(a.p1 - p, bt - r0);
+    const int i0 = p - a.p0;
+    const uint8_t* block = pool + a.block_table[b] * g.block_bytes();
+    switch (g.type) {
+      case KvType::kF32:
+        for (int i = 0; i < n; ++i) {
+          kv->k[i0 + i] = reinterpret_cast<const float*>(block + lay.k) + (r0 + i) * c + head;
+          kv->v[i0 + i] = reinterpret_cast<const float*>(block + lay.v) + (r0 + i) * c + head;
+        }
+        break;
+      case KvType::kF16:
+        for (int i = 0; i < n; ++i) {
+          const int64_t row = (r0 + i) * c + head;
+          Half::Convert(reinterpret_cast<const uint16_t*>(block + lay.k) + row, hd,
+                        k_out + (i0 + i) * hd);
+          Half::Convert(reinterpret_cast<const uint16_t*>(block + lay.v) + row, hd,
+                        v_out + (i0 + i) * hd);
+        }
+        break;
+      case KvType::kInt8:
+        for (int i = 0; i < n; ++i) {
+          const int64_t row = (r0 + i) * c + head;
+          const int64_t s = static_cast<int64_t>(r0 + i) * g.n_kv_heads + a.kv_head;
+          const float ks = Fp16ToFp32(reinterpret_cast<const uint16_t*>(block + lay.k_scale)[s]);
+          const float vs = Fp16ToFp32(reinterpret_cast<const uint16_t*>(block + lay.v_scale)[s]);
+          const int8_t* kq = reinterpret_cast<const int8_t*>(block + lay.k) + row;
+          const int8_t* vq = reinterpret_cast<const int8_t*>(block + lay.v) + row;
+          float* kd = k_out + (i0 + i) * hd;
+          float* vd = v_out + (i0 + i) * hd;
+          for (int j = 0; j < hd; ++j) kd[j] = static_cast<float>(kq[j]) * ks;
+          for (int j = 0; j < hd; ++j) vd[j] = static_cast<float>(vq[j]) * vs;
+        }
+        break;
+      case KvType::kInt4:
+        if (b >= full_blocks) {  // the partial block, f16 in the tail
+          const auto* tail = static_cast<const uint16_t*>(a.tail);
+          for (int i = 0; i < n; ++i) {
+            const int64_t row = (r0 + i) * c + head;
+            Half::Convert(tail + row, hd, k_out + (i0 + i) * hd);
+            Half::Convert(tail + static_cast<int64_t>(bt) * c + row, hd, v_out + (i0 + i) * hd);
+          }
+          break;
+        }
+        Half::Convert(reinterpret_cast<const uint16_t*>(block + lay.k_scale) + head, hd, k_scale);
+        Half::Convert(reinterpret_cast<const uint16_t*>(block + lay.k_min) + head, hd, k_min);
+        for (int i = 0; i < n; ++i) {
+          const uint8_t* kq = block + lay.k + ((r0 + i) * c + head) / 2;
+          const uint8_t* vq = block + lay.v + ((r0 + i) * c + head) / 2;
+          const int64_t vs0 = (r0 + i) * (c / kKvInt4Group) + head / kKvInt4Group;
+          const auto* v_scale = reinterpret_cast<const uint16_t*>(block + lay.v_scale) + vs0;
+          const auto* v_min = reinterpret_cast<const uint16_t*>(block + lay.v_min) + vs0;
+          float* kd = k_out + (i0 + i) * hd;
+          float* vd = v_out + (i0 + i) * hd;
+          for (int gi = 0; gi < hd / kKvInt4Group; ++gi) {
+            const uint8_t* kb = kq + gi * kHalfGroup;
+            const uint8_t* vb = vq + gi * kHalfGroup;
+            const float* ksg = k_scale + gi * kKvInt4Group;
+            const float* kmg = k_min + gi * kKvInt4Group;
+            float* kdg = kd + gi * kKvInt4Group;
+            float* vdg = vd + gi * kKvInt4Group;
+            for (int j = 0; j < kHalfGroup; ++j) {
+              kdg[j] = static_cast<float>(kb[j] & 15) * ksg[j] + kmg[j];
+              kdg[j + kHalfGroup] =
+                  static_cast<float>(kb[j] >> 4) * ksg[j + kHalfGroup] + kmg[j + kHalfGroup];
+            }
+            const float vs = Fp16ToFp32(v_scale[gi]), vm = Fp16ToFp32(v_min[gi]);
+            for (int j = 0; j < kHalfGroup; ++j) {
+              vdg[j] = static_cast<float>(vb[j] & 15) * vs + vm;
+              vdg[j + kHalfGroup] = static_cast<float>(vb[j] >> 4) * vs + vm;
+            }
+          }
+        }
+        break;
+    }
+    if (g.type != KvType::kF32) {
+      for (int i = 0; i < n; ++i) {
+        kv->k[i0 + i] = k_out + (i0 + i) * hd;
+        kv->v[i0 + i] = v_out + (i0 + i) * hd;
+      }
+    }
+    p += n;
+  }
+}
+
+}  // namespace kvshare::cpu

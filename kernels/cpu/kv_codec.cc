@@ -1,0 +1,231 @@
+#include "kernels/cpu/kv_codec.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "kernels/cpu/half.h"
+
+namespace kvshare::cpu {
+
+KvBlockLayout::KvBlockLayout(const KvGeometry& g) {
+  const int64_t t = g.block_tokens, c = g.kv_dim(), h = g.n_kv_heads;
+  k = 0;
+  k_scale = v_scale = k_min = v_min = 0;
+  switch (g.type) {
+    case KvType::kF32:
+      v = t * c * 4;
+      break;
+    case KvType::kF16:
+      v = t * c * 2;
+      break;
+    case KvType::kInt8:
+      v = t * c;
+      k_scale = 2 * t * c;
+      v_scale = k_scale + t * h * 2;
+      break;
+    case KvType::kInt4:
+      v = t * c / 2;
+      k_scale = t * c;
+      k_min = k_scale + c * 2;
+      v_scale = k_min + c * 2;
+      v_min = v_scale + t * (c / kKvInt4Group) * 2;
+      break;
+  }
+}
+
+void PackNibbles(const uint8_t* q, int n, uint8_t* packed) {
+  for (int g = 0; g < n; g += kKvInt4Group) {
+    for (int j = 0; j < kKvInt4Group / 2; ++j) {
+      packed[g / 2 + j] = static_cast<uint8_t>(q[g + j] | (q[g + j + kKvInt4Group / 2] << 4));
+    }
+  }
+}
+
+void QuantizeInt8(const float* x, int n, int8_t* q, uint16_t* scale_f16) {
+  float amax = 0.0f;
+  for (int i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
+  *scale_f16 = Fp32ToFp16(amax / 127.0f);
+  const float s = Fp16ToFp32(*scale_f16);
+  for (int i = 0; i < n; ++i) {
+    const float r = s > 0.0f && std::isfinite(s) ? std::nearbyint(x[i] / s) : 0.0f;
+    q[i] = static_cast<int8_t>(std::clamp(r, -127.0f, 127.0f));
+  }
+}
+
+void QuantizeInt4(const float* x, int n, int64_t stride, uint8_t* q, int64_t q_stride,
+                  uint16_t* scale_f16, uint16_t* min_f16) {
+  float mn = INFINITY, mx = -INFINITY;
+  for (int i = 0; i < n; ++i) {
+    mn = std::min(mn, x[i * stride]);
+    mx = std::max(mx, x[i * stride]);
+  }
+  *min_f16 = Fp32ToFp16(mn);
+  *scale_f16 = Fp32ToFp16((mx - mn) / 15.0f);
+  const float s = Fp16ToFp32(*scale_f16), m = Fp16ToFp32(*min_f16);
+  for (int i = 0; i < n; ++i) {
+    const float r = s > 0.0f && std::isfinite(s) ? std::nearbyint((x[i * stride] - m) / s) : 0.0f;
+    q[i * q_stride] = static_cast<uint8_t>(std::clamp(r, 0.0f, 15.0f));
+  }
+}
+
+namespace {
+
+uint8_t* BlockAt(const KvGeometry& g, void* pool, const int32_t* table, int p) {
+  return static_cast<uint8_t*>(pool) + table[p / g.block_tokens] * g.block_bytes();
+}
+
+// Quantises a full int4 block from the f16 tail into `block`.
+void QuantizeInt4Block(const KvGeometry& g, const uint16_t* tail, uint8_t* block) {
+  const int t = g.block_tokens;
+  const int64_t c = g.kv_dim();
+  const KvBlockLayout lay(g);
+  std::vector<float> k(t * c), v(t * c);
+  for (int64_t i = 0; i < t * c; ++i) {
+    k[i] = Fp16ToFp32(tail[i]);
+    v[i] = Fp16ToFp32(tail[t * c + i]);
+  }
+  std::vector<uint8_t> qk(t * c), qv(t * c);
+  auto* k_scale = reinterpret_cast<uint16_t*>(block + lay.k_scale);
+  auto* k_min = reinterpret_cast<uint16_t*>(block + lay.k_min);
+  auto* v_scale = reinterpret_cast<uint16_t*>(block + lay.v_scale);
+  auto* v_min = reinterpret_cast<uint16_t*>(block + lay.v_min);
+  // K: per channel over the block's positions.
+  for (int64_t ch = 0; ch < c; ++ch) {
+    QuantizeInt4(&k[ch], t, c, &qk[ch], c, &k_scale[ch], &k_min[ch]);
+  }
+  // V: per position over groups of 32 channels.
+  const int64_t groups = c / kKvInt4Group;
+  for (int r = 0; r < t; ++r) {
+    for (int64_t gi = 0; gi < groups; ++gi) {
+      const int64_t off = r * c + gi * kKvInt4Group;
+      QuantizeInt4(&v[off], kKvInt4Group, 1, &qv[off], 1, &v_scale[r * groups + gi],
+                   &v_min[r * groups + gi]);
+    }
+  }
+  for (int r = 0; r < t; ++r) {
+    PackNibbles(&qk[r * c], static_cast<int>(c), block + lay.k + r * c / 2);
+    PackNibbles(&qv[r * c], static_cast<int>(c), block + lay.v + r * c / 2);
+  }
+}
+
+float Nibble(const uint8_t* row, int64_t ch) {
+  const int64_t g = ch / kKvInt4Group, j = ch % kKvInt4Group;
+  const uint8_t b = row[g * (kKvInt4Group / 2) + j % (kKvInt4Group / 2)];
+  return static_cast<float>(j < kKvInt4Group / 2 ? (b & 15) : (b >> 4));
+}
+
+}  // namespace
+
+void StoreKv(const KvGeometry& g, void* pool, const int32_t* block_table, int start_pos, int n,
+             const float* k, const float* v, void* tail) {
+  const int64_t c = g.kv_dim();
+  const int hd = g.head_dim;
+  const KvBlockLayout lay(g);
+  for (int t = 0; t < n; ++t) {
+    const int p = start_pos + t, r = p % g.block_tokens;
+    const float* kt = k + t * c;
+    const float* vt = v + t * c;
+    uint8_t* block = BlockAt(g, pool, block_table, p);
+    switch (g.type) {
+      case KvType::kF32:
+        std::memcpy(block + lay.k + r * c * 4, kt, c * 4);
+        std::memcpy(block + lay.v + r * c * 4, vt, c * 4);
+        break;
+      case KvType::kF16: {
+        auto* kd = reinterpret_cast<uint16_t*>(block + lay.k) + r * c;
+        auto* vd = reinterpret_cast<uint16_t*>(block + lay.v) + r * c;
+        for (int64_t i = 0; i < c; ++i) {
+          kd[i] = Fp32ToFp16(kt[i]);
+          vd[i] = Fp32ToFp16(vt[i]);
+        }
+        break;
+      }
+      case KvType::kInt8: {
+        auto* kq = reinterpret_cast<int8_t*>(block + lay.k) + r * c;
+        auto* vq = reinterpret_cast<int8_t*>(block + lay.v) + r * c;
+        auto* ks = reinterpret_cast<uint16_t*>(block + lay.k_scale) + r * g.n_kv_heads;
+        auto* vs = reinterpret_cast<uint16_t*>(block + lay.v_scale) + r * g.n_kv_heads;
+        for (int h = 0; h < g.n_kv_heads; ++h) {
+          QuantizeInt8(kt + h * hd, hd, kq + h * hd, &ks[h]);
+          QuantizeInt8(vt + h * hd, hd, vq + h * hd, &vs[h]);
+        }
+        break;
+      }
+      case KvType::kInt4: {
+        auto* tk = static_cast<uint16_t*>(tail) + r * c;
+        auto* tv = static_cast<uint16_t*>(tail) + (g.block_tokens + r) * c;
+        for (int64_t i = 0; i < c; ++i) {
+          tk[i] = Fp32ToFp16(kt[i]);
+          tv[i] = Fp32ToFp16(vt[i]);
+        }
+        if (r == g.block_tokens - 1) {
+          QuantizeInt4Block(g, static_cast<const uint16_t*>(tail), block);
+        }
+        break;
+      }
+    }
+  }
+}
+
+void LoadKv(const KvGeometry& g, const void* pool, const int32_t* block_table, const void* tail,
+            int stored, int p, float* k, float* v) {
+  const int64_t c = g.kv_dim();
+  const int hd = g.head_dim, r = p % g.block_tokens;
+  const KvBlockLayout lay(g);
+  const uint8_t* block = BlockAt(g, const_cast<void*>(pool), block_table, p);
+  switch (g.type) {
+    case KvType::kF32:
+      std::memcpy(k, block + lay.k + r * c * 4, c * 4);
+      std::memcpy(v, block + lay.v + r * c * 4, c * 4);
+      return;
+    case KvType::kF16: {
+      auto* ks = reinterpret_cast<const uint16_t*>(block + lay.k) + r * c;
+      auto* vs = reinterpret_cast<const uint16_t*>(block + lay.v) + r * c;
+      for (int64_t i = 0; i < c; ++i) {
+        k[i] = Fp16ToFp32(ks[i]);
+        v[i] = Fp16ToFp32(vs[i]);
+      }
+      return;
+    }
+    case KvType::kInt8: {
+      auto* kq = reinterpret_cast<const int8_t*>(block + lay.k) + r * c;
+      auto* vq = reinterpret_cast<const int8_t*>(block + lay.v) + r * c;
+      auto* ks = reinterpret_cast<const uint16_t*>(block + lay.k_scale) + r * g.n_kv_heads;
+      auto* vs = reinterpret_cast<const uint16_t*>(block + lay.v_scale) + r * g.n_kv_heads;
+      for (int64_t i = 0; i < c; ++i) {
+        k[i] = kq[i] * Fp16ToFp32(ks[i / hd]);
+        v[i] = vq[i] * Fp16ToFp32(vs[i / hd]);
+      }
+      return;
+    }
+    case KvType::kInt4: {
+      const int full_blocks = stored / g.block_tokens;
+      if (p / g.block_tokens >= full_blocks) {  // the partial block: f16 in the tail
+        auto* tk = static_cast<const uint16_t*>(tail) + r * c;
+        auto* tv = static_cast<const uint16_t*>(tail) + (g.block_tokens + r) * c;
+        for (int64_t i = 0; i < c; ++i) {
+          k[i] = Fp16ToFp32(tk[i]);
+          v[i] = Fp16ToFp32(tv[i]);
+        }
+        return;
+      }
+      const uint8_t* krow = block + lay.k + r * c / 2;
+      const uint8_t* vrow = block + lay.v + r * c / 2;
+      auto* k_scale = reinterpret_cast<const uint16_t*>(block + lay.k_scale);
+      auto* k_min = reinterpret_cast<const uint16_t*>(block + lay.k_min);
+      const int64_t groups = c / kKvInt4Group;
+      auto* v_scale = reinterpret_cast<const uint16_t*>(block + lay.v_scale) + r * groups;
+      auto* v_min = reinterpret_cast<const uint16_t*>(block + lay.v_min) + r * groups;
+      for (int64_t i = 0; i < c; ++i) {
+        k[i] = Nibble(krow, i) * Fp16ToFp32(k_scale[i]) + Fp16ToFp32(k_min[i]);
+        const int64_t gi = i / kKvInt4Group;
+        v[i] = Nibble(vrow, i) * Fp16ToFp32(v_scale[gi]) + Fp16ToFp32(v_min[gi]);
+      }
+      return;
+    }
+  }
+}
+
+}  // namespace kvshare::cpu

@@ -1,0 +1,44 @@
+// Storing K/V rows into a block of each KV type and reading them back, in plain scalar C++
+// (layouts: kernels/kv_type.h). These are the definitions of the types: WriteKv of the CPU
+// backend stores through StoreKv, the reference attention reads through LoadKv, and the SIMD
+// attention kernels (kv_chunk.h) are tested against it.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/kv_type.h"
+
+namespace kvshare::cpu {
+
+// Byte offsets of a block's parts (T = block_tokens, C = kv_dim, H = n_kv_heads).
+struct KvBlockLayout {
+  int64_t k, v;              // K and V payloads (f32/f16/int8/int4 rows)
+  int64_t k_scale, v_scale;  // int8: f16[T][H]; int4: K f16[C], V f16[T][C/32]
+  int64_t k_min, v_min;      // int4 only: K f16[C], V f16[T][C/32]
+  explicit KvBlockLayout(const KvGeometry& g);
+};
+
+// Stores positions start_pos..start_pos+n-1 (k, v: [n][kv_dim]) as g.type; see
+// Backend::WriteKv for the contract (int4 goes through `tail`).
+void StoreKv(const KvGeometry& g, void* pool, const int32_t* block_table, int start_pos, int n,
+             const float* k, const float* v, void* tail);
+
+// k, v[kv_dim] = position p's K and V as stored, of a sequence with `stored` positions.
+void LoadKv(const KvGeometry& g, const void* pool, const int32_t* block_table, const void* tail,
+            int stored, int p, float* k, float* v);
+
+// One int4 row of 32-channel groups: q[c] in [0, 15] packed two to a byte (byte j of a group
+// holds channel j low, j + 16 high). n % 32 == 0.
+void PackNibbles(const uint8_t* q, int n, uint8_t* packed);
+
+// The int8 quantiser of one (position, KV head) row: scale_f16 = fp16(max|x| / 127),
+// q = clamp(round_half_even(x / scale), -127, 127) with the fp16-rounded scale (0 when it is 0).
+void QuantizeInt8(const float* x, int n, int8_t* q, uint16_t* scale_f16);
+
+// The int4 asymmetric quantiser of n values x[i * stride]: min_f16 = fp16(min), scale_f16 =
+// fp16((max - min) / 15), q = clamp(round_half_even((x - min) / scale), 0, 15) with the
+// fp16-rounded scale and min (0 when the scale is 0).
+void QuantizeInt4(const float* x, int n, int64_t stride, uint8_t* q, int64_t q_stride,
+                  uint16_t* scale_f16, uint16_t* min_f16);
+
+}  // namespace kvshare::cpu

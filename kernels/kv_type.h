@@ -1,0 +1,58 @@
+// How K and V are stored in the paged KV pool, and the exact byte layout of one block.
+//
+// A block holds `block_tokens` consecutive positions of one layer of one sequence
+// (C = n_kv_heads * head_dim channels per position, H = n_kv_heads, T = block_tokens):
+//   f32   K f32[T][C], V f32[T][C]
+//   f16   K f16[T][C], V f16[T][C]                            (IEEE half, round to nearest)
+//   int8  K i8[T][C], V i8[T][C], K scale f16[T][H], V scale f16[T][H]
+//         symmetric per (position, KV head): x = q * scale, scale = max|x| / 127
+//   int4  K u4[T][C], V u4[T][C], K scale f16[C], K min f16[C],
+//         V scale f16[T][C/32], V min f16[T][C/32]
+//         asymmetric (KIVI): x = q * scale + min, q in [0, 15]; K per channel over the block's
+//         T positions, V per position over groups of 32 channels. Within each 32 channels of
+//         a row, byte j holds channel j in its low nibble and channel j + 16 in its high one.
+// An int4 block is quantised when it fills: until then its positions live in the sequence's
+// *tail* for that layer, an f16 block (K f16[T][C], V f16[T][C]) outside the pool, and the
+// block itself is untouched. Every other type writes each position into its block directly.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace kvshare {
+
+enum class KvType : uint8_t { kF32 = 0, kF16 = 1, kInt8 = 2, kInt4 = 3 };
+
+// "f32", "f16", "int8", "int4".
+const char* KvTypeName(KvType type);
+// The inverse of KvTypeName; InvalidArgument naming the accepted values otherwise.
+absl::StatusOr<KvType> ParseKvType(absl::string_view name);
+
+// int4 V groups (channels per scale) and the unit of the nibble packing.
+constexpr int kKvInt4Group = 32;
+
+// Geometry of the paged KV pool for one layer (or for all, when the type is uniform).
+// Block b starts at pool + b * block_bytes().
+struct KvGeometry {
+  int block_tokens = 16;
+  int n_kv_heads = 0;
+  int head_dim = 0;
+  KvType type = KvType::kF32;
+
+  int64_t kv_dim() const { return static_cast<int64_t>(n_kv_heads) * head_dim; }
+  // Exact bytes of one block (layouts above).
+  int64_t block_bytes() const;
+  // block_bytes() / 4: every layout is a whole number of floats.
+  int64_t block_floats() const { return block_bytes() / 4; }
+  // Bytes of the f16 tail an int4 layer keeps per sequence; 0 for the other types.
+  int64_t tail_bytes() const { return type == KvType::kInt4 ? 4LL * block_tokens * kv_dim() : 0; }
+};
+
+// Whether a pool of type g.type can hold this geometry: int4 needs head_dim % 32 == 0 (its
+// groups and nibble packing are 32 channels of one head). InvalidArgument naming the field.
+absl::Status ValidateKvGeometry(const KvGeometry& g);
+
+}  // namespace kvshare

@@ -1,0 +1,114 @@
+// The KV types' storage (kernels/kv_type.h, kernels/cpu/kv_codec.h) against values worked out
+// by hand (and with Python's struct 'e' half-precision codec): block sizes, fp16 rounding, the
+// int8 scale and codes, the int4 KIVI block (per-channel K, per-32-channel V, nibble order),
+// and the int4 tail: a block stays f16 in the tail until its last position arrives.
+#include "kernels/cpu/kv_codec.h"
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/cpu/half.h"
+#include "kernels/cpu/reference.h"
+
+namespace kvshare {
+namespace {
+
+TEST(KvCodecTest, BlockBytesPerTypeForSmolLm2) {
+  // SmolLM2-135M: 3 KV heads of 64 channels, 16-token blocks.
+  KvGeometry g{16, 3, 64, KvType::kF32};
+  EXPECT_EQ(g.block_bytes(), 2 * 16 * 192 * 4);  // 24576
+  g.type = KvType::kF16;
+  EXPECT_EQ(g.block_bytes(), 12288);
+  g.type = KvType::kInt8;
+  EXPECT_EQ(g.block_bytes(), 6144 + 2 * 16 * 3 * 2);  // codes + f16 scale per (token, head)
+  g.type = KvType::kInt4;
+  // nibbles 2 * 16 * 96, K scale+min per channel 4 * 192, V scale+min per (token, 32 ch) 4*16*6
+  EXPECT_EQ(g.block_bytes(), 3072 + 768 + 384);
+  EXPECT_EQ(g.tail_bytes(), 12288);
+  // Per token over 30 layers: 7920 bytes, 0.344 of llama.cpp's f16 23040.
+  EXPECT_EQ(g.block_bytes() * 30 / 16, 7920);
+}
+
+TEST(KvCodecTest, ParseKvTypeNamesTheAcceptedValues) {
+  EXPECT_EQ(*ParseKvType("int4"), KvType::kInt4);
+  auto bad = ParseKvType("q4_0");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("f32, f16, int8, int4"), std::string::npos);
+  EXPECT_FALSE(ValidateKvGeometry({16, 4, 8, KvType::kInt4}).ok());  // head_dim 8
+  EXPECT_TRUE(ValidateKvGeometry({16, 4, 8, KvType::kInt8}).ok());
+}
+
+TEST(KvCodecTest, F16RoundsToNearest) {
+  const KvGeometry g{2, 1, 8, KvType::kF16};
+  std::vector<float> pool(g.block_floats(), NAN), k(8, 1.0f / 3), v(8, -2.0f), ko(8), vo(8);
+  const int32_t table[] = {0};
+  cpu::ref::WriteKv(g, pool.data(), table, 0, 1, k.data(), v.data());
+  cpu::LoadKv(g, pool.data(), table, nullptr, 1, 0, ko.data(), vo.data());
+  EXPECT_EQ(ko[3], 0.333251953125f);
+  EXPECT_EQ(vo[7], -2.0f);
+}
+
+TEST(KvCodecTest, Int8IsSymmetricPerTokenAndHeadWithAnF16Scale) {
+  const KvGeometry g{2, 1, 8, KvType::kInt8};
+  const std::vector<float> x = {1.27f, -0.635f, 0.3f, 0.001f, -1.0f, 0.5f, 0.25f, 0.125f};
+  std::vector<float> neg(8), pool(g.block_floats(), NAN), ko(8), vo(8);
+  for (int i = 0; i < 8; ++i) neg[i] = -x[i];
+  const int32_t table[] = {0};
+  cpu::ref::WriteKv(g, pool.data(), table, 0, 1, x.data(), neg.data());
+  const auto* bytes = reinterpret_cast<const uint8_t*>(pool.data());
+  const cpu::KvBlockLayout lay(g);
+  uint16_t scale;
+  std::memcpy(&scale, bytes + lay.k_scale, 2);
+  EXPECT_EQ(scale, 0x211f);  // fp16(1.27 / 127) = 0.01000213623046875
+  const int8_t want_q[] = {127, -63, 30, 0, -100, 50, 25, 12};
+  EXPECT_EQ(0, std::memcmp(bytes + lay.k, want_q, 8));
+  cpu::LoadKv(g, pool.data(), table, nullptr, 1, 0, ko.data(), vo.data());
+  for (int i = 0; i < 8; ++i) {
+    EXPECT_EQ(ko[i], want_q[i] * 0.01000213623046875f) << i;
+    EXPECT_EQ(vo[i], -ko[i]) << i;
+  }
+}
+
+TEST(KvCodecTest, Int4QuantisesABlockOnlyWhenItFillsItsTailStaysF16) {
+  const KvGeometry g{4, 1, 32, KvType::kInt4};
+  // K[t][c] = 5 t (c % 4 + 1): per channel min 0, scale (c % 4 + 1), codes 5 t — exact.
+  // V[t][c] = 0.1 c - 1 for every t: min -1, scale fp16(3.1 / 15) = 0.2066650390625.
+  std::vector<float> k(4 * 32), v(4 * 32);
+  for (int t = 0; t < 4; ++t) {
+    for (int c = 0; c < 32; ++c) {
+      k[t * 32 + c] = 5.0f * t * (c % 4 + 1);
+      v[t * 32 + c] = static_cast<float>(c) * 0.1f - 1.0f;
+    }
+  }
+  std::vector<float> pool(2 * g.block_floats(), NAN), tail(g.tail_bytes() / 4, NAN);
+  const int32_t table[] = {1};
+  cpu::ref::WriteKv(g, pool.data(), table, 0, 3, k.data(), v.data(), tail.data());
+  // Three of four positions: the pool is untouched (NaN bytes), reads come from the tail.
+  std::vector<float> ko(32), vo(32);
+  for (size_t i = 0; i < pool.size(); ++i) ASSERT_TRUE(std::isnan(pool[i])) << i;
+  cpu::LoadKv(g, pool.data(), table, tail.data(), 3, 2, ko.data(), vo.data());
+  EXPECT_EQ(vo[3], cpu::Fp16ToFp32(cpu::Fp32ToFp16(v[3])));
+  EXPECT_EQ(ko[5], 20.0f);
+
+  cpu::ref::WriteKv(g, pool.data(), table, 3, 1, k.data() + 96, v.data() + 96, tail.data());
+  for (int64_t i = 0; i < g.block_floats(); ++i) ASSERT_TRUE(std::isnan(pool[i])) << i;  // block 0
+  const auto* block = reinterpret_cast<const uint8_t*>(pool.data()) + g.block_bytes();
+  const cpu::KvBlockLayout lay(g);
+  // V codes round((0.1 c) / 0.20666): 0 0 1 1 2 2 ... 15 15; byte j = code j | code (j+16) << 4.
+  EXPECT_EQ(block[lay.v + 0], 0x80);
+  EXPECT_EQ(block[lay.v + 2], 0x91);
+  EXPECT_EQ(block[lay.v + 15], 0xf7);
+  for (int t = 0; t < 4; ++t) {
+    cpu::LoadKv(g, pool.data(), table, tail.data(), 4, t, ko.data(), vo.data());
+    for (int c = 0; c < 32; ++c) {
+      ASSERT_EQ(ko[c], k[t * 32 + c]) << t << " " << c;
+      const int code = c / 2;
+      ASSERT_EQ(vo[c], code * 0.2066650390625f - 1.0f) << t << " " << c;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace kvshare
