@@ -54,8 +54,8 @@ const char* StateName(v1::RolloutState s) {
 void PrintRollout(const v1::Rollout& r) {
   std::vector<std::string> steps;
   for (int i = 0; i < r.steps_size(); ++i) {
-    steps.push_back(
-        absl::StrFormat(i == static_cast<int>(r.current_step()) ? "[%d%%]" : "%d%%", r.steps(i)));
+    steps.push_back(i == static_cast<int>(r.current_step()) ? absl::StrFormat("[%d%%]", r.steps(i))
+                                                            : absl::StrFormat("%d%%", r.steps(i)));
   }
   std::cout << absl::StrFormat(
       "rollout   %s  %s%s\n"

@@ -141,7 +141,7 @@ absl::StatusOr<v1::SearchJob> SearchJobRunner::Create(const v1::CreateSearchJobR
   const std::string hash = SearchJobRequestHash(request);
   const std::string& key = request.idempotency_key();
   // A retried create gets the first job, whatever it has become.
-  auto existing = [&]() -> absl::StatusOr<v1::SearchJob> {
+  auto existing = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> absl::StatusOr<v1::SearchJob> {
     const std::string& id = idempotency_keys_.at(key);
     const v1::SearchJob& record = jobs_.at(id)->record;
     if (record.request_hash() != hash) {
@@ -326,7 +326,7 @@ void SearchJobRunner::StopAdmitting() {
 }
 
 bool SearchJobRunner::WaitUntilIdle(absl::Duration timeout) {
-  auto idle = [this]() { return queued_ == 0 && running_ == 0; };
+  auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return queued_ == 0 && running_ == 0; };
   absl::MutexLock lock(&mu_);
   return mu_.AwaitWithTimeout(absl::Condition(&idle), timeout);
 }
@@ -415,7 +415,8 @@ void SearchJobRunner::JobThread() {
   for (;;) {
     std::shared_ptr<Job> job;
     {
-      auto ready = [this]() { return stopping_ || !queue_.empty(); };
+      auto ready = [this]()
+                       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || !queue_.empty(); };
       absl::MutexLock lock(&mu_, absl::Condition(&ready));
       if (queue_.empty()) return;  // stopping
       job = queue_.front();
