@@ -1,29 +1,15 @@
-// RolloutController: the control plane's state and decisions (DESIGN.md §2 Control plane) —
-// which strategy version every worker should run, given rollouts, operator pins and each
-// model's settled ("baseline") version — and the fleet as the strategy streams report it.
-//
-// What a worker should run, first match wins:
-//   1. a pin on its worker id, then a pin on one of its labels (first set wins);
-//   2. the model's active (running or paused) rollout, when the worker is eligible and was
-//      selected: the rollout's target;
-//   3. the baseline version of the worker's model (version 0 = the identity strategy);
-//   4. nothing: the worker keeps what it runs.
-// Eligible for a rollout: connected, not pinned, and carrying every label of the rollout's
-// selector — or, with no selector, announcing the rollout's model fingerprint.
-//
-// Rollout steps are percents of the eligible workers. Selection is sticky: workers are taken
-// in the order of a stable hash of their id (RolloutSelectionOrder), and a worker once
-// selected stays selected while the rollout lives (the list is persisted). A step advances
-// only when every selected worker runs the target (its ACK, or its hello after a reconnect);
-// a selected worker that is away counts as not done until `worker_expiry` has passed since it
-// was last seen (or since this process started). A NACK of the target pauses the rollout
-// with the worker's reason. Abort: the rollout ends and the workers it moved go back to the
-// baseline, which is the version the rollout started from.
+// RolloutController: the control plane's state and its I/O (DESIGN.md §2 Control plane) —
+// the rollouts, pins and baselines, and the fleet as the strategy streams report it. Which
+// version each worker should run, when a rollout step advances, and what NACKs and operator
+// commands do are the rollout policy's rules (rollout_policy.h); the controller applies them
+// under its lock after each stream event or command, sends workers the assignments that
+// changed, persists the state and tells watchers.
 //
 // Persistence: rollouts, pins and baselines are one JSON document (kvshare.v1.
-// FleetControlState) in `dir`/state.json, rewritten atomically (temporary, fsync, rename,
-// fsync the directory) before a change is acknowledged; Open() resumes from it. The fleet
-// itself is not persisted: workers announce themselves again when they reconnect.
+// FleetControlState) in `dir`/state.json, rewritten atomically before a change is
+// acknowledged; Open() resumes from it and refuses a state that is damaged, lost or
+// inconsistent with the strategy store (fleet_state_file.h). The fleet itself is not
+// persisted: workers announce themselves again when they reconnect.
 //
 // Thread-safe. Watchers are called after each change, outside the lock, from the thread that
 // made it.
@@ -43,6 +29,7 @@
 #include "absl/time/time.h"
 #include "kvshare/v1/registry.pb.h"
 #include "search_service/server/data_dir.h"
+#include "search_service/server/rollout_policy.h"
 #include "search_service/server/strategy_store.h"
 
 namespace kvshare {
@@ -55,9 +42,6 @@ class WorkerChannel {
   virtual void Send(const v1::StrategyAssignment& assignment) = 0;
 };
 
-// Worker ids in the order rollouts select them (stable hash of the id, then the id).
-std::vector<std::string> RolloutSelectionOrder(std::vector<std::string> worker_ids);
-
 struct RolloutControllerOptions {
   std::string dir;  // state.json lives here; created if missing; locked while open
   absl::Duration worker_expiry = absl::Seconds(30);
@@ -65,8 +49,9 @@ struct RolloutControllerOptions {
 
 class RolloutController {
  public:
-  // `store` must outlive the controller. DataLoss when state.json does not parse (the file is
-  // left as it is, for an operator to look at).
+  // `store` must outlive the controller. DataLoss naming the file, the field and the value when
+  // the saved state is damaged, lost or names versions the store lacks (fleet_state_file.h;
+  // the files are left as they are, for an operator to look at).
   static absl::StatusOr<std::unique_ptr<RolloutController>> Open(
       const RolloutControllerOptions& options, StrategyStore* store);
 
@@ -89,7 +74,7 @@ class RolloutController {
   absl::StatusOr<v1::Rollout> Resume(const std::string& id);
   absl::StatusOr<v1::Rollout> Promote(const std::string& id);
   absl::StatusOr<v1::Rollout> Abort(const std::string& id);
-  // `pin.model` is a fingerprint here.
+  // `pin.model` is a fingerprint here. NotFound naming the version when the store lacks it.
   absl::StatusOr<v1::Pin> SetPin(const v1::Pin& pin);
   absl::StatusOr<std::vector<v1::Pin>> ClearPin(const v1::Pin& pin);
   std::vector<v1::Pin> ListPins() const;
@@ -100,11 +85,10 @@ class RolloutController {
   void Unwatch(int handle);
 
  private:
-  struct WorkerEntry {
+  // A worker's stream, beside what the policy knows of it (state_.workers, same id).
+  struct WorkerStream {
     v1::WorkerHello hello;
     WorkerChannel* channel = nullptr;  // null: disconnected
-    uint64_t current_version = 0;
-    std::string current_id;
     bool has_assignment = false;
     uint64_t assigned_version = 0;
     std::string assigned_fingerprint, assigned_id, cause;
@@ -115,14 +99,8 @@ class RolloutController {
     bool pending = false;
     v1::StrategyAck last_ack;
     absl::Time last_ack_time = absl::InfinitePast();
-    absl::Time last_seen = absl::InfinitePast();
     v1::WorkerLoad load;
     int owning_layers = 0, n_layers = 0;
-  };
-  struct Desired {
-    std::string fingerprint;
-    uint64_t version = 0;
-    std::string cause;
   };
 
   RolloutController(RolloutControllerOptions options, StrategyStore* store,
@@ -131,22 +109,14 @@ class RolloutController {
 
   absl::Status Save() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   v1::Rollout* FindRollout(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  v1::Rollout* ActiveRollout(const std::string& fingerprint) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  const v1::Pin* PinFor(const WorkerEntry& w) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  bool Eligible(const v1::Rollout& r, const WorkerEntry& w) const
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  std::optional<Desired> DesiredFor(const WorkerEntry& w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // The strategy of (fingerprint, version); version 0 is the identity.
-  absl::StatusOr<std::shared_ptr<const SharingStrategy>> StrategyOf(const std::string& fingerprint,
-                                                                    uint64_t version) const;
-  // Selects workers, advances steps, sends assignments; persists what changed.
+  // Advances rollouts under the policy, sends assignments; persists what changed.
   void Reconcile() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  bool AdvanceRollout(v1::Rollout& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SendAssignments() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void Touch(v1::Rollout& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  WorkerEntry* EntryFor(WorkerChannel* channel) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The id of the worker on `channel`, or null.
+  const std::string* WorkerOn(WorkerChannel* channel) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void NotifyWatchers() ABSL_LOCKS_EXCLUDED(mu_);
-  // A state-changing operation on one rollout: runs `change`, reconciles, saves.
+  // A state-changing operation on one rollout: runs `change`, saves, reconciles; on a failed
+  // save the control state is as before.
   absl::StatusOr<v1::Rollout> Operate(const std::string& id,
                                       const std::function<absl::Status(v1::Rollout&)>& change);
 
@@ -156,8 +126,8 @@ class RolloutController {
   const absl::Time started_ = absl::Now();
 
   mutable absl::Mutex mu_;
-  v1::FleetControlState state_ ABSL_GUARDED_BY(mu_);
-  std::map<std::string, WorkerEntry> workers_ ABSL_GUARDED_BY(mu_);
+  RolloutPolicyState state_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, WorkerStream> streams_ ABSL_GUARDED_BY(mu_);
 
   absl::Mutex watch_mu_;
   std::map<int, std::function<void()>> watchers_ ABSL_GUARDED_BY(watch_mu_);
