@@ -59,6 +59,10 @@ int main(int argc, char** argv) {
                  "Directory of the strategy registry (strategies/) and job records (jobs/); "
                  "created if missing, one service per directory")
       ->required();
+  app.add_option("--store", f.server.store,
+                 "Where the strategy registry and the fleet state (rollouts, pins, baselines) "
+                 "live: empty = under --data-dir (one process); "
+                 "etcd://HOST:PORT[,HOST:PORT...]/PREFIX = etcd, shared by several replicas");
   app.add_option("--catalog", f.server.catalog_path,
                  "Model catalog JSON (models and calibration corpora by name; see "
                  "search_service/catalog.example.json). Default: SmolLM2-135M-Instruct and "
@@ -109,10 +113,12 @@ int main(int argc, char** argv) {
   auto server = kvshare::SearchServer::Start(f.server, &metrics);
   if (!server.ok()) return Fail(std::string(server.status().message()));
   spdlog::info(
-      "event=ready address={}:{} data_dir={} catalog_models={} max_concurrent_jobs={} "
+      "event=ready address={}:{} data_dir={} store=\"{}\" catalog_models={} max_concurrent_jobs={} "
       "max_queued_jobs={} metrics_port={} health=SERVING",
-      f.host, (*server)->port(), f.server.data_dir, (*server)->catalog().model_names().size(),
-      jobs.max_concurrent_jobs, jobs.max_queued_jobs, f.metrics_port);
+      f.host, (*server)->port(), f.server.data_dir,
+      f.server.store.empty() ? "directory" : f.server.store,
+      (*server)->catalog().model_names().size(), jobs.max_concurrent_jobs, jobs.max_queued_jobs,
+      f.metrics_port);
   if (!f.port_file.empty()) {
     s = kvshare::runtime::WritePortFile(f.port_file, (*server)->port());
     if (!s.ok()) return Fail(absl::StrFormat("--port-file: %s", s.message()));

@@ -41,27 +41,67 @@ void LogSaveFailure(const absl::Status& s) {
 
 absl::StatusOr<std::unique_ptr<RolloutController>> RolloutController::Open(
     const RolloutControllerOptions& options, StrategyStore* store) {
-  absl::Status s = MakeDirectoryDurably(options.dir);
-  if (!s.ok()) return s;
-  auto lock = DirectoryLock::Acquire(options.dir);
-  if (!lock.ok()) return lock.status();
-  auto state = ReadFleetState(options.dir, [store](const std::string& fingerprint, uint64_t v) {
+  auto state_store = DirectoryFleetState::Open(options.dir);
+  if (!state_store.ok()) return state_store.status();
+  return Open(options, store, std::move(*state_store));
+}
+
+absl::StatusOr<std::unique_ptr<RolloutController>> RolloutController::Open(
+    const RolloutControllerOptions& options, StrategyStore* store,
+    std::unique_ptr<FleetStateStore> state_store) {
+  auto state = state_store->Read([store](const std::string& fingerprint, uint64_t v) {
     return StrategyOf(*store, fingerprint, v).ok();
   });
   if (!state.ok()) return state.status();
-  std::unique_ptr<RolloutController> c(new RolloutController(options, store, std::move(*lock)));
+  std::unique_ptr<RolloutController> c(
+      new RolloutController(options, store, std::move(state_store)));
   c->state_.control = std::move(*state);  // not shared yet
   const v1::FleetControlState& loaded = c->state_.control;
   int active = 0;
   for (const v1::Rollout& r : loaded.rollouts()) active += IsActive(r);
   spdlog::info(
-      "event=fleet_state_loaded dir={} rollouts={} active={} pins={} baselines={} generation={}",
-      options.dir, loaded.rollouts_size(), active, loaded.pins_size(), loaded.baselines_size(),
-      loaded.generation());
+      "event=fleet_state_loaded from=\"{}\" rollouts={} active={} pins={} baselines={} "
+      "generation={}",
+      c->state_store_->Describe(), loaded.rollouts_size(), active, loaded.pins_size(),
+      loaded.baselines_size(), loaded.generation());
+  RolloutController* raw = c.get();
+  c->state_store_->Watch([raw](v1::FleetControlState s) { raw->Adopt(std::move(s)); });
   return c;
 }
 
-absl::Status RolloutController::Save() { return WriteFleetState(options_.dir, &state_.control); }
+RolloutController::~RolloutController() {
+  // Stops the state store's watch before what its callback uses goes.
+  state_store_->Watch(nullptr);
+}
+
+absl::Status RolloutController::Save(const v1::FleetControlState* before) {
+  absl::Status s = state_store_->Write(&state_.control);
+  if (!s.ok() && before != nullptr) state_.control = *before;
+  if (absl::IsAborted(s)) {
+    auto now = state_store_->Read([this](const std::string& fingerprint, uint64_t v) {
+      return StrategyOf(*store_, fingerprint, v).ok();
+    });
+    if (now.ok() && now->generation() > state_.control.generation()) {
+      spdlog::info("event=fleet_state_taken generation={} reason=\"a newer state was saved\"",
+                   now->generation());
+      state_.control = std::move(*now);
+    }
+  }
+  return s;
+}
+
+void RolloutController::Adopt(v1::FleetControlState state) {
+  {
+    absl::MutexLock lock(&mu_);
+    // Its own saves come back through the watch too; only newer states matter.
+    if (state.generation() <= state_.control.generation()) return;
+    spdlog::info("event=fleet_state_adopted generation={} rollouts={} pins={}", state.generation(),
+                 state.rollouts_size(), state.pins_size());
+    state_.control = std::move(state);
+    Reconcile();
+  }
+  NotifyWatchers();
+}
 
 v1::Rollout* RolloutController::FindRollout(const std::string& id) {
   for (v1::Rollout& r : *state_.control.mutable_rollouts()) {
@@ -112,13 +152,14 @@ void RolloutController::Reconcile() {
   // Sending may let a step complete only after ACKs, which come back through Ack(); selection
   // comes first so that a new step's workers get their assignments in the same pass.
   PolicyEvents events;
-  const bool changed = AdvanceRollouts(
-      state_,
-      [this](const std::string& fingerprint, uint64_t version) {
-        auto s = StrategyOf(*store_, fingerprint, version);
-        return s.ok() ? (*s)->id() : std::string();
-      },
-      PolicyClock{absl::Now(), started_, options_.worker_expiry}, &events);
+  const bool changed =
+      MayAdvance() && AdvanceRollouts(
+                          state_,
+                          [this](const std::string& fingerprint, uint64_t version) {
+                            auto s = StrategyOf(*store_, fingerprint, version);
+                            return s.ok() ? (*s)->id() : std::string();
+                          },
+                          PolicyClock{absl::Now(), started_, options_.worker_expiry}, &events);
   for (const std::string& e : events) spdlog::info("{}", e);
   SendAssignments();
   if (changed) LogSaveFailure(Save());
@@ -250,11 +291,8 @@ absl::StatusOr<v1::Rollout> RolloutController::CreateRollout(const std::string& 
     const v1::FleetControlState before = state_.control;
     auto r = StartRollout(state_.control, request, absl::Now());
     if (!r.ok()) return r.status();
-    absl::Status s = Save();
-    if (!s.ok()) {
-      state_.control = before;
-      return s;
-    }
+    absl::Status s = Save(&before);
+    if (!s.ok()) return s;
     spdlog::info(
         "event=rollout_created rollout={} model={} from={} to={} steps=[{}] selector=\"{}\"",
         r->rollout_id(), fingerprint.substr(0, 16), r->from_version(), target,
@@ -291,11 +329,8 @@ absl::StatusOr<v1::Rollout> RolloutController::Operate(
     const v1::FleetControlState before = state_.control;
     absl::Status s = change(*r);
     if (!s.ok()) return s;
-    s = Save();
-    if (!s.ok()) {
-      state_.control = before;
-      return s;
-    }
+    s = Save(&before);
+    if (!s.ok()) return s;
     Reconcile();
     out = *FindRollout(id);
   }
@@ -351,11 +386,8 @@ absl::StatusOr<v1::Pin> RolloutController::SetPin(const v1::Pin& pin) {
     absl::MutexLock lock(&mu_);
     const v1::FleetControlState before = state_.control;
     kvshare::SetPin(state_.control, pin);
-    absl::Status s = Save();
-    if (!s.ok()) {
-      state_.control = before;
-      return s;
-    }
+    absl::Status s = Save(&before);
+    if (!s.ok()) return s;
     spdlog::info("event=pin_set {} model={} version={}", PinName(pin), pin.model().substr(0, 16),
                  pin.version());
     Reconcile();
@@ -372,11 +404,8 @@ absl::StatusOr<std::vector<v1::Pin>> RolloutController::ClearPin(const v1::Pin& 
     if (!kvshare::ClearPin(state_.control, pin)) {
       return absl::NotFoundError(absl::StrFormat("no pin on %s", PinName(pin)));
     }
-    absl::Status s = Save();
-    if (!s.ok()) {
-      state_.control = before;
-      return s;
-    }
+    absl::Status s = Save(&before);
+    if (!s.ok()) return s;
     spdlog::info("event=pin_cleared {}", PinName(pin));
     Reconcile();
     out.assign(state_.control.pins().begin(), state_.control.pins().end());

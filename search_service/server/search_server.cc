@@ -2,6 +2,8 @@
 
 #include "absl/strings/str_format.h"
 #include "search_service/server/directory_strategy_store.h"
+#include "search_service/server/etcd_fleet_state.h"
+#include "search_service/server/etcd_strategy_store.h"
 #include "service_runtime/drain.h"
 #include "spdlog/spdlog.h"
 
@@ -22,9 +24,20 @@ absl::StatusOr<std::unique_ptr<SearchServer>> SearchServer::Start(
     if (!catalog.ok()) return catalog.status();
     server->catalog_ = std::move(*catalog);
   }
-  auto store = DirectoryStrategyStore::Open(options.data_dir + "/strategies");
-  if (!store.ok()) return store.status();
-  server->store_ = std::move(*store);
+  std::string etcd_prefix;
+  if (options.store.empty()) {
+    auto store = DirectoryStrategyStore::Open(options.data_dir + "/strategies");
+    if (!store.ok()) return store.status();
+    server->store_ = std::move(*store);
+  } else {
+    auto target = ParseEtcdUrl(options.store, "--store");
+    if (!target.ok()) return target.status();
+    etcd_prefix = target->prefix;
+    server->etcd_ = std::make_shared<EtcdClient>(target->endpoints);
+    auto store = EtcdStrategyStore::Open(server->etcd_, etcd_prefix);
+    if (!store.ok()) return store.status();
+    server->store_ = std::move(*store);
+  }
   if (metrics != nullptr) {
     metrics->strategy_records.Set(double(server->store_->List("").size()));
   }
@@ -39,7 +52,15 @@ absl::StatusOr<std::unique_ptr<SearchServer>> SearchServer::Start(
 
   RolloutControllerOptions fleet = options.fleet;
   fleet.dir = options.data_dir + "/fleet";
-  auto rollouts = RolloutController::Open(fleet, server->store_.get());
+  std::unique_ptr<FleetStateStore> fleet_state;
+  if (server->etcd_ != nullptr) {
+    fleet_state = std::make_unique<EtcdFleetState>(server->etcd_, etcd_prefix);
+  } else {
+    auto directory = DirectoryFleetState::Open(fleet.dir);
+    if (!directory.ok()) return directory.status();
+    fleet_state = std::move(*directory);
+  }
+  auto rollouts = RolloutController::Open(fleet, server->store_.get(), std::move(fleet_state));
   if (!rollouts.ok()) return rollouts.status();
   server->rollouts_ = std::move(*rollouts);
   server->stream_service_ = std::make_unique<StrategyStreamService>(server->rollouts_.get());

@@ -1,8 +1,8 @@
-// The search service assembled: model catalog, strategy store (data_dir/strategies), job
-// runner (records in data_dir/jobs), SearchService + StrategyRegistry + health + reflection on
-// one gRPC port, with the fleet's control plane (StrategyDistribution streams to workers and
-// the Rollouts service over a RolloutController, state in data_dir/fleet). kvshare-search's main
-// and the tests start it the same way.
+// The search service assembled: model catalog, strategy store (data_dir/strategies, or etcd),
+// job runner (records in data_dir/jobs), SearchService + StrategyRegistry + health +
+// reflection on one gRPC port, with the fleet's control plane (StrategyDistribution streams to
+// workers and the Rollouts service over a RolloutController, state in data_dir/fleet or etcd).
+// kvshare-search's main and the tests start it the same way.
 //
 // Start() opens the store (refusing a damaged one), reports jobs the previous process left
 // unfinished as FAILED, listens, and reports SERVING. Drain(grace) reports NOT_SERVING, stops
@@ -15,6 +15,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "search_service/server/etcd_client.h"
 #include "search_service/server/model_catalog.h"
 #include "search_service/server/rollout_controller.h"
 #include "search_service/server/rollout_service.h"
@@ -30,9 +31,12 @@ namespace kvshare {
 
 struct SearchServerOptions {
   std::string address = "0.0.0.0:50061";  // port 0 picks a free one
-  std::string data_dir;                   // required
-  std::string catalog_path;               // empty: ModelCatalog::Default()
-  SearchJobRunnerOptions jobs;            // jobs_dir is set to data_dir/jobs
+  std::string data_dir;                   // required (job records live here in any case)
+  // Where the registry and the fleet state live: "" = data_dir/strategies and data_dir/fleet;
+  // "etcd://HOST:PORT[,HOST:PORT...]/PREFIX" = etcd, shared with other replicas.
+  std::string store;
+  std::string catalog_path;     // empty: ModelCatalog::Default()
+  SearchJobRunnerOptions jobs;  // jobs_dir is set to data_dir/jobs
   // Rollouts, pins and baselines (data_dir/fleet/state.json); fleet.dir is set to data_dir/fleet.
   RolloutControllerOptions fleet;
 };
@@ -59,6 +63,7 @@ class SearchServer {
 
   // Destroyed in reverse: the gRPC server stops before what its services use.
   std::unique_ptr<ModelCatalog> catalog_;
+  std::shared_ptr<const EtcdClient> etcd_;  // with --store etcd://
   std::unique_ptr<StrategyStore> store_;
   std::unique_ptr<SearchJobRunner> runner_;
   std::unique_ptr<SearchJobService> search_service_;
