@@ -93,7 +93,14 @@ int main(int argc, char** argv) {
                  "process started) before it stops holding a rollout step up")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  double leader_ttl_s = 5;
+  app.add_option("--leader-ttl", leader_ttl_s,
+                 "With an etcd --store: seconds of the leader's lease; a dead leader's rollouts "
+                 "resume on another replica within it")
+      ->capture_default_str()
+      ->check(CLI::Range(1.0, 600.0));
   CLI11_PARSE(app, argc, argv);
+  f.server.leader_ttl = absl::Seconds(leader_ttl_s);
   f.server.fleet.worker_expiry = absl::Seconds(worker_expiry_s);
 
   absl::Status s = kvshare::runtime::SetUpServiceLogging("kvshare-search", f.log_level);

@@ -90,6 +90,27 @@ absl::Status RolloutController::Save(const v1::FleetControlState* before) {
   return s;
 }
 
+void RolloutController::TakeLead() {
+  {
+    absl::MutexLock lock(&mu_);
+    auto stored = state_store_->Read([this](const std::string& fingerprint, uint64_t v) {
+      return StrategyOf(*store_, fingerprint, v).ok();
+    });
+    if (!stored.ok()) {
+      spdlog::error("event=fleet_state_read_failed error=\"{}\"",
+                    std::string(stored.status().message()));
+    } else if (stored->generation() > state_.control.generation()) {
+      state_.control = std::move(*stored);
+    }
+    int active = 0;
+    for (const v1::Rollout& r : state_.control.rollouts()) active += IsActive(r);
+    spdlog::info("event=rollouts_resumed active={} generation={}", active,
+                 state_.control.generation());
+    Reconcile();
+  }
+  NotifyWatchers();
+}
+
 void RolloutController::Adopt(v1::FleetControlState state) {
   {
     absl::MutexLock lock(&mu_);

@@ -92,6 +92,10 @@ class RolloutController {
   std::vector<v1::Pin> ListPins() const;
   v1::FleetStatus Fleet() const;
 
+  // This replica just became the leader: takes the stored state if it is newer than the one
+  // in memory, and advances rollouts from there.
+  void TakeLead();
+
   // Called after every change of rollouts, pins or the fleet. Returns a handle for Unwatch.
   int Watch(std::function<void()> on_change);
   void Unwatch(int handle);

@@ -1,5 +1,7 @@
 #include "search_service/server/search_server.h"
 
+#include <unistd.h>
+
 #include "absl/strings/str_format.h"
 #include "search_service/server/directory_strategy_store.h"
 #include "search_service/server/etcd_fleet_state.h"
@@ -60,6 +62,10 @@ absl::StatusOr<std::unique_ptr<SearchServer>> SearchServer::Start(
     if (!directory.ok()) return directory.status();
     fleet_state = std::move(*directory);
   }
+  SearchServer* raw = server.get();
+  if (server->etcd_ != nullptr) {
+    fleet.may_advance = [raw] { return raw->election_ != nullptr && raw->election_->leading(); };
+  }
   auto rollouts = RolloutController::Open(fleet, server->store_.get(), std::move(fleet_state));
   if (!rollouts.ok()) return rollouts.status();
   server->rollouts_ = std::move(*rollouts);
@@ -80,12 +86,44 @@ absl::StatusOr<std::unique_ptr<SearchServer>> SearchServer::Start(
   if (!grpc.ok()) return grpc.status();
   server->grpc_ = std::move(*grpc);
   server->grpc_->SetServing(true);
+  if (server->etcd_ != nullptr) {
+    LeaderElectionOptions election;
+    election.key = etcd_prefix + "/leader";
+    char host[256] = {0};
+    ::gethostname(host, sizeof(host) - 1);
+    election.id = absl::StrFormat("%s:%d/pid%d", host, server->grpc_->port(), ::getpid());
+    election.ttl = options.leader_ttl;
+    server->election_ = LeaderElection::Start(server->etcd_, election, [raw](bool leading) {
+      if (leading) raw->rollouts_->TakeLead();
+    });
+    const std::string probe_key = election.key;
+    const absl::Duration every = options.etcd_probe_interval;
+    server->probe_ = std::thread([raw, probe_key, every] {
+      bool up = true;
+      do {
+        const absl::Status s = raw->etcd_->Get(probe_key).status();
+        if (s.ok() != up) {
+          up = s.ok();
+          spdlog::warn("event={} error=\"{}\"", up ? "etcd_reachable" : "etcd_unreachable",
+                       std::string(s.message()));
+        }
+        raw->grpc_->SetServing(up && !raw->drain_started_);
+      } while (!raw->stop_probe_.WaitForNotificationWithTimeout(every));
+    });
+  }
   return server;
 }
 
-SearchServer::~SearchServer() { Shutdown(absl::ZeroDuration()); }
+SearchServer::~SearchServer() {
+  stop_probe_.Notify();
+  if (probe_.joinable()) probe_.join();
+  // Gives the lead up at once (the lease is revoked) rather than after its TTL.
+  election_.reset();
+  Shutdown(absl::ZeroDuration());
+}
 
 bool SearchServer::Drain(absl::Duration grace) {
+  drain_started_ = true;
   runtime::DrainSteps steps;
   steps.stop_admitting = [this] { runner_->StopAdmitting(); };
   steps.wait_until_idle = [this](absl::Duration timeout) {
