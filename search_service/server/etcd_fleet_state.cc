@@ -3,16 +3,127 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "google/protobuf/util/json_util.h"
+#include "nlohmann/json.hpp"
 #include "spdlog/spdlog.h"
 
 namespace kvshare {
 
+namespace {
+
+using json = nlohmann::json;
+
+std::string WorkerJson(const FleetWorker& w) {
+  json j = {{"model_fingerprint", w.model_fingerprint},
+            {"labels", w.labels},
+            {"connected", w.connected},
+            {"current_version", w.current_version},
+            {"current_strategy_id", w.current_strategy_id},
+            {"last_seen_ms", absl::ToUnixMillis(w.last_seen)}};
+  return j.dump();
+}
+
+std::optional<FleetWorker> ParseWorker(const std::string& worker_id, const std::string& text) {
+  const json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object()) return std::nullopt;
+  FleetWorker w;
+  w.worker_id = worker_id;
+  auto str = [&](const char* k) {
+    auto it = j.find(k);
+    return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+  };
+  w.model_fingerprint = str("model_fingerprint");
+  w.current_strategy_id = str("current_strategy_id");
+  if (auto it = j.find("connected"); it != j.end() && it->is_boolean()) w.connected = *it;
+  if (auto it = j.find("current_version"); it != j.end() && it->is_number_unsigned()) {
+    w.current_version = it->get<uint64_t>();
+  }
+  if (auto it = j.find("last_seen_ms"); it != j.end() && it->is_number_integer()) {
+    w.last_seen = absl::FromUnixMillis(it->get<int64_t>());
+  }
+  if (auto it = j.find("labels"); it != j.end() && it->is_object()) {
+    for (const auto& [k, v] : it->items()) {
+      if (v.is_string()) w.labels[k] = v.get<std::string>();
+    }
+  }
+  return w;
+}
+
+}  // namespace
+
 EtcdFleetState::EtcdFleetState(std::shared_ptr<const EtcdClient> client, const std::string& prefix)
     : client_(std::move(client)),
       state_key_(prefix + "/fleet/state"),
-      generation_key_(prefix + "/fleet/generation") {}
+      generation_key_(prefix + "/fleet/generation"),
+      workers_prefix_(prefix + "/fleet/workers/") {}
 
-EtcdFleetState::~EtcdFleetState() { watch_.reset(); }
+void EtcdFleetState::SetReplica(std::string replica, std::function<int64_t()> lease_of) {
+  absl::MutexLock lock(&mu_);
+  replica_ = std::move(replica);
+  lease_of_ = std::move(lease_of);
+}
+
+EtcdFleetState::~EtcdFleetState() {
+  watch_.reset();
+  workers_watch_.reset();
+}
+
+void EtcdFleetState::PublishWorker(const FleetWorker& worker) {
+  const std::string value = WorkerJson(worker);
+  std::string replica;
+  int64_t lease = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!lease_of_ || replica_.empty()) return;
+    replica = replica_;
+    lease = lease_of_();
+    if (lease == 0) return;
+    auto it = published_.find(worker.worker_id);
+    if (it != published_.end() && it->second == std::make_pair(value, lease)) return;
+  }
+  const std::string key = workers_prefix_ + worker.worker_id + "/" + replica;
+  auto put = client_->Put(key, value, lease);
+  if (!put.ok()) {
+    spdlog::warn("event=worker_record_failed key={} error=\"{}\"", key,
+                 std::string(put.status().message()));
+    return;
+  }
+  absl::MutexLock lock(&mu_);
+  published_[worker.worker_id] = {value, lease};
+}
+
+void EtcdFleetState::WatchWorkers(WorkerUpdate on_update) {
+  workers_watch_.reset();
+  if (!on_update) return;
+  // (worker id, replica) of a key under workers_prefix_.
+  auto split = [this](const std::string& key, std::string* worker, std::string* replica) {
+    if (key.compare(0, workers_prefix_.size(), workers_prefix_) != 0) return false;
+    const std::string rest = key.substr(workers_prefix_.size());
+    const size_t slash = rest.rfind('/');
+    if (slash == std::string::npos || slash == 0) return false;
+    *worker = rest.substr(0, slash);
+    *replica = rest.substr(slash + 1);
+    return true;
+  };
+  int64_t from = 1;
+  auto now = client_->GetPrefix(workers_prefix_);
+  if (now.ok()) {
+    from = now->revision + 1;
+    for (const EtcdKeyValue& kv : now->kvs) {
+      std::string worker, replica;
+      if (split(kv.key, &worker, &replica) && replica != Replica()) {
+        on_update(replica, worker, ParseWorker(worker, kv.value));
+      }
+    }
+  }
+  workers_watch_ =
+      client_->Watch(workers_prefix_, from, [this, split, on_update](const EtcdWatchBatch& batch) {
+        for (const EtcdEvent& e : batch.events) {
+          std::string worker, replica;
+          if (!split(e.kv.key, &worker, &replica) || replica == Replica()) continue;
+          on_update(replica, worker, e.deleted ? std::nullopt : ParseWorker(worker, e.kv.value));
+        }
+      });
+}
 
 void EtcdFleetState::SetWriteFence(std::optional<EtcdCompare> fence) {
   absl::MutexLock lock(&mu_);

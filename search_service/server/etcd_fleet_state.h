@@ -16,8 +16,15 @@
 // state, never read as an empty fleet). Watch() follows P/fleet/state with an etcd watch and
 // delivers every state saved from the watch's start (this replica's own writes included: the
 // receiver keeps only generations newer than its own).
+//
+// Workers: P/fleet/workers/<worker id>/<replica id> holds what replica <replica id> knows of a
+// worker streaming to it (JSON), bound to that replica's lease (`lease_of`: the leader
+// election's), so a dead replica's workers vanish with its lease. A record is rewritten only
+// when it changed or the lease did.
 #pragma once
 
+#include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -37,21 +44,34 @@ class EtcdFleetState : public FleetStateStore {
   absl::Status Write(v1::FleetControlState* state) override;
   void Watch(std::function<void(v1::FleetControlState)> on_change) override;
   std::string Describe() const override { return "etcd " + state_key_; }
+  void PublishWorker(const FleetWorker& worker) override;
+  void WatchWorkers(WorkerUpdate on_update) override;
 
+  // `replica` names this replica's worker records; `lease_of` gives the lease they are bound
+  // to (0: none yet). Until this is called, PublishWorker writes nothing.
+  void SetReplica(std::string replica, std::function<int64_t()> lease_of);
   // Writes succeed only while `fence` holds too (nullopt: no fence).
   void SetWriteFence(std::optional<EtcdCompare> fence);
 
   const std::string& state_key() const { return state_key_; }
+  std::string Replica() const {
+    absl::MutexLock lock(&mu_);
+    return replica_;
+  }
   const std::string& generation_key() const { return generation_key_; }
 
  private:
   const std::shared_ptr<const EtcdClient> client_;
-  const std::string state_key_, generation_key_;
-  absl::Mutex mu_;
+  const std::string state_key_, generation_key_, workers_prefix_;
+  std::string replica_ ABSL_GUARDED_BY(mu_);
+  std::function<int64_t()> lease_of_ ABSL_GUARDED_BY(mu_);
+  mutable absl::Mutex mu_;
   VersionExists version_exists_ ABSL_GUARDED_BY(mu_);
   int64_t read_revision_ ABSL_GUARDED_BY(mu_) = 0;  // the etcd revision Read() saw
   std::optional<EtcdCompare> fence_ ABSL_GUARDED_BY(mu_);
-  std::unique_ptr<EtcdWatch> watch_;
+  // What was last written per worker: (value, lease).
+  std::map<std::string, std::pair<std::string, int64_t>> published_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<EtcdWatch> watch_, workers_watch_;
 };
 
 }  // namespace kvshare

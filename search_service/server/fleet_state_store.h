@@ -14,11 +14,19 @@
 //   - Watch() calls `on_change` with each state saved after Read(), in order (possibly this
 //     object's own writes too: keep only generations newer than yours), from a thread of the
 //     store's; at most one watcher; Watch(nullptr) stops watching and returns once no call runs.
+//
+// The fleet's workers, for a leader that must see the workers streaming to other replicas:
+// PublishWorker() records what this replica knows of one of its workers (etcd: a key bound
+// to the replica's lease, so it goes when the replica dies); WatchWorkers() delivers every
+// replica's records (the current ones first), and their removal as nullopt. The directory
+// store has one process, which sees every worker itself: both do nothing there.
+//
 // Thread-compatible: the controller calls it under its lock.
 #pragma once
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
@@ -26,6 +34,7 @@
 #include "kvshare/v1/registry.pb.h"
 #include "search_service/server/data_dir.h"
 #include "search_service/server/fleet_state_file.h"
+#include "search_service/server/rollout_policy.h"
 
 namespace kvshare {
 
@@ -37,6 +46,12 @@ class FleetStateStore {
   virtual void Watch(std::function<void(v1::FleetControlState)> on_change) = 0;
   // Where the state lives, for logs: a path or "etcd KEY".
   virtual std::string Describe() const = 0;
+
+  using WorkerUpdate = std::function<void(const std::string& replica, const std::string& worker_id,
+                                          std::optional<FleetWorker> worker)>;
+  virtual void PublishWorker(const FleetWorker& /*worker*/) {}
+  // Watch(nullptr)'s rule holds here too.
+  virtual void WatchWorkers(WorkerUpdate /*on_update*/) {}
 };
 
 class DirectoryFleetState : public FleetStateStore {

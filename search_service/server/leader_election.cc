@@ -75,8 +75,10 @@ void LeaderElection::Run() {
         if (mine) Set(true);
       }
     }
+    lease_ = lease;
     stop_.WaitForNotificationWithTimeout(leading() ? refresh_every : options_.poll);
   }
+  lease_ = 0;
   if (lease != 0) (void)client_->RevokeLease(lease);
   Set(false);
 }

@@ -41,6 +41,9 @@ class LeaderElection {
   ~LeaderElection();
 
   bool leading() const { return leading_.load(); }
+  // The lease this replica campaigns with (0: none at the moment); other keys that must go
+  // when this replica dies can be bound to it.
+  int64_t lease() const { return lease_.load(); }
   const std::string& id() const { return options_.id; }
   // The current leader's id ("" when none, or etcd cannot be reached).
   std::string Leader() const;
@@ -60,6 +63,7 @@ class LeaderElection {
   const LeaderElectionOptions options_;
   const std::function<void(bool)> on_change_;
   std::atomic<bool> leading_{false};
+  std::atomic<int64_t> lease_{0};
   absl::Notification stop_;
   std::thread thread_;
 };

@@ -66,12 +66,71 @@ absl::StatusOr<std::unique_ptr<RolloutController>> RolloutController::Open(
       loaded.baselines_size(), loaded.generation());
   RolloutController* raw = c.get();
   c->state_store_->Watch([raw](v1::FleetControlState s) { raw->Adopt(std::move(s)); });
+  c->state_store_->WatchWorkers(
+      [raw](const std::string& replica, const std::string& id, std::optional<FleetWorker> w) {
+        raw->RemoteWorker(replica, id, std::move(w));
+      });
   return c;
 }
 
 RolloutController::~RolloutController() {
-  // Stops the state store's watch before what its callback uses goes.
+  // Stops the state store's watches before what their callbacks use goes.
   state_store_->Watch(nullptr);
+  state_store_->WatchWorkers(nullptr);
+}
+
+void RolloutController::RemoteWorker(const std::string& replica, const std::string& worker_id,
+                                     std::optional<FleetWorker> worker) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (worker.has_value()) {
+      remote_[worker_id][replica] = std::move(*worker);
+    } else {
+      remote_[worker_id].erase(replica);
+    }
+    MergeWorker(worker_id);
+    Reconcile();
+  }
+  NotifyWatchers();
+}
+
+void RolloutController::MergeWorker(const std::string& worker_id) {
+  auto local = streams_.find(worker_id);
+  if (local != streams_.end() && local->second.channel != nullptr) return;
+  const FleetWorker* best = nullptr;
+  if (auto it = remote_.find(worker_id); it != remote_.end()) {
+    for (const auto& [replica, w] : it->second) {
+      if (best == nullptr || (w.connected && !best->connected) ||
+          (w.connected == best->connected && w.last_seen > best->last_seen)) {
+        best = &w;
+      }
+    }
+  }
+  if (best != nullptr) {
+    FleetWorker& fw = state_.workers[worker_id];
+    const bool was_connected = fw.connected;
+    fw = *best;
+    fw.worker_id = worker_id;
+    if (fw.connected) fw.last_seen = absl::Now();
+    if (!fw.connected && was_connected) fw.last_seen = absl::Now();
+    return;
+  }
+  auto it = state_.workers.find(worker_id);
+  if (it != state_.workers.end() && it->second.connected) {
+    // Its replica went (its lease expired) and nobody else has it yet.
+    it->second.connected = false;
+    it->second.last_seen = absl::Now();
+  }
+}
+
+void RolloutController::PublishLocal(const std::string& worker_id) {
+  auto it = state_.workers.find(worker_id);
+  if (it == state_.workers.end()) return;
+  FleetWorker w = it->second;
+  // A connected worker's last_seen matters to nobody else; leaving it out saves a write per
+  // load report.
+  if (w.connected) w.last_seen = absl::UnixEpoch();
+  state_store_->PublishWorker(w);
 }
 
 absl::Status RolloutController::Save(const v1::FleetControlState* before) {
@@ -169,19 +228,24 @@ void RolloutController::SendAssignments() {
   }
 }
 
+bool RolloutController::Advance() {
+  if (!MayAdvance()) return false;
+  PolicyEvents events;
+  const bool changed = AdvanceRollouts(
+      state_,
+      [this](const std::string& fingerprint, uint64_t version) {
+        auto s = StrategyOf(*store_, fingerprint, version);
+        return s.ok() ? (*s)->id() : std::string();
+      },
+      PolicyClock{absl::Now(), started_, options_.worker_expiry}, &events);
+  for (const std::string& e : events) spdlog::info("{}", e);
+  return changed;
+}
+
 void RolloutController::Reconcile() {
   // Sending may let a step complete only after ACKs, which come back through Ack(); selection
   // comes first so that a new step's workers get their assignments in the same pass.
-  PolicyEvents events;
-  const bool changed =
-      MayAdvance() && AdvanceRollouts(
-                          state_,
-                          [this](const std::string& fingerprint, uint64_t version) {
-                            auto s = StrategyOf(*store_, fingerprint, version);
-                            return s.ok() ? (*s)->id() : std::string();
-                          },
-                          PolicyClock{absl::Now(), started_, options_.worker_expiry}, &events);
-  for (const std::string& e : events) spdlog::info("{}", e);
+  const bool changed = Advance();
   SendAssignments();
   if (changed) LogSaveFailure(Save());
 }
@@ -217,6 +281,7 @@ void RolloutController::Hello(WorkerChannel* channel, const v1::WorkerHello& hel
     spdlog::info("event=worker_hello worker_id={} address={} fingerprint={} version={} labels={}",
                  id, hello.address(), hello.model_fingerprint().substr(0, 16),
                  hello.current_version(), hello.labels_size());
+    PublishLocal(id);
     Reconcile();
   }
   NotifyWatchers();
@@ -252,6 +317,7 @@ void RolloutController::Ack(WorkerChannel* channel, const v1::StrategyAck& ack) 
       }
       if (!paused.empty()) LogSaveFailure(Save());
     }
+    PublishLocal(*id);
     Reconcile();
   }
   NotifyWatchers();
@@ -264,7 +330,8 @@ void RolloutController::Load(WorkerChannel* channel, const v1::WorkerLoad& load)
     if (id == nullptr) return;
     streams_.at(*id).load = load;
     state_.workers.at(*id).last_seen = absl::Now();
-    Reconcile();  // lets expiries of absent workers take effect
+    PublishLocal(*id);  // written only when it changed (or the replica's lease did)
+    Reconcile();        // lets expiries of absent workers take effect
   }
   NotifyWatchers();
 }
@@ -281,6 +348,8 @@ void RolloutController::Disconnected(WorkerChannel* channel) {
     fw.connected = false;
     fw.last_seen = absl::Now();
     spdlog::info("event=worker_disconnected worker_id={}", *id);
+    PublishLocal(*id);
+    MergeWorker(*id);  // it may be streaming to another replica already
     Reconcile();
   }
   NotifyWatchers();
@@ -312,6 +381,9 @@ absl::StatusOr<v1::Rollout> RolloutController::CreateRollout(const std::string& 
     const v1::FleetControlState before = state_.control;
     auto r = StartRollout(state_.control, request, absl::Now());
     if (!r.ok()) return r.status();
+    // Selected before the first save: other replicas never see the rollout without its first
+    // step's workers (they would send those workers the baseline meanwhile).
+    Advance();
     absl::Status s = Save(&before);
     if (!s.ok()) return s;
     spdlog::info(
@@ -465,6 +537,18 @@ v1::FleetStatus RolloutController::Fleet() const {
     *s->mutable_load() = w.load;
     s->set_owning_layers(w.owning_layers);
     s->set_n_layers(w.n_layers);
+  }
+  // Workers streaming to other replicas, as they report them.
+  for (const auto& [id, fw] : state_.workers) {
+    if (streams_.count(id) > 0) continue;
+    v1::WorkerStatus* s = out.add_workers();
+    s->set_worker_id(id);
+    s->set_model_fingerprint(fw.model_fingerprint);
+    s->mutable_labels()->insert(fw.labels.begin(), fw.labels.end());
+    s->set_connected(fw.connected);
+    s->set_current_version(fw.current_version);
+    s->set_current_strategy_id(fw.current_strategy_id);
+    ToTimestamp(fw.last_seen, s->mutable_last_seen());
   }
   for (const v1::Rollout& r : state_.control.rollouts()) {
     if (IsActive(r)) *out.add_active_rollouts() = r;

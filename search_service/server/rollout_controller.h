@@ -129,8 +129,19 @@ class RolloutController {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A state another replica saved (the state store's watch).
   void Adopt(v1::FleetControlState state) ABSL_LOCKS_EXCLUDED(mu_);
+  // What another replica says of a worker streaming to it (nullopt: no longer).
+  void RemoteWorker(const std::string& replica, const std::string& worker_id,
+                    std::optional<FleetWorker> worker) ABSL_LOCKS_EXCLUDED(mu_);
+  // state_.workers[worker_id] from the local stream when it is connected, else from the other
+  // replicas' records (a connected one first, else the latest seen).
+  void MergeWorker(const std::string& worker_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Tells the other replicas (through the state store) what this one knows of a worker.
+  void PublishLocal(const std::string& worker_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool MayAdvance() const { return !options_.may_advance || options_.may_advance(); }
   v1::Rollout* FindRollout(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Advances rollouts under the policy when this controller may (MayAdvance); true when the
+  // state changed.
+  bool Advance() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Advances rollouts under the policy, sends assignments; persists what changed.
   void Reconcile() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SendAssignments() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -150,6 +161,8 @@ class RolloutController {
   mutable absl::Mutex mu_;
   RolloutPolicyState state_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, WorkerStream> streams_ ABSL_GUARDED_BY(mu_);
+  // Workers streaming to other replicas: worker id -> replica -> what it says.
+  std::map<std::string, std::map<std::string, FleetWorker>> remote_ ABSL_GUARDED_BY(mu_);
 
   absl::Mutex watch_mu_;
   std::map<int, std::function<void()>> watchers_ ABSL_GUARDED_BY(watch_mu_);

@@ -55,8 +55,11 @@ absl::StatusOr<std::unique_ptr<SearchServer>> SearchServer::Start(
   RolloutControllerOptions fleet = options.fleet;
   fleet.dir = options.data_dir + "/fleet";
   std::unique_ptr<FleetStateStore> fleet_state;
+  EtcdFleetState* etcd_fleet_state = nullptr;
   if (server->etcd_ != nullptr) {
-    fleet_state = std::make_unique<EtcdFleetState>(server->etcd_, etcd_prefix);
+    auto etcd_state = std::make_unique<EtcdFleetState>(server->etcd_, etcd_prefix);
+    etcd_fleet_state = etcd_state.get();
+    fleet_state = std::move(etcd_state);
   } else {
     auto directory = DirectoryFleetState::Open(fleet.dir);
     if (!directory.ok()) return directory.status();
@@ -96,6 +99,8 @@ absl::StatusOr<std::unique_ptr<SearchServer>> SearchServer::Start(
     server->election_ = LeaderElection::Start(server->etcd_, election, [raw](bool leading) {
       if (leading) raw->rollouts_->TakeLead();
     });
+    // This replica's workers, for the leader: bound to the election's lease.
+    etcd_fleet_state->SetReplica(election.id, [raw] { return raw->election_->lease(); });
     const std::string probe_key = election.key;
     const absl::Duration every = options.etcd_probe_interval;
     server->probe_ = std::thread([raw, probe_key, every] {

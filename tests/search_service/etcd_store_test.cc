@@ -328,6 +328,77 @@ TEST_F(EtcdStoreTest, TwoControllersShareOneRolloutStateAndARestartResumesIt) {
   EXPECT_EQ(got->state(), v1::ROLLOUT_RUNNING);
 }
 
+// A worker's end of a strategy stream, recording what it is sent.
+class FakeChannel : public WorkerChannel {
+ public:
+  void Send(const v1::StrategyAssignment& a) override {
+    absl::MutexLock lock(&mu_);
+    sent_.push_back(a);
+  }
+  uint64_t LastVersion() {
+    absl::MutexLock lock(&mu_);
+    return sent_.empty() ? 0 : sent_.back().version();
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<v1::StrategyAssignment> sent_;
+};
+
+TEST_F(EtcdStoreTest, TheLeaderRollsOutToAWorkerStreamingToAnotherReplica) {
+  auto store_a = OpenStore(), store_b = OpenStore();
+  const std::string fp = Fingerprint('a');
+  auto v1 = store_a->Publish(NthStrategy(0, fp), {"m", ""});
+  auto v2 = store_a->Publish(NthStrategy(1, fp), {"m", ""});
+  ASSERT_TRUE(v1.ok() && v2.ok());
+  auto lease = client_->GrantLease(absl::Seconds(30));
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  auto open = [&](EtcdStrategyStore* store, const std::string& replica, bool leader) {
+    auto state = std::make_unique<EtcdFleetState>(client_, prefix_);
+    state->SetReplica(replica, [l = *lease] { return l; });
+    RolloutControllerOptions options;
+    options.may_advance = [leader] { return leader; };
+    auto c = RolloutController::Open(options, store, std::move(state));
+    EXPECT_TRUE(c.ok()) << c.status();
+    return c.ok() ? std::move(*c) : nullptr;
+  };
+  auto a = open(store_a.get(), "replica-a", true), b = open(store_b.get(), "replica-b", false);
+  ASSERT_TRUE(a && b);
+
+  // w1 streams to B, the follower, running version 1.
+  FakeChannel w1;
+  v1::WorkerHello hello;
+  hello.set_worker_id("w1");
+  hello.set_model_fingerprint(fp);
+  hello.set_current_version(1);
+  hello.set_current_strategy_id(v1->record.strategy->id());
+  b->Hello(&w1, hello);
+  // The leader sees it through B's record.
+  EXPECT_TRUE(WaitFor([&] {
+    const v1::FleetStatus f = a->Fleet();
+    return f.workers_size() == 1 && f.workers(0).worker_id() == "w1" && f.workers(0).connected();
+  }));
+
+  auto r = a->CreateRollout(fp, "m", 2, {100}, "");
+  ASSERT_TRUE(r.ok()) << r.status();
+  // A selected w1; B adopted that state and sent w1 the target.
+  EXPECT_TRUE(WaitFor([&] { return w1.LastVersion() == 2; }));
+  v1::StrategyAck ack;
+  ack.set_version(2);
+  ack.set_strategy_id(v2->record.strategy->id());
+  ack.set_applied(true);
+  b->Ack(&w1, ack);
+  // B's record of the ACK lets the leader complete the step; B learns of it too.
+  EXPECT_TRUE(WaitFor([&] {
+    auto got = a->GetRollout(r->rollout_id());
+    return got.ok() && got->state() == v1::ROLLOUT_COMPLETED;
+  }));
+  EXPECT_TRUE(WaitFor([&] {
+    auto got = b->GetRollout(r->rollout_id());
+    return got.ok() && got->state() == v1::ROLLOUT_COMPLETED;
+  }));
+}
+
 TEST_F(EtcdStoreTest, WhileEtcdIsDownWritesAreUnavailableAndReadsServedThenItResumes) {
   // Its own etcd: this test kills it.
   auto etcd = testing::EtcdProcess::Start("etcd_down");
