@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <random>
+#include <vector>
 
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
 #include "grpcpp/grpcpp.h"
 #include "kvshare/v1/registry.grpc.pb.h"
@@ -73,9 +75,14 @@ SubscriberState StrategySubscriber::state() const {
 void StrategySubscriber::Run() {
   std::mt19937_64 rng(std::random_device{}());
   absl::Duration backoff = options_.initial_backoff;
+  const std::vector<std::string> addresses = absl::StrSplit(options_.control_plane, ',');
+  size_t at = 0;
   while (true) {
     const int64_t connects_before = state().connects;
-    const std::string why = RunStream();
+    const std::string& address = addresses[at];
+    // The next try goes to the next replica: this one broke or could not be reached.
+    at = (at + 1) % addresses.size();
+    const std::string why = RunStream(address);
     bool was_connected;
     {
       absl::MutexLock lock(&mu_);
@@ -91,8 +98,8 @@ void StrategySubscriber::Run() {
     std::uniform_real_distribution<double> jitter(0.5, 1.0);
     const absl::Duration wait = backoff * jitter(rng);
     spdlog::log(was_connected ? spdlog::level::warn : spdlog::level::info,
-                "event=control_plane_disconnected address={} error=\"{}\" retry_in_ms={}",
-                options_.control_plane, why, absl::ToInt64Milliseconds(wait));
+                "event=control_plane_disconnected address={} error=\"{}\" retry_in_ms={}", address,
+                why, absl::ToInt64Milliseconds(wait));
     backoff = std::min(backoff * 2, options_.max_backoff);
     absl::MutexLock lock(&mu_);
     auto stopping = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stopping_; };
@@ -100,9 +107,9 @@ void StrategySubscriber::Run() {
   }
 }
 
-std::string StrategySubscriber::RunStream() {
+std::string StrategySubscriber::RunStream(const std::string& address) {
   auto stub = v1::StrategyDistribution::NewStub(
-      grpc::CreateChannel(options_.control_plane, grpc::InsecureChannelCredentials()));
+      grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
   grpc::ClientContext context;
   {
     absl::MutexLock lock(&mu_);
@@ -137,7 +144,7 @@ std::string StrategySubscriber::RunStream() {
       state_.last_change = absl::Now();
     }
     spdlog::info("event=control_plane_connected address={} worker_id={} current_version={}",
-                 options_.control_plane, options_.worker_id, hello->current_version());
+                 address, options_.worker_id, hello->current_version());
     loads = std::thread([&] {
       while (!done.WaitForNotificationWithTimeout(options_.load_interval)) {
         const SchedulerLoad l = scheduler_->Load();

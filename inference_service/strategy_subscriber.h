@@ -6,7 +6,9 @@
 // theirs) and answers ACK, or NACK with the reason — fingerprint mismatch, invalid strategy,
 // load failure — keeping the last good version. It sends the scheduler's load every
 // `load_interval`. When the stream breaks or the service cannot be reached it reconnects with
-// jittered exponential backoff; the worker keeps serving what it has meanwhile.
+// jittered exponential backoff — to the next of the control-plane addresses, when it was given
+// several (search-service replicas on one etcd) — and the worker keeps serving what it has
+// meanwhile.
 //
 // Thread-safe. Start() spawns one thread; Stop() (or the destructor) cancels the stream and
 // joins it. The holder and scheduler must outlive the subscriber.
@@ -30,7 +32,8 @@ class ClientContext;
 namespace kvshare {
 
 struct SubscriberOptions {
-  std::string control_plane;  // host:port of kvshare-search
+  // host:port of kvshare-search, or several, comma-separated (replicas; tried in turn).
+  std::string control_plane;
   std::string worker_id;
   std::string model_fingerprint;
   std::string model_name;
@@ -63,8 +66,8 @@ class StrategySubscriber {
 
  private:
   void Run();
-  // One stream from connect to break; returns why it ended.
-  std::string RunStream();
+  // One stream to `address` from connect to break; returns why it ended.
+  std::string RunStream(const std::string& address);
 
   const SubscriberOptions options_;
   StrategyHolder* const holder_;

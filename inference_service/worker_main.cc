@@ -143,7 +143,8 @@ int main(int argc, char** argv) {
   app.add_option("--log-level", f.log_level, "trace, debug, info, warn, error")
       ->capture_default_str();
   app.add_option("--control-plane", f.control_plane,
-                 "host:port of kvshare-search: subscribe to the strategy version this worker "
+                 "host:port of kvshare-search (or several, comma-separated: replicas on one etcd, "
+                 "tried in turn): subscribe to the strategy version this worker "
                  "should run (rollouts, pins). The worker serves the local strategy until the "
                  "first assignment and keeps serving its last good one while the service is "
                  "down. With it, the identity strategy is version 0 unless "

@@ -11,7 +11,7 @@ DEB_PACKAGES=(
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev libopenblas-dev
   libpcre2-dev libssl-dev nlohmann-json3-dev libcli11-dev libspdlog-dev prometheus-cpp-dev
-  libcpp-httplib-dev
+  libcpp-httplib-dev etcd-server etcd-client
   # the checks scripts/test.sh runs: clang-format, clang's thread-safety analysis, libFuzzer
   clang clang-format libclang-rt-14-dev git
 )

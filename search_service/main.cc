@@ -61,6 +61,10 @@ int main(int argc, char** argv) {
                  "Directory of the strategy registry (strategies/) and job records (jobs/); "
                  "created if missing, one service per directory")
       ->required();
+  app.add_option("--store", f.server.store,
+                 "Where the strategy registry and the fleet state (rollouts, pins, baselines) "
+                 "live: empty = under --data-dir (one process); "
+                 "etcd://HOST:PORT[,HOST:PORT...]/PREFIX = etcd, shared by several replicas");
   app.add_option("--catalog", f.server.catalog_path,
                  "Model catalog JSON (models and calibration corpora by name; see "
                  "search_service/catalog.example.json). Default: SmolLM2-135M-Instruct and "
@@ -94,7 +98,14 @@ int main(int argc, char** argv) {
                  "process started) before it stops holding a rollout step up")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  double leader_ttl_s = 5;
+  app.add_option("--leader-ttl", leader_ttl_s,
+                 "With an etcd --store: seconds of the leader's lease; a dead leader's rollouts "
+                 "resume on another replica within it")
+      ->capture_default_str()
+      ->check(CLI::Range(1.0, 600.0));
   CLI11_PARSE(app, argc, argv);
+  f.server.leader_ttl = absl::Seconds(leader_ttl_s);
   f.server.fleet.worker_expiry = absl::Seconds(worker_expiry_s);
 
   absl::Status s = kvshare::runtime::SetUpServiceLogging("kvshare-search", f.log_level);
@@ -116,10 +127,12 @@ int main(int argc, char** argv) {
   auto server = kvshare::SearchServer::Start(f.server, &metrics);
   if (!server.ok()) return Fail(std::string(server.status().message()));
   spdlog::info(
-      "event=ready address={}:{} data_dir={} catalog_models={} max_concurrent_jobs={} "
+      "event=ready address={}:{} data_dir={} store=\"{}\" catalog_models={} max_concurrent_jobs={} "
       "max_queued_jobs={} metrics={}:{} health=SERVING",
-      f.host, (*server)->port(), f.server.data_dir, (*server)->catalog().model_names().size(),
-      jobs.max_concurrent_jobs, jobs.max_queued_jobs, f.metrics_host, f.metrics_port);
+      f.host, (*server)->port(), f.server.data_dir,
+      f.server.store.empty() ? "directory" : f.server.store,
+      (*server)->catalog().model_names().size(), jobs.max_concurrent_jobs, jobs.max_queued_jobs,
+      f.metrics_host, f.metrics_port);
   if (!f.port_file.empty()) {
     s = kvshare::runtime::WritePortFile(f.port_file, (*server)->port());
     if (!s.ok()) return Fail(absl::StrFormat("--port-file: %s", s.message()));

@@ -199,19 +199,31 @@ absl::StatusOr<v1::FleetControlState> ReadFleetState(const std::string& dir,
   }
   auto text = ReadFileToString(path);
   if (!text.ok()) return text.status();
+  return ParseFleetState(*text, *marker_exists ? marker : "", version_exists, path);
+}
+
+absl::StatusOr<v1::FleetControlState> ParseFleetState(const std::string& text,
+                                                      const std::string& written_marker,
+                                                      const VersionExists& version_exists,
+                                                      const std::string& path) {
+  if (text.size() > kMaxFleetStateBytes) {
+    return Invalid(path, absl::StrFormat("%d bytes is over the limit of %d bytes for a fleet "
+                                         "state",
+                                         text.size(), kMaxFleetStateBytes));
+  }
+  v1::FleetControlState state;
   auto parsed = google::protobuf::util::JsonStringToMessage(
-      *text, &state, google::protobuf::util::JsonParseOptions());
+      text, &state, google::protobuf::util::JsonParseOptions());
   if (!parsed.ok()) {
     return absl::DataLossError(absl::StrFormat("%s does not parse as FleetControlState: %s", path,
                                                parsed.ToString().substr(0, 4 * kShownChars)));
   }
-  if (*marker_exists && state.generation() == 0) {
+  if (!written_marker.empty() && state.generation() == 0) {
     return Invalid(path, absl::StrFormat("generation 0, but %s says a state was written "
                                          "(generation >= 1 expected): the fleet state was "
-                                         "emptied or replaced. Restore state.json, or remove "
-                                         "both files to start with an empty fleet state on "
-                                         "purpose",
-                                         marker));
+                                         "emptied or replaced. Restore it, or remove both "
+                                         "to start with an empty fleet state on purpose",
+                                         written_marker));
   }
   absl::Status valid = ValidateFleetState(state, version_exists, path);
   if (!valid.ok()) return valid;

@@ -49,6 +49,14 @@ using VersionExists = std::function<bool(const std::string& fingerprint, uint64_
 absl::StatusOr<v1::FleetControlState> ReadFleetState(const std::string& dir,
                                                      const VersionExists& version_exists);
 
+// The checks of ReadFleetState on a state's text (from a file or another store): size, parse,
+// generation 0 although `written_marker` (non-empty: what says a state was written) exists,
+// ValidateFleetState. `path` names where the text came from in messages.
+absl::StatusOr<v1::FleetControlState> ParseFleetState(const std::string& text,
+                                                      const std::string& written_marker,
+                                                      const VersionExists& version_exists,
+                                                      const std::string& path);
+
 // Bumps state->generation and writes it to <dir>/state.json, then leaves the marker. On a
 // failure `state` is as it was.
 absl::Status WriteFleetState(const std::string& dir, v1::FleetControlState* state);

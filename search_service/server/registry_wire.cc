@@ -1,5 +1,6 @@
 #include "search_service/server/registry_wire.h"
 
+#include "absl/strings/str_format.h"
 #include "proto/wire/strategy_wire.h"
 
 namespace kvshare {
@@ -16,6 +17,31 @@ void ToProto(const StrategyRecord& record, v1::StrategyRecord* out) {
     out->set_deprecation_reason(record.deprecation_reason);
     ToTimestamp(record.deprecate_time, out->mutable_deprecate_time());
   }
+}
+
+absl::StatusOr<StrategyRecord> FromProto(const v1::StrategyRecord& msg) {
+  if (!msg.has_strategy()) return absl::InvalidArgumentError("record.strategy is missing");
+  auto strategy = FromProto(msg.strategy());
+  if (!strategy.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("record.strategy: %s", strategy.status().message()));
+  }
+  if (strategy->model_fingerprint() != msg.model_fingerprint()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "record.strategy.model_fingerprint %s differs from record.model_fingerprint %s",
+        strategy->model_fingerprint().substr(0, 16), msg.model_fingerprint().substr(0, 16)));
+  }
+  StrategyRecord r;
+  r.model_fingerprint = msg.model_fingerprint();
+  r.model_name = msg.model_name();
+  r.version = msg.version();
+  r.strategy = std::make_shared<const SharingStrategy>(std::move(*strategy));
+  r.publish_time = FromTimestamp(msg.publish_time());
+  r.source_job_id = msg.source_job_id();
+  r.deprecated = msg.deprecated();
+  r.deprecation_reason = msg.deprecation_reason();
+  r.deprecate_time = FromTimestamp(msg.deprecate_time());
+  return r;
 }
 
 }  // namespace kvshare

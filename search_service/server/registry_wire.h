@@ -2,6 +2,7 @@
 // conversions it uses are proto/wire/timestamp_wire.h (included for its users).
 #pragma once
 
+#include "absl/status/statusor.h"
 #include "kvshare/v1/registry.pb.h"
 #include "proto/wire/timestamp_wire.h"
 #include "search_service/server/strategy_store.h"
@@ -9,5 +10,8 @@
 namespace kvshare {
 
 void ToProto(const StrategyRecord& record, v1::StrategyRecord* out);
+// Validates the strategy (FromProto of SharingStrategy) and that it is bound to the record's
+// model; InvalidArgument naming the field otherwise.
+absl::StatusOr<StrategyRecord> FromProto(const v1::StrategyRecord& msg);
 
 }  // namespace kvshare

@@ -41,27 +41,147 @@ void LogSaveFailure(const absl::Status& s) {
 
 absl::StatusOr<std::unique_ptr<RolloutController>> RolloutController::Open(
     const RolloutControllerOptions& options, StrategyStore* store) {
-  absl::Status s = MakeDirectoryDurably(options.dir);
-  if (!s.ok()) return s;
-  auto lock = DirectoryLock::Acquire(options.dir);
-  if (!lock.ok()) return lock.status();
-  auto state = ReadFleetState(options.dir, [store](const std::string& fingerprint, uint64_t v) {
+  auto state_store = DirectoryFleetState::Open(options.dir);
+  if (!state_store.ok()) return state_store.status();
+  return Open(options, store, std::move(*state_store));
+}
+
+absl::StatusOr<std::unique_ptr<RolloutController>> RolloutController::Open(
+    const RolloutControllerOptions& options, StrategyStore* store,
+    std::unique_ptr<FleetStateStore> state_store) {
+  auto state = state_store->Read([store](const std::string& fingerprint, uint64_t v) {
     return StrategyOf(*store, fingerprint, v).ok();
   });
   if (!state.ok()) return state.status();
-  std::unique_ptr<RolloutController> c(new RolloutController(options, store, std::move(*lock)));
+  std::unique_ptr<RolloutController> c(
+      new RolloutController(options, store, std::move(state_store)));
   c->state_.control = std::move(*state);  // not shared yet
   const v1::FleetControlState& loaded = c->state_.control;
   int active = 0;
   for (const v1::Rollout& r : loaded.rollouts()) active += IsActive(r);
   spdlog::info(
-      "event=fleet_state_loaded dir={} rollouts={} active={} pins={} baselines={} generation={}",
-      options.dir, loaded.rollouts_size(), active, loaded.pins_size(), loaded.baselines_size(),
-      loaded.generation());
+      "event=fleet_state_loaded from=\"{}\" rollouts={} active={} pins={} baselines={} "
+      "generation={}",
+      c->state_store_->Describe(), loaded.rollouts_size(), active, loaded.pins_size(),
+      loaded.baselines_size(), loaded.generation());
+  RolloutController* raw = c.get();
+  c->state_store_->Watch([raw](v1::FleetControlState s) { raw->Adopt(std::move(s)); });
+  c->state_store_->WatchWorkers(
+      [raw](const std::string& replica, const std::string& id, std::optional<FleetWorker> w) {
+        raw->RemoteWorker(replica, id, std::move(w));
+      });
   return c;
 }
 
-absl::Status RolloutController::Save() { return WriteFleetState(options_.dir, &state_.control); }
+RolloutController::~RolloutController() {
+  // Stops the state store's watches before what their callbacks use goes.
+  state_store_->Watch(nullptr);
+  state_store_->WatchWorkers(nullptr);
+}
+
+void RolloutController::RemoteWorker(const std::string& replica, const std::string& worker_id,
+                                     std::optional<FleetWorker> worker) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (worker.has_value()) {
+      remote_[worker_id][replica] = std::move(*worker);
+    } else {
+      remote_[worker_id].erase(replica);
+    }
+    MergeWorker(worker_id);
+    Reconcile();
+  }
+  NotifyWatchers();
+}
+
+void RolloutController::MergeWorker(const std::string& worker_id) {
+  auto local = streams_.find(worker_id);
+  if (local != streams_.end() && local->second.channel != nullptr) return;
+  const FleetWorker* best = nullptr;
+  if (auto it = remote_.find(worker_id); it != remote_.end()) {
+    for (const auto& [replica, w] : it->second) {
+      if (best == nullptr || (w.connected && !best->connected) ||
+          (w.connected == best->connected && w.last_seen > best->last_seen)) {
+        best = &w;
+      }
+    }
+  }
+  if (best != nullptr) {
+    FleetWorker& fw = state_.workers[worker_id];
+    const bool was_connected = fw.connected;
+    fw = *best;
+    fw.worker_id = worker_id;
+    if (fw.connected) fw.last_seen = absl::Now();
+    if (!fw.connected && was_connected) fw.last_seen = absl::Now();
+    return;
+  }
+  auto it = state_.workers.find(worker_id);
+  if (it != state_.workers.end() && it->second.connected) {
+    // Its replica went (its lease expired) and nobody else has it yet.
+    it->second.connected = false;
+    it->second.last_seen = absl::Now();
+  }
+}
+
+void RolloutController::PublishLocal(const std::string& worker_id) {
+  auto it = state_.workers.find(worker_id);
+  if (it == state_.workers.end()) return;
+  FleetWorker w = it->second;
+  // A connected worker's last_seen matters to nobody else; leaving it out saves a write per
+  // load report.
+  if (w.connected) w.last_seen = absl::UnixEpoch();
+  state_store_->PublishWorker(w);
+}
+
+absl::Status RolloutController::Save(const v1::FleetControlState* before) {
+  absl::Status s = state_store_->Write(&state_.control);
+  if (!s.ok() && before != nullptr) state_.control = *before;
+  if (absl::IsAborted(s)) {
+    auto now = state_store_->Read([this](const std::string& fingerprint, uint64_t v) {
+      return StrategyOf(*store_, fingerprint, v).ok();
+    });
+    if (now.ok() && now->generation() > state_.control.generation()) {
+      spdlog::info("event=fleet_state_taken generation={} reason=\"a newer state was saved\"",
+                   now->generation());
+      state_.control = std::move(*now);
+    }
+  }
+  return s;
+}
+
+void RolloutController::TakeLead() {
+  {
+    absl::MutexLock lock(&mu_);
+    auto stored = state_store_->Read([this](const std::string& fingerprint, uint64_t v) {
+      return StrategyOf(*store_, fingerprint, v).ok();
+    });
+    if (!stored.ok()) {
+      spdlog::error("event=fleet_state_read_failed error=\"{}\"",
+                    std::string(stored.status().message()));
+    } else if (stored->generation() > state_.control.generation()) {
+      state_.control = std::move(*stored);
+    }
+    int active = 0;
+    for (const v1::Rollout& r : state_.control.rollouts()) active += IsActive(r);
+    spdlog::info("event=rollouts_resumed active={} generation={}", active,
+                 state_.control.generation());
+    Reconcile();
+  }
+  NotifyWatchers();
+}
+
+void RolloutController::Adopt(v1::FleetControlState state) {
+  {
+    absl::MutexLock lock(&mu_);
+    // Its own saves come back through the watch too; only newer states matter.
+    if (state.generation() <= state_.control.generation()) return;
+    spdlog::info("event=fleet_state_adopted generation={} rollouts={} pins={}", state.generation(),
+                 state.rollouts_size(), state.pins_size());
+    state_.control = std::move(state);
+    Reconcile();
+  }
+  NotifyWatchers();
+}
 
 v1::Rollout* RolloutController::FindRollout(const std::string& id) {
   for (v1::Rollout& r : *state_.control.mutable_rollouts()) {
@@ -108,9 +228,8 @@ void RolloutController::SendAssignments() {
   }
 }
 
-void RolloutController::Reconcile() {
-  // Sending may let a step complete only after ACKs, which come back through Ack(); selection
-  // comes first so that a new step's workers get their assignments in the same pass.
+bool RolloutController::Advance() {
+  if (!MayAdvance()) return false;
   PolicyEvents events;
   const bool changed = AdvanceRollouts(
       state_,
@@ -120,6 +239,13 @@ void RolloutController::Reconcile() {
       },
       PolicyClock{absl::Now(), started_, options_.worker_expiry}, &events);
   for (const std::string& e : events) spdlog::info("{}", e);
+  return changed;
+}
+
+void RolloutController::Reconcile() {
+  // Sending may let a step complete only after ACKs, which come back through Ack(); selection
+  // comes first so that a new step's workers get their assignments in the same pass.
+  const bool changed = Advance();
   SendAssignments();
   if (changed) LogSaveFailure(Save());
 }
@@ -155,6 +281,7 @@ void RolloutController::Hello(WorkerChannel* channel, const v1::WorkerHello& hel
     spdlog::info("event=worker_hello worker_id={} address={} fingerprint={} version={} labels={}",
                  id, hello.address(), hello.model_fingerprint().substr(0, 16),
                  hello.current_version(), hello.labels_size());
+    PublishLocal(id);
     Reconcile();
   }
   NotifyWatchers();
@@ -190,6 +317,7 @@ void RolloutController::Ack(WorkerChannel* channel, const v1::StrategyAck& ack) 
       }
       if (!paused.empty()) LogSaveFailure(Save());
     }
+    PublishLocal(*id);
     Reconcile();
   }
   NotifyWatchers();
@@ -202,7 +330,8 @@ void RolloutController::Load(WorkerChannel* channel, const v1::WorkerLoad& load)
     if (id == nullptr) return;
     streams_.at(*id).load = load;
     state_.workers.at(*id).last_seen = absl::Now();
-    Reconcile();  // lets expiries of absent workers take effect
+    PublishLocal(*id);  // written only when it changed (or the replica's lease did)
+    Reconcile();        // lets expiries of absent workers take effect
   }
   NotifyWatchers();
 }
@@ -219,6 +348,8 @@ void RolloutController::Disconnected(WorkerChannel* channel) {
     fw.connected = false;
     fw.last_seen = absl::Now();
     spdlog::info("event=worker_disconnected worker_id={}", *id);
+    PublishLocal(*id);
+    MergeWorker(*id);  // it may be streaming to another replica already
     Reconcile();
   }
   NotifyWatchers();
@@ -250,11 +381,11 @@ absl::StatusOr<v1::Rollout> RolloutController::CreateRollout(const std::string& 
     const v1::FleetControlState before = state_.control;
     auto r = StartRollout(state_.control, request, absl::Now());
     if (!r.ok()) return r.status();
-    absl::Status s = Save();
-    if (!s.ok()) {
-      state_.control = before;
-      return s;
-    }
+    // Selected before the first save: other replicas never see the rollout without its first
+    // step's workers (they would send those workers the baseline meanwhile).
+    Advance();
+    absl::Status s = Save(&before);
+    if (!s.ok()) return s;
     spdlog::info(
         "event=rollout_created rollout={} model={} from={} to={} steps=[{}] selector=\"{}\"",
         r->rollout_id(), fingerprint.substr(0, 16), r->from_version(), target,
@@ -291,11 +422,8 @@ absl::StatusOr<v1::Rollout> RolloutController::Operate(
     const v1::FleetControlState before = state_.control;
     absl::Status s = change(*r);
     if (!s.ok()) return s;
-    s = Save();
-    if (!s.ok()) {
-      state_.control = before;
-      return s;
-    }
+    s = Save(&before);
+    if (!s.ok()) return s;
     Reconcile();
     out = *FindRollout(id);
   }
@@ -351,11 +479,8 @@ absl::StatusOr<v1::Pin> RolloutController::SetPin(const v1::Pin& pin) {
     absl::MutexLock lock(&mu_);
     const v1::FleetControlState before = state_.control;
     kvshare::SetPin(state_.control, pin);
-    absl::Status s = Save();
-    if (!s.ok()) {
-      state_.control = before;
-      return s;
-    }
+    absl::Status s = Save(&before);
+    if (!s.ok()) return s;
     spdlog::info("event=pin_set {} model={} version={}", PinName(pin), pin.model().substr(0, 16),
                  pin.version());
     Reconcile();
@@ -372,11 +497,8 @@ absl::StatusOr<std::vector<v1::Pin>> RolloutController::ClearPin(const v1::Pin& 
     if (!kvshare::ClearPin(state_.control, pin)) {
       return absl::NotFoundError(absl::StrFormat("no pin on %s", PinName(pin)));
     }
-    absl::Status s = Save();
-    if (!s.ok()) {
-      state_.control = before;
-      return s;
-    }
+    absl::Status s = Save(&before);
+    if (!s.ok()) return s;
     spdlog::info("event=pin_cleared {}", PinName(pin));
     Reconcile();
     out.assign(state_.control.pins().begin(), state_.control.pins().end());
@@ -415,6 +537,18 @@ v1::FleetStatus RolloutController::Fleet() const {
     *s->mutable_load() = w.load;
     s->set_owning_layers(w.owning_layers);
     s->set_n_layers(w.n_layers);
+  }
+  // Workers streaming to other replicas, as they report them.
+  for (const auto& [id, fw] : state_.workers) {
+    if (streams_.count(id) > 0) continue;
+    v1::WorkerStatus* s = out.add_workers();
+    s->set_worker_id(id);
+    s->set_model_fingerprint(fw.model_fingerprint);
+    s->mutable_labels()->insert(fw.labels.begin(), fw.labels.end());
+    s->set_connected(fw.connected);
+    s->set_current_version(fw.current_version);
+    s->set_current_strategy_id(fw.current_strategy_id);
+    ToTimestamp(fw.last_seen, s->mutable_last_seen());
   }
   for (const v1::Rollout& r : state_.control.rollouts()) {
     if (IsActive(r)) *out.add_active_rollouts() = r;

@@ -5,11 +5,17 @@
 // under its lock after each stream event or command, sends workers the assignments that
 // changed, persists the state and tells watchers.
 //
-// Persistence: rollouts, pins and baselines are one JSON document (kvshare.v1.
-// FleetControlState) in `dir`/state.json, rewritten atomically before a change is
-// acknowledged; Open() resumes from it and refuses a state that is damaged, lost or
-// inconsistent with the strategy store (fleet_state_file.h). The fleet itself is not
-// persisted: workers announce themselves again when they reconnect.
+// Persistence: rollouts, pins and baselines are one document (kvshare.v1.FleetControlState) in
+// a FleetStateStore (fleet_state_store.h): `dir`/state.json by default, or an etcd key shared
+// by several replicas. It is saved before a change is acknowledged; Open() resumes from it and
+// refuses a state that is damaged, lost or inconsistent with the strategy store. A save that
+// another replica's save beat (ABORTED) makes the controller take the stored state, and the
+// operator's command answers ABORTED (retry it); a state another replica saved arrives through
+// the store's watch and replaces this one's, and this replica's workers get what it assigns.
+// The fleet itself is not persisted: workers announce themselves again when they reconnect.
+//
+// With several replicas only one may advance rollouts (its view of the fleet decides the
+// steps): `may_advance` says whether this one is it (the leader; null: always).
 //
 // Thread-safe. Watchers are called after each change, outside the lock, from the thread that
 // made it.
@@ -28,7 +34,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "kvshare/v1/registry.pb.h"
-#include "search_service/server/data_dir.h"
+#include "search_service/server/fleet_state_store.h"
 #include "search_service/server/rollout_policy.h"
 #include "search_service/server/strategy_store.h"
 
@@ -43,8 +49,9 @@ class WorkerChannel {
 };
 
 struct RolloutControllerOptions {
-  std::string dir;  // state.json lives here; created if missing; locked while open
+  std::string dir;  // state.json lives here (Open without a store); created, locked while open
   absl::Duration worker_expiry = absl::Seconds(30);
+  std::function<bool()> may_advance;  // null: this controller advances rollouts
 };
 
 class RolloutController {
@@ -54,6 +61,11 @@ class RolloutController {
   // the files are left as they are, for an operator to look at).
   static absl::StatusOr<std::unique_ptr<RolloutController>> Open(
       const RolloutControllerOptions& options, StrategyStore* store);
+  // The same with the state in `state_store` (options.dir unused).
+  static absl::StatusOr<std::unique_ptr<RolloutController>> Open(
+      const RolloutControllerOptions& options, StrategyStore* store,
+      std::unique_ptr<FleetStateStore> state_store);
+  ~RolloutController();
 
   // --- the strategy streams ---
   // A worker announced itself on `channel` (a later hello for the same id replaces the older
@@ -80,6 +92,10 @@ class RolloutController {
   std::vector<v1::Pin> ListPins() const;
   v1::FleetStatus Fleet() const;
 
+  // This replica just became the leader: takes the stored state if it is newer than the one
+  // in memory, and advances rollouts from there.
+  void TakeLead();
+
   // Called after every change of rollouts, pins or the fleet. Returns a handle for Unwatch.
   int Watch(std::function<void()> on_change);
   void Unwatch(int handle);
@@ -104,11 +120,28 @@ class RolloutController {
   };
 
   RolloutController(RolloutControllerOptions options, StrategyStore* store,
-                    std::unique_ptr<DirectoryLock> lock)
-      : options_(std::move(options)), store_(store), lock_(std::move(lock)) {}
+                    std::unique_ptr<FleetStateStore> state_store)
+      : options_(std::move(options)), store_(store), state_store_(std::move(state_store)) {}
 
-  absl::Status Save() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Saves state_.control. On a failure puts back `before` (when given), and on ABORTED
+  // (another replica saved first) then takes the stored state.
+  absl::Status Save(const v1::FleetControlState* before = nullptr)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A state another replica saved (the state store's watch).
+  void Adopt(v1::FleetControlState state) ABSL_LOCKS_EXCLUDED(mu_);
+  // What another replica says of a worker streaming to it (nullopt: no longer).
+  void RemoteWorker(const std::string& replica, const std::string& worker_id,
+                    std::optional<FleetWorker> worker) ABSL_LOCKS_EXCLUDED(mu_);
+  // state_.workers[worker_id] from the local stream when it is connected, else from the other
+  // replicas' records (a connected one first, else the latest seen).
+  void MergeWorker(const std::string& worker_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Tells the other replicas (through the state store) what this one knows of a worker.
+  void PublishLocal(const std::string& worker_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool MayAdvance() const { return !options_.may_advance || options_.may_advance(); }
   v1::Rollout* FindRollout(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Advances rollouts under the policy when this controller may (MayAdvance); true when the
+  // state changed.
+  bool Advance() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Advances rollouts under the policy, sends assignments; persists what changed.
   void Reconcile() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SendAssignments() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -122,12 +155,14 @@ class RolloutController {
 
   const RolloutControllerOptions options_;
   StrategyStore* const store_;
-  const std::unique_ptr<DirectoryLock> lock_;
+  const std::unique_ptr<FleetStateStore> state_store_;
   const absl::Time started_ = absl::Now();
 
   mutable absl::Mutex mu_;
   RolloutPolicyState state_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, WorkerStream> streams_ ABSL_GUARDED_BY(mu_);
+  // Workers streaming to other replicas: worker id -> replica -> what it says.
+  std::map<std::string, std::map<std::string, FleetWorker>> remote_ ABSL_GUARDED_BY(mu_);
 
   absl::Mutex watch_mu_;
   std::map<int, std::function<void()>> watchers_ ABSL_GUARDED_BY(watch_mu_);

@@ -1,7 +1,11 @@
 #include "search_service/server/search_server.h"
 
+#include <unistd.h>
+
 #include "absl/strings/str_format.h"
 #include "search_service/server/directory_strategy_store.h"
+#include "search_service/server/etcd_fleet_state.h"
+#include "search_service/server/etcd_strategy_store.h"
 #include "service_runtime/drain.h"
 #include "spdlog/spdlog.h"
 
@@ -22,9 +26,20 @@ absl::StatusOr<std::unique_ptr<SearchServer>> SearchServer::Start(
     if (!catalog.ok()) return catalog.status();
     server->catalog_ = std::move(*catalog);
   }
-  auto store = DirectoryStrategyStore::Open(options.data_dir + "/strategies");
-  if (!store.ok()) return store.status();
-  server->store_ = std::move(*store);
+  std::string etcd_prefix;
+  if (options.store.empty()) {
+    auto store = DirectoryStrategyStore::Open(options.data_dir + "/strategies");
+    if (!store.ok()) return store.status();
+    server->store_ = std::move(*store);
+  } else {
+    auto target = ParseEtcdUrl(options.store, "--store");
+    if (!target.ok()) return target.status();
+    etcd_prefix = target->prefix;
+    server->etcd_ = std::make_shared<EtcdClient>(target->endpoints);
+    auto store = EtcdStrategyStore::Open(server->etcd_, etcd_prefix);
+    if (!store.ok()) return store.status();
+    server->store_ = std::move(*store);
+  }
   if (metrics != nullptr) {
     metrics->strategy_records.Set(double(server->store_->List("").size()));
   }
@@ -39,7 +54,22 @@ absl::StatusOr<std::unique_ptr<SearchServer>> SearchServer::Start(
 
   RolloutControllerOptions fleet = options.fleet;
   fleet.dir = options.data_dir + "/fleet";
-  auto rollouts = RolloutController::Open(fleet, server->store_.get());
+  std::unique_ptr<FleetStateStore> fleet_state;
+  EtcdFleetState* etcd_fleet_state = nullptr;
+  if (server->etcd_ != nullptr) {
+    auto etcd_state = std::make_unique<EtcdFleetState>(server->etcd_, etcd_prefix);
+    etcd_fleet_state = etcd_state.get();
+    fleet_state = std::move(etcd_state);
+  } else {
+    auto directory = DirectoryFleetState::Open(fleet.dir);
+    if (!directory.ok()) return directory.status();
+    fleet_state = std::move(*directory);
+  }
+  SearchServer* raw = server.get();
+  if (server->etcd_ != nullptr) {
+    fleet.may_advance = [raw] { return raw->election_ != nullptr && raw->election_->leading(); };
+  }
+  auto rollouts = RolloutController::Open(fleet, server->store_.get(), std::move(fleet_state));
   if (!rollouts.ok()) return rollouts.status();
   server->rollouts_ = std::move(*rollouts);
   server->stream_service_ = std::make_unique<StrategyStreamService>(server->rollouts_.get());
@@ -59,12 +89,46 @@ absl::StatusOr<std::unique_ptr<SearchServer>> SearchServer::Start(
   if (!grpc.ok()) return grpc.status();
   server->grpc_ = std::move(*grpc);
   server->grpc_->SetServing(true);
+  if (server->etcd_ != nullptr) {
+    LeaderElectionOptions election;
+    election.key = etcd_prefix + "/leader";
+    char host[256] = {0};
+    ::gethostname(host, sizeof(host) - 1);
+    election.id = absl::StrFormat("%s:%d/pid%d", host, server->grpc_->port(), ::getpid());
+    election.ttl = options.leader_ttl;
+    server->election_ = LeaderElection::Start(server->etcd_, election, [raw](bool leading) {
+      if (leading) raw->rollouts_->TakeLead();
+    });
+    // This replica's workers, for the leader: bound to the election's lease.
+    etcd_fleet_state->SetReplica(election.id, [raw] { return raw->election_->lease(); });
+    const std::string probe_key = election.key;
+    const absl::Duration every = options.etcd_probe_interval;
+    server->probe_ = std::thread([raw, probe_key, every] {
+      bool up = true;
+      do {
+        const absl::Status s = raw->etcd_->Get(probe_key).status();
+        if (s.ok() != up) {
+          up = s.ok();
+          spdlog::warn("event={} error=\"{}\"", up ? "etcd_reachable" : "etcd_unreachable",
+                       std::string(s.message()));
+        }
+        raw->grpc_->SetServing(up && !raw->drain_started_);
+      } while (!raw->stop_probe_.WaitForNotificationWithTimeout(every));
+    });
+  }
   return server;
 }
 
-SearchServer::~SearchServer() { Shutdown(absl::ZeroDuration()); }
+SearchServer::~SearchServer() {
+  stop_probe_.Notify();
+  if (probe_.joinable()) probe_.join();
+  // Gives the lead up at once (the lease is revoked) rather than after its TTL.
+  election_.reset();
+  Shutdown(absl::ZeroDuration());
+}
 
 bool SearchServer::Drain(absl::Duration grace) {
+  drain_started_ = true;
   runtime::DrainSteps steps;
   steps.stop_admitting = [this] { runner_->StopAdmitting(); };
   steps.wait_until_idle = [this](absl::Duration timeout) {

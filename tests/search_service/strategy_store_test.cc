@@ -1,7 +1,8 @@
-// The StrategyStore contract (search_service/server/strategy_store.h), checked on both
-// implementations — the in-memory fake and the crash-safe directory store — plus what only the
-// directory store promises: versions survive reopening, a crash's leftovers are never shown,
-// damage is refused, one process per directory.
+// The StrategyStore contract (search_service/server/strategy_store.h), checked on every
+// implementation — the in-memory fake, the crash-safe directory store and the etcd store (on a
+// real etcd this binary starts; skipped with the reason when there is no etcd binary) — plus
+// what only the directory store promises: versions survive reopening, a crash's leftovers are
+// never shown, damage is refused, one process per directory.
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -17,7 +18,9 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "search_service/server/directory_strategy_store.h"
+#include "search_service/server/etcd_strategy_store.h"
 #include "search_service/server/in_memory_strategy_store.h"
+#include "tests/support/etcd_process.h"
 
 namespace kvshare {
 namespace {
@@ -53,26 +56,54 @@ std::string TempDir(const std::string& name) {
 }
 
 struct InMemory {
+  static std::string SkipReason() { return ""; }
   static std::unique_ptr<StrategyStore> Make(const std::string&) {
     return std::make_unique<InMemoryStrategyStore>();
   }
 };
 struct Directory {
+  static std::string SkipReason() { return ""; }
   static std::unique_ptr<StrategyStore> Make(const std::string& dir) {
     auto store = DirectoryStrategyStore::Open(dir);
     EXPECT_TRUE(store.ok()) << store.status();
-    return std::move(*store);
+    return store.ok() ? std::move(*store) : nullptr;
+  }
+};
+// One etcd for the whole binary (killed at exit); each test has its own key prefix.
+struct Etcd {
+  static std::string SkipReason() {
+    return testing::EtcdProcess::Binary().empty()
+               ? "no etcd binary (Debian etcd-server; scripts/setup.sh installs it)"
+               : "";
+  }
+  static std::unique_ptr<StrategyStore> Make(const std::string&) {
+    static const std::unique_ptr<testing::EtcdProcess> server = [] {
+      auto p = testing::EtcdProcess::Start("store_contract");
+      EXPECT_TRUE(p.ok()) << p.status();
+      return p.ok() ? std::move(*p) : nullptr;
+    }();
+    static int tests = 0;
+    if (server == nullptr) return nullptr;
+    auto store = EtcdStrategyStore::Open(
+        std::make_shared<EtcdClient>(std::vector<std::string>{server->endpoint()}),
+        absl::StrFormat("/contract/%d", ++tests));
+    EXPECT_TRUE(store.ok()) << store.status();
+    return store.ok() ? std::move(*store) : nullptr;
   }
 };
 
 template <typename Impl>
 class StrategyStoreContractTest : public ::testing::Test {
  protected:
-  void SetUp() override { store_ = Impl::Make(TempDir("store_contract")); }
+  void SetUp() override {
+    if (const std::string reason = Impl::SkipReason(); !reason.empty()) GTEST_SKIP() << reason;
+    store_ = Impl::Make(TempDir("store_contract"));
+    ASSERT_NE(store_, nullptr);
+  }
   std::unique_ptr<StrategyStore> store_;
 };
 
-using Implementations = ::testing::Types<InMemory, Directory>;
+using Implementations = ::testing::Types<InMemory, Directory, Etcd>;
 TYPED_TEST_SUITE(StrategyStoreContractTest, Implementations);
 
 TYPED_TEST(StrategyStoreContractTest, VersionsAreDensePerModelInPublishOrder) {

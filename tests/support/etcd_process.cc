@@ -1,0 +1,148 @@
+#include "tests/support/etcd_process.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+
+namespace kvshare::testing {
+
+int FreeLoopbackPort() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t len = sizeof(addr);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+std::string EtcdProcess::Binary() {
+  if (const char* env = std::getenv("KVSHARE_ETCD"); env != nullptr && *env != '\0') {
+    return ::access(env, X_OK) == 0 ? env : "";
+  }
+  const char* path = std::getenv("PATH");
+  for (absl::string_view dir : absl::StrSplit(path == nullptr ? "/usr/bin" : path, ':')) {
+    const std::string candidate = absl::StrFormat("%s/etcd", dir);
+    if (!dir.empty() && ::access(candidate.c_str(), X_OK) == 0) return candidate;
+  }
+  return "";
+}
+
+absl::StatusOr<std::unique_ptr<EtcdProcess>> EtcdProcess::Start(const std::string& name,
+                                                                absl::Duration ready_within) {
+  std::unique_ptr<EtcdProcess> p(new EtcdProcess());
+  p->binary_ = Binary();
+  if (p->binary_.empty()) {
+    return absl::NotFoundError(
+        "no etcd binary (install Debian's etcd-server, or set KVSHARE_ETCD)");
+  }
+  const char* tmp = std::getenv("TEST_TMPDIR");
+  p->dir_ = absl::StrFormat("%s/etcd.%s.%d", tmp != nullptr ? tmp : "/tmp", name, getpid());
+  std::filesystem::remove_all(p->dir_);
+  std::filesystem::create_directories(p->dir_);
+  p->client_port_ = FreeLoopbackPort();
+  p->peer_port_ = FreeLoopbackPort();
+  absl::Status s = p->Launch(ready_within);
+  if (!s.ok()) return s;
+  return p;
+}
+
+EtcdProcess::~EtcdProcess() {
+  Kill();
+  std::error_code ec;
+  std::filesystem::remove_all(dir_, ec);
+}
+
+std::string EtcdProcess::endpoint() const { return absl::StrFormat("127.0.0.1:%d", client_port_); }
+
+void EtcdProcess::Kill() {
+  if (pid_ <= 0) return;
+  ::kill(pid_, SIGKILL);
+  ::waitpid(pid_, nullptr, 0);
+  pid_ = -1;
+}
+
+absl::Status EtcdProcess::Restart(absl::Duration ready_within) {
+  Kill();
+  return Launch(ready_within);
+}
+
+absl::Status EtcdProcess::Launch(absl::Duration ready_within) {
+  const std::string client = absl::StrFormat("http://127.0.0.1:%d", client_port_);
+  const std::string peer = absl::StrFormat("http://127.0.0.1:%d", peer_port_);
+  std::vector<std::string> args = {binary_,
+                                   "--name=test",
+                                   "--data-dir=" + dir_ + "/data",
+                                   "--listen-client-urls=" + client,
+                                   "--advertise-client-urls=" + client,
+                                   "--listen-peer-urls=" + peer,
+                                   "--initial-advertise-peer-urls=" + peer,
+                                   "--initial-cluster=test=" + peer,
+                                   "--log-level=warn"};
+  const std::string log = dir_ + "/etcd.log";
+  pid_ = ::fork();
+  if (pid_ < 0) return absl::InternalError("fork failed");
+  if (pid_ == 0) {
+    const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (fd >= 0) {
+      ::dup2(fd, 1);
+      ::dup2(fd, 2);
+    }
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  const absl::Time deadline = absl::Now() + ready_within;
+  while (absl::Now() < deadline) {
+    if (Healthy()) return absl::OkStatus();
+    if (::waitpid(pid_, nullptr, WNOHANG) == pid_) {
+      pid_ = -1;
+      return absl::InternalError(absl::StrFormat("etcd exited at start; see %s", log));
+    }
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  return absl::DeadlineExceededError(absl::StrFormat("etcd on %s not healthy within %s; see %s",
+                                                     endpoint(), absl::FormatDuration(ready_within),
+                                                     log));
+}
+
+bool EtcdProcess::Healthy() const {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(client_port_);
+  timeval tv{2, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  std::string answer;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+    const char request[] = "GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+    if (::write(fd, request, sizeof(request) - 1) == ssize_t(sizeof(request) - 1)) {
+      char buf[1024];
+      ssize_t n;
+      while ((n = ::read(fd, buf, sizeof(buf))) > 0) answer.append(buf, size_t(n));
+    }
+  }
+  ::close(fd);
+  return absl::StrContains(answer, "\"health\":\"true\"");
+}
+
+}  // namespace kvshare::testing
