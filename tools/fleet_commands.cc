@@ -12,6 +12,7 @@
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
 #include "kvshare/v1/registry.grpc.pb.h"
+#include "proto/wire/rollout_wire.h"
 #include "tools/commands.h"
 
 namespace kvshare::cli {
@@ -36,21 +37,6 @@ int RpcFail(const std::string& server, const grpc::Status& status) {
   return 1;
 }
 
-const char* StateName(v1::RolloutState s) {
-  switch (s) {
-    case v1::ROLLOUT_RUNNING:
-      return "running";
-    case v1::ROLLOUT_PAUSED:
-      return "paused";
-    case v1::ROLLOUT_COMPLETED:
-      return "completed";
-    case v1::ROLLOUT_ABORTED:
-      return "aborted";
-    default:
-      return "?";
-  }
-}
-
 void PrintRollout(const v1::Rollout& r) {
   std::vector<std::string> steps;
   for (int i = 0; i < r.steps_size(); ++i) {
@@ -63,7 +49,7 @@ void PrintRollout(const v1::Rollout& r) {
       "versions  %d -> %d\n"
       "steps     %s  (step %d of %d)\n"
       "workers   %d eligible, %d selected, %d on the target%s\n",
-      r.rollout_id(), StateName(r.state()),
+      r.rollout_id(), RolloutStateName(r.state()),
       r.state_reason().empty() ? "" : absl::StrFormat(": %s", r.state_reason()),
       r.model_name().empty() ? "-" : r.model_name(), r.model_fingerprint().substr(0, 16),
       r.from_version(), r.target_version(), absl::StrJoin(steps, " "), r.current_step() + 1,

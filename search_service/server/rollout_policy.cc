@@ -110,21 +110,6 @@ bool IsActive(const v1::Rollout& r) {
   return r.state() == v1::ROLLOUT_RUNNING || r.state() == v1::ROLLOUT_PAUSED;
 }
 
-const char* RolloutStateName(v1::RolloutState s) {
-  switch (s) {
-    case v1::ROLLOUT_RUNNING:
-      return "running";
-    case v1::ROLLOUT_PAUSED:
-      return "paused";
-    case v1::ROLLOUT_COMPLETED:
-      return "completed";
-    case v1::ROLLOUT_ABORTED:
-      return "aborted";
-    default:
-      return "unspecified";
-  }
-}
-
 std::string PinName(const v1::Pin& p) {
   return p.has_worker_id() ? absl::StrFormat("worker %s", p.worker_id())
                            : absl::StrFormat("label %s", p.label());

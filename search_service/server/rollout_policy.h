@@ -41,6 +41,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "kvshare/v1/registry.pb.h"
+#include "proto/wire/rollout_wire.h"
 
 namespace kvshare {
 
@@ -81,8 +82,7 @@ struct DesiredVersion {
   std::string cause;  // "pin worker w1", "rollout r1 step 1/2 (50%)", "baseline"
 };
 
-bool IsActive(const v1::Rollout& r);
-const char* RolloutStateName(v1::RolloutState s);
+bool IsActive(const v1::Rollout& r);    // running or paused (RolloutStateName: proto/wire)
 std::string PinName(const v1::Pin& p);  // "worker <id>" or "label <key=value>"
 
 // "key=value,key=value"; empty: no labels. InvalidArgument naming `field` and the bad part.
