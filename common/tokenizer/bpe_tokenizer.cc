@@ -142,6 +142,9 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::Create(BpeVocab voca
     t->merges_.try_emplace(PairKey(l->second, r->second),
                            Merge{static_cast<int32_t>(rank), m->second});
   }
+  if (t->pre_tokenizer_->ignore_merges()) {
+    for (const auto& [text, id] : token_to_id) t->whole_tokens_.emplace(std::string(text), id);
+  }
   t->tokens_ = std::move(vocab.tokens);  // token_to_id's views are not used past here
   return t;
 }
@@ -186,6 +189,14 @@ void BpeTokenizer::EncodeText(std::string_view text, std::vector<int32_t>* ids) 
 // one and offers the two new pairs it forms. Entries made stale by an earlier merge are
 // skipped when popped. O(n log n) in the piece's length.
 void BpeTokenizer::EncodePiece(std::string_view piece, std::vector<int32_t>* ids) const {
+  if (pre_tokenizer_->ignore_merges()) {
+    // llama.cpp's ignore_merges (Llama 3): a piece that is a token is taken whole.
+    auto whole = whole_tokens_.find(BytesToUnicode(piece));
+    if (whole != whole_tokens_.end()) {
+      ids->push_back(whole->second);
+      return;
+    }
+  }
   std::vector<int32_t> id;
   id.reserve(piece.size());
   for (char c : piece) {

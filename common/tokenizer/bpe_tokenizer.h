@@ -98,6 +98,8 @@ class BpeTokenizer final : public Tokenizer {
   // Special tokens to cut out of the text, grouped by first byte, longest first.
   std::vector<std::pair<std::string, int32_t>> specials_by_byte_[256];
   std::unique_ptr<PreTokenizer> pre_tokenizer_;
+  // Token text (GPT-2 alphabet) -> id, for pre-tokenizers with ignore_merges(); else empty.
+  absl::flat_hash_map<std::string, int32_t> whole_tokens_;
   int32_t bos_id_ = -1;
   int32_t eos_id_ = -1;
   bool add_bos_ = false;
