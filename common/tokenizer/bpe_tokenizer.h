@@ -8,8 +8,8 @@
 // HF's BPE without unk_token and llama.cpp do.
 //
 // DecodeToken maps a token's characters back to bytes; control tokens decode to "" (their
-// text is TokenText). End of generation: EOS, and the control tokens that end a turn or a
-// document (<|im_end|>, <|endoftext|>, <|eot_id|>, <|end|>, <end_of_turn>).
+// text is TokenText). End of generation: EOS, and the tokens that end a turn or a document
+// (end_of_generation.h: control tokens whatever their type in the file, as llama.cpp has them).
 //
 // Immutable after Create; safe to share between threads.
 #pragma once

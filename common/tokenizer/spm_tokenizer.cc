@@ -8,15 +8,12 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_format.h"
 #include "common/tokenizer/bpe_tokenizer.h"
+#include "common/tokenizer/end_of_generation.h"
 
 namespace kvshare {
 namespace {
 
 constexpr std::string_view kSpace = "\xe2\x96\x81";  // U+2581 "▁"
-
-// Control tokens that end a turn or a document (as in bpe_tokenizer.cc).
-constexpr std::string_view kEndOfGenerationTexts[] = {"<end_of_turn>", "<|im_end|>", "<|end|>",
-                                                      "<|eot_id|>", "</s>"};
 
 int Utf8Length(uint8_t lead) {
   if (lead < 0x80) return 1;
@@ -110,7 +107,7 @@ absl::StatusOr<std::unique_ptr<SpmTokenizer>> SpmTokenizer::Create(SpmVocab voca
     const std::string& text = t->tokens_[i];
     // A duplicated text maps to its last id, as llama.cpp's token_to_id.
     t->token_to_id_[text] = i;
-    const int32_t type =
+    int32_t type =
         vocab.token_types.empty() ? static_cast<int32_t>(TokenType::kNormal) : vocab.token_types[i];
     if (type < static_cast<int32_t>(TokenType::kNormal) ||
         type > static_cast<int32_t>(TokenType::kByte)) {
@@ -118,14 +115,15 @@ absl::StatusOr<std::unique_ptr<SpmTokenizer>> SpmTokenizer::Create(SpmVocab voca
           absl::StrFormat("SentencePiece tokenizer: token %d (\"%s\") has type %d, outside 1..6", i,
                           absl::CEscape(text), type));
     }
+    // A token that ends a turn is control whatever its type in the file (end_of_generation.h).
+    if (IsEndOfGenerationText(text)) {
+      type = static_cast<int32_t>(TokenType::kControl);
+      t->end_of_generation_[i] = 1;
+    }
     uint8_t byte = 0;
     switch (static_cast<TokenType>(type)) {
       case TokenType::kControl:
         t->control_[i] = 1;
-        if (std::find(std::begin(kEndOfGenerationTexts), std::end(kEndOfGenerationTexts), text) !=
-            std::end(kEndOfGenerationTexts)) {
-          t->end_of_generation_[i] = 1;
-        }
         break;
       case TokenType::kByte:
         t->decoded_[i] = ParseByteToken(text, &byte) ? std::string(1, static_cast<char>(byte)) : "";

@@ -11,7 +11,8 @@
 //     byte-fallback tokens "<0xXX>" (<unk> when the vocabulary has no such token).
 // BOS is added when asked (the file's tokenizer.ggml.add_bos_token, default true, is what
 // add_bos_by_default reports). Decoding maps "▁" back to " ", byte tokens to their byte, and
-// drops the leading space of the first piece after BOS when a space prefix was added.
+// drops the leading space of the first piece after BOS when a space prefix was added. End of
+// generation: EOS and the tokens of end_of_generation.h (control whatever their file type).
 //
 // Immutable after Create; safe to share between threads.
 #pragma once
