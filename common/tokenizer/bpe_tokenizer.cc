@@ -8,18 +8,9 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_format.h"
 #include "common/tokenizer/byte_level.h"
+#include "common/tokenizer/end_of_generation.h"
 
 namespace kvshare {
-namespace {
-
-// Control tokens that end a turn or a document in the chat formats we know; generation stops at
-// them even when the file names only one EOS.
-constexpr std::string_view kEndOfGenerationTexts[] = {
-    "<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|end_of_text|>",
-};
-
-}  // namespace
-
 absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::Create(BpeVocab vocab) {
   const size_t n = vocab.tokens.size();
   if (n == 0 || n > static_cast<size_t>(INT32_MAX)) {
@@ -66,7 +57,7 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::Create(BpeVocab voca
     const std::string& text = vocab.tokens[i];
     // Lowest id wins a duplicated text (llama.cpp's choice; HF vocabularies are maps).
     token_to_id.try_emplace(text, i);
-    const int32_t type =
+    int32_t type =
         vocab.token_types.empty() ? static_cast<int32_t>(TokenType::kNormal) : vocab.token_types[i];
     if (type < static_cast<int32_t>(TokenType::kNormal) ||
         type > static_cast<int32_t>(TokenType::kByte)) {
@@ -74,13 +65,12 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::Create(BpeVocab voca
           absl::StrFormat("BPE tokenizer: token %d (\"%s\") has type %d, outside 1..6", i,
                           absl::CEscape(text), type));
     }
-    if (type == static_cast<int32_t>(TokenType::kControl)) {
-      t->control_[i] = 1;
-      if (std::find(std::begin(kEndOfGenerationTexts), std::end(kEndOfGenerationTexts), text) !=
-          std::end(kEndOfGenerationTexts)) {
-        t->end_of_generation_[i] = 1;
-      }
+    // A token that ends a turn is control whatever its type in the file (end_of_generation.h).
+    if (IsEndOfGenerationText(text)) {
+      type = static_cast<int32_t>(TokenType::kControl);
+      t->end_of_generation_[i] = 1;
     }
+    if (type == static_cast<int32_t>(TokenType::kControl)) t->control_[i] = 1;
     if (type == static_cast<int32_t>(TokenType::kControl) ||
         type == static_cast<int32_t>(TokenType::kUserDefined)) {
       if (!text.empty()) {
@@ -142,6 +132,9 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::Create(BpeVocab voca
     t->merges_.try_emplace(PairKey(l->second, r->second),
                            Merge{static_cast<int32_t>(rank), m->second});
   }
+  if (t->pre_tokenizer_->ignore_merges()) {
+    for (const auto& [text, id] : token_to_id) t->whole_tokens_.emplace(std::string(text), id);
+  }
   t->tokens_ = std::move(vocab.tokens);  // token_to_id's views are not used past here
   return t;
 }
@@ -186,6 +179,14 @@ void BpeTokenizer::EncodeText(std::string_view text, std::vector<int32_t>* ids) 
 // one and offers the two new pairs it forms. Entries made stale by an earlier merge are
 // skipped when popped. O(n log n) in the piece's length.
 void BpeTokenizer::EncodePiece(std::string_view piece, std::vector<int32_t>* ids) const {
+  if (pre_tokenizer_->ignore_merges()) {
+    // llama.cpp's ignore_merges (Llama 3): a piece that is a token is taken whole.
+    auto whole = whole_tokens_.find(BytesToUnicode(piece));
+    if (whole != whole_tokens_.end()) {
+      ids->push_back(whole->second);
+      return;
+    }
+  }
   std::vector<int32_t> id;
   id.reserve(piece.size());
   for (char c : piece) {

@@ -8,8 +8,8 @@
 // HF's BPE without unk_token and llama.cpp do.
 //
 // DecodeToken maps a token's characters back to bytes; control tokens decode to "" (their
-// text is TokenText). End of generation: EOS, and the control tokens that end a turn or a
-// document (<|im_end|>, <|endoftext|>, <|eot_id|>, <|end|>, <end_of_turn>).
+// text is TokenText). End of generation: EOS, and the tokens that end a turn or a document
+// (end_of_generation.h: control tokens whatever their type in the file, as llama.cpp has them).
 //
 // Immutable after Create; safe to share between threads.
 #pragma once
@@ -98,6 +98,8 @@ class BpeTokenizer final : public Tokenizer {
   // Special tokens to cut out of the text, grouped by first byte, longest first.
   std::vector<std::pair<std::string, int32_t>> specials_by_byte_[256];
   std::unique_ptr<PreTokenizer> pre_tokenizer_;
+  // Token text (GPT-2 alphabet) -> id, for pre-tokenizers with ignore_merges(); else empty.
+  absl::flat_hash_map<std::string, int32_t> whole_tokens_;
   int32_t bos_id_ = -1;
   int32_t eos_id_ = -1;
   bool add_bos_ = false;

@@ -20,6 +20,15 @@ constexpr char kGpt2Pattern[] =
     R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?(?:[^\s\p{L}\p{N}]|\x{180E})+)"
     R"(|[^\S\x{180E}]+(?!\S|\x{180E})|[^\S\x{180E}]+)";
 constexpr char kDigitPattern[] = R"(\p{N})";
+// llama.cpp's Llama 3 and Qwen2 regexes (pre_tokenizer.h) with the same U+180E correction:
+// \s -> [^\S\x{180E}], and U+180E counts as "other".
+#define KVSHARE_LLAMA3_STYLE(DIGITS)                                                              \
+  R"((?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|)" DIGITS \
+  R"(| ?(?:[^\s\p{L}\p{N}]|\x{180E})+[\r\n]*|[^\S\x{180E}]*[\r\n]+)"                              \
+  R"(|[^\S\x{180E}]+(?!\S|\x{180E})|[^\S\x{180E}]+)"
+constexpr char kLlama3Pattern[] = KVSHARE_LLAMA3_STYLE(R"(\p{N}{1,3})");
+constexpr char kQwen2Pattern[] = KVSHARE_LLAMA3_STYLE(R"(\p{N})");
+#undef KVSHARE_LLAMA3_STYLE
 
 }  // namespace
 
@@ -67,14 +76,21 @@ struct PreTokenizer::Regex {
 };
 
 absl::StatusOr<std::unique_ptr<PreTokenizer>> PreTokenizer::Create(const std::string& pre) {
-  bool split_digits;
+  bool split_digits = false, ignore_merges = false;
+  const char* pattern = kGpt2Pattern;
   if (pre == "smollm" || pre == "starcoder") {
     split_digits = true;
   } else if (pre == "gpt-2") {
-    split_digits = false;
+  } else if (pre == "llama-bpe" || pre == "llama3" || pre == "llama-v3") {
+    pattern = kLlama3Pattern;
+    ignore_merges = true;
+  } else if (pre == "qwen2") {
+    pattern = kQwen2Pattern;
   } else {
-    return absl::UnimplementedError(absl::StrCat(
-        "tokenizer.ggml.pre \"", pre, "\" is not supported (known: smollm, starcoder, gpt-2)"));
+    return absl::UnimplementedError(
+        absl::StrCat("tokenizer.ggml.pre \"", pre,
+                     "\" is not supported (known: smollm, starcoder, gpt-2, llama-bpe, llama3, "
+                     "llama-v3, qwen2)"));
   }
   std::unique_ptr<Regex> digit;
   if (split_digits) {
@@ -82,13 +98,15 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> PreTokenizer::Create(const std::st
     if (!compiled.ok()) return compiled.status();
     digit = std::move(*compiled);
   }
-  absl::StatusOr<std::unique_ptr<Regex>> word = Regex::Compile(kGpt2Pattern);
+  absl::StatusOr<std::unique_ptr<Regex>> word = Regex::Compile(pattern);
   if (!word.ok()) return word.status();
-  return std::unique_ptr<PreTokenizer>(new PreTokenizer(std::move(digit), std::move(*word)));
+  return std::unique_ptr<PreTokenizer>(
+      new PreTokenizer(std::move(digit), std::move(*word), ignore_merges));
 }
 
-PreTokenizer::PreTokenizer(std::unique_ptr<Regex> digit, std::unique_ptr<Regex> word)
-    : digit_(std::move(digit)), word_(std::move(word)) {}
+PreTokenizer::PreTokenizer(std::unique_ptr<Regex> digit, std::unique_ptr<Regex> word,
+                           bool ignore_merges)
+    : digit_(std::move(digit)), word_(std::move(word)), ignore_merges_(ignore_merges) {}
 
 PreTokenizer::~PreTokenizer() = default;
 

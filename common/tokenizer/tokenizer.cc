@@ -11,6 +11,7 @@
 #include "common/model/llama2c.h"
 #include "common/model/model.h"
 #include "common/tokenizer/bpe_tokenizer.h"
+#include "common/tokenizer/spm_tokenizer.h"
 #include "common/util/file.h"
 #include "common/util/sha256.h"
 
@@ -37,6 +38,55 @@ absl::Status ReadOptionalId(const GgufFile& gguf, const std::string& key, int32_
   return absl::OkStatus();
 }
 
+absl::Status ReadTokenTypes(const GgufFile& gguf, std::vector<int32_t>* out) {
+  std::vector<int64_t> types;
+  if (absl::Status s = ReadOptional(gguf.GetIntArray("tokenizer.ggml.token_type"), &types);
+      !s.ok()) {
+    return s;
+  }
+  out->reserve(types.size());
+  for (size_t i = 0; i < types.size(); ++i) {
+    if (types[i] < INT32_MIN || types[i] > INT32_MAX) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tokenizer.ggml.token_type[", i, "] = ", types[i], " is out of range"));
+    }
+    out->push_back(static_cast<int32_t>(types[i]));
+  }
+  return absl::OkStatus();
+}
+
+// tokenizer.ggml.model == "llama". Defaults as llama.cpp's: BOS added, a space prefix.
+absl::StatusOr<SpmVocab> ReadSpmVocab(const GgufFile& gguf) {
+  SpmVocab vocab;
+  absl::StatusOr<std::vector<std::string>> tokens = gguf.GetStringArray("tokenizer.ggml.tokens");
+  if (!tokens.ok()) return tokens.status();
+  vocab.tokens = *std::move(tokens);
+  absl::StatusOr<std::vector<double>> scores = gguf.GetFloatArray("tokenizer.ggml.scores");
+  if (!scores.ok()) return scores.status();
+  vocab.scores.assign(scores->begin(), scores->end());
+  if (absl::Status s = ReadTokenTypes(gguf, &vocab.token_types); !s.ok()) return s;
+  for (auto [key, id] : {std::pair{"tokenizer.ggml.bos_token_id", &vocab.bos_id},
+                         std::pair{"tokenizer.ggml.eos_token_id", &vocab.eos_id},
+                         std::pair{"tokenizer.ggml.unknown_token_id", &vocab.unk_id}}) {
+    if (absl::Status s = ReadOptionalId(gguf, key, id); !s.ok()) return s;
+  }
+  for (const char* key : {"tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"}) {
+    int32_t id = -1;
+    if (absl::Status s = ReadOptionalId(gguf, key, &id); !s.ok()) return s;
+    if (id >= 0) vocab.extra_end_of_generation_ids.push_back(id);
+  }
+  for (auto [key, flag] : {std::pair{"tokenizer.ggml.add_bos_token", &vocab.add_bos},
+                           std::pair{"tokenizer.ggml.add_space_prefix", &vocab.add_space_prefix}}) {
+    if (absl::Status s = ReadOptional(gguf.GetBool(key), flag); !s.ok()) return s;
+  }
+  if (absl::Status s =
+          ReadOptional(gguf.GetString("tokenizer.chat_template"), &vocab.chat_template);
+      !s.ok()) {
+    return s;
+  }
+  return vocab;
+}
+
 absl::StatusOr<BpeVocab> ReadBpeVocab(const GgufFile& gguf) {
   BpeVocab vocab;
   absl::StatusOr<std::vector<std::string>> tokens = gguf.GetStringArray("tokenizer.ggml.tokens");
@@ -46,24 +96,14 @@ absl::StatusOr<BpeVocab> ReadBpeVocab(const GgufFile& gguf) {
   if (!merges.ok()) return merges.status();
   vocab.merges = *std::move(merges);
 
-  std::vector<int64_t> types;
-  if (absl::Status s = ReadOptional(gguf.GetIntArray("tokenizer.ggml.token_type"), &types);
-      !s.ok()) {
-    return s;
-  }
-  vocab.token_types.reserve(types.size());
-  for (size_t i = 0; i < types.size(); ++i) {
-    if (types[i] < INT32_MIN || types[i] > INT32_MAX) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("tokenizer.ggml.token_type[", i, "] = ", types[i], " is out of range"));
-    }
-    vocab.token_types.push_back(static_cast<int32_t>(types[i]));
-  }
+  if (absl::Status s = ReadTokenTypes(gguf, &vocab.token_types); !s.ok()) return s;
   // Files converted before tokenizer.ggml.pre existed use the original GPT-2 splitting.
   vocab.pre = "gpt-2";
   if (absl::Status s = ReadOptional(gguf.GetString("tokenizer.ggml.pre"), &vocab.pre); !s.ok()) {
     return s;
   }
+  // llama.cpp adds BOS for Llama 3 vocabularies unless the file says otherwise.
+  vocab.add_bos = vocab.pre == "llama-bpe" || vocab.pre == "llama3" || vocab.pre == "llama-v3";
   for (auto [key, id] : {std::pair{"tokenizer.ggml.bos_token_id", &vocab.bos_id},
                          std::pair{"tokenizer.ggml.eos_token_id", &vocab.eos_id}}) {
     if (absl::Status s = ReadOptionalId(gguf, key, id); !s.ok()) return s;
@@ -108,10 +148,21 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> TokenizerFromGguf(const GgufFile& ggu
     return absl::Status(model.status().code(),
                         absl::StrCat("GGUF tokenizer: ", model.status().message()));
   }
+  if (*model == "llama") {
+    absl::StatusOr<SpmVocab> vocab = ReadSpmVocab(gguf);
+    if (!vocab.ok()) {
+      return absl::Status(vocab.status().code(),
+                          absl::StrCat("GGUF tokenizer: ", vocab.status().message()));
+    }
+    absl::StatusOr<std::unique_ptr<SpmTokenizer>> tokenizer =
+        SpmTokenizer::Create(*std::move(vocab));
+    if (!tokenizer.ok()) return tokenizer.status();
+    return std::unique_ptr<Tokenizer>(*std::move(tokenizer));
+  }
   if (*model != "gpt2") {
-    return absl::UnimplementedError(absl::StrCat("GGUF tokenizer: tokenizer.ggml.model \"", *model,
-                                                 "\" is not supported (only \"gpt2\", "
-                                                 "byte-level BPE)"));
+    return absl::UnimplementedError(absl::StrCat(
+        "GGUF tokenizer: tokenizer.ggml.model \"", *model,
+        "\" is not supported (supported: \"gpt2\", byte-level BPE; \"llama\", SentencePiece)"));
   }
   absl::StatusOr<BpeVocab> vocab = ReadBpeVocab(gguf);
   if (!vocab.ok()) {

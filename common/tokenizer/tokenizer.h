@@ -1,9 +1,10 @@
-// Text <-> token ids. Two implementations behind one interface:
+// Text <-> token ids. Three implementations behind one interface:
 //   - the llama2.c SentencePiece-style tokenizer (tok512.bin: score-ordered merges, a dummy
 //     prefix space, byte fallback <0xXX>);
 //   - the byte-level BPE stored in GGUF (tokenizer.ggml.model == "gpt2"): GPT-2 style
 //     pre-tokenisation (as the file's tokenizer.ggml.pre names, e.g. "smollm"), ranked merges,
-//     special tokens matched verbatim in the text, and the chat template (ChatML for SmolLM2).
+//     special tokens matched verbatim in the text, and the chat template (ChatML for SmolLM2);
+//   - the SentencePiece model stored in GGUF (tokenizer.ggml.model == "llama"; spm_tokenizer.h).
 // Tokenizers are immutable after construction and safe to share between threads.
 #pragma once
 

@@ -87,6 +87,18 @@ void MatMulRunner::QuantizeBatch(const float* x, int n, int64_t cols) {
   }
 }
 
+void MatMulRunner::SumLowHalves(int n) {
+  const int64_t blocks = n * batch_.nb;
+  if (static_cast<int64_t>(xqsum_lo_.size()) < blocks) xqsum_lo_.resize(blocks);
+  for (int64_t i = 0; i < blocks; ++i) {
+    const int8_t* q = batch_.q + i * 32;
+    int32_t s = 0;
+    for (int j = 0; j < 16; ++j) s += q[j];
+    xqsum_lo_[i] = s;
+  }
+  batch_.qsum_lo = xqsum_lo_.data();
+}
+
 void MatMulRunner::RunQuantized(const CpuWeight& w, const float* x, int n, float* out) {
   const int64_t groups = w.n_groups();
   const bool gemm = n >= options_.gemm_min_tokens;
@@ -100,6 +112,7 @@ void MatMulRunner::RunQuantized(const CpuWeight& w, const float* x, int n, float
   }
   // The x side both kernels need: int8 blocks (or, exact mode, the fp32 block sums).
   QuantizeBatch(x, n, w.cols());
+  if (options_.int8_activations && w.pack() == Pack::kQ8F) SumLowHalves(n);
   // Tasks: token chunks x group chunks, about kTasksPerThread per thread (results do not
   // depend on it).
   const int token_chunk = std::min(n, kGemmTokenChunk);

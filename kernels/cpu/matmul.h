@@ -5,7 +5,7 @@
 //   weight type       n < gemm_min_tokens                 n >= gemm_min_tokens
 //   F32/F16/BF16      DenseRows (fp32 dots)               OpenBLAS sgemm per 128-row tile
 //                                                          (F16/BF16 tiles converted first)
-//   Q8_0/Q4_0/Q4_1    Int8Groups (x -> int8, VNNI)        Int8Groups (the same kernel: an
+//   quantized types   Int8Groups (x -> int8, VNNI)        Int8Groups (the same kernel: an
 //                     or F32Groups (exact mode)            integer GEMM) or F32Groups (exact
 //                                                          mode); dequantized tiles + sgemm
 //                                                          with quant_gemm = kSgemm
@@ -60,6 +60,8 @@ class MatMulRunner {
   void RunQuantized(const CpuWeight& w, const float* x, int n, float* out);
   void RunSgemmTiles(const CpuWeight& w, const float* x, int n, float* out);
   void QuantizeBatch(const float* x, int n, int64_t cols);
+  // batch_.qsum_lo for the n quantized rows (Pack::kQ8F weights).
+  void SumLowHalves(int n);
   float* ThreadScratch(int thread, size_t floats);
 
   ThreadPool* pool_;
@@ -68,7 +70,7 @@ class MatMulRunner {
 
   std::vector<int8_t> xq_;
   std::vector<float> xscale_, xsum_;
-  std::vector<int32_t> xqsum_;
+  std::vector<int32_t> xqsum_, xqsum_lo_;
   QuantizedBatch batch_;
   std::vector<std::vector<float>> scratch_;  // per thread
 };

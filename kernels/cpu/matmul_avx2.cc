@@ -40,11 +40,33 @@ KVSHARE_TARGET_AVX2 inline __m256 LoadHalves(const uint16_t* p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
 
+constexpr bool BytesForm(Pack p) { return p == Pack::kQ8_0 || p == Pack::kQ8F; }
+constexpr bool MayHaveOffsets(Pack p) {
+  return p == Pack::kQ4_1 || p == Pack::kQ4F || p == Pack::kQ8F;
+}
+
+// Scales of block b for rows 8h..8h+7 of group g: d[i] multiplies elements 16i..16i+15 (the
+// same register twice except in kQ8F); m is zero without offsets.
+template <Pack P>
+KVSHARE_TARGET_AVX2 inline void LoadScales(const CpuWeight& w, int64_t g, int64_t b, int h,
+                                           __m256* d, __m256* m) {
+  if constexpr (P == Pack::kQ4F || P == Pack::kQ8F) {
+    const float* s = w.block_scales_f32(g, b) + 8 * h;
+    d[0] = _mm256_load_ps(s);
+    d[1] = P == Pack::kQ8F ? _mm256_load_ps(s + kGroupRows) : d[0];
+    *m = w.has_offsets() ? _mm256_load_ps(w.block_offsets_f32(g, b) + 8 * h) : _mm256_setzero_ps();
+  } else {
+    d[0] = d[1] = LoadHalves(w.block_scales(g, b) + 8 * h);
+    *m = P == Pack::kQ4_1 ? LoadHalves(w.block_offsets(g, b) + 8 * h) : _mm256_setzero_ps();
+  }
+}
+
 // 8 rows (half h of group g) x NT tokens.
-template <DType T, int NT>
+template <Pack P, int NT>
 KVSHARE_TARGET_AVX2 void Int8Tile(const CpuWeight& w, int64_t g, int h, const QuantizedBatch& x,
                                   int t0, float* out, int64_t ldo, int valid) {
   const int64_t nb = w.blocks();
+  const bool offsets = MayHaveOffsets(P) && (P != Pack::kQ8F || w.has_offsets());
   const __m256i low_nibbles = _mm256_set1_epi8(0x0f);
   const __m256i ones = _mm256_set1_epi16(1);
   __m256 acc[NT];
@@ -52,12 +74,10 @@ KVSHARE_TARGET_AVX2 void Int8Tile(const CpuWeight& w, int64_t g, int h, const Qu
 
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* qb = w.block_quants(g, b) + 32 * h;
-    const uint16_t* scales = w.block_scales(g, b) + 8 * h;
-    const uint16_t* offsets = w.block_offsets(g, b) + 8 * h;
     if (h == 0) PrefetchNextBlock(w, qb);
     __m256i wq[8];  // Q4: unsigned nibbles; Q8: |q|
     __m256i ws[8];  // Q8: q (for the sign)
-    if constexpr (T == DType::kQ8_0) {
+    if constexpr (BytesForm(P)) {
       for (int k = 0; k < 8; ++k) {
         ws[k] = _mm256_xor_si256(_mm256_load_si256(reinterpret_cast<const __m256i*>(qb + 64 * k)),
                                  _mm256_set1_epi8(-128));
@@ -70,19 +90,24 @@ KVSHARE_TARGET_AVX2 void Int8Tile(const CpuWeight& w, int64_t g, int h, const Qu
         wq[k + 4] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low_nibbles);
       }
     }
-    const __m256 d = LoadHalves(scales);
-    __m256 m = _mm256_setzero_ps();
-    if constexpr (T == DType::kQ4_1) m = LoadHalves(offsets);
+    __m256 d[2], m;
+    LoadScales<P>(w, g, b, h, d, &m);
     for (int t = 0; t < NT; ++t) {
       const int64_t xt = t0 + t;
       const int8_t* xq = x.q + xt * x.cols + b * 32;
-      __m256i dot;
-      if constexpr (T == DType::kQ8_0) {
+      const __m256 xscale = _mm256_set1_ps(x.scale[xt * x.nb + b]);
+      if constexpr (BytesForm(P)) {
         // Moving q's sign onto x keeps maddubs' unsigned operand |q| <= 128: no saturation.
-        dot = _mm256_setzero_si256();
+        // kQ8F: the two 16-element halves (dwords 0..3, 4..7) are summed apart.
+        __m256i dot[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
         for (int j = 0; j < 8; ++j) {
           const __m256i xs = _mm256_sign_epi8(BroadcastDword(xq + 4 * j), ws[j]);
-          dot = _mm256_add_epi32(dot, _mm256_madd_epi16(_mm256_maddubs_epi16(wq[j], xs), ones));
+          __m256i& dj = dot[P == Pack::kQ8F ? j / 4 : 0];
+          dj = _mm256_add_epi32(dj, _mm256_madd_epi16(_mm256_maddubs_epi16(wq[j], xs), ones));
+        }
+        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[0]), _mm256_mul_ps(d[0], xscale), acc[t]);
+        if constexpr (P == Pack::kQ8F) {
+          acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[1]), _mm256_mul_ps(d[1], xscale), acc[t]);
         }
       } else {
         // Nibble products are <= 15 * 127 * 2 per pair; eight of them fit in int16.
@@ -90,22 +115,19 @@ KVSHARE_TARGET_AVX2 void Int8Tile(const CpuWeight& w, int64_t g, int h, const Qu
         for (int j = 1; j < 8; ++j) {
           s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(wq[j], BroadcastDword(xq + 4 * j)));
         }
-        dot = _mm256_madd_epi16(s16, ones);
-        if constexpr (T == DType::kQ4_0) {
+        __m256i dot = _mm256_madd_epi16(s16, ones);
+        if constexpr (P == Pack::kQ4_0) {
           dot = _mm256_add_epi32(dot, _mm256_set1_epi32(-8 * x.qsum[xt * x.nb + b]));
         }
+        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(d[0], xscale), acc[t]);
       }
-      const __m256 s = _mm256_mul_ps(d, _mm256_set1_ps(x.scale[xt * x.nb + b]));
-      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, acc[t]);
-      if constexpr (T == DType::kQ4_1) {
-        acc[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(x.sum[xt * x.nb + b]), acc[t]);
-      }
+      if (offsets) acc[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(x.sum[xt * x.nb + b]), acc[t]);
     }
   }
   for (int t = 0; t < NT; ++t) StoreRows(out + t * ldo, acc[t], valid);
 }
 
-template <DType T>
+template <Pack P>
 KVSHARE_TARGET_AVX2 void Int8GroupsT(const CpuWeight& w, const QuantizedBatch& x, int t0, int t1,
                                      int64_t g0, int64_t g1, float* out) {
   const int64_t rows = w.rows();
@@ -117,16 +139,16 @@ KVSHARE_TARGET_AVX2 void Int8GroupsT(const CpuWeight& w, const QuantizedBatch& x
         float* o = out + t * rows + g * kGroupRows + 8 * h;
         switch (std::min(kTokenTile, t1 - t)) {
           case 1:
-            Int8Tile<T, 1>(w, g, h, x, t, o, rows, valid);
+            Int8Tile<P, 1>(w, g, h, x, t, o, rows, valid);
             break;
           case 2:
-            Int8Tile<T, 2>(w, g, h, x, t, o, rows, valid);
+            Int8Tile<P, 2>(w, g, h, x, t, o, rows, valid);
             break;
           case 3:
-            Int8Tile<T, 3>(w, g, h, x, t, o, rows, valid);
+            Int8Tile<P, 3>(w, g, h, x, t, o, rows, valid);
             break;
           default:
-            Int8Tile<T, 4>(w, g, h, x, t, o, rows, valid);
+            Int8Tile<P, 4>(w, g, h, x, t, o, rows, valid);
             break;
         }
       }
@@ -134,59 +156,60 @@ KVSHARE_TARGET_AVX2 void Int8GroupsT(const CpuWeight& w, const QuantizedBatch& x
   }
 }
 
-// 8 rows x 1 token, fp32 activations; quants unpacked with shifts and masks.
-template <DType T>
+// 8 rows x 1 token, fp32 activations; quants unpacked with shifts and masks. kQ8F sums each
+// 16-element half apart (one scale each).
+template <Pack P>
 KVSHARE_TARGET_AVX2 void F32Tile(const CpuWeight& w, int64_t g, int h, const float* x,
                                  const float* xsum, float* out, int valid) {
+  constexpr int kHalves = P == Pack::kQ8F ? 2 : 1;
+  const bool offsets = MayHaveOffsets(P) && (P != Pack::kQ8F || w.has_offsets());
   const int64_t nb = w.blocks();
-  const __m256i byte_mask = _mm256_set1_epi32(0xff);
   const __m256i nib_mask = _mm256_set1_epi32(0x0f);
   __m256 acc = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* qb = w.block_quants(g, b) + 32 * h;
-    const uint16_t* scales = w.block_scales(g, b) + 8 * h;
-    const uint16_t* offsets = w.block_offsets(g, b) + 8 * h;
     const float* xb = x + b * 32;
-    __m256 bacc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
-                      _mm256_setzero_ps()};
-    if constexpr (T == DType::kQ8_0) {
-      for (int k = 0; k < 8; ++k) {
-        const __m256i raw =
-            _mm256_xor_si256(_mm256_load_si256(reinterpret_cast<const __m256i*>(qb + 64 * k)),
-                             _mm256_set1_epi8(-128));
-        for (int e = 0; e < 4; ++e) {
-          const __m256 v =
-              _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(raw, 24 - 8 * e), 24));
-          bacc[e] = _mm256_fmadd_ps(v, _mm256_set1_ps(xb[4 * k + e]), bacc[e]);
+    __m256 d[2], m;
+    LoadScales<P>(w, g, b, h, d, &m);
+    for (int half = 0; half < kHalves; ++half) {
+      __m256 bacc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                        _mm256_setzero_ps()};
+      if constexpr (BytesForm(P)) {
+        for (int k = half * 8 / kHalves; k < (half + 1) * 8 / kHalves; ++k) {
+          const __m256i raw =
+              _mm256_xor_si256(_mm256_load_si256(reinterpret_cast<const __m256i*>(qb + 64 * k)),
+                               _mm256_set1_epi8(-128));
+          for (int e = 0; e < 4; ++e) {
+            const __m256 v =
+                _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(raw, 24 - 8 * e), 24));
+            bacc[e] = _mm256_fmadd_ps(v, _mm256_set1_ps(xb[4 * k + e]), bacc[e]);
+          }
+        }
+      } else {
+        const __m256i bias = _mm256_set1_epi32(P == Pack::kQ4_0 ? 8 : 0);
+        for (int k = 0; k < 4; ++k) {
+          const __m256i raw = _mm256_load_si256(reinterpret_cast<const __m256i*>(qb + 64 * k));
+          for (int e = 0; e < 4; ++e) {
+            const __m256 lo = _mm256_cvtepi32_ps(
+                _mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(raw, 8 * e), nib_mask), bias));
+            const __m256 hi = _mm256_cvtepi32_ps(_mm256_sub_epi32(
+                _mm256_and_si256(_mm256_srli_epi32(raw, 8 * e + 4), nib_mask), bias));
+            bacc[e] = _mm256_fmadd_ps(lo, _mm256_set1_ps(xb[4 * k + e]), bacc[e]);
+            bacc[(e + 1) % 4] =
+                _mm256_fmadd_ps(hi, _mm256_set1_ps(xb[16 + 4 * k + e]), bacc[(e + 1) % 4]);
+          }
         }
       }
-    } else {
-      const __m256i bias = _mm256_set1_epi32(T == DType::kQ4_0 ? 8 : 0);
-      for (int k = 0; k < 4; ++k) {
-        const __m256i raw = _mm256_load_si256(reinterpret_cast<const __m256i*>(qb + 64 * k));
-        for (int e = 0; e < 4; ++e) {
-          const __m256 lo = _mm256_cvtepi32_ps(
-              _mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(raw, 8 * e), nib_mask), bias));
-          const __m256 hi = _mm256_cvtepi32_ps(_mm256_sub_epi32(
-              _mm256_and_si256(_mm256_srli_epi32(raw, 8 * e + 4), nib_mask), bias));
-          bacc[e] = _mm256_fmadd_ps(lo, _mm256_set1_ps(xb[4 * k + e]), bacc[e]);
-          bacc[(e + 1) % 4] =
-              _mm256_fmadd_ps(hi, _mm256_set1_ps(xb[16 + 4 * k + e]), bacc[(e + 1) % 4]);
-        }
-      }
-      (void)byte_mask;
+      const __m256 sum =
+          _mm256_add_ps(_mm256_add_ps(bacc[0], bacc[1]), _mm256_add_ps(bacc[2], bacc[3]));
+      acc = _mm256_fmadd_ps(sum, d[half], acc);
     }
-    const __m256 sum =
-        _mm256_add_ps(_mm256_add_ps(bacc[0], bacc[1]), _mm256_add_ps(bacc[2], bacc[3]));
-    acc = _mm256_fmadd_ps(sum, LoadHalves(scales), acc);
-    if constexpr (T == DType::kQ4_1) {
-      acc = _mm256_fmadd_ps(LoadHalves(offsets), _mm256_set1_ps(xsum[b]), acc);
-    }
+    if (offsets) acc = _mm256_fmadd_ps(m, _mm256_set1_ps(xsum[b]), acc);
   }
   StoreRows(out, acc, valid);
 }
 
-template <DType T>
+template <Pack P>
 KVSHARE_TARGET_AVX2 void F32GroupsT(const CpuWeight& w, const float* x, const float* xsum, int t0,
                                     int t1, int64_t g0, int64_t g1, float* out) {
   const int64_t rows = w.rows(), cols = w.cols(), nb = w.blocks();
@@ -195,7 +218,7 @@ KVSHARE_TARGET_AVX2 void F32GroupsT(const CpuWeight& w, const float* x, const fl
       const int valid = static_cast<int>(std::min<int64_t>(8, rows - g * kGroupRows - 8 * h));
       if (valid <= 0) continue;
       for (int t = t0; t < t1; ++t) {
-        F32Tile<T>(w, g, h, x + t * cols, xsum + t * nb, out + t * rows + g * kGroupRows + 8 * h,
+        F32Tile<P>(w, g, h, x + t * cols, xsum + t * nb, out + t * rows + g * kGroupRows + 8 * h,
                    valid);
       }
     }
@@ -289,28 +312,36 @@ KVSHARE_TARGET_AVX2 void QuantizeActivations(const float* x, int64_t cols,
 
 void Int8Groups(const CpuWeight& w, const QuantizedBatch& x, int t0, int t1, int64_t g0, int64_t g1,
                 float* out) {
-  switch (w.type()) {
-    case DType::kQ8_0:
-      return Int8GroupsT<DType::kQ8_0>(w, x, t0, t1, g0, g1, out);
-    case DType::kQ4_0:
-      return Int8GroupsT<DType::kQ4_0>(w, x, t0, t1, g0, g1, out);
-    case DType::kQ4_1:
-      return Int8GroupsT<DType::kQ4_1>(w, x, t0, t1, g0, g1, out);
-    default:
+  switch (w.pack()) {
+    case Pack::kQ8_0:
+      return Int8GroupsT<Pack::kQ8_0>(w, x, t0, t1, g0, g1, out);
+    case Pack::kQ4_0:
+      return Int8GroupsT<Pack::kQ4_0>(w, x, t0, t1, g0, g1, out);
+    case Pack::kQ4_1:
+      return Int8GroupsT<Pack::kQ4_1>(w, x, t0, t1, g0, g1, out);
+    case Pack::kQ4F:
+      return Int8GroupsT<Pack::kQ4F>(w, x, t0, t1, g0, g1, out);
+    case Pack::kQ8F:
+      return Int8GroupsT<Pack::kQ8F>(w, x, t0, t1, g0, g1, out);
+    case Pack::kNone:
       return;
   }
 }
 
 void F32Groups(const CpuWeight& w, const float* x, const float* xsum, int t0, int t1, int64_t g0,
                int64_t g1, float* out) {
-  switch (w.type()) {
-    case DType::kQ8_0:
-      return F32GroupsT<DType::kQ8_0>(w, x, xsum, t0, t1, g0, g1, out);
-    case DType::kQ4_0:
-      return F32GroupsT<DType::kQ4_0>(w, x, xsum, t0, t1, g0, g1, out);
-    case DType::kQ4_1:
-      return F32GroupsT<DType::kQ4_1>(w, x, xsum, t0, t1, g0, g1, out);
-    default:
+  switch (w.pack()) {
+    case Pack::kQ8_0:
+      return F32GroupsT<Pack::kQ8_0>(w, x, xsum, t0, t1, g0, g1, out);
+    case Pack::kQ4_0:
+      return F32GroupsT<Pack::kQ4_0>(w, x, xsum, t0, t1, g0, g1, out);
+    case Pack::kQ4_1:
+      return F32GroupsT<Pack::kQ4_1>(w, x, xsum, t0, t1, g0, g1, out);
+    case Pack::kQ4F:
+      return F32GroupsT<Pack::kQ4F>(w, x, xsum, t0, t1, g0, g1, out);
+    case Pack::kQ8F:
+      return F32GroupsT<Pack::kQ8F>(w, x, xsum, t0, t1, g0, g1, out);
+    case Pack::kNone:
       return;
   }
 }

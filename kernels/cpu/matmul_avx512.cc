@@ -39,11 +39,38 @@ KVSHARE_TARGET_AVX512 inline void StoreRows(float* dst, __m512 v, int valid) {
   }
 }
 
+// Scales and offsets of block b for the 16 rows of group g: d[h] multiplies elements
+// 16h..16h+15 (the same register twice except in kQ8F); m is zero without offsets.
+template <Pack P>
+KVSHARE_TARGET_AVX512 inline void LoadScales(const CpuWeight& w, int64_t g, int64_t b, __m512* d,
+                                             __m512* m) {
+  if constexpr (P == Pack::kQ4F || P == Pack::kQ8F) {
+    const float* s = w.block_scales_f32(g, b);
+    d[0] = _mm512_load_ps(s);
+    d[1] = P == Pack::kQ8F ? _mm512_load_ps(s + kGroupRows) : d[0];
+    *m = w.has_offsets() ? _mm512_load_ps(w.block_offsets_f32(g, b)) : _mm512_setzero_ps();
+  } else {
+    d[0] = d[1] =
+        _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(w.block_scales(g, b))));
+    *m = _mm512_setzero_ps();
+    if constexpr (P == Pack::kQ4_1) {
+      *m = _mm512_cvtph_ps(
+          _mm256_load_si256(reinterpret_cast<const __m256i*>(w.block_offsets(g, b))));
+    }
+  }
+}
+
+constexpr bool BytesForm(Pack p) { return p == Pack::kQ8_0 || p == Pack::kQ8F; }
+constexpr bool MayHaveOffsets(Pack p) {
+  return p == Pack::kQ4_1 || p == Pack::kQ4F || p == Pack::kQ8F;
+}
+
 // 16 rows (one group) x NT tokens, integer dot products. out points at out[t0][16 g].
-template <DType T, int NT>
+template <Pack P, int NT>
 KVSHARE_TARGET_AVX512 void Int8Tile(const CpuWeight& w, int64_t g, const QuantizedBatch& x, int t0,
                                     float* out, int64_t ldo, int valid) {
   const int64_t nb = w.blocks();
+  const bool offsets = MayHaveOffsets(P) && (P != Pack::kQ8F || w.has_offsets());
   const __m512i low_nibbles = _mm512_set1_epi8(0x0f);
   __m512 acc[NT];
 #pragma GCC unroll 8
@@ -55,7 +82,7 @@ KVSHARE_TARGET_AVX512 void Int8Tile(const CpuWeight& w, int64_t g, const Quantiz
     // wq[j] multiplies the x dword j of the block: Q4: j < 4 low nibbles of chunk j (elements
     // 4j..4j+3), j >= 4 high nibbles of chunk j-4 (elements 16+4(j-4)..); Q8: chunk j.
     __m512i wq[8];
-    if constexpr (T == DType::kQ8_0) {
+    if constexpr (BytesForm(P)) {
 #pragma GCC unroll 8
       for (int k = 0; k < 8; ++k) wq[k] = _mm512_load_si512(qb + 64 * k);
     } else {
@@ -66,40 +93,49 @@ KVSHARE_TARGET_AVX512 void Int8Tile(const CpuWeight& w, int64_t g, const Quantiz
         wq[k + 4] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low_nibbles);
       }
     }
-    const __m512 d =
-        _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(w.block_scales(g, b))));
-    __m512 m = _mm512_setzero_ps();
-    if constexpr (T == DType::kQ4_1) {
-      m = _mm512_cvtph_ps(
-          _mm256_load_si256(reinterpret_cast<const __m256i*>(w.block_offsets(g, b))));
-    }
+    __m512 d[2], m;
+    LoadScales<P>(w, g, b, d, &m);
 #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) {
       const int64_t xt = t0 + t;
       const int8_t* xq = x.q + xt * x.cols + b * 32;
-      // Zero points: Q4_0 stores nibble = q + 8, the packed Q8_0 stores q + 128; their dot
-      // with x overshoots by 8 (or 128) * sum(xq), so the integer sum starts there.
-      __m512i i0 = _mm512_setzero_si512();
-      if constexpr (T == DType::kQ4_0) i0 = _mm512_set1_epi32(-8 * x.qsum[xt * x.nb + b]);
-      if constexpr (T == DType::kQ8_0) i0 = _mm512_set1_epi32(-128 * x.qsum[xt * x.nb + b]);
-      __m512i i1 = _mm512_setzero_si512();
+      const __m512 xs = _mm512_set1_ps(x.scale[xt * x.nb + b]);
+      if constexpr (P == Pack::kQ8F) {
+        // Two scales per block: the halves are summed apart. Stored bytes are q + 128, so each
+        // half's dot overshoots by 128 * (its sum of xq).
+        const int32_t lo_sum = x.qsum_lo[xt * x.nb + b];
+        __m512i i0 = _mm512_set1_epi32(-128 * lo_sum);
+        __m512i i1 = _mm512_set1_epi32(-128 * (x.qsum[xt * x.nb + b] - lo_sum));
 #pragma GCC unroll 4
-      for (int j = 0; j < 8; j += 2) {
-        i0 = _mm512_dpbusd_epi32(i0, wq[j], BroadcastDword(xq + 4 * j));
-        i1 = _mm512_dpbusd_epi32(i1, wq[j + 1], BroadcastDword(xq + 4 * j + 4));
+        for (int j = 0; j < 4; ++j) {
+          i0 = _mm512_dpbusd_epi32(i0, wq[j], BroadcastDword(xq + 4 * j));
+          i1 = _mm512_dpbusd_epi32(i1, wq[j + 4], BroadcastDword(xq + 16 + 4 * j));
+        }
+        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i0), _mm512_mul_ps(d[0], xs), acc[t]);
+        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i1), _mm512_mul_ps(d[1], xs), acc[t]);
+      } else {
+        // Zero points: Q4_0 stores nibble = q + 8, the packed Q8_0 stores q + 128; their dot
+        // with x overshoots by 8 (or 128) * sum(xq), so the integer sum starts there.
+        __m512i i0 = _mm512_setzero_si512();
+        if constexpr (P == Pack::kQ4_0) i0 = _mm512_set1_epi32(-8 * x.qsum[xt * x.nb + b]);
+        if constexpr (P == Pack::kQ8_0) i0 = _mm512_set1_epi32(-128 * x.qsum[xt * x.nb + b]);
+        __m512i i1 = _mm512_setzero_si512();
+#pragma GCC unroll 4
+        for (int j = 0; j < 8; j += 2) {
+          i0 = _mm512_dpbusd_epi32(i0, wq[j], BroadcastDword(xq + 4 * j));
+          i1 = _mm512_dpbusd_epi32(i1, wq[j + 1], BroadcastDword(xq + 4 * j + 4));
+        }
+        const __m512 s = _mm512_mul_ps(d[0], xs);
+        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(i0, i1)), s, acc[t]);
       }
-      const __m512 s = _mm512_mul_ps(d, _mm512_set1_ps(x.scale[xt * x.nb + b]));
-      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(i0, i1)), s, acc[t]);
-      if constexpr (T == DType::kQ4_1) {
-        acc[t] = _mm512_fmadd_ps(m, _mm512_set1_ps(x.sum[xt * x.nb + b]), acc[t]);
-      }
+      if (offsets) acc[t] = _mm512_fmadd_ps(m, _mm512_set1_ps(x.sum[xt * x.nb + b]), acc[t]);
     }
   }
 #pragma GCC unroll 8
   for (int t = 0; t < NT; ++t) StoreRows(out + t * ldo, acc[t], valid);
 }
 
-template <DType T>
+template <Pack P>
 KVSHARE_TARGET_AVX512 void Int8GroupsT(const CpuWeight& w, const QuantizedBatch& x, int t0, int t1,
                                        int64_t g0, int64_t g1, float* out) {
   const int64_t rows = w.rows();
@@ -109,28 +145,28 @@ KVSHARE_TARGET_AVX512 void Int8GroupsT(const CpuWeight& w, const QuantizedBatch&
       float* o = out + t * rows + g * kGroupRows;
       switch (std::min(kTokenTile, t1 - t)) {
         case 1:
-          Int8Tile<T, 1>(w, g, x, t, o, rows, valid);
+          Int8Tile<P, 1>(w, g, x, t, o, rows, valid);
           break;
         case 2:
-          Int8Tile<T, 2>(w, g, x, t, o, rows, valid);
+          Int8Tile<P, 2>(w, g, x, t, o, rows, valid);
           break;
         case 3:
-          Int8Tile<T, 3>(w, g, x, t, o, rows, valid);
+          Int8Tile<P, 3>(w, g, x, t, o, rows, valid);
           break;
         case 4:
-          Int8Tile<T, 4>(w, g, x, t, o, rows, valid);
+          Int8Tile<P, 4>(w, g, x, t, o, rows, valid);
           break;
         case 5:
-          Int8Tile<T, 5>(w, g, x, t, o, rows, valid);
+          Int8Tile<P, 5>(w, g, x, t, o, rows, valid);
           break;
         case 6:
-          Int8Tile<T, 6>(w, g, x, t, o, rows, valid);
+          Int8Tile<P, 6>(w, g, x, t, o, rows, valid);
           break;
         case 7:
-          Int8Tile<T, 7>(w, g, x, t, o, rows, valid);
+          Int8Tile<P, 7>(w, g, x, t, o, rows, valid);
           break;
         default:
-          Int8Tile<T, 8>(w, g, x, t, o, rows, valid);
+          Int8Tile<P, 8>(w, g, x, t, o, rows, valid);
           break;
       }
     }
@@ -139,13 +175,16 @@ KVSHARE_TARGET_AVX512 void Int8GroupsT(const CpuWeight& w, const QuantizedBatch&
 
 // 16 rows x NT tokens with fp32 activations. Each block's quants are converted to fp32 in
 // registers: nibbles through a 16-entry permute table (vpermps reads only the low 4 bits of
-// each index, so a shift is all the unpacking a nibble needs), Q8 bytes by sign extension.
-template <DType T, int NT>
+// each index, so a shift is all the unpacking a nibble needs), bytes by sign extension. kQ8F
+// sums each 16-element half apart (one scale each).
+template <Pack P, int NT>
 KVSHARE_TARGET_AVX512 void F32Tile(const CpuWeight& w, int64_t g, const float* x, const float* xsum,
                                    int t0, float* out, int64_t ldo, int valid) {
   constexpr int kChains = NT == 1 ? 4 : (NT == 2 ? 2 : 1);  // independent fma chains per token
+  constexpr int kHalves = P == Pack::kQ8F ? 2 : 1;
+  const bool offsets = MayHaveOffsets(P) && (P != Pack::kQ8F || w.has_offsets());
   const int64_t cols = w.cols(), nb = w.blocks();
-  const __m512 table = T == DType::kQ4_0
+  const __m512 table = P == Pack::kQ4_0
                            ? _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7)
                            : _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   __m512 acc[NT];
@@ -155,63 +194,64 @@ KVSHARE_TARGET_AVX512 void F32Tile(const CpuWeight& w, int64_t g, const float* x
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* qb = w.block_quants(g, b);
     PrefetchNextBlock(w, qb);
-    __m512 bacc[NT][kChains];
+    __m512 d[2], m;
+    LoadScales<P>(w, g, b, d, &m);
+#pragma GCC unroll 2
+    for (int h = 0; h < kHalves; ++h) {
+      __m512 bacc[NT][kChains];
 #pragma GCC unroll 8
-    for (int t = 0; t < NT; ++t) {
+      for (int t = 0; t < NT; ++t) {
 #pragma GCC unroll 4
-      for (int c = 0; c < kChains; ++c) bacc[t][c] = _mm512_setzero_ps();
-    }
-    if constexpr (T == DType::kQ8_0) {
+        for (int c = 0; c < kChains; ++c) bacc[t][c] = _mm512_setzero_ps();
+      }
+      if constexpr (BytesForm(P)) {
 #pragma GCC unroll 8
-      for (int k = 0; k < 8; ++k) {
-        // Stored bytes are q + 128; xor back to q, then sign-extend byte e of each dword.
-        const __m512i raw =
-            _mm512_xor_si512(_mm512_load_si512(qb + 64 * k), _mm512_set1_epi8(-128));
+        for (int k = h * 8 / kHalves; k < (h + 1) * 8 / kHalves; ++k) {
+          // Stored bytes are q + 128; xor back to q, then sign-extend byte e of each dword.
+          const __m512i raw =
+              _mm512_xor_si512(_mm512_load_si512(qb + 64 * k), _mm512_set1_epi8(-128));
 #pragma GCC unroll 4
-        for (int e = 0; e < 4; ++e) {
-          const __m512 v = _mm512_cvtepi32_ps(
-              _mm512_srai_epi32(e == 3 ? raw : _mm512_slli_epi32(raw, 24 - 8 * e), 24));
+          for (int e = 0; e < 4; ++e) {
+            const __m512 v = _mm512_cvtepi32_ps(
+                _mm512_srai_epi32(e == 3 ? raw : _mm512_slli_epi32(raw, 24 - 8 * e), 24));
 #pragma GCC unroll 8
-          for (int t = 0; t < NT; ++t) {
-            const __m512 xv = _mm512_set1_ps(x[(t0 + t) * cols + b * 32 + 4 * k + e]);
-            bacc[t][e % kChains] = _mm512_fmadd_ps(v, xv, bacc[t][e % kChains]);
+            for (int t = 0; t < NT; ++t) {
+              const __m512 xv = _mm512_set1_ps(x[(t0 + t) * cols + b * 32 + 4 * k + e]);
+              bacc[t][e % kChains] = _mm512_fmadd_ps(v, xv, bacc[t][e % kChains]);
+            }
+          }
+        }
+      } else {
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; ++k) {
+          const __m512i raw = _mm512_load_si512(qb + 64 * k);
+#pragma GCC unroll 4
+          for (int e = 0; e < 4; ++e) {
+            const __m512 lo =
+                _mm512_permutexvar_ps(e == 0 ? raw : _mm512_srli_epi32(raw, 8 * e), table);
+            const __m512 hi = _mm512_permutexvar_ps(_mm512_srli_epi32(raw, 8 * e + 4), table);
+#pragma GCC unroll 8
+            for (int t = 0; t < NT; ++t) {
+              const float* xb = x + (t0 + t) * cols + b * 32;
+              bacc[t][e % kChains] =
+                  _mm512_fmadd_ps(lo, _mm512_set1_ps(xb[4 * k + e]), bacc[t][e % kChains]);
+              bacc[t][(e + 1) % kChains] = _mm512_fmadd_ps(hi, _mm512_set1_ps(xb[16 + 4 * k + e]),
+                                                           bacc[t][(e + 1) % kChains]);
+            }
           }
         }
       }
-    } else {
-#pragma GCC unroll 4
-      for (int k = 0; k < 4; ++k) {
-        const __m512i raw = _mm512_load_si512(qb + 64 * k);
-#pragma GCC unroll 4
-        for (int e = 0; e < 4; ++e) {
-          const __m512 lo =
-              _mm512_permutexvar_ps(e == 0 ? raw : _mm512_srli_epi32(raw, 8 * e), table);
-          const __m512 hi = _mm512_permutexvar_ps(_mm512_srli_epi32(raw, 8 * e + 4), table);
 #pragma GCC unroll 8
-          for (int t = 0; t < NT; ++t) {
-            const float* xb = x + (t0 + t) * cols + b * 32;
-            bacc[t][e % kChains] =
-                _mm512_fmadd_ps(lo, _mm512_set1_ps(xb[4 * k + e]), bacc[t][e % kChains]);
-            bacc[t][(e + 1) % kChains] =
-                _mm512_fmadd_ps(hi, _mm512_set1_ps(xb[16 + 4 * k + e]), bacc[t][(e + 1) % kChains]);
-          }
-        }
+      for (int t = 0; t < NT; ++t) {
+        __m512 sum = bacc[t][0];
+#pragma GCC unroll 4
+        for (int c = 1; c < kChains; ++c) sum = _mm512_add_ps(sum, bacc[t][c]);
+        acc[t] = _mm512_fmadd_ps(sum, d[h], acc[t]);
       }
     }
-    const __m512 d =
-        _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(w.block_scales(g, b))));
-    __m512 m = _mm512_setzero_ps();
-    if constexpr (T == DType::kQ4_1) {
-      m = _mm512_cvtph_ps(
-          _mm256_load_si256(reinterpret_cast<const __m256i*>(w.block_offsets(g, b))));
-    }
+    if (offsets) {
 #pragma GCC unroll 8
-    for (int t = 0; t < NT; ++t) {
-      __m512 sum = bacc[t][0];
-#pragma GCC unroll 4
-      for (int c = 1; c < kChains; ++c) sum = _mm512_add_ps(sum, bacc[t][c]);
-      acc[t] = _mm512_fmadd_ps(sum, d, acc[t]);
-      if constexpr (T == DType::kQ4_1) {
+      for (int t = 0; t < NT; ++t) {
         acc[t] = _mm512_fmadd_ps(m, _mm512_set1_ps(xsum[(t0 + t) * nb + b]), acc[t]);
       }
     }
@@ -220,7 +260,7 @@ KVSHARE_TARGET_AVX512 void F32Tile(const CpuWeight& w, int64_t g, const float* x
   for (int t = 0; t < NT; ++t) StoreRows(out + t * ldo, acc[t], valid);
 }
 
-template <DType T>
+template <Pack P>
 KVSHARE_TARGET_AVX512 void F32GroupsT(const CpuWeight& w, const float* x, const float* xsum, int t0,
                                       int t1, int64_t g0, int64_t g1, float* out) {
   const int64_t rows = w.rows();
@@ -230,16 +270,16 @@ KVSHARE_TARGET_AVX512 void F32GroupsT(const CpuWeight& w, const float* x, const 
       float* o = out + t * rows + g * kGroupRows;
       switch (std::min(4, t1 - t)) {
         case 1:
-          F32Tile<T, 1>(w, g, x, xsum, t, o, rows, valid);
+          F32Tile<P, 1>(w, g, x, xsum, t, o, rows, valid);
           break;
         case 2:
-          F32Tile<T, 2>(w, g, x, xsum, t, o, rows, valid);
+          F32Tile<P, 2>(w, g, x, xsum, t, o, rows, valid);
           break;
         case 3:
-          F32Tile<T, 3>(w, g, x, xsum, t, o, rows, valid);
+          F32Tile<P, 3>(w, g, x, xsum, t, o, rows, valid);
           break;
         default:
-          F32Tile<T, 4>(w, g, x, xsum, t, o, rows, valid);
+          F32Tile<P, 4>(w, g, x, xsum, t, o, rows, valid);
           break;
       }
     }
@@ -337,28 +377,36 @@ KVSHARE_TARGET_AVX512 void QuantizeActivations(const float* x, int64_t cols,
 
 void Int8Groups(const CpuWeight& w, const QuantizedBatch& x, int t0, int t1, int64_t g0, int64_t g1,
                 float* out) {
-  switch (w.type()) {
-    case DType::kQ8_0:
-      return Int8GroupsT<DType::kQ8_0>(w, x, t0, t1, g0, g1, out);
-    case DType::kQ4_0:
-      return Int8GroupsT<DType::kQ4_0>(w, x, t0, t1, g0, g1, out);
-    case DType::kQ4_1:
-      return Int8GroupsT<DType::kQ4_1>(w, x, t0, t1, g0, g1, out);
-    default:
+  switch (w.pack()) {
+    case Pack::kQ8_0:
+      return Int8GroupsT<Pack::kQ8_0>(w, x, t0, t1, g0, g1, out);
+    case Pack::kQ4_0:
+      return Int8GroupsT<Pack::kQ4_0>(w, x, t0, t1, g0, g1, out);
+    case Pack::kQ4_1:
+      return Int8GroupsT<Pack::kQ4_1>(w, x, t0, t1, g0, g1, out);
+    case Pack::kQ4F:
+      return Int8GroupsT<Pack::kQ4F>(w, x, t0, t1, g0, g1, out);
+    case Pack::kQ8F:
+      return Int8GroupsT<Pack::kQ8F>(w, x, t0, t1, g0, g1, out);
+    case Pack::kNone:
       return;
   }
 }
 
 void F32Groups(const CpuWeight& w, const float* x, const float* xsum, int t0, int t1, int64_t g0,
                int64_t g1, float* out) {
-  switch (w.type()) {
-    case DType::kQ8_0:
-      return F32GroupsT<DType::kQ8_0>(w, x, xsum, t0, t1, g0, g1, out);
-    case DType::kQ4_0:
-      return F32GroupsT<DType::kQ4_0>(w, x, xsum, t0, t1, g0, g1, out);
-    case DType::kQ4_1:
-      return F32GroupsT<DType::kQ4_1>(w, x, xsum, t0, t1, g0, g1, out);
-    default:
+  switch (w.pack()) {
+    case Pack::kQ8_0:
+      return F32GroupsT<Pack::kQ8_0>(w, x, xsum, t0, t1, g0, g1, out);
+    case Pack::kQ4_0:
+      return F32GroupsT<Pack::kQ4_0>(w, x, xsum, t0, t1, g0, g1, out);
+    case Pack::kQ4_1:
+      return F32GroupsT<Pack::kQ4_1>(w, x, xsum, t0, t1, g0, g1, out);
+    case Pack::kQ4F:
+      return F32GroupsT<Pack::kQ4F>(w, x, xsum, t0, t1, g0, g1, out);
+    case Pack::kQ8F:
+      return F32GroupsT<Pack::kQ8F>(w, x, xsum, t0, t1, g0, g1, out);
+    case Pack::kNone:
       return;
   }
 }

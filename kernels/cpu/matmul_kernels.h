@@ -7,7 +7,7 @@
 // Versions, side by side (llm.c habit):
 //   Int8Groups   x quantized per 32-block to int8 (QuantizedBatch), integer dot products with
 //                the packed quants (AVX-512 VNNI vpdpbusd / AVX2 maddubs), one fp32 fma per
-//                block and row. The fast path for Q8_0 / Q4_0 / Q4_1.
+//                block (two for Pack::kQ8F) and row. The fast path for every quantized type.
 //   F32Groups    fp32 activations, packed quants converted to fp32 in registers and fused into
 //                the fma (no quantization error on x). Kept for the exact mode and as the
 //                measured alternative.
@@ -30,6 +30,9 @@ struct QuantizedBatch {
   int32_t* qsum = nullptr;
   int64_t cols = 0;
   int64_t nb = 0;
+  // Sum of the q of each block's first 16 elements (Pack::kQ8F weights only, whose two
+  // halves have their own scales; null otherwise). Same indexing as qsum.
+  int32_t* qsum_lo = nullptr;
   QuantizedActivations Row(int64_t t) const {
     return {q + t * cols, scale + t * nb, sum + t * nb, qsum + t * nb};
   }

@@ -21,7 +21,48 @@ AlignedBytes AllocateAligned(size_t bytes) {
 
 namespace {
 
-bool IsQuantized(DType t) { return t == DType::kQ8_0 || t == DType::kQ4_0 || t == DType::kQ4_1; }
+Pack PackFor(DType t) {
+  switch (t) {
+    case DType::kQ4_0:
+      return Pack::kQ4_0;
+    case DType::kQ4_1:
+      return Pack::kQ4_1;
+    case DType::kQ8_0:
+    case DType::kQ5_0:
+      return Pack::kQ8_0;
+    case DType::kQ4_K:
+      return Pack::kQ4F;
+    case DType::kQ5_1:
+    case DType::kQ3_K:
+    case DType::kQ5_K:
+    case DType::kQ6_K:
+      return Pack::kQ8F;
+    case DType::kF32:
+    case DType::kF16:
+    case DType::kBF16:
+      break;
+  }
+  return Pack::kNone;
+}
+
+bool HasOffsets(DType t) {
+  return t == DType::kQ4_1 || t == DType::kQ4_K || t == DType::kQ5_1 || t == DType::kQ5_K;
+}
+
+// Writes row r (lane of its group) of block b in the byte forms: q + 128 in each chunk.
+void PutBytes(const int8_t* q, uint8_t* quants, int lane) {
+  for (int k = 0; k < 8; ++k) {
+    for (int e = 0; e < 4; ++e)
+      quants[k * 64 + lane * 4 + e] = static_cast<uint8_t>(q[4 * k + e]) ^ 0x80;
+  }
+}
+
+// The nibble forms: byte j = element j | element j + 16 << 4 (q in 0..15).
+void PutNibbles(const uint8_t* qs, uint8_t* quants, int lane) {
+  for (int k = 0; k < 4; ++k) {
+    for (int e = 0; e < 4; ++e) quants[k * 64 + lane * 4 + e] = qs[4 * k + e];
+  }
+}
 
 }  // namespace
 
@@ -44,12 +85,17 @@ absl::StatusOr<std::unique_ptr<CpuWeight>> CpuWeight::Create(const Tensor& w, bo
   }
   std::unique_ptr<CpuWeight> cw(new CpuWeight());
   cw->tensor_ = w;
-  if (!repack || !IsQuantized(w.type)) return cw;
+  const Pack pack = PackFor(w.type);
+  if (!repack || pack == Pack::kNone) return cw;
 
   const int64_t nb = w.cols() / 32;
-  const bool q8 = w.type == DType::kQ8_0;
-  cw->quant_bytes_ = q8 ? 512 : 256;
-  cw->unit_bytes_ = 2 * cw->quant_bytes_ + (w.type == DType::kQ4_1 ? 128 : 64);
+  const bool bytes_form = pack == Pack::kQ8_0 || pack == Pack::kQ8F;
+  const bool f32_scales = pack == Pack::kQ4F || pack == Pack::kQ8F;
+  cw->pack_ = pack;
+  cw->quant_bytes_ = bytes_form ? 512 : 256;
+  cw->scale_bytes_ = pack == Pack::kQ8F ? 128 : (f32_scales ? 64 : 32);
+  cw->offset_bytes_ = HasOffsets(w.type) ? (f32_scales ? 64 : 32) : 0;
+  cw->unit_bytes_ = 2 * (cw->quant_bytes_ + cw->scale_bytes_ + cw->offset_bytes_);
   cw->group_bytes_ = (nb + 1) / 2 * cw->unit_bytes_;
   cw->n_groups_ = (w.rows() + kGroupRows - 1) / kGroupRows;
   cw->packed_ = AllocateAligned(cw->group_bytes_ * cw->n_groups_);
@@ -57,47 +103,67 @@ absl::StatusOr<std::unique_ptr<CpuWeight>> CpuWeight::Create(const Tensor& w, bo
     return absl::ResourceExhaustedError(absl::StrFormat("weight '%s': cannot allocate %d bytes",
                                                         w.name, cw->group_bytes_ * cw->n_groups_));
   }
-  const int chunks = cw->quant_bytes_ / 64;
+  const int8_t zeros[32] = {};
   for (int64_t g = 0; g < cw->n_groups_; ++g) {
     for (int64_t b = 0; b < nb; ++b) {
       uint8_t* quants = const_cast<uint8_t*>(cw->block_quants(g, b));
       uint16_t* scales = const_cast<uint16_t*>(cw->block_scales(g, b));
       uint16_t* offsets = const_cast<uint16_t*>(cw->block_offsets(g, b));
+      float* scales32 = const_cast<float*>(cw->block_scales_f32(g, b));
+      float* offsets32 = const_cast<float*>(cw->block_offsets_f32(g, b));
       for (int r = 0; r < kGroupRows; ++r) {
         const int64_t row = g * kGroupRows + r;
-        if (row >= w.rows()) break;  // padding rows stay zero
-        uint8_t* dst = quants + r * 4;
-        if (q8) {
-          const BlockQ8_0& blk = reinterpret_cast<const BlockQ8_0*>(w.row_data(row))[b];
-          for (int k = 0; k < chunks; ++k) {
-            for (int e = 0; e < 4; ++e) {
-              dst[k * 64 + e] = static_cast<uint8_t>(blk.qs[4 * k + e]) ^ 0x80;
-            }
-          }
-          scales[r] = blk.d;
-        } else {
-          const uint8_t* qs;
-          if (w.type == DType::kQ4_0) {
-            const BlockQ4_0& blk = reinterpret_cast<const BlockQ4_0*>(w.row_data(row))[b];
-            qs = blk.qs;
+        if (row >= w.rows()) {
+          // Padding rows: q = 0 (stored as 128 in the byte forms), scales and offsets 0.
+          if (bytes_form) PutBytes(zeros, quants, r);
+          continue;
+        }
+        const uint8_t* src = w.row_data(row);
+        switch (w.type) {
+          case DType::kQ8_0: {
+            const BlockQ8_0& blk = reinterpret_cast<const BlockQ8_0*>(src)[b];
+            PutBytes(blk.qs, quants, r);
             scales[r] = blk.d;
-          } else {
-            const BlockQ4_1& blk = reinterpret_cast<const BlockQ4_1*>(w.row_data(row))[b];
-            qs = blk.qs;
+            break;
+          }
+          case DType::kQ4_0: {
+            const BlockQ4_0& blk = reinterpret_cast<const BlockQ4_0*>(src)[b];
+            PutNibbles(blk.qs, quants, r);
+            scales[r] = blk.d;
+            break;
+          }
+          case DType::kQ4_1: {
+            const BlockQ4_1& blk = reinterpret_cast<const BlockQ4_1*>(src)[b];
+            PutNibbles(blk.qs, quants, r);
             scales[r] = blk.d;
             offsets[r] = blk.m;
+            break;
           }
-          for (int k = 0; k < chunks; ++k) {
-            for (int e = 0; e < 4; ++e) dst[k * 64 + e] = qs[4 * k + e];
+          case DType::kQ5_0: {
+            // (q5 - 16) * d is the Q8_0 block {d, q5 - 16}.
+            Block32 blk;
+            DecodeBlock32(w.type, src, b, &blk);
+            PutBytes(blk.q, quants, r);
+            scales[r] = reinterpret_cast<const BlockQ5_0*>(src)[b].d;
+            break;
           }
-        }
-      }
-      if (q8) {
-        // Padding rows: q = 0 is stored as 128 (their d is 0 anyway).
-        for (int r = static_cast<int>(std::max<int64_t>(0, w.rows() - g * kGroupRows));
-             r < kGroupRows; ++r) {
-          for (int k = 0; k < chunks; ++k) {
-            for (int e = 0; e < 4; ++e) quants[k * 64 + r * 4 + e] = 0x80;
+          default: {  // kQ4F, kQ8F
+            Block32 blk;
+            DecodeBlock32(w.type, src, b, &blk);
+            if (pack == Pack::kQ4F) {
+              uint8_t qs[16];
+              for (int j = 0; j < 16; ++j) {
+                qs[j] = static_cast<uint8_t>(blk.q[j] | (blk.q[j + 16] << 4));
+              }
+              PutNibbles(qs, quants, r);
+              scales32[r] = blk.scale[0];
+            } else {
+              PutBytes(blk.q, quants, r);
+              scales32[r] = blk.scale[0];
+              scales32[kGroupRows + r] = blk.scale[1];
+            }
+            if (cw->has_offsets()) offsets32[r] = blk.offset;
+            break;
           }
         }
       }
@@ -113,39 +179,48 @@ void CpuWeight::DequantizeRow(int64_t r, float* dst) const {
   }
   const int64_t g = r / kGroupRows;
   const int lane = static_cast<int>(r % kGroupRows);
+  const bool bytes_form = pack_ == Pack::kQ8_0 || pack_ == Pack::kQ8F;
   for (int64_t b = 0; b < blocks(); ++b) {
     const uint8_t* src = block_quants(g, b) + lane * 4;
-    const uint16_t* scales = block_scales(g, b);
-    const uint16_t* offsets = block_offsets(g, b);
-    const float d = Fp16ToFp32(scales[lane]);
-    float* out = dst + b * 32;
-    switch (tensor_.type) {
-      case DType::kQ8_0:
-        for (int k = 0; k < 8; ++k) {
-          for (int e = 0; e < 4; ++e) {
-            out[4 * k + e] = d * static_cast<int8_t>(src[k * 64 + e] ^ 0x80);
-          }
+    int q[32];
+    for (int k = 0; k < (bytes_form ? 8 : 4); ++k) {
+      for (int e = 0; e < 4; ++e) {
+        const uint8_t byte = src[k * 64 + e];
+        if (bytes_form) {
+          q[4 * k + e] = static_cast<int8_t>(byte ^ 0x80);
+        } else {
+          q[4 * k + e] = byte & 0x0f;
+          q[4 * k + e + 16] = byte >> 4;
         }
+      }
+    }
+    float* out = dst + b * 32;
+    // The reference's order of float operations, per type (quant.cc DequantizeRow).
+    switch (pack_) {
+      case Pack::kQ8_0:
+      case Pack::kQ4_0: {
+        const float d = Fp16ToFp32(block_scales(g, b)[lane]);
+        const int zero = pack_ == Pack::kQ4_0 ? 8 : 0;
+        for (int j = 0; j < 32; ++j) out[j] = d * (q[j] - zero);
         break;
-      case DType::kQ4_0:
-      case DType::kQ4_1: {
-        const bool q41 = tensor_.type == DType::kQ4_1;
-        const float m = q41 ? Fp16ToFp32(offsets[lane]) : 0.0f;
-        for (int k = 0; k < 4; ++k) {
-          for (int e = 0; e < 4; ++e) {
-            const uint8_t byte = src[k * 64 + e];
-            if (q41) {
-              out[4 * k + e] = d * (byte & 0x0f) + m;
-              out[4 * k + e + 16] = d * (byte >> 4) + m;
-            } else {
-              out[4 * k + e] = d * ((byte & 0x0f) - 8);
-              out[4 * k + e + 16] = d * ((byte >> 4) - 8);
-            }
-          }
+      }
+      case Pack::kQ4_1: {
+        const float d = Fp16ToFp32(block_scales(g, b)[lane]);
+        const float m = Fp16ToFp32(block_offsets(g, b)[lane]);
+        for (int j = 0; j < 32; ++j) out[j] = d * q[j] + m;
+        break;
+      }
+      case Pack::kQ4F:
+      case Pack::kQ8F: {
+        const float* scales = block_scales_f32(g, b);
+        const float m = has_offsets() ? block_offsets_f32(g, b)[lane] : 0.0f;
+        for (int j = 0; j < 32; ++j) {
+          const float d = pack_ == Pack::kQ8F ? scales[(j / 16) * kGroupRows + lane] : scales[lane];
+          out[j] = has_offsets() ? d * q[j] + m : d * q[j];
         }
         break;
       }
-      default:
+      case Pack::kNone:
         break;
     }
   }

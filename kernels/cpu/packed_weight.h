@@ -1,23 +1,37 @@
 // A weight prepared for the CPU kernels.
 //
 // F32, F16 and BF16 weights are used in place (the view points at the caller's bytes, which
-// must outlive the weight). Quantized weights (Q8_0, Q4_0, Q4_1) are repacked once, at load,
-// into groups of 16 rows so that one 512-bit register holds 4 bytes of each of 16 rows: a
-// VNNI dot product (vpdpbusd) then accumulates 16 output rows at once, with no horizontal
-// sums. The repacked copy has the GGUF size (plus zero padding: rows of the last group, and a
-// last block when a row has an odd number of blocks); the source bytes are not used after
-// Prepare. There is never an fp32 copy.
+// must outlive the weight). Quantized weights are repacked once, at load, into groups of 16
+// rows so that one 512-bit register holds 4 bytes of each of 16 rows: a VNNI dot product
+// (vpdpbusd) then accumulates 16 output rows at once, with no horizontal sums. The source
+// bytes are not used after Prepare. There is never an fp32 copy.
+//
+// Every quantized type is stored in one of five packed forms (Pack), all on 32-element blocks:
+//   Pack     from          quants                  scale per block        offset per block
+//   kQ4_0    Q4_0          nibbles (q + 8)         fp16 d                 -
+//   kQ4_1    Q4_1          nibbles                 fp16 d                 fp16 m
+//   kQ8_0    Q8_0, Q5_0    bytes (q + 128)         fp16 d                 -
+//   kQ4F     Q4_K          nibbles                 fp32 d*sc              fp32 -(dmin*m)
+//   kQ8F     Q5_1, Q3_K,   bytes (q + 128)         fp32, one per 16       fp32 (Q5_1, Q5_K;
+//            Q5_K, Q6_K                            elements               absent otherwise)
+// Each form reproduces the reference decoder (quant.h DequantizeRow) bit for bit: Q5_0's
+// (q5 - 16) * d is a Q8_0 block; a K-quant sub-block's d * sc is exact in fp32 (an 11-bit fp16
+// mantissa times a 6- or 8-bit integer), so the K-quants keep their exact values with the
+// integer part unpacked (DecodeBlock32). The cost is size: Q4_K 6 bits per weight (GGUF 4.5),
+// Q5_0 8.5 (5.5), Q8F 10 or 11 (Q6_K 6.6, Q5_K 5.5), against the kernels staying two (nibble
+// and byte) families on one block structure.
 //
 // Group g (rows 16g .. 16g+15; rows past the end are zero) is a sequence of units of two
 // blocks (the kernels then read one sequential stream; every unit is a whole number of cache
 // lines). Unit u holds blocks b = 2u and 2u + 1 (a missing last block is zero):
 //   quants of b, quants of b + 1: kChunks x 64 bytes each; chunk k is, for each row
 //           r = 0..15, the dword r = bytes 4k..4k+3 of that row's block quants:
-//             Q4_0 / Q4_1: kChunks = 4, the GGUF nibble bytes as they are (byte j: element j
-//                          low nibble, element j + 16 high nibble);
-//             Q8_0:        kChunks = 8, q + 128 as unsigned bytes (VNNI multiplies u8 by s8);
-//   d of b, d of b + 1:   16 fp16 scales each (row r at index r);
-//   m of b, m of b + 1:   16 fp16 offsets each (Q4_1 only).
+//             nibble forms: kChunks = 4, byte j holds element j in its low nibble and element
+//                           j + 16 in its high one (the GGUF Q4_x order);
+//             byte forms:   kChunks = 8, q + 128 as unsigned bytes (VNNI multiplies u8 by s8);
+//   scales of b, scales of b + 1: 16 fp16 (row r at index r); kQ4F: 16 fp32; kQ8F: 32 fp32,
+//           rows' scales of elements 0..15, then of elements 16..31;
+//   offsets of b, offsets of b + 1 (kQ4_1: 16 fp16; kQ4F and kQ8F with offsets: 16 fp32).
 #pragma once
 
 #include <cstdint>
@@ -30,6 +44,8 @@
 namespace kvshare::cpu {
 
 constexpr int kGroupRows = 16;
+
+enum class Pack { kNone, kQ4_0, kQ4_1, kQ8_0, kQ4F, kQ8F };
 
 struct AlignedDeleter {
   void operator()(void* p) const;
@@ -49,6 +65,8 @@ class CpuWeight : public PreparedWeight {
   int64_t rows() const { return tensor_.rows(); }
   int64_t cols() const { return tensor_.cols(); }
   bool packed() const { return packed_ != nullptr; }
+  Pack pack() const { return pack_; }
+  bool has_offsets() const { return offset_bytes_ > 0; }
 
   // Packed layout (packed() only).
   int64_t n_groups() const { return n_groups_; }
@@ -59,11 +77,26 @@ class CpuWeight : public PreparedWeight {
   const uint8_t* block_quants(int64_t g, int64_t b) const {
     return group(g) + (b >> 1) * unit_bytes_ + (b & 1) * quant_bytes_;
   }
-  const uint16_t* block_scales(int64_t g, int64_t b) const {
-    return reinterpret_cast<const uint16_t*>(group(g) + (b >> 1) * unit_bytes_ + 2 * quant_bytes_ +
-                                             (b & 1) * 32);
+  // fp16 scales / offsets (kQ4_0, kQ4_1, kQ8_0) or fp32 ones (kQ4F, kQ8F).
+  const uint8_t* scale_bytes(int64_t g, int64_t b) const {
+    return group(g) + (b >> 1) * unit_bytes_ + 2 * quant_bytes_ + (b & 1) * scale_bytes_;
   }
-  const uint16_t* block_offsets(int64_t g, int64_t b) const { return block_scales(g, b) + 32; }
+  const uint8_t* offset_bytes(int64_t g, int64_t b) const {
+    return group(g) + (b >> 1) * unit_bytes_ + 2 * (quant_bytes_ + scale_bytes_) +
+           (b & 1) * offset_bytes_;
+  }
+  const uint16_t* block_scales(int64_t g, int64_t b) const {
+    return reinterpret_cast<const uint16_t*>(scale_bytes(g, b));
+  }
+  const uint16_t* block_offsets(int64_t g, int64_t b) const {
+    return reinterpret_cast<const uint16_t*>(offset_bytes(g, b));
+  }
+  const float* block_scales_f32(int64_t g, int64_t b) const {
+    return reinterpret_cast<const float*>(scale_bytes(g, b));
+  }
+  const float* block_offsets_f32(int64_t g, int64_t b) const {
+    return reinterpret_cast<const float*>(offset_bytes(g, b));
+  }
 
   // Row r in fp32 (any type, packed or not).
   void DequantizeRow(int64_t r, float* dst) const;
@@ -77,7 +110,10 @@ class CpuWeight : public PreparedWeight {
   AlignedBytes packed_;
   int64_t n_groups_ = 0;
   int64_t group_bytes_ = 0;
+  Pack pack_ = Pack::kNone;
   int quant_bytes_ = 0;
+  int scale_bytes_ = 0;
+  int offset_bytes_ = 0;
   int unit_bytes_ = 0;
 };
 

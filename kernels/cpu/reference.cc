@@ -44,6 +44,17 @@ void MatMulQ8Activations(const Tensor& w, const float* x, int n, float* out) {
         const int8_t* q = &xq[t * cols + b * 32];
         int32_t dot = 0;
         double d, m = 0.0;
+        if (HasBlock32Form(w.type)) {
+          // Per-16 scales: the two halves' integer dots are scaled apart.
+          Block32 blk;
+          DecodeBlock32(w.type, wr, b, &blk);
+          int32_t half[2] = {0, 0};
+          for (int j = 0; j < 32; ++j) half[j / 16] += blk.q[j] * q[j];
+          sum += xs[t * nb + b] * (static_cast<double>(blk.scale[0]) * half[0] +
+                                   static_cast<double>(blk.scale[1]) * half[1]) +
+                 static_cast<double>(blk.offset) * xsum[t * nb + b];
+          continue;
+        }
         if (w.type == DType::kQ8_0) {
           const BlockQ8_0& blk = reinterpret_cast<const BlockQ8_0*>(wr)[b];
           for (int j = 0; j < 32; ++j) dot += blk.qs[j] * q[j];

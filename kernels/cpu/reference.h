@@ -16,7 +16,8 @@ namespace kvshare::cpu::ref {
 void MatMul(const Tensor& w, const float* x, int n, float* out, float* abs_out = nullptr);
 
 // The integer dot-product path: x quantized per 32-block to int8 (QuantizeActivationsRef),
-// then each block's exact integer dot with the weight's quants, scaled in double.
+// then each block's exact integer dot with the weight's quants (per 16-element half for the
+// types with per-16 scales, see DecodeBlock32), scaled in double; offsets use the exact sum.
 // What the int8-activation kernels compute, up to fp32 rounding.
 void MatMulQ8Activations(const Tensor& w, const float* x, int n, float* out);
 

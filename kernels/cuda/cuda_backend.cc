@@ -70,6 +70,18 @@ std::pair<int, int> BlockLayout(DType t) {
       return {32, 18};
     case DType::kQ4_1:
       return {32, 20};
+    case DType::kQ5_0:
+      return {32, 22};
+    case DType::kQ5_1:
+      return {32, 24};
+    case DType::kQ3_K:
+      return {256, 110};
+    case DType::kQ4_K:
+      return {256, 144};
+    case DType::kQ5_K:
+      return {256, 176};
+    case DType::kQ6_K:
+      return {256, 210};
   }
   return {0, 0};
 }
@@ -224,7 +236,8 @@ class CudaBackend : public Backend {
     const auto [block_elems, block_bytes] = BlockLayout(w.type);
     if (block_elems == 0) {
       return absl::InvalidArgumentError(absl::StrFormat(
-          "cuda backend: tensor %s has type id %d, not one of F32, F16, BF16, Q8_0, Q4_0, Q4_1",
+          "cuda backend: tensor %s has type id %d, not one of F32, F16, BF16, Q8_0, Q4_0, Q4_1, "
+          "Q5_0, Q5_1, Q3_K, Q4_K, Q5_K, Q6_K",
           w.name, static_cast<int>(w.type)));
     }
     const int64_t n = w.elements();

@@ -45,6 +45,59 @@ __device__ __forceinline__ float Load(const void* src, int64_t i) {
 
 // ---- Dequantization (kernels/tensor.h block layouts), one thread per element.
 
+__device__ __forceinline__ float HalfAt(const uint8_t* p) { return HalfBits(p[0] | (p[1] << 8)); }
+
+// Element j (0..31) of a Q5_0 / Q5_1 block's 5-bit quant: low 4 bits as Q4_x, bit j of qh.
+__device__ __forceinline__ int Q5Quant(const uint8_t* qh, const uint8_t* qs, int j) {
+  const int low = j < 16 ? (qs[j] & 15) : (qs[j - 16] >> 4);
+  const uint32_t h = qh[0] | (qh[1] << 8) | (qh[2] << 16) | (uint32_t(qh[3]) << 24);
+  return low | (((h >> j) & 1) << 4);
+}
+
+// Q4_K / Q5_K: 6-bit scale and min of sub-block j (kernels/cpu/quant.cc ScaleMinK4).
+__device__ __forceinline__ void ScaleMinK4(const uint8_t* s, int j, int* sc, int* m) {
+  if (j < 4) {
+    *sc = s[j] & 63;
+    *m = s[j + 4] & 63;
+  } else {
+    *sc = (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4);
+    *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+  }
+}
+
+// Element i (0..255) of a K-quant super-block (the formulas of kernels/cpu/quant.cc).
+template <uint32_t kType>
+__device__ __forceinline__ float KQuantElement(const uint8_t* blk, int i) {
+  const int l = i % 32;
+  if constexpr (kType == 11) {  // Q3_K: hmask[32], qs[64], scales[12], f16 d
+    const int half = i / 128, j = (i % 128) / 32, si = i / 16;
+    const uint8_t* sc = blk + 96;
+    const int low4 = si < 8 ? (sc[si] & 15) : (sc[si - 8] >> 4);
+    const int scale = low4 | (((sc[8 + si % 4] >> (2 * (si / 4))) & 3) << 4);
+    const int q =
+        ((blk[32 + 32 * half + l] >> (2 * j)) & 3) - (((blk[l] >> (4 * half + j)) & 1) ? 0 : 4);
+    return HalfAt(blk + 108) * static_cast<float>(scale - 32) * static_cast<float>(q);
+  } else if constexpr (kType == 12 || kType == 13) {  // Q4_K / Q5_K
+    int sc, m;
+    ScaleMinK4(blk + 4, i / 32, &sc, &m);
+    const uint8_t* qs = blk + (kType == 12 ? 16 : 48);
+    const uint8_t byte = qs[32 * (i / 64) + l];
+    int q = (i % 64) < 32 ? (byte & 15) : (byte >> 4);
+    if constexpr (kType == 13) q |= ((blk[16 + l] >> (i / 32)) & 1) << 4;
+    const float d1 = HalfAt(blk) * static_cast<float>(sc);
+    const float m1 = HalfAt(blk + 2) * static_cast<float>(m);
+    return d1 * static_cast<float>(q) - m1;
+  } else {  // Q6_K: ql[128], qh[64], int8 scales[16], f16 d
+    const int half = i / 128, k = (i % 128) / 32;
+    const uint8_t lo = blk[64 * half + l + 32 * (k % 2)];
+    const int low = k < 2 ? (lo & 15) : (lo >> 4);
+    const int high = (blk[128 + 32 * half + l] >> (2 * k)) & 3;
+    const int8_t scale = static_cast<int8_t>(blk[192 + i / 16]);
+    return HalfAt(blk + 208) * static_cast<float>(scale) *
+           static_cast<float>((low | (high << 4)) - 32);
+  }
+}
+
 template <uint32_t kType, bool kBf16>
 __global__ void DequantizeKernel(const uint8_t* src, int64_t n, void* dst) {
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n;
@@ -56,6 +109,19 @@ __global__ void DequantizeKernel(const uint8_t* src, int64_t n, void* dst) {
       v = HalfBits(reinterpret_cast<const uint16_t*>(src)[e]);
     } else if constexpr (kType == 30) {  // BF16
       v = Bf16Bits(reinterpret_cast<const uint16_t*>(src)[e]);
+    } else if constexpr (kType == 11 || kType == 12 || kType == 13 || kType == 14) {
+      constexpr int kBytes = kType == 11 ? 110 : kType == 12 ? 144 : kType == 13 ? 176 : 210;
+      v = KQuantElement<kType>(src + (e / 256) * kBytes, static_cast<int>(e % 256));
+    } else if constexpr (kType == 6 || kType == 7) {  // Q5_0, Q5_1
+      const uint8_t* blk = src + (e / 32) * (kType == 6 ? 22 : 24);
+      const int j = static_cast<int>(e % 32);
+      const uint8_t* qh = blk + (kType == 6 ? 2 : 4);
+      const int q = Q5Quant(qh, qh + 4, j);
+      if constexpr (kType == 6) {
+        v = static_cast<float>(q - 16) * HalfAt(blk);
+      } else {
+        v = static_cast<float>(q) * HalfAt(blk) + HalfAt(blk + 2);
+      }
     } else {
       const int64_t b = e / 32;
       const int j = static_cast<int>(e % 32);
@@ -349,8 +415,26 @@ bool LaunchDequantize(uint32_t type, const void* src, int64_t n_elems, bool bf16
     case 3:
       DequantizeAs<3>(src, n_elems, bf16, dst, stream);
       return true;
+    case 6:
+      DequantizeAs<6>(src, n_elems, bf16, dst, stream);
+      return true;
+    case 7:
+      DequantizeAs<7>(src, n_elems, bf16, dst, stream);
+      return true;
     case 8:
       DequantizeAs<8>(src, n_elems, bf16, dst, stream);
+      return true;
+    case 11:
+      DequantizeAs<11>(src, n_elems, bf16, dst, stream);
+      return true;
+    case 12:
+      DequantizeAs<12>(src, n_elems, bf16, dst, stream);
+      return true;
+    case 13:
+      DequantizeAs<13>(src, n_elems, bf16, dst, stream);
+      return true;
+    case 14:
+      DequantizeAs<14>(src, n_elems, bf16, dst, stream);
       return true;
     case 30:
       DequantizeAs<30>(src, n_elems, bf16, dst, stream);

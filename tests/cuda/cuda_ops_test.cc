@@ -70,7 +70,7 @@ TEST(CudaOpsTest, MatMulMatchesReferenceForEveryTypeAndShape) {
   KVSHARE_REQUIRE_CUDA();
   Backend& b = *Cuda().backend;
   uint32_t seed = 1;
-  for (DType type : testing::AllDTypes()) {
+  for (DType type : testing::CudaDTypes()) {
     const bool quant = testing::IsQuantized(type);
     for (auto [rows, cols] : {std::pair{1, 32}, {7, 64}, {33, 96}, {129, 160}, {576, 1536}}) {
       if (!quant && cols == 32) cols = 31;  // odd widths where the type allows them
@@ -91,7 +91,7 @@ TEST(CudaOpsTest, MatMulWithBf16WeightsMatchesReferenceWithinBf16Rounding) {
 TEST(CudaOpsTest, EmbedGathersRowsAsFp32) {
   KVSHARE_REQUIRE_CUDA();
   Backend& b = *Cuda().backend;
-  for (DType type : testing::AllDTypes()) {
+  for (DType type : testing::CudaDTypes()) {
     const int vocab = 300, dim = testing::IsQuantized(type) ? 96 : 77;
     const auto table = RandomWeight(type, vocab, dim, 7);
     const std::vector<int32_t> ids = {0, 299, 5, 5, 123, 1, 298};

@@ -33,8 +33,8 @@ struct Case {
 
 // The int8-activation error bound: x[c] is replaced by s_b * q[c] with |x[c] - s_b q[c]| <=
 // s_b / 2, so each output moves by at most sum_c |Wq[r][c]| * s_b(c) / 2, where Wq is the part
-// of the weight multiplied by the quantized x: all of it, except Q4_1's offset m (its term uses
-// the exact sum of x).
+// of the weight multiplied by the quantized x: all of it, except the offset of Q4_1, Q5_1, Q4_K
+// and Q5_K (its term uses the exact sum of x).
 std::vector<float> Int8Bound(const Tensor& w, const std::vector<float>& x, int n) {
   const int64_t rows = w.rows(), cols = w.cols();
   std::vector<float> row(cols), bound(n * rows);
@@ -48,6 +48,10 @@ std::vector<float> Int8Bound(const Tensor& w, const std::vector<float>& x, int n
         double m = 0.0;
         if (w.type == DType::kQ4_1) {
           m = cpu::Fp16ToFp32(reinterpret_cast<const cpu::BlockQ4_1*>(w.row_data(r))[blk].m);
+        } else if (cpu::HasBlock32Form(w.type)) {
+          cpu::Block32 b32;
+          cpu::DecodeBlock32(w.type, w.row_data(r), blk, &b32);
+          m = b32.offset;
         }
         double wsum = 0.0;
         for (int j = 0; j < 32; ++j) wsum += std::fabs(row[blk * 32 + j] - m);
@@ -133,6 +137,11 @@ TEST_P(MatMulGridTest, MatchesReferenceOnEveryShapeLevelAndMode) {
   const DType type = GetParam();
   uint32_t seed = 1;
   for (int cols : kCols) {
+    // K-quants: 256, 768 and 1536 columns (whole 256-element blocks) in place of 32..576.
+    if (GetDTypeInfo(type).block_elems == cpu::kSuperBlock) {
+      if (cols < 96) continue;
+      cols = cols == 96 ? 256 : (cols == 576 ? 768 : cols);
+    }
     for (int rows : kRows) {
       for (int n : kTokens) {
         // Keep the grid's cost in check: the largest shapes only with a few batch sizes.
@@ -174,8 +183,9 @@ INSTANTIATE_TEST_SUITE_P(AllTypes, MatMulGridTest, ::testing::ValuesIn(testing::
 TEST(MatMulTest, ResultsAreBitwiseIdenticalAtEveryThreadCount) {
   for (DType type : testing::AllDTypes()) {
     for (int n : {1, 3, 8, 16, 40}) {
-      const OwnedTensor w = testing::RandomWeight(type, 577, 576, 7);
-      const std::vector<float> x = testing::RandomFloats(n * 576, 8);
+      const int64_t cols = testing::ColsFor(type, 576);
+      const OwnedTensor w = testing::RandomWeight(type, 577, cols, 7);
+      const std::vector<float> x = testing::RandomFloats(n * cols, 8);
       for (Isa isa : testing::SupportedIsas()) {
         for (const Mode& mode : Modes(type)) {
           SCOPED_TRACE(::testing::Message() << GetDTypeInfo(type).name << " n " << n << " isa "
@@ -202,16 +212,18 @@ TEST(MatMulTest, ResultsAreBitwiseIdenticalAtEveryThreadCount) {
 // results.
 TEST(MatMulTest, Int8ResultsDoNotDependOnBatchSize) {
   if (cpu::DetectIsa() == Isa::kScalar) GTEST_SKIP() << "no int8 kernels at the scalar level";
-  for (DType type : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_1}) {
-    const OwnedTensor w = testing::RandomWeight(type, 192, 576, 3);
-    const std::vector<float> x = testing::RandomFloats(64 * 576, 4);
+  for (DType type :
+       {DType::kQ8_0, DType::kQ4_0, DType::kQ4_1, DType::kQ5_1, DType::kQ4_K, DType::kQ6_K}) {
+    const int64_t cols = testing::ColsFor(type, 576);
+    const OwnedTensor w = testing::RandomWeight(type, 192, cols, 3);
+    const std::vector<float> x = testing::RandomFloats(64 * cols, 4);
     CpuBackendOptions options;
     options.threads = 2;
     options.matmul.int8_activations = true;
     auto backend = MakeCpuBackend(options);
     const std::vector<float> all = RunMatMul(*backend, w.tensor, x, 64);
     for (int t : {0, 5, 63}) {
-      const std::vector<float> one(x.begin() + t * 576, x.begin() + (t + 1) * 576);
+      const std::vector<float> one(x.begin() + t * cols, x.begin() + (t + 1) * cols);
       const std::vector<float> got = RunMatMul(*backend, w.tensor, one, 1);
       EXPECT_EQ(0, std::memcmp(got.data(), &all[t * 192], 192 * sizeof(float)))
           << GetDTypeInfo(type).name << " token " << t;

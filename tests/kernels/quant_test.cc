@@ -124,6 +124,7 @@ TEST(DequantizeTest, HandBuiltQ4_1Block) {
 TEST(DequantizeTest, QuantizeRowRoundTripsWithinHalfAStep) {
   const std::vector<float> x = testing::RandomFloats(32 * 20, 5);
   for (DType type : testing::AllDTypes()) {
+    if (GetDTypeInfo(type).block_elems == kSuperBlock) continue;  // no K-quant quantizer
     std::vector<uint8_t> bytes(StorageBytes(type, x.size()));
     QuantizeRow(type, x.data(), x.size(), bytes.data());
     std::vector<float> y(x.size());
@@ -145,6 +146,17 @@ TEST(DequantizeTest, QuantizeRowRoundTripsWithinHalfAStep) {
           break;
         case DType::kQ4_1:
           step = (hi - lo) / 15 * 0.5f + amax * 1e-2f;
+          break;
+        case DType::kQ5_0:  // levels -16..15, as Q4_0
+          step = amax / 16 + amax * 1e-2f;
+          break;
+        case DType::kQ5_1:
+          step = (hi - lo) / 31 * 0.5f + amax * 1e-2f;
+          break;
+        case DType::kQ3_K:
+        case DType::kQ4_K:
+        case DType::kQ5_K:
+        case DType::kQ6_K:
           break;
         case DType::kF16:
           step = amax * 1e-3f;
@@ -168,7 +180,8 @@ TEST(DequantizeTest, QuantizeRowRoundTripsWithinHalfAStep) {
 TEST(PackedWeightTest, EveryRowDequantizesLikeTheGgufRow) {
   for (DType type : testing::AllDTypes()) {
     for (int rows : {1, 15, 16, 17, 50}) {
-      for (int cols : {32, 96, 576}) {
+      for (int64_t cols :
+           {testing::ColsFor(type, 32), testing::ColsFor(type, 96), testing::ColsFor(type, 576)}) {
         const testing::OwnedTensor w = testing::RandomWeight(type, rows, cols, rows * cols);
         auto packed = CpuWeight::Create(w.tensor, /*repack=*/true);
         ASSERT_TRUE(packed.ok()) << packed.status();

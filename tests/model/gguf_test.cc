@@ -353,6 +353,16 @@ TEST(GgufTest, RejectsBadValueTypesAndDuplicates) {
               HasSubstr("general.alignment must be an integer power of two"));
 }
 
+// A GGML type kvshare does not read is refused by its GGML name and the tensor's name.
+TEST(GgufTest, RefusesAnUnsupportedGgmlTypeByName) {
+  GgufBuilder b;
+  b.tensors.push_back({"blk.3.ffn_down.weight", {256, 2}, 23, std::vector<uint8_t>(272, 0), {}});
+  const std::string message = Parse(b.Build()).status().ToString();
+  EXPECT_THAT(message, HasSubstr("tensor info 0 ('blk.3.ffn_down.weight')"));
+  EXPECT_THAT(message, HasSubstr("tensor type IQ4_XS (23) is not supported (supported: F32=0"));
+  EXPECT_THAT(message, HasSubstr("Q4_K=12"));
+}
+
 TEST(GgufTest, RejectsBadTensorInfos) {
   auto with_tensor = [](GgufBuilder::TensorEntry t) {
     GgufBuilder b;

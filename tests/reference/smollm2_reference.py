@@ -126,8 +126,11 @@ class SmolLM2:
             ne = [int(v) for v in t.shape]
             expect = tuple(reversed(ne)) if len(ne) > 1 else (ne[0],)
             assert a.shape == expect, (name, a.shape, expect)
-            if t.tensor_type == GGMLQuantizationType.Q8_0 or name == "blk.0.attn_q.weight" \
-                    or name == "blk.29.ffn_down.weight":
+            # (Re-quantised files, e.g. Q4_K_M from make_test_models.sh, hold other types
+            # there: only Q8_0 and Q4_1 tensors have a decoder here to cross-check.)
+            if t.tensor_type == GGMLQuantizationType.Q8_0 or (
+                    t.tensor_type == GGMLQuantizationType.Q4_1 and
+                    name in ("blk.0.attn_q.weight", "blk.29.ffn_down.weight")):
                 mine = (my_dequant_q8_0 if t.tensor_type == GGMLQuantizationType.Q8_0
                         else my_dequant_q4_1)(np.asarray(t.data), ne[0])
                 self.dequant_check[name] = {

@@ -1,5 +1,8 @@
 #include "tests/support/test_env.h"
 
+#include <sys/stat.h>
+
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 
@@ -24,6 +27,24 @@ std::string SmolLm2Path() {
     return "";
   }
   return *path;
+}
+
+std::string TestModelsDir() {
+  const char* env = std::getenv("KVSHARE_TEST_MODELS");
+  if (env != nullptr && *env != '\0') return env;
+  const char* home = std::getenv("HOME");
+  return std::string(home != nullptr ? home : "") + "/.cache/kvshare/models";
+}
+
+std::string TestModel(const std::string& file) {
+  const std::string path = TestModelsDir() + "/" + file;
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) ? path : "";
+}
+
+std::string TestModelMissing(const std::string& file) {
+  return TestModelsDir() + "/" + file +
+         " does not exist; make it with: bash tests/reference/make_test_models.sh";
 }
 
 std::string SourcePath(const std::string& relative) {

@@ -222,10 +222,10 @@ TEST(BpeTokenizerTest, RejectsMalformedMergesNamingTheIndex) {
   bad_eos.eos_id = 256;
   EXPECT_EQ(BpeTokenizer::Create(bad_eos).status().code(), absl::StatusCode::kInvalidArgument);
   BpeVocab bad_pre = ByteVocab({}, {});
-  bad_pre.pre = "qwen2";
+  bad_pre.pre = "deepseek-coder";  // (was "qwen2", supported since)
   t = BpeTokenizer::Create(bad_pre);
   EXPECT_EQ(t.status().code(), absl::StatusCode::kUnimplemented);
-  EXPECT_THAT(std::string(t.status().message()), HasSubstr("qwen2"));
+  EXPECT_THAT(std::string(t.status().message()), HasSubstr("deepseek-coder"));
 }
 
 TEST(BpeTokenizerTest, ChatTemplateOutsideChatMlIsUnimplementedNamingIt) {
