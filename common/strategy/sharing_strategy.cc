@@ -1,5 +1,6 @@
 #include "common/strategy/sharing_strategy.h"
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <sstream>
@@ -17,9 +18,61 @@ namespace {
 
 constexpr char kFormat[] = "kvshare.strategy.v1";
 
-std::string ContentId(const std::string& fingerprint, const std::vector<int>& kv_source) {
-  return Sha256Hex(
-      absl::StrCat("kvshare-strategy-v1\n", fingerprint, "\n", absl::StrJoin(kv_source, ",")));
+std::string ContentId(const std::string& fingerprint, const std::vector<int>& kv_source,
+                      const std::vector<int>& dropped, const OutputProjections* projections) {
+  std::string text =
+      absl::StrCat("kvshare-strategy-v1\n", fingerprint, "\n", absl::StrJoin(kv_source, ","));
+  // Strategies without drops or projections keep the id they had before either existed.
+  if (!dropped.empty()) absl::StrAppend(&text, "\ndrop ", absl::StrJoin(dropped, ","));
+  if (projections != nullptr) absl::StrAppend(&text, "\nprojections ", projections->sha256());
+  return Sha256Hex(text);
+}
+
+std::string DirName(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
+// The "output_projections" object of a strategy JSON, its blob read from blob_dir.
+absl::StatusOr<std::shared_ptr<const OutputProjections>> ReadProjections(
+    const nlohmann::json& p, const std::string& blob_dir) {
+  if (!p.is_object() || !p.contains("type") || !p["type"].is_string() || !p.contains("rows") ||
+      !p["rows"].is_number_integer() || !p.contains("cols") || !p["cols"].is_number_integer() ||
+      !p.contains("layers") || !p["layers"].is_array() || !p.contains("sha256") ||
+      !p["sha256"].is_string()) {
+    return absl::InvalidArgumentError(
+        "strategy JSON: field 'output_projections' needs type (string), rows, cols (ints), "
+        "layers (array) and sha256 (string)");
+  }
+  auto type = ParseProjectionType(p["type"].get<std::string>());
+  if (!type.ok()) return type.status();
+  std::vector<int> layers;
+  for (const auto& l : p["layers"]) {
+    if (!l.is_number_integer()) {
+      return absl::InvalidArgumentError(
+          "strategy JSON: output_projections.layers must hold layer indices");
+    }
+    layers.push_back(l.get<int>());
+  }
+  const std::string sha = p["sha256"].get<std::string>();
+  // The blob is found by its hash, never by a path from the file (no traversal).
+  if (sha.size() != 64 || sha.find_first_not_of("0123456789abcdef") != std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "strategy JSON: output_projections.sha256 '%s' is not 64 lower-case hex digits",
+        sha.substr(0, 80)));
+  }
+  const std::string file = absl::StrCat("projections-", sha, ".bin");
+  if (blob_dir.empty()) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "strategy JSON: references output projections %s, but no directory to read it from "
+        "was given (read the strategy with ReadFile)",
+        file));
+  }
+  auto blob = ReadFileToString(absl::StrCat(blob_dir, "/", file));
+  if (!blob.ok()) return blob.status();
+  return OutputProjections::FromBlob(*type, p["rows"].get<int>(), p["cols"].get<int>(),
+                                     std::move(layers), std::move(*blob), sha);
 }
 
 }  // namespace
@@ -34,9 +87,73 @@ SharingStrategy SharingStrategy::Identity(int n_layers, const std::string& model
   s.kv_source_.resize(n_layers);
   for (int l = 0; l < n_layers; ++l) s.kv_source_[l] = l;
   s.model_fingerprint_ = model_fingerprint;
-  s.id_ = ContentId(model_fingerprint, s.kv_source_);
+  s.ComputeId();
   s.provenance_.method = "identity";
   return s;
+}
+
+void SharingStrategy::ComputeId() {
+  id_ = ContentId(model_fingerprint_, kv_source_, attention_dropped_, projections_.get());
+}
+
+bool SharingStrategy::drops(int layer) const {
+  return std::binary_search(attention_dropped_.begin(), attention_dropped_.end(), layer);
+}
+
+absl::StatusOr<SharingStrategy> SharingStrategy::Create(std::vector<int> kv_source,
+                                                        const std::string& model_fingerprint,
+                                                        std::vector<int> attention_dropped) {
+  auto st = Create(std::move(kv_source), model_fingerprint);
+  if (!st.ok() || attention_dropped.empty()) return st;
+  std::sort(attention_dropped.begin(), attention_dropped.end());
+  const int n = st->n_layers();
+  for (size_t i = 0; i < attention_dropped.size(); ++i) {
+    const int d = attention_dropped[i];
+    if (d < 1 || d >= n) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "strategy: attention_dropped names layer %d, must be in [1, %d] (layer 0 owns)", d,
+          n - 1));
+    }
+    if (i > 0 && attention_dropped[i - 1] == d) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("strategy: attention_dropped names layer %d twice", d));
+    }
+    if (st->kv_source_[d] != d) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "strategy: layer %d drops its attention but has kv_source %d (a dropped layer reads "
+          "nothing: write %d)",
+          d, st->kv_source_[d], d));
+    }
+    for (int l = d + 1; l < n; ++l) {
+      if (st->kv_source_[l] == d) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "strategy: layer %d reads layer %d, whose attention is dropped (it stores no KV)", l,
+            d));
+      }
+    }
+  }
+  st->attention_dropped_ = std::move(attention_dropped);
+  st->ComputeId();
+  if (st->provenance_.method == "identity") st->provenance_.method = "manual";
+  return st;
+}
+
+absl::StatusOr<SharingStrategy> SharingStrategy::WithProjections(
+    std::shared_ptr<const OutputProjections> projections) const {
+  SharingStrategy st = *this;
+  if (projections != nullptr) {
+    for (int l : projections->layers()) {
+      if (l >= n_layers() || kv_source_[l] >= l) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "strategy: an output projection for layer %d, which is not a sharing layer of "
+            "this %d-layer strategy (only a layer reading another layer's cache takes one)",
+            l, n_layers()));
+      }
+    }
+  }
+  st.projections_ = std::move(projections);
+  st.ComputeId();
+  return st;
 }
 
 absl::StatusOr<SharingStrategy> SharingStrategy::Create(std::vector<int> kv_source,
@@ -69,7 +186,7 @@ absl::StatusOr<SharingStrategy> SharingStrategy::Create(std::vector<int> kv_sour
   SharingStrategy st;
   st.kv_source_ = std::move(kv_source);
   st.model_fingerprint_ = model_fingerprint;
-  st.id_ = ContentId(model_fingerprint, st.kv_source_);
+  st.ComputeId();
   st.provenance_.method = st.is_identity() ? "identity" : "manual";
   return st;
 }
@@ -95,7 +212,20 @@ int SharingStrategy::owning_layers() const {
   return owning;
 }
 
-std::string SharingStrategy::CanonicalString() const { return absl::StrJoin(kv_source_, " "); }
+std::string SharingStrategy::CanonicalString() const {
+  if (attention_dropped_.empty() && projections_ == nullptr) return absl::StrJoin(kv_source_, " ");
+  std::vector<std::string> parts;
+  for (int l = 0; l < n_layers(); ++l) {
+    if (drops(l)) {
+      parts.push_back("x");
+    } else if (projections_ != nullptr && projections_->IndexOf(l) >= 0) {
+      parts.push_back(absl::StrCat(kv_source_[l], "*"));
+    } else {
+      parts.push_back(absl::StrCat(kv_source_[l]));
+    }
+  }
+  return absl::StrJoin(parts, " ");
+}
 
 std::string SharingStrategy::ToJson() const {
   nlohmann::ordered_json j;
@@ -103,6 +233,16 @@ std::string SharingStrategy::ToJson() const {
   j["model_fingerprint"] = model_fingerprint_;
   j["n_layers"] = n_layers();
   j["kv_source"] = kv_source_;
+  if (!attention_dropped_.empty()) j["attention_dropped"] = attention_dropped_;
+  if (projections_ != nullptr) {
+    j["output_projections"] = {{"type", ProjectionTypeName(projections_->type())},
+                               {"rows", projections_->rows()},
+                               {"cols", projections_->cols()},
+                               {"layers", projections_->layers()},
+                               {"sha256", projections_->sha256()},
+                               {"file", projections_->BlobFileName()},
+                               {"bytes_per_layer", projections_->bytes_per_layer()}};
+  }
   j["id"] = id_;
   j["owning_layers"] = owning_layers();
   nlohmann::ordered_json p;
@@ -128,7 +268,8 @@ std::string SharingStrategy::ToJson() const {
   return j.dump(2) + "\n";
 }
 
-absl::StatusOr<SharingStrategy> SharingStrategy::FromJson(const std::string& text) {
+absl::StatusOr<SharingStrategy> SharingStrategy::FromJson(const std::string& text,
+                                                          const std::string& blob_dir) {
   nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) {
     return absl::InvalidArgumentError("strategy JSON: not a JSON object");
@@ -160,8 +301,31 @@ absl::StatusOr<SharingStrategy> SharingStrategy::FromJson(const std::string& tex
         absl::StrFormat("strategy JSON: n_layers %s disagrees with kv_source's %d entries",
                         j["n_layers"].dump(), kv_source.size()));
   }
-  auto st = Create(std::move(kv_source), j["model_fingerprint"].get<std::string>());
+  std::vector<int> dropped;
+  if (j.contains("attention_dropped")) {
+    const auto& d = j["attention_dropped"];
+    if (!d.is_array()) {
+      return absl::InvalidArgumentError(
+          "strategy JSON: field 'attention_dropped' must be an array of layer indices");
+    }
+    for (size_t i = 0; i < d.size(); ++i) {
+      if (!d[i].is_number_integer()) {
+        return absl::InvalidArgumentError(
+            absl::StrFormat("strategy JSON: attention_dropped[%d] is not an integer", i));
+      }
+      dropped.push_back(d[i].get<int>());
+    }
+  }
+  auto st =
+      Create(std::move(kv_source), j["model_fingerprint"].get<std::string>(), std::move(dropped));
   if (!st.ok()) return st.status();
+  if (j.contains("output_projections")) {
+    auto projections = ReadProjections(j["output_projections"], blob_dir);
+    if (!projections.ok()) return projections.status();
+    auto with = st->WithProjections(std::move(*projections));
+    if (!with.ok()) return with.status();
+    st = std::move(with);
+  }
   if (j.contains("id") && (!j["id"].is_string() || j["id"].get<std::string>() != st->id())) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "strategy JSON: id %s does not match the content (expected %s)", j["id"].dump(), st->id()));
@@ -194,13 +358,18 @@ absl::StatusOr<SharingStrategy> SharingStrategy::FromJson(const std::string& tex
 absl::StatusOr<SharingStrategy> SharingStrategy::ReadFile(const std::string& path) {
   auto text = ReadFileToString(path);
   if (!text.ok()) return text.status();
-  auto st = FromJson(*text);
+  auto st = FromJson(*text, DirName(path));
   if (!st.ok())
     return absl::Status(st.status().code(), absl::StrCat(path, ": ", st.status().message()));
   return st;
 }
 
 absl::Status SharingStrategy::WriteFile(const std::string& path) const {
+  if (projections_ != nullptr) {
+    absl::Status s = WriteFileAtomically(
+        absl::StrCat(DirName(path), "/", projections_->BlobFileName()), projections_->blob());
+    if (!s.ok()) return s;
+  }
   return WriteFileAtomically(path, ToJson());
 }
 
