@@ -103,6 +103,11 @@ std::vector<Method> AllMethods() {
   search("nll-similar-best8", SearchMethod::kNll, PairOrder::kSimilar, 8, false);
   search("nll-similar-lazy8", SearchMethod::kNll, PairOrder::kSimilar, 8, true);
   search("nll-similar-lazy16", SearchMethod::kNll, PairOrder::kSimilar, 16, true);
+  // Issue 18: candidates scored with their calibrated projections (scoring-set NLL).
+  search("nll-similar-lazy8-cal", SearchMethod::kNll, PairOrder::kSimilar, 8, true);
+  out.back().selection.calibrated = true;
+  search("nll-dissimilar-lazy8-cal", SearchMethod::kNll, PairOrder::kDissimilar, 8, true);
+  out.back().selection.calibrated = true;
   for (BaselinePattern p : AllBaselinePatterns()) {
     Method x;
     x.name = absl::StrCat("baseline-", BaselinePatternName(p));
@@ -294,7 +299,8 @@ absl::StatusOr<nlohmann::json> RunModel(const ModelSpec& spec, const Flags& flag
     }
     SelectionOptions o = method.selection;
     o.greedy.target_layers = k_max;
-    auto r = RunStrategySearch(m, *backend, *calibration, o);
+    if (o.calibrated && calibrator == nullptr) continue;  // --no-calibrate
+    auto r = RunStrategySearch(m, *backend, *calibration, o, {}, calibrator.get());
     if (!r.ok()) return r.status();
     const GreedyResult& g = r->selection.greedy;
     std::fprintf(stderr,

@@ -140,6 +140,7 @@ Runner RegisterSearch(CLI::App& app) {
     double max_nll_increase = 0;
     HeldoutFlags heldout;
     bool calibrate_projections = false;
+    bool calibrated_scoring = false;
     std::string projection_type = "f16";
     std::vector<double> ridges = DefaultRidges();
   };
@@ -197,6 +198,9 @@ Runner RegisterSearch(CLI::App& app) {
                 "Refit each sharing layer's output projection (ridge regression on calibration "
                 "text after the held-out slice; strength chosen on a separate scoring set) and "
                 "write it beside --out (projections-<sha256>.bin)");
+  sub->add_flag("--calibrated-scoring", flags->calibrated_scoring,
+                "With --method nll --calibrate-projections: score each candidate with its own "
+                "fitted projections on the scoring set (slower: a fit per candidate)");
   sub->add_option("--projection-type", flags->projection_type,
                   "Stored type of calibrated projections: f16 or f32")
       ->capture_default_str();
@@ -263,6 +267,10 @@ Runner RegisterSearch(CLI::App& app) {
     ProjectionSets projection_sets;
     auto projection_type = ParseProjectionType(flags->projection_type);
     if (!projection_type.ok()) return Fail(projection_type.status());
+    if (flags->calibrated_scoring && !flags->calibrate_projections) {
+      return Fail(absl::InvalidArgumentError(
+          "--calibrated-scoring needs --calibrate-projections (the fit and scoring sets)"));
+    }
     if (flags->calibrate_projections) {
       for (double ridge : flags->ridges) {
         if (!(ridge > 0)) {
@@ -300,8 +308,17 @@ Runner RegisterSearch(CLI::App& app) {
           absl::StrFormat("pair (%d, %d), %d scored, %d accepted, %d/%d layers share", p.pair.i,
                           p.pair.j, p.pairs_scored, p.accepted, p.sharing_layers, p.target_layers));
     };
-    auto result =
-        RunStrategySearch(model, *backend, prepared->calibration, prepared->selection, hooks);
+    std::unique_ptr<ProjectionCalibrator> calibrator;
+    SelectionOptions selection = prepared->selection;
+    if (flags->calibrate_projections) {
+      auto created = ProjectionCalibrator::Create(model, projection_sets.fit, projection_sets.score,
+                                                  flags->model.threads);
+      if (!created.ok()) return Fail(created.status());
+      calibrator = std::move(*created);
+      selection.calibrated = flags->calibrated_scoring;
+    }
+    auto result = RunStrategySearch(model, *backend, prepared->calibration, selection, hooks,
+                                    calibrator.get());
     bar.Finish();
     if (!result.ok()) return Fail(result.status());
     PrintResult(c, *result, options.target_layers);
@@ -315,21 +332,18 @@ Runner RegisterSearch(CLI::App& app) {
           projection_sets.fit.source_lines.front(), LastCalibrationLine(projection_sets.fit),
           projection_sets.score.samples, projection_sets.score.tokens,
           projection_sets.score.source_lines.front(), LastCalibrationLine(projection_sets.score));
-      auto calibrator = ProjectionCalibrator::Create(model, projection_sets.fit,
-                                                     projection_sets.score, flags->model.threads);
-      if (!calibrator.ok()) return Fail(calibrator.status());
-      auto calibrated = (*calibrator)->Calibrate(strategy, flags->ridges, *projection_type);
+      auto calibrated = calibrator->Calibrate(strategy, flags->ridges, *projection_type);
       if (!calibrated.ok()) return Fail(calibrated.status());
       for (const auto& [ridge, nll] : calibrated->tried) {
         std::cout << absl::StrFormat("ridge      %-8g scoring NLL +%.4f\n", ridge,
-                                     nll - (*calibrator)->unshared_score_nll());
+                                     nll - calibrator->unshared_score_nll());
       }
       std::cout << absl::StrFormat(
           "projections %s: scoring NLL +%.4f (without: +%.4f)%s\n",
           calibrated->projections != nullptr ? absl::StrFormat("ridge %g", calibrated->ridge)
                                              : std::string("none kept"),
-          calibrated->score_nll - (*calibrator)->unshared_score_nll(),
-          calibrated->uncalibrated_score_nll - (*calibrator)->unshared_score_nll(),
+          calibrated->score_nll - calibrator->unshared_score_nll(),
+          calibrated->uncalibrated_score_nll - calibrator->unshared_score_nll(),
           calibrated->projections != nullptr
               ? absl::StrFormat("; %d layers x %d bytes", calibrated->projections->layers().size(),
                                 calibrated->projections->bytes_per_layer())
@@ -341,8 +355,8 @@ Runner RegisterSearch(CLI::App& app) {
         strategy.provenance().note += absl::StrFormat(
             "; projections ridge %g, fit %d x %d, scoring NLL +%.4f (without +%.4f)",
             calibrated->ridge, projection_sets.fit.samples, projection_sets.fit.tokens,
-            calibrated->score_nll - (*calibrator)->unshared_score_nll(),
-            calibrated->uncalibrated_score_nll - (*calibrator)->unshared_score_nll());
+            calibrated->score_nll - calibrator->unshared_score_nll(),
+            calibrated->uncalibrated_score_nll - calibrator->unshared_score_nll());
       }
     }
     // Quality on record: held-out perplexity with and without the strategy.
