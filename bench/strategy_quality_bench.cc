@@ -15,6 +15,17 @@
 // its first acceptances, timed at that acceptance with the calibration forward included) and
 // every baseline pattern (search_service/baseline_strategies.h; no search). --methods picks
 // some; the default is all.
+//
+// Issue 18 rows (--calibrate, on by default; --no-calibrate leaves them out):
+//   <rule>+proj      the rule's strategy with calibrated output projections
+//                    (search_service/projection_fit.h; ridge chosen on the scoring set);
+//                    search time = the rule's + the calibration's; bytes = projection bytes.
+//   <rule>:drop      the same layers with their attention dropped instead of shared (equal KV
+//                    memory): does reading the other layer's cache beat reading nothing?
+//   drop-ranked      the k layers whose single attention drop costs least on the scoring set.
+// Projection sets: scoring 16 x 128 tokens, then fit 36 x 128, from the lines after the end of
+// the held-out slice (projection_sets.h), so calibration, held-out, fit and scoring text never
+// overlap.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -36,6 +47,8 @@
 #include "search_service/calibration.h"
 #include "search_service/cosine_evaluator.h"
 #include "search_service/heldout_quality.h"
+#include "search_service/projection_fit.h"
+#include "search_service/projection_sets.h"
 #include "search_service/strategy_search.h"
 #include "service_runtime/locate.h"
 
@@ -50,6 +63,7 @@ struct Flags {
   std::vector<std::string> models = {"smollm2", "stories"};
   std::vector<std::string> methods;  // empty: all
   std::vector<int> shared;           // empty: the model's defaults
+  bool calibrate = true;             // the issue 18 rows
 };
 
 // One row family of the table: a search rule or a baseline pattern.
@@ -89,6 +103,11 @@ std::vector<Method> AllMethods() {
   search("nll-similar-best8", SearchMethod::kNll, PairOrder::kSimilar, 8, false);
   search("nll-similar-lazy8", SearchMethod::kNll, PairOrder::kSimilar, 8, true);
   search("nll-similar-lazy16", SearchMethod::kNll, PairOrder::kSimilar, 16, true);
+  // Issue 18: candidates scored with their calibrated projections (scoring-set NLL).
+  search("nll-similar-lazy8-cal", SearchMethod::kNll, PairOrder::kSimilar, 8, true);
+  out.back().selection.calibrated = true;
+  search("nll-dissimilar-lazy8-cal", SearchMethod::kNll, PairOrder::kDissimilar, 8, true);
+  out.back().selection.calibrated = true;
   for (BaselinePattern p : AllBaselinePatterns()) {
     Method x;
     x.name = absl::StrCat("baseline-", BaselinePatternName(p));
@@ -112,6 +131,10 @@ struct Row {
   bool available = true;
   std::string why;  // when not available
   std::vector<int> kv_source;
+  std::vector<int> dropped;
+  std::shared_ptr<const OutputProjections> projections;
+  int64_t bytes_added = 0;
+  double ridge = 0;
   StrategyQuality quality;
   double search_seconds = 0;
   double search_cpu_seconds = 0;  // process CPU time, all threads
@@ -178,9 +201,13 @@ absl::StatusOr<nlohmann::json> RunModel(const ModelSpec& spec, const Flags& flag
                   {"baseline_nll", (*meter)->baseline().mean_nll}};
 
   auto measure = [&](Row& row) -> absl::Status {
-    auto st = SharingStrategy::Create(row.kv_source, m.fingerprint());
+    auto plain = SharingStrategy::Create(row.kv_source, m.fingerprint(), row.dropped);
+    if (!plain.ok()) return plain.status();
+    auto st = plain->WithProjections(row.projections);
     if (!st.ok()) return st.status();
-    auto cos = calibration_cosine(row.kv_source);
+    // The cosine evaluator knows kv_source only: drops and projections have none (0).
+    absl::StatusOr<double> cos = 0.0;
+    if (row.dropped.empty() && row.projections == nullptr) cos = calibration_cosine(row.kv_source);
     if (!cos.ok()) return cos.status();
     const double t = Now();
     auto q = (*meter)->Measure(std::make_shared<const SharingStrategy>(std::move(*st)), *cos);
@@ -191,6 +218,58 @@ absl::StatusOr<nlohmann::json> RunModel(const ModelSpec& spec, const Flags& flag
                  "(eval %.1f s)\n",
                  row.method.c_str(), row.shared, q->heldout_ppl(), q->nll_increase(),
                  q->calibration_score, row.search_seconds, Now() - t);
+    return absl::OkStatus();
+  };
+
+  // Issue 18: projection sets after the held-out slice, and their calibrator.
+  std::unique_ptr<ProjectionSets> psets;
+  std::unique_ptr<ProjectionCalibrator> calibrator;
+  if (flags.calibrate) {
+    const int after = HeldoutEndLine(*text, **tok, heldout.first_line - 1, heldout.targets());
+    auto sets = BuildProjectionSets(*text, **tok, after, {}, spec.text_file);
+    if (!sets.ok()) return sets.status();
+    psets = std::make_unique<ProjectionSets>(std::move(*sets));
+    const double tc = Now();
+    auto cal = ProjectionCalibrator::Create(m, psets->fit, psets->score, flags.threads);
+    if (!cal.ok()) return cal.status();
+    calibrator = std::move(*cal);
+    std::fprintf(stderr,
+                 "  projection sets: scoring lines %d..%d, fit lines %d..%d (held-out ends "
+                 "before line %d); unshared scoring NLL %.4f (%.1f s)\n",
+                 psets->score.source_lines.front(), LastCalibrationLine(psets->score),
+                 psets->fit.source_lines.front(), LastCalibrationLine(psets->fit), after,
+                 calibrator->unshared_score_nll(), Now() - tc);
+  }
+  // The issue 18 rows of a searched or baseline row: with projections, and dropped instead.
+  auto extra_rows = [&](const Row& base) -> absl::Status {
+    if (calibrator == nullptr || !base.available) return absl::OkStatus();
+    auto plain = SharingStrategy::Create(base.kv_source, m.fingerprint());
+    if (!plain.ok()) return plain.status();
+    const double t = Now();
+    auto cal = calibrator->Calibrate(*plain, DefaultRidges(), DType::kF16);
+    if (!cal.ok()) return cal.status();
+    Row proj = base;
+    proj.method = base.method + "+proj";
+    proj.projections = cal->projections;
+    proj.ridge = cal->ridge;
+    proj.search_seconds = base.search_seconds + (Now() - t);
+    proj.bytes_added = cal->projections == nullptr ? 0
+                                                   : int64_t(cal->projections->bytes_per_layer()) *
+                                                         int64_t(cal->projections->layers().size());
+    absl::Status s = measure(proj);
+    if (!s.ok()) return s;
+    rows->push_back(proj);
+    Row drop = base;
+    drop.method = base.method + ":drop";
+    drop.dropped.clear();
+    for (int l = 0; l < c.n_layers; ++l) {
+      if (base.kv_source[l] != l) drop.dropped.push_back(l);
+      drop.kv_source[l] = l;
+    }
+    drop.search_seconds = base.search_seconds;
+    s = measure(drop);
+    if (!s.ok()) return s;
+    rows->push_back(drop);
     return absl::OkStatus();
   };
 
@@ -213,12 +292,15 @@ absl::StatusOr<nlohmann::json> RunModel(const ModelSpec& spec, const Flags& flag
         absl::Status s = measure(row);
         if (!s.ok()) return s;
         rows->push_back(row);
+        s = extra_rows(row);
+        if (!s.ok()) return s;
       }
       continue;
     }
     SelectionOptions o = method.selection;
     o.greedy.target_layers = k_max;
-    auto r = RunStrategySearch(m, *backend, *calibration, o);
+    if (o.calibrated && calibrator == nullptr) continue;  // --no-calibrate
+    auto r = RunStrategySearch(m, *backend, *calibration, o, {}, calibrator.get());
     if (!r.ok()) return r.status();
     const GreedyResult& g = r->selection.greedy;
     std::fprintf(stderr,
@@ -265,6 +347,38 @@ absl::StatusOr<nlohmann::json> RunModel(const ModelSpec& spec, const Flags& flag
       absl::Status s = measure(row);
       if (!s.ok()) return s;
       rows->push_back(row);
+      s = extra_rows(row);
+      if (!s.ok()) return s;
+    }
+  }
+  // drop-ranked: the k layers whose attention drop alone costs least on the scoring set.
+  if (calibrator != nullptr) {
+    const double t = Now();
+    std::vector<std::pair<double, int>> cost;
+    for (int l = 1; l < c.n_layers; ++l) {
+      std::vector<int> kv(c.n_layers);
+      for (int i = 0; i < c.n_layers; ++i) kv[i] = i;
+      auto st = SharingStrategy::Create(kv, m.fingerprint(), {l});
+      if (!st.ok()) return st.status();
+      auto nll = calibrator->ScoreNll(std::make_shared<const SharingStrategy>(std::move(*st)));
+      if (!nll.ok()) return nll.status();
+      cost.push_back({*nll, l});
+    }
+    std::sort(cost.begin(), cost.end());
+    const double rank_seconds = Now() - t;
+    for (int k : spec.shared) {
+      Row row;
+      row.method = "drop-ranked";
+      row.shared = k;
+      row.kv_source.resize(c.n_layers);
+      for (int i = 0; i < c.n_layers; ++i) row.kv_source[i] = i;
+      for (int i = 0; i < k && i < int(cost.size()); ++i) row.dropped.push_back(cost[i].second);
+      std::sort(row.dropped.begin(), row.dropped.end());
+      row.search_seconds = rank_seconds;
+      row.candidates_scored = c.n_layers - 1;
+      absl::Status s = measure(row);
+      if (!s.ok()) return s;
+      rows->push_back(row);
     }
   }
   nlohmann::json jrows = nlohmann::json::array();
@@ -275,6 +389,13 @@ absl::StatusOr<nlohmann::json> RunModel(const ModelSpec& spec, const Flags& flag
       jr["why"] = row.why;
     } else {
       jr["kv_source"] = row.kv_source;
+      if (!row.dropped.empty()) jr["attention_dropped"] = row.dropped;
+      if (row.projections != nullptr) {
+        jr["projection_layers"] = row.projections->layers();
+        jr["projection_sha256"] = row.projections->sha256();
+        jr["ridge"] = row.ridge;
+      }
+      jr["bytes_added"] = row.bytes_added;
       jr["heldout_ppl"] = row.quality.heldout_ppl();
       jr["heldout_nll"] = row.quality.heldout_nll;
       jr["nll_increase"] = row.quality.nll_increase();
@@ -309,20 +430,20 @@ void PrintTable(const nlohmann::json& j, double baseline_ppl, const std::vector<
       if (r.shared == k && r.available && r.method == "kvsharer-dissimilar") paper = &r;
     }
     std::printf("\n k=%-2d of %d (KV %.1f%%)\n", k, L, 100.0 * (L - k) / L);
-    std::printf("  %-26s %10s %8s %8s %6s %6s %8s %8s\n", "method", "ppl", "dNLL", "x paper", "cos",
-                "scored", "search", "cpu");
+    std::printf("  %-32s %10s %8s %8s %6s %6s %8s %8s %10s\n", "method", "ppl", "dNLL", "x paper",
+                "cos", "scored", "search", "cpu", "bytes+");
     const Row* best = nullptr;
     for (const Row& r : rows) {
       if (r.shared != k) continue;
       if (!r.available) {
-        std::printf("  %-26s %10s  (%s)\n", r.method.c_str(), "-", r.why.c_str());
+        std::printf("  %-32s %10s  (%s)\n", r.method.c_str(), "-", r.why.c_str());
         continue;
       }
       if (best == nullptr || r.quality.heldout_nll < best->quality.heldout_nll) best = &r;
-      const bool searched = r.candidates_scored > 0;
+      const bool searched = r.candidates_scored > 0 || r.search_seconds > 0;
       std::printf(
-          "  %-26s %10.3f %8.4f %8s %6.3f %6s %8s %8s\n", r.method.c_str(), r.quality.heldout_ppl(),
-          r.quality.nll_increase(),
+          "  %-32s %10.3f %8.4f %8s %6.3f %6s %8s %8s %10lld\n", r.method.c_str(),
+          r.quality.heldout_ppl(), r.quality.nll_increase(),
           paper != nullptr && paper->quality.nll_increase() > 0
               ? absl::StrFormat("%.3f", r.quality.nll_increase() / paper->quality.nll_increase())
                     .c_str()
@@ -330,7 +451,8 @@ void PrintTable(const nlohmann::json& j, double baseline_ppl, const std::vector<
           r.quality.calibration_score,
           searched ? absl::StrFormat("%d", r.candidates_scored).c_str() : "-",
           searched ? absl::StrFormat("%.1f", r.search_seconds).c_str() : "-",
-          searched ? absl::StrFormat("%.1f", r.search_cpu_seconds).c_str() : "-");
+          searched ? absl::StrFormat("%.1f", r.search_cpu_seconds).c_str() : "-",
+          (long long)r.bytes_added);
     }
     if (best != nullptr) {
       std::printf("  best: %s, ppl %.3f, dNLL %.4f", best->method.c_str(),
@@ -362,6 +484,8 @@ int Main(int argc, char** argv) {
       flags.models = absl::StrSplit(next(), ',');
     } else if (a == "--methods") {
       flags.methods = absl::StrSplit(next(), ',');
+    } else if (a == "--no-calibrate") {
+      flags.calibrate = false;
     } else if (a == "--shared") {
       for (absl::string_view s : absl::StrSplit(next(), ',')) {
         int k = 0;
@@ -371,7 +495,8 @@ int Main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: %s [--json FILE] [--threads N] [--eval-tokens N] [--context N] "
-                   "[--models smollm2,stories] [--methods NAME,...] [--shared K,...]\n",
+                   "[--models smollm2,stories] [--methods NAME,...] [--shared K,...] "
+                   "[--no-calibrate]\n",
                    argv[0]);
       return 2;
     }

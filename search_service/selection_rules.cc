@@ -71,6 +71,15 @@ absl::Status ValidateSelectionOptions(const SelectionOptions& options, int n_lay
   auto m =
       CheckRuleFields(SearchMethodName(options.method), options.best_of, options.max_nll_increase);
   if (!m.ok()) return m.status();
+  if (options.calibrated && options.method != SearchMethod::kNll) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("calibrated scoring applies to --method nll, not --method %s",
+                        SearchMethodName(options.method)));
+  }
+  if (options.calibrated && !(options.calibration_ridge > 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("calibration ridge %g must be > 0", options.calibration_ridge));
+  }
   // The threshold field is the cosine threshold; kNll does not use it (GreedyOptionsFor), and
   // GreedyOptions' default is valid either way.
   return ValidateGreedyOptions(options.greedy, n_layers);

@@ -49,6 +49,12 @@ struct SelectionOptions {
   int best_of = 1;                         // K >= 1
   bool lazy = false;                       // BestOfK::lazy
   std::optional<double> max_nll_increase;  // kNll only; R > 0, nats/token
+  // kNll only (issue 18): score each candidate with its calibrated output projections on the
+  // projection scoring set (calibrated_evaluator.h) instead of the plain calibration NLL;
+  // RunStrategySearch then needs a ProjectionCalibrator. calibration_ridge > 0: the fixed
+  // ridge strength of those fits (relative, ridge_fit.h).
+  bool calibrated = false;
+  double calibration_ridge = 0.03;
 };
 
 // The rule fields of a request, checked before any work: the method's name, K >= 1, R > 0

@@ -5,8 +5,10 @@
 #include <algorithm>
 #include <chrono>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/engine/transformer.h"
+#include "search_service/calibrated_evaluator.h"
 #include "search_service/cosine_evaluator.h"
 #include "search_service/loss_evaluator.h"
 
@@ -90,7 +92,14 @@ void FillProvenance(const SelectionOptions& options, const CalibrationSet& calib
       calibration.samples, calibration.tokens, StopReasonName(g.stop),
       options.greedy.order == PairOrder::kRandom ? absl::StrFormat("; seed %d", options.greedy.seed)
                                                  : "",
-      options.best_of, options.lazy ? " (lazy)" : "", g.trace.size(), g.accepted, g.pairs_skipped);
+      options.best_of,
+      absl::StrCat(options.lazy ? " (lazy)" : "",
+                   options.calibrated
+                       ? absl::StrFormat(" (calibrated: scoring-set NLL with projections fitted "
+                                         "at ridge %g)",
+                                         options.calibration_ridge)
+                       : ""),
+      g.trace.size(), g.accepted, g.pairs_skipped);
 }
 
 }  // namespace
@@ -98,10 +107,15 @@ void FillProvenance(const SelectionOptions& options, const CalibrationSet& calib
 absl::StatusOr<StrategySearchResult> RunStrategySearch(const Model& model, Backend& backend,
                                                        const CalibrationSet& calibration,
                                                        const SelectionOptions& options,
-                                                       const SearchHooks& hooks) {
+                                                       const SearchHooks& hooks,
+                                                       ProjectionCalibrator* calibrator) {
   const ModelConfig& c = model.config();
   absl::Status valid = ValidateSelectionOptions(options, c.n_layers);
   if (!valid.ok()) return valid;
+  if (options.calibrated && calibrator == nullptr) {
+    return absl::InvalidArgumentError(
+        "calibrated scoring needs the projection fit and scoring sets (no calibrator given)");
+  }
   const Stopwatch watch;
   const auto start = watch.wall;
   StrategySearchResult result;
@@ -133,7 +147,13 @@ absl::StatusOr<StrategySearchResult> RunStrategySearch(const Model& model, Backe
 
   const auto greedy_start = Clock::now();
   if (hooks.on_phase) hooks.on_phase(SearchPhase::kGreedy);
-  TimedEvaluator timed(*evaluator, watch, &result);
+  std::unique_ptr<CalibratedEvaluator> calibrated;
+  if (options.calibrated) {
+    calibrated = std::make_unique<CalibratedEvaluator>(*calibrator, model.fingerprint(), c.n_layers,
+                                                       options.calibration_ridge, DType::kF16);
+  }
+  TimedEvaluator timed(calibrated != nullptr ? static_cast<Evaluator&>(*calibrated) : *evaluator,
+                       watch, &result);
   auto selection =
       BestOfKSearch(result.distances, GreedyOptionsFor(options), {options.best_of, options.lazy},
                     timed, hooks.progress, hooks.cancel);

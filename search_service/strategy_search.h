@@ -23,6 +23,7 @@
 #include "kernels/backend.h"
 #include "search_service/calibration.h"
 #include "search_service/layer_distance.h"
+#include "search_service/projection_fit.h"
 #include "search_service/selection_rules.h"
 
 namespace kvshare {
@@ -69,11 +70,15 @@ struct StrategySearchResult {
 };
 
 // Runs the search with its own Transformer over `backend`. Errors: ValidateSelectionOptions, a
-// calibration set that does not fit the model, backend failures, Cancelled (hooks.cancel).
+// calibration set that does not fit the model, backend failures, Cancelled (hooks.cancel), and
+// InvalidArgument for options.calibrated without a `calibrator` (projection_fit.h: it holds
+// the fit and scoring sets the candidates are judged on). The distances still come from the
+// calibration set.
 absl::StatusOr<StrategySearchResult> RunStrategySearch(const Model& model, Backend& backend,
                                                        const CalibrationSet& calibration,
                                                        const SelectionOptions& options,
-                                                       const SearchHooks& hooks = {});
+                                                       const SearchHooks& hooks = {},
+                                                       ProjectionCalibrator* calibrator = nullptr);
 
 // Mean cosine of the final-norm states of `kv_source` to the unshared model's on the
 // calibration set (the paper's score, for strategies no search scored, e.g. baselines).

@@ -4,10 +4,13 @@
 
 #include <cstdint>
 #include <iostream>
+#include <vector>
 
 #include "absl/strings/str_format.h"
 #include "common/util/file.h"
 #include "search_service/heldout_quality.h"
+#include "search_service/projection_fit.h"
+#include "search_service/projection_sets.h"
 #include "search_service/search_request.h"
 #include "search_service/strategy_search.h"
 #include "tools/commands.h"
@@ -136,6 +139,10 @@ Runner RegisterSearch(CLI::App& app) {
     RemoteSearchFlags remote;  // --server: run as a job of a kvshare-search
     double max_nll_increase = 0;
     HeldoutFlags heldout;
+    bool calibrate_projections = false;
+    bool calibrated_scoring = false;
+    std::string projection_type = "f16";
+    std::vector<double> ridges = DefaultRidges();
   };
   auto flags = std::make_shared<Flags>();
   CLI::App* sub = app.add_subcommand(
@@ -187,6 +194,20 @@ Runner RegisterSearch(CLI::App& app) {
                   "Held-out window length in tokens")
       ->capture_default_str();
   sub->add_option("--out", flags->out, "Strategy JSON file to write");
+  sub->add_flag("--calibrate-projections", flags->calibrate_projections,
+                "Refit each sharing layer's output projection (ridge regression on calibration "
+                "text after the held-out slice; strength chosen on a separate scoring set) and "
+                "write it beside --out (projections-<sha256>.bin)");
+  sub->add_flag("--calibrated-scoring", flags->calibrated_scoring,
+                "With --method nll --calibrate-projections: score each candidate with its own "
+                "fitted projections on the scoring set (slower: a fit per candidate)");
+  sub->add_option("--projection-type", flags->projection_type,
+                  "Stored type of calibrated projections: f16 or f32")
+      ->capture_default_str();
+  sub->add_option("--ridge", flags->ridges,
+                  "Ridge strengths tried for calibrated projections (relative to the mean "
+                  "squared attention output)")
+      ->capture_default_str();
   AddRemoteSearchFlags(sub, &flags->remote);
 
   return [flags, ratio, layers, max_nll]() -> int {
@@ -195,6 +216,11 @@ Runner RegisterSearch(CLI::App& app) {
     if (ratio->count() > 0) request.target_ratio = flags->target_ratio;
     if (max_nll->count() > 0) request.max_nll_increase = flags->max_nll_increase;
     if (!flags->remote.server.empty()) {
+      if (flags->calibrate_projections) {
+        return Fail(absl::InvalidArgumentError(
+            "--calibrate-projections: the search service does not fit projections yet; run the "
+            "search locally (leave --server out)"));
+      }
       // The server measures the quality on the calibration text it searched with.
       if (!flags->heldout.path.empty()) {
         return Fail(absl::InvalidArgumentError(
@@ -236,6 +262,31 @@ Runner RegisterSearch(CLI::App& app) {
     auto heldout = PrepareHeldout(flags->heldout, request.calibration_path, *checked,
                                   prepared->calibration, *session->tokenizer, c);
     if (!heldout.ok()) return Fail(heldout.status());
+    // Projection sets: after the held-out slice when it is cut from the calibration text,
+    // else after the calibration lines; never overlapping either.
+    ProjectionSets projection_sets;
+    auto projection_type = ParseProjectionType(flags->projection_type);
+    if (!projection_type.ok()) return Fail(projection_type.status());
+    if (flags->calibrated_scoring && !flags->calibrate_projections) {
+      return Fail(absl::InvalidArgumentError(
+          "--calibrated-scoring needs --calibrate-projections (the fit and scoring sets)"));
+    }
+    if (flags->calibrate_projections) {
+      for (double ridge : flags->ridges) {
+        if (!(ridge > 0)) {
+          return Fail(absl::InvalidArgumentError(absl::StrFormat("--ridge %g must be > 0", ridge)));
+        }
+      }
+      const bool same_text =
+          flags->heldout.path.empty() || flags->heldout.path == request.calibration_path;
+      const int after = same_text ? HeldoutEndLine(*checked, *session->tokenizer,
+                                                   heldout->first_line - 1, heldout->targets())
+                                  : LastCalibrationLine(prepared->calibration);
+      auto sets = BuildProjectionSets(*checked, *session->tokenizer, after, {},
+                                      "--calibration " + request.calibration_path);
+      if (!sets.ok()) return Fail(sets.status());
+      projection_sets = std::move(*sets);
+    }
 
     std::cerr << absl::StrFormat(
         "search: %s, %d layers; calibration %d x %d tokens (%s); method %s, order %s, %s, best "
@@ -257,14 +308,58 @@ Runner RegisterSearch(CLI::App& app) {
           absl::StrFormat("pair (%d, %d), %d scored, %d accepted, %d/%d layers share", p.pair.i,
                           p.pair.j, p.pairs_scored, p.accepted, p.sharing_layers, p.target_layers));
     };
-    auto result =
-        RunStrategySearch(model, *backend, prepared->calibration, prepared->selection, hooks);
+    std::unique_ptr<ProjectionCalibrator> calibrator;
+    SelectionOptions selection = prepared->selection;
+    if (flags->calibrate_projections) {
+      auto created = ProjectionCalibrator::Create(model, projection_sets.fit, projection_sets.score,
+                                                  flags->model.threads);
+      if (!created.ok()) return Fail(created.status());
+      calibrator = std::move(*created);
+      selection.calibrated = flags->calibrated_scoring;
+    }
+    auto result = RunStrategySearch(model, *backend, prepared->calibration, selection, hooks,
+                                    calibrator.get());
     bar.Finish();
     if (!result.ok()) return Fail(result.status());
     PrintResult(c, *result, options.target_layers);
 
-    // Quality on record: held-out perplexity with and without the strategy.
     SharingStrategy strategy = *result->strategy;
+    if (flags->calibrate_projections) {
+      std::cerr << absl::StrFormat(
+          "projections: fit on %d x %d tokens (lines %d..%d), ridge chosen on %d x %d (lines "
+          "%d..%d)\n",
+          projection_sets.fit.samples, projection_sets.fit.tokens,
+          projection_sets.fit.source_lines.front(), LastCalibrationLine(projection_sets.fit),
+          projection_sets.score.samples, projection_sets.score.tokens,
+          projection_sets.score.source_lines.front(), LastCalibrationLine(projection_sets.score));
+      auto calibrated = calibrator->Calibrate(strategy, flags->ridges, *projection_type);
+      if (!calibrated.ok()) return Fail(calibrated.status());
+      for (const auto& [ridge, nll] : calibrated->tried) {
+        std::cout << absl::StrFormat("ridge      %-8g scoring NLL +%.4f\n", ridge,
+                                     nll - calibrator->unshared_score_nll());
+      }
+      std::cout << absl::StrFormat(
+          "projections %s: scoring NLL +%.4f (without: +%.4f)%s\n",
+          calibrated->projections != nullptr ? absl::StrFormat("ridge %g", calibrated->ridge)
+                                             : std::string("none kept"),
+          calibrated->score_nll - calibrator->unshared_score_nll(),
+          calibrated->uncalibrated_score_nll - calibrator->unshared_score_nll(),
+          calibrated->projections != nullptr
+              ? absl::StrFormat("; %d layers x %d bytes", calibrated->projections->layers().size(),
+                                calibrated->projections->bytes_per_layer())
+              : std::string());
+      auto with = strategy.WithProjections(calibrated->projections);
+      if (!with.ok()) return Fail(with.status());
+      strategy = std::move(*with);  // provenance kept
+      if (calibrated->projections != nullptr) {
+        strategy.provenance().note += absl::StrFormat(
+            "; projections ridge %g, fit %d x %d, scoring NLL +%.4f (without +%.4f)",
+            calibrated->ridge, projection_sets.fit.samples, projection_sets.fit.tokens,
+            calibrated->score_nll - calibrator->unshared_score_nll(),
+            calibrated->uncalibrated_score_nll - calibrator->unshared_score_nll());
+      }
+    }
+    // Quality on record: held-out perplexity with and without the strategy.
     auto quality = MeasureHeldout(model, std::move(*heldout), flags->model.threads,
                                   std::make_shared<const SharingStrategy>(strategy),
                                   result->calibration_score);

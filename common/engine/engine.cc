@@ -14,8 +14,9 @@ namespace {
 // The paged cache seen through the KvLayout interface for one step's inputs.
 class PagedKvLayout : public KvLayout {
  public:
-  PagedKvLayout(KvCache& cache, absl::Span<const StepInput> inputs)
-      : cache_(cache), inputs_(inputs) {}
+  PagedKvLayout(KvCache& cache, absl::Span<const StepInput> inputs,
+                const Engine::PreparedProjections& projections)
+      : cache_(cache), inputs_(inputs), projections_(projections) {}
   const KvGeometry& geometry() const override { return cache_.geometry(); }
   const KvGeometry& LayerGeometry(int layer) const override { return cache_.LayerGeometry(layer); }
   float* pool() override { return cache_.pool(); }
@@ -28,10 +29,22 @@ class PagedKvLayout : public KvLayout {
   absl::Span<const int32_t> Table(int input, int layer) const override {
     return cache_.TableForLayer(inputs_[input].seq, layer);
   }
+  bool DropsAttention(int input, int layer) const override {
+    return cache_.strategy(inputs_[input].seq).drops(layer);
+  }
+  const PreparedWeight* OutputProjection(int input, int layer) const override {
+    const auto& p = cache_.strategy(inputs_[input].seq).projections();
+    if (p == nullptr) return nullptr;
+    const int index = p->IndexOf(layer);
+    if (index < 0) return nullptr;
+    // Prepared when the sequence was added (Engine::AddSequence).
+    return projections_.at(p->sha256()).weights[index].get();
+  }
 
  private:
   KvCache& cache_;
   absl::Span<const StepInput> inputs_;
+  const Engine::PreparedProjections& projections_;
 };
 
 }  // namespace
@@ -114,7 +127,30 @@ absl::StatusOr<SeqId> Engine::AddSequence(std::shared_ptr<const SharingStrategy>
   if (strategy == nullptr) strategy = identity_;
   absl::Status s = ValidateStrategyForModel(*strategy, model_);
   if (!s.ok()) return s;
+  if (const auto& p = strategy->projections(); p != nullptr) {
+    auto it = projections_.find(p->sha256());
+    if (it == projections_.end()) {
+      ProjectionEntry entry;
+      entry.data = p;
+      for (int i = 0; i < int(p->layers().size()); ++i) {
+        auto w = backend_->Prepare(p->LayerTensor(i));
+        if (!w.ok()) return w.status();
+        entry.weights.push_back(std::move(*w));
+      }
+      it = projections_.emplace(p->sha256(), std::move(entry)).first;
+    }
+    ++it->second.sequences;
+  }
   return kv_->AddSequence(std::move(strategy));
+}
+
+void Engine::RemoveSequence(SeqId seq) {
+  if (!kv_->HasSequence(seq)) return;
+  if (const auto& p = kv_->strategy(seq).projections(); p != nullptr) {
+    auto it = projections_.find(p->sha256());
+    if (it != projections_.end() && --it->second.sequences == 0) projections_.erase(it);
+  }
+  kv_->RemoveSequence(seq);
 }
 
 absl::Status Engine::EnsureLogitRows(int rows) {
@@ -196,7 +232,7 @@ absl::Status Engine::Step(absl::Span<const StepInput> inputs, std::vector<float>
     }
   }
 
-  PagedKvLayout layout(*kv_, inputs);
+  PagedKvLayout layout(*kv_, inputs, projections_);
   float* x = x_->f32();  // residual stream [rows][dim]
   transformer_->Embed(ids_.data(), rows, x);
   transformer_->RunLayers(0, c.n_layers, batch_, positions_.data(), rows, layout, x, observer);

@@ -10,8 +10,10 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
@@ -60,9 +62,11 @@ class Engine {
   KvCache& kv_cache() { return *kv_; }
   const SharingStrategy& identity() const { return *identity_; }
 
-  // A new empty sequence; null strategy = identity. The strategy must fit this model.
+  // A new empty sequence; null strategy = identity. The strategy must fit this model. Its
+  // output projections (when any) are prepared for the backend here, once per distinct set
+  // (by content hash) while a sequence uses it, so Step applies each sequence's own.
   absl::StatusOr<SeqId> AddSequence(std::shared_ptr<const SharingStrategy> strategy = nullptr);
-  void RemoveSequence(SeqId seq) { kv_->RemoveSequence(seq); }
+  void RemoveSequence(SeqId seq);
 
   // One forward pass over `inputs` (distinct sequences, total rows <= max_step_rows).
   // Appends each input's tokens to its cache. logits (when non-null) gets, input by input,
@@ -71,6 +75,15 @@ class Engine {
   absl::Status Step(absl::Span<const StepInput> inputs, std::vector<float>* logits,
                     ForwardObserver* observer = nullptr);
   Transformer& transformer() { return *transformer_; }
+
+  // Output projections prepared for the backend, by content hash, with the sequences using
+  // them.
+  struct ProjectionEntry {
+    std::shared_ptr<const OutputProjections> data;         // the bytes the weights may point into
+    std::vector<std::unique_ptr<PreparedWeight>> weights;  // parallel to data->layers()
+    int sequences = 0;
+  };
+  using PreparedProjections = absl::flat_hash_map<std::string, ProjectionEntry>;
 
   // Appends `tokens` to `seq` in chunks; logits of the last token (or of every token).
   absl::Status Prefill(SeqId seq, absl::Span<const int32_t> tokens, std::vector<float>* logits,
@@ -87,6 +100,7 @@ class Engine {
   std::unique_ptr<Transformer> transformer_;
   std::unique_ptr<KvCache> kv_;
   std::shared_ptr<const SharingStrategy> identity_;
+  PreparedProjections projections_;
   std::unique_ptr<Buffer> x_, h_, logits_;  // residual, final-normed rows, logits
   int logit_rows_ = 0;
   std::vector<int32_t> positions_, ids_;

@@ -100,6 +100,8 @@ const SharingStrategy& KvCache::strategy(SeqId seq) const { return *seqs_.at(seq
 
 const std::vector<int32_t>& KvCache::TableForLayer(SeqId seq, int layer) const {
   const Sequence& s = seqs_.at(seq);
+  static const std::vector<int32_t> kNone;
+  if (s.strategy->drops(layer)) return kNone;  // a dropped layer reads no cache
   // A sharing layer attends over its source's cache (kv_source[l] is always a root).
   return s.tables[s.strategy->source(layer)];
 }

@@ -74,7 +74,8 @@ class KvCache {
   int64_t length(SeqId seq) const;
   void set_length(SeqId seq, int64_t length);
   const SharingStrategy& strategy(SeqId seq) const;
-  // The block table attention reads for `layer`: the table of kv_source[layer].
+  // The block table attention reads for `layer`: the table of kv_source[layer] (empty for a
+  // layer whose attention the strategy drops).
   const std::vector<int32_t>& TableForLayer(SeqId seq, int layer) const;
   // The f16 tail attention and WriteKv use for `layer` (kv_source[layer]'s); null unless the
   // layer's type is int4 and the sequence has reserved room.

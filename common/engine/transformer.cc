@@ -88,7 +88,7 @@ void Transformer::RunLayers(int first, int last, absl::Span<const BatchSeq> seqs
                             const int32_t* positions, int rows, KvLayout& kv, float* x,
                             ForwardObserver* observer) {
   const ModelConfig& c = config();
-  const int dim = c.dim, hd = c.head_dim, kv_dim = c.n_kv_heads * hd;
+  const int dim = c.dim, hd = c.head_dim, kv_dim = c.n_kv_heads * hd, q_dim = c.n_heads * hd;
   const float* norms = norm_weights_->f32();
   float* xb = xb_->f32();  // normed input [rows][dim]
   float* q = q_->f32();    // [rows][n_heads][hd]
@@ -104,62 +104,87 @@ void Transformer::RunLayers(int first, int last, absl::Span<const BatchSeq> seqs
   for (int l = first; l < last; ++l) {
     const LayerParams& p = layers_[l];
     const KvGeometry& g = kv.LayerGeometry(l);
-    // Attention block.
-    backend_.RmsNorm(x, norms + size_t(2 * l) * dim, rows, dim, c.norm_eps, xb);
-    backend_.MatMul(*p.wq, xb, rows, q);
-    backend_.Rope(q, positions, rows, c.n_heads, hd, c.rope_theta);
+    // Inputs whose strategy drops this layer's attention take no part in it (issue 18): no
+    // K/V, no attention, x unchanged. When every input drops it, the block is skipped.
+    bool any_attends = false;
+    for (int i = 0; i < n_inputs; ++i) any_attends |= !kv.DropsAttention(i, l);
+    if (any_attends) {
+      // Attention block.
+      backend_.RmsNorm(x, norms + size_t(2 * l) * dim, rows, dim, c.norm_eps, xb);
+      backend_.MatMul(*p.wq, xb, rows, q);
+      backend_.Rope(q, positions, rows, c.n_heads, hd, c.rope_theta);
 
-    // K/V only for inputs whose strategy makes this layer an owner; a sharing layer skips its
-    // projections and writes nothing (DESIGN.md §1).
-    int kv_rows = 0;
-    bool all_own = true;
-    for (int i = 0; i < n_inputs; ++i) {
-      const bool owns = kv.Owns(i, l);
-      all_own &= owns;
-      kv_row0_[i] = owns ? kv_rows : -1;
-      if (owns) kv_rows += seqs[i].n;
-    }
-    if (kv_rows > 0) {
-      const float* kv_in = xb;
-      const int32_t* kv_pos = positions;
-      if (!all_own) {  // gather the owning inputs' rows
-        float* xg = xg_->f32();
-        kv_positions_.clear();
+      // K/V only for inputs whose strategy makes this layer an owner; a sharing layer skips
+      // its projections and writes nothing (DESIGN.md §1).
+      int kv_rows = 0;
+      bool all_own = true;
+      for (int i = 0; i < n_inputs; ++i) {
+        const bool owns = kv.Owns(i, l);
+        all_own &= owns;
+        kv_row0_[i] = owns ? kv_rows : -1;
+        if (owns) kv_rows += seqs[i].n;
+      }
+      if (kv_rows > 0) {
+        const float* kv_in = xb;
+        const int32_t* kv_pos = positions;
+        if (!all_own) {  // gather the owning inputs' rows
+          float* xg = xg_->f32();
+          kv_positions_.clear();
+          for (int i = 0; i < n_inputs; ++i) {
+            if (kv_row0_[i] < 0) continue;
+            backend_.Copy(xb + size_t(seqs[i].row0) * dim, size_t(seqs[i].n) * dim * 4,
+                          xg + size_t(kv_row0_[i]) * dim);
+            kv_positions_.insert(kv_positions_.end(), positions + seqs[i].row0,
+                                 positions + seqs[i].row0 + seqs[i].n);
+          }
+          kv_in = xg;
+          kv_pos = kv_positions_.data();
+        }
+        backend_.MatMul(*p.wk, kv_in, kv_rows, k);
+        backend_.MatMul(*p.wv, kv_in, kv_rows, v);
+        backend_.Rope(k, kv_pos, kv_rows, c.n_kv_heads, hd, c.rope_theta);
         for (int i = 0; i < n_inputs; ++i) {
           if (kv_row0_[i] < 0) continue;
-          backend_.Copy(xb + size_t(seqs[i].row0) * dim, size_t(seqs[i].n) * dim * 4,
-                        xg + size_t(kv_row0_[i]) * dim);
-          kv_positions_.insert(kv_positions_.end(), positions + seqs[i].row0,
-                               positions + seqs[i].row0 + seqs[i].n);
+          const float* ki = k + size_t(kv_row0_[i]) * kv_dim;
+          const float* vi = v + size_t(kv_row0_[i]) * kv_dim;
+          backend_.WriteKv(g, kv.pool(), kv.Table(i, l).data(), seqs[i].start_pos, seqs[i].n, ki,
+                           vi, kv.Tail(i, l));
+          if (observer != nullptr) observer->OnKv(l, i, ki, vi, seqs[i].n);
         }
-        kv_in = xg;
-        kv_pos = kv_positions_.data();
       }
-      backend_.MatMul(*p.wk, kv_in, kv_rows, k);
-      backend_.MatMul(*p.wv, kv_in, kv_rows, v);
-      backend_.Rope(k, kv_pos, kv_rows, c.n_kv_heads, hd, c.rope_theta);
+      int n_att = 0;
       for (int i = 0; i < n_inputs; ++i) {
-        if (kv_row0_[i] < 0) continue;
-        const float* ki = k + size_t(kv_row0_[i]) * kv_dim;
-        const float* vi = v + size_t(kv_row0_[i]) * kv_dim;
-        backend_.WriteKv(g, kv.pool(), kv.Table(i, l).data(), seqs[i].start_pos, seqs[i].n, ki, vi,
-                         kv.Tail(i, l));
-        if (observer != nullptr) observer->OnKv(l, i, ki, vi, seqs[i].n);
+        if (kv.DropsAttention(i, l)) continue;
+        const absl::Span<const int32_t> table = kv.Table(i, l);
+        AttentionSeq& a = att_seqs_[n_att++];
+        a.q_row = seqs[i].row0;
+        a.n_q = seqs[i].n;
+        a.start_pos = seqs[i].start_pos;
+        a.block_table = table.data();
+        a.n_blocks = static_cast<int>(table.size());
+        a.tail = kv.Tail(i, l);
+      }
+      backend_.Attention(g, kv.pool(), att_seqs_.data(), n_att, q, c.n_heads, att);
+      if (observer != nullptr) observer->OnAttentionOutput(l, att, rows);
+      // x += att W_o, one GEMM per run of consecutive inputs with the same projection (the
+      // model's, or their strategy's replacement); rows of a dropping input are left alone.
+      for (int i = 0; i < n_inputs;) {
+        const bool drop = kv.DropsAttention(i, l);
+        const PreparedWeight* wo = drop ? nullptr : kv.OutputProjection(i, l);
+        int j = i + 1;
+        while (j < n_inputs && kv.DropsAttention(j, l) == drop &&
+               (drop || kv.OutputProjection(j, l) == wo)) {
+          ++j;
+        }
+        if (!drop) {
+          const int r0 = seqs[i].row0, n = seqs[j - 1].row0 + seqs[j - 1].n - r0;
+          backend_.MatMul(wo != nullptr ? *wo : *p.wo, att + size_t(r0) * q_dim, n,
+                          xb + size_t(r0) * dim);
+          backend_.Add(x + size_t(r0) * dim, xb + size_t(r0) * dim, size_t(n) * dim);
+        }
+        i = j;
       }
     }
-    for (int i = 0; i < n_inputs; ++i) {
-      const absl::Span<const int32_t> table = kv.Table(i, l);
-      AttentionSeq& a = att_seqs_[i];
-      a.q_row = seqs[i].row0;
-      a.n_q = seqs[i].n;
-      a.start_pos = seqs[i].start_pos;
-      a.block_table = table.data();
-      a.n_blocks = static_cast<int>(table.size());
-      a.tail = kv.Tail(i, l);
-    }
-    backend_.Attention(g, kv.pool(), att_seqs_.data(), n_inputs, q, c.n_heads, att);
-    backend_.MatMul(*p.wo, att, rows, xb);
-    backend_.Add(x, xb, size_t(rows) * dim);
 
     // Feed-forward block (SwiGLU).
     backend_.RmsNorm(x, norms + size_t(2 * l + 1) * dim, rows, dim, c.norm_eps, xb);
@@ -180,6 +205,27 @@ void Transformer::FinalNorm(const float* x, int rows, float* out) {
 
 void Transformer::Logits(const float* h, int rows, float* out) {
   backend_.MatMul(*output_, h, rows, out);
+}
+
+std::vector<float> Transformer::OutputProjectionF32(int layer) {
+  const ModelConfig& c = config();
+  const int q_dim = c.n_heads * c.head_dim, dim = c.dim;
+  // Rows of the identity through the weight: row r of e W_o^T is column r of W_o.
+  std::vector<float> eye, cols;
+  std::vector<float> out(size_t(dim) * q_dim);
+  for (int r0 = 0; r0 < q_dim; r0 += max_rows_) {
+    const int n = std::min(max_rows_, q_dim - r0);
+    eye.assign(size_t(n) * q_dim, 0.0f);
+    for (int r = 0; r < n; ++r) eye[size_t(r) * q_dim + r0 + r] = 1.0f;
+    backend_.CopyFromHost(eye.data(), eye.size() * 4, att_->data());
+    backend_.MatMul(*layers_[layer].wo, att_->f32(), n, xb_->f32());
+    cols.resize(size_t(n) * dim);
+    backend_.CopyToHost(xb_->f32(), cols.size() * 4, cols.data());
+    for (int r = 0; r < n; ++r) {
+      for (int d = 0; d < dim; ++d) out[size_t(d) * q_dim + r0 + r] = cols[size_t(r) * dim + d];
+    }
+  }
+  return out;
 }
 
 }  // namespace kvshare

@@ -10,7 +10,9 @@
 //     k, v = xb Wk, xb Wv; rope(k)        [R][n_kv_heads][head_dim], written through l's table
 //   (a sharing layer skips Wk/Wv and writes nothing: kv_source[l] < l was computed earlier)
 //   att = attention(q, table of kv_source[l])
-//   x += att Wo
+//   x += att Wo                           (Wo: the input's replacement projection, if any)
+//   (an input whose strategy drops l's attention skips all three: its att is zero, so x is
+//    unchanged; when every input drops it, nothing of the attention block runs)
 //   x += W_down(silu(rmsnorm(x) W_gate) * (rmsnorm(x) W_up))
 //
 // Not thread-safe: one thread drives it (the backend parallelises inside each op).
@@ -35,7 +37,8 @@ struct BatchSeq {
   int start_pos = 0;
 };
 
-// Where K/V are, per input and layer.
+// Where K/V are, per input and layer, and what an input's strategy changes in a layer's
+// attention (dropped, or a replacement output projection).
 class KvLayout {
  public:
   virtual ~KvLayout() = default;
@@ -50,6 +53,13 @@ class KvLayout {
   // The block table of the cache `layer` reads for input i — its source's; for an owning
   // layer that is its own table, which it writes. Covers at least start_pos + n positions.
   virtual absl::Span<const int32_t> Table(int input, int layer) const = 0;
+  // Whether input i's strategy drops `layer`'s attention (then Owns is false, Table unused).
+  virtual bool DropsAttention(int /*input*/, int /*layer*/) const { return false; }
+  // The output projection for input i's rows at `layer` instead of the model's W_o, or null.
+  // Must stay valid for the RunLayers call.
+  virtual const PreparedWeight* OutputProjection(int /*input*/, int /*layer*/) const {
+    return nullptr;
+  }
 };
 
 // Optional probes into the forward pass (calibration and strategy search use them).
@@ -59,6 +69,9 @@ class ForwardObserver {
   // Post-RoPE K and V of an owning layer for input i's rows: [n][n_kv_heads][head_dim].
   virtual void OnKv(int /*layer*/, int /*input*/, const float* /*k*/, const float* /*v*/,
                     int /*n*/) {}
+  // The attention output of `layer` before the output projection, for all rows:
+  // [rows][n_heads][head_dim] (rows of inputs that drop the layer are unspecified).
+  virtual void OnAttentionOutput(int /*layer*/, const float* /*att*/, int /*rows*/) {}
   // The residual stream after `layer` for all rows: [rows][dim].
   virtual void OnLayerOutput(int /*layer*/, const float* /*x*/, int /*rows*/) {}
 };
@@ -83,6 +96,9 @@ class Transformer {
   void FinalNorm(const float* x, int rows, float* out);
   // out[rows][vocab] = h W_out^T for final-normed rows h.
   void Logits(const float* h, int rows, float* out);
+  // Layer `layer`'s W_o as the backend applies it (dequantized), [dim][n_heads * head_dim]
+  // row-major: what a calibrated replacement is fitted against (issue 18). Uses the scratch.
+  std::vector<float> OutputProjectionF32(int layer);
 
  private:
   Transformer(const Model& model, Backend& backend, int max_rows);

@@ -1,5 +1,6 @@
 #include "common/strategy/sharing_strategy.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -19,9 +20,54 @@ namespace {
 
 constexpr char kFormat[] = "kvshare.strategy.v1";
 
-std::string ContentId(const std::string& fingerprint, const std::vector<int>& kv_source) {
-  return Sha256Hex(
-      absl::StrCat("kvshare-strategy-v1\n", fingerprint, "\n", absl::StrJoin(kv_source, ",")));
+std::string ContentId(const std::string& fingerprint, const std::vector<int>& kv_source,
+                      const std::vector<int>& dropped, const OutputProjections* projections) {
+  std::string text =
+      absl::StrCat("kvshare-strategy-v1\n", fingerprint, "\n", absl::StrJoin(kv_source, ","));
+  // Strategies without drops or projections keep the id they had before either existed.
+  if (!dropped.empty()) absl::StrAppend(&text, "\ndrop ", absl::StrJoin(dropped, ","));
+  if (projections != nullptr) absl::StrAppend(&text, "\nprojections ", projections->sha256());
+  return Sha256Hex(text);
+}
+
+std::string DirName(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
+// The "output_projections" object of a strategy JSON, its blob read from blob_dir.
+// The output_projections fields, read through checked accessors by FromJson.
+struct ProjectionsRef {
+  std::string type, sha256;
+  int rows = 0, cols = 0;
+  std::vector<int> layers;
+};
+
+// The largest projection side accepted from a file (a 70B model's dim is 8192).
+constexpr int kMaxProjectionDim = 1 << 15;
+
+absl::StatusOr<std::shared_ptr<const OutputProjections>> ReadProjections(
+    const ProjectionsRef& p, const std::string& blob_dir) {
+  auto type = ParseProjectionType(p.type);
+  if (!type.ok()) return type.status();
+  // The blob is found by its hash, never by a path from the file (no traversal).
+  if (p.sha256.size() != 64 ||
+      p.sha256.find_first_not_of("0123456789abcdef") != std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "output_projections.sha256 '%s' is not 64 lower-case hex digits", Excerpt(p.sha256)));
+  }
+  const std::string file = absl::StrCat("projections-", p.sha256, ".bin");
+  if (blob_dir.empty()) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "references output projections %s, but no directory to read it from was given (read "
+        "the strategy with ReadFile)",
+        file));
+  }
+  const int64_t max_bytes = int64_t{4} * p.rows * p.cols * int64_t(p.layers.size()) + 4096;
+  auto blob = ReadFileToString(absl::StrCat(blob_dir, "/", file), max_bytes);
+  if (!blob.ok()) return blob.status();
+  return OutputProjections::FromBlob(*type, p.rows, p.cols, p.layers, std::move(*blob), p.sha256);
 }
 
 }  // namespace
@@ -36,9 +82,73 @@ SharingStrategy SharingStrategy::Identity(int n_layers, const std::string& model
   s.kv_source_.resize(n_layers);
   for (int l = 0; l < n_layers; ++l) s.kv_source_[l] = l;
   s.model_fingerprint_ = model_fingerprint;
-  s.id_ = ContentId(model_fingerprint, s.kv_source_);
+  s.ComputeId();
   s.provenance_.method = "identity";
   return s;
+}
+
+void SharingStrategy::ComputeId() {
+  id_ = ContentId(model_fingerprint_, kv_source_, attention_dropped_, projections_.get());
+}
+
+bool SharingStrategy::drops(int layer) const {
+  return std::binary_search(attention_dropped_.begin(), attention_dropped_.end(), layer);
+}
+
+absl::StatusOr<SharingStrategy> SharingStrategy::Create(std::vector<int> kv_source,
+                                                        const std::string& model_fingerprint,
+                                                        std::vector<int> attention_dropped) {
+  auto st = Create(std::move(kv_source), model_fingerprint);
+  if (!st.ok() || attention_dropped.empty()) return st;
+  std::sort(attention_dropped.begin(), attention_dropped.end());
+  const int n = st->n_layers();
+  for (size_t i = 0; i < attention_dropped.size(); ++i) {
+    const int d = attention_dropped[i];
+    if (d < 1 || d >= n) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "strategy: attention_dropped names layer %d, must be in [1, %d] (layer 0 owns)", d,
+          n - 1));
+    }
+    if (i > 0 && attention_dropped[i - 1] == d) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("strategy: attention_dropped names layer %d twice", d));
+    }
+    if (st->kv_source_[d] != d) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "strategy: layer %d drops its attention but has kv_source %d (a dropped layer reads "
+          "nothing: write %d)",
+          d, st->kv_source_[d], d));
+    }
+    for (int l = d + 1; l < n; ++l) {
+      if (st->kv_source_[l] == d) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "strategy: layer %d reads layer %d, whose attention is dropped (it stores no KV)", l,
+            d));
+      }
+    }
+  }
+  st->attention_dropped_ = std::move(attention_dropped);
+  st->ComputeId();
+  if (st->provenance_.method == "identity") st->provenance_.method = "manual";
+  return st;
+}
+
+absl::StatusOr<SharingStrategy> SharingStrategy::WithProjections(
+    std::shared_ptr<const OutputProjections> projections) const {
+  SharingStrategy st = *this;
+  if (projections != nullptr) {
+    for (int l : projections->layers()) {
+      if (l >= n_layers() || kv_source_[l] >= l) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "strategy: an output projection for layer %d, which is not a sharing layer of "
+            "this %d-layer strategy (only a layer reading another layer's cache takes one)",
+            l, n_layers()));
+      }
+    }
+  }
+  st.projections_ = std::move(projections);
+  st.ComputeId();
+  return st;
 }
 
 absl::StatusOr<SharingStrategy> SharingStrategy::Create(std::vector<int> kv_source,
@@ -80,7 +190,7 @@ absl::StatusOr<SharingStrategy> SharingStrategy::Create(std::vector<int> kv_sour
   SharingStrategy st;
   st.kv_source_ = std::move(kv_source);
   st.model_fingerprint_ = model_fingerprint;
-  st.id_ = ContentId(model_fingerprint, st.kv_source_);
+  st.ComputeId();
   st.provenance_.method = st.is_identity() ? "identity" : "manual";
   return st;
 }
@@ -106,7 +216,20 @@ int SharingStrategy::owning_layers() const {
   return owning;
 }
 
-std::string SharingStrategy::CanonicalString() const { return absl::StrJoin(kv_source_, " "); }
+std::string SharingStrategy::CanonicalString() const {
+  if (attention_dropped_.empty() && projections_ == nullptr) return absl::StrJoin(kv_source_, " ");
+  std::vector<std::string> parts;
+  for (int l = 0; l < n_layers(); ++l) {
+    if (drops(l)) {
+      parts.push_back("x");
+    } else if (projections_ != nullptr && projections_->IndexOf(l) >= 0) {
+      parts.push_back(absl::StrCat(kv_source_[l], "*"));
+    } else {
+      parts.push_back(absl::StrCat(kv_source_[l]));
+    }
+  }
+  return absl::StrJoin(parts, " ");
+}
 
 std::string SharingStrategy::ToJson() const {
   nlohmann::ordered_json j;
@@ -114,6 +237,16 @@ std::string SharingStrategy::ToJson() const {
   j["model_fingerprint"] = model_fingerprint_;
   j["n_layers"] = n_layers();
   j["kv_source"] = kv_source_;
+  if (!attention_dropped_.empty()) j["attention_dropped"] = attention_dropped_;
+  if (projections_ != nullptr) {
+    j["output_projections"] = {{"type", ProjectionTypeName(projections_->type())},
+                               {"rows", projections_->rows()},
+                               {"cols", projections_->cols()},
+                               {"layers", projections_->layers()},
+                               {"sha256", projections_->sha256()},
+                               {"file", projections_->BlobFileName()},
+                               {"bytes_per_layer", projections_->bytes_per_layer()}};
+  }
   j["id"] = id_;
   j["owning_layers"] = owning_layers();
   nlohmann::ordered_json p;
@@ -145,7 +278,8 @@ absl::StatusOr<SharingStrategy> SharingStrategy::FromJson(const std::string& tex
 }
 
 absl::StatusOr<SharingStrategy> SharingStrategy::FromJson(const std::string& text,
-                                                          const std::string& where) {
+                                                          const std::string& where,
+                                                          const std::string& blob_dir) {
   if (text.size() > kMaxStrategyFileBytes) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "%s: %d bytes; a strategy is at most %d bytes", where, text.size(), kMaxStrategyFileBytes));
@@ -166,6 +300,18 @@ absl::StatusOr<SharingStrategy> SharingStrategy::FromJson(const std::string& tex
   if (f.Int("n_layers", Field::kOptional, 1, kMaxLayers, &n_layers) &&
       n_layers != static_cast<int>(kv_source.size())) {
     f.Fail("n_layers", absl::StrFormat("kv_source's length, %d", kv_source.size()));
+  }
+  std::vector<int> dropped;
+  f.IntArray("attention_dropped", Field::kOptional, kMaxLayers, 0, kMaxLayers - 1, &dropped);
+  ProjectionsRef projections;
+  const nlohmann::json* pj_out = f.Object("output_projections", Field::kOptional);
+  if (pj_out != nullptr) {
+    JsonFields of = f.Nested("output_projections", *pj_out);
+    of.String("type", Field::kRequired, kMaxNameBytes, &projections.type);
+    of.Int("rows", Field::kRequired, 1, kMaxProjectionDim, &projections.rows);
+    of.Int("cols", Field::kRequired, 1, kMaxProjectionDim, &projections.cols);
+    of.IntArray("layers", Field::kRequired, kMaxLayers, 0, kMaxLayers - 1, &projections.layers);
+    of.String("sha256", Field::kRequired, kMaxIdBytes, &projections.sha256);
   }
   const bool has_id = f.String("id", Field::kOptional, kMaxIdBytes, &id);
   int owning_layers = 0;  // derived (written for people): checked, not used
@@ -199,10 +345,19 @@ absl::StatusOr<SharingStrategy> SharingStrategy::FromJson(const std::string& tex
     }
   }
   if (!f.ok()) return f.status();
-  auto st = Create(std::move(kv_source), fingerprint);
+  auto st = Create(std::move(kv_source), fingerprint, std::move(dropped));
   if (!st.ok()) {
     return absl::Status(st.status().code(),
                         absl::StrCat(where, ": field 'kv_source': ", st.status().message()));
+  }
+  if (pj_out != nullptr) {
+    auto read = ReadProjections(projections, blob_dir);
+    if (!read.ok()) {
+      return absl::Status(read.status().code(), absl::StrCat(where, ": ", read.status().message()));
+    }
+    auto with = st->WithProjections(std::move(*read));
+    if (!with.ok()) return with.status();
+    st = std::move(with);
   }
   if (has_id && id != st->id()) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -243,10 +398,15 @@ absl::Status SharingStrategy::CheckProvenance(const StrategyProvenance& p,
 absl::StatusOr<SharingStrategy> SharingStrategy::ReadFile(const std::string& path) {
   auto text = ReadFileToString(path, kMaxStrategyFileBytes);
   if (!text.ok()) return text.status();
-  return FromJson(*text, absl::StrCat("strategy file ", path));
+  return FromJson(*text, absl::StrCat("strategy file ", path), DirName(path));
 }
 
 absl::Status SharingStrategy::WriteFile(const std::string& path) const {
+  if (projections_ != nullptr) {
+    absl::Status s = WriteFileAtomically(
+        absl::StrCat(DirName(path), "/", projections_->BlobFileName()), projections_->blob());
+    if (!s.ok()) return s;
+  }
   return WriteFileAtomically(path, ToJson());
 }
 

@@ -6,16 +6,28 @@
 //   - layer 0 owns;
 //   - kv_source[l] <= l (a source is never later than the layer);
 //   - sources are roots: kv_source[kv_source[l]] == kv_source[l] (chains are collapsed).
+//
+// Two extensions (issue 18), both absent from strategies made before them, whose files, JSON
+// and content ids are unchanged:
+//   - attention drop: a dropped layer skips attention altogether (no K/V stored, no attention
+//     computed, attention output zero; its FFN still runs). Listed in attention_dropped (JSON
+//     "attention_dropped"); its kv_source entry is its own index, it must be >= 1, and no layer
+//     may read it. It is not an owning layer.
+//   - output projections: a sharing layer may carry a replacement W_o (output_projections.h),
+//     applied by the engine to the rows of sequences running this strategy only.
 // A strategy is bound to a model by its fingerprint; ValidateFor() rejects another model's.
-// Immutable value type; content id = SHA-256 over the fingerprint and kv_source.
+// Immutable value type; content id = SHA-256 over the fingerprint and kv_source, plus the
+// dropped layers and the projections' hash when there are any.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/strategy/output_projections.h"
 
 namespace kvshare {
 
@@ -58,21 +70,38 @@ class SharingStrategy {
   // Validates the invariants above; InvalidArgument naming the layer and the rule otherwise.
   static absl::StatusOr<SharingStrategy> Create(std::vector<int> kv_source,
                                                 const std::string& model_fingerprint);
+  // The same with layers whose attention is dropped (ascending or not; duplicates rejected).
+  static absl::StatusOr<SharingStrategy> Create(std::vector<int> kv_source,
+                                                const std::string& model_fingerprint,
+                                                std::vector<int> attention_dropped);
+  // This strategy with replacement output projections (null: none). InvalidArgument unless
+  // every projected layer is a sharing layer (kv_source[l] < l). Provenance is kept.
+  absl::StatusOr<SharingStrategy> WithProjections(
+      std::shared_ptr<const OutputProjections> projections) const;
 
   // Checks the strategy fits a model: layer count and fingerprint.
   absl::Status ValidateFor(const ModelConfig& config, const std::string& model_fingerprint) const;
 
   const std::vector<int>& kv_source() const { return kv_source_; }
   int source(int layer) const { return kv_source_[layer]; }
-  bool owns(int layer) const { return kv_source_[layer] == layer; }
+  bool owns(int layer) const { return kv_source_[layer] == layer && !drops(layer); }
+  // Whether `layer` skips attention (stores no K/V, attention output zero).
+  bool drops(int layer) const;
+  const std::vector<int>& attention_dropped() const { return attention_dropped_; }
   int n_layers() const { return static_cast<int>(kv_source_.size()); }
   int owning_layers() const;
+  // Layers that store no K/V: sharing and dropped ones.
   int sharing_layers() const { return n_layers() - owning_layers(); }
   bool is_identity() const { return sharing_layers() == 0; }
+  // Replacement output projections (null when none).
+  const std::shared_ptr<const OutputProjections>& projections() const { return projections_; }
   const std::string& model_fingerprint() const { return model_fingerprint_; }
-  // Hex SHA-256 of "kvshare-strategy-v1\n" + fingerprint + "\n" + kv_source as decimal list.
+  // Hex SHA-256 of "kvshare-strategy-v1\n" + fingerprint + "\n" + kv_source as decimal list,
+  // then "\ndrop " + the dropped layers (when any), then "\nprojections " + their sha256
+  // (when any).
   const std::string& id() const { return id_; }
-  // "0 1 1 3 ..." — the canonical text form of kv_source.
+  // "0 1 1 3 ..." — the canonical text form of kv_source; a dropped layer shows as "x" and a
+  // layer with a replacement projection as "<source>*" ("0 1 0* x 4").
   std::string CanonicalString() const;
 
   StrategyProvenance& provenance() { return provenance_; }
@@ -82,24 +111,35 @@ class SharingStrategy {
   //   {"format": "kvshare.strategy.v1", "model_fingerprint": "...", "n_layers": 30,
   //    "kv_source": [0, 1, 1, ...], "id": "...", "provenance": {...}}
   // "id", when present, must match the content (a file edited by hand is caught).
+  // With drops: "attention_dropped": [3, 7]. With projections: "output_projections":
+  //   {"type": "f16", "rows": 576, "cols": 576, "layers": [...], "sha256": "...",
+  //    "file": "projections-<sha256>.bin", "bytes_per_layer": N}
+  // naming a sidecar blob beside the JSON file (content-addressed, so strategies that share
+  // projections share the file). FromJson reads the blob from `blob_dir`; with an empty
+  // blob_dir a JSON with projections is FailedPrecondition (the caller cannot resolve it).
   std::string ToJson() const;
   // Every field is read through checked accessors (common/util/json_fields.h): a wrong type,
   // a value out of range (kv_source entries beyond int32 included) or a string past its limit
   // (common/limits.h) is InvalidArgument naming `where`, the field, the value and the
-  // expectation; never an exception.
+  // expectation; never an exception. Projections are read from `blob_dir`.
   static absl::StatusOr<SharingStrategy> FromJson(const std::string& json);
-  static absl::StatusOr<SharingStrategy> FromJson(const std::string& json,
-                                                  const std::string& where);
-  // Reads at most kMaxStrategyFileBytes (a larger or endless file is refused).
+  static absl::StatusOr<SharingStrategy> FromJson(const std::string& json, const std::string& where,
+                                                  const std::string& blob_dir = "");
+  // Reads at most kMaxStrategyFileBytes (a larger or endless file is refused), and the
+  // projections blob from the file's directory.
   static absl::StatusOr<SharingStrategy> ReadFile(const std::string& path);
   // The provenance's strings within their limits (method, order: kMaxNameBytes; hashes:
   // kMaxIdBytes; note: kMaxTextFieldBytes); InvalidArgument naming `prefix`.field.
   static absl::Status CheckProvenance(const StrategyProvenance& p, const std::string& prefix);
+  // Writes the projections blob (when any) beside `path`, then the JSON; both atomically.
   absl::Status WriteFile(const std::string& path) const;
 
  private:
   SharingStrategy() = default;
+  void ComputeId();
   std::vector<int> kv_source_;
+  std::vector<int> attention_dropped_;  // ascending
+  std::shared_ptr<const OutputProjections> projections_;
   std::string model_fingerprint_;
   std::string id_;
   StrategyProvenance provenance_;

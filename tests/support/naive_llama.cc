@@ -42,8 +42,9 @@ void Rope(Vec& x, int pos, int n_heads, int hd, double theta) {
 
 }  // namespace
 
-NaiveRun NaiveLlamaForward(const Model& m, const std::vector<int>& kv_source,
+NaiveRun NaiveLlamaForward(const Model& m, const NaiveStrategy& strategy,
                            const std::vector<int32_t>& ids, bool with_logits) {
+  const std::vector<int>& kv_source = strategy.kv_source;
   const ModelConfig& c = m.config();
   const ModelWeights& w = m.weights();
   const int T = static_cast<int>(ids.size()), hd = c.head_dim;
@@ -57,40 +58,55 @@ NaiveRun NaiveLlamaForward(const Model& m, const std::vector<int>& kv_source,
   run.values.resize(c.n_layers);
   for (int l = 0; l < c.n_layers; ++l) {
     const LayerWeights& lw = w.layers[l];
+    const bool dropped =
+        std::find(strategy.dropped.begin(), strategy.dropped.end(), l) != strategy.dropped.end();
+    const auto wo = strategy.wo.find(l);
     std::vector<Vec> q(T);
     for (int t = 0; t < T; ++t) {
       Vec xb = RmsNorm(x[t], lw.attn_norm, c.norm_eps);
       q[t] = MatVec(lw.wq, xb);
       Rope(q[t], t, c.n_heads, hd, c.rope_theta);
-      if (kv_source[l] == l) {
+      if (kv_source[l] == l && !dropped) {
         Vec k = MatVec(lw.wk, xb);
         Rope(k, t, c.n_kv_heads, hd, c.rope_theta);
         run.keys[l].push_back(k);
         run.values[l].push_back(MatVec(lw.wv, xb));
       }
     }
-    const auto& K = run.keys[kv_source[l]];
-    const auto& V = run.values[kv_source[l]];
+    const auto& K = run.keys[dropped ? l : kv_source[l]];
+    const auto& V = run.values[dropped ? l : kv_source[l]];
     for (int t = 0; t < T; ++t) {
       Vec att(size_t(c.n_heads) * hd, 0.0);
-      for (int h = 0; h < c.n_heads; ++h) {
-        const int kvh = h / (c.n_heads / c.n_kv_heads);
-        Vec score(t + 1);
-        double mx = -1e300;
-        for (int s = 0; s <= t; ++s) {
-          double d = 0;
-          for (int i = 0; i < hd; ++i) d += q[t][h * hd + i] * K[s][kvh * hd + i];
-          score[s] = d / std::sqrt(double(hd));
-          mx = std::max(mx, score[s]);
+      if (!dropped) {  // a dropped layer's attention adds nothing
+        for (int h = 0; h < c.n_heads; ++h) {
+          const int kvh = h / (c.n_heads / c.n_kv_heads);
+          Vec score(t + 1);
+          double mx = -1e300;
+          for (int s = 0; s <= t; ++s) {
+            double d = 0;
+            for (int i = 0; i < hd; ++i) d += q[t][h * hd + i] * K[s][kvh * hd + i];
+            score[s] = d / std::sqrt(double(hd));
+            mx = std::max(mx, score[s]);
+          }
+          double sum = 0;
+          for (double& e : score) sum += (e = std::exp(e - mx));
+          for (int s = 0; s <= t; ++s) {
+            for (int i = 0; i < hd; ++i) att[h * hd + i] += score[s] / sum * V[s][kvh * hd + i];
+          }
         }
-        double sum = 0;
-        for (double& e : score) sum += (e = std::exp(e - mx));
-        for (int s = 0; s <= t; ++s) {
-          for (int i = 0; i < hd; ++i) att[h * hd + i] += score[s] / sum * V[s][kvh * hd + i];
+        {
+          Vec o(c.dim, 0.0);
+          if (wo == strategy.wo.end()) {
+            o = MatVec(lw.wo, att);
+          } else {
+            for (int r = 0; r < c.dim; ++r) {
+              for (size_t k = 0; k < att.size(); ++k)
+                o[r] += wo->second[r * att.size() + k] * att[k];
+            }
+          }
+          for (int i = 0; i < c.dim; ++i) x[t][i] += o[i];
         }
       }
-      Vec o = MatVec(lw.wo, att);
-      for (int i = 0; i < c.dim; ++i) x[t][i] += o[i];
       Vec xb = RmsNorm(x[t], lw.ffn_norm, c.norm_eps);
       Vec g = MatVec(lw.w_gate, xb), u = MatVec(lw.w_up, xb);
       for (size_t i = 0; i < g.size(); ++i) g[i] = g[i] / (1 + std::exp(-g[i])) * u[i];

@@ -1,9 +1,11 @@
 // A deliberately naive Llama forward for tests: every position recomputed, no cache, double
 // precision, fp32 weights only (stories260K). A sharing layer's K/V are its source layer's
-// (DESIGN.md §1). Independent of the engine and kernels it checks.
+// (DESIGN.md §1); a dropped layer adds nothing for attention (issue 18); a replacement output
+// projection replaces the layer's W_o. Independent of the engine and kernels it checks.
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <vector>
 
 #include "common/model/model.h"
@@ -19,10 +21,24 @@ struct NaiveRun {
   std::vector<std::vector<Vec>> keys, values;
 };
 
+// What the reference forward runs: layer l attends over layer kv_source[l]'s K/V, except the
+// layers in `dropped` (no attention at all), and uses wo[l] ([dim][n_heads * head_dim]
+// row-major) instead of its W_o where given.
+struct NaiveStrategy {
+  std::vector<int> kv_source;
+  std::vector<int> dropped;
+  std::map<int, std::vector<double>> wo;
+};
+
+NaiveRun NaiveLlamaForward(const Model& m, const NaiveStrategy& strategy,
+                           const std::vector<int32_t>& ids, bool with_logits);
+
 // The forward of `ids` at positions 0..T-1 with layer l attending over layer kv_source[l]'s
 // K/V.
-NaiveRun NaiveLlamaForward(const Model& m, const std::vector<int>& kv_source,
-                           const std::vector<int32_t>& ids, bool with_logits);
+inline NaiveRun NaiveLlamaForward(const Model& m, const std::vector<int>& kv_source,
+                                  const std::vector<int32_t>& ids, bool with_logits) {
+  return NaiveLlamaForward(m, NaiveStrategy{kv_source, {}, {}}, ids, with_logits);
+}
 
 // Logits [T][vocab] of NaiveLlamaForward.
 inline std::vector<Vec> NaiveForward(const Model& m, const std::vector<int>& kv_source,

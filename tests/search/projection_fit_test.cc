@@ -1,0 +1,98 @@
+// Calibrated output projections (search_service/projection_fit.h) on stories260K: the fit's
+// plumbing (layer order, row/column convention, the model's W_o as the ridge anchor), its
+// effect on the text it was fitted on, and the calibrated selection option's checks.
+#include "search_service/projection_fit.h"
+
+#include <cmath>
+
+#include "common/model/model.h"
+#include "common/tokenizer/tokenizer.h"
+#include "common/util/file.h"
+#include "gtest/gtest.h"
+#include "search_service/strategy_search.h"
+#include "tests/support/test_env.h"
+
+namespace kvshare {
+namespace {
+
+class ProjectionFitTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto model = Model::Load(testing::Asset("stories260K.bin"));
+    ASSERT_TRUE(model.ok()) << model.status();
+    model_ = model->release();
+    auto tok = LoadTokenizerForModel(*model_, "");
+    ASSERT_TRUE(tok.ok()) << tok.status();
+    auto set = BuildCalibrationSet(testing::ReadFileOrDie(testing::Asset("tinystories-sample.txt")),
+                                   **tok, {6, 48}, "tinystories");
+    ASSERT_TRUE(set.ok()) << set.status();
+    set_ = new CalibrationSet(std::move(*set));
+  }
+  static void TearDownTestSuite() {
+    delete set_;
+    delete model_;
+  }
+  static Model* model_;
+  static CalibrationSet* set_;
+};
+Model* ProjectionFitTest::model_ = nullptr;
+CalibrationSet* ProjectionFitTest::set_ = nullptr;
+
+TEST_F(ProjectionFitTest, AHugeRidgeGivesBackEachSharingLayersOwnWo) {
+  auto backend = MakeCpuBackend(2);
+  auto transformer = Transformer::Create(*model_, *backend, 256);
+  ASSERT_TRUE(transformer.ok());
+  auto st = SharingStrategy::Create({0, 0, 2, 2, 4}, model_->fingerprint());
+  ASSERT_TRUE(st.ok());
+  auto p = FitOutputProjections(**transformer, *set_, *st, 1e9, DType::kF32);
+  ASSERT_TRUE(p.ok()) << p.status();
+  ASSERT_NE(*p, nullptr);
+  EXPECT_EQ((*p)->layers(), std::vector<int>({1, 3}));
+  for (int i = 0; i < 2; ++i) {
+    const Tensor& wo = model_->weights().layers[(*p)->layers()[i]].wo;  // fp32 [dim][q]
+    const std::vector<float> got = (*p)->LayerF32(i);
+    ASSERT_EQ(got.size(), size_t(wo.elements()));
+    double worst = 0;
+    for (size_t k = 0; k < got.size(); ++k) {
+      worst = std::max(worst, double(std::abs(got[k] - static_cast<const float*>(wo.data)[k])));
+    }
+    EXPECT_LT(worst, 1e-5) << "layer " << (*p)->layers()[i];
+  }
+  auto identity = SharingStrategy::Create({0, 1, 2, 3, 4}, model_->fingerprint());
+  auto none = FitOutputProjections(**transformer, *set_, *identity, 0.1, DType::kF16);
+  ASSERT_TRUE(none.ok());
+  EXPECT_EQ(*none, nullptr);
+}
+
+TEST_F(ProjectionFitTest, ProjectionsFittedOnATextLowerItsNllUnderTheStrategy) {
+  // Fit and score on the same windows: the fit must help there (the search never does this;
+  // it is the property the fit is built for).
+  auto calibrator = ProjectionCalibrator::Create(*model_, *set_, *set_, 2);
+  ASSERT_TRUE(calibrator.ok()) << calibrator.status();
+  auto st = SharingStrategy::Create({0, 0, 2, 2, 4}, model_->fingerprint());
+  ASSERT_TRUE(st.ok());
+  auto cal = (*calibrator)->Calibrate(*st, {0.01}, DType::kF16);
+  ASSERT_TRUE(cal.ok()) << cal.status();
+  ASSERT_NE(cal->projections, nullptr);
+  EXPECT_GT(cal->uncalibrated_score_nll, (*calibrator)->unshared_score_nll());
+  EXPECT_LT(cal->score_nll, cal->uncalibrated_score_nll);
+  EXPECT_EQ(cal->ridge, 0.01);
+}
+
+TEST_F(ProjectionFitTest, CalibratedScoringNeedsTheNllMethodAndACalibrator) {
+  auto backend = MakeCpuBackend(2);
+  SelectionOptions o;
+  o.greedy.target_layers = 1;
+  o.calibrated = true;
+  o.method = SearchMethod::kKvSharer;
+  auto r = RunStrategySearch(*model_, *backend, *set_, o);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("applies to --method nll"), std::string::npos) << r.status();
+  o.method = SearchMethod::kNll;
+  r = RunStrategySearch(*model_, *backend, *set_, o);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("no calibrator"), std::string::npos) << r.status();
+}
+
+}  // namespace
+}  // namespace kvshare
