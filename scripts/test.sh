@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The README's test command: set up, build, and run every check and test.
+#   0. the test models (tests/reference/make_test_models.sh, cached under ~/.cache/kvshare);
 #   1. static checks: the dependency rule (scripts/check_deps.py) and clang-format;
 #   2. every test (ctest), extra arguments passed to ctest;
 #   3. clang's thread-safety analysis over the libraries and services;
@@ -8,6 +9,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+
+echo "[test] test models (llama.cpp re-quantisations, vocabularies; cached)"
+bash tests/reference/make_test_models.sh >/dev/null
+export KVSHARE_REQUIRE_TEST_MODELS=1  # a test that needs one of them fails instead of skipping
 
 echo "[test] dependency rule"
 python3 scripts/check_deps.py --self-test

