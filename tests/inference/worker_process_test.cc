@@ -281,7 +281,7 @@ TEST(WorkerProcessTest, MetricsEndpointServesPrometheusText) {
 }
 
 // Runs kvshare-worker with `args` until it exits (at most `timeout`): the exit status (-1 if
-// it had to be killed) and what it logged.
+// it had to be killed) and what it printed and logged (stdout and stderr).
 std::pair<int, std::string> RunWorkerToExit(std::vector<std::string> args, absl::Duration timeout) {
   const std::string log = absl::StrCat(::testing::TempDir(), "/kvshare-worker-run-", getpid(), "-",
                                        args.size(), ".log");
@@ -289,7 +289,10 @@ std::pair<int, std::string> RunWorkerToExit(std::vector<std::string> args, absl:
   const pid_t pid = fork();
   if (pid == 0) {
     FILE* f = std::fopen(log.c_str(), "w");
-    if (f != nullptr) dup2(fileno(f), 2);
+    if (f != nullptr) {
+      dup2(fileno(f), 1);
+      dup2(fileno(f), 2);
+    }
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -373,6 +376,46 @@ TEST(WorkerProcessTest, ASecondWorkerOnABusyPortExitsNamingIt) {
   }
   // The first one still owns both.
   EXPECT_EQ(testing::HttpStatus(testing::HttpGet(first.metrics_port(), "/metrics")), 200);
+}
+
+TEST(WorkerProcessTest, ABusyHttpPortFailsStartUpAtOnceNamingIt) {
+  // Something else holds the port (no SO_REUSEPORT on either side).
+  const int holder = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(holder, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(listen(holder, 4), 0);
+  socklen_t len = sizeof(addr);
+  getsockname(holder, reinterpret_cast<sockaddr*>(&addr), &len);
+  const int port = ntohs(addr.sin_port);
+  const absl::Time start = absl::Now();
+  const auto [code, log] =
+      RunWorkerToExit({"--model", testing::SmolLm2Path(), "--threads", "1", "--host", "127.0.0.1",
+                       "--port", "0", "--metrics-port", "0", "--http-port", std::to_string(port)},
+                      absl::Seconds(60));
+  close(holder);
+  EXPECT_NE(code, 0) << log;
+  EXPECT_NE(code, -1) << "a worker on busy HTTP port " << port << " kept running:\n" << log;
+  EXPECT_NE(log.find(absl::StrCat("--http-port ", port)), std::string::npos) << log;
+  EXPECT_NE(log.find(absl::StrCat("127.0.0.1:", port)), std::string::npos) << log;
+  // Before the model loads: a hang guard, not a speed target.
+  EXPECT_LT(absl::Now() - start, absl::Seconds(30));
+}
+
+TEST(WorkerProcessTest, AMisspeltLogLevelIsRefusedNamingTheLevels) {
+  const auto [code, log] = RunWorkerToExit({"--log-level", "verbose"}, absl::Seconds(30));
+  EXPECT_NE(code, 0) << log;
+  EXPECT_NE(code, -1) << log;
+  EXPECT_NE(log.find("verbose"), std::string::npos) << log;
+  EXPECT_NE(log.find("trace,debug,info,warn,error,critical,off"), std::string::npos) << log;
+}
+
+TEST(WorkerProcessTest, VersionPrintsTheProjectVersionAndCommit) {
+  const auto [code, out] = RunWorkerToExit({"--version"}, absl::Seconds(30));
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_EQ(out.rfind(absl::StrCat("kvshare-worker ", KVSHARE_PROJECT_VERSION, " (commit "), 0), 0u)
+      << out;
 }
 
 }  // namespace
