@@ -1,7 +1,8 @@
 // The OpenAI-compatible HTTP front end (inference_service/openai_http.h) over a real worker on
-// loopback (stories260K): the same scheduler and outputs as gRPC Generate, the refusals with
-// their HTTP statuses (400 naming the field, 429 on a full queue, 503 while loading or
-// draining), and a client that disconnects cancelling its request and freeing its KV blocks.
+// loopback (stories260K; SmolLM2 for the disconnects): the same scheduler and outputs as gRPC
+// Generate, the refusals with their HTTP statuses (400 naming the field, 429 on a full queue, 503
+// while loading or draining), and a client that disconnects cancelling its request and freeing its
+// KV blocks.
 #include "inference_service/openai_http.h"
 
 #include <sys/socket.h>
@@ -227,8 +228,8 @@ void PostAndHangUp(int port, const std::string& body, const std::string& marker)
 }
 
 TEST_F(OpenAiHttpTest, ClientDisconnectCancelsTheRequestAndFreesItsBlocks) {
-  WorkerOptions options = testing::StoriesWorkerOptions();
-  StartWorker(options);
+  // SmolLM2, slow enough per token that 480 of them outlast noticing the hang-up on any machine.
+  StartWorker(testing::SmolLm2WorkerOptions());
   // Streamed: hang up after the first event. ignore_eos keeps it generating to max_tokens.
   PostAndHangUp(http_->port(),
                 R"({"prompt": "Once upon a time", "max_tokens": 480, "temperature": 0,
