@@ -280,12 +280,37 @@ TEST(WorkerProcessTest, MetricsEndpointServesPrometheusText) {
   EXPECT_EQ(worker.WaitForExit(absl::Seconds(30)), 0);
 }
 
+TEST(WorkerProcessTest, MetricsIncludeRequestLatenciesKvUsageAndBuildAndModelInfo) {
+  WorkerProcess worker({});
+  ASSERT_TRUE(worker.WaitUntilServing());
+  grpc::ClientContext ctx;
+  auto reader = worker.stub().Generate(&ctx, Story(3));
+  ASSERT_TRUE(Finish(*reader, 0).status.ok());
+  const std::string page = HttpGet(worker.metrics_port(), "/metrics");
+  for (const std::string& metric :
+       {std::string("kvshare_e2e_request_latency_seconds_count 1"),
+        std::string("kvshare_request_queue_time_seconds_count 1"),
+        std::string("kvshare_kv_cache_usage_ratio 0\n"),  // nothing running: no block in use
+        std::string("kvshare_build_info{commit=\"")}) {
+    EXPECT_NE(page.find(metric), std::string::npos) << metric << "\n" << page;
+  }
+  EXPECT_NE(page.find(absl::StrCat("version=\"", KVSHARE_PROJECT_VERSION, "\"} 1")),
+            std::string::npos)
+      << page;
+  EXPECT_NE(page.find("kvshare_model_info{"), std::string::npos) << page;
+  EXPECT_NE(page.find("model=\"SmolLM2-135M-Instruct.Q4_1\"} 1"), std::string::npos) << page;
+  worker.Signal(SIGTERM);
+  EXPECT_EQ(worker.WaitForExit(absl::Seconds(30)), 0);
+}
+
 // Runs kvshare-worker with `args` until it exits (at most `timeout`): the exit status (-1 if
 // it had to be killed) and what it printed and logged (stdout and stderr).
-std::pair<int, std::string> RunWorkerToExit(std::vector<std::string> args, absl::Duration timeout) {
-  const std::string log = absl::StrCat(::testing::TempDir(), "/kvshare-worker-run-", getpid(), "-",
-                                       args.size(), ".log");
-  args.insert(args.begin(), KVSHARE_WORKER_BINARY);
+std::pair<int, std::string> RunToExit(const std::string& binary, std::vector<std::string> args,
+                                      absl::Duration timeout) {
+  static int runs = 0;
+  const std::string log =
+      absl::StrCat(::testing::TempDir(), "/kvshare-run-", getpid(), "-", runs++, ".log");
+  args.insert(args.begin(), binary);
   const pid_t pid = fork();
   if (pid == 0) {
     FILE* f = std::fopen(log.c_str(), "w");
@@ -318,6 +343,10 @@ std::pair<int, std::string> RunWorkerToExit(std::vector<std::string> args, absl:
   std::stringstream ss;
   ss << in.rdbuf();
   return {code, ss.str()};
+}
+
+std::pair<int, std::string> RunWorkerToExit(std::vector<std::string> args, absl::Duration timeout) {
+  return RunToExit(KVSHARE_WORKER_BINARY, std::move(args), timeout);
 }
 
 TEST(WorkerProcessTest, MetricsJunkNeverTakesTheWorkerDown) {
@@ -409,6 +438,27 @@ TEST(WorkerProcessTest, AMisspeltLogLevelIsRefusedNamingTheLevels) {
   EXPECT_NE(code, -1) << log;
   EXPECT_NE(log.find("verbose"), std::string::npos) << log;
   EXPECT_NE(log.find("trace,debug,info,warn,error,critical,off"), std::string::npos) << log;
+}
+
+TEST(WorkerProcessTest, KvshareHealthExitsZeroOnlyWhileTheWorkerServes) {
+  WorkerProcess worker({});
+  ASSERT_TRUE(worker.WaitUntilServing());
+  const std::string address = absl::StrCat("127.0.0.1:", worker.WaitForPort());
+  const auto [serving, out] =
+      RunToExit(KVSHARE_CLI_BINARY, {"health", "--server", address}, absl::Seconds(30));
+  EXPECT_EQ(serving, 0) << out;
+  EXPECT_EQ(out, "SERVING\n");
+  const auto [unknown, unknown_out] =
+      RunToExit(KVSHARE_CLI_BINARY, {"health", "--server", address, "--service", "no.such.Service"},
+                absl::Seconds(30));
+  EXPECT_EQ(unknown, 1) << unknown_out;
+  EXPECT_EQ(unknown_out, "SERVICE_UNKNOWN\n");
+  worker.Signal(SIGTERM);
+  EXPECT_EQ(worker.WaitForExit(absl::Seconds(30)), 0);
+  const auto [gone, gone_out] = RunToExit(
+      KVSHARE_CLI_BINARY, {"health", "--server", address, "--timeout", "2"}, absl::Seconds(30));
+  EXPECT_EQ(gone, 2) << gone_out;
+  EXPECT_NE(gone_out.find(address), std::string::npos) << gone_out;
 }
 
 TEST(WorkerProcessTest, VersionPrintsTheProjectVersionAndCommit) {
