@@ -69,6 +69,14 @@ absl::StatusOr<std::unique_ptr<InferenceWorker>> InferenceWorker::Load(const Wor
       Scheduler::Create(std::move(*engine), *w->tokenizer_, options.scheduler, metrics);
   if (!scheduler.ok()) return scheduler.status();
   w->scheduler_ = std::move(*scheduler);
+  if (metrics != nullptr) {
+    metrics->SetModelInfo({{"model", m.config().name},
+                           {"fingerprint", m.fingerprint()},
+                           {"backend", w->scheduler_->backend_name()},
+                           {"device", w->device_.Describe()},
+                           {"block_tokens", std::to_string(w->scheduler_->block_tokens())},
+                           {"kv_blocks", std::to_string(w->scheduler_->total_blocks())}});
+  }
 
   std::shared_ptr<const SharingStrategy> strategy;
   if (options.strategy_path.empty()) {

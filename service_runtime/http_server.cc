@@ -30,6 +30,9 @@ thread_local bool t_over_capacity = false;
 // Set while a request is answered with an error after which the connection's bytes can no
 // longer be trusted to line up with request boundaries (bad request line, broken body).
 thread_local bool t_close_after_response = false;
+// The connection this thread serves (for HttpClientGone), and the server's stop flag.
+thread_local int t_connection_socket = -1;
+thread_local const std::atomic<bool>* t_server_stopping = nullptr;
 
 constexpr absl::Duration kStopPollSlice = absl::Milliseconds(100);
 
@@ -231,6 +234,16 @@ void RefuseBusy(int sock) {
 
 }  // namespace
 
+bool HttpClientGone() {
+  if (t_connection_socket < 0) return false;
+  if (t_server_stopping != nullptr && t_server_stopping->load()) return true;
+  // POLLRDHUP: the peer sent FIN (closed or shut down its writing side); a pipelined next
+  // request only makes the socket readable, which is not a departure.
+  pollfd p{t_connection_socket, POLLRDHUP, 0};
+  if (::poll(&p, 1, 0) <= 0) return false;
+  return (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
+}
+
 class HttpServer::Impl : public httplib::Server {
  public:
   explicit Impl(const HttpServerOptions& options) : options_(options) {}
@@ -276,14 +289,14 @@ class HttpServer::Impl : public httplib::Server {
         // this connection may not start at a request boundary.
         t_close_after_response = true;
       }
-      if (res.body.empty()) {
-        res.set_content(absl::StrFormat("%d %s\n", res.status, Reason(res.status)), "text/plain");
-      }
+      if (res.body.empty()) SetErrorBody(res);
     });
-    set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
-      res.status = 500;
-      res.set_content("500 internal error\n", "text/plain");
-    });
+    set_exception_handler(
+        [this](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
+          res.status = 500;
+          res.body.clear();
+          SetErrorBody(res);
+        });
     // SO_REUSEADDR (restart while old connections linger in TIME_WAIT) and, unlike httplib's
     // default, no SO_REUSEPORT: a second server on the same port must fail to bind.
     set_socket_options([](socket_t sock) {
@@ -304,6 +317,15 @@ class HttpServer::Impl : public httplib::Server {
   void BeginStop() { stopping_ = true; }
 
  private:
+  void SetErrorBody(httplib::Response& res) const {
+    if (options_.error_body) {
+      auto [type, body] = options_.error_body(res.status, Reason(res.status));
+      res.set_content(body, type.c_str());
+    } else {
+      res.set_content(absl::StrFormat("%d %s\n", res.status, Reason(res.status)), "text/plain");
+    }
+  }
+
   // Replaces httplib's keep-alive loop: waits for each request with idle_timeout, gives it
   // request_timeout to arrive, and closes the connection after an error that may leave it out
   // of step. Waits end early once Shutdown begins.
@@ -313,6 +335,8 @@ class HttpServer::Impl : public httplib::Server {
       return false;
     }
     DeadlineStream stream(sock, options_.write_timeout, &stopping_);
+    t_connection_socket = sock;
+    t_server_stopping = &stopping_;
     bool ok = true;
     for (int served = 0; served < options_.max_requests_per_connection; ++served) {
       if (!stream.has_buffered() && !AwaitRequest(sock)) break;
@@ -323,6 +347,8 @@ class HttpServer::Impl : public httplib::Server {
       ok = process_request(stream, last, closed, nullptr);
       if (!ok || closed || last || t_close_after_response) break;
     }
+    t_connection_socket = -1;
+    t_server_stopping = nullptr;
     ::shutdown(sock, SHUT_RDWR);
     ::close(sock);
     return ok;

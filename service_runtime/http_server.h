@@ -15,9 +15,12 @@
 //     with Unavailable naming host:port instead of silently sharing it.
 //
 // Handlers run on connection threads, concurrently; they must be thread-safe. Routes are fixed
-// at Start(). Shutdown() (also the destructor) stops accepting, cuts connections that are
-// waiting for a request or its bytes (within 100 ms), and waits for handlers and writes in
-// progress to end. Thread-safe.
+// at Start(). A handler may answer with a chunked content provider (httplib's
+// Response::set_chunked_content_provider: server-sent events, say); the provider runs on the same
+// connection thread after the handler returns, and a long-running handler or provider polls
+// HttpClientGone() to stop work nobody will read. Shutdown() (also the destructor) stops accepting,
+// cuts connections that are waiting for a request or its bytes (within 100 ms), and waits for
+// handlers and writes in progress to end. Thread-safe.
 #pragma once
 
 #include <functional>
@@ -25,6 +28,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -50,7 +54,17 @@ struct HttpServerOptions {
   absl::Duration write_timeout = absl::Seconds(10);
   int max_requests_per_connection = 100;
   size_t max_body_bytes = 1 << 20;
+  // The body of the error responses the server makes itself (404, 405, 413, 400 from the
+  // parser, 500 from a throwing handler), as {content type, body}; null: "<status> <reason>\n"
+  // as text/plain. A handler's own error response keeps the body it set.
+  std::function<std::pair<std::string, std::string>(int status, const std::string& reason)>
+      error_body;
 };
+
+// Called from a route handler or a content provider, on its connection's thread: true once the
+// client has closed (or reset) the connection or the server is shutting down; false on any
+// other thread. Never blocks.
+bool HttpClientGone();
 
 class HttpServer {
  public:

@@ -20,5 +20,6 @@ Runner RegisterLoad(CLI::App& app);        // worker_client_commands.cc
 Runner RegisterStrategies(CLI::App& app);  // search_client_commands.cc
 Runner RegisterRollout(CLI::App& app);     // fleet_commands.cc
 Runner RegisterFleet(CLI::App& app);       // fleet_commands.cc
+Runner RegisterHealth(CLI::App& app);      // health_command.cc
 
 }  // namespace kvshare::cli

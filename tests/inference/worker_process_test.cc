@@ -280,16 +280,44 @@ TEST(WorkerProcessTest, MetricsEndpointServesPrometheusText) {
   EXPECT_EQ(worker.WaitForExit(absl::Seconds(30)), 0);
 }
 
+TEST(WorkerProcessTest, MetricsIncludeRequestLatenciesKvUsageAndBuildAndModelInfo) {
+  WorkerProcess worker({});
+  ASSERT_TRUE(worker.WaitUntilServing());
+  grpc::ClientContext ctx;
+  auto reader = worker.stub().Generate(&ctx, Story(3));
+  ASSERT_TRUE(Finish(*reader, 0).status.ok());
+  const std::string page = HttpGet(worker.metrics_port(), "/metrics");
+  for (const std::string& metric :
+       {std::string("kvshare_e2e_request_latency_seconds_count 1"),
+        std::string("kvshare_request_queue_time_seconds_count 1"),
+        std::string("kvshare_kv_cache_usage_ratio 0\n"),  // nothing running: no block in use
+        std::string("kvshare_build_info{commit=\"")}) {
+    EXPECT_NE(page.find(metric), std::string::npos) << metric << "\n" << page;
+  }
+  EXPECT_NE(page.find(absl::StrCat("version=\"", KVSHARE_PROJECT_VERSION, "\"} 1")),
+            std::string::npos)
+      << page;
+  EXPECT_NE(page.find("kvshare_model_info{"), std::string::npos) << page;
+  EXPECT_NE(page.find("model=\"SmolLM2-135M-Instruct.Q4_1\"} 1"), std::string::npos) << page;
+  worker.Signal(SIGTERM);
+  EXPECT_EQ(worker.WaitForExit(absl::Seconds(30)), 0);
+}
+
 // Runs kvshare-worker with `args` until it exits (at most `timeout`): the exit status (-1 if
-// it had to be killed) and what it logged.
-std::pair<int, std::string> RunWorkerToExit(std::vector<std::string> args, absl::Duration timeout) {
-  const std::string log = absl::StrCat(::testing::TempDir(), "/kvshare-worker-run-", getpid(), "-",
-                                       args.size(), ".log");
-  args.insert(args.begin(), KVSHARE_WORKER_BINARY);
+// it had to be killed) and what it printed and logged (stdout and stderr).
+std::pair<int, std::string> RunToExit(const std::string& binary, std::vector<std::string> args,
+                                      absl::Duration timeout) {
+  static int runs = 0;
+  const std::string log =
+      absl::StrCat(::testing::TempDir(), "/kvshare-run-", getpid(), "-", runs++, ".log");
+  args.insert(args.begin(), binary);
   const pid_t pid = fork();
   if (pid == 0) {
     FILE* f = std::fopen(log.c_str(), "w");
-    if (f != nullptr) dup2(fileno(f), 2);
+    if (f != nullptr) {
+      dup2(fileno(f), 1);
+      dup2(fileno(f), 2);
+    }
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -315,6 +343,10 @@ std::pair<int, std::string> RunWorkerToExit(std::vector<std::string> args, absl:
   std::stringstream ss;
   ss << in.rdbuf();
   return {code, ss.str()};
+}
+
+std::pair<int, std::string> RunWorkerToExit(std::vector<std::string> args, absl::Duration timeout) {
+  return RunToExit(KVSHARE_WORKER_BINARY, std::move(args), timeout);
 }
 
 TEST(WorkerProcessTest, MetricsJunkNeverTakesTheWorkerDown) {
@@ -373,6 +405,67 @@ TEST(WorkerProcessTest, ASecondWorkerOnABusyPortExitsNamingIt) {
   }
   // The first one still owns both.
   EXPECT_EQ(testing::HttpStatus(testing::HttpGet(first.metrics_port(), "/metrics")), 200);
+}
+
+TEST(WorkerProcessTest, ABusyHttpPortFailsStartUpAtOnceNamingIt) {
+  // Something else holds the port (no SO_REUSEPORT on either side).
+  const int holder = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(holder, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(listen(holder, 4), 0);
+  socklen_t len = sizeof(addr);
+  getsockname(holder, reinterpret_cast<sockaddr*>(&addr), &len);
+  const int port = ntohs(addr.sin_port);
+  const absl::Time start = absl::Now();
+  const auto [code, log] =
+      RunWorkerToExit({"--model", testing::SmolLm2Path(), "--threads", "1", "--host", "127.0.0.1",
+                       "--port", "0", "--metrics-port", "0", "--http-port", std::to_string(port)},
+                      absl::Seconds(60));
+  close(holder);
+  EXPECT_NE(code, 0) << log;
+  EXPECT_NE(code, -1) << "a worker on busy HTTP port " << port << " kept running:\n" << log;
+  EXPECT_NE(log.find(absl::StrCat("--http-port ", port)), std::string::npos) << log;
+  EXPECT_NE(log.find(absl::StrCat("127.0.0.1:", port)), std::string::npos) << log;
+  // Before the model loads: a hang guard, not a speed target.
+  EXPECT_LT(absl::Now() - start, absl::Seconds(30));
+}
+
+TEST(WorkerProcessTest, AMisspeltLogLevelIsRefusedNamingTheLevels) {
+  const auto [code, log] = RunWorkerToExit({"--log-level", "verbose"}, absl::Seconds(30));
+  EXPECT_NE(code, 0) << log;
+  EXPECT_NE(code, -1) << log;
+  EXPECT_NE(log.find("verbose"), std::string::npos) << log;
+  EXPECT_NE(log.find("trace,debug,info,warn,error,critical,off"), std::string::npos) << log;
+}
+
+TEST(WorkerProcessTest, KvshareHealthExitsZeroOnlyWhileTheWorkerServes) {
+  WorkerProcess worker({});
+  ASSERT_TRUE(worker.WaitUntilServing());
+  const std::string address = absl::StrCat("127.0.0.1:", worker.WaitForPort());
+  const auto [serving, out] =
+      RunToExit(KVSHARE_CLI_BINARY, {"health", "--server", address}, absl::Seconds(30));
+  EXPECT_EQ(serving, 0) << out;
+  EXPECT_EQ(out, "SERVING\n");
+  const auto [unknown, unknown_out] =
+      RunToExit(KVSHARE_CLI_BINARY, {"health", "--server", address, "--service", "no.such.Service"},
+                absl::Seconds(30));
+  EXPECT_EQ(unknown, 1) << unknown_out;
+  EXPECT_EQ(unknown_out, "SERVICE_UNKNOWN\n");
+  worker.Signal(SIGTERM);
+  EXPECT_EQ(worker.WaitForExit(absl::Seconds(30)), 0);
+  const auto [gone, gone_out] = RunToExit(
+      KVSHARE_CLI_BINARY, {"health", "--server", address, "--timeout", "2"}, absl::Seconds(30));
+  EXPECT_EQ(gone, 2) << gone_out;
+  EXPECT_NE(gone_out.find(address), std::string::npos) << gone_out;
+}
+
+TEST(WorkerProcessTest, VersionPrintsTheProjectVersionAndCommit) {
+  const auto [code, out] = RunWorkerToExit({"--version"}, absl::Seconds(30));
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_EQ(out.rfind(absl::StrCat("kvshare-worker ", KVSHARE_PROJECT_VERSION, " (commit "), 0), 0u)
+      << out;
 }
 
 }  // namespace

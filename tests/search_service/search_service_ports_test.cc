@@ -177,5 +177,19 @@ TEST_F(SearchServicePortsTest, MetricsJunkNeverTakesTheServiceDown) {
   EXPECT_EQ(service.Exited(absl::Seconds(30)), 0) << service.Log();
 }
 
+TEST_F(SearchServicePortsTest, AMisspeltLogLevelIsRefusedAndVersionNamesTheBuild) {
+  SearchProcess bad(dir_, "bad", {"--port", "0", "--metrics-port", "0", "--log-level", "inof"});
+  EXPECT_NE(bad.Exited(absl::Seconds(30)), 0) << bad.Log();
+  EXPECT_NE(bad.Log().find("inof not in {trace,debug,info,warn,error,critical,off}"),
+            std::string::npos)
+      << bad.Log();
+  SearchProcess version(dir_, "version", {"--version"});
+  EXPECT_EQ(version.Exited(absl::Seconds(30)), 0) << version.Log();
+  EXPECT_EQ(
+      version.Log().rfind(absl::StrCat("kvshare-search ", KVSHARE_PROJECT_VERSION, " (commit "), 0),
+      0u)
+      << version.Log();
+}
+
 }  // namespace
 }  // namespace kvshare
