@@ -16,7 +16,6 @@
 #include "common/model/fingerprint.h"
 #include "common/model/gguf_llama.h"
 #include "common/model/llama2c.h"
-#include "common/model/llama2c.h"
 #include "common/model/model_layout.h"
 #include "common/util/file.h"
 #include "common/util/sha256.h"

@@ -25,8 +25,7 @@ Isa DetectIsa() {
       __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("fma")) {
     return Isa::kAvx512;
   }
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-      HasF16c()) {
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && HasF16c()) {
     return Isa::kAvx2;
   }
 #endif
