@@ -1,5 +1,5 @@
 // Serving speed and KV memory of the CUDA backend on models of named shapes with seeded random
-// weights (speed and memory do not depend on the weights' values; DESIGN.md §3):
+// weights (speed and memory do not depend on the weights' values):
 //
 //   cuda_bench [--models smollm2-135m,llama2-7b,llama2-13b] [--batches 1,8,32,64,128,256]
 //              [--shares 0,12.5,25,37.5] [--prompt 128] [--steps 32] [--kv-budget-gib 16]

@@ -1,7 +1,7 @@
 // The KVSharer paper's table on our models: perplexity at 0 and k shared layers for strategies
 // found by the greedy search with the dissimilar (the method), similar and random pair orders,
 // with the KV bytes per token read from the pool and the search wall time; plus the time of the
-// search at a 25% target (DESIGN.md §1: the paper's search takes about a minute).
+// search at a 25% target (docs/METHOD.md §3: the paper's search takes about a minute).
 //
 //   build/bench/kvsharer_table_bench [--json FILE] [--threads 2] [--eval-tokens 16384]
 //                                    [--context 512] [--seed 0] [--models smollm2,stories]

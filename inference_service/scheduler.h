@@ -1,4 +1,4 @@
-// Continuous batching over one Engine (DESIGN.md §2 Serving).
+// Continuous batching over one Engine (docs/ARCHITECTURE.md, Serving).
 //
 // One scheduler thread owns the engine and loops:
 //   1. stop the sequences whose client cancelled or whose deadline passed (their blocks are

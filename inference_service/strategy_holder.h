@@ -1,11 +1,11 @@
 // The strategy versions a worker can run, and which one new requests take.
 //
-// The seam for a strategy that changes at run time (DESIGN.md §2: "a new version applies to
-// new requests with no restart and no drain"): whoever decides the version — the --strategy
-// flag today, the control-plane subscriber later — calls Publish(); each request resolves its
-// strategy once, at admission to the worker, and keeps the shared_ptr for its whole life, so
-// in-flight sequences finish on the version they started with. A request may pin a version the
-// holder still has.
+// The seam for a strategy that changes at run time (docs/ARCHITECTURE.md, Serving: "a new version
+// applies to new requests with no restart and no drain"): whoever decides the version — the
+// --strategy flag today, the control-plane subscriber later — calls Publish(); each request
+// resolves its strategy once, at admission to the worker, and keeps the shared_ptr for its whole
+// life, so in-flight sequences finish on the version they started with. A request may pin a version
+// the holder still has.
 //
 // Thread-safe.
 #pragma once

@@ -1,4 +1,4 @@
-// The worker's end of the strategy stream (kvshare.v1.StrategyDistribution, DESIGN.md §2
+// The worker's end of the strategy stream (kvshare.v1.StrategyDistribution, docs/ARCHITECTURE.md
 // Control plane): one bidirectional stream to the search service for the worker's whole life.
 //
 // It announces the worker (id, model fingerprint, labels, the version it runs), applies every

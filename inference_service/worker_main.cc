@@ -1,4 +1,4 @@
-// kvshare-worker: serves Generate for one model over gRPC (DESIGN.md §2 Serving).
+// kvshare-worker: serves Generate for one model over gRPC (docs/ARCHITECTURE.md, Serving).
 //
 //   kvshare-worker --model M [--strategy S.json] [--port 50051] [--metrics-port 9464]
 //                  [--metrics-host 127.0.0.1] [--http-port P [--http-host 127.0.0.1]]

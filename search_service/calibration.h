@@ -1,4 +1,4 @@
-// The calibration data of the KVSharer search (DESIGN.md §1): a fixed set of token windows,
+// The calibration data of the KVSharer search (docs/METHOD.md §2): a fixed set of token windows,
 // and every layer's post-RoPE K/V on them from the unshared model, averaged over the windows.
 //
 // Calibration set: the first `samples` lines of a text that tokenise to at least `tokens`

@@ -1,7 +1,6 @@
-// The KVSharer candidate score on a real model (DESIGN.md §1): for each calibration sample, the
-// cosine similarity between the final-norm hidden states (all tokens flattened into one
-// vector) of the unshared model and of the candidate, averaged over samples (in double, in
-// sample order).
+// The KVSharer candidate score on a real model (docs/METHOD.md §3): for each calibration sample,
+// the cosine similarity between the final-norm hidden states (all tokens flattened into one vector)
+// of the unshared model and of the candidate, averaged over samples (in double, in sample order).
 //
 // A metric over IncrementalForward's final states: Create runs the unshared model once, and a
 // candidate runs from its first changed layer only (see incremental_forward.h for the cost).

@@ -3,7 +3,7 @@
 // strategy's and the candidate's.
 //
 // A candidate differs from the accepted strategy from `first_changed` on, and only layers
-// >= first_changed run for it. Their K/V reads follow DESIGN.md §1's cost rule: a layer whose
+// >= first_changed run for it. Their K/V reads follow docs/METHOD.md §3's cost rule: a layer whose
 // source is below first_changed reads that source's accepted block (computed by an earlier,
 // identical prefix); every other read, and every write, uses the candidate bank. Accepting
 // swaps the two banks' blocks of layers >= first_changed, so nothing is copied.

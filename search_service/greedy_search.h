@@ -1,4 +1,4 @@
-// The greedy strategy search of the KVSharer method (DESIGN.md §1), independent of how a
+// The greedy strategy search of the KVSharer method (docs/METHOD.md §3), independent of how a
 // candidate is scored: the scoring is behind Evaluator, so the rules can be checked with a fake.
 //
 // Pairs (i, j), i > j, are tried in an order (PairOrder). Starting from the identity strategy,

@@ -1,5 +1,5 @@
 // The calibration forward a strategy search repeats for every candidate, run from the first
-// layer the candidate changes (DESIGN.md §1's cost rule). Both candidate metrics sit on it:
+// layer the candidate changes (docs/METHOD.md §3's cost rule). Both candidate metrics sit on it:
 // CosineEvaluator (final-norm states against the unshared model's) and LossEvaluator (plus the
 // NLL through the output projection).
 //

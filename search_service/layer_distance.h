@@ -1,4 +1,4 @@
-// Pairwise layer distances of the KVSharer method (DESIGN.md §1), on the calibration K/V
+// Pairwise layer distances of the KVSharer method (docs/METHOD.md §3), on the calibration K/V
 // averaged over samples (AveragedKv). For a pair (i, j), i > j:
 //   dK = mean over tokens t and KV heads h of || avgK_i[t][h][:] - avgK_j[t][h][:] ||_2
 //   dV = the same on V

@@ -1,4 +1,4 @@
-// kvshare-search: the search service (DESIGN.md §2): KVSharer search jobs and the versioned
+// kvshare-search: the search service (docs/ARCHITECTURE.md): KVSharer search jobs and the versioned
 // strategy registry over gRPC.
 //
 //   kvshare-search --data-dir /var/lib/kvshare [--catalog catalog.json] [--port 50061]

@@ -4,7 +4,7 @@
 //
 //   --method kvsharer   the paper's: metric = mean cosine of final-norm states, accept when
 //                       > --threshold (0.5). With --best-of 1 (the default) it is exactly
-//                       DESIGN.md §1 (GreedySearch).
+//                       docs/METHOD.md §3 (GreedySearch).
 //   --method nll        metric = -(calibration NLL increase over the unshared model, in
 //                       nats/token); accept when the increase is < --max-nll-increase R
 //                       (no cap when R is not given).

@@ -2,7 +2,7 @@
 // unshared forward over the calibration set (K/V averaged per layer, hidden states kept for the
 // evaluator), the layer distance matrix, then BestOfKSearch over the rule's evaluator
 // (CosineEvaluator for kvsharer, LossEvaluator for nll). `--method kvsharer --best-of 1` is the
-// paper's search (DESIGN.md §1) exactly: best-of-1 selection makes GreedySearch's choices
+// paper's search (docs/METHOD.md §3) exactly: best-of-1 selection makes GreedySearch's choices
 // (tests/search/greedy_search_test.cc). The result carries the calibration cosine score of the
 // final strategy, and the wall time at which each acceptance happened, so one run to the
 // largest target also times every smaller one.

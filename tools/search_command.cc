@@ -1,4 +1,4 @@
-// kvshare search: the KVSharer strategy search (DESIGN.md §1) for a model, written as a
+// kvshare search: the KVSharer strategy search (docs/METHOD.md §3) for a model, written as a
 // strategy JSON file.
 #include <sys/stat.h>
 

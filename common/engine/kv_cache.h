@@ -1,4 +1,4 @@
-// The paged, layer-aliased KV cache (DESIGN.md §2).
+// The paged, layer-aliased KV cache (docs/ARCHITECTURE.md).
 //
 // One pool of fixed-size blocks, not tied to a layer: a block holds K and V of `block_tokens`
 // positions of one layer of one sequence, stored as the pool's KvType (layouts:

@@ -115,7 +115,7 @@ void Transformer::RunLayers(int first, int last, absl::Span<const BatchSeq> seqs
       backend_.Rope(q, positions, rows, c.n_heads, hd, c.rope_theta);
 
       // K/V only for inputs whose strategy makes this layer an owner; a sharing layer skips
-      // its projections and writes nothing (DESIGN.md §1).
+      // its projections and writes nothing (docs/METHOD.md §1).
       int kv_rows = 0;
       bool all_own = true;
       for (int i = 0; i < n_inputs; ++i) {

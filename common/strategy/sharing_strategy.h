@@ -1,4 +1,4 @@
-// SharingStrategy: which layer's KV cache each layer attends over (KVSharer, DESIGN.md §1).
+// SharingStrategy: which layer's KV cache each layer attends over (KVSharer, docs/METHOD.md §1).
 //
 // kv_source[l] == l: layer l owns its KV cache. kv_source[l] == s < l: layer l stores no KV;
 // its attention reads layer s's cache. Invariants (checked by Create, each violation named):

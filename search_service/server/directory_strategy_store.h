@@ -1,4 +1,4 @@
-// The embedded, crash-safe StrategyStore (DESIGN.md §2): one JSON file per version,
+// The embedded, crash-safe StrategyStore (docs/ARCHITECTURE.md): one JSON file per version,
 //
 //   <dir>/<model fingerprint>/v00000003.json             the record (never rewritten)
 //   <dir>/<model fingerprint>/v00000003.deprecated.json  its deprecation mark, if any

@@ -1,5 +1,5 @@
-// RolloutController: the control plane's state and its I/O (DESIGN.md §2 Control plane) —
-// the rollouts, pins and baselines, and the fleet as the strategy streams report it. Which
+// RolloutController: the control plane's state and its I/O (docs/ARCHITECTURE.md, The control
+// plane) — the rollouts, pins and baselines, and the fleet as the strategy streams report it. Which
 // version each worker should run, when a rollout step advances, and what NACKs and operator
 // commands do are the rollout policy's rules (rollout_policy.h); the controller applies them
 // under its lock after each stream event or command, sends workers the assignments that

@@ -1,4 +1,4 @@
-// The rollout policy (DESIGN.md §2 Control plane): which strategy version every
+// The rollout policy (docs/ARCHITECTURE.md, The control plane): which strategy version every
 // worker should run, given rollouts, operator pins and each model's settled ("baseline")
 // version; when a rollout step may advance; what a NACK and each operator command do. Pure
 // functions over the control state and the fleet as the strategy streams report it, with the

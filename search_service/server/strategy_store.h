@@ -1,4 +1,5 @@
-// StrategyStore: the registry's record of published strategies (DESIGN.md §2 Control plane).
+// StrategyStore: the registry's record of published strategies (docs/ARCHITECTURE.md, The control
+// plane).
 //
 // Contract, for every implementation:
 //   - Each model (keyed by its fingerprint) has versions 1, 2, 3, ... in publish order: dense

@@ -1,6 +1,6 @@
 // Layer-aliased KV cache against a deliberately naive reference (tests/support/naive_llama.h):
 // a full recompute of every position in double precision, where a sharing layer's K/V are
-// replaced by its source layer's (DESIGN.md §1). Model: stories260K (5 layers, GQA 8/4 heads,
+// replaced by its source layer's (docs/METHOD.md §1). Model: stories260K (5 layers, GQA 8/4 heads,
 // fp32).
 #include <cmath>
 #include <numeric>

@@ -1,4 +1,4 @@
-// The calibration set rule (DESIGN.md §1): the first N lines that tokenise to at least T
+// The calibration set rule (docs/METHOD.md §2): the first N lines that tokenise to at least T
 // tokens (BOS counted when the tokenizer adds one), each truncated to exactly T; too few such
 // lines is an error, never a smaller set. Checked with a word-per-token fake tokenizer so the
 // token counts are obvious from the text.

@@ -1,4 +1,4 @@
-// The greedy rules of the KVSharer search (DESIGN.md §1) on hand-built distance matrices,
+// The greedy rules of the KVSharer search (docs/METHOD.md §3) on hand-built distance matrices,
 // scored by an in-memory fake evaluator: pair order, skip, chain collapse, threshold, stop
 // reasons, the prefix property the benchmark relies on, and best-of-1 selection (what
 // RunStrategySearch runs) making exactly GreedySearch's choices.

@@ -1,6 +1,6 @@
 // The KVSharer search on a real model (stories260K: 5 layers, GQA 8/4 heads, fp32) against an
 // independent double-precision reference written here on top of tests/support/naive_llama.h:
-// the averaged K/V and the layer distance matrix (DESIGN.md §1), and the cosine score of
+// the averaged K/V and the layer distance matrix (docs/METHOD.md §3), and the cosine score of
 // candidates evaluated from their first changed layer on cached states. Then determinism across
 // thread counts, and every bad search request.
 #include <cmath>

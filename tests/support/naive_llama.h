@@ -1,6 +1,6 @@
 // A deliberately naive Llama forward for tests: every position recomputed, no cache, double
 // precision, fp32 weights only (stories260K). A sharing layer's K/V are its source layer's
-// (DESIGN.md §1); a dropped layer adds nothing for attention (issue 18); a replacement output
+// (docs/METHOD.md §1); a dropped layer adds nothing for attention (issue 18); a replacement output
 // projection replaces the layer's W_o. Independent of the engine and kernels it checks.
 #pragma once
 

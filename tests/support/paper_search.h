@@ -1,6 +1,6 @@
 // The paper's search spelled out as the reference RunStrategySearch is checked against: the
 // unshared forward over the calibration set (K/V averaged per layer), the layer distances, then
-// GreedySearch (DESIGN.md §1 in eight lines) over a CosineEvaluator. RunStrategySearch with
+// GreedySearch (docs/METHOD.md §3 in eight lines) over a CosineEvaluator. RunStrategySearch with
 // `--method kvsharer --best-of 1` must give exactly this strategy and trace.
 #pragma once
 
