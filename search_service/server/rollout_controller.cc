@@ -55,15 +55,19 @@ absl::StatusOr<std::unique_ptr<RolloutController>> RolloutController::Open(
   if (!state.ok()) return state.status();
   std::unique_ptr<RolloutController> c(
       new RolloutController(options, store, std::move(state_store)));
-  c->state_.control = std::move(*state);  // not shared yet
-  const v1::FleetControlState& loaded = c->state_.control;
-  int active = 0;
-  for (const v1::Rollout& r : loaded.rollouts()) active += IsActive(r);
-  spdlog::info(
-      "event=fleet_state_loaded from=\"{}\" rollouts={} active={} pins={} baselines={} "
-      "generation={}",
-      c->state_store_->Describe(), loaded.rollouts_size(), active, loaded.pins_size(),
-      loaded.baselines_size(), loaded.generation());
+  {
+    // Not shared yet; the lock costs nothing and keeps the analysis exact.
+    absl::MutexLock lock(&c->mu_);
+    c->state_.control = std::move(*state);
+    const v1::FleetControlState& loaded = c->state_.control;
+    int active = 0;
+    for (const v1::Rollout& r : loaded.rollouts()) active += IsActive(r);
+    spdlog::info(
+        "event=fleet_state_loaded from=\"{}\" rollouts={} active={} pins={} baselines={} "
+        "generation={}",
+        c->state_store_->Describe(), loaded.rollouts_size(), active, loaded.pins_size(),
+        loaded.baselines_size(), loaded.generation());
+  }
   RolloutController* raw = c.get();
   c->state_store_->Watch([raw](v1::FleetControlState s) { raw->Adopt(std::move(s)); });
   c->state_store_->WatchWorkers(

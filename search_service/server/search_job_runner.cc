@@ -550,7 +550,7 @@ void SearchJobRunner::Run(const std::shared_ptr<Job>& job) {
   const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
   Update(
       job,
-      [&](v1::SearchJob& r) {
+      [&](v1::SearchJob& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
         EndJob(state, error, absl::Now(), &r);
         r.mutable_progress()->set_elapsed_seconds(seconds);
         if (result.ok()) {
