@@ -26,6 +26,7 @@
 #include "common/tokenizer/chat_template.h"
 #include "common/tokenizer/pre_tokenizer.h"
 #include "common/tokenizer/tokenizer.h"
+#include "common/tokenizer/vocab_table_tokenizer.h"
 
 namespace kvshare {
 
@@ -52,7 +53,7 @@ struct BpeVocab {
   std::string chat_template;  // Jinja text; empty when none
 };
 
-class BpeTokenizer final : public Tokenizer {
+class BpeTokenizer final : public VocabTableTokenizer {
  public:
   // InvalidArgument naming the index when a token type or a merge is malformed (not two
   // tokens of the vocabulary whose concatenation is one too) or an id is out of range;
@@ -62,16 +63,6 @@ class BpeTokenizer final : public Tokenizer {
 
   std::vector<int32_t> Encode(std::string_view text, bool add_bos) const override;
   std::string DecodeToken(int32_t prev_id, int32_t id) const override;
-  bool IsControlToken(int32_t id) const override;
-  std::string TokenText(int32_t id) const override;
-
-  int vocab_size() const override { return static_cast<int>(tokens_.size()); }
-  int32_t bos_id() const override { return bos_id_; }
-  int32_t eos_id() const override { return eos_id_; }
-  bool add_bos_by_default() const override { return add_bos_; }
-  bool IsEndOfGeneration(int32_t id) const override;
-  absl::StatusOr<std::string> ApplyChatTemplate(const std::vector<ChatMessage>& messages,
-                                                bool add_generation_prompt) const override;
 
  private:
   struct Merge {
@@ -89,10 +80,6 @@ class BpeTokenizer final : public Tokenizer {
   // Appends the ids of text that may contain special tokens.
   void EncodeText(std::string_view text, std::vector<int32_t>* ids) const;
 
-  std::vector<std::string> tokens_;
-  std::vector<std::string> decoded_;  // bytes per token; "" for control tokens
-  std::vector<uint8_t> control_;      // per token
-  std::vector<uint8_t> end_of_generation_;
   absl::flat_hash_map<uint64_t, Merge> merges_;  // PairKey(left, right) ->
   int32_t byte_token_[256];                      // the token of each byte's character, or -1
   // Special tokens to cut out of the text, grouped by first byte, longest first.
@@ -100,11 +87,6 @@ class BpeTokenizer final : public Tokenizer {
   std::unique_ptr<PreTokenizer> pre_tokenizer_;
   // Token text (GPT-2 alphabet) -> id, for pre-tokenizers with ignore_merges(); else empty.
   absl::flat_hash_map<std::string, int32_t> whole_tokens_;
-  int32_t bos_id_ = -1;
-  int32_t eos_id_ = -1;
-  bool add_bos_ = false;
-  absl::StatusOr<ChatTemplate> chat_template_ =
-      absl::UnimplementedError("model has no chat template");
 };
 
 }  // namespace kvshare

@@ -28,6 +28,7 @@
 #include "absl/status/statusor.h"
 #include "common/tokenizer/chat_template.h"
 #include "common/tokenizer/tokenizer.h"
+#include "common/tokenizer/vocab_table_tokenizer.h"
 
 namespace kvshare {
 
@@ -45,23 +46,13 @@ struct SpmVocab {
   std::string chat_template;
 };
 
-class SpmTokenizer final : public Tokenizer {
+class SpmTokenizer final : public VocabTableTokenizer {
  public:
   // InvalidArgument naming the field when sizes disagree, a type or an id is out of range.
   static absl::StatusOr<std::unique_ptr<SpmTokenizer>> Create(SpmVocab vocab);
 
   std::vector<int32_t> Encode(std::string_view text, bool add_bos) const override;
   std::string DecodeToken(int32_t prev_id, int32_t id) const override;
-  bool IsControlToken(int32_t id) const override;
-  std::string TokenText(int32_t id) const override;
-
-  int vocab_size() const override { return static_cast<int>(tokens_.size()); }
-  int32_t bos_id() const override { return bos_id_; }
-  int32_t eos_id() const override { return eos_id_; }
-  bool add_bos_by_default() const override { return add_bos_; }
-  bool IsEndOfGeneration(int32_t id) const override;
-  absl::StatusOr<std::string> ApplyChatTemplate(const std::vector<ChatMessage>& messages,
-                                                bool add_generation_prompt) const override;
 
  private:
   SpmTokenizer() = default;
@@ -69,21 +60,12 @@ class SpmTokenizer final : public Tokenizer {
   // Appends the ids of `text` (spaces already escaped to "▁").
   void EncodeStretch(std::string_view text, std::vector<int32_t>* ids) const;
 
-  std::vector<std::string> tokens_;
   std::vector<float> scores_;
-  std::vector<std::string> decoded_;  // bytes per token; "" for control tokens
-  std::vector<uint8_t> control_;
-  std::vector<uint8_t> end_of_generation_;
   absl::flat_hash_map<std::string_view, int32_t> token_to_id_;  // views into tokens_
   int32_t byte_token_[256];                                     // "<0xXX>" of each byte, or -1
   std::vector<std::pair<std::string, int32_t>> specials_by_byte_[256];  // longest first
-  int32_t bos_id_ = -1;
-  int32_t eos_id_ = -1;
   int32_t unk_id_ = -1;
-  bool add_bos_ = true;
   bool add_space_prefix_ = true;
-  absl::StatusOr<ChatTemplate> chat_template_ =
-      absl::UnimplementedError("model has no chat template");
 };
 
 }  // namespace kvshare
