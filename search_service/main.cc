@@ -105,6 +105,10 @@ int main(int argc, char** argv) {
                  "resume on another replica within it")
       ->capture_default_str()
       ->check(CLI::Range(1.0, 600.0));
+  app.add_option("--advertise-address", f.server.advertise_address,
+                 "With an etcd --store: host:port where clients reach this replica (default "
+                 "<hostname>:<port>); a replica that is not the leader names the leader by it "
+                 "when it refuses a rollout or pin command");
   CLI11_PARSE(app, argc, argv);
   f.server.leader_ttl = absl::Seconds(leader_ttl_s);
   f.server.fleet.worker_expiry = absl::Seconds(worker_expiry_s);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "spdlog/spdlog.h"
 
@@ -25,6 +26,33 @@ std::string LeaderElection::Leader() const {
   auto r = client_->Get(options_.key);
   if (!r.ok() || r->kvs.empty()) return "";
   return r->kvs[0].value;
+}
+
+std::string LeaderElection::AddressOf(absl::string_view id) {
+  const size_t at = id.rfind("/pid");
+  return std::string(at == absl::string_view::npos ? id : id.substr(0, at));
+}
+
+absl::Status LeaderElection::RequireLeader(absl::string_view what) const {
+  if (leading()) return absl::OkStatus();
+  auto r = client_->Get(options_.key);
+  if (!r.ok()) {
+    return absl::UnavailableError(absl::StrFormat(
+        "%s: only the leader may do this, and this replica (%s) cannot tell who leads: %s", what,
+        options_.id, r.status().message()));
+  }
+  if (r->kvs.empty() || r->kvs[0].value.empty()) {
+    return absl::UnavailableError(absl::StrFormat(
+        "%s: only the leader may do this, and no replica leads at the moment (etcd key %s is "
+        "empty; a new leader is elected within the lease TTL of %s): retry",
+        what, options_.key, absl::FormatDuration(options_.ttl)));
+  }
+  const std::string& leader = r->kvs[0].value;
+  if (leader == options_.id) return absl::OkStatus();  // elected; the flag follows at once
+  return absl::FailedPreconditionError(absl::StrFormat(
+      "%s: this replica (%s) is not the leader; send it to the leader at %s (etcd key %s holds "
+      "\"%s\")",
+      what, AddressOf(options_.id), AddressOf(leader), options_.key, leader.substr(0, 128)));
 }
 
 void LeaderElection::Set(bool leading) {

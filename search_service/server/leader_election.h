@@ -10,6 +10,12 @@
 // believe they lead for longer than the clocks' drift. Writes that must be the leader's alone
 // can also compare Fence() in their transaction.
 //
+// Operator commands that only the leader may take (rollouts, pins) are refused on the other
+// replicas by RequireLeader(): FAILED_PRECONDITION naming the leader's address (the part of its
+// id before "/pid"), or UNAVAILABLE while no leader is known (between a leader's death and the
+// next campaign, or while etcd cannot be reached) — the gRPC convention for "send it there" and
+// "retry", as etcd's own proxies answer.
+//
 // Thread-safe. `on_change(leading)` is called from the election's thread on every change.
 #pragma once
 
@@ -19,6 +25,8 @@
 #include <string>
 #include <thread>
 
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "search_service/server/etcd_client.h"
@@ -27,7 +35,9 @@ namespace kvshare {
 
 struct LeaderElectionOptions {
   std::string key;  // e.g. PREFIX/leader
-  std::string id;   // this replica, unique (host:port:pid); the key's value while it leads
+  // This replica, unique: "<address>/pid<N>" where <address> is where clients reach it
+  // (--advertise-address, default <hostname>:<port>); the key's value while it leads.
+  std::string id;
   absl::Duration ttl = absl::Seconds(5);
   absl::Duration poll = absl::Milliseconds(500);
 };
@@ -47,6 +57,12 @@ class LeaderElection {
   const std::string& id() const { return options_.id; }
   // The current leader's id ("" when none, or etcd cannot be reached).
   std::string Leader() const;
+  // OK while this replica leads; otherwise FAILED_PRECONDITION naming `what` and the leader's
+  // address, or UNAVAILABLE when there is no leader (or etcd cannot be reached) at the moment.
+  absl::Status RequireLeader(absl::string_view what) const;
+  // "<address>/pid<N>" -> "<address>" (an id without "/pid" is returned as it is).
+  static std::string AddressOf(absl::string_view id);
+
   // Holds while this replica leads.
   EtcdCompare Fence() const { return EtcdCompare::ValueIs(options_.key, options_.id); }
 

@@ -364,6 +364,7 @@ absl::StatusOr<v1::Rollout> RolloutController::CreateRollout(const std::string& 
                                                              uint64_t target,
                                                              std::vector<uint32_t> steps,
                                                              const std::string& selector) {
+  if (absl::Status g = OperatorGate("CreateRollout"); !g.ok()) return g;
   absl::Status valid = ValidateRolloutRequest(target, &steps, selector);
   if (!valid.ok()) return valid;
   auto record = store_->Get(fingerprint, target);
@@ -436,6 +437,7 @@ absl::StatusOr<v1::Rollout> RolloutController::Operate(
 }
 
 absl::StatusOr<v1::Rollout> RolloutController::Pause(const std::string& id) {
+  if (absl::Status g = OperatorGate("PauseRollout"); !g.ok()) return g;
   return Operate(id, [](v1::Rollout& r) {
     absl::Status s = PauseRollout(r, absl::Now());
     if (s.ok()) spdlog::info("event=rollout_paused rollout={} reason=operator", r.rollout_id());
@@ -444,6 +446,7 @@ absl::StatusOr<v1::Rollout> RolloutController::Pause(const std::string& id) {
 }
 
 absl::StatusOr<v1::Rollout> RolloutController::Resume(const std::string& id) {
+  if (absl::Status g = OperatorGate("ResumeRollout"); !g.ok()) return g;
   return Operate(id, [this](v1::Rollout& r) ABSL_NO_THREAD_SAFETY_ANALYSIS {
     absl::Status s = ResumeRollout(r, absl::Now());
     if (!s.ok()) return s;
@@ -457,6 +460,7 @@ absl::StatusOr<v1::Rollout> RolloutController::Resume(const std::string& id) {
 }
 
 absl::StatusOr<v1::Rollout> RolloutController::Promote(const std::string& id) {
+  if (absl::Status g = OperatorGate("PromoteRollout"); !g.ok()) return g;
   return Operate(id, [](v1::Rollout& r) {
     absl::Status s = PromoteRollout(r, absl::Now());
     if (s.ok()) spdlog::info("event=rollout_promoted rollout={}", r.rollout_id());
@@ -465,6 +469,7 @@ absl::StatusOr<v1::Rollout> RolloutController::Promote(const std::string& id) {
 }
 
 absl::StatusOr<v1::Rollout> RolloutController::Abort(const std::string& id) {
+  if (absl::Status g = OperatorGate("AbortRollout"); !g.ok()) return g;
   return Operate(id, [this](v1::Rollout& r) ABSL_NO_THREAD_SAFETY_ANALYSIS {
     absl::Status s = AbortRollout(state_.control, r, absl::Now());
     if (s.ok()) {
@@ -475,6 +480,7 @@ absl::StatusOr<v1::Rollout> RolloutController::Abort(const std::string& id) {
 }
 
 absl::StatusOr<v1::Pin> RolloutController::SetPin(const v1::Pin& pin) {
+  if (absl::Status g = OperatorGate("SetPin"); !g.ok()) return g;
   absl::Status valid = ValidatePin(pin);
   if (!valid.ok()) return valid;
   auto strategy = StrategyOf(*store_, pin.model(), pin.version());
@@ -494,6 +500,7 @@ absl::StatusOr<v1::Pin> RolloutController::SetPin(const v1::Pin& pin) {
 }
 
 absl::StatusOr<std::vector<v1::Pin>> RolloutController::ClearPin(const v1::Pin& pin) {
+  if (absl::Status g = OperatorGate("ClearPin"); !g.ok()) return g;
   std::vector<v1::Pin> out;
   {
     absl::MutexLock lock(&mu_);

@@ -52,6 +52,10 @@ struct RolloutControllerOptions {
   std::string dir;  // state.json lives here (Open without a store); created, locked while open
   absl::Duration worker_expiry = absl::Seconds(30);
   std::function<bool()> may_advance;  // null: this controller advances rollouts
+  // Checked before each operator command that changes rollouts or pins (create, pause, resume,
+  // promote, abort, set/clear pin); its error is the command's answer. Null: always allowed.
+  // With several replicas: the leader's RequireLeader (leader_election.h).
+  std::function<absl::Status(const char* command)> operator_gate;
 };
 
 class RolloutController {
@@ -138,6 +142,9 @@ class RolloutController {
   // Tells the other replicas (through the state store) what this one knows of a worker.
   void PublishLocal(const std::string& worker_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool MayAdvance() const { return !options_.may_advance || options_.may_advance(); }
+  absl::Status OperatorGate(const char* command) const {
+    return options_.operator_gate ? options_.operator_gate(command) : absl::OkStatus();
+  }
   v1::Rollout* FindRollout(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Advances rollouts under the policy when this controller may (MayAdvance); true when the
   // state changed.

@@ -376,13 +376,16 @@ void SearchJobRunner::UpdateGaugesLocked() {
 }
 
 absl::Status SearchJobRunner::Persist(const std::shared_ptr<Job>& job) {
-  if (journal_ == nullptr) return absl::OkStatus();
+  if (journal_ == nullptr && !options_.on_persist) return absl::OkStatus();
   JobSnapshot snapshot;
   {
     absl::MutexLock lock(&mu_);
     snapshot = {job->sequence, job->record};
   }
-  return journal_->Write(snapshot.job, snapshot.sequence);
+  absl::Status s =
+      journal_ == nullptr ? absl::OkStatus() : journal_->Write(snapshot.job, snapshot.sequence);
+  if (s.ok() && options_.on_persist) options_.on_persist(snapshot.job, snapshot.sequence);
+  return s;
 }
 
 void SearchJobRunner::Notify(const std::shared_ptr<Job>& job) {

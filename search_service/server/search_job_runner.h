@@ -49,6 +49,9 @@ struct SearchJobRunnerOptions {
   int search_threads = 0;
   // Where job records live; empty = in memory only (tests).
   std::string jobs_dir;
+  // Called with each state the runner persists (with its sequence), after the journal write,
+  // on the thread that made the change; must be quick (etcd_job_mirror.h queues it). Null: none.
+  std::function<void(const v1::SearchJob&, uint64_t sequence)> on_persist;
 };
 
 struct JobSnapshot {

@@ -45,6 +45,14 @@ absl::StatusOr<std::unique_ptr<SearchServer>> SearchServer::Start(
   }
   SearchJobRunnerOptions jobs = options.jobs;
   jobs.jobs_dir = options.data_dir + "/jobs";
+  if (server->etcd_ != nullptr) {
+    EtcdJobMirrorOptions mirror;
+    mirror.prefix = etcd_prefix;
+    server->job_mirror_ = std::make_unique<EtcdJobMirror>(server->etcd_, mirror);
+    jobs.on_persist = [m = server->job_mirror_.get()](const v1::SearchJob& job, uint64_t seq) {
+      m->Record(job, seq);
+    };
+  }
   auto runner = SearchJobRunner::Start(jobs, server->catalog_.get(), server->store_.get(), metrics);
   if (!runner.ok()) return runner.status();
   server->runner_ = std::move(*runner);
@@ -68,6 +76,13 @@ absl::StatusOr<std::unique_ptr<SearchServer>> SearchServer::Start(
   SearchServer* raw = server.get();
   if (server->etcd_ != nullptr) {
     fleet.may_advance = [raw] { return raw->election_ != nullptr && raw->election_->leading(); };
+    fleet.operator_gate = [raw](const char* command) {
+      if (raw->election_ == nullptr) {
+        return absl::UnavailableError(absl::StrFormat(
+            "%s: this replica is still starting (no leader election yet)", command));
+      }
+      return raw->election_->RequireLeader(command);
+    };
   }
   auto rollouts = RolloutController::Open(fleet, server->store_.get(), std::move(fleet_state));
   if (!rollouts.ok()) return rollouts.status();
@@ -94,13 +109,19 @@ absl::StatusOr<std::unique_ptr<SearchServer>> SearchServer::Start(
     election.key = etcd_prefix + "/leader";
     char host[256] = {0};
     ::gethostname(host, sizeof(host) - 1);
-    election.id = absl::StrFormat("%s:%d/pid%d", host, server->grpc_->port(), ::getpid());
+    const std::string address = options.advertise_address.empty()
+                                    ? absl::StrFormat("%s:%d", host, server->grpc_->port())
+                                    : options.advertise_address;
+    election.id = absl::StrFormat("%s/pid%d", address, ::getpid());
     election.ttl = options.leader_ttl;
     server->election_ = LeaderElection::Start(server->etcd_, election, [raw](bool leading) {
       if (leading) raw->rollouts_->TakeLead();
     });
     // This replica's workers, for the leader: bound to the election's lease.
     etcd_fleet_state->SetReplica(election.id, [raw] { return raw->election_->lease(); });
+    server->job_mirror_->SetReplica(
+        election.id, [raw] { return raw->election_->lease(); },
+        [raw] { return raw->election_->leading(); });
     const std::string probe_key = election.key;
     const absl::Duration every = options.etcd_probe_interval;
     server->probe_ = std::thread([raw, probe_key, every] {
@@ -120,6 +141,12 @@ absl::StatusOr<std::unique_ptr<SearchServer>> SearchServer::Start(
 }
 
 SearchServer::~SearchServer() {
+  if (job_mirror_ != nullptr && election_ != nullptr) {
+    // The jobs' last states (FailRemaining below) still go out, on the lease held until now,
+    // and no sweep runs once the election is gone.
+    const int64_t last = election_->lease();
+    job_mirror_->SetReplica(election_->id(), [last] { return last; }, {});
+  }
   stop_probe_.Notify();
   if (probe_.joinable()) probe_.join();
   // Gives the lead up at once (the lease is revoked) rather than after its TTL.

@@ -11,7 +11,10 @@
 // leader (leader_election.h, key PREFIX/leader) and only it advances rollouts; when it becomes
 // leader it reloads the stored state and goes on from there. Health follows etcd: NOT_SERVING
 // while etcd cannot be reached (writes answer UNAVAILABLE meanwhile), SERVING again when it
-// answers. Drain(grace) reports NOT_SERVING, stops
+// answers. Rollout and pin commands are the leader's: another replica refuses them with
+// FAILED_PRECONDITION naming the leader's address (UNAVAILABLE while none leads). Search jobs
+// are mirrored to etcd (etcd_job_mirror.h) and the leader fails those of a replica that died.
+// Drain(grace) reports NOT_SERVING, stops
 // taking jobs, gives queued and running ones `grace`, fails the rest (UNAVAILABLE, with the
 // reason), and stops the server. Registry reads keep working until the server stops.
 #pragma once
@@ -25,6 +28,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "search_service/server/etcd_client.h"
+#include "search_service/server/etcd_job_mirror.h"
 #include "search_service/server/leader_election.h"
 #include "search_service/server/model_catalog.h"
 #include "search_service/server/rollout_controller.h"
@@ -49,6 +53,9 @@ struct SearchServerOptions {
   // replica within it) and how often etcd is probed for health.
   absl::Duration leader_ttl = absl::Seconds(5);
   absl::Duration etcd_probe_interval = absl::Seconds(1);
+  // With an etcd store: where clients reach this replica ("" = <hostname>:<port>). It leads the
+  // replica's election id, so a follower refusing a rollout command names the leader by it.
+  std::string advertise_address;
   std::string catalog_path;     // empty: ModelCatalog::Default()
   SearchJobRunnerOptions jobs;  // jobs_dir is set to data_dir/jobs
   // Rollouts, pins and baselines (data_dir/fleet/state.json); fleet.dir is set to data_dir/fleet.
@@ -69,6 +76,7 @@ class SearchServer {
   RolloutController& rollouts() { return *rollouts_; }
   // Null without an etcd store.
   const LeaderElection* election() const { return election_.get(); }
+  EtcdJobMirror* job_mirror() { return job_mirror_.get(); }
 
   // True when every job finished within `grace`.
   bool Drain(absl::Duration grace);
@@ -81,6 +89,7 @@ class SearchServer {
   std::unique_ptr<ModelCatalog> catalog_;
   std::shared_ptr<const EtcdClient> etcd_;  // with --store etcd://
   std::unique_ptr<StrategyStore> store_;
+  std::unique_ptr<EtcdJobMirror> job_mirror_;  // with --store etcd://; outlives the runner
   std::unique_ptr<SearchJobRunner> runner_;
   std::unique_ptr<SearchJobService> search_service_;
   std::unique_ptr<StrategyRegistryService> registry_service_;

@@ -4,8 +4,14 @@
 //     1..N with no gap, and both replicas list the same records;
 //   - SIGKILL of the leader mid-rollout: another replica takes the lead within the lease TTL
 //     plus a poll, resumes the rollout from etcd and can drive it;
-//   - SIGKILL of etcd: replicas say NOT_SERVING on health and refuse writes with UNAVAILABLE
-//     while still answering registry reads; SERVING and writable again once etcd is back.
+//   - SIGKILL of etcd: replicas say NOT_SERVING on health and refuse writes (publishes and
+//     rollout commands) with UNAVAILABLE while still answering registry reads; SERVING and
+//     writable again once etcd is back;
+//   - a follower refuses rollout and pin commands with FAILED_PRECONDITION naming the leader's
+//     address, and still answers reads;
+//   - the search jobs of a SIGKILLed replica (one running, one queued) are marked FAILED on
+//     etcd by the leader once the dead replica's lease expires, never silently lost.
+// Workers under Generate load through these failures: tests/fleet/replica_failover_test.cc.
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -30,6 +36,7 @@
 #include "kvshare/v1/registry.grpc.pb.h"
 #include "search_service/server/etcd_client.h"
 #include "tests/support/etcd_process.h"
+#include "tests/support/replica_fleet.h"
 #include "tests/support/test_env.h"
 
 namespace kvshare {
@@ -37,22 +44,12 @@ namespace {
 
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
+using testing::WaitFor;
 
 constexpr int kLeaderTtlSeconds = 2;
 
 std::unique_ptr<grpc::ClientContext> Context(int seconds = 10) {
-  auto context = std::make_unique<grpc::ClientContext>();
-  context->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(seconds));
-  return context;
-}
-
-bool WaitFor(const std::function<bool()>& condition, absl::Duration within) {
-  const absl::Time end = absl::Now() + within;
-  while (absl::Now() < end) {
-    if (condition()) return true;
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  return condition();
+  return testing::ClientContext(absl::Seconds(seconds));
 }
 
 v1::SharingStrategy NthStrategy(int k) {
@@ -67,111 +64,12 @@ v1::SharingStrategy NthStrategy(int k) {
   return s;
 }
 
-// One kvshare-search replica on the shared etcd.
-class Replica {
- public:
-  Replica(std::string dir, std::string store) : dir_(std::move(dir)), store_(std::move(store)) {}
-  ~Replica() { Kill(); }
-
-  void Start() {
-    fs::create_directories(dir_);
-    const std::string port_file = dir_ + "/port";
-    fs::remove(port_file);
-    std::vector<std::string> args = {KVSHARE_SEARCH_BINARY,
-                                     "--data-dir",
-                                     dir_ + "/data",
-                                     "--store",
-                                     store_,
-                                     "--port",
-                                     "0",
-                                     "--port-file",
-                                     port_file,
-                                     "--metrics-port",
-                                     "0",
-                                     "--host",
-                                     "127.0.0.1",
-                                     "--leader-ttl",
-                                     std::to_string(kLeaderTtlSeconds)};
-    std::vector<char*> argv;
-    for (std::string& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    const std::string log = dir_ + "/server.log";
-    pid_ = ::fork();
-    ASSERT_GE(pid_, 0);
-    if (pid_ == 0) {
-      const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-      if (fd >= 0) {
-        ::dup2(fd, 1);
-        ::dup2(fd, 2);
-      }
-      ::execv(argv[0], argv.data());
-      ::_exit(127);
-    }
-    ASSERT_TRUE(WaitFor([&] { return fs::exists(port_file) && fs::file_size(port_file) > 0; },
-                        absl::Seconds(60)))
-        << Log();
-    port_ = std::stoi(testing::ReadFileOrDie(port_file));
-    channel_ = grpc::CreateChannel(absl::StrFormat("127.0.0.1:%d", port_),
-                                   grpc::InsecureChannelCredentials());
-    registry_ = v1::StrategyRegistry::NewStub(channel_);
-    rollouts_ = v1::Rollouts::NewStub(channel_);
-  }
-  void Kill() {
-    if (pid_ <= 0) return;
-    ::kill(pid_, SIGKILL);
-    ::waitpid(pid_, nullptr, 0);
-    pid_ = -1;
-  }
-  std::string Log() const {
-    std::ifstream in(dir_ + "/server.log");
-    return std::string(std::istreambuf_iterator<char>(in), {});
-  }
-  int port() const { return port_; }
-  v1::StrategyRegistry::Stub& registry() { return *registry_; }
-  v1::Rollouts::Stub& rollouts() { return *rollouts_; }
-
-  // grpc.health.v1.Health/Check of the whole server: 1 SERVING, 2 NOT_SERVING, -1 no answer.
-  int Health() {
-    grpc::GenericStub stub(channel_);
-    grpc::ByteBuffer request, response;
-    grpc::Slice empty("");
-    request = grpc::ByteBuffer(&empty, 1);
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-    std::mutex mu;
-    std::condition_variable cv;
-    bool done = false;
-    grpc::Status status;
-    stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request,
-                   &response, [&](grpc::Status s) {
-                     std::lock_guard<std::mutex> lock(mu);
-                     status = s;
-                     done = true;
-                     cv.notify_one();
-                   });
-    std::unique_lock<std::mutex> lock(mu);
-    cv.wait(lock, [&] { return done; });
-    if (!status.ok()) return -1;
-    grpc::Slice out;
-    if (!response.DumpToSingleSlice(&out).ok() || out.size() != 2) return -1;
-    return out.begin()[1];
-  }
-
-  grpc::Status Publish(int k, v1::PublishStrategyResponse* out) {
-    v1::PublishStrategyRequest request;
-    *request.mutable_strategy() = NthStrategy(k);
-    request.set_model_name("replicated");
-    return registry_->PublishStrategy(Context().get(), request, out);
-  }
-
- private:
-  const std::string dir_, store_;
-  pid_t pid_ = -1;
-  int port_ = 0;
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<v1::StrategyRegistry::Stub> registry_;
-  std::unique_ptr<v1::Rollouts::Stub> rollouts_;
-};
+grpc::Status Publish(testing::SearchReplica& r, int k, v1::PublishStrategyResponse* out) {
+  v1::PublishStrategyRequest request;
+  *request.mutable_strategy() = NthStrategy(k);
+  request.set_model_name("replicated");
+  return r.registry().PublishStrategy(Context().get(), request, out);
+}
 
 class SearchReplicasTest : public ::testing::Test {
  protected:
@@ -185,10 +83,15 @@ class SearchReplicasTest : public ::testing::Test {
     auto etcd = testing::EtcdProcess::Start(name_);
     ASSERT_TRUE(etcd.ok()) << etcd.status();
     etcd_ = std::move(*etcd);
-    for (const char* r : {"a", "b"}) {
-      replicas_.push_back(std::make_unique<Replica>(dir_ + "/" + r, etcd_->url("/kvshare")));
-      replicas_.back()->Start();
-    }
+    for (const char* r : {"a", "b"}) StartReplica(r);
+  }
+  testing::SearchReplica& StartReplica(const std::string& name,
+                                       std::vector<std::string> extra = {}) {
+    replicas_.push_back(std::make_unique<testing::SearchReplica>(
+        KVSHARE_SEARCH_BINARY, dir_ + "/" + name, etcd_->url("/kvshare"), kLeaderTtlSeconds,
+        std::move(extra)));
+    EXPECT_TRUE(replicas_.back()->Start()) << replicas_.back()->Log();
+    return *replicas_.back();
   }
   void TearDown() override {
     replicas_.clear();
@@ -209,7 +112,7 @@ class SearchReplicasTest : public ::testing::Test {
 
   std::string name_, dir_;
   std::unique_ptr<testing::EtcdProcess> etcd_;
-  std::vector<std::unique_ptr<Replica>> replicas_;
+  std::vector<std::unique_ptr<testing::SearchReplica>> replicas_;
 };
 
 TEST_F(SearchReplicasTest, TwoReplicasPublishingAtOnceGiveEveryStrategyOneVersionWithNoGap) {
@@ -220,11 +123,11 @@ TEST_F(SearchReplicasTest, TwoReplicasPublishingAtOnceGiveEveryStrategyOneVersio
   // Two clients per replica, each publishing every strategy in its own order.
   for (int t = 0; t < 4; ++t) {
     threads.emplace_back([&, t] {
-      Replica& r = *replicas_[t % 2];
+      testing::SearchReplica& r = *replicas_[t % 2];
       for (int i = 0; i < kDistinct; ++i) {
         const int k = (t < 2) ? i : kDistinct - 1 - i;
         v1::PublishStrategyResponse out;
-        grpc::Status s = r.Publish((k + t * 5) % kDistinct, &out);
+        grpc::Status s = Publish(r, (k + t * 5) % kDistinct, &out);
         ASSERT_TRUE(s.ok()) << s.error_message();
         std::lock_guard<std::mutex> lock(mu);
         versions_of[out.record().strategy().id()].insert(out.record().version());
@@ -257,10 +160,10 @@ TEST_F(SearchReplicasTest, TwoReplicasPublishingAtOnceGiveEveryStrategyOneVersio
 TEST_F(SearchReplicasTest, KillingTheLeaderMidRolloutHandsItToAnotherReplicaWithinTheTtl) {
   ASSERT_TRUE(WaitFor([&] { return LeaderIndex() >= 0; }, absl::Seconds(20)));
   const int leader = LeaderIndex();
-  Replica& old_leader = *replicas_[leader];
-  Replica& other = *replicas_[1 - leader];
+  testing::SearchReplica& old_leader = *replicas_[leader];
+  testing::SearchReplica& other = *replicas_[1 - leader];
   v1::PublishStrategyResponse out;
-  for (int k = 0; k < 2; ++k) ASSERT_TRUE(old_leader.Publish(k, &out).ok());
+  for (int k = 0; k < 2; ++k) ASSERT_TRUE(Publish(old_leader, k, &out).ok());
   v1::CreateRolloutRequest create;
   create.set_model(std::string(64, 'e'));
   create.set_target_version(2);
@@ -295,7 +198,7 @@ TEST_F(SearchReplicasTest, KillingTheLeaderMidRolloutHandsItToAnotherReplicaWith
 
 TEST_F(SearchReplicasTest, WhileEtcdIsDownReplicasAreNotServingAndRefuseWritesThenResume) {
   v1::PublishStrategyResponse out;
-  ASSERT_TRUE(replicas_[0]->Publish(0, &out).ok());
+  ASSERT_TRUE(Publish(*replicas_[0], 0, &out).ok());
   for (auto& r : replicas_)
     ASSERT_TRUE(WaitFor([&] { return r->Health() == 1; }, absl::Seconds(10)));
 
@@ -303,9 +206,18 @@ TEST_F(SearchReplicasTest, WhileEtcdIsDownReplicasAreNotServingAndRefuseWritesTh
   for (auto& r : replicas_) {
     EXPECT_TRUE(WaitFor([&] { return r->Health() == 2; }, absl::Seconds(10))) << r->Log();
   }
-  grpc::Status refused = replicas_[1]->Publish(1, &out);
+  grpc::Status refused = Publish(*replicas_[1], 1, &out);
   EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAVAILABLE) << refused.error_message();
   EXPECT_THAT(refused.error_message(), HasSubstr(etcd_->endpoint()));
+  v1::CreateRolloutRequest create;
+  create.set_model(std::string(64, 'e'));
+  create.set_target_version(1);
+  create.add_steps(100);
+  for (auto& r : replicas_) {
+    v1::Rollout rollout;
+    grpc::Status s = r->rollouts().CreateRollout(Context().get(), create, &rollout);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
+  }
   // Reads of what is known go on.
   v1::GetStrategyRequest get;
   get.set_strategy_id(out.record().strategy().id());
@@ -316,9 +228,141 @@ TEST_F(SearchReplicasTest, WhileEtcdIsDownReplicasAreNotServingAndRefuseWritesTh
   for (auto& r : replicas_) {
     EXPECT_TRUE(WaitFor([&] { return r->Health() == 1; }, absl::Seconds(15))) << r->Log();
   }
-  grpc::Status after = replicas_[1]->Publish(1, &out);
+  grpc::Status after = Publish(*replicas_[1], 1, &out);
   ASSERT_TRUE(after.ok()) << after.error_message();
   EXPECT_EQ(out.record().version(), 2u);
+}
+
+// "<hostname>:<port>": a replica's default advertised address.
+std::string AdvertisedAddress(int port) {
+  char host[256] = {0};
+  ::gethostname(host, sizeof(host) - 1);
+  return absl::StrFormat("%s:%d", host, port);
+}
+
+TEST_F(SearchReplicasTest, AFollowerRefusesRolloutAndPinCommandsNamingTheLeadersAddress) {
+  ASSERT_TRUE(WaitFor([&] { return LeaderIndex() >= 0; }, absl::Seconds(20)));
+  testing::SearchReplica& leader = *replicas_[LeaderIndex()];
+  testing::SearchReplica& follower = *replicas_[1 - LeaderIndex()];
+  v1::PublishStrategyResponse out;
+  ASSERT_TRUE(Publish(follower, 0, &out).ok());  // publishing is any replica's
+
+  v1::CreateRolloutRequest create;
+  create.set_model(std::string(64, 'e'));
+  create.set_target_version(1);
+  create.add_steps(50);
+  create.add_steps(100);
+  v1::Rollout rollout;
+  grpc::Status s = follower.rollouts().CreateRollout(Context().get(), create, &rollout);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << s.error_message();
+  EXPECT_THAT(s.error_message(),
+              HasSubstr("CreateRollout: this replica (" + AdvertisedAddress(follower.port()) +
+                        ") is not the leader; send it to the leader at " +
+                        AdvertisedAddress(leader.port()) + " "));
+  s = leader.rollouts().CreateRollout(Context().get(), create, &rollout);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+
+  v1::RolloutRef ref;
+  ref.set_rollout_id(rollout.rollout_id());
+  v1::Rollout answer;
+  using Command = grpc::Status (v1::Rollouts::Stub::*)(grpc::ClientContext*, const v1::RolloutRef&,
+                                                       v1::Rollout*);
+  for (Command call : {&v1::Rollouts::Stub::PauseRollout, &v1::Rollouts::Stub::PromoteRollout,
+                       &v1::Rollouts::Stub::AbortRollout}) {
+    s = (follower.rollouts().*call)(Context().get(), ref, &answer);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << s.error_message();
+    EXPECT_THAT(s.error_message(), HasSubstr("leader at " + AdvertisedAddress(leader.port())));
+  }
+  v1::Pin pin;
+  pin.set_model(std::string(64, 'e'));
+  pin.set_version(1);
+  pin.set_worker_id("w-1");
+  v1::Pin pinned;
+  s = follower.rollouts().SetPin(Context().get(), pin, &pinned);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("SetPin: this replica"));
+  // Reads stay any replica's: the follower shows the leader's rollout, untouched by the
+  // refused commands.
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        return follower.rollouts().GetRollout(Context().get(), ref, &answer).ok() &&
+               answer.state() == rollout.state();
+      },
+      absl::Seconds(10)));
+  EXPECT_EQ(answer.current_step(), rollout.current_step());
+}
+
+TEST_F(SearchReplicasTest, TheJobsOfAKilledReplicaAreFailedByTheLeaderNotLost) {
+  ASSERT_TRUE(WaitFor([&] { return LeaderIndex() >= 0; }, absl::Seconds(20)));
+  const std::string catalog = dir_ + "/catalog.json";
+  std::ofstream(catalog) << absl::StrFormat(
+      R"({"format": "kvshare.catalog.v1",
+          "models": [{"name": "stories260K", "path": "%s", "format": "llama2c",
+                      "tokenizer": "%s"},
+                     {"name": "smollm2", "path": "%s", "format": "gguf"}],
+          "calibration_corpora": [{"name": "tinystories", "path": "%s"}]})",
+      testing::Asset("stories260K.bin"), testing::Asset("tok512.bin"), testing::SmolLm2Path(),
+      testing::Asset("tinystories-sample.txt"));
+  // A third replica (not the leader: one is elected already) with one search at a time.
+  testing::SearchReplica& doomed = StartReplica(
+      "c", {"--catalog", catalog, "--max-concurrent-jobs", "1", "--search-threads", "1"});
+  v1::CreateSearchJobRequest running;  // SmolLM2, many seconds
+  running.set_model("smollm2");
+  running.set_calibration_corpus("tinystories");
+  running.set_samples(8);
+  running.set_tokens(64);
+  running.set_target_layers(8);
+  running.set_threshold(1.0);
+  v1::CreateSearchJobRequest queued;
+  queued.set_model("stories260K");
+  queued.set_calibration_corpus("tinystories");
+  queued.set_target_layers(1);
+  v1::SearchJob a, b;
+  ASSERT_TRUE(doomed.jobs().CreateSearchJob(Context(120).get(), running, &a).ok());
+  ASSERT_TRUE(doomed.jobs().CreateSearchJob(Context(120).get(), queued, &b).ok());
+
+  // Both are on etcd, unfinished, under the doomed replica's name.
+  EtcdClient client({etcd_->endpoint()});
+  const std::string owner_part = absl::StrFormat(":%d_pid", doomed.port());
+  auto records = [&] {
+    std::map<std::string, std::string> out;  // job id -> JSON
+    auto r = client.GetPrefix("/kvshare/jobs/");
+    if (!r.ok()) return out;
+    for (const EtcdKeyValue& kv : r->kvs) {
+      if (absl::StrContains(kv.key, owner_part))
+        out[kv.key.substr(kv.key.rfind('/') + 1)] = kv.value;
+    }
+    return out;
+  };
+  ASSERT_TRUE(WaitFor([&] { return records().size() == 2; }, absl::Seconds(10))) << doomed.Log();
+  ASSERT_TRUE(
+      WaitFor([&] { return absl::StrContains(records()[a.job_id()], "SEARCH_JOB_RUNNING"); },
+              absl::Seconds(30)))
+      << doomed.Log();
+  EXPECT_THAT(records()[b.job_id()], HasSubstr("SEARCH_JOB_QUEUED"));
+
+  const absl::Time killed = absl::Now();
+  doomed.Kill();
+  // Its lease expires (TTL), then the leader's next sweep (every second) fails both.
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto now = records();
+        for (const auto& [id, json] : now) {
+          if (!absl::StrContains(json, "SEARCH_JOB_FAILED")) return false;
+        }
+        return now.size() == 2;
+      },
+      absl::Seconds(kLeaderTtlSeconds + 10)))
+      << replicas_[LeaderIndex()]->Log();
+  std::printf("[ measured ] jobs of a SIGKILLed replica failed by the leader after %.2f s\n",
+              absl::ToDoubleSeconds(absl::Now() - killed));
+  for (const auto& [id, json] : records()) {
+    EXPECT_THAT(json, HasSubstr("died while it was"));
+    EXPECT_THAT(json, HasSubstr("\"error_code\":10"));  // ABORTED
+  }
+  EXPECT_THAT(records()[a.job_id()], HasSubstr("while it was running"));
+  EXPECT_THAT(records()[b.job_id()], HasSubstr("while it was queued"));
+  EXPECT_THAT(replicas_[LeaderIndex()]->Log(), HasSubstr("event=orphaned_job_failed"));
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 
@@ -84,17 +85,31 @@ absl::Status EtcdProcess::Restart(absl::Duration ready_within) {
 }
 
 absl::Status EtcdProcess::Launch(absl::Duration ready_within) {
+  absl::Status s = Spawn();
+  if (!s.ok()) return s;
+  return WaitHealthy(ready_within);
+}
+
+absl::Status EtcdProcess::Spawn() {
   const std::string client = absl::StrFormat("http://127.0.0.1:%d", client_port_);
   const std::string peer = absl::StrFormat("http://127.0.0.1:%d", peer_port_);
-  std::vector<std::string> args = {binary_,
-                                   "--name=test",
-                                   "--data-dir=" + dir_ + "/data",
-                                   "--listen-client-urls=" + client,
-                                   "--advertise-client-urls=" + client,
-                                   "--listen-peer-urls=" + peer,
-                                   "--initial-advertise-peer-urls=" + peer,
-                                   "--initial-cluster=test=" + peer,
-                                   "--log-level=warn"};
+  std::vector<std::string> args = {
+      binary_,
+      "--name=" + member_,
+      "--data-dir=" + dir_ + "/data",
+      "--listen-client-urls=" + client,
+      "--advertise-client-urls=" + client,
+      "--listen-peer-urls=" + peer,
+      "--initial-advertise-peer-urls=" + peer,
+      "--initial-cluster=" + (initial_cluster_.empty() ? member_ + "=" + peer : initial_cluster_),
+      "--log-level=warn"};
+  if (!initial_cluster_.empty()) {
+    args.push_back("--initial-cluster-token=" + std::filesystem::path(dir_).filename().string());
+    // Loopback: elections in a tenth of the default time, so a lost member's leadership moves
+    // quickly (the defaults are for real networks).
+    args.push_back("--heartbeat-interval=50");
+    args.push_back("--election-timeout=500");
+  }
   const std::string log = dir_ + "/etcd.log";
   pid_ = ::fork();
   if (pid_ < 0) return absl::InternalError("fork failed");
@@ -110,6 +125,11 @@ absl::Status EtcdProcess::Launch(absl::Duration ready_within) {
     ::execv(argv[0], argv.data());
     ::_exit(127);
   }
+  return absl::OkStatus();
+}
+
+absl::Status EtcdProcess::WaitHealthy(absl::Duration ready_within) {
+  const std::string log = dir_ + "/etcd.log";
   const absl::Time deadline = absl::Now() + ready_within;
   while (absl::Now() < deadline) {
     if (Healthy()) return absl::OkStatus();
@@ -122,6 +142,48 @@ absl::Status EtcdProcess::Launch(absl::Duration ready_within) {
   return absl::DeadlineExceededError(absl::StrFormat("etcd on %s not healthy within %s; see %s",
                                                      endpoint(), absl::FormatDuration(ready_within),
                                                      log));
+}
+
+absl::StatusOr<std::vector<std::unique_ptr<EtcdProcess>>> EtcdProcess::StartCluster(
+    const std::string& name, int members, absl::Duration ready_within) {
+  if (members < 1) return absl::InvalidArgumentError("members must be at least 1");
+  std::vector<std::unique_ptr<EtcdProcess>> out;
+  std::vector<std::string> cluster;
+  const char* tmp = std::getenv("TEST_TMPDIR");
+  for (int i = 0; i < members; ++i) {
+    std::unique_ptr<EtcdProcess> p(new EtcdProcess());
+    p->binary_ = Binary();
+    if (p->binary_.empty()) {
+      return absl::NotFoundError(
+          "no etcd binary (install Debian's etcd-server, or set KVSHARE_ETCD)");
+    }
+    p->member_ = absl::StrFormat("m%d", i);
+    p->dir_ = absl::StrFormat("%s/etcd.%s.%d.%s", tmp != nullptr ? tmp : "/tmp", name, getpid(),
+                              p->member_);
+    std::filesystem::remove_all(p->dir_);
+    std::filesystem::create_directories(p->dir_);
+    p->client_port_ = FreeLoopbackPort();
+    p->peer_port_ = FreeLoopbackPort();
+    cluster.push_back(absl::StrFormat("%s=http://127.0.0.1:%d", p->member_, p->peer_port_));
+    out.push_back(std::move(p));
+  }
+  for (auto& p : out) {
+    p->initial_cluster_ = absl::StrJoin(cluster, ",");
+    absl::Status s = p->Spawn();
+    if (!s.ok()) return s;
+  }
+  for (auto& p : out) {
+    absl::Status s = p->WaitHealthy(ready_within);
+    if (!s.ok()) return s;
+  }
+  return out;
+}
+
+std::string EtcdProcess::ClusterUrl(const std::vector<std::unique_ptr<EtcdProcess>>& members,
+                                    const std::string& prefix) {
+  std::vector<std::string> endpoints;
+  for (const auto& m : members) endpoints.push_back(m->endpoint());
+  return "etcd://" + absl::StrJoin(endpoints, ",") + prefix;
 }
 
 bool EtcdProcess::Healthy() const {

@@ -8,6 +8,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -32,6 +33,15 @@ class EtcdProcess {
 
   // SIGKILL, as a crash: the data directory stays.
   void Kill();
+  // `members` etcd processes forming one cluster on loopback (names m0, m1, ...), each started
+  // and healthy (a member answers /health once the cluster has a quorum). Every member's
+  // endpoint() is a client URL of the same cluster.
+  static absl::StatusOr<std::vector<std::unique_ptr<EtcdProcess>>> StartCluster(
+      const std::string& name, int members, absl::Duration ready_within = absl::Seconds(60));
+  // "etcd://E1,E2,.../prefix" over all of `members`.
+  static std::string ClusterUrl(const std::vector<std::unique_ptr<EtcdProcess>>& members,
+                                const std::string& prefix);
+
   // Starts it again on the same ports and data (after Kill).
   absl::Status Restart(absl::Duration ready_within = absl::Seconds(30));
   bool Healthy() const;
@@ -39,8 +49,12 @@ class EtcdProcess {
  private:
   EtcdProcess() = default;
   absl::Status Launch(absl::Duration ready_within);
+  // Forks etcd (no wait).
+  absl::Status Spawn();
+  absl::Status WaitHealthy(absl::Duration ready_within);
 
   std::string binary_, dir_;
+  std::string member_ = "test", initial_cluster_;  // "" = this member alone
   int client_port_ = 0, peer_port_ = 0;
   pid_t pid_ = -1;
 };
