@@ -2,6 +2,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_replace.h"
 #include "google/protobuf/util/json_util.h"
 #include "nlohmann/json.hpp"
 #include "spdlog/spdlog.h"
@@ -58,7 +59,8 @@ EtcdFleetState::EtcdFleetState(std::shared_ptr<const EtcdClient> client, const s
 
 void EtcdFleetState::SetReplica(std::string replica, std::function<int64_t()> lease_of) {
   absl::MutexLock lock(&mu_);
-  replica_ = std::move(replica);
+  // One key segment: a '/' in the id ("host:port/pid7") would split the key elsewhere.
+  replica_ = absl::StrReplaceAll(replica, {{"/", "_"}});
   lease_of_ = std::move(lease_of);
 }
 

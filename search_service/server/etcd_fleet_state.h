@@ -17,8 +17,9 @@
 // delivers every state saved from the watch's start (this replica's own writes included: the
 // receiver keeps only generations newer than its own).
 //
-// Workers: P/fleet/workers/<worker id>/<replica id> holds what replica <replica id> knows of a
-// worker streaming to it (JSON), bound to that replica's lease (`lease_of`: the leader
+// Workers: P/fleet/workers/<worker id>/<replica> (<replica>: the replica's id with each '/' as
+// '_', so that the last '/' of the key ends the worker id) holds what replica <replica id> knows of
+// a worker streaming to it (JSON), bound to that replica's lease (`lease_of`: the leader
 // election's), so a dead replica's workers vanish with its lease. A record is rewritten only
 // when it changed or the lease did.
 #pragma once
@@ -47,8 +48,9 @@ class EtcdFleetState : public FleetStateStore {
   void PublishWorker(const FleetWorker& worker) override;
   void WatchWorkers(WorkerUpdate on_update) override;
 
-  // `replica` names this replica's worker records; `lease_of` gives the lease they are bound
-  // to (0: none yet). Until this is called, PublishWorker writes nothing.
+  // `replica` names this replica's worker records (Replica() returns it with '/' as '_');
+  // `lease_of` gives the lease they are bound to (0: none yet). Until this is called, PublishWorker
+  // writes nothing.
   void SetReplica(std::string replica, std::function<int64_t()> lease_of);
   // Writes succeed only while `fence` holds too (nullopt: no fence).
   void SetWriteFence(std::optional<EtcdCompare> fence);

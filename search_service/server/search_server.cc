@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+
 #include "absl/strings/str_format.h"
 #include "search_service/server/directory_strategy_store.h"
 #include "search_service/server/etcd_fleet_state.h"
@@ -35,7 +37,15 @@ absl::StatusOr<std::unique_ptr<SearchServer>> SearchServer::Start(
     auto target = ParseEtcdUrl(options.store, "--store");
     if (!target.ok()) return target.status();
     etcd_prefix = target->prefix;
-    server->etcd_ = std::make_shared<EtcdClient>(target->endpoints);
+    // A request in flight when etcd's raft leader dies is answered only after etcd's own
+    // request timeout (5 s plus two election timeouts, measured: 6 s); giving up sooner and
+    // asking the next member keeps losing one etcd member within the leader lease's TTL. Not
+    // under 1 s: a loaded disk's fsync. (A retried transaction that did apply fails its
+    // compare, which the store and the controller already read as "look again".)
+    EtcdClientOptions etcd_options;
+    etcd_options.request_timeout =
+        std::clamp(options.leader_ttl / 2, absl::Seconds(1), absl::Seconds(5));
+    server->etcd_ = std::make_shared<EtcdClient>(target->endpoints, etcd_options);
     auto store = EtcdStrategyStore::Open(server->etcd_, etcd_prefix);
     if (!store.ok()) return store.status();
     server->store_ = std::move(*store);

@@ -104,7 +104,7 @@ absl::Status EtcdProcess::Spawn() {
       "--initial-cluster=" + (initial_cluster_.empty() ? member_ + "=" + peer : initial_cluster_),
       "--log-level=warn"};
   if (!initial_cluster_.empty()) {
-    args.push_back("--initial-cluster-token=" + std::filesystem::path(dir_).filename().string());
+    args.push_back("--initial-cluster-token=" + cluster_token_);
     // Loopback: elections in a tenth of the default time, so a lost member's leadership moves
     // quickly (the defaults are for real networks).
     args.push_back("--heartbeat-interval=50");
@@ -158,6 +158,7 @@ absl::StatusOr<std::vector<std::unique_ptr<EtcdProcess>>> EtcdProcess::StartClus
           "no etcd binary (install Debian's etcd-server, or set KVSHARE_ETCD)");
     }
     p->member_ = absl::StrFormat("m%d", i);
+    p->cluster_token_ = absl::StrFormat("%s.%d", name, getpid());  // the same for every member
     p->dir_ = absl::StrFormat("%s/etcd.%s.%d.%s", tmp != nullptr ? tmp : "/tmp", name, getpid(),
                               p->member_);
     std::filesystem::remove_all(p->dir_);

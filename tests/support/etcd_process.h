@@ -55,6 +55,7 @@ class EtcdProcess {
 
   std::string binary_, dir_;
   std::string member_ = "test", initial_cluster_;  // "" = this member alone
+  std::string cluster_token_;
   int client_port_ = 0, peer_port_ = 0;
   pid_t pid_ = -1;
 };

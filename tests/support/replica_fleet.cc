@@ -70,21 +70,33 @@ std::string ChildProcess::Log() const {
 }
 
 SearchReplica::SearchReplica(std::string binary, std::string dir, std::string store,
-                             int leader_ttl_s, std::vector<std::string> extra)
+                             int leader_ttl_s, std::vector<std::string> extra, int port)
     : binary_(std::move(binary)),
       dir_(std::move(dir)),
       store_(std::move(store)),
       leader_ttl_s_(leader_ttl_s),
-      extra_(std::move(extra)) {}
+      extra_(std::move(extra)),
+      fixed_port_(port) {}
 
 bool SearchReplica::Start() {
   fs::create_directories(dir_);
   const std::string port_file = dir_ + "/port";
   fs::remove(port_file);
-  std::vector<std::string> args = {
-      binary_,  "--data-dir", dir_ + "/data", "--store",      store_,
-      "--port", "0",          "--port-file",  port_file,      "--metrics-port",
-      "0",      "--host",     "127.0.0.1",    "--leader-ttl", std::to_string(leader_ttl_s_)};
+  std::vector<std::string> args = {binary_,
+                                   "--data-dir",
+                                   dir_ + "/data",
+                                   "--store",
+                                   store_,
+                                   "--port",
+                                   std::to_string(fixed_port_),
+                                   "--port-file",
+                                   port_file,
+                                   "--metrics-port",
+                                   "0",
+                                   "--host",
+                                   "127.0.0.1",
+                                   "--leader-ttl",
+                                   std::to_string(leader_ttl_s_)};
   args.insert(args.end(), extra_.begin(), extra_.end());
   process_ = std::make_unique<ChildProcess>(args, dir_ + "/server.log");
   process_->Start();

@@ -49,11 +49,11 @@ class ChildProcess {
 };
 
 // One kvshare-search replica: its files under `dir`, its store `store` (etcd://...), the leader
-// lease `leader_ttl_s`, and `extra` flags.
+// lease `leader_ttl_s`, and `extra` flags; on `port` (0: any free one, a new one per Start).
 class SearchReplica {
  public:
   SearchReplica(std::string binary, std::string dir, std::string store, int leader_ttl_s,
-                std::vector<std::string> extra = {});
+                std::vector<std::string> extra = {}, int port = 0);
   // Starts it and waits (60 s at most) for its port file; false with the log on failure.
   bool Start();
   void Kill() { process_.reset(); }
@@ -71,6 +71,7 @@ class SearchReplica {
   const std::string binary_, dir_, store_;
   const int leader_ttl_s_;
   const std::vector<std::string> extra_;
+  const int fixed_port_;
   std::unique_ptr<ChildProcess> process_;
   int port_ = 0;
   std::shared_ptr<grpc::Channel> channel_;
