@@ -1,11 +1,13 @@
-// Control-plane write latency: the directory store (files, fsync) against etcd (one member on
-// loopback, started here in a temporary directory), for the two writes the control plane
-// makes — publishing a strategy version, and saving the fleet state (every rollout step,
-// pin or operator command is one such save).
+// Control-plane write latency: the directory store (files, fsync) against etcd with 1 and 3
+// members on loopback (started here in temporary directories), for the writes the control
+// plane makes — publishing a strategy version, saving the fleet state (every pin or operator
+// command is one such save) — and a rollout step as the leader takes it: a worker's ACK
+// completes the step, the policy selects the next worker, the state is saved and the next
+// assignment sent (RolloutController::Ack, timed end to end, with fake worker streams).
 //
-//   build/bench/store_bench [--n 200] [--clients 4] [--dir /tmp] [--json FILE]
+//   build/bench/store_bench [--n 200] [--clients 4] [--dir /tmp] [--members 1,3] [--json FILE]
 //
-// Both stores write under --dir (put it on the disk you would deploy on: fsync cost is the
+// All stores write under --dir (put it on the disk you would deploy on: fsync cost is the
 // disk's). etcd comes from $KVSHARE_ETCD or PATH; without it only the directory rows print.
 #include <unistd.h>
 
@@ -13,6 +15,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <functional>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -23,6 +26,8 @@
 #include "search_service/server/etcd_fleet_state.h"
 #include "search_service/server/etcd_strategy_store.h"
 #include "search_service/server/fleet_state_store.h"
+#include "search_service/server/rollout_controller.h"
+#include "spdlog/spdlog.h"
 #include "tests/support/etcd_process.h"
 
 namespace kvshare {
@@ -109,6 +114,79 @@ void RunStore(const std::string& name, StrategyStore& store, FleetStateStore& fl
   }));
 }
 
+// A worker's end of a strategy stream, for the bench: keeps the assignments not yet ACKed.
+class BenchChannel : public WorkerChannel {
+ public:
+  void Send(const v1::StrategyAssignment& a) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    pending_.push_back(a);
+  }
+  std::vector<v1::StrategyAssignment> Take() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return std::exchange(pending_, {});
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<v1::StrategyAssignment> pending_;
+};
+
+// `n` rollout steps: rollouts in 10 steps of one worker each over 10 fake workers, back and
+// forth between two versions; each sample is the Ack() that completes a step (the policy
+// advances, the state is saved to `fleet`, the next worker's assignment is sent).
+Row RolloutSteps(const std::string& name, StrategyStore& store,
+                 std::unique_ptr<FleetStateStore> fleet, int n) {
+  constexpr int kWorkers = 10;
+  const std::string fp(64, 'c');
+  uint64_t versions[2];
+  for (int k = 0; k < 2; ++k) {
+    auto r = store.Publish(NthStrategy(k, fp), {"bench", ""});
+    Check(r.status(), "publish");
+    versions[k] = r->record.version;
+  }
+  auto controller = RolloutController::Open(RolloutControllerOptions{}, &store, std::move(fleet));
+  Check(controller.status(), "open rollout controller");
+  std::vector<std::unique_ptr<BenchChannel>> channels;
+  for (int w = 0; w < kWorkers; ++w) {
+    channels.push_back(std::make_unique<BenchChannel>());
+    v1::WorkerHello hello;
+    hello.set_worker_id(absl::StrFormat("w-%d", w));
+    hello.set_model_fingerprint(fp);
+    (*controller)->Hello(channels.back().get(), hello);
+  }
+  std::vector<uint32_t> steps;
+  for (int k = 1; k <= kWorkers; ++k) steps.push_back(uint32_t(100 * k / kWorkers));
+  Row row{name, "rollout step", 1, {}, 0};
+  const double start = bench::Now();
+  for (int round = 0; int(row.ms.size()) < n; ++round) {
+    const uint64_t target = versions[round % 2];
+    auto rollout = (*controller)->CreateRollout(fp, "bench", target, steps, "");
+    Check(rollout.status(), "create rollout");
+    for (bool acked = true; acked;) {
+      acked = false;
+      for (auto& channel : channels) {
+        for (const v1::StrategyAssignment& a : channel->Take()) {
+          v1::StrategyAck ack;
+          ack.set_version(a.version());
+          ack.set_strategy_id(a.strategy().id());
+          ack.set_applied(true);
+          const double t0 = bench::Now();
+          (*controller)->Ack(channel.get(), ack);
+          if (a.version() == target) row.ms.push_back((bench::Now() - t0) * 1e3);
+          acked = true;
+        }
+      }
+    }
+    auto done = (*controller)->GetRollout(rollout->rollout_id());
+    if (!done.ok() || done->state() != v1::ROLLOUT_COMPLETED) {
+      std::fprintf(stderr, "rollout %s did not complete\n", rollout->rollout_id().c_str());
+      std::exit(1);
+    }
+  }
+  row.wall_s = bench::Now() - start;
+  return row;
+}
+
 }  // namespace
 }  // namespace kvshare
 
@@ -122,9 +200,15 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 64));
   app.add_option("--dir", dir, "Where both stores write")->capture_default_str();
   app.add_option("--json", json_path, "Also write the rows as JSON here");
+  std::vector<int> members = {1, 3};
+  app.add_option("--members", members, "etcd cluster sizes to measure")
+      ->delimiter(',')
+      ->capture_default_str()
+      ->check(CLI::Range(1, 5));
   CLI11_PARSE(app, argc, argv);
 
   using namespace kvshare;
+  spdlog::set_level(spdlog::level::warn);  // the controller logs every step
   std::vector<Row> rows;
   const std::string root = absl::StrFormat("%s/store_bench.%d", dir, getpid());
   std::filesystem::remove_all(root);
@@ -134,19 +218,29 @@ int main(int argc, char** argv) {
     auto fleet = DirectoryFleetState::Open(root + "/fleet");
     Check(fleet.status(), "open directory fleet state");
     RunStore("directory", **store, **fleet, n, clients, &rows);
+    auto rollout_fleet = DirectoryFleetState::Open(root + "/fleet-rollouts");
+    Check(rollout_fleet.status(), "open directory fleet state");
+    rows.push_back(RolloutSteps("directory", **store, std::move(*rollout_fleet), n));
   }
-  std::string etcd_note = "etcd: 1 member on loopback, data under --dir";
+  std::string etcd_note = "etcd: members on loopback, data under --dir";
   if (testing::EtcdProcess::Binary().empty()) {
     etcd_note = "etcd: skipped (no etcd binary)";
   } else {
     setenv("TEST_TMPDIR", root.c_str(), 1);
-    auto etcd = testing::EtcdProcess::Start("bench");
-    Check(etcd.status(), "start etcd");
-    auto client = std::make_shared<EtcdClient>(std::vector<std::string>{(*etcd)->endpoint()});
-    auto store = EtcdStrategyStore::Open(client, "/bench");
-    Check(store.status(), "open etcd store");
-    EtcdFleetState fleet(client, "/bench");
-    RunStore("etcd (1 member)", **store, fleet, n, clients, &rows);
+    for (int m : members) {
+      auto etcd = testing::EtcdProcess::StartCluster(absl::StrFormat("bench%d", m), m);
+      Check(etcd.status(), "start etcd");
+      std::vector<std::string> endpoints;
+      for (const auto& member : *etcd) endpoints.push_back(member->endpoint());
+      auto client = std::make_shared<EtcdClient>(endpoints);
+      auto store = EtcdStrategyStore::Open(client, "/bench");
+      Check(store.status(), "open etcd store");
+      EtcdFleetState fleet(client, "/bench");
+      const std::string name = absl::StrFormat("etcd (%d member%s)", m, m == 1 ? "" : "s");
+      RunStore(name, **store, fleet, n, clients, &rows);
+      rows.push_back(RolloutSteps(name, **store,
+                                  std::make_unique<EtcdFleetState>(client, "/bench-rollouts"), n));
+    }
   }
   std::filesystem::remove_all(root);
 
