@@ -50,6 +50,7 @@ EtcdJobMirror::~EtcdJobMirror() {
 
 void EtcdJobMirror::SetReplica(std::string replica_id, std::function<int64_t()> lease_of,
                                std::function<bool()> leading) {
+  absl::MutexLock cycle(&cycle_mu_);
   absl::MutexLock lock(&mu_);
   owner_ = OwnerOf(replica_id);
   replica_id_ = std::move(replica_id);
@@ -92,6 +93,7 @@ void EtcdJobMirror::Run() {
       mu_.AwaitWithTimeout(absl::Condition(&stopping), options_.flush_every);
       if (stop_) return;
     }
+    absl::MutexLock cycle(&cycle_mu_);
     Flush();
     std::function<bool()> leading;
     {

@@ -59,6 +59,8 @@ class EtcdJobMirror {
   // Who this replica is (its election id), the lease it holds (0: none yet; its P/replicas key
   // is bound to it) and whether it leads (sweeps run only then). Until this is called records
   // are only queued: the server learns its id once it listens, after the runner started.
+  // Waits for a flush or sweep in progress: once it returns, the callbacks given before are
+  // not called again (the server swaps them out before its election goes).
   void SetReplica(std::string replica_id, std::function<int64_t()> lease_of,
                   std::function<bool()> leading);
 
@@ -91,6 +93,8 @@ class EtcdJobMirror {
   const EtcdJobMirrorOptions options_;
   const std::string jobs_prefix_, replicas_prefix_;
 
+  // Held by the thread through each flush and sweep, and by SetReplica (before mu_).
+  absl::Mutex cycle_mu_;
   mutable absl::Mutex mu_;
   std::string replica_id_ ABSL_GUARDED_BY(mu_), owner_ ABSL_GUARDED_BY(mu_);
   std::function<int64_t()> lease_of_ ABSL_GUARDED_BY(mu_);
