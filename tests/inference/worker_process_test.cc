@@ -286,7 +286,14 @@ TEST(WorkerProcessTest, MetricsIncludeRequestLatenciesKvUsageAndBuildAndModelInf
   grpc::ClientContext ctx;
   auto reader = worker.stub().Generate(&ctx, Story(3));
   ASSERT_TRUE(Finish(*reader, 0).status.ok());
-  const std::string page = HttpGet(worker.metrics_port(), "/metrics");
+  // The client sees the last token before the scheduler's step that frees the sequence's blocks
+  // ends: read until the gauge has dropped (or 10 s, and the check below says what it saw).
+  std::string page;
+  for (int i = 0; i < 200; ++i) {
+    page = HttpGet(worker.metrics_port(), "/metrics");
+    if (page.find("kvshare_kv_cache_usage_ratio 0\n") != std::string::npos) break;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
   for (const std::string& metric :
        {std::string("kvshare_e2e_request_latency_seconds_count 1"),
         std::string("kvshare_request_queue_time_seconds_count 1"),
