@@ -54,6 +54,21 @@ QualityGateRecord GateRecordFor(const StrategyRecord& record, double budget_pct,
   return g;
 }
 
+void SetRunningQuality(const StrategyStore& store, const std::string& fingerprint, uint64_t version,
+                       const std::string& strategy_id, v1::WorkerStatus* out) {
+  if (version == 0) {
+    out->set_has_quality(true);
+    out->set_ppl_increase_pct(0);
+    return;
+  }
+  auto record = store.Get(fingerprint, version);
+  if (!record.ok() || record->strategy->id() != strategy_id) return;
+  const StrategyProvenance& p = record->strategy->provenance();
+  if (!p.has_quality()) return;
+  out->set_has_quality(true);
+  out->set_ppl_increase_pct(PplIncreasePct(p));
+}
+
 void RecordGate(const QualityGateRecord& gate, v1::Rollout* rollout) {
   rollout->set_allow_quality_regression(gate.allow_quality_regression);
   rollout->set_quality_budget_pct(gate.budget_pct);

@@ -8,7 +8,7 @@
 // is refused like one past the budget: the gate cannot tell it is within it. Version 0 is the
 // unshared model and never reaches the gate (a rollout's target is >= 1).
 //
-// Pure functions; no I/O.
+// Pure functions (SetRunningQuality reads the store).
 #pragma once
 
 #include <optional>
@@ -39,6 +39,12 @@ absl::Status CheckQualityGate(const StrategyRecord& record, const std::string& m
 
 // The gate's inputs for `record` (without the probe, which the caller measures).
 QualityGateRecord GateRecordFor(const StrategyRecord& record, double budget_pct, bool allow);
+
+// The fleet view's quality of what a worker runs (has_quality, ppl_increase_pct): version 0 is
+// the unshared model (0%); another version, its recorded increase when its content is
+// `strategy_id`; nothing when none is recorded or the worker runs other content.
+void SetRunningQuality(const StrategyStore& store, const std::string& fingerprint, uint64_t version,
+                       const std::string& strategy_id, v1::WorkerStatus* out);
 
 // Writes `gate` into the rollout's fields (target_quality, quality_budget_pct,
 // allow_quality_regression, target_probe).

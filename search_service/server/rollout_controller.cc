@@ -31,23 +31,6 @@ absl::StatusOr<std::shared_ptr<const SharingStrategy>> StrategyOf(const Strategy
       SharingStrategy::Identity(records.front().strategy->n_layers(), fingerprint));
 }
 
-// The fleet view's quality of what `fw` runs: version 0 is the unshared model (0%); a
-// version's recorded held-out perplexity increase (quality_gate.h); none when not recorded or
-// the worker runs content other than the registry's.
-void SetQuality(const StrategyStore& store, const FleetWorker& fw, v1::WorkerStatus* out) {
-  if (fw.current_version == 0) {
-    out->set_has_quality(true);
-    out->set_ppl_increase_pct(0);
-    return;
-  }
-  auto record = store.Get(fw.model_fingerprint, fw.current_version);
-  if (!record.ok() || record->strategy->id() != fw.current_strategy_id) return;
-  const StrategyProvenance& p = record->strategy->provenance();
-  if (!p.has_quality()) return;
-  out->set_has_quality(true);
-  out->set_ppl_increase_pct(PplIncreasePct(p));
-}
-
 void LogSaveFailure(const absl::Status& s) {
   if (!s.ok()) {
     spdlog::error("event=fleet_state_save_failed error=\"{}\"", std::string(s.message()));
@@ -582,7 +565,7 @@ v1::FleetStatus RolloutController::Fleet() const {
     s->set_owning_layers(w.owning_layers);
     s->set_n_layers(w.n_layers);
     s->set_kv_bytes_per_token(w.kv_bytes_per_token);
-    SetQuality(*store_, fw, s);
+    SetRunningQuality(*store_, fw.model_fingerprint, fw.current_version, fw.current_strategy_id, s);
   }
   // Workers streaming to other replicas, as they report them.
   for (const auto& [id, fw] : state_.workers) {
@@ -595,7 +578,7 @@ v1::FleetStatus RolloutController::Fleet() const {
     s->set_current_version(fw.current_version);
     s->set_current_strategy_id(fw.current_strategy_id);
     ToTimestamp(fw.last_seen, s->mutable_last_seen());
-    SetQuality(*store_, fw, s);
+    SetRunningQuality(*store_, fw.model_fingerprint, fw.current_version, fw.current_strategy_id, s);
   }
   for (const v1::Rollout& r : state_.control.rollouts()) {
     if (IsActive(r)) *out.add_active_rollouts() = r;

@@ -19,6 +19,7 @@
 #include "common/tokenizer/tokenizer.h"
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "tests/support/naive_llama.h"
 #include "tests/support/test_env.h"
 
@@ -120,6 +121,19 @@ void CheckTolerance(const Loaded& l, const std::string& name, std::vector<int> o
                 KvTypeName(type), r.mean_nll, r.mean_nll - f32.mean_nll, r.seconds,
                 last_cpu_seconds);
     EXPECT_LE(std::abs(r.mean_nll - f32.mean_nll), kQualityProbeToleranceNats) << KvTypeName(type);
+  }
+  {
+    // kvshare-worker --int8-activations (opt-in, not the default): f16 KV on int8 matmuls.
+    CpuBackendOptions o;
+    o.threads = 2;
+    o.matmul.int8_activations = true;
+    auto probe = QualityProbe::Create(*l.model, *l.tokenizer, MakeCpuBackend(o), KvType::kF16);
+    ASSERT_TRUE(probe.ok()) << probe.status();
+    auto r = (*probe)->Measure(nullptr);
+    ASSERT_TRUE(r.ok()) << r.status();
+    std::printf("%-12s f16 + int8 activations  diff %+.5f\n", name.c_str(),
+                r->mean_nll - f32.mean_nll);
+    EXPECT_LE(std::abs(r->mean_nll - f32.mean_nll), kQualityProbeToleranceNats);
   }
   const QualityProbeResult shared = Probe(l, KvType::kF32, Strategy(*l.model, one_shared));
   std::printf("%-12s 1 shared layer  diff %+.5f\n", name.c_str(), shared.mean_nll - f32.mean_nll);
