@@ -133,6 +133,9 @@ std::string StrategySubscriber::RunStream(const std::string& address) {
   if (auto current = holder_->Current()) {
     hello->set_current_version(current->version);
     hello->set_current_strategy_id(current->strategy->id());
+    if (options_.kv_bytes_per_token) {
+      hello->set_kv_bytes_per_token(options_.kv_bytes_per_token(*current->strategy));
+    }
   }
   absl::Notification done;
   std::thread loads;
@@ -175,12 +178,29 @@ std::string StrategySubscriber::RunStream(const std::string& address) {
             absl::StrFormat("strategy.model_fingerprint %s is not this worker's model %s",
                             strategy->model_fingerprint(), options_.model_fingerprint));
       } else {
-        applied = holder_->Apply(assignment.version(),
-                                 std::make_shared<const SharingStrategy>(std::move(*strategy)));
+        auto shared = std::make_shared<const SharingStrategy>(std::move(*strategy));
+        applied = holder_->Apply(assignment.version(), shared);
         if (!applied.ok()) {
           ack->set_reason(applied.code() == absl::StatusCode::kInvalidArgument
                               ? v1::NACK_REASON_INVALID_STRATEGY
                               : v1::NACK_REASON_LOAD_FAILURE);
+        } else {
+          if (options_.kv_bytes_per_token) {
+            ack->set_kv_bytes_per_token(options_.kv_bytes_per_token(*shared));
+          }
+          if (options_.quality_probe != nullptr) {
+            auto probe = options_.quality_probe->Measure(shared);
+            if (probe.ok()) {
+              ack->mutable_probe()->set_mean_nll(probe->mean_nll);
+              ack->mutable_probe()->set_tokens(probe->tokens);
+              spdlog::info(
+                  "event=quality_probe version={} mean_nll={:.5f} tokens={} seconds={:.3f}",
+                  assignment.version(), probe->mean_nll, probe->tokens, probe->seconds);
+            } else {
+              spdlog::warn("event=quality_probe_failed version={} error=\"{}\"",
+                           assignment.version(), std::string(probe.status().message()));
+            }
+          }
         }
       }
       ack->set_applied(applied.ok());

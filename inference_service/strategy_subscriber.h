@@ -4,9 +4,11 @@
 // It announces the worker (id, model fingerprint, labels, the version it runs), applies every
 // assignment through the StrategyHolder (new requests take it at once; in-flight ones keep
 // theirs) and answers ACK, or NACK with the reason — fingerprint mismatch, invalid strategy,
-// load failure — keeping the last good version. It sends the scheduler's load every
-// `load_interval`. When the stream breaks or the service cannot be reached it reconnects with
-// jittered exponential backoff — to the next of the control-plane addresses, when it was given
+// load failure — keeping the last good version. With a quality probe, an applied version's
+// probe figure (worker_quality_probe.h) goes with its ACK, measured before the ACK is sent (a
+// probe that fails is logged and left out; the version stays applied). It sends the scheduler's
+// load every `load_interval`. When the stream breaks or the service cannot be reached it reconnects
+// with jittered exponential backoff — to the next of the control-plane addresses, when it was given
 // several (search-service replicas on one etcd) — and the worker keeps serving what it has
 // meanwhile.
 //
@@ -14,6 +16,7 @@
 // joins it. The holder and scheduler must outlive the subscriber.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -24,6 +27,7 @@
 #include "absl/time/time.h"
 #include "inference_service/scheduler.h"
 #include "inference_service/strategy_holder.h"
+#include "inference_service/worker_quality_probe.h"
 
 namespace grpc {
 class ClientContext;
@@ -42,6 +46,12 @@ struct SubscriberOptions {
   absl::Duration load_interval = absl::Seconds(2);
   absl::Duration initial_backoff = absl::Milliseconds(200);
   absl::Duration max_backoff = absl::Seconds(5);
+  // Measures each applied version's quality probe; null: no probe (must outlive the
+  // subscriber).
+  WorkerQualityProbe* quality_probe = nullptr;
+  // KV bytes per token of a strategy in the worker's pool, reported in the hello and ACKs;
+  // null: not reported.
+  std::function<double(const SharingStrategy&)> kv_bytes_per_token;
 };
 
 // What the health details say about the control plane.

@@ -27,6 +27,7 @@
 #include "inference_service/openai_http.h"
 #include "inference_service/serving_metrics.h"
 #include "inference_service/strategy_subscriber.h"
+#include "inference_service/worker_quality_probe.h"
 #include "service_runtime/build_info.h"
 #include "service_runtime/metrics_exposer.h"
 #include "service_runtime/port_file.h"
@@ -55,6 +56,8 @@ struct Flags {
   std::string worker_id;  // empty: <hostname>:<port>
   std::vector<std::string> labels;
   double load_interval_s = 2;
+  bool quality_probe = true;
+  double quality_probe_perturb = 0;  // test hook (worker_quality_probe.h)
 };
 
 int Fail(const std::string& what) {
@@ -176,6 +179,16 @@ int main(int argc, char** argv) {
                  "Seconds between load reports to the control plane")
       ->capture_default_str()
       ->check(CLI::Range(0.05, 3600.0));
+  app.add_flag("--quality-probe,!--no-quality-probe", f.quality_probe,
+               "With --control-plane: measure the quality probe (NLL of a short fixed text, "
+               "common/engine/quality_probe.h) of each version applied and send it with the "
+               "ACK, so that the control plane catches wrong kernels. One forward pass of 256 "
+               "tokens in an engine beside the serving one (on a GPU: a second copy of the "
+               "weights); --no-quality-probe skips it where that memory is short")
+      ->capture_default_str();
+  app.add_option("--quality-probe-perturb", f.quality_probe_perturb,
+                 "Test hook: add this many nats to every probe figure sent (default 0)")
+      ->group("");
   CLI11_PARSE(app, argc, argv);
   std::map<std::string, std::string> labels;
   for (const std::string& label : f.labels) {
@@ -261,9 +274,25 @@ int main(int argc, char** argv) {
       strategy->strategy->owning_layers(), (*worker)->scheduler().total_blocks(),
       (*worker)->scheduler().block_tokens(), (*worker)->scheduler().backend_name(),
       absl::ToDoubleSeconds(absl::Now() - load_start));
+  std::unique_ptr<kvshare::WorkerQualityProbe> quality_probe;  // outlives the subscriber
   std::unique_ptr<kvshare::StrategySubscriber> subscriber;
   if (!f.control_plane.empty()) {
     kvshare::SubscriberOptions so;
+    if (f.quality_probe) {
+      kvshare::WorkerProbeOptions po;
+      po.device.device = f.worker.device;
+      po.device.cpu.threads = f.worker.threads;
+      po.device.cpu.matmul.int8_activations = f.worker.int8_activations;
+      po.kv_type = f.worker.kv_type;
+      po.perturb_nats = f.quality_probe_perturb;
+      quality_probe = std::make_unique<kvshare::WorkerQualityProbe>((*worker)->model(),
+                                                                    (*worker)->tokenizer(), po);
+      so.quality_probe = quality_probe.get();
+    }
+    so.kv_bytes_per_token = [&c, kv_type = f.worker.kv_type, block_tokens = f.worker.block_tokens](
+                                const kvshare::SharingStrategy& s) {
+      return kvshare::StrategyKvBytesPerToken(c, s, kv_type, block_tokens);
+    };
     so.control_plane = f.control_plane;
     char host[256] = {0};
     gethostname(host, sizeof(host) - 1);

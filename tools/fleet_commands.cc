@@ -55,6 +55,19 @@ void PrintRollout(const v1::Rollout& r) {
       r.from_version(), r.target_version(), absl::StrJoin(steps, " "), r.current_step() + 1,
       r.steps_size(), r.eligible_workers(), r.selected_workers_size(), r.acked_workers(),
       r.label_selector().empty() ? "" : absl::StrFormat(" (selector %s)", r.label_selector()));
+  if (r.quality_budget_pct() > 0 || r.allow_quality_regression() || r.has_target_quality()) {
+    const v1::StrategyQuality& q = r.target_quality();
+    std::cout << absl::StrFormat(
+        "quality   %s, budget %.2f%%%s%s\n",
+        r.has_target_quality() && q.baseline_ppl() > 0
+            ? absl::StrFormat("held-out ppl %.3f -> %.3f (%+.2f%%)", q.baseline_ppl(),
+                              q.heldout_ppl(), (q.heldout_ppl() / q.baseline_ppl() - 1) * 100)
+            : std::string("no held-out quality recorded"),
+        r.quality_budget_pct(), r.allow_quality_regression() ? ", regression allowed" : "",
+        r.has_target_probe()
+            ? absl::StrFormat(", probe %.4f nats/token", r.target_probe().mean_nll())
+            : "");
+  }
 }
 
 std::string Ago(const google::protobuf::Timestamp& t) {
@@ -65,9 +78,9 @@ std::string Ago(const google::protobuf::Timestamp& t) {
 }
 
 void PrintFleet(const v1::FleetStatus& f) {
-  std::cout << absl::StrFormat("%-14s %-21s %-4s %-8s %-8s %-7s %-44s %-11s %-7s %s\n", "WORKER",
-                               "ADDRESS", "UP", "VERSION", "ASSIGNED", "OWNING", "LAST ACK/NACK",
-                               "LAST SEEN", "RUN/Q", "KV BLOCKS");
+  std::cout << absl::StrFormat("%-14s %-21s %-4s %-8s %-8s %-7s %-9s %-9s %-44s %-11s %-7s %s\n",
+                               "WORKER", "ADDRESS", "UP", "VERSION", "ASSIGNED", "OWNING", "PPL +%",
+                               "KV B/TOK", "LAST ACK/NACK", "LAST SEEN", "RUN/Q", "KV BLOCKS");
   for (const v1::WorkerStatus& w : f.workers()) {
     std::string ack = "-";
     if (w.last_ack().version() != 0 || w.last_ack().applied() || !w.last_ack().error().empty()) {
@@ -79,10 +92,12 @@ void PrintFleet(const v1::FleetStatus& f) {
       if (ack.size() > 44) ack = ack.substr(0, 41) + "...";
     }
     std::cout << absl::StrFormat(
-        "%-14s %-21s %-4s %-8d %-8s %-7s %-44s %-11s %-7s %d/%d\n", w.worker_id(), w.address(),
-        w.connected() ? "yes" : "no", w.current_version(),
+        "%-14s %-21s %-4s %-8d %-8s %-7s %-9s %-9s %-44s %-11s %-7s %d/%d\n", w.worker_id(),
+        w.address(), w.connected() ? "yes" : "no", w.current_version(),
         w.has_assignment() ? absl::StrFormat("%d", w.assigned_version()) : "-",
-        w.n_layers() > 0 ? absl::StrFormat("%d/%d", w.owning_layers(), w.n_layers()) : "-", ack,
+        w.n_layers() > 0 ? absl::StrFormat("%d/%d", w.owning_layers(), w.n_layers()) : "-",
+        w.has_quality() ? absl::StrFormat("%.2f", w.ppl_increase_pct()) : "-",
+        w.kv_bytes_per_token() > 0 ? absl::StrFormat("%.0f", w.kv_bytes_per_token()) : "-", ack,
         Ago(w.last_seen()), absl::StrFormat("%d/%d", w.load().running(), w.load().queued()),
         w.load().kv_blocks_used(), w.load().kv_blocks_total());
   }
@@ -104,6 +119,7 @@ Runner RegisterRollout(CLI::App& app) {
     std::string selector;
     std::string id;
     bool watch = false;
+    bool allow_quality_regression = false;
   };
   auto f = std::make_shared<Flags>();
   CLI::App* sub = app.add_subcommand(
@@ -126,6 +142,9 @@ Runner RegisterRollout(CLI::App& app) {
   create->add_option("--selector", f->selector,
                      "key=value[,key=value]: only workers with these labels (default: workers "
                      "running the model)");
+  create->add_flag("--allow-quality-regression", f->allow_quality_regression,
+                   "Roll out a version past the model's quality budget (catalog "
+                   "max_ppl_increase_pct) or with no recorded quality; the rollout records it");
   std::vector<CLI::App*> by_id;
   for (auto [name, help] : std::vector<std::pair<const char*, const char*>>{
            {"status", "Show a rollout (--watch: follow it until it ends)"},
@@ -152,6 +171,7 @@ Runner RegisterRollout(CLI::App& app) {
       req.set_target_version(f->version);
       for (uint32_t step : f->steps) req.add_steps(step);
       req.set_label_selector(f->selector);
+      req.set_allow_quality_regression(f->allow_quality_regression);
       s = stub->CreateRollout(Context(f->timeout).get(), req, &r);
     } else if (list->parsed()) {
       v1::ListRolloutsResponse out;

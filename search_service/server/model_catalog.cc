@@ -71,6 +71,7 @@ absl::StatusOr<std::unique_ptr<ModelCatalog>> ModelCatalog::FromJson(const std::
     ef.String("path", Field::kOptional, kMaxPathBytes, &entry->path);
     ef.String("format", Field::kOptional, kMaxNameBytes, &entry->format);
     ef.String("tokenizer", Field::kOptional, kMaxPathBytes, &entry->tokenizer);
+    ef.Double("max_ppl_increase_pct", Field::kOptional, 0.0, 1000.0, &entry->max_ppl_increase_pct);
     if (!f.ok()) return f.status();
     if (entry->name.empty() || entry->path.empty()) {
       return absl::InvalidArgumentError(
@@ -187,6 +188,11 @@ absl::StatusOr<std::string> ModelCatalog::ReadCorpus(const std::string& name) co
         absl::StrFormat("catalog corpus '%s' cannot be read: %s", name, text.status().message()));
   }
   return text;
+}
+
+double ModelCatalog::QualityBudgetPct(const std::string& name) const {
+  auto it = models_.find(name);
+  return it == models_.end() ? kDefaultQualityBudgetPct : it->second->max_ppl_increase_pct;
 }
 
 std::vector<std::string> ModelCatalog::model_names() const {

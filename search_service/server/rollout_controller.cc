@@ -277,6 +277,7 @@ void RolloutController::Hello(WorkerChannel* channel, const v1::WorkerHello& hel
     fw.current_version = hello.current_version();
     fw.current_strategy_id = hello.current_strategy_id();
     fw.last_seen = absl::Now();
+    w.kv_bytes_per_token = hello.kv_bytes_per_token();
     auto s = StrategyOf(*store_, hello.model_fingerprint(), fw.current_version);
     if (s.ok() && (*s)->id() == fw.current_strategy_id) {
       w.owning_layers = (*s)->owning_layers();
@@ -298,23 +299,34 @@ void RolloutController::Ack(WorkerChannel* channel, const v1::StrategyAck& ack) 
     if (id == nullptr) return;
     WorkerStream& w = streams_.at(*id);
     FleetWorker& fw = state_.workers.at(*id);
-    w.last_ack = ack;
+    // An applied ACK whose quality probe disagrees with the registry's counts as a NACK.
+    v1::StrategyAck seen = ack;
+    if (std::optional<std::string> why =
+            ProbeDisagreement(state_.control, fw.model_fingerprint, ack)) {
+      seen.set_applied(false);
+      seen.set_reason(v1::NACK_REASON_QUALITY_PROBE);
+      seen.set_error(*why);
+    }
+    w.last_ack = seen;
     w.last_ack_time = fw.last_seen = absl::Now();
     if (w.has_sent && ack.version() == w.sent_version && ack.strategy_id() == w.sent_id) {
       w.pending = false;
     }
     if (ack.applied()) {
+      // What it runs, even when its probe disagrees (it applied the version).
       fw.current_version = ack.version();
       fw.current_strategy_id = ack.strategy_id();
+      w.kv_bytes_per_token = ack.kv_bytes_per_token();
       auto s = StrategyOf(*store_, w.assigned_fingerprint, ack.version());
       if (s.ok()) {
         w.owning_layers = (*s)->owning_layers();
         w.n_layers = (*s)->n_layers();
       }
-    } else {
+    }
+    if (!seen.applied()) {
       spdlog::warn("event=worker_nack worker_id={} version={} reason={} error=\"{}\"", *id,
-                   ack.version(), v1::NackReason_Name(ack.reason()), ack.error());
-      const std::vector<std::string> paused = PauseOnNack(state_.control, fw, ack, fw.last_seen);
+                   seen.version(), v1::NackReason_Name(seen.reason()), seen.error());
+      const std::vector<std::string> paused = PauseOnNack(state_.control, fw, seen, fw.last_seen);
       for (const std::string& rollout : paused) {
         spdlog::warn("event=rollout_paused rollout={} reason=\"{}\"", rollout,
                      FindRollout(rollout)->state_reason());
@@ -359,11 +371,9 @@ void RolloutController::Disconnected(WorkerChannel* channel) {
   NotifyWatchers();
 }
 
-absl::StatusOr<v1::Rollout> RolloutController::CreateRollout(const std::string& fingerprint,
-                                                             const std::string& model_name,
-                                                             uint64_t target,
-                                                             std::vector<uint32_t> steps,
-                                                             const std::string& selector) {
+absl::StatusOr<v1::Rollout> RolloutController::CreateRollout(
+    const std::string& fingerprint, const std::string& model_name, uint64_t target,
+    std::vector<uint32_t> steps, const std::string& selector, const QualityGate& gate) {
   if (absl::Status g = OperatorGate("CreateRollout"); !g.ok()) return g;
   absl::Status valid = ValidateRolloutRequest(target, &steps, selector);
   if (!valid.ok()) return valid;
@@ -373,6 +383,16 @@ absl::StatusOr<v1::Rollout> RolloutController::CreateRollout(const std::string& 
     return absl::FailedPreconditionError(
         absl::StrFormat("target_version %d of model %s is deprecated (%s)", target,
                         fingerprint.substr(0, 16), record->deprecation_reason));
+  }
+  QualityGateRecord gated;
+  if (gate) {
+    auto g = gate(*record);
+    if (!g.ok()) {
+      spdlog::warn("event=rollout_refused model={} version={} error=\"{}\"",
+                   fingerprint.substr(0, 16), target, std::string(g.status().message()));
+      return g.status();
+    }
+    gated = std::move(*g);
   }
   RolloutRequest request;
   request.fingerprint = fingerprint;
@@ -386,15 +406,18 @@ absl::StatusOr<v1::Rollout> RolloutController::CreateRollout(const std::string& 
     const v1::FleetControlState before = state_.control;
     auto r = StartRollout(state_.control, request, absl::Now());
     if (!r.ok()) return r.status();
+    if (gate) RecordGate(gated, FindRollout(r->rollout_id()));
     // Selected before the first save: other replicas never see the rollout without its first
     // step's workers (they would send those workers the baseline meanwhile).
     Advance();
     absl::Status s = Save(&before);
     if (!s.ok()) return s;
     spdlog::info(
-        "event=rollout_created rollout={} model={} from={} to={} steps=[{}] selector=\"{}\"",
+        "event=rollout_created rollout={} model={} from={} to={} steps=[{}] selector=\"{}\" "
+        "allow_quality_regression={} probe={}",
         r->rollout_id(), fingerprint.substr(0, 16), r->from_version(), target,
-        absl::StrJoin(steps, ","), selector);
+        absl::StrJoin(steps, ","), selector, gated.allow_quality_regression,
+        gated.probe.has_value() ? absl::StrFormat("%.5f", gated.probe->mean_nll()) : "none");
     Reconcile();
     out = *FindRollout(r->rollout_id());
   }
@@ -548,6 +571,8 @@ v1::FleetStatus RolloutController::Fleet() const {
     *s->mutable_load() = w.load;
     s->set_owning_layers(w.owning_layers);
     s->set_n_layers(w.n_layers);
+    s->set_kv_bytes_per_token(w.kv_bytes_per_token);
+    SetRunningQuality(*store_, fw.model_fingerprint, fw.current_version, fw.current_strategy_id, s);
   }
   // Workers streaming to other replicas, as they report them.
   for (const auto& [id, fw] : state_.workers) {
@@ -560,6 +585,7 @@ v1::FleetStatus RolloutController::Fleet() const {
     s->set_current_version(fw.current_version);
     s->set_current_strategy_id(fw.current_strategy_id);
     ToTimestamp(fw.last_seen, s->mutable_last_seen());
+    SetRunningQuality(*store_, fw.model_fingerprint, fw.current_version, fw.current_strategy_id, s);
   }
   for (const v1::Rollout& r : state_.control.rollouts()) {
     if (IsActive(r)) *out.add_active_rollouts() = r;

@@ -35,6 +35,7 @@
 #include "absl/time/time.h"
 #include "kvshare/v1/registry.pb.h"
 #include "search_service/server/fleet_state_store.h"
+#include "search_service/server/quality_gate.h"
 #include "search_service/server/rollout_policy.h"
 #include "search_service/server/strategy_store.h"
 
@@ -80,10 +81,16 @@ class RolloutController {
   void Disconnected(WorkerChannel* channel);
 
   // --- operators (the model already resolved to a fingerprint) ---
+  // The quality gate (quality_gate.h), when given, is asked about the target's record before
+  // the rollout starts (outside the lock: it may measure the probe); its error is the answer,
+  // and what it returns is recorded in the rollout. Workers' probes of a target whose rollout
+  // records the registry's probe are checked on every ACK (rollout_policy.h).
+  using QualityGate = std::function<absl::StatusOr<QualityGateRecord>(const StrategyRecord&)>;
   absl::StatusOr<v1::Rollout> CreateRollout(const std::string& fingerprint,
                                             const std::string& model_name, uint64_t target,
                                             std::vector<uint32_t> steps,
-                                            const std::string& label_selector);
+                                            const std::string& label_selector,
+                                            const QualityGate& gate = nullptr);
   absl::StatusOr<v1::Rollout> GetRollout(const std::string& id) const;
   std::vector<v1::Rollout> ListRollouts() const;
   absl::StatusOr<v1::Rollout> Pause(const std::string& id);
@@ -121,6 +128,7 @@ class RolloutController {
     absl::Time last_ack_time = absl::InfinitePast();
     v1::WorkerLoad load;
     int owning_layers = 0, n_layers = 0;
+    double kv_bytes_per_token = 0;  // of the current version, as the worker reports it
   };
 
   RolloutController(RolloutControllerOptions options, StrategyStore* store,

@@ -1,9 +1,11 @@
 #include "search_service/server/rollout_policy.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "common/engine/quality_probe.h"
 #include "search_service/server/registry_wire.h"
 
 namespace kvshare {
@@ -206,6 +208,29 @@ std::vector<std::string> PauseOnNack(v1::FleetControlState& state, const FleetWo
     paused.push_back(r.rollout_id());
   }
   return paused;
+}
+
+std::optional<std::string> ProbeDisagreement(const v1::FleetControlState& state,
+                                             const std::string& fingerprint,
+                                             const v1::StrategyAck& ack) {
+  if (!ack.applied() || !ack.has_probe()) return std::nullopt;
+  const v1::QualityProbe* reference = nullptr;
+  for (const v1::Rollout& r : state.rollouts()) {  // the latest rollout to the version wins
+    if (r.model_fingerprint() == fingerprint && r.target_version() == ack.version() &&
+        r.has_target_probe()) {
+      reference = &r.target_probe();
+    }
+  }
+  if (reference == nullptr) return std::nullopt;
+  const double diff = std::abs(ack.probe().mean_nll() - reference->mean_nll());
+  if (ack.probe().tokens() == reference->tokens() && diff <= kQualityProbeToleranceNats) {
+    return std::nullopt;
+  }
+  return absl::StrFormat(
+      "quality probe %.4f nats/token over %d tokens, the registry's %.4f over %d for version %d: "
+      "%.4f apart, tolerance %.2f",
+      ack.probe().mean_nll(), ack.probe().tokens(), reference->mean_nll(), reference->tokens(),
+      ack.version(), diff, kQualityProbeToleranceNats);
 }
 
 absl::Status ValidateRolloutRequest(uint64_t target, std::vector<uint32_t>* steps,

@@ -24,7 +24,11 @@
 // its target becomes the model's baseline.
 //
 // A NACK of the target, from a worker eligible for a running rollout, pauses the rollout with
-// the worker's reason. Resume runs it again (the controller offers the target again to the
+// the worker's reason. So does an applied ACK whose quality probe disagrees with the one the
+// rollout records for its target (ProbeDisagreement): the controller records it as a NACK
+// (NACK_REASON_QUALITY_PROBE) naming both figures. That worker has applied the version (it
+// cannot know the registry's figure) and the fleet view says so; Abort moves it back, Resume
+// accepts it. Resume runs it again (the controller offers the target again to the
 // workers that refused it). Promote jumps to the last step (100%), also from paused. Abort:
 // the rollout ends and the model's baseline goes back to the version the rollout started
 // from, so the workers it moved go back to that version.
@@ -108,6 +112,15 @@ bool AdvanceRollouts(RolloutPolicyState& state, const StrategyIdOf& strategy_id_
 // for, with the worker's reason. Returns the ids of the rollouts it paused.
 std::vector<std::string> PauseOnNack(v1::FleetControlState& state, const FleetWorker& w,
                                      const v1::StrategyAck& ack, absl::Time now);
+
+// When `ack` (applied, from a worker running model `fingerprint`) carries a quality probe and
+// the latest rollout of that model to ack.version() records the registry's probe, the error of
+// a NACK when the two differ by more than kQualityProbeToleranceNats (or scored different token
+// counts): both figures, the difference and the tolerance. nullopt when they agree or either
+// is absent.
+std::optional<std::string> ProbeDisagreement(const v1::FleetControlState& state,
+                                             const std::string& fingerprint,
+                                             const v1::StrategyAck& ack);
 
 // --- operator commands; FailedPrecondition naming the rollout's state when it does not apply ---
 

@@ -4,6 +4,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "service_runtime/grpc_status.h"
+#include "spdlog/spdlog.h"
 
 namespace kvshare {
 namespace {
@@ -144,10 +145,35 @@ grpc::ServerUnaryReactor* RolloutService::CreateRollout(grpc::CallbackServerCont
   std::vector<uint32_t> steps(request->steps().begin(), request->steps().end());
   // A name the caller used is kept for listings; a fingerprint leaves the registry's name.
   std::string name = request->model() == *fingerprint ? "" : request->model();
+  const bool allow = request->allow_quality_regression();
   return Answer(context,
                 controller_->CreateRollout(*fingerprint, name, request->target_version(),
-                                           std::move(steps), request->label_selector()),
+                                           std::move(steps), request->label_selector(),
+                                           [this, name, allow](const StrategyRecord& record) {
+                                             return Gate(record, name, allow);
+                                           }),
                 response);
+}
+
+absl::StatusOr<QualityGateRecord> RolloutService::Gate(const StrategyRecord& record,
+                                                       const std::string& model_name, bool allow) {
+  const std::string name = model_name.empty() ? record.model_name : model_name;
+  const double budget =
+      catalog_ != nullptr ? catalog_->QualityBudgetPct(name) : kDefaultQualityBudgetPct;
+  absl::Status s = CheckQualityGate(record, name, budget, allow);
+  if (!s.ok()) return s;
+  QualityGateRecord g = GateRecordFor(record, budget, allow);
+  if (probes_ != nullptr) {
+    auto probe = probes_->For(*record.strategy, name);
+    if (probe.ok()) {
+      g.probe = *probe;
+    } else {
+      // The rollout goes on; workers' probes of it are not checked.
+      spdlog::warn("event=quality_probe_unavailable version={} error=\"{}\"", record.version,
+                   std::string(probe.status().message()));
+    }
+  }
+  return g;
 }
 
 grpc::ServerUnaryReactor* RolloutService::GetRollout(grpc::CallbackServerContext* context,

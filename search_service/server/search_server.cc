@@ -99,7 +99,8 @@ absl::StatusOr<std::unique_ptr<SearchServer>> SearchServer::Start(
   server->rollouts_ = std::move(*rollouts);
   server->stream_service_ = std::make_unique<StrategyStreamService>(server->rollouts_.get());
   server->rollout_service_ =
-      std::make_unique<RolloutService>(server->rollouts_.get(), server->registry_service_.get());
+      std::make_unique<RolloutService>(server->rollouts_.get(), server->registry_service_.get(),
+                                       server->catalog_.get(), options.jobs.search_threads);
 
   runtime::GrpcServerOptions grpc_options;
   grpc_options.address = options.address;
