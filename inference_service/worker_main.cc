@@ -50,6 +50,7 @@ struct Flags {
   std::string kv_type = "f16";
   double drain_grace_s = 30;
   std::string log_level = "info";
+  std::string log_format = "logfmt";
   // The control plane (kvshare-search's StrategyDistribution); empty: local strategy only.
   std::string control_plane;
   std::string worker_id;  // empty: <hostname>:<port>
@@ -158,6 +159,7 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   kvshare::runtime::AddLogLevelFlag(app, &f.log_level);
+  kvshare::runtime::AddLogFormatFlag(app, &f.log_format);
   kvshare::runtime::AddVersionFlag(app, "kvshare-worker");
   app.add_option("--control-plane", f.control_plane,
                  "host:port of kvshare-search (or several, comma-separated: replicas on one etcd, "
@@ -191,7 +193,7 @@ int main(int argc, char** argv) {
     f.worker.strategy_version = 0;  // the fleet's name for the identity strategy
   }
 
-  if (absl::Status s = kvshare::runtime::SetUpServiceLogging("kvshare-worker", f.log_level);
+  if (absl::Status s = kvshare::runtime::SetUpServiceLogging("kvshare-worker", f.log_level, f.log_format);
       !s.ok()) {
     std::fprintf(stderr, "%s\n", std::string(s.message()).c_str());
     return 2;

@@ -34,6 +34,7 @@ struct Flags {
   std::string metrics_host = "127.0.0.1";
   double drain_grace_s = 30;
   std::string log_level = "info";
+  std::string log_format = "logfmt";
 };
 
 int Fail(const std::string& what) {
@@ -92,6 +93,7 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   kvshare::runtime::AddLogLevelFlag(app, &f.log_level);
+  kvshare::runtime::AddLogFormatFlag(app, &f.log_format);
   kvshare::runtime::AddVersionFlag(app, "kvshare-search");
   double worker_expiry_s = 30;
   app.add_option("--worker-expiry", worker_expiry_s,
@@ -109,7 +111,7 @@ int main(int argc, char** argv) {
   f.server.leader_ttl = absl::Seconds(leader_ttl_s);
   f.server.fleet.worker_expiry = absl::Seconds(worker_expiry_s);
 
-  absl::Status s = kvshare::runtime::SetUpServiceLogging("kvshare-search", f.log_level);
+  absl::Status s = kvshare::runtime::SetUpServiceLogging("kvshare-search", f.log_level, f.log_format);
   if (!s.ok()) return Fail(std::string(s.message()));
 
   kvshare::SearchMetrics metrics;
