@@ -5,6 +5,7 @@
 
 #include "absl/strings/ascii.h"
 #include "inference_service/request_builder.h"
+#include "service_runtime/log_value.h"
 #include "spdlog/spdlog.h"
 
 namespace kvshare {
@@ -72,8 +73,8 @@ GenerateStream::GenerateStream(InferenceWorker& worker, StreamCounter& counter,
   if (ServingMetrics* metrics = worker.metrics()) {
     metrics->requests(absl::AsciiStrToLower(absl::StatusCodeToString(status.code()))).Increment();
   }
-  spdlog::info("event=request_refused code={} message=\"{}\"",
-               absl::StatusCodeToString(status.code()), std::string(status.message()));
+  spdlog::info("event=request_refused code={} message={}", absl::StatusCodeToString(status.code()),
+               runtime::LogValue(std::string(status.message())));
   {
     absl::MutexLock lock(&mu_);
     finish_called_ = true;

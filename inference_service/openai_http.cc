@@ -12,6 +12,7 @@
 #include "absl/time/clock.h"
 #include "inference_service/openai_api.h"
 #include "inference_service/request_builder.h"
+#include "service_runtime/log_value.h"
 #include "spdlog/spdlog.h"
 
 namespace kvshare {
@@ -161,8 +162,9 @@ class OpenAiHttpServer::Routes {
           .Increment();
     }
     if (count) {
-      spdlog::info("event=request_refused protocol=http code={} message=\"{}\"",
-                   absl::StatusCodeToString(status.code()), std::string(status.message()));
+      spdlog::info("event=request_refused protocol=http code={} message={}",
+                   absl::StatusCodeToString(status.code()),
+                   runtime::LogValue(std::string(status.message())));
     }
     SetError(res, OpenAiErrorFrom(status, endpoint));
   }

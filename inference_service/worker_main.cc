@@ -28,6 +28,7 @@
 #include "inference_service/serving_metrics.h"
 #include "inference_service/strategy_subscriber.h"
 #include "service_runtime/build_info.h"
+#include "service_runtime/log_value.h"
 #include "service_runtime/metrics_exposer.h"
 #include "service_runtime/port_file.h"
 #include "service_runtime/service_flags.h"
@@ -59,7 +60,7 @@ struct Flags {
 };
 
 int Fail(const std::string& what) {
-  spdlog::critical("event=startup_failed error=\"{}\"", what);
+  spdlog::critical("event=startup_failed error={}", kvshare::runtime::LogValue(what));
   return 1;
 }
 
@@ -193,7 +194,8 @@ int main(int argc, char** argv) {
     f.worker.strategy_version = 0;  // the fleet's name for the identity strategy
   }
 
-  if (absl::Status s = kvshare::runtime::SetUpServiceLogging("kvshare-worker", f.log_level, f.log_format);
+  if (absl::Status s =
+          kvshare::runtime::SetUpServiceLogging("kvshare-worker", f.log_level, f.log_format);
       !s.ok()) {
     std::fprintf(stderr, "%s\n", std::string(s.message()).c_str());
     return 2;
@@ -257,9 +259,10 @@ int main(int argc, char** argv) {
   const kvshare::ModelConfig& c = (*worker)->model().config();
   const auto strategy = (*worker)->strategies().Current();
   spdlog::info(
-      "event=ready model=\"{}\" layers={} fingerprint={} strategy_version={} owning_layers={} "
+      "event=ready model={} layers={} fingerprint={} strategy_version={} owning_layers={} "
       "kv_blocks={} block_tokens={} backend={} load_s={:.2f} health=SERVING",
-      c.name, c.n_layers, (*worker)->model().fingerprint().substr(0, 16), strategy->version,
+      kvshare::runtime::LogValue(c.name), c.n_layers,
+      (*worker)->model().fingerprint().substr(0, 16), strategy->version,
       strategy->strategy->owning_layers(), (*worker)->scheduler().total_blocks(),
       (*worker)->scheduler().block_tokens(), (*worker)->scheduler().backend_name(),
       absl::ToDoubleSeconds(absl::Now() - load_start));

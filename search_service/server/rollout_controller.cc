@@ -5,6 +5,7 @@
 #include "proto/wire/strategy_wire.h"
 #include "search_service/server/fleet_state_file.h"
 #include "search_service/server/registry_wire.h"
+#include "service_runtime/log_value.h"
 #include "spdlog/spdlog.h"
 
 namespace kvshare {
@@ -33,7 +34,8 @@ absl::StatusOr<std::shared_ptr<const SharingStrategy>> StrategyOf(const Strategy
 
 void LogSaveFailure(const absl::Status& s) {
   if (!s.ok()) {
-    spdlog::error("event=fleet_state_save_failed error=\"{}\"", std::string(s.message()));
+    spdlog::error("event=fleet_state_save_failed error={}",
+                  runtime::LogValue(std::string(s.message())));
   }
 }
 
@@ -63,10 +65,10 @@ absl::StatusOr<std::unique_ptr<RolloutController>> RolloutController::Open(
     int active = 0;
     for (const v1::Rollout& r : loaded.rollouts()) active += IsActive(r);
     spdlog::info(
-        "event=fleet_state_loaded from=\"{}\" rollouts={} active={} pins={} baselines={} "
+        "event=fleet_state_loaded from={} rollouts={} active={} pins={} baselines={} "
         "generation={}",
-        c->state_store_->Describe(), loaded.rollouts_size(), active, loaded.pins_size(),
-        loaded.baselines_size(), loaded.generation());
+        runtime::LogValue(c->state_store_->Describe()), loaded.rollouts_size(), active,
+        loaded.pins_size(), loaded.baselines_size(), loaded.generation());
   }
   RolloutController* raw = c.get();
   c->state_store_->Watch([raw](v1::FleetControlState s) { raw->Adopt(std::move(s)); });
@@ -160,8 +162,8 @@ void RolloutController::TakeLead() {
       return StrategyOf(*store_, fingerprint, v).ok();
     });
     if (!stored.ok()) {
-      spdlog::error("event=fleet_state_read_failed error=\"{}\"",
-                    std::string(stored.status().message()));
+      spdlog::error("event=fleet_state_read_failed error={}",
+                    runtime::LogValue(std::string(stored.status().message())));
     } else if (stored->generation() > state_.control.generation()) {
       state_.control = std::move(*stored);
     }
@@ -205,8 +207,8 @@ void RolloutController::SendAssignments() {
     }
     auto strategy = StrategyOf(*store_, d->fingerprint, d->version);
     if (!strategy.ok()) {
-      spdlog::error("event=assignment_failed worker_id={} version={} error=\"{}\"", id, d->version,
-                    std::string(strategy.status().message()));
+      spdlog::error("event=assignment_failed worker_id={} version={} error={}", id, d->version,
+                    runtime::LogValue(std::string(strategy.status().message())));
       continue;
     }
     w.has_assignment = true;
@@ -223,8 +225,8 @@ void RolloutController::SendAssignments() {
     a.set_version(d->version);
     ToProto(**strategy, a.mutable_strategy());
     a.set_cause(d->cause);
-    spdlog::info("event=assignment_sent worker_id={} version={} strategy_id={} cause=\"{}\"", id,
-                 d->version, w.assigned_id.substr(0, 16), d->cause);
+    spdlog::info("event=assignment_sent worker_id={} version={} strategy_id={} cause={}", id,
+                 d->version, w.assigned_id.substr(0, 16), runtime::LogValue(d->cause));
     w.channel->Send(a);
     w.has_sent = w.pending = true;
     w.sent_version = d->version;
@@ -283,8 +285,9 @@ void RolloutController::Hello(WorkerChannel* channel, const v1::WorkerHello& hel
       w.n_layers = (*s)->n_layers();
     }
     spdlog::info("event=worker_hello worker_id={} address={} fingerprint={} version={} labels={}",
-                 id, hello.address(), hello.model_fingerprint().substr(0, 16),
-                 hello.current_version(), hello.labels_size());
+                 runtime::LogValue(id), runtime::LogValue(hello.address()),
+                 hello.model_fingerprint().substr(0, 16), hello.current_version(),
+                 hello.labels_size());
     PublishLocal(id);
     Reconcile();
   }
@@ -312,12 +315,13 @@ void RolloutController::Ack(WorkerChannel* channel, const v1::StrategyAck& ack) 
         w.n_layers = (*s)->n_layers();
       }
     } else {
-      spdlog::warn("event=worker_nack worker_id={} version={} reason={} error=\"{}\"", *id,
-                   ack.version(), v1::NackReason_Name(ack.reason()), ack.error());
+      spdlog::warn("event=worker_nack worker_id={} version={} reason={} error={}", *id,
+                   ack.version(), v1::NackReason_Name(ack.reason()),
+                   runtime::LogValue(ack.error()));
       const std::vector<std::string> paused = PauseOnNack(state_.control, fw, ack, fw.last_seen);
       for (const std::string& rollout : paused) {
-        spdlog::warn("event=rollout_paused rollout={} reason=\"{}\"", rollout,
-                     FindRollout(rollout)->state_reason());
+        spdlog::warn("event=rollout_paused rollout={} reason={}", rollout,
+                     runtime::LogValue(FindRollout(rollout)->state_reason()));
       }
       if (!paused.empty()) LogSaveFailure(Save());
     }
@@ -390,10 +394,9 @@ absl::StatusOr<v1::Rollout> RolloutController::CreateRollout(const std::string& 
     Advance();
     absl::Status s = Save(&before);
     if (!s.ok()) return s;
-    spdlog::info(
-        "event=rollout_created rollout={} model={} from={} to={} steps=[{}] selector=\"{}\"",
-        r->rollout_id(), fingerprint.substr(0, 16), r->from_version(), target,
-        absl::StrJoin(steps, ","), selector);
+    spdlog::info("event=rollout_created rollout={} model={} from={} to={} steps=[{}] selector={}",
+                 r->rollout_id(), fingerprint.substr(0, 16), r->from_version(), target,
+                 absl::StrJoin(steps, ","), runtime::LogValue(selector));
     Reconcile();
     out = *FindRollout(r->rollout_id());
   }
