@@ -264,7 +264,8 @@ int main(int argc, char** argv) {
       kvshare::runtime::LogValue(c.name), c.n_layers,
       (*worker)->model().fingerprint().substr(0, 16), strategy->version,
       strategy->strategy->owning_layers(), (*worker)->scheduler().total_blocks(),
-      (*worker)->scheduler().block_tokens(), (*worker)->scheduler().backend_name(),
+      (*worker)->scheduler().block_tokens(),
+      kvshare::runtime::LogValue((*worker)->scheduler().backend_name()),
       absl::ToDoubleSeconds(absl::Now() - load_start));
   std::unique_ptr<kvshare::StrategySubscriber> subscriber;
   if (!f.control_plane.empty()) {
