@@ -36,10 +36,8 @@ CLI::Option* AddTimeoutFlag(CLI::App* app, double* seconds, const std::string& w
       ->check(CLI::PositiveNumber);
 }
 
-CLI::Option* AddJsonFlag(CLI::App* app, bool* json) {
-  return app->add_flag("--json", *json,
-                       "Print the answer as JSON (one object per line; field names as in "
-                       "kvshare/v1/*.proto)");
+CLI::Option* AddJsonFlag(CLI::App* app, bool* json, const std::string& what) {
+  return app->add_flag("--json", *json, what);
 }
 
 std::chrono::system_clock::time_point DeadlineAfter(double seconds) {

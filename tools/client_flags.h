@@ -32,8 +32,13 @@ std::string DefaultServer(ServerKind kind);
 CLI::Option* AddServerFlag(CLI::App* app, std::string* server, ServerKind kind);
 // --timeout bound to `*seconds` (its value is the default shown), checked > 0.
 CLI::Option* AddTimeoutFlag(CLI::App* app, double* seconds, const std::string& what);
-// --json bound to `*json`.
-CLI::Option* AddJsonFlag(CLI::App* app, bool* json);
+// --json bound to `*json`; `what` describes the output (default: a response message, in
+// ToJsonLine's form).
+CLI::Option* AddJsonFlag(CLI::App* app, bool* json,
+                         const std::string& what =
+                             "Print the answer as one line of JSON (the "
+                             "response; field names as in "
+                             "kvshare/v1/*.proto)");
 
 std::chrono::system_clock::time_point DeadlineAfter(double seconds);
 

@@ -110,7 +110,9 @@ Runner RegisterRollout(CLI::App& app) {
   auto common = [&](CLI::App* c) {
     AddServerFlag(c, &f->server, ServerKind::kSearch);
     AddTimeoutFlag(c, &f->timeout, "Seconds to wait for each call (--watch: for none)");
-    AddJsonFlag(c, &f->json);
+    AddJsonFlag(c, &f->json,
+                "Print the rollout (list: ListRolloutsResponse) as one line of JSON, field names "
+                "as in kvshare/v1/*.proto; --watch: one line per change");
   };
   CLI::App* create = sub->add_subcommand("create", "Start a rollout");
   common(create);

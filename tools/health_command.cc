@@ -30,7 +30,7 @@ Runner RegisterHealth(CLI::App& app) {
   sub->add_option("--service", flags->service,
                   "A service name, e.g. kvshare.v1.InferenceService (default: the whole server)");
   AddTimeoutFlag(sub, &flags->timeout_s, "Seconds to wait for the answer");
-  AddJsonFlag(sub, &flags->json);
+  AddJsonFlag(sub, &flags->json, R"(Print {"server", "service", "status"} as one line of JSON)");
   return [flags]() {
     auto status =
         runtime::CheckGrpcHealth(flags->server, flags->service, absl::Seconds(flags->timeout_s));

@@ -334,7 +334,8 @@ Runner RegisterStrategies(CLI::App& app) {
                           "Publish a strategy file as its model's next version (same content: the "
                           "existing version)");
   add_server(publish);
-  publish->add_option("--file", f->file, "Strategy JSON (kvshare search/strategy --out)")
+  // --strategy names a strategy file everywhere else; --file is the older spelling.
+  publish->add_option("--strategy,--file", f->file, "Strategy JSON (kvshare search/strategy --out)")
       ->required();
   publish->add_option("--model-name", f->model_name, "Name to list it under");
 

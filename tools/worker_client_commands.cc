@@ -145,20 +145,25 @@ Runner RegisterLoad(CLI::App& app) {
       ->check(CLI::Range(1, 1 << 24));
   sub->add_option("--prompt", f->request.prompt, "Prompt text")->capture_default_str();
   sub->add_flag("--chat", f->request.chat, "Send the prompt as a chat user message");
+  sub->add_option("--system", f->request.system, "System message for --chat");
   sub->add_option("--max-tokens", f->request.gen.max_tokens, "Tokens per request")
       ->capture_default_str();
   sub->add_option("--temperature", f->request.gen.sampling.temperature, "0 = greedy")
+      ->capture_default_str();
+  sub->add_option("--top-k", f->request.gen.sampling.top_k,
+                  "Keep the k most likely tokens (0 = all)")
       ->capture_default_str();
   sub->add_option("--top-p", f->request.gen.sampling.top_p, "Nucleus mass in (0, 1]")
       ->capture_default_str();
   sub->add_option("--seed", f->request.gen.sampling.seed, "Seed of request 0 (request i: +i)")
       ->capture_default_str();
+  sub->add_option("--stop", f->request.gen.stop, "Stop string (repeatable)");
   sub->add_option("--strategy-version", f->request.strategy_version,
                   "Pin this strategy version (default: the worker's current)");
   sub->add_flag("--ignore-eos", f->request.ignore_eos,
                 "Generate exactly --max-tokens per request (a fixed amount of work)");
   AddTimeoutFlag(sub, &f->timeout, "Seconds to wait for each request");
-  AddJsonFlag(sub, &f->json);
+  AddJsonFlag(sub, &f->json, "Print the report as JSON");
 
   return [f]() -> int {
     auto channel = Connect(f->request.server);

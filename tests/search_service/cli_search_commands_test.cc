@@ -85,8 +85,8 @@ TEST_F(CliSearchCommandsTest, JsonListsAndStatusesUseTheProtoFieldNames) {
   const std::string file = *dir_ + "/identity.json";
   ASSERT_TRUE(SharingStrategy::Identity(5, fingerprint).WriteFile(file).ok());
   const testing::CliRun publish =
-      testing::RunCli(KVSHARE_CLI_BINARY, {"strategies", "publish", "--server", Address(), "--file",
-                                           file, "--model-name", "stories260K"});
+      testing::RunCli(KVSHARE_CLI_BINARY, {"strategies", "publish", "--server", Address(),
+                                           "--strategy", file, "--model-name", "stories260K"});
   ASSERT_EQ(publish.exit_code, 0) << publish.err;
 
   const nlohmann::json list = Json({"strategies", "list"});
