@@ -65,7 +65,7 @@ GenerateStream::GenerateStream(InferenceWorker& worker, StreamCounter& counter,
     const std::string id = request->id;
     status = worker.scheduler().Submit(std::move(*request), this);
     if (status.ok()) {
-      spdlog::debug("event=request_accepted request_id={}", id);
+      spdlog::debug("event=request_accepted request_id={}", runtime::LogValue(id));
       Pump();  // the start message OnAccepted queued
       return;
     }

@@ -142,8 +142,8 @@ class OpenAiHttpServer::Routes {
     auto generation = std::make_shared<HttpGeneration>(worker->scheduler());
     absl::Status submitted = worker->scheduler().Submit(std::move(*request), generation.get());
     if (!submitted.ok()) return Refuse(res, submitted, endpoint, true);
-    spdlog::debug("event=request_accepted request_id={} protocol=http stream={}", id,
-                  parsed->stream);
+    spdlog::debug("event=request_accepted request_id={} protocol=http stream={}",
+                  runtime::LogValue(id), parsed->stream);
     auto formatter = std::make_shared<OpenAiResponseFormatter>(*parsed, std::move(context));
     if (parsed->stream) {
       Stream(res, std::move(generation), std::move(formatter), std::move(in_flight));

@@ -271,8 +271,8 @@ void Scheduler::Admit(absl::Time now) {
     auto seq = engine_->AddSequence(s->request.strategy.strategy);
     if (!seq.ok()) {
       reserved_blocks_ -= s->reserved_blocks;
-      spdlog::error("event=add_sequence_failed request_id={} status={}", s->request.id,
-                    runtime::LogValue(seq.status().ToString()));
+      spdlog::error("event=add_sequence_failed request_id={} status={}",
+                    runtime::LogValue(s->request.id), runtime::LogValue(seq.status().ToString()));
       Finish(*s, FinishReason::kCancelled, absl::InternalError(seq.status().ToString()), now);
       continue;
     }
@@ -416,8 +416,8 @@ void Scheduler::Finish(Sequence& s, FinishReason reason, const absl::Status& sta
   spdlog::info(
       "event=request_finished request_id={} result={} prompt_tokens={} completion_tokens={} "
       "strategy_version={} queue_s={:.4f} ttft_s={:.4f} decode_s={:.4f}",
-      s.request.id, result, out.prompt_tokens, out.completion_tokens, s.request.strategy.version,
-      t.queue_seconds, t.time_to_first_token_seconds, t.decode_seconds);
+      runtime::LogValue(s.request.id), result, out.prompt_tokens, out.completion_tokens,
+      s.request.strategy.version, t.queue_seconds, t.time_to_first_token_seconds, t.decode_seconds);
   s.sink->OnFinished(out);  // the last touch of the sink
 }
 

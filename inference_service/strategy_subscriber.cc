@@ -145,7 +145,7 @@ std::string StrategySubscriber::RunStream(const std::string& address) {
       state_.last_change = absl::Now();
     }
     spdlog::info("event=control_plane_connected address={} worker_id={} current_version={}",
-                 address, options_.worker_id, hello->current_version());
+                 address, runtime::LogValue(options_.worker_id), hello->current_version());
     loads = std::thread([&] {
       while (!done.WaitForNotificationWithTimeout(options_.load_interval)) {
         const SchedulerLoad l = scheduler_->Load();

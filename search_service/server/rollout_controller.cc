@@ -207,7 +207,8 @@ void RolloutController::SendAssignments() {
     }
     auto strategy = StrategyOf(*store_, d->fingerprint, d->version);
     if (!strategy.ok()) {
-      spdlog::error("event=assignment_failed worker_id={} version={} error={}", id, d->version,
+      spdlog::error("event=assignment_failed worker_id={} version={} error={}",
+                    runtime::LogValue(id), d->version,
                     runtime::LogValue(std::string(strategy.status().message())));
       continue;
     }
@@ -225,8 +226,9 @@ void RolloutController::SendAssignments() {
     a.set_version(d->version);
     ToProto(**strategy, a.mutable_strategy());
     a.set_cause(d->cause);
-    spdlog::info("event=assignment_sent worker_id={} version={} strategy_id={} cause={}", id,
-                 d->version, w.assigned_id.substr(0, 16), runtime::LogValue(d->cause));
+    spdlog::info("event=assignment_sent worker_id={} version={} strategy_id={} cause={}",
+                 runtime::LogValue(id), d->version, w.assigned_id.substr(0, 16),
+                 runtime::LogValue(d->cause));
     w.channel->Send(a);
     w.has_sent = w.pending = true;
     w.sent_version = d->version;
@@ -315,8 +317,8 @@ void RolloutController::Ack(WorkerChannel* channel, const v1::StrategyAck& ack) 
         w.n_layers = (*s)->n_layers();
       }
     } else {
-      spdlog::warn("event=worker_nack worker_id={} version={} reason={} error={}", *id,
-                   ack.version(), v1::NackReason_Name(ack.reason()),
+      spdlog::warn("event=worker_nack worker_id={} version={} reason={} error={}",
+                   runtime::LogValue(*id), ack.version(), v1::NackReason_Name(ack.reason()),
                    runtime::LogValue(ack.error()));
       const std::vector<std::string> paused = PauseOnNack(state_.control, fw, ack, fw.last_seen);
       for (const std::string& rollout : paused) {
@@ -355,7 +357,7 @@ void RolloutController::Disconnected(WorkerChannel* channel) {
     FleetWorker& fw = state_.workers.at(*id);
     fw.connected = false;
     fw.last_seen = absl::Now();
-    spdlog::info("event=worker_disconnected worker_id={}", *id);
+    spdlog::info("event=worker_disconnected worker_id={}", runtime::LogValue(*id));
     PublishLocal(*id);
     MergeWorker(*id);  // it may be streaming to another replica already
     Reconcile();
