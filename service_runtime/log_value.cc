@@ -11,8 +11,8 @@ bool IsControl(unsigned char c) { return c < 0x20 || c == 0x7f; }
 bool IsBare(unsigned char c) { return c > 0x20 && c < 0x7f && c != '"' && c != '=' && c != '\\'; }
 
 bool IsKeyByte(unsigned char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-         c == '_' || c == '.' || c == '-';
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+         c == '.' || c == '-';
 }
 
 void AppendEscaped(unsigned char c, std::string* out) {

@@ -38,8 +38,7 @@ struct LogValue {
 
 // The fields of a logfmt line "k1=v1 k2=\"v 2\" ...", values unescaped; InvalidArgument naming
 // the offset of the first token that is not `key=value` as LogfmtValue writes it.
-absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ParseLogfmt(
-    std::string_view line);
+absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ParseLogfmt(std::string_view line);
 
 }  // namespace kvshare::runtime
 

@@ -26,9 +26,9 @@ std::string LevelName(const spdlog::details::log_msg& msg) {
 class LogfmtFormatter : public spdlog::formatter {
  public:
   void format(const spdlog::details::log_msg& msg, spdlog::memory_buf_t& dest) override {
-    const std::string line =
-        absl::StrFormat("ts=%s level=%s %s\n", Timestamp(msg), LevelName(msg),
-                        EscapeControlBytes(std::string_view(msg.payload.data(), msg.payload.size())));
+    const std::string line = absl::StrFormat(
+        "ts=%s level=%s %s\n", Timestamp(msg), LevelName(msg),
+        EscapeControlBytes(std::string_view(msg.payload.data(), msg.payload.size())));
     dest.append(line.data(), line.data() + line.size());
   }
   std::unique_ptr<spdlog::formatter> clone() const override {

@@ -1,6 +1,8 @@
 // Service log lines (service_runtime/service_logging.h, log_value.h): a value with a quote, a
 // newline or a control byte stays one value of one line, in logfmt and in json; the formats
 // are checked against lines written out by hand.
+#include "service_runtime/service_logging.h"
+
 #include <sstream>
 #include <string>
 
@@ -8,7 +10,6 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "service_runtime/log_value.h"
-#include "service_runtime/service_logging.h"
 #include "spdlog/logger.h"
 #include "spdlog/sinks/ostream_sink.h"
 
