@@ -5,6 +5,7 @@
 
 #include "absl/strings/ascii.h"
 #include "inference_service/request_builder.h"
+#include "service_runtime/log_value.h"
 #include "spdlog/spdlog.h"
 
 namespace kvshare {
@@ -64,7 +65,7 @@ GenerateStream::GenerateStream(InferenceWorker& worker, StreamCounter& counter,
     const std::string id = request->id;
     status = worker.scheduler().Submit(std::move(*request), this);
     if (status.ok()) {
-      spdlog::debug("event=request_accepted request_id={}", id);
+      spdlog::debug("event=request_accepted request_id={}", runtime::LogValue(id));
       Pump();  // the start message OnAccepted queued
       return;
     }
@@ -72,8 +73,8 @@ GenerateStream::GenerateStream(InferenceWorker& worker, StreamCounter& counter,
   if (ServingMetrics* metrics = worker.metrics()) {
     metrics->requests(absl::AsciiStrToLower(absl::StatusCodeToString(status.code()))).Increment();
   }
-  spdlog::info("event=request_refused code={} message=\"{}\"",
-               absl::StatusCodeToString(status.code()), std::string(status.message()));
+  spdlog::info("event=request_refused code={} message={}", absl::StatusCodeToString(status.code()),
+               runtime::LogValue(std::string(status.message())));
   {
     absl::MutexLock lock(&mu_);
     finish_called_ = true;

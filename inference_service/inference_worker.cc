@@ -5,6 +5,7 @@
 #include "common/strategy/strategy_binding.h"
 #include "kernels/backend.h"
 #include "service_runtime/locate.h"
+#include "service_runtime/log_value.h"
 #include "spdlog/spdlog.h"
 
 namespace kvshare {
@@ -62,7 +63,8 @@ absl::StatusOr<std::unique_ptr<InferenceWorker>> InferenceWorker::Load(const Wor
   }
   w->device_ = device->info;
   w->device_note_ = device->note;
-  spdlog::info("event=device device=\"{}\" note=\"{}\"", w->device_.Describe(), w->device_note_);
+  spdlog::info("event=device device={} note={}", runtime::LogValue(w->device_.Describe()),
+               runtime::LogValue(w->device_note_));
   auto engine = Engine::Create(m, std::move(device->backend), engine_options);
   if (!engine.ok()) return engine.status();
   auto scheduler =

@@ -12,6 +12,7 @@
 #include "absl/time/clock.h"
 #include "inference_service/openai_api.h"
 #include "inference_service/request_builder.h"
+#include "service_runtime/log_value.h"
 #include "spdlog/spdlog.h"
 
 namespace kvshare {
@@ -141,8 +142,8 @@ class OpenAiHttpServer::Routes {
     auto generation = std::make_shared<HttpGeneration>(worker->scheduler());
     absl::Status submitted = worker->scheduler().Submit(std::move(*request), generation.get());
     if (!submitted.ok()) return Refuse(res, submitted, endpoint, true);
-    spdlog::debug("event=request_accepted request_id={} protocol=http stream={}", id,
-                  parsed->stream);
+    spdlog::debug("event=request_accepted request_id={} protocol=http stream={}",
+                  runtime::LogValue(id), parsed->stream);
     auto formatter = std::make_shared<OpenAiResponseFormatter>(*parsed, std::move(context));
     if (parsed->stream) {
       Stream(res, std::move(generation), std::move(formatter), std::move(in_flight));
@@ -161,8 +162,9 @@ class OpenAiHttpServer::Routes {
           .Increment();
     }
     if (count) {
-      spdlog::info("event=request_refused protocol=http code={} message=\"{}\"",
-                   absl::StatusCodeToString(status.code()), std::string(status.message()));
+      spdlog::info("event=request_refused protocol=http code={} message={}",
+                   absl::StatusCodeToString(status.code()),
+                   runtime::LogValue(std::string(status.message())));
     }
     SetError(res, OpenAiErrorFrom(status, endpoint));
   }

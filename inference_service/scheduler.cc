@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "service_runtime/log_value.h"
 #include "spdlog/spdlog.h"
 
 namespace kvshare {
@@ -270,8 +271,8 @@ void Scheduler::Admit(absl::Time now) {
     auto seq = engine_->AddSequence(s->request.strategy.strategy);
     if (!seq.ok()) {
       reserved_blocks_ -= s->reserved_blocks;
-      spdlog::error("event=add_sequence_failed request_id={} status=\"{}\"", s->request.id,
-                    seq.status().ToString());
+      spdlog::error("event=add_sequence_failed request_id={} status={}",
+                    runtime::LogValue(s->request.id), runtime::LogValue(seq.status().ToString()));
       Finish(*s, FinishReason::kCancelled, absl::InternalError(seq.status().ToString()), now);
       continue;
     }
@@ -322,8 +323,8 @@ void Scheduler::RunStep() {
   if (!status.ok()) {
     // Admission reserved every sequence's worst case, so this is a bug, not load: say so
     // loudly and end the step's sequences rather than retry forever.
-    spdlog::error("event=step_failed sequences={} rows={} status=\"{}\"", rows.size(),
-                  options_.step_tokens - budget, status.ToString());
+    spdlog::error("event=step_failed sequences={} rows={} status={}", rows.size(),
+                  options_.step_tokens - budget, runtime::LogValue(status.ToString()));
     for (const Row& r : rows) {
       Finish(*r.seq, FinishReason::kCancelled,
              absl::InternalError(absl::StrCat("engine step failed: ", status.message())), now);
@@ -415,8 +416,8 @@ void Scheduler::Finish(Sequence& s, FinishReason reason, const absl::Status& sta
   spdlog::info(
       "event=request_finished request_id={} result={} prompt_tokens={} completion_tokens={} "
       "strategy_version={} queue_s={:.4f} ttft_s={:.4f} decode_s={:.4f}",
-      s.request.id, result, out.prompt_tokens, out.completion_tokens, s.request.strategy.version,
-      t.queue_seconds, t.time_to_first_token_seconds, t.decode_seconds);
+      runtime::LogValue(s.request.id), result, out.prompt_tokens, out.completion_tokens,
+      s.request.strategy.version, t.queue_seconds, t.time_to_first_token_seconds, t.decode_seconds);
   s.sink->OnFinished(out);  // the last touch of the sink
 }
 

@@ -10,6 +10,7 @@
 #include "grpcpp/grpcpp.h"
 #include "kvshare/v1/registry.grpc.pb.h"
 #include "proto/wire/strategy_wire.h"
+#include "service_runtime/log_value.h"
 #include "spdlog/spdlog.h"
 
 namespace kvshare {
@@ -98,8 +99,8 @@ void StrategySubscriber::Run() {
     std::uniform_real_distribution<double> jitter(0.5, 1.0);
     const absl::Duration wait = backoff * jitter(rng);
     spdlog::log(was_connected ? spdlog::level::warn : spdlog::level::info,
-                "event=control_plane_disconnected address={} error=\"{}\" retry_in_ms={}", address,
-                why, absl::ToInt64Milliseconds(wait));
+                "event=control_plane_disconnected address={} error={} retry_in_ms={}", address,
+                runtime::LogValue(why), absl::ToInt64Milliseconds(wait));
     backoff = std::min(backoff * 2, options_.max_backoff);
     absl::MutexLock lock(&mu_);
     auto stopping = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stopping_; };
@@ -147,7 +148,7 @@ std::string StrategySubscriber::RunStream(const std::string& address) {
       state_.last_change = absl::Now();
     }
     spdlog::info("event=control_plane_connected address={} worker_id={} current_version={}",
-                 address, options_.worker_id, hello->current_version());
+                 address, runtime::LogValue(options_.worker_id), hello->current_version());
     loads = std::thread([&] {
       while (!done.WaitForNotificationWithTimeout(options_.load_interval)) {
         const SchedulerLoad l = scheduler_->Load();
@@ -211,13 +212,13 @@ std::string StrategySubscriber::RunStream(const std::string& address) {
         if (!applied.ok()) ++state_.nacks;
       }
       if (applied.ok()) {
-        spdlog::info("event=strategy_ack version={} strategy_id={} cause=\"{}\"",
-                     assignment.version(), assignment.strategy().id().substr(0, 16),
-                     assignment.cause());
+        spdlog::info("event=strategy_ack version={} strategy_id={} cause={}", assignment.version(),
+                     assignment.strategy().id().substr(0, 16),
+                     runtime::LogValue(assignment.cause()));
       } else {
-        spdlog::warn("event=strategy_nack version={} reason={} error=\"{}\" cause=\"{}\"",
-                     assignment.version(), ReasonName(ack->reason()), ack->error(),
-                     assignment.cause());
+        spdlog::warn("event=strategy_nack version={} reason={} error={} cause={}",
+                     assignment.version(), ReasonName(ack->reason()),
+                     runtime::LogValue(ack->error()), runtime::LogValue(assignment.cause()));
       }
       if (!write(reply)) break;
     }

@@ -29,6 +29,7 @@
 #include "inference_service/strategy_subscriber.h"
 #include "inference_service/worker_quality_probe.h"
 #include "service_runtime/build_info.h"
+#include "service_runtime/log_value.h"
 #include "service_runtime/metrics_exposer.h"
 #include "service_runtime/port_file.h"
 #include "service_runtime/service_flags.h"
@@ -51,6 +52,7 @@ struct Flags {
   std::string kv_type = "f16";
   double drain_grace_s = 30;
   std::string log_level = "info";
+  std::string log_format = "logfmt";
   // The control plane (kvshare-search's StrategyDistribution); empty: local strategy only.
   std::string control_plane;
   std::string worker_id;  // empty: <hostname>:<port>
@@ -61,7 +63,7 @@ struct Flags {
 };
 
 int Fail(const std::string& what) {
-  spdlog::critical("event=startup_failed error=\"{}\"", what);
+  spdlog::critical("event=startup_failed error={}", kvshare::runtime::LogValue(what));
   return 1;
 }
 
@@ -161,6 +163,7 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   kvshare::runtime::AddLogLevelFlag(app, &f.log_level);
+  kvshare::runtime::AddLogFormatFlag(app, &f.log_format);
   kvshare::runtime::AddVersionFlag(app, "kvshare-worker");
   app.add_option("--control-plane", f.control_plane,
                  "host:port of kvshare-search (or several, comma-separated: replicas on one etcd, "
@@ -204,7 +207,8 @@ int main(int argc, char** argv) {
     f.worker.strategy_version = 0;  // the fleet's name for the identity strategy
   }
 
-  if (absl::Status s = kvshare::runtime::SetUpServiceLogging("kvshare-worker", f.log_level);
+  if (absl::Status s =
+          kvshare::runtime::SetUpServiceLogging("kvshare-worker", f.log_level, f.log_format);
       !s.ok()) {
     std::fprintf(stderr, "%s\n", std::string(s.message()).c_str());
     return 2;
@@ -268,11 +272,13 @@ int main(int argc, char** argv) {
   const kvshare::ModelConfig& c = (*worker)->model().config();
   const auto strategy = (*worker)->strategies().Current();
   spdlog::info(
-      "event=ready model=\"{}\" layers={} fingerprint={} strategy_version={} owning_layers={} "
+      "event=ready model={} layers={} fingerprint={} strategy_version={} owning_layers={} "
       "kv_blocks={} block_tokens={} backend={} load_s={:.2f} health=SERVING",
-      c.name, c.n_layers, (*worker)->model().fingerprint().substr(0, 16), strategy->version,
+      kvshare::runtime::LogValue(c.name), c.n_layers,
+      (*worker)->model().fingerprint().substr(0, 16), strategy->version,
       strategy->strategy->owning_layers(), (*worker)->scheduler().total_blocks(),
-      (*worker)->scheduler().block_tokens(), (*worker)->scheduler().backend_name(),
+      (*worker)->scheduler().block_tokens(),
+      kvshare::runtime::LogValue((*worker)->scheduler().backend_name()),
       absl::ToDoubleSeconds(absl::Now() - load_start));
   std::unique_ptr<kvshare::WorkerQualityProbe> quality_probe;  // outlives the subscriber
   std::unique_ptr<kvshare::StrategySubscriber> subscriber;

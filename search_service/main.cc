@@ -16,6 +16,7 @@
 #include "absl/time/time.h"
 #include "search_service/server/search_metrics.h"
 #include "search_service/server/search_server.h"
+#include "service_runtime/log_value.h"
 #include "service_runtime/metrics_exposer.h"
 #include "service_runtime/port_file.h"
 #include "service_runtime/service_flags.h"
@@ -34,10 +35,11 @@ struct Flags {
   std::string metrics_host = "127.0.0.1";
   double drain_grace_s = 30;
   std::string log_level = "info";
+  std::string log_format = "logfmt";
 };
 
 int Fail(const std::string& what) {
-  spdlog::critical("event=startup_failed error=\"{}\"", what);
+  spdlog::critical("event=startup_failed error={}", kvshare::runtime::LogValue(what));
   return 1;
 }
 
@@ -92,6 +94,7 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   kvshare::runtime::AddLogLevelFlag(app, &f.log_level);
+  kvshare::runtime::AddLogFormatFlag(app, &f.log_format);
   kvshare::runtime::AddVersionFlag(app, "kvshare-search");
   double worker_expiry_s = 30;
   app.add_option("--worker-expiry", worker_expiry_s,
@@ -113,7 +116,8 @@ int main(int argc, char** argv) {
   f.server.leader_ttl = absl::Seconds(leader_ttl_s);
   f.server.fleet.worker_expiry = absl::Seconds(worker_expiry_s);
 
-  absl::Status s = kvshare::runtime::SetUpServiceLogging("kvshare-search", f.log_level);
+  absl::Status s =
+      kvshare::runtime::SetUpServiceLogging("kvshare-search", f.log_level, f.log_format);
   if (!s.ok()) return Fail(std::string(s.message()));
 
   kvshare::SearchMetrics metrics;
@@ -132,10 +136,10 @@ int main(int argc, char** argv) {
   auto server = kvshare::SearchServer::Start(f.server, &metrics);
   if (!server.ok()) return Fail(std::string(server.status().message()));
   spdlog::info(
-      "event=ready address={}:{} data_dir={} store=\"{}\" catalog_models={} max_concurrent_jobs={} "
+      "event=ready address={}:{} data_dir={} store={} catalog_models={} max_concurrent_jobs={} "
       "max_queued_jobs={} metrics={}:{} health=SERVING",
       f.host, (*server)->port(), f.server.data_dir,
-      f.server.store.empty() ? "directory" : f.server.store,
+      kvshare::runtime::LogValue(f.server.store.empty() ? "directory" : f.server.store),
       (*server)->catalog().model_names().size(), jobs.max_concurrent_jobs, jobs.max_queued_jobs,
       f.metrics_host, f.metrics_port);
   if (!f.port_file.empty()) {

@@ -3,6 +3,7 @@
 //   --version     prints VersionLine(program) (build_info.h) and exits 0
 //   --log-level   one of kLogLevels; anything else is refused at parse time (exit 105) with a
 //                 message naming the allowed values, before the program does anything
+//   --log-format  logfmt (default) or json (service_logging.h), checked the same way
 #pragma once
 
 #include <string>
@@ -18,5 +19,7 @@ const std::vector<std::string>& LogLevels();
 void AddVersionFlag(CLI::App& app, const std::string& program);
 // Adds --log-level bound to `*level` (its value is the default shown in --help).
 CLI::Option* AddLogLevelFlag(CLI::App& app, std::string* level);
+// Adds --log-format bound to `*format` (service_logging.h's LogFormats()).
+CLI::Option* AddLogFormatFlag(CLI::App& app, std::string* format);
 
 }  // namespace kvshare::runtime

@@ -21,5 +21,6 @@ Runner RegisterStrategies(CLI::App& app);  // search_client_commands.cc
 Runner RegisterRollout(CLI::App& app);     // fleet_commands.cc
 Runner RegisterFleet(CLI::App& app);       // fleet_commands.cc
 Runner RegisterHealth(CLI::App& app);      // health_command.cc
+Runner RegisterChat(CLI::App& app);        // chat_command.cc
 
 }  // namespace kvshare::cli

@@ -13,7 +13,9 @@
 #include "grpcpp/grpcpp.h"
 #include "kvshare/v1/registry.grpc.pb.h"
 #include "proto/wire/rollout_wire.h"
+#include "tools/client_flags.h"
 #include "tools/commands.h"
+#include "tools/rpc_failure.h"
 
 namespace kvshare::cli {
 namespace {
@@ -24,17 +26,12 @@ std::unique_ptr<v1::Rollouts::Stub> Stub(const std::string& server) {
 
 std::unique_ptr<grpc::ClientContext> Context(double seconds) {
   auto c = std::make_unique<grpc::ClientContext>();
-  c->set_deadline(std::chrono::system_clock::now() +
-                  std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)));
+  c->set_deadline(DeadlineAfter(seconds));
   return c;
 }
 
-int RpcFail(const std::string& server, const grpc::Status& status) {
-  std::cerr << absl::StrFormat(
-      "error: %s: %s: %s\n", server,
-      absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code())),
-      status.error_message());
-  return 1;
+int RpcFail(const std::string& server, const grpc::Status& status, double timeout_s) {
+  return ReportRpcFailure(server, v1::Rollouts::service_full_name(), status, timeout_s);
 }
 
 void PrintRollout(const v1::Rollout& r) {
@@ -111,7 +108,7 @@ void PrintFleet(const v1::FleetStatus& f) {
 
 Runner RegisterRollout(CLI::App& app) {
   struct Flags {
-    std::string server = "127.0.0.1:50061";
+    std::string server;
     double timeout = 30;
     std::string model;
     uint64_t version = 0;
@@ -120,15 +117,18 @@ Runner RegisterRollout(CLI::App& app) {
     std::string id;
     bool watch = false;
     bool allow_quality_regression = false;
+    bool json = false;
   };
   auto f = std::make_shared<Flags>();
   CLI::App* sub = app.add_subcommand(
       "rollout", "Roll a strategy version out across the worker fleet (kvshare-search)");
   sub->require_subcommand(1);
   auto common = [&](CLI::App* c) {
-    c->add_option("--server", f->server, "Search service address (host:port)")
-        ->capture_default_str();
-    c->add_option("--timeout", f->timeout, "Seconds per call")->capture_default_str();
+    AddServerFlag(c, &f->server, ServerKind::kSearch);
+    AddTimeoutFlag(c, &f->timeout, "Seconds to wait for each call (--watch: for none)");
+    AddJsonFlag(c, &f->json,
+                "Print the rollout (list: ListRolloutsResponse) as one line of JSON, field names "
+                "as in kvshare/v1/*.proto; --watch: one line per change");
   };
   CLI::App* create = sub->add_subcommand("create", "Start a rollout");
   common(create);
@@ -176,7 +176,11 @@ Runner RegisterRollout(CLI::App& app) {
     } else if (list->parsed()) {
       v1::ListRolloutsResponse out;
       s = stub->ListRollouts(Context(f->timeout).get(), v1::ListRolloutsRequest(), &out);
-      if (!s.ok()) return RpcFail(f->server, s);
+      if (!s.ok()) return RpcFail(f->server, s, f->timeout);
+      if (f->json) {
+        std::cout << ToJsonLine(out) << "\n";
+        return 0;
+      }
       for (const v1::Rollout& one : out.rollouts()) {
         PrintRollout(one);
         std::cout << "\n";
@@ -189,12 +193,16 @@ Runner RegisterRollout(CLI::App& app) {
         grpc::ClientContext ctx;
         auto reader = stub->WatchRollout(&ctx, ref);
         while (reader->Read(&r)) {
-          std::cout << absl::FormatTime("-- %H:%M:%S\n", absl::Now(), absl::LocalTimeZone());
-          PrintRollout(r);
+          if (f->json) {
+            std::cout << ToJsonLine(r) << "\n";  // JSON Lines: one object per change
+          } else {
+            std::cout << absl::FormatTime("-- %H:%M:%S\n", absl::Now(), absl::LocalTimeZone());
+            PrintRollout(r);
+          }
           std::cout.flush();
         }
         s = reader->Finish();
-        return s.ok() ? 0 : RpcFail(f->server, s);
+        return s.ok() ? 0 : RpcFail(f->server, s, 0);
       }
       auto ctx = Context(f->timeout);
       if (by_id[0]->parsed()) s = stub->GetRollout(ctx.get(), ref, &r);
@@ -203,31 +211,36 @@ Runner RegisterRollout(CLI::App& app) {
       if (by_id[3]->parsed()) s = stub->PromoteRollout(ctx.get(), ref, &r);
       if (by_id[4]->parsed()) s = stub->AbortRollout(ctx.get(), ref, &r);
     }
-    if (!s.ok()) return RpcFail(f->server, s);
-    PrintRollout(r);
+    if (!s.ok()) return RpcFail(f->server, s, f->timeout);
+    if (f->json) {
+      std::cout << ToJsonLine(r) << "\n";
+    } else {
+      PrintRollout(r);
+    }
     return 0;
   };
 }
 
 Runner RegisterFleet(CLI::App& app) {
   struct Flags {
-    std::string server = "127.0.0.1:50061";
+    std::string server;
     double timeout = 30;
     std::string worker, label, model;
     uint64_t version = 0;
+    bool json = false;
   };
   auto f = std::make_shared<Flags>();
   CLI::App* sub =
       app.add_subcommand("fleet", "The worker fleet as the search service sees it; operator pins");
   sub->require_subcommand(1);
   auto common = [&](CLI::App* c) {
-    c->add_option("--server", f->server, "Search service address (host:port)")
-        ->capture_default_str();
-    c->add_option("--timeout", f->timeout, "Seconds per call")->capture_default_str();
+    AddServerFlag(c, &f->server, ServerKind::kSearch);
+    AddTimeoutFlag(c, &f->timeout, "Seconds to wait for the call");
   };
   CLI::App* status = sub->add_subcommand(
       "status", "Every worker: version, assignment, last ACK/NACK, last seen, load");
   common(status);
+  AddJsonFlag(status, &f->json);
   CLI::App* pin = sub->add_subcommand("pin", "Pin a worker or a label to a version");
   common(pin);
   CLI::App* unpin = sub->add_subcommand("unpin", "Remove a pin");
@@ -245,8 +258,12 @@ Runner RegisterFleet(CLI::App& app) {
     if (status->parsed()) {
       v1::FleetStatus fleet;
       grpc::Status s = stub->GetFleetStatus(ctx.get(), v1::GetFleetStatusRequest(), &fleet);
-      if (!s.ok()) return RpcFail(f->server, s);
-      PrintFleet(fleet);
+      if (!s.ok()) return RpcFail(f->server, s, f->timeout);
+      if (f->json) {
+        std::cout << ToJsonLine(fleet) << "\n";
+      } else {
+        PrintFleet(fleet);
+      }
       return 0;
     }
     if (f->worker.empty() && f->label.empty()) {
@@ -263,7 +280,7 @@ Runner RegisterFleet(CLI::App& app) {
     if (pin->parsed()) {
       v1::Pin out;
       grpc::Status s = stub->SetPin(ctx.get(), p, &out);
-      if (!s.ok()) return RpcFail(f->server, s);
+      if (!s.ok()) return RpcFail(f->server, s, f->timeout);
       std::cout << "pinned "
                 << (out.has_worker_id() ? "worker " + out.worker_id() : "label " + out.label())
                 << " to version " << out.version() << "\n";
@@ -272,7 +289,7 @@ Runner RegisterFleet(CLI::App& app) {
     (void)unpin;
     v1::ListPinsResponse left;
     grpc::Status s = stub->ClearPin(ctx.get(), p, &left);
-    if (!s.ok()) return RpcFail(f->server, s);
+    if (!s.ok()) return RpcFail(f->server, s, f->timeout);
     std::cout << left.pins_size() << " pins left\n";
     return 0;
   };

@@ -20,6 +20,7 @@ Runner RegisterGenerate(CLI::App& app) {
     bool no_echo = false;
     std::string server;
     int64_t strategy_version = -1;
+    double timeout_s = 300;
   };
   auto flags = std::make_shared<Flags>();
   CLI::App* sub = app.add_subcommand("generate", "Generate text from a prompt, streamed to stdout");
@@ -43,11 +44,23 @@ Runner RegisterGenerate(CLI::App& app) {
                   "Stream from a kvshare-worker at HOST:PORT instead of running the model here");
   sub->add_option("--strategy-version", flags->strategy_version,
                   "With --server: run this strategy version (default: the worker's current)");
+  sub->add_option("--timeout", flags->timeout_s,
+                  "With --server: seconds to wait for the whole completion")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
 
   return [flags]() -> int {
     if (!flags->server.empty()) {
-      return RunRemoteGenerate({flags->server, flags->prompt, flags->chat, flags->system,
-                                flags->gen, flags->no_echo, flags->strategy_version});
+      RemoteGenerateFlags remote;
+      remote.server = flags->server;
+      remote.prompt = flags->prompt;
+      remote.chat = flags->chat;
+      remote.system = flags->system;
+      remote.gen = flags->gen;
+      remote.no_echo = flags->no_echo;
+      remote.strategy_version = flags->strategy_version;
+      remote.timeout_s = flags->timeout_s;
+      return RunRemoteGenerate(remote);
     }
     auto session = OpenSession(flags->model);
     if (!session.ok()) return Fail(session.status());

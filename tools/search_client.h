@@ -22,6 +22,7 @@ struct RemoteSearchFlags {
   bool detach = false;             // print the job id and return without following
   std::string follow;              // follow this existing job instead of creating one
   std::string cancel;              // cancel this job
+  double timeout_s = 300;          // deadline on creating or cancelling the job (not on following)
 };
 
 void AddRemoteSearchFlags(CLI::App* search, RemoteSearchFlags* flags);

@@ -18,8 +18,10 @@
 #include "kvshare/v1/search.grpc.pb.h"
 #include "proto/wire/search_job_wire.h"
 #include "proto/wire/strategy_wire.h"
+#include "tools/client_flags.h"
 #include "tools/commands.h"
 #include "tools/progress.h"
+#include "tools/rpc_failure.h"
 #include "tools/search_client.h"
 #include "tools/session.h"
 
@@ -32,18 +34,8 @@ std::shared_ptr<grpc::Channel> Connect(const std::string& server) {
   return grpc::CreateCustomChannel(server, grpc::InsecureChannelCredentials(), args);
 }
 
-void SetDeadline(grpc::ClientContext* context, absl::Duration timeout) {
-  context->set_deadline(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(timeout));
-}
-
-// "error: <server>: <code>: <message>" and exit code 1.
-int RpcFail(const std::string& server, const grpc::Status& status) {
-  std::cerr << absl::StrFormat(
-      "error: %s: %s: %s\n", server,
-      absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code())),
-      status.error_message());
-  return 1;
-}
+const std::string kSearchService = v1::SearchService::service_full_name();
+const std::string kRegistry = v1::StrategyRegistry::service_full_name();
 
 std::string RandomKey() {
   std::random_device rd;
@@ -174,7 +166,7 @@ int FollowRemoteSearch(const std::string& server, const std::string& job_id,
   }
   if (bar_drawn) bar.Finish();
   grpc::Status status = reader->Finish();
-  if (!status.ok()) return RpcFail(server, status);
+  if (!status.ok()) return ReportRpcFailure(server, kSearchService, status, 0);
   if (!IsTerminalJobState(last.state())) {
     std::cerr << absl::StrFormat("error: the watch of %s ended before the job did\n", job_id);
     return 1;
@@ -182,15 +174,15 @@ int FollowRemoteSearch(const std::string& server, const std::string& job_id,
   return Conclude(last, out);
 }
 
-int CancelRemoteSearch(const std::string& server, const std::string& job_id) {
+int CancelRemoteSearch(const std::string& server, const std::string& job_id, double timeout_s) {
   auto stub = v1::SearchService::NewStub(Connect(server));
   grpc::ClientContext context;
-  SetDeadline(&context, absl::Seconds(30));
+  context.set_deadline(DeadlineAfter(timeout_s));
   v1::CancelSearchJobRequest request;
   request.set_job_id(job_id);
   v1::SearchJob job;
   grpc::Status status = stub->CancelSearchJob(&context, request, &job);
-  if (!status.ok()) return RpcFail(server, status);
+  if (!status.ok()) return ReportRpcFailure(server, kSearchService, status, timeout_s);
   std::cout << absl::StrFormat("%s: %s%s\n", job.job_id(), SearchJobStateName(job.state()),
                                job.cancel_requested() && !IsTerminalJobState(job.state())
                                    ? " (cancel requested; stops within one candidate evaluation)"
@@ -213,6 +205,9 @@ void AddRemoteSearchFlags(CLI::App* search, RemoteSearchFlags* f) {
   search->add_flag("--detach", f->detach, "With --server: print the job id and return");
   search->add_option("--follow", f->follow, "With --server: follow an existing job to its end");
   search->add_option("--cancel", f->cancel, "With --server: cancel a job");
+  AddTimeoutFlag(search, &f->timeout_s,
+                 "With --server: seconds to wait for the job to be created or cancelled (a "
+                 "model's first job loads it; following a job has no deadline)");
 }
 
 absl::Status CheckNoRemoteFlags(const RemoteSearchFlags& f) {
@@ -228,7 +223,7 @@ absl::Status CheckNoRemoteFlags(const RemoteSearchFlags& f) {
 int RunRemoteSearchCommand(const RemoteSearchFlags& f, const std::string& model,
                            const SearchRequest& r, const HeldoutOptions& heldout,
                            const std::string& out) {
-  if (!f.cancel.empty()) return CancelRemoteSearch(f.server, f.cancel);
+  if (!f.cancel.empty()) return CancelRemoteSearch(f.server, f.cancel, f.timeout_s);
   if (!f.follow.empty()) return FollowRemoteSearch(f.server, f.follow, out);
   if (!out.empty()) {
     // Checked before the job is created, so a typo does not cost a search.
@@ -277,12 +272,12 @@ int RunRemoteSearchCommand(const RemoteSearchFlags& f, const std::string& model,
   // The key makes a retry safe: a create that reached the server returns the same job.
   for (int attempt = 0; attempt < 3; ++attempt) {
     grpc::ClientContext context;
-    SetDeadline(&context, absl::Minutes(5));  // a first job loads the model
+    context.set_deadline(DeadlineAfter(f.timeout_s));  // a first job loads the model
     status = stub->CreateSearchJob(&context, request, &job);
     if (status.error_code() != grpc::StatusCode::UNAVAILABLE) break;
     std::this_thread::sleep_for(std::chrono::seconds(1));
   }
-  if (!status.ok()) return RpcFail(f.server, status);
+  if (!status.ok()) return ReportRpcFailure(f.server, kSearchService, status, f.timeout_s);
   std::cerr << absl::StrFormat(
       "job %s %s: model %s (%d layers, %s), calibration %s, target %d sharing layers\n",
       job.job_id(), SearchJobStateName(job.state()), job.request().model(), job.n_layers(),
@@ -297,7 +292,8 @@ int RunRemoteSearchCommand(const RemoteSearchFlags& f, const std::string& model,
 
 Runner RegisterStrategies(CLI::App& app) {
   struct Flags {
-    std::string server = "localhost:50061";
+    std::string server;
+    double timeout_s = 60;
     std::string model;
     uint64_t version = 0;
     std::string id;
@@ -313,11 +309,12 @@ Runner RegisterStrategies(CLI::App& app) {
       "strategies", "The search service's strategy registry: list, show, publish, deprecate");
   sub->require_subcommand(1);
   auto add_server = [&](CLI::App* c) {
-    c->add_option("--server", f->server, "Search service address (host:port)")
-        ->capture_default_str();
+    AddServerFlag(c, &f->server, ServerKind::kSearch);
+    AddTimeoutFlag(c, &f->timeout_s, "Seconds to wait for each call");
   };
   CLI::App* list = sub->add_subcommand("list", "List published strategy versions");
   add_server(list);
+  AddJsonFlag(list, &f->json);
   list->add_option("--model", f->model, "Only this model (catalog name or fingerprint)");
   list->add_flag("--all", f->all, "Include deprecated versions");
 
@@ -330,13 +327,15 @@ Runner RegisterStrategies(CLI::App& app) {
   show->add_option("--version", f->version, "Version number");
   show->add_option("--id", f->id, "Strategy id");
   show->add_option("--out", f->out, "Also write the strategy JSON file here");
+  AddJsonFlag(show, &f->json);
 
   CLI::App* publish =
       sub->add_subcommand("publish",
                           "Publish a strategy file as its model's next version (same content: the "
                           "existing version)");
   add_server(publish);
-  publish->add_option("--file", f->file, "Strategy JSON (kvshare search/strategy --out)")
+  // --strategy names a strategy file everywhere else; --file is the older spelling.
+  publish->add_option("--strategy,--file", f->file, "Strategy JSON (kvshare search/strategy --out)")
       ->required();
   publish->add_option("--model-name", f->model_name, "Name to list it under");
 
@@ -349,14 +348,21 @@ Runner RegisterStrategies(CLI::App& app) {
   return [f, list, show, publish, deprecate]() -> int {
     auto stub = v1::StrategyRegistry::NewStub(Connect(f->server));
     grpc::ClientContext context;
-    SetDeadline(&context, absl::Seconds(60));
+    context.set_deadline(DeadlineAfter(f->timeout_s));
+    auto fail = [&](const grpc::Status& status) {
+      return ReportRpcFailure(f->server, kRegistry, status, f->timeout_s);
+    };
     if (list->parsed()) {
       v1::ListStrategiesRequest request;
       request.set_model(f->model);
       request.set_include_deprecated(f->all);
       v1::ListStrategiesResponse response;
       grpc::Status status = stub->ListStrategies(&context, request, &response);
-      if (!status.ok()) return RpcFail(f->server, status);
+      if (!status.ok()) return fail(status);
+      if (f->json) {
+        std::cout << ToJsonLine(response) << "\n";
+        return 0;
+      }
       std::cout << absl::StrFormat("%-14s %-16s %7s  %-16s %8s %9s  %-10s %-19s %s\n", "model",
                                    "fingerprint", "version", "strategy", "owning", "score",
                                    "method", "published (UTC)", "state");
@@ -383,7 +389,7 @@ Runner RegisterStrategies(CLI::App& app) {
           lr.set_model(f->model);
           v1::ListStrategiesResponse response;
           grpc::Status status = stub->ListStrategies(&context, lr, &response);
-          if (!status.ok()) return RpcFail(f->server, status);
+          if (!status.ok()) return fail(status);
           if (response.records_size() == 0) {
             return Fail(absl::NotFoundError(
                 absl::StrFormat("model %s has no active strategy version", f->model)));
@@ -396,17 +402,21 @@ Runner RegisterStrategies(CLI::App& app) {
         return Fail(absl::InvalidArgumentError("give --id, or --model (and --version)"));
       }
       grpc::ClientContext get_context;
-      SetDeadline(&get_context, absl::Seconds(60));
+      get_context.set_deadline(DeadlineAfter(f->timeout_s));
       v1::StrategyRecord record;
       grpc::Status status = stub->GetStrategy(&get_context, request, &record);
-      if (!status.ok()) return RpcFail(f->server, status);
-      PrintRecord(record);
+      if (!status.ok()) return fail(status);
+      if (f->json) {
+        std::cout << ToJsonLine(record) << "\n";
+      } else {
+        PrintRecord(record);
+      }
       if (!f->out.empty()) {
         auto strategy = FromProto(record.strategy());
         if (!strategy.ok()) return Fail(strategy.status());
         absl::Status s = strategy->WriteFile(f->out);
         if (!s.ok()) return Fail(s);
-        std::cout << absl::StrFormat("wrote      %s\n", f->out);
+        if (!f->json) std::cout << absl::StrFormat("wrote      %s\n", f->out);
       }
       return 0;
     }
@@ -418,7 +428,7 @@ Runner RegisterStrategies(CLI::App& app) {
       request.set_model_name(f->model_name);
       v1::PublishStrategyResponse response;
       grpc::Status status = stub->PublishStrategy(&context, request, &response);
-      if (!status.ok()) return RpcFail(f->server, status);
+      if (!status.ok()) return fail(status);
       std::cout << absl::StrFormat(
           "%s version %d of model %s (strategy %s)\n",
           response.created() ? "published" : "already published as", response.record().version(),
@@ -432,7 +442,7 @@ Runner RegisterStrategies(CLI::App& app) {
       request.set_reason(f->reason);
       v1::StrategyRecord record;
       grpc::Status status = stub->DeprecateStrategy(&context, request, &record);
-      if (!status.ok()) return RpcFail(f->server, status);
+      if (!status.ok()) return fail(status);
       std::cout << absl::StrFormat("deprecated version %d of model %s: %s\n", record.version(),
                                    Short(record.model_fingerprint()), record.deprecation_reason());
       return 0;

@@ -9,7 +9,9 @@
 #include "inference_service/load_generator.h"
 #include "kvshare/v1/inference.grpc.pb.h"
 #include "nlohmann/json.hpp"
+#include "tools/client_flags.h"
 #include "tools/commands.h"
+#include "tools/rpc_failure.h"
 #include "tools/worker_client.h"
 
 namespace kvshare::cli {
@@ -19,10 +21,8 @@ std::shared_ptr<grpc::Channel> Connect(const std::string& server) {
   return grpc::CreateChannel(server, grpc::InsecureChannelCredentials());
 }
 
-int FailRpc(const std::string& server, const grpc::Status& status) {
-  std::cerr << absl::StrFormat("error: %s: %s (code %d)\n", server, status.error_message(),
-                               static_cast<int>(status.error_code()));
-  return 1;
+int FailRpc(const std::string& server, const grpc::Status& status, double timeout_s) {
+  return ReportRpcFailure(server, v1::InferenceService::service_full_name(), status, timeout_s);
 }
 
 const char* FinishName(v1::FinishReason r) {
@@ -39,6 +39,10 @@ const char* FinishName(v1::FinishReason r) {
       return "unspecified";
   }
 }
+
+std::string Ms(double seconds) { return absl::StrFormat("%8.1f", seconds * 1000); }
+
+}  // namespace
 
 v1::GenerateRequest ToRequest(const RemoteGenerateFlags& f) {
   v1::GenerateRequest r;
@@ -65,44 +69,57 @@ v1::GenerateRequest ToRequest(const RemoteGenerateFlags& f) {
   return r;
 }
 
-std::string Ms(double seconds) { return absl::StrFormat("%8.1f", seconds * 1000); }
-
-}  // namespace
-
-int RunRemoteGenerate(const RemoteGenerateFlags& flags) {
-  auto stub = v1::InferenceService::NewStub(Connect(flags.server));
+grpc::Status StreamGenerate(const std::string& server, const v1::GenerateRequest& request,
+                            double timeout_s,
+                            const std::function<void(const std::string&)>& on_text,
+                            RemoteGeneration* out) {
+  auto stub = v1::InferenceService::NewStub(Connect(server));
   grpc::ClientContext ctx;
-  auto reader = stub->Generate(&ctx, ToRequest(flags));
+  ctx.set_deadline(DeadlineAfter(timeout_s));
+  auto reader = stub->Generate(&ctx, request);
   v1::GenerateResponse msg;
-  v1::GenerateStart start;
-  v1::GenerateEnd end;
-  bool echoed = flags.chat || flags.no_echo;
   while (reader->Read(&msg)) {
     if (msg.has_start()) {
-      start = msg.start();
+      out->start = msg.start();
     } else if (msg.has_chunk()) {
-      if (!echoed) {
-        std::fputs(flags.prompt.c_str(), stdout);
-        echoed = true;
-      }
-      std::fwrite(msg.chunk().text().data(), 1, msg.chunk().text().size(), stdout);
-      std::fflush(stdout);
+      out->text += msg.chunk().text();
+      on_text(msg.chunk().text());
     } else if (msg.has_end()) {
-      end = msg.end();
+      out->end = msg.end();
     }
   }
-  const grpc::Status status = reader->Finish();
-  std::fputc('\n', stdout);
-  if (!status.ok()) return FailRpc(flags.server, status);
-  const v1::Timings& t = end.timings();
-  const int n = end.usage().completion_tokens();
-  std::cerr << absl::StrFormat(
+  return reader->Finish();
+}
+
+std::string RemoteStatsLine(const RemoteGeneration& g, const std::string& server) {
+  const v1::Timings& t = g.end.timings();
+  const int n = g.end.usage().completion_tokens();
+  return absl::StrFormat(
       "[%d prompt tokens; %d generated; queue %.3f s, first token %.3f s, decode %.1f tok/s; "
-      "finish: %s; strategy %s v%d; request %s @ %s]\n",
-      start.prompt_tokens(), n, t.queue_seconds(), t.time_to_first_token_seconds(),
+      "finish: %s; strategy %s v%d; request %s @ %s]",
+      g.start.prompt_tokens(), n, t.queue_seconds(), t.time_to_first_token_seconds(),
       n > 1 && t.decode_seconds() > 0 ? (n - 1) / t.decode_seconds() : 0.0,
-      FinishName(end.finish_reason()), start.strategy_id().substr(0, 12), start.strategy_version(),
-      start.request_id(), flags.server);
+      FinishName(g.end.finish_reason()), g.start.strategy_id().substr(0, 12),
+      g.start.strategy_version(), g.start.request_id(), server);
+}
+
+int RunRemoteGenerate(const RemoteGenerateFlags& flags) {
+  bool echoed = flags.chat || flags.no_echo;
+  RemoteGeneration g;
+  const grpc::Status status = StreamGenerate(
+      flags.server, ToRequest(flags), flags.timeout_s,
+      [&](const std::string& text) {
+        if (!echoed) {
+          std::fputs(flags.prompt.c_str(), stdout);
+          echoed = true;
+        }
+        std::fwrite(text.data(), 1, text.size(), stdout);
+        std::fflush(stdout);
+      },
+      &g);
+  std::fputc('\n', stdout);
+  if (!status.ok()) return FailRpc(flags.server, status, flags.timeout_s);
+  std::cerr << RemoteStatsLine(g, flags.server) << "\n";
   return 0;
 }
 
@@ -119,7 +136,7 @@ Runner RegisterLoad(CLI::App& app) {
   f->request.gen.max_tokens = 64;
   CLI::App* sub = app.add_subcommand(
       "load", "Load a kvshare-worker: throughput and latency percentiles (TTFT, inter-token)");
-  sub->add_option("--server", f->request.server, "Worker address HOST:PORT")->required();
+  AddServerFlag(sub, &f->request.server, ServerKind::kWorker);
   sub->add_option("--concurrency", f->concurrency, "Streams in flight at once")
       ->capture_default_str()
       ->check(CLI::Range(1, 4096));
@@ -128,30 +145,35 @@ Runner RegisterLoad(CLI::App& app) {
       ->check(CLI::Range(1, 1 << 24));
   sub->add_option("--prompt", f->request.prompt, "Prompt text")->capture_default_str();
   sub->add_flag("--chat", f->request.chat, "Send the prompt as a chat user message");
+  sub->add_option("--system", f->request.system, "System message for --chat");
   sub->add_option("--max-tokens", f->request.gen.max_tokens, "Tokens per request")
       ->capture_default_str();
   sub->add_option("--temperature", f->request.gen.sampling.temperature, "0 = greedy")
+      ->capture_default_str();
+  sub->add_option("--top-k", f->request.gen.sampling.top_k,
+                  "Keep the k most likely tokens (0 = all)")
       ->capture_default_str();
   sub->add_option("--top-p", f->request.gen.sampling.top_p, "Nucleus mass in (0, 1]")
       ->capture_default_str();
   sub->add_option("--seed", f->request.gen.sampling.seed, "Seed of request 0 (request i: +i)")
       ->capture_default_str();
+  sub->add_option("--stop", f->request.gen.stop, "Stop string (repeatable)");
   sub->add_option("--strategy-version", f->request.strategy_version,
                   "Pin this strategy version (default: the worker's current)");
   sub->add_flag("--ignore-eos", f->request.ignore_eos,
                 "Generate exactly --max-tokens per request (a fixed amount of work)");
-  sub->add_option("--timeout", f->timeout, "Seconds per request")->capture_default_str();
-  sub->add_flag("--json", f->json, "Print the report as JSON");
+  AddTimeoutFlag(sub, &f->timeout, "Seconds to wait for each request");
+  AddJsonFlag(sub, &f->json, "Print the report as JSON");
 
   return [f]() -> int {
     auto channel = Connect(f->request.server);
     {
       grpc::ClientContext ctx;
-      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+      ctx.set_deadline(DeadlineAfter(f->timeout));
       v1::GetModelInfoResponse info;
       grpc::Status s = v1::InferenceService::NewStub(channel)->GetModelInfo(
           &ctx, v1::GetModelInfoRequest(), &info);
-      if (!s.ok()) return FailRpc(f->request.server, s);
+      if (!s.ok()) return FailRpc(f->request.server, s, f->timeout);
       if (!f->json) {
         int owning = 0;
         for (int l = 0; l < info.strategy().kv_source_size(); ++l) {

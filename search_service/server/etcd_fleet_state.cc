@@ -5,6 +5,7 @@
 #include "absl/strings/str_replace.h"
 #include "google/protobuf/util/json_util.h"
 #include "nlohmann/json.hpp"
+#include "service_runtime/log_value.h"
 #include "spdlog/spdlog.h"
 
 namespace kvshare {
@@ -85,8 +86,8 @@ void EtcdFleetState::PublishWorker(const FleetWorker& worker) {
   const std::string key = workers_prefix_ + worker.worker_id + "/" + replica;
   auto put = client_->Put(key, value, lease);
   if (!put.ok()) {
-    spdlog::warn("event=worker_record_failed key={} error=\"{}\"", key,
-                 std::string(put.status().message()));
+    spdlog::warn("event=worker_record_failed key={} error={}", key,
+                 runtime::LogValue(std::string(put.status().message())));
     return;
   }
   absl::MutexLock lock(&mu_);
@@ -246,8 +247,8 @@ void EtcdFleetState::Watch(std::function<void(v1::FleetControlState)> on_change)
           auto state =
               ParseFleetState(kv.value, generation_key_, version_exists, "etcd key " + state_key_);
           if (!state.ok()) {
-            spdlog::error("event=fleet_state_watch_refused error=\"{}\"",
-                          std::string(state.status().message()));
+            spdlog::error("event=fleet_state_watch_refused error={}",
+                          runtime::LogValue(std::string(state.status().message())));
             continue;
           }
           on_change(std::move(*state));

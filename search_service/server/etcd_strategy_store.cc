@@ -7,6 +7,7 @@
 #include "absl/time/clock.h"
 #include "google/protobuf/util/json_util.h"
 #include "search_service/server/registry_wire.h"
+#include "service_runtime/log_value.h"
 #include "spdlog/spdlog.h"
 
 namespace kvshare {
@@ -197,7 +198,9 @@ void EtcdStrategyStore::OnWatch(const EtcdWatchBatch& batch) {
   if (batch.resync) {
     int64_t revision = 0;
     absl::Status s = LoadAll(&revision);
-    if (!s.ok()) spdlog::error("event=store_resync_failed error=\"{}\"", std::string(s.message()));
+    if (!s.ok())
+      spdlog::error("event=store_resync_failed error={}",
+                    runtime::LogValue(std::string(s.message())));
     return;
   }
   const std::string strategies = prefix_ + "/strategies/";
@@ -231,8 +234,8 @@ void EtcdStrategyStore::OnWatch(const EtcdWatchBatch& batch) {
                                                  : CatchUp(fingerprint);
     }
     if (!s.ok()) {
-      spdlog::error("event=store_watch_apply_failed key={} error=\"{}\"", e.kv.key,
-                    std::string(s.message()));
+      spdlog::error("event=store_watch_apply_failed key={} error={}", e.kv.key,
+                    runtime::LogValue(std::string(s.message())));
     }
   }
 }
@@ -281,8 +284,9 @@ absl::StatusOr<PublishOutcome> EtcdStrategyStore::Publish(
         s = CatchUp(fingerprint);  // the versions before it came from other replicas
       }
       if (!s.ok()) {
-        spdlog::warn("event=store_index_behind key={} error=\"{}\"",
-                     RecordKey(fingerprint, record.version), std::string(s.message()));
+        spdlog::warn("event=store_index_behind key={} error={}",
+                     RecordKey(fingerprint, record.version),
+                     runtime::LogValue(std::string(s.message())));
       }
       return PublishOutcome{std::move(record), true};
     }

@@ -14,6 +14,7 @@
 #include "common/util/excerpt.h"
 #include "common/util/file.h"
 #include "google/protobuf/util/json_util.h"
+#include "service_runtime/log_value.h"
 #include "spdlog/spdlog.h"
 
 namespace kvshare {
@@ -133,11 +134,12 @@ std::vector<v1::SearchJob> JobJournal::ReadAll() {
     auto moved = Quarantine(name);
     if (!moved.ok()) {
       // Left in place and still reserved: nothing is lost, and Write refuses the id.
-      spdlog::error("event=job_record_quarantine_failed path={} reason=\"{}\" error=\"{}\"", path,
-                    std::string(s.message()), std::string(moved.status().message()));
+      spdlog::error("event=job_record_quarantine_failed path={} reason={} error={}", path,
+                    runtime::LogValue(std::string(s.message())),
+                    runtime::LogValue(std::string(moved.status().message())));
     } else {
-      spdlog::error("event=job_record_quarantined path={} moved_to={} reason=\"{}\"", path, *moved,
-                    std::string(s.message()));
+      spdlog::error("event=job_record_quarantined path={} moved_to={} reason={}", path, *moved,
+                    runtime::LogValue(std::string(s.message())));
     }
     quarantined_.push_back({id, path, moved.ok() ? *moved : path, std::string(s.message())});
     quarantined_ids_.insert(id);

@@ -5,6 +5,7 @@
 #include "proto/wire/strategy_wire.h"
 #include "search_service/server/fleet_state_file.h"
 #include "search_service/server/registry_wire.h"
+#include "service_runtime/log_value.h"
 #include "spdlog/spdlog.h"
 
 namespace kvshare {
@@ -33,7 +34,8 @@ absl::StatusOr<std::shared_ptr<const SharingStrategy>> StrategyOf(const Strategy
 
 void LogSaveFailure(const absl::Status& s) {
   if (!s.ok()) {
-    spdlog::error("event=fleet_state_save_failed error=\"{}\"", std::string(s.message()));
+    spdlog::error("event=fleet_state_save_failed error={}",
+                  runtime::LogValue(std::string(s.message())));
   }
 }
 
@@ -63,10 +65,10 @@ absl::StatusOr<std::unique_ptr<RolloutController>> RolloutController::Open(
     int active = 0;
     for (const v1::Rollout& r : loaded.rollouts()) active += IsActive(r);
     spdlog::info(
-        "event=fleet_state_loaded from=\"{}\" rollouts={} active={} pins={} baselines={} "
+        "event=fleet_state_loaded from={} rollouts={} active={} pins={} baselines={} "
         "generation={}",
-        c->state_store_->Describe(), loaded.rollouts_size(), active, loaded.pins_size(),
-        loaded.baselines_size(), loaded.generation());
+        runtime::LogValue(c->state_store_->Describe()), loaded.rollouts_size(), active,
+        loaded.pins_size(), loaded.baselines_size(), loaded.generation());
   }
   RolloutController* raw = c.get();
   c->state_store_->Watch([raw](v1::FleetControlState s) { raw->Adopt(std::move(s)); });
@@ -160,8 +162,8 @@ void RolloutController::TakeLead() {
       return StrategyOf(*store_, fingerprint, v).ok();
     });
     if (!stored.ok()) {
-      spdlog::error("event=fleet_state_read_failed error=\"{}\"",
-                    std::string(stored.status().message()));
+      spdlog::error("event=fleet_state_read_failed error={}",
+                    runtime::LogValue(std::string(stored.status().message())));
     } else if (stored->generation() > state_.control.generation()) {
       state_.control = std::move(*stored);
     }
@@ -205,8 +207,9 @@ void RolloutController::SendAssignments() {
     }
     auto strategy = StrategyOf(*store_, d->fingerprint, d->version);
     if (!strategy.ok()) {
-      spdlog::error("event=assignment_failed worker_id={} version={} error=\"{}\"", id, d->version,
-                    std::string(strategy.status().message()));
+      spdlog::error("event=assignment_failed worker_id={} version={} error={}",
+                    runtime::LogValue(id), d->version,
+                    runtime::LogValue(std::string(strategy.status().message())));
       continue;
     }
     w.has_assignment = true;
@@ -223,8 +226,9 @@ void RolloutController::SendAssignments() {
     a.set_version(d->version);
     ToProto(**strategy, a.mutable_strategy());
     a.set_cause(d->cause);
-    spdlog::info("event=assignment_sent worker_id={} version={} strategy_id={} cause=\"{}\"", id,
-                 d->version, w.assigned_id.substr(0, 16), d->cause);
+    spdlog::info("event=assignment_sent worker_id={} version={} strategy_id={} cause={}",
+                 runtime::LogValue(id), d->version, w.assigned_id.substr(0, 16),
+                 runtime::LogValue(d->cause));
     w.channel->Send(a);
     w.has_sent = w.pending = true;
     w.sent_version = d->version;
@@ -284,8 +288,9 @@ void RolloutController::Hello(WorkerChannel* channel, const v1::WorkerHello& hel
       w.n_layers = (*s)->n_layers();
     }
     spdlog::info("event=worker_hello worker_id={} address={} fingerprint={} version={} labels={}",
-                 id, hello.address(), hello.model_fingerprint().substr(0, 16),
-                 hello.current_version(), hello.labels_size());
+                 runtime::LogValue(id), runtime::LogValue(hello.address()),
+                 hello.model_fingerprint().substr(0, 16), hello.current_version(),
+                 hello.labels_size());
     PublishLocal(id);
     Reconcile();
   }
@@ -324,12 +329,13 @@ void RolloutController::Ack(WorkerChannel* channel, const v1::StrategyAck& ack) 
       }
     }
     if (!seen.applied()) {
-      spdlog::warn("event=worker_nack worker_id={} version={} reason={} error=\"{}\"", *id,
-                   seen.version(), v1::NackReason_Name(seen.reason()), seen.error());
+      spdlog::warn("event=worker_nack worker_id={} version={} reason={} error={}",
+                   runtime::LogValue(*id), seen.version(), v1::NackReason_Name(seen.reason()),
+                   runtime::LogValue(seen.error()));
       const std::vector<std::string> paused = PauseOnNack(state_.control, fw, seen, fw.last_seen);
       for (const std::string& rollout : paused) {
-        spdlog::warn("event=rollout_paused rollout={} reason=\"{}\"", rollout,
-                     FindRollout(rollout)->state_reason());
+        spdlog::warn("event=rollout_paused rollout={} reason={}", rollout,
+                     runtime::LogValue(FindRollout(rollout)->state_reason()));
       }
       if (!paused.empty()) LogSaveFailure(Save());
     }
@@ -363,7 +369,7 @@ void RolloutController::Disconnected(WorkerChannel* channel) {
     FleetWorker& fw = state_.workers.at(*id);
     fw.connected = false;
     fw.last_seen = absl::Now();
-    spdlog::info("event=worker_disconnected worker_id={}", *id);
+    spdlog::info("event=worker_disconnected worker_id={}", runtime::LogValue(*id));
     PublishLocal(*id);
     MergeWorker(*id);  // it may be streaming to another replica already
     Reconcile();
@@ -413,10 +419,10 @@ absl::StatusOr<v1::Rollout> RolloutController::CreateRollout(
     absl::Status s = Save(&before);
     if (!s.ok()) return s;
     spdlog::info(
-        "event=rollout_created rollout={} model={} from={} to={} steps=[{}] selector=\"{}\" "
+        "event=rollout_created rollout={} model={} from={} to={} steps=[{}] selector={} "
         "allow_quality_regression={} probe={}",
         r->rollout_id(), fingerprint.substr(0, 16), r->from_version(), target,
-        absl::StrJoin(steps, ","), selector, gated.allow_quality_regression,
+        absl::StrJoin(steps, ","), runtime::LogValue(selector), gated.allow_quality_regression,
         gated.probe.has_value() ? absl::StrFormat("%.5f", gated.probe->mean_nll()) : "none");
     Reconcile();
     out = *FindRollout(r->rollout_id());

@@ -15,6 +15,7 @@
 #include "search_service/heldout_quality.h"
 #include "search_service/server/registry_wire.h"
 #include "search_service/strategy_search.h"
+#include "service_runtime/log_value.h"
 #include "spdlog/spdlog.h"
 
 namespace kvshare {
@@ -128,8 +129,8 @@ absl::Status SearchJobRunner::Recover() {
   for (const auto& job : interrupted) {
     absl::Status s = Persist(job);
     if (!s.ok()) return s;
-    spdlog::warn("event=job_interrupted job_id={} error=\"{}\"", job->record.job_id(),
-                 job->record.error());
+    spdlog::warn("event=job_interrupted job_id={} error={}", job->record.job_id(),
+                 runtime::LogValue(job->record.error()));
     if (metrics_ != nullptr) metrics_->jobs("failed").Increment();
   }
   spdlog::info("event=jobs_recovered dir={} jobs={} interrupted={} quarantined={}",
@@ -271,8 +272,8 @@ absl::StatusOr<v1::SearchJob> SearchJobRunner::Cancel(const std::string& job_id)
   if (ended) {
     absl::Status s = Persist(job);
     if (!s.ok()) {
-      spdlog::error("event=job_persist_failed job_id={} error=\"{}\"", job_id,
-                    std::string(s.message()));
+      spdlog::error("event=job_persist_failed job_id={} error={}", job_id,
+                    runtime::LogValue(std::string(s.message())));
     }
   }
   Notify(job);
@@ -349,7 +350,9 @@ void SearchJobRunner::FailRemaining(const std::string& reason) {
   }
   for (const auto& job : ended) {
     absl::Status s = Persist(job);
-    if (!s.ok()) spdlog::error("event=job_persist_failed error=\"{}\"", std::string(s.message()));
+    if (!s.ok())
+      spdlog::error("event=job_persist_failed error={}",
+                    runtime::LogValue(std::string(s.message())));
     Notify(job);
   }
 }
@@ -407,8 +410,8 @@ void SearchJobRunner::Update(const std::shared_ptr<Job>& job,
   if (persist) {
     absl::Status s = Persist(job);
     if (!s.ok()) {
-      spdlog::error("event=job_persist_failed job_id={} error=\"{}\"", job->record.job_id(),
-                    std::string(s.message()));
+      spdlog::error("event=job_persist_failed job_id={} error={}", job->record.job_id(),
+                    runtime::LogValue(std::string(s.message())));
     }
   }
   Notify(job);
@@ -434,7 +437,9 @@ void SearchJobRunner::JobThread() {
       ++job->sequence;
     }
     absl::Status s = Persist(job);
-    if (!s.ok()) spdlog::error("event=job_persist_failed error=\"{}\"", std::string(s.message()));
+    if (!s.ok())
+      spdlog::error("event=job_persist_failed error={}",
+                    runtime::LogValue(std::string(s.message())));
     Notify(job);
     Run(job);
   }
@@ -574,8 +579,8 @@ void SearchJobRunner::Run(const std::shared_ptr<Job>& job) {
     metrics_->jobs(SearchJobStateName(state)).Increment();
     metrics_->job_seconds.Observe(seconds);
   }
-  spdlog::info("event=job_done job_id={} state={} seconds={:.2f} error=\"{}\"", job_id,
-               SearchJobStateName(state), seconds, std::string(error.message()));
+  spdlog::info("event=job_done job_id={} state={} seconds={:.2f} error={}", job_id,
+               SearchJobStateName(state), seconds, runtime::LogValue(std::string(error.message())));
 }
 
 }  // namespace kvshare

@@ -7,6 +7,7 @@
 #include "common/util/exception_status.h"
 #include "proto/wire/search_job_wire.h"
 #include "service_runtime/grpc_status.h"
+#include "service_runtime/log_value.h"
 #include "spdlog/spdlog.h"
 
 namespace kvshare {
@@ -133,9 +134,9 @@ grpc::ServerUnaryReactor* SearchJobService::CreateSearchJob(
   // SmolLM2-135M); later jobs only tokenise their calibration text.
   auto job = CatchExceptions("CreateSearchJob", [&] { return runner_->Create(*request); });
   if (!job.ok()) {
-    spdlog::info("event=create_refused code={} message=\"{}\"",
+    spdlog::info("event=create_refused code={} message={}",
                  absl::StatusCodeToString(job.status().code()),
-                 std::string(job.status().message()));
+                 runtime::LogValue(std::string(job.status().message())));
   }
   return Answer(context, std::move(job), response);
 }

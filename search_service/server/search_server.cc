@@ -9,6 +9,7 @@
 #include "search_service/server/etcd_fleet_state.h"
 #include "search_service/server/etcd_strategy_store.h"
 #include "service_runtime/drain.h"
+#include "service_runtime/log_value.h"
 #include "spdlog/spdlog.h"
 
 namespace kvshare {
@@ -141,8 +142,8 @@ absl::StatusOr<std::unique_ptr<SearchServer>> SearchServer::Start(
         const absl::Status s = raw->etcd_->Get(probe_key).status();
         if (s.ok() != up) {
           up = s.ok();
-          spdlog::warn("event={} error=\"{}\"", up ? "etcd_reachable" : "etcd_unreachable",
-                       std::string(s.message()));
+          spdlog::warn("event={} error={}", up ? "etcd_reachable" : "etcd_unreachable",
+                       runtime::LogValue(std::string(s.message())));
         }
         raw->grpc_->SetServing(up && !raw->drain_started_);
       } while (!raw->stop_probe_.WaitForNotificationWithTimeout(every));

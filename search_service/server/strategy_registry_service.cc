@@ -11,6 +11,7 @@
 #include "proto/wire/strategy_wire.h"
 #include "search_service/server/registry_wire.h"
 #include "service_runtime/grpc_status.h"
+#include "service_runtime/log_value.h"
 #include "spdlog/spdlog.h"
 
 namespace kvshare {
@@ -194,8 +195,9 @@ absl::StatusOr<v1::StrategyRecord> StrategyRegistryService::Deprecate(
   }
   auto record = store_->Deprecate(*fingerprint, mv.version(), request.reason());
   if (!record.ok()) return record.status();
-  spdlog::info("event=strategy_deprecated fingerprint={} version={} reason=\"{}\"",
-               fingerprint->substr(0, 16), mv.version(), record->deprecation_reason);
+  spdlog::info("event=strategy_deprecated fingerprint={} version={} reason={}",
+               fingerprint->substr(0, 16), mv.version(),
+               runtime::LogValue(record->deprecation_reason));
   v1::StrategyRecord out;
   ToProto(*record, &out);
   return out;

@@ -5,6 +5,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
+#include "service_runtime/log_value.h"
 #include "spdlog/spdlog.h"
 
 namespace kvshare {
@@ -109,8 +110,8 @@ class WorkerStream final
     // Off the controller before the stream ends, so nothing more is queued.
     controller_->Disconnected(this);
     if (!status.ok() && status.error_code() != grpc::StatusCode::CANCELLED) {
-      spdlog::warn("event=worker_stream_refused peer={} error=\"{}\"", peer_,
-                   status.error_message());
+      spdlog::warn("event=worker_stream_refused peer={} error={}", peer_,
+                   runtime::LogValue(status.error_message()));
     }
     Finish(status);
   }

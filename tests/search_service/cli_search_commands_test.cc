@@ -1,0 +1,131 @@
+// The `kvshare` commands that talk to the search service (the binary as a subprocess, against
+// a kvshare-search in this process): --json prints the responses with the proto's field
+// names; the default address comes from $KVSHARE_SERVER; a worker command given the search
+// service's address says what that address serves.
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/model/model.h"
+#include "common/strategy/sharing_strategy.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "search_service/server/search_server.h"
+#include "tests/support/cli_process.h"
+#include "tests/support/test_env.h"
+
+namespace kvshare {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+
+class CliSearchCommandsTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new std::string(
+        absl::StrFormat("%s/cli_search_commands_test.%d", ::testing::TempDir(), getpid()));
+    std::filesystem::remove_all(*dir_);
+    std::filesystem::create_directories(*dir_);
+    const std::string catalog = *dir_ + "/catalog.json";
+    std::ofstream(catalog) << absl::StrFormat(
+        R"({"format": "kvshare.catalog.v1",
+            "models": [{"name": "stories260K", "path": "%s", "format": "llama2c",
+                        "tokenizer": "%s"}],
+            "calibration_corpora": [{"name": "tinystories", "path": "%s"}]})",
+        testing::Asset("stories260K.bin"), testing::Asset("tok512.bin"),
+        testing::Asset("tinystories-sample.txt"));
+    SearchServerOptions options;
+    options.address = "127.0.0.1:0";
+    options.data_dir = *dir_ + "/data";
+    options.catalog_path = catalog;
+    auto server = SearchServer::Start(options, nullptr);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = server->release();
+  }
+  static void TearDownTestSuite() {
+    delete server_;
+    std::filesystem::remove_all(*dir_);
+    delete dir_;
+  }
+
+  static std::string Address() { return absl::StrCat("127.0.0.1:", server_->port()); }
+
+  // `kvshare args... --server <this service>`; expects exit 0 and returns stdout as JSON.
+  static nlohmann::json Json(std::vector<std::string> args) {
+    args.insert(args.end(), {"--server", Address(), "--json"});
+    const testing::CliRun run = testing::RunCli(KVSHARE_CLI_BINARY, args);
+    EXPECT_EQ(run.exit_code, 0) << run.err;
+    EXPECT_EQ(run.out.find('\n'), run.out.size() - 1) << "one line: " << run.out;
+    return nlohmann::json::parse(run.out, nullptr, /*allow_exceptions=*/false);
+  }
+
+  static inline std::string* dir_ = nullptr;
+  static inline SearchServer* server_ = nullptr;
+};
+
+TEST_F(CliSearchCommandsTest, JsonListsAndStatusesUseTheProtoFieldNames) {
+  EXPECT_EQ(Json({"strategies", "list"}), (nlohmann::json{{"records", nlohmann::json::array()}}));
+  EXPECT_EQ(Json({"rollout", "list"}), (nlohmann::json{{"rollouts", nlohmann::json::array()}}));
+  const nlohmann::json fleet = Json({"fleet", "status"});
+  EXPECT_EQ(fleet["workers"], nlohmann::json::array()) << fleet;
+  EXPECT_EQ(fleet["active_rollouts"], nlohmann::json::array()) << fleet;
+
+  // A published identity strategy of stories260K (5 layers), listed and shown.
+  auto model = Model::Load(testing::Asset("stories260K.bin"), testing::Asset("tok512.bin"));
+  ASSERT_TRUE(model.ok()) << model.status();
+  const std::string fingerprint = (*model)->fingerprint();
+  const std::string file = *dir_ + "/identity.json";
+  ASSERT_TRUE(SharingStrategy::Identity(5, fingerprint).WriteFile(file).ok());
+  const testing::CliRun publish =
+      testing::RunCli(KVSHARE_CLI_BINARY, {"strategies", "publish", "--server", Address(),
+                                           "--strategy", file, "--model-name", "stories260K"});
+  ASSERT_EQ(publish.exit_code, 0) << publish.err;
+
+  const nlohmann::json list = Json({"strategies", "list"});
+  ASSERT_EQ(list["records"].size(), 1u) << list;
+  const nlohmann::json& record = list["records"][0];
+  EXPECT_EQ(record["model_fingerprint"], fingerprint);
+  EXPECT_EQ(record["model_name"], "stories260K");
+  EXPECT_EQ(record["version"], "1");  // proto3 JSON writes 64-bit integers as strings
+  EXPECT_EQ(record["deprecated"], false);
+  EXPECT_EQ(record["strategy"]["kv_source"], (nlohmann::json{0, 1, 2, 3, 4}));
+  EXPECT_EQ(Json({"strategies", "show", "--model", fingerprint, "--version", "1"}), record);
+}
+
+TEST_F(CliSearchCommandsTest, DefaultAddressComesFromKvshareServer) {
+  const testing::CliRun run = testing::RunCli(KVSHARE_CLI_BINARY, {"rollout", "list", "--json"}, "",
+                                              {absl::StrCat("KVSHARE_SERVER=", Address())});
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_EQ(run.out, "{\"rollouts\":[]}\n");
+  const testing::CliRun help = testing::RunCli(KVSHARE_CLI_BINARY, {"fleet", "status", "--help"});
+  EXPECT_THAT(help.out, HasSubstr("(default: $KVSHARE_SERVER, else 127.0.0.1:50061)"));
+}
+
+TEST_F(CliSearchCommandsTest, AWorkerCommandGivenTheSearchServiceSaysWhatItServes) {
+  for (const std::vector<std::string>& args :
+       std::vector<std::vector<std::string>>{{"load", "--server", Address(), "--requests", "1"},
+                                             {"generate", "--server", Address(), "--prompt", "Hi"},
+                                             {"chat", "--server", Address()}}) {
+    const testing::CliRun run = testing::RunCli(KVSHARE_CLI_BINARY, args, "Hello\n");
+    EXPECT_EQ(run.exit_code, 1) << args[0];
+    EXPECT_THAT(run.err,
+                StartsWith(absl::StrCat(
+                    "error: ", Address(),
+                    " serves kvshare.v1.SearchService, kvshare.v1.StrategyRegistry, "
+                    "kvshare.v1.Rollouts, kvshare.v1.StrategyDistribution, not "
+                    "kvshare.v1.InferenceService (it is a kvshare-search; this command talks to "
+                    "a kvshare-worker")))
+        << args[0] << ": " << run.err;
+  }
+}
+
+}  // namespace
+}  // namespace kvshare
