@@ -36,15 +36,17 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CARRY="$ROOT/.gpu-carry"
 BUILD="${GPU_CHECK_BUILD_DIR:-$ROOT/build-cuda}"
-BINS=(tests/cuda_ops_test tests/cuda_model_test tests/device_backend_test bench/cuda_bench)
+BINS=(tests/cuda_ops_test tests/cuda_batched_ops_test tests/cuda_model_test tests/device_backend_test
+  bench/cuda_bench)
 
 # The run's steps, in order: name, kind (test | bench), budget in seconds, arguments.
 TOTAL_BUDGET=360  # seconds for the whole run: under 6 minutes
 TESTS_BUDGET=180  # the test steps together: under 3 minutes
 STEPS=(
-  "device_backend_test|test|20|"
-  "cuda_ops_test|test|80|"
-  "cuda_model_test|test|80|"
+  "device_backend_test|test|15|"
+  "cuda_ops_test|test|70|"
+  "cuda_batched_ops_test|test|30|"
+  "cuda_model_test|test|65|"
   "bench_smollm2|bench|60|--models smollm2-135m --batches 1,32 --shares 0,25 --prompt 128 --steps 16"
   "bench_7b|bench|110|--models llama2-7b --batches 1,32 --shares 0,25 --prompt 128 --steps 16"
 )

@@ -201,20 +201,20 @@ __global__ void RmsNormKernel(const float* x, const float* weight, int dim, floa
   for (int i = threadIdx.x; i < dim; i += blockDim.x) orow[i] = weight[i] * (inv * xr[i]);
 }
 
-// One thread per (row, head, pair); the frequency exactly as reference Rope computes it.
+// One thread per (row, head, pair). freq: the host-computed inverse frequencies (the
+// reference's exact fp32 values); the angle pos * freq is formed in fp32 as the reference does.
 __global__ void RopeKernel(float* x, const int32_t* pos, int64_t pairs_total, int n_heads,
-                           int head_dim, float theta) {
+                           int head_dim, const float* freq) {
   const int pairs = head_dim / 2;
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < pairs_total;
        e += int64_t(gridDim.x) * blockDim.x) {
-    const int i = 2 * static_cast<int>(e % pairs);
+    const int pair = static_cast<int>(e % pairs);
     const int64_t row_head = e / pairs;
     const int64_t t = row_head / n_heads;
-    const float freq = 1.0f / powf(theta, i / static_cast<float>(head_dim));
-    const float val = pos[t] * freq;
+    const float val = pos[t] * freq[pair];
     float fci, fcr;
     sincosf(val, &fci, &fcr);
-    float* v = x + row_head * head_dim + i;
+    float* v = x + row_head * head_dim + 2 * pair;
     const float v0 = v[0], v1 = v[1];
     v[0] = v0 * fcr - v1 * fci;
     v[1] = v0 * fci + v1 * fcr;
@@ -242,19 +242,18 @@ __device__ __forceinline__ float KvLoad(const __half* p) { return __half2float(*
 __device__ __forceinline__ void KvStore(float* p, float x) { *p = x; }
 __device__ __forceinline__ void KvStore(__half* p, float x) { *p = __float2half_rn(x); }
 
+// One thread per (row, channel) of the batch: every sequence's rows of the layer in one launch.
 template <typename T>
-__global__ void WriteKvKernel(int block_tokens, int kv_dim, T* pool, const int32_t* table,
-                              int start_pos, int64_t count, const float* k, const float* v) {
-  const int64_t block_floats = 2LL * block_tokens * kv_dim;
+__global__ void WriteKvRowsKernel(int block_tokens, int kv_dim, T* pool, const KvWriteRow* rows,
+                                  int64_t count) {
+  const int64_t v_plane = VPlaneOffset(block_tokens, kv_dim);
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < count;
        e += int64_t(gridDim.x) * blockDim.x) {
-    const int t = static_cast<int>(e / kv_dim);
-    const int i = static_cast<int>(e % kv_dim);
-    const int p = start_pos + t;
-    T* kd = pool + table[p / block_tokens] * block_floats +
-            static_cast<int64_t>(p % block_tokens) * kv_dim;
-    KvStore(kd + i, k[e]);
-    KvStore(kd + static_cast<int64_t>(block_tokens) * kv_dim + i, v[e]);
+    const KvWriteRow r = rows[e / kv_dim];
+    const int c = static_cast<int>(e % kv_dim);
+    const int64_t dst = KvWriteDest(r, block_tokens, kv_dim, c);
+    KvStore(pool + dst, r.k[c]);
+    KvStore(pool + dst + v_plane, r.v[c]);
   }
 }
 
@@ -310,12 +309,10 @@ __global__ void __launch_bounds__(kAttWarps * 32)
   }
 
   const int kv_dim = s.n_kv_heads * hd;
-  const int64_t block_floats = 2LL * s.block_tokens * kv_dim;
   const int32_t* table = tables + it.table_offset;
   for (int p = p0 + warp; p < p1; p += kAttWarps) {
-    const T* kp = pool + table[p / s.block_tokens] * block_floats +
-                  static_cast<int64_t>(p % s.block_tokens) * kv_dim + kvh * hd;
-    const T* vp = kp + static_cast<int64_t>(s.block_tokens) * kv_dim;
+    const T* kp = pool + KvRowOffset(table, p, s.block_tokens, kv_dim) + kvh * hd;
+    const T* vp = kp + VPlaneOffset(s.block_tokens, kv_dim);
     float kr[kPerLane], vr[kPerLane];
 #pragma unroll
     for (int i = 0; i < kPerLane; ++i) {
@@ -398,6 +395,114 @@ __global__ void AttentionMergeKernel(AttentionShape s, const AttentionItem* item
   }
 }
 
+__device__ __forceinline__ float WarpMax(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// ---- Tiled prefill attention (flash-attention style).
+//
+// One thread block per (tile of query rows, KV head, chunk of that KV head's query heads):
+// its kTileVecs (row, head) query vectors live in registers, kTileVecsPerWarp per warp, lane l
+// holding dims l, l+32, .... The block walks the keys [0, last row's position] in tiles of
+// kTileKeys positions; each K/V tile is read from the pool once into shared memory and used by
+// every vector. Per vector and tile, a warp forms the tile's scores (lane j keeps key j's),
+// takes their max, rescales its running state once and adds the tile's weighted V rows: the
+// online softmax of the split kernel, a tile at a time. Keys past a vector's position are
+// masked (causal); a tile wholly past it is skipped.
+template <int kPerLane, typename T>
+__global__ void __launch_bounds__(kTileWarps * 32)
+    AttentionTileKernel(AttentionShape s, const T* pool, const int32_t* tables,
+                        const AttentionTile* tiles, float scale, const float* q, float* out) {
+  constexpr int kDims = kPerLane * 32;
+  constexpr int kV = kTileVecsPerWarp;
+  __shared__ float sk[kTileKeys][kDims], sv[kTileKeys][kDims];
+
+  const AttentionTile tile = tiles[blockIdx.x];
+  const int hd = s.head_dim;
+  const int group = s.n_heads / s.n_kv_heads;
+  int kvh, h0, nh;
+  TileHeadRange(blockIdx.y, group, &kvh, &h0, &nh);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int kv_dim = s.n_kv_heads * hd;
+  const int32_t* table = tables + tile.table_offset;
+  const int last = tile.pos + tile.n_rows - 1;  // the last key any row of the tile reads
+
+  float qr[kV][kPerLane], acc[kV][kPerLane], m[kV], l[kV];
+  int vpos[kV];
+#pragma unroll
+  for (int v = 0; v < kV; ++v) {
+    int r, h;
+    TileVector(warp * kV + v, nh, &r, &h);
+    // Idle vectors get position -1: every tile is past them.
+    vpos[v] = r < tile.n_rows ? tile.pos + r : -1;
+    m[v] = -INFINITY;
+    l[v] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      const int d = lane + 32 * i;
+      qr[v][i] = (vpos[v] >= 0 && d < hd)
+                     ? q[(static_cast<int64_t>(tile.row + r) * s.n_heads + h0 + h) * hd + d] * scale
+                     : 0.0f;
+      acc[v][i] = 0.0f;
+    }
+  }
+
+  for (int t0 = 0; t0 <= last; t0 += kTileKeys) {
+    __syncthreads();  // every warp is done with the previous tile
+    for (int idx = threadIdx.x; idx < kTileKeys * kDims; idx += blockDim.x) {
+      const int kk = idx / kDims, d = idx % kDims, p = t0 + kk;
+      float kx = 0.0f, vx = 0.0f;
+      if (p <= last && d < hd) {
+        const int64_t off = KvRowOffset(table, p, s.block_tokens, kv_dim) + kvh * hd + d;
+        kx = KvLoad(pool + off);
+        vx = KvLoad(pool + off + VPlaneOffset(s.block_tokens, kv_dim));
+      }
+      sk[kk][d] = kx;
+      sv[kk][d] = vx;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int v = 0; v < kV; ++v) {
+      if (t0 > vpos[v]) continue;  // warp-uniform: the vector is the warp's
+      const int n_keys = min(kTileKeys, vpos[v] - t0 + 1);
+      float mine = -INFINITY;  // lane j: key t0 + j's score
+      for (int kk = 0; kk < n_keys; ++kk) {
+        float dot = 0.0f;
+#pragma unroll
+        for (int i = 0; i < kPerLane; ++i) dot += qr[v][i] * sk[kk][lane + 32 * i];
+        dot = WarpSum(dot);
+        if (lane == kk) mine = dot;
+      }
+      const float m_new = fmaxf(m[v], WarpMax(mine));
+      const float corr = MergeWeight(m[v], m_new);
+      const float p = lane < n_keys ? expf(mine - m_new) : 0.0f;
+      l[v] = l[v] * corr + WarpSum(p);
+#pragma unroll
+      for (int i = 0; i < kPerLane; ++i) acc[v][i] *= corr;
+      for (int kk = 0; kk < n_keys; ++kk) {
+        const float pk = __shfl_sync(0xffffffffu, p, kk);
+#pragma unroll
+        for (int i = 0; i < kPerLane; ++i) acc[v][i] += pk * sv[kk][lane + 32 * i];
+      }
+      m[v] = m_new;
+    }
+  }
+
+#pragma unroll
+  for (int v = 0; v < kV; ++v) {
+    if (vpos[v] < 0) continue;
+    int r, h;
+    TileVector(warp * kV + v, nh, &r, &h);
+    float* o = out + (static_cast<int64_t>(tile.row + r) * s.n_heads + h0 + h) * hd;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      const int d = lane + 32 * i;
+      if (d < hd) o[d] = acc[v][i] / l[v];
+    }
+  }
+}
+
 }  // namespace
 
 bool LaunchDequantize(uint32_t type, const void* src, int64_t n_elems, bool bf16, void* dst,
@@ -471,12 +576,12 @@ void LaunchRmsNorm(const float* x, const float* weight, int n, int dim, float ep
   RmsNormKernel<<<n, threads, 0, stream>>>(x, weight, dim, eps, out);
 }
 
-void LaunchRope(float* x, const int32_t* pos, int n, int n_heads, int head_dim, float theta,
+void LaunchRope(float* x, const int32_t* pos, int n, int n_heads, int head_dim, const float* freq,
                 cudaStream_t stream) {
   const int64_t pairs = static_cast<int64_t>(n) * n_heads * (head_dim / 2);
   if (pairs <= 0) return;
   RopeKernel<<<std::min(Blocks(pairs), 65535 * 8), kThreads, 0, stream>>>(x, pos, pairs, n_heads,
-                                                                          head_dim, theta);
+                                                                          head_dim, freq);
 }
 
 void LaunchSiluMul(const float* gate, const float* up, int64_t count, float* out,
@@ -490,17 +595,17 @@ void LaunchAdd(float* x, const float* y, int64_t count, cudaStream_t stream) {
   AddKernel<<<std::min(Blocks(count), 65535 * 8), kThreads, 0, stream>>>(x, y, count);
 }
 
-void LaunchWriteKv(int block_tokens, int kv_dim, bool f16, void* pool, const int32_t* table,
-                   int start_pos, int n, const float* k, const float* v, cudaStream_t stream) {
-  const int64_t count = static_cast<int64_t>(n) * kv_dim;
+void LaunchWriteKvRows(int block_tokens, int kv_dim, bool f16, void* pool, const KvWriteRow* rows,
+                       int n_rows, cudaStream_t stream) {
+  const int64_t count = static_cast<int64_t>(n_rows) * kv_dim;
   if (count <= 0) return;
   const int blocks = std::min(Blocks(count), 65535 * 8);
   if (f16) {
-    WriteKvKernel<<<blocks, kThreads, 0, stream>>>(block_tokens, kv_dim, static_cast<__half*>(pool),
-                                                   table, start_pos, count, k, v);
+    WriteKvRowsKernel<<<blocks, kThreads, 0, stream>>>(block_tokens, kv_dim,
+                                                       static_cast<__half*>(pool), rows, count);
   } else {
-    WriteKvKernel<<<blocks, kThreads, 0, stream>>>(block_tokens, kv_dim, static_cast<float*>(pool),
-                                                   table, start_pos, count, k, v);
+    WriteKvRowsKernel<<<blocks, kThreads, 0, stream>>>(block_tokens, kv_dim,
+                                                       static_cast<float*>(pool), rows, count);
   }
 }
 
@@ -565,6 +670,41 @@ void LaunchAttention(const AttentionShape& shape, bool f16, const void* pool, co
   if (splits > 1) {
     AttentionMergeKernel<<<dim3(n_items, shape.n_heads), std::min(shape.head_dim, 256), 0,
                            stream>>>(shape, items, splits, scratch, out);
+  }
+}
+
+namespace {
+
+template <typename T>
+void LaunchTilesT(const AttentionShape& shape, const T* pool, const int32_t* tables,
+                  const AttentionTile* tiles, int n_tiles, const float* q, float* out,
+                  cudaStream_t stream) {
+  const int group = shape.n_heads / shape.n_kv_heads;
+  const dim3 grid(n_tiles, shape.n_kv_heads * TileHeadChunks(group));
+  const float scale = 1.0f / sqrtf(static_cast<float>(shape.head_dim));
+  const int threads = kTileWarps * 32;
+  if (shape.head_dim <= 32) {
+    AttentionTileKernel<1, T>
+        <<<grid, threads, 0, stream>>>(shape, pool, tables, tiles, scale, q, out);
+  } else if (shape.head_dim <= 64) {
+    AttentionTileKernel<2, T>
+        <<<grid, threads, 0, stream>>>(shape, pool, tables, tiles, scale, q, out);
+  } else {
+    AttentionTileKernel<4, T>
+        <<<grid, threads, 0, stream>>>(shape, pool, tables, tiles, scale, q, out);
+  }
+}
+
+}  // namespace
+
+void LaunchAttentionTiles(const AttentionShape& shape, bool f16, const void* pool,
+                          const int32_t* tables, const AttentionTile* tiles, int n_tiles,
+                          const float* q, float* out, cudaStream_t stream) {
+  if (n_tiles <= 0) return;
+  if (f16) {
+    LaunchTilesT(shape, static_cast<const __half*>(pool), tables, tiles, n_tiles, q, out, stream);
+  } else {
+    LaunchTilesT(shape, static_cast<const float*>(pool), tables, tiles, n_tiles, q, out, stream);
   }
 }
 
