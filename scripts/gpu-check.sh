@@ -36,6 +36,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CARRY="$ROOT/.gpu-carry"
 BUILD="${GPU_CHECK_BUILD_DIR:-$ROOT/build-cuda}"
+STDBUF_LIB=/usr/libexec/coreutils/libstdbuf.so
 BINS=(tests/cuda_ops_test tests/cuda_batched_ops_test tests/cuda_model_test tests/device_backend_test
   bench/cuda_bench)
 
@@ -71,6 +72,9 @@ bundle() {
       [[ -f "$path" ]] && cp -L "$path" "$CARRY/lib/$soname"
     done
   cp -L /lib64/ld-linux-x86-64.so.2 "$CARRY/lib/"
+  # coreutils' line-buffering preload, built against the carried glibc (the machine's own
+  # stdbuf may need a newer one).
+  [[ -f "$STDBUF_LIB" ]] && cp -L "$STDBUF_LIB" "$CARRY/lib/"
   cp /work/shared/assets/stories260K.bin /work/shared/assets/tok512.bin "$CARRY/assets/" 2>/dev/null ||
     cp "$ROOT/../shared/assets/stories260K.bin" "$ROOT/../shared/assets/tok512.bin" "$CARRY/assets/"
   du -sh "$CARRY"
@@ -116,7 +120,7 @@ run_step() {
   local left=$((DEADLINE - SECONDS))
   ((budget > left)) && budget=$left
   if ((budget <= 0)); then
-    note "$(printf '%-20s NOT RUN (the %ds total budget is spent)' "$name" "$TOTAL_BUDGET")"
+    note "$(printf '%-22s NOT RUN (the %ds total budget is spent)' "$name" "$TOTAL_BUDGET")"
     FAILED=1
     return
   fi
@@ -127,7 +131,7 @@ run_step() {
     sleep) bin=sleep ;;  # the dry-run's timeout probe
   esac
   if [[ "$kind" != sleep && ! -x "$bin" ]]; then
-    note "$(printf '%-20s FAIL (no binary %s)' "$name" "$bin")"
+    note "$(printf '%-22s FAIL (no binary %s)' "$name" "$bin")"
     FAILED=1
     return
   fi
@@ -138,9 +142,11 @@ run_step() {
     sleep) cmd=(sleep "$args") ;;
   esac
   local t0=$SECONDS rc=0
-  # Line-buffered through a pipe where coreutils' stdbuf exists, so a kill loses no lines.
+  # stdout line-buffered into the log (coreutils' libstdbuf preloaded into the binary only, not
+  # into timeout or env), so a kill loses no finished line.
   local unbuffer=()
-  command -v stdbuf >/dev/null 2>&1 && [[ "$kind" != sleep ]] && unbuffer=(stdbuf -oL -eL)
+  [[ -n "$PRELOAD" && "$kind" != sleep ]] &&
+    unbuffer=(env LD_PRELOAD="$PRELOAD" _STDBUF_O=L _STDBUF_E=L)
   set +e
   timeout -k 5 "$budget" "${unbuffer[@]}" "${cmd[@]}" >"$log" 2>&1
   rc=$?
@@ -175,7 +181,7 @@ run_step() {
     detail="rc $rc"
   fi
   [[ "$verdict" == PASS ]] || FAILED=1
-  note "$(printf '%-20s %-7s %4ds  %s' "$name" "$verdict" "$took" "$detail")"
+  note "$(printf '%-22s %-7s %4ds  %s' "$name" "$verdict" "$took" "$detail")"
 }
 
 # The whole run. In a dry run (DRY=1) the binaries are the local build's, run by the system's
@@ -195,6 +201,8 @@ run() {
     for b in "${BINS[@]}"; do [[ -x "$BUILD/$b" ]] && ln -sf "$BUILD/$b" "$BIN_DIR/"; done
     export KVSHARE_CUDA_PLUGIN="$BUILD/kernels/cuda/libkvshare_cuda.so"
     LOADER=()
+    PRELOAD=""
+    [[ -f "$STDBUF_LIB" ]] && PRELOAD="$STDBUF_LIB"
   else
     BIN_DIR="$CARRY/bin"
     local lib="$CARRY/lib"
@@ -202,6 +210,8 @@ run() {
     export KVSHARE_CUDA_PLUGIN="$lib/libkvshare_cuda.so" KVSHARE_ASSETS="$CARRY/assets"
     # The carried loader runs each binary against the carried libraries, then the machine's.
     LOADER=("$lib/ld-linux-x86-64.so.2" --library-path "$path")
+    PRELOAD=""
+    [[ -f "$lib/libstdbuf.so" ]] && PRELOAD="$lib/libstdbuf.so"
   fi
   export KVSHARE_REQUIRE_CUDA=1 KVSHARE_REQUIRE_TEST_MODELS=1
   GTEST_FILTER='*'
@@ -220,6 +230,15 @@ run() {
     for d in ${dirs//:/ }; do
       ls "$d"/libcublas.so* "$d"/libcublasLt.so* "$d"/libcuda.so* 2>/dev/null || true
     done
+    echo "--- libcuda.so.1 (the driver, dlopen'ed by the static CUDA runtime): first on the path"
+    local found=""
+    for d in ${dirs//:/ }; do
+      if [[ -e "$d/libcuda.so.1" ]]; then
+        found="$d/libcuda.so.1 -> $(readlink -f "$d/libcuda.so.1")"
+        break
+      fi
+    done
+    echo "libcuda.so.1 => ${found:-not found on the path; ldconfig: $(ldconfig -p 2>/dev/null | grep -m1 'libcuda.so.1 ' || echo none)}"
     echo "--- where the plugin's libraries resolve"
     if ((${#LOADER[@]})); then
       "${LOADER[@]}" --list "$KVSHARE_CUDA_PLUGIN" || echo "(unresolved: rc $?)"
@@ -234,7 +253,7 @@ run() {
   for step in "${STEPS[@]}" ${EXTRA_STEPS:+"${EXTRA_STEPS[@]}"}; do
     IFS='|' read -r name kind budget args <<<"$step"
     if [[ "$kind" == bench && "${GPU_CHECK_SKIP_BENCH:-0}" == 1 ]]; then
-      note "$(printf '%-20s SKIPPED (GPU_CHECK_SKIP_BENCH=1)' "$name")"
+      note "$(printf '%-22s SKIPPED (GPU_CHECK_SKIP_BENCH=1)' "$name")"
       continue
     fi
     run_step "$name" "$kind" "$budget" "$args"

@@ -85,7 +85,7 @@ class Uploader {
   absl::Status Reserve(size_t bytes, cudaStream_t stream, const char* what);
 
  private:
-  static constexpr int kRing = 4;
+  static constexpr int kRing = 8;
   struct Stage {
     void* host = nullptr;
     size_t capacity = 0;
