@@ -28,10 +28,18 @@ struct AttentionPlan {
 // kTileVecs (row, head) vectors, so 64, 32, 21 or 16 rows for 1, 2, 3 or >= 4 heads.
 inline int TileRows(int group) { return kTileVecs / TileHeads(group); }
 
+// Contexts at least this long go to the tiled kernel even when its grid is small: the per-row
+// kernel would read each K/V row once per query row.
+constexpr int kTileLongContext = 1024;
+
 // Fills `plan` for `seqs` (kernels/backend.h AttentionSeq; sequences with n_q <= 0 take no
-// part). tiled: whether the tiled kernel may be used (head_dim <= kTileMaxHeadDim).
+// part). tiled: whether the tiled kernel may be used (head_dim <= kTileMaxHeadDim). When the
+// tiles would make fewer than min_blocks thread blocks (n_kv_heads x head chunks each) and
+// every tiled context is shorter than kTileLongContext, the rows go to the per-row kernel
+// instead: short contexts are cheap to re-read, and its grid fills the GPU (min_blocks: the
+// SM count; 0 keeps every tile).
 inline void PlanAttention(const AttentionSeq* seqs, int n_seqs, int block_tokens, int group,
-                          bool tiled, AttentionPlan* plan) {
+                          int n_kv_heads, bool tiled, int min_blocks, AttentionPlan* plan) {
   plan->tables.clear();
   plan->items.clear();
   plan->tiles.clear();
@@ -57,6 +65,18 @@ inline void PlanAttention(const AttentionSeq* seqs, int n_seqs, int block_tokens
       }
       if (len > plan->items_max_len) plan->items_max_len = len;
     }
+  }
+  const int64_t blocks =
+      static_cast<int64_t>(plan->tiles.size()) * n_kv_heads * TileHeadChunks(group);
+  if (!plan->tiles.empty() && blocks < min_blocks && plan->tiles_max_len < kTileLongContext) {
+    for (const AttentionTile& t : plan->tiles) {
+      for (int j = 0; j < t.n_rows; ++j) {
+        plan->items.push_back(AttentionItem{t.row + j, t.pos + j, t.table_offset, 0});
+      }
+    }
+    if (plan->tiles_max_len > plan->items_max_len) plan->items_max_len = plan->tiles_max_len;
+    plan->tiles.clear();
+    plan->tiles_max_len = 0;
   }
 }
 

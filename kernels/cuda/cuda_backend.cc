@@ -386,7 +386,8 @@ class CudaBackend : public Backend {
                           g.head_dim, kMaxHeadDim, n_heads, g.n_kv_heads));
     }
     const int group = n_heads / g.n_kv_heads;
-    PlanAttention(seqs, n_seqs, g.block_tokens, group, g.head_dim <= kTileMaxHeadDim, &plan_);
+    PlanAttention(seqs, n_seqs, g.block_tokens, group, g.n_kv_heads, g.head_dim <= kTileMaxHeadDim,
+                  multiprocessors_, &plan_);
     const int n_items = static_cast<int>(plan_.items.size());
     const int n_tiles = static_cast<int>(plan_.tiles.size());
     if (n_items == 0 && n_tiles == 0) return;

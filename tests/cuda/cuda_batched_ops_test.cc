@@ -109,8 +109,9 @@ TEST(CudaBatchedOpsTest, ABatchOfSequencesWritesAndAttendsAsTheReference) {
 }
 
 // Prefills through the tiled kernel: several query tiles (16..64 rows) and key tiles (32
-// positions), tails of both, GQA groups of 1 to 8, continuations mid-block, mixed in one call
-// with decode rows (the per-row kernel) and with head sizes the tiled kernel leaves to it.
+// positions), tails of both, GQA groups of 1 to 8, continuations mid-block and a long one,
+// mixed in one call with decode rows (the per-row kernel) and with head sizes the tiled kernel
+// leaves to it. (Short prefills alone take the per-row kernel: cuda_ops_test covers them.)
 TEST(CudaBatchedOpsTest, TiledPrefillMatchesTheReference) {
   KVSHARE_REQUIRE_CUDA();
   Backend& b = *Cuda().backend;
@@ -119,7 +120,10 @@ TEST(CudaBatchedOpsTest, TiledPrefillMatchesTheReference) {
        {std::tuple{9, 3, 64}, {32, 32, 128}, {32, 8, 128}, {8, 1, 32}, {6, 2, 100}, {4, 2, 256}}) {
     for (KvType type : {KvType::kF32, KvType::kF16}) {
       for (int bt : {16, 32}) {
-        CheckBatch(b, {bt, n_kv, hd, type}, n_heads, {0, 45, 300, 7}, {130, 33, 1, 8}, seed++);
+        // The last sequence's context (>= kTileLongContext) keeps every prefill tiled
+        // however small the grid (kernels/cuda/attention_plan.h).
+        CheckBatch(b, {bt, n_kv, hd, type}, n_heads, {0, 45, 300, 7, 1100}, {130, 33, 1, 8, 40},
+                   seed++);
       }
     }
   }

@@ -138,8 +138,8 @@ TEST(KvIndexTest, PlanPutsPrefillsInTilesAndDecodeRowsInItemsCoveringEveryRowOnc
   for (int group : {1, 3, 4}) {
     for (bool tiled : {true, false}) {
       AttentionPlan plan;
-      PlanAttention(seqs.data(), static_cast<int>(seqs.size()), g.block_tokens, group, tiled,
-                    &plan);
+      PlanAttention(seqs.data(), static_cast<int>(seqs.size()), g.block_tokens, group, g.n_kv_heads,
+                    tiled, /*min_blocks=*/0, &plan);
       std::vector<int> covered(rows, 0), pos(rows, -1);
       int items_max = 0, tiles_max = 0;
       for (const AttentionItem& it : plan.items) {
@@ -169,6 +169,34 @@ TEST(KvIndexTest, PlanPutsPrefillsInTilesAndDecodeRowsInItemsCoveringEveryRowOnc
       // Sequences 0 (70 rows), 2 (8) and 4 (21) have >= kTileMinRows rows; 1 and 3 do not.
       EXPECT_EQ(tiled_rows, tiled ? 70 + 8 + 21 : 0) << "group " << group;
       EXPECT_EQ(plan.rows_per_tile, TileRows(group));
+    }
+  }
+}
+
+// A short prefill whose tiles would not fill the GPU goes to the per-row kernel; a long one
+// stays tiled however small its grid.
+TEST(KvIndexTest, SmallShortPrefillsGoToThePerRowKernel) {
+  std::vector<int32_t> table(200);
+  std::iota(table.begin(), table.end(), 0);
+  for (int start : {0, kTileLongContext}) {
+    // 40 rows, group 3: two tiles of 21 and 19 rows x 3 KV heads = 6 blocks.
+    const AttentionSeq seq{0, 40, start, table.data(), 200, nullptr};
+    AttentionPlan plan;
+    PlanAttention(&seq, 1, 16, 3, 3, true, /*min_blocks=*/6, &plan);
+    EXPECT_EQ(plan.tiles.size(), 2u) << start;  // 6 blocks: enough
+    PlanAttention(&seq, 1, 16, 3, 3, true, /*min_blocks=*/7, &plan);
+    if (start == 0) {
+      EXPECT_TRUE(plan.tiles.empty());
+      ASSERT_EQ(plan.items.size(), 40u);
+      for (int j = 0; j < 40; ++j) {
+        EXPECT_EQ(plan.items[j].row, j);
+        EXPECT_EQ(plan.items[j].pos, j);
+      }
+      EXPECT_EQ(plan.items_max_len, 40);
+      EXPECT_EQ(plan.tiles_max_len, 0);
+    } else {
+      EXPECT_EQ(plan.tiles.size(), 2u);  // a long context stays tiled
+      EXPECT_TRUE(plan.items.empty());
     }
   }
 }
@@ -262,7 +290,8 @@ TEST(KvIndexTest, ThePlanWalkedAsTheKernelsWalkItMatchesReferenceAttention) {
       cpu::ref::Attention(g, pool.data(), seqs.data(), static_cast<int>(seqs.size()), q.data(),
                           n_heads, want.data());
       AttentionPlan plan;
-      PlanAttention(seqs.data(), static_cast<int>(seqs.size()), bt, n_heads / n_kv, true, &plan);
+      PlanAttention(seqs.data(), static_cast<int>(seqs.size()), bt, n_heads / n_kv, n_kv, true,
+                    /*min_blocks=*/0, &plan);
       ASSERT_FALSE(plan.tiles.empty());
       ASSERT_FALSE(plan.items.empty());
       std::vector<int> writes;
