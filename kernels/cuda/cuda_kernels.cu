@@ -1,6 +1,7 @@
-// The CUDA kernels of the backend. Storage: weights fp16/bf16, activations and the KV pool
-// fp32 (kernels/backend.h fixes the pool's element type); every reduction accumulates in fp32.
-// Each kernel's plain reference is the same-named function of kernels/cpu/reference.cc.
+// The CUDA kernels of the backend (the tiled prefill attention is in attention_tiles.cu).
+// Storage: weights fp16/bf16, activations fp32, the KV pool fp32 or f16 (kernels/kv_type.h);
+// every reduction accumulates in fp32. Each kernel's plain reference is the same-named function
+// of kernels/cpu/reference.cc.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -8,6 +9,7 @@
 #include <cmath>
 
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/device_util.cuh"
 
 namespace kvshare::cuda {
 namespace {
@@ -174,11 +176,6 @@ __global__ void EmbedKernel(const void* table, const int32_t* ids, int dim, floa
   for (int i = threadIdx.x; i < dim; i += blockDim.x) o[i] = Load<kBf16>(table, src + i);
 }
 
-__device__ __forceinline__ float WarpSum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
 // One block per row.
 __global__ void RmsNormKernel(const float* x, const float* weight, int dim, float eps, float* out) {
   __shared__ float partial[32];
@@ -236,12 +233,6 @@ __global__ void AddKernel(float* x, const float* y, int64_t count) {
   }
 }
 
-// KV pool elements: fp32 or IEEE half (KvType f32 / f16; same layout, element for element).
-__device__ __forceinline__ float KvLoad(const float* p) { return *p; }
-__device__ __forceinline__ float KvLoad(const __half* p) { return __half2float(*p); }
-__device__ __forceinline__ void KvStore(float* p, float x) { *p = x; }
-__device__ __forceinline__ void KvStore(__half* p, float x) { *p = __float2half_rn(x); }
-
 // One thread per (row, channel) of the batch: every sequence's rows of the layer in one launch.
 template <typename T>
 __global__ void WriteKvRowsKernel(int block_tokens, int kv_dim, T* pool, const KvWriteRow* rows,
@@ -267,10 +258,6 @@ __global__ void WriteKvRowsKernel(int block_tokens, int kv_dim, T* pool, const K
 
 constexpr int kAttWarps = 4;
 constexpr int kAttHeads = 4;  // query heads per block
-
-__device__ __forceinline__ float MergeWeight(float m, float max) {
-  return m == -INFINITY ? 0.0f : expf(m - max);
-}
 
 template <int kPerLane, typename T>
 __global__ void __launch_bounds__(kAttWarps * 32)
@@ -392,114 +379,6 @@ __global__ void AttentionMergeKernel(AttentionShape s, const AttentionItem* item
       a += wt * sk[d];
     }
     out[(static_cast<int64_t>(items[blockIdx.x].row) * s.n_heads + head) * hd + d] = a / sum;
-  }
-}
-
-__device__ __forceinline__ float WarpMax(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-
-// ---- Tiled prefill attention (flash-attention style).
-//
-// One thread block per (tile of query rows, KV head, chunk of that KV head's query heads):
-// its kTileVecs (row, head) query vectors live in registers, kTileVecsPerWarp per warp, lane l
-// holding dims l, l+32, .... The block walks the keys [0, last row's position] in tiles of
-// kTileKeys positions; each K/V tile is read from the pool once into shared memory and used by
-// every vector. Per vector and tile, a warp forms the tile's scores (lane j keeps key j's),
-// takes their max, rescales its running state once and adds the tile's weighted V rows: the
-// online softmax of the split kernel, a tile at a time. Keys past a vector's position are
-// masked (causal); a tile wholly past it is skipped.
-template <int kPerLane, typename T>
-__global__ void __launch_bounds__(kTileWarps * 32)
-    AttentionTileKernel(AttentionShape s, const T* pool, const int32_t* tables,
-                        const AttentionTile* tiles, float scale, const float* q, float* out) {
-  constexpr int kDims = kPerLane * 32;
-  constexpr int kV = kTileVecsPerWarp;
-  __shared__ float sk[kTileKeys][kDims], sv[kTileKeys][kDims];
-
-  const AttentionTile tile = tiles[blockIdx.x];
-  const int hd = s.head_dim;
-  const int group = s.n_heads / s.n_kv_heads;
-  int kvh, h0, nh;
-  TileHeadRange(blockIdx.y, group, &kvh, &h0, &nh);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int kv_dim = s.n_kv_heads * hd;
-  const int32_t* table = tables + tile.table_offset;
-  const int last = tile.pos + tile.n_rows - 1;  // the last key any row of the tile reads
-
-  float qr[kV][kPerLane], acc[kV][kPerLane], m[kV], l[kV];
-  int vpos[kV];
-#pragma unroll
-  for (int v = 0; v < kV; ++v) {
-    int r, h;
-    TileVector(warp * kV + v, nh, &r, &h);
-    // Idle vectors get position -1: every tile is past them.
-    vpos[v] = r < tile.n_rows ? tile.pos + r : -1;
-    m[v] = -INFINITY;
-    l[v] = 0.0f;
-#pragma unroll
-    for (int i = 0; i < kPerLane; ++i) {
-      const int d = lane + 32 * i;
-      qr[v][i] = (vpos[v] >= 0 && d < hd)
-                     ? q[(static_cast<int64_t>(tile.row + r) * s.n_heads + h0 + h) * hd + d] * scale
-                     : 0.0f;
-      acc[v][i] = 0.0f;
-    }
-  }
-
-  for (int t0 = 0; t0 <= last; t0 += kTileKeys) {
-    __syncthreads();  // every warp is done with the previous tile
-    for (int idx = threadIdx.x; idx < kTileKeys * kDims; idx += blockDim.x) {
-      const int kk = idx / kDims, d = idx % kDims, p = t0 + kk;
-      float kx = 0.0f, vx = 0.0f;
-      if (p <= last && d < hd) {
-        const int64_t off = KvRowOffset(table, p, s.block_tokens, kv_dim) + kvh * hd + d;
-        kx = KvLoad(pool + off);
-        vx = KvLoad(pool + off + VPlaneOffset(s.block_tokens, kv_dim));
-      }
-      sk[kk][d] = kx;
-      sv[kk][d] = vx;
-    }
-    __syncthreads();
-#pragma unroll
-    for (int v = 0; v < kV; ++v) {
-      if (t0 > vpos[v]) continue;  // warp-uniform: the vector is the warp's
-      const int n_keys = min(kTileKeys, vpos[v] - t0 + 1);
-      float mine = -INFINITY;  // lane j: key t0 + j's score
-      for (int kk = 0; kk < n_keys; ++kk) {
-        float dot = 0.0f;
-#pragma unroll
-        for (int i = 0; i < kPerLane; ++i) dot += qr[v][i] * sk[kk][lane + 32 * i];
-        dot = WarpSum(dot);
-        if (lane == kk) mine = dot;
-      }
-      const float m_new = fmaxf(m[v], WarpMax(mine));
-      const float corr = MergeWeight(m[v], m_new);
-      const float p = lane < n_keys ? expf(mine - m_new) : 0.0f;
-      l[v] = l[v] * corr + WarpSum(p);
-#pragma unroll
-      for (int i = 0; i < kPerLane; ++i) acc[v][i] *= corr;
-      for (int kk = 0; kk < n_keys; ++kk) {
-        const float pk = __shfl_sync(0xffffffffu, p, kk);
-#pragma unroll
-        for (int i = 0; i < kPerLane; ++i) acc[v][i] += pk * sv[kk][lane + 32 * i];
-      }
-      m[v] = m_new;
-    }
-  }
-
-#pragma unroll
-  for (int v = 0; v < kV; ++v) {
-    if (vpos[v] < 0) continue;
-    int r, h;
-    TileVector(warp * kV + v, nh, &r, &h);
-    float* o = out + (static_cast<int64_t>(tile.row + r) * s.n_heads + h0 + h) * hd;
-#pragma unroll
-    for (int i = 0; i < kPerLane; ++i) {
-      const int d = lane + 32 * i;
-      if (d < hd) o[d] = acc[v][i] / l[v];
-    }
   }
 }
 
@@ -670,41 +549,6 @@ void LaunchAttention(const AttentionShape& shape, bool f16, const void* pool, co
   if (splits > 1) {
     AttentionMergeKernel<<<dim3(n_items, shape.n_heads), std::min(shape.head_dim, 256), 0,
                            stream>>>(shape, items, splits, scratch, out);
-  }
-}
-
-namespace {
-
-template <typename T>
-void LaunchTilesT(const AttentionShape& shape, const T* pool, const int32_t* tables,
-                  const AttentionTile* tiles, int n_tiles, const float* q, float* out,
-                  cudaStream_t stream) {
-  const int group = shape.n_heads / shape.n_kv_heads;
-  const dim3 grid(n_tiles, shape.n_kv_heads * TileHeadChunks(group));
-  const float scale = 1.0f / sqrtf(static_cast<float>(shape.head_dim));
-  const int threads = kTileWarps * 32;
-  if (shape.head_dim <= 32) {
-    AttentionTileKernel<1, T>
-        <<<grid, threads, 0, stream>>>(shape, pool, tables, tiles, scale, q, out);
-  } else if (shape.head_dim <= 64) {
-    AttentionTileKernel<2, T>
-        <<<grid, threads, 0, stream>>>(shape, pool, tables, tiles, scale, q, out);
-  } else {
-    AttentionTileKernel<4, T>
-        <<<grid, threads, 0, stream>>>(shape, pool, tables, tiles, scale, q, out);
-  }
-}
-
-}  // namespace
-
-void LaunchAttentionTiles(const AttentionShape& shape, bool f16, const void* pool,
-                          const int32_t* tables, const AttentionTile* tiles, int n_tiles,
-                          const float* q, float* out, cudaStream_t stream) {
-  if (n_tiles <= 0) return;
-  if (f16) {
-    LaunchTilesT(shape, static_cast<const __half*>(pool), tables, tiles, n_tiles, q, out, stream);
-  } else {
-    LaunchTilesT(shape, static_cast<const float*>(pool), tables, tiles, n_tiles, q, out, stream);
   }
 }
 
