@@ -70,8 +70,10 @@ LoadedPlugin LoadPluginUncached(const std::string& explicit_path) {
       continue;
     }
     if (plugin->abi_version != KVSHARE_CUDA_PLUGIN_ABI) {
-      errors.push_back(absl::StrFormat("%s: plugin ABI %d, this build needs %d (a stale build?)",
-                                       path, plugin->abi_version, KVSHARE_CUDA_PLUGIN_ABI));
+      errors.push_back(absl::StrFormat(
+          "%s: a stale plugin: its ABI %d is not this build's %d (it was built from other "
+          "interface headers; rebuild kvshare_cuda from this tree)",
+          path, plugin->abi_version, KVSHARE_CUDA_PLUGIN_ABI));
       continue;
     }
     out.plugin = plugin;
@@ -138,6 +140,8 @@ absl::StatusOr<DeviceBackend> MakeCuda(const DeviceOptions& options, int ordinal
 }
 
 }  // namespace
+
+int CudaPluginAbi() { return KVSHARE_CUDA_PLUGIN_ABI; }
 
 std::string DeviceInfo::Describe() const {
   constexpr double kGiB = 1024.0 * 1024 * 1024;

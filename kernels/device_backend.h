@@ -52,6 +52,10 @@ struct DeviceBackend {
 
 absl::StatusOr<DeviceBackend> MakeBackend(const DeviceOptions& options);
 
+// The plugin ABI number this build's loader accepts (kernels/cuda/cuda_plugin.h): derived from
+// the interface headers at build time, so a plugin built from other headers is refused.
+int CudaPluginAbi();
+
 // CUDA device `ordinal`'s info, or FAILED_PRECONDITION with the reason it cannot be used.
 absl::StatusOr<DeviceInfo> ProbeCuda(int ordinal = 0, const std::string& plugin_path = "");
 

@@ -63,6 +63,9 @@ class KvLayout {
 };
 
 // Optional probes into the forward pass (calibration and strategy search use them).
+// Every pointer an observer receives points into the backend's memory: device memory under the
+// CUDA backend, never to be dereferenced on the host (read it with Backend::CopyToHost, which
+// also waits for the ops queued before it). Only the CPU backend hands out host pointers.
 class ForwardObserver {
  public:
   virtual ~ForwardObserver() = default;

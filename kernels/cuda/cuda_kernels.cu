@@ -1,6 +1,7 @@
-// The CUDA kernels of the backend. Storage: weights fp16/bf16, activations and the KV pool
-// fp32 (kernels/backend.h fixes the pool's element type); every reduction accumulates in fp32.
-// Each kernel's plain reference is the same-named function of kernels/cpu/reference.cc.
+// The CUDA kernels of the backend (the tiled prefill attention is in attention_tiles.cu).
+// Storage: weights fp16/bf16, activations fp32, the KV pool fp32 or f16 (kernels/kv_type.h);
+// every reduction accumulates in fp32. Each kernel's plain reference is the same-named function
+// of kernels/cpu/reference.cc.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -8,6 +9,7 @@
 #include <cmath>
 
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/device_util.cuh"
 
 namespace kvshare::cuda {
 namespace {
@@ -174,11 +176,6 @@ __global__ void EmbedKernel(const void* table, const int32_t* ids, int dim, floa
   for (int i = threadIdx.x; i < dim; i += blockDim.x) o[i] = Load<kBf16>(table, src + i);
 }
 
-__device__ __forceinline__ float WarpSum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
 // One block per row.
 __global__ void RmsNormKernel(const float* x, const float* weight, int dim, float eps, float* out) {
   __shared__ float partial[32];
@@ -201,20 +198,20 @@ __global__ void RmsNormKernel(const float* x, const float* weight, int dim, floa
   for (int i = threadIdx.x; i < dim; i += blockDim.x) orow[i] = weight[i] * (inv * xr[i]);
 }
 
-// One thread per (row, head, pair); the frequency exactly as reference Rope computes it.
+// One thread per (row, head, pair). freq: the host-computed inverse frequencies (the
+// reference's exact fp32 values); the angle pos * freq is formed in fp32 as the reference does.
 __global__ void RopeKernel(float* x, const int32_t* pos, int64_t pairs_total, int n_heads,
-                           int head_dim, float theta) {
+                           int head_dim, const float* freq) {
   const int pairs = head_dim / 2;
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < pairs_total;
        e += int64_t(gridDim.x) * blockDim.x) {
-    const int i = 2 * static_cast<int>(e % pairs);
+    const int pair = static_cast<int>(e % pairs);
     const int64_t row_head = e / pairs;
     const int64_t t = row_head / n_heads;
-    const float freq = 1.0f / powf(theta, i / static_cast<float>(head_dim));
-    const float val = pos[t] * freq;
+    const float val = pos[t] * freq[pair];
     float fci, fcr;
     sincosf(val, &fci, &fcr);
-    float* v = x + row_head * head_dim + i;
+    float* v = x + row_head * head_dim + 2 * pair;
     const float v0 = v[0], v1 = v[1];
     v[0] = v0 * fcr - v1 * fci;
     v[1] = v0 * fci + v1 * fcr;
@@ -236,25 +233,18 @@ __global__ void AddKernel(float* x, const float* y, int64_t count) {
   }
 }
 
-// KV pool elements: fp32 or IEEE half (KvType f32 / f16; same layout, element for element).
-__device__ __forceinline__ float KvLoad(const float* p) { return *p; }
-__device__ __forceinline__ float KvLoad(const __half* p) { return __half2float(*p); }
-__device__ __forceinline__ void KvStore(float* p, float x) { *p = x; }
-__device__ __forceinline__ void KvStore(__half* p, float x) { *p = __float2half_rn(x); }
-
+// One thread per (row, channel) of the batch: every sequence's rows of the layer in one launch.
 template <typename T>
-__global__ void WriteKvKernel(int block_tokens, int kv_dim, T* pool, const int32_t* table,
-                              int start_pos, int64_t count, const float* k, const float* v) {
-  const int64_t block_floats = 2LL * block_tokens * kv_dim;
+__global__ void WriteKvRowsKernel(int block_tokens, int kv_dim, T* pool, const KvWriteRow* rows,
+                                  int64_t count) {
+  const int64_t v_plane = VPlaneOffset(block_tokens, kv_dim);
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < count;
        e += int64_t(gridDim.x) * blockDim.x) {
-    const int t = static_cast<int>(e / kv_dim);
-    const int i = static_cast<int>(e % kv_dim);
-    const int p = start_pos + t;
-    T* kd = pool + table[p / block_tokens] * block_floats +
-            static_cast<int64_t>(p % block_tokens) * kv_dim;
-    KvStore(kd + i, k[e]);
-    KvStore(kd + static_cast<int64_t>(block_tokens) * kv_dim + i, v[e]);
+    const KvWriteRow r = rows[e / kv_dim];
+    const int c = static_cast<int>(e % kv_dim);
+    const int64_t dst = KvWriteDest(r, block_tokens, kv_dim, c);
+    KvStore(pool + dst, r.k[c]);
+    KvStore(pool + dst + v_plane, r.v[c]);
   }
 }
 
@@ -268,10 +258,6 @@ __global__ void WriteKvKernel(int block_tokens, int kv_dim, T* pool, const int32
 
 constexpr int kAttWarps = 4;
 constexpr int kAttHeads = 4;  // query heads per block
-
-__device__ __forceinline__ float MergeWeight(float m, float max) {
-  return m == -INFINITY ? 0.0f : expf(m - max);
-}
 
 template <int kPerLane, typename T>
 __global__ void __launch_bounds__(kAttWarps * 32)
@@ -310,12 +296,10 @@ __global__ void __launch_bounds__(kAttWarps * 32)
   }
 
   const int kv_dim = s.n_kv_heads * hd;
-  const int64_t block_floats = 2LL * s.block_tokens * kv_dim;
   const int32_t* table = tables + it.table_offset;
   for (int p = p0 + warp; p < p1; p += kAttWarps) {
-    const T* kp = pool + table[p / s.block_tokens] * block_floats +
-                  static_cast<int64_t>(p % s.block_tokens) * kv_dim + kvh * hd;
-    const T* vp = kp + static_cast<int64_t>(s.block_tokens) * kv_dim;
+    const T* kp = pool + KvRowOffset(table, p, s.block_tokens, kv_dim) + kvh * hd;
+    const T* vp = kp + VPlaneOffset(s.block_tokens, kv_dim);
     float kr[kPerLane], vr[kPerLane];
 #pragma unroll
     for (int i = 0; i < kPerLane; ++i) {
@@ -471,12 +455,12 @@ void LaunchRmsNorm(const float* x, const float* weight, int n, int dim, float ep
   RmsNormKernel<<<n, threads, 0, stream>>>(x, weight, dim, eps, out);
 }
 
-void LaunchRope(float* x, const int32_t* pos, int n, int n_heads, int head_dim, float theta,
+void LaunchRope(float* x, const int32_t* pos, int n, int n_heads, int head_dim, const float* freq,
                 cudaStream_t stream) {
   const int64_t pairs = static_cast<int64_t>(n) * n_heads * (head_dim / 2);
   if (pairs <= 0) return;
   RopeKernel<<<std::min(Blocks(pairs), 65535 * 8), kThreads, 0, stream>>>(x, pos, pairs, n_heads,
-                                                                          head_dim, theta);
+                                                                          head_dim, freq);
 }
 
 void LaunchSiluMul(const float* gate, const float* up, int64_t count, float* out,
@@ -490,17 +474,17 @@ void LaunchAdd(float* x, const float* y, int64_t count, cudaStream_t stream) {
   AddKernel<<<std::min(Blocks(count), 65535 * 8), kThreads, 0, stream>>>(x, y, count);
 }
 
-void LaunchWriteKv(int block_tokens, int kv_dim, bool f16, void* pool, const int32_t* table,
-                   int start_pos, int n, const float* k, const float* v, cudaStream_t stream) {
-  const int64_t count = static_cast<int64_t>(n) * kv_dim;
+void LaunchWriteKvRows(int block_tokens, int kv_dim, bool f16, void* pool, const KvWriteRow* rows,
+                       int n_rows, cudaStream_t stream) {
+  const int64_t count = static_cast<int64_t>(n_rows) * kv_dim;
   if (count <= 0) return;
   const int blocks = std::min(Blocks(count), 65535 * 8);
   if (f16) {
-    WriteKvKernel<<<blocks, kThreads, 0, stream>>>(block_tokens, kv_dim, static_cast<__half*>(pool),
-                                                   table, start_pos, count, k, v);
+    WriteKvRowsKernel<<<blocks, kThreads, 0, stream>>>(block_tokens, kv_dim,
+                                                       static_cast<__half*>(pool), rows, count);
   } else {
-    WriteKvKernel<<<blocks, kThreads, 0, stream>>>(block_tokens, kv_dim, static_cast<float*>(pool),
-                                                   table, start_pos, count, k, v);
+    WriteKvRowsKernel<<<blocks, kThreads, 0, stream>>>(block_tokens, kv_dim,
+                                                       static_cast<float*>(pool), rows, count);
   }
 }
 

@@ -10,6 +10,8 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/kv_index.h"
+
 namespace kvshare::cuda {
 
 // Stored GGML blocks -> fp16 (or bf16 when `bf16`) elements, row-major, `n_elems` elements.
@@ -27,7 +29,10 @@ void LaunchEmbed(const void* table, bool bf16, const int32_t* ids, int n, int di
 void LaunchRmsNorm(const float* x, const float* weight, int n, int dim, float eps, float* out,
                    cudaStream_t stream);
 
-void LaunchRope(float* x, const int32_t* pos, int n, int n_heads, int head_dim, float theta,
+// freq: head_dim / 2 inverse frequencies on the device (attention_plan.h
+// RopeInverseFrequencies, computed on the host); the angle is pos * freq in fp32 as in the
+// reference.
+void LaunchRope(float* x, const int32_t* pos, int n, int n_heads, int head_dim, const float* freq,
                 cudaStream_t stream);
 
 void LaunchSiluMul(const float* gate, const float* up, int64_t count, float* out,
@@ -35,19 +40,11 @@ void LaunchSiluMul(const float* gate, const float* up, int64_t count, float* out
 
 void LaunchAdd(float* x, const float* y, int64_t count, cudaStream_t stream);
 
-// k, v: [n][kv_dim]; table: the block ids of the sequence from block 0. The pool holds fp32,
-// or IEEE half when f16 (KvType f32 / f16: the same layout element for element).
-void LaunchWriteKv(int block_tokens, int kv_dim, bool f16, void* pool, const int32_t* table,
-                   int start_pos, int n, const float* k, const float* v, cudaStream_t stream);
-
-// One query row of a paged attention call: output row `row` (of q and out), whose sequence's
-// block table starts at tables[table_offset], at position `pos` (it attends to [0, pos]).
-struct AttentionItem {
-  int32_t row;
-  int32_t pos;
-  int32_t table_offset;
-  int32_t pad;
-};
+// The batched WriteKv: rows[0..n_rows) (kv_index.h KvWriteRow, device memory), each row's K
+// and V (kv_dim floats) stored into its pool slot, in one launch. The pool holds fp32, or IEEE
+// half when f16 (KvType f32 / f16: the same layout element for element).
+void LaunchWriteKvRows(int block_tokens, int kv_dim, bool f16, void* pool, const KvWriteRow* rows,
+                       int n_rows, cudaStream_t stream);
 
 struct AttentionShape {
   int block_tokens;
@@ -71,5 +68,13 @@ int64_t AttentionScratchFloats(const AttentionShape& shape, int n_items, int spl
 void LaunchAttention(const AttentionShape& shape, bool f16, const void* pool, const int32_t* tables,
                      const AttentionItem* items, int n_items, int splits, int split_tokens,
                      const float* q, float* scratch, float* out, cudaStream_t stream);
+
+// The tiled prefill kernel (flash-attention style): one thread block per (tile, KV head,
+// chunk of TileHeads(group) query heads) keeps the tile's query vectors in registers and reads
+// each K/V tile of kTileKeys positions into shared memory once for all of them, with an online
+// softmax. head_dim <= kTileMaxHeadDim; shape.max_len is unused.
+void LaunchAttentionTiles(const AttentionShape& shape, bool f16, const void* pool,
+                          const int32_t* tables, const AttentionTile* tiles, int n_tiles,
+                          const float* q, float* out, cudaStream_t stream);
 
 }  // namespace kvshare::cuda

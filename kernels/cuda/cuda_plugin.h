@@ -5,14 +5,18 @@
 // The plugin exports exactly one symbol, KVSHARE_CUDA_PLUGIN_SYMBOL, a function returning a table
 // of entry points. `create_backend` returns a kvshare::Backend allocated by the plugin, so the
 // loader and the plugin must be built from the same tree by the same compiler; `abi_version`
-// guards against a stale plugin from another build. The plugin is never unloaded (objects it
-// created may outlive any scope the loader can see).
+// guards against a stale plugin from another build: it is KVSHARE_CUDA_PLUGIN_ABI, a hash of
+// this header, kernels/backend.h, kernels/kv_type.h and kernels/tensor.h computed by CMake
+// (kernels/cuda/plugin_abi.cmake) and passed to both the loader and the plugin. The plugin is never
+// unloaded (objects it created may outlive any scope the loader can see).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 
-#define KVSHARE_CUDA_PLUGIN_ABI 1
+#ifndef KVSHARE_CUDA_PLUGIN_ABI
+#error "KVSHARE_CUDA_PLUGIN_ABI comes from the build (kernels/cuda/plugin_abi.cmake)"
+#endif
 #define KVSHARE_CUDA_PLUGIN_FILE "libkvshare_cuda.so"
 
 extern "C" {

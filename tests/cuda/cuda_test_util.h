@@ -1,8 +1,14 @@
 // The CUDA backend for tests, or the reason there is none (so each test can GTEST_SKIP with
 // it), and helpers to move vectors in and out of backend memory.
+//
+// KVSHARE_REQUIRE_CUDA=1 in the environment (scripts/gpu-check.sh sets it on the GPU machine)
+// turns every such skip into a failure, so a missing driver, device, plugin or cuBLAS there is
+// reported as a failure and never as a pass.
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -41,12 +47,22 @@ inline CudaForTests& Cuda(bool bf16 = false) {
   return *slot;
 }
 
-// Skips the calling test, printing why, when CUDA cannot be used.
-#define KVSHARE_REQUIRE_CUDA()                                \
-  do {                                                        \
-    if (::kvshare::testing::Cuda().backend == nullptr) {      \
-      GTEST_SKIP() << ::kvshare::testing::Cuda().skip_reason; \
-    }                                                         \
+// True when KVSHARE_REQUIRE_CUDA is set to 1: a test that would skip for want of CUDA fails.
+inline bool CudaRequired() {
+  const char* v = std::getenv("KVSHARE_REQUIRE_CUDA");
+  return v != nullptr && std::strcmp(v, "1") == 0;
+}
+
+// Skips the calling test, printing why, when CUDA cannot be used (fails instead under
+// KVSHARE_REQUIRE_CUDA=1).
+#define KVSHARE_REQUIRE_CUDA()                                                                \
+  do {                                                                                        \
+    if (::kvshare::testing::Cuda().backend == nullptr) {                                      \
+      if (::kvshare::testing::CudaRequired()) {                                               \
+        GTEST_FAIL() << "KVSHARE_REQUIRE_CUDA=1: " << ::kvshare::testing::Cuda().skip_reason; \
+      }                                                                                       \
+      GTEST_SKIP() << ::kvshare::testing::Cuda().skip_reason;                                 \
+    }                                                                                         \
   } while (0)
 
 inline std::unique_ptr<Buffer> ToDevice(Backend& b, const std::vector<float>& v) {

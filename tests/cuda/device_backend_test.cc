@@ -3,6 +3,8 @@
 // reason; with one, "auto" must pick it.
 #include "kernels/device_backend.h"
 
+#include <cstdlib>
+#include <cstring>
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
@@ -88,6 +90,18 @@ TEST(DeviceBackendTest, AnUnknownDeviceNamesTheValueAndTheChoices) {
         << b.status();
     EXPECT_NE(b.status().message().find("auto, cpu, cuda, cuda:N"), std::string::npos);
   }
+}
+
+// scripts/gpu-check.sh sets KVSHARE_REQUIRE_CUDA=1 on the GPU machine: there, CUDA device 0
+// must be usable, or this binary (which otherwise passes without a GPU) fails with the reason.
+TEST(DeviceBackendTest, CudaIsUsableWhereItIsRequired) {
+  const char* required = std::getenv("KVSHARE_REQUIRE_CUDA");
+  if (required == nullptr || std::strcmp(required, "1") != 0) {
+    GTEST_SKIP() << "KVSHARE_REQUIRE_CUDA is not 1";
+  }
+  const auto probe = ProbeCuda(0);
+  ASSERT_TRUE(probe.ok()) << "KVSHARE_REQUIRE_CUDA=1: " << probe.status();
+  std::cout << "cuda: " << probe->Describe() << "\n";
 }
 
 #ifdef KVSHARE_EXPECT_CUDA_PLUGIN
