@@ -9,6 +9,7 @@
 #include "absl/synchronization/notification.h"
 #include "grpcpp/grpcpp.h"
 #include "kvshare/v1/registry.grpc.pb.h"
+#include "proto/wire/projections_transfer.h"
 #include "proto/wire/strategy_wire.h"
 #include "service_runtime/log_value.h"
 #include "spdlog/spdlog.h"
@@ -109,8 +110,24 @@ void StrategySubscriber::Run() {
 }
 
 std::string StrategySubscriber::RunStream(const std::string& address) {
-  auto stub = v1::StrategyDistribution::NewStub(
-      grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  auto channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+  auto stub = v1::StrategyDistribution::NewStub(channel);
+  // An assignment whose strategy carries output projections names them by hash; they are
+  // fetched from the registry on the same address (issue 18), once (fetched_ keeps the last).
+  auto registry = v1::StrategyRegistry::NewStub(channel);
+  auto resolve =
+      [&](const ProjectionsHeader& h) -> absl::StatusOr<std::shared_ptr<const OutputProjections>> {
+    for (const auto& p : fetched_) {
+      if (p->sha256() == h.sha256) return p;
+    }
+    auto p = FetchProjections(registry.get(), h);
+    if (!p.ok()) return p.status();
+    spdlog::info("event=projections_fetched sha256={} bytes={}", h.sha256.substr(0, 16),
+                 h.blob_bytes());
+    fetched_.push_front(*p);
+    if (fetched_.size() > kFetchedProjections) fetched_.pop_back();
+    return p;
+  };
   grpc::ClientContext context;
   {
     absl::MutexLock lock(&mu_);
@@ -168,10 +185,13 @@ std::string StrategySubscriber::RunStream(const std::string& address) {
       v1::StrategyAck* ack = reply.mutable_ack();
       ack->set_version(assignment.version());
       ack->set_strategy_id(assignment.strategy().id());
-      auto strategy = FromProto(assignment.strategy());
+      auto strategy = FromProto(assignment.strategy(), resolve);
       absl::Status applied;
       if (!strategy.ok()) {
-        ack->set_reason(v1::NACK_REASON_INVALID_STRATEGY);
+        // A bad message is invalid; projections that could not be fetched are a load failure.
+        ack->set_reason(absl::IsInvalidArgument(strategy.status())
+                            ? v1::NACK_REASON_INVALID_STRATEGY
+                            : v1::NACK_REASON_LOAD_FAILURE);
         applied = strategy.status();
       } else if (strategy->model_fingerprint() != options_.model_fingerprint) {
         ack->set_reason(v1::NACK_REASON_FINGERPRINT_MISMATCH);

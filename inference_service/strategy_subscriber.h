@@ -4,10 +4,12 @@
 // It announces the worker (id, model fingerprint, labels, the version it runs), applies every
 // assignment through the StrategyHolder (new requests take it at once; in-flight ones keep
 // theirs) and answers ACK, or NACK with the reason — fingerprint mismatch, invalid strategy,
-// load failure — keeping the last good version. With a quality probe, an applied version's
-// probe figure (worker_quality_probe.h) goes with its ACK, measured before the ACK is sent (a
-// probe that fails is logged and left out; the version stays applied). It sends the scheduler's
-// load every `load_interval`. When the stream breaks or the service cannot be reached it reconnects
+// load failure — keeping the last good version. A strategy with output projections (issue 18)
+// names them by hash; they are fetched from the registry on the same address before the
+// strategy is applied (a fetch that fails NACKs with load failure). With a quality probe, an
+// applied version's probe figure (worker_quality_probe.h) goes with its ACK, measured before the
+// ACK is sent (a probe that fails is logged and left out; the version stays applied). It sends
+// the scheduler's load every `load_interval`. When the stream breaks or the service cannot be reached it reconnects
 // with jittered exponential backoff — to the next of the control-plane addresses, when it was given
 // several (search-service replicas on one etcd) — and the worker keeps serving what it has
 // meanwhile.
@@ -16,6 +18,7 @@
 // joins it. The holder and scheduler must outlive the subscriber.
 #pragma once
 
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -88,6 +91,10 @@ class StrategySubscriber {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   grpc::ClientContext* context_ ABSL_GUARDED_BY(mu_) = nullptr;  // the live stream's
   SubscriberState state_ ABSL_GUARDED_BY(mu_);
+  // Output projections fetched for assignments, most recent first (the subscriber thread's
+  // only: no lock). Bounded: a worker holds a few versions at most.
+  static constexpr size_t kFetchedProjections = 4;
+  std::deque<std::shared_ptr<const OutputProjections>> fetched_;
 };
 
 }  // namespace kvshare

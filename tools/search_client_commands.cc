@@ -16,6 +16,7 @@
 #include "grpcpp/grpcpp.h"
 #include "kvshare/v1/registry.grpc.pb.h"
 #include "kvshare/v1/search.grpc.pb.h"
+#include "proto/wire/projections_transfer.h"
 #include "proto/wire/search_job_wire.h"
 #include "proto/wire/strategy_wire.h"
 #include "tools/client_flags.h"
@@ -412,7 +413,9 @@ Runner RegisterStrategies(CLI::App& app) {
         PrintRecord(record);
       }
       if (!f->out.empty()) {
-        auto strategy = FromProto(record.strategy());
+        auto strategy = FromProto(record.strategy(), [&](const ProjectionsHeader& h) {
+          return FetchProjections(stub.get(), h);
+        });
         if (!strategy.ok()) return Fail(strategy.status());
         absl::Status s = strategy->WriteFile(f->out);
         if (!s.ok()) return Fail(s);
@@ -423,6 +426,10 @@ Runner RegisterStrategies(CLI::App& app) {
     if (publish->parsed()) {
       auto strategy = SharingStrategy::ReadFile(f->file);
       if (!strategy.ok()) return Fail(strategy.status());
+      if (strategy->projections() != nullptr) {  // the blob first (registry.proto)
+        absl::Status s = UploadProjections(stub.get(), *strategy->projections());
+        if (!s.ok()) return Fail(s);
+      }
       v1::PublishStrategyRequest request;
       ToProto(*strategy, request.mutable_strategy());
       request.set_model_name(f->model_name);

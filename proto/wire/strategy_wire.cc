@@ -1,5 +1,6 @@
 #include "proto/wire/strategy_wire.h"
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/util/excerpt.h"
 
@@ -10,6 +11,10 @@ void ToProto(const SharingStrategy& strategy, v1::SharingStrategy* out) {
   out->set_id(strategy.id());
   out->set_model_fingerprint(strategy.model_fingerprint());
   for (int s : strategy.kv_source()) out->add_kv_source(s);
+  for (int l : strategy.attention_dropped()) out->add_attention_dropped(l);
+  if (strategy.projections() != nullptr) {
+    ToProto(HeaderOf(*strategy.projections()), out->mutable_output_projections());
+  }
   const StrategyProvenance& p = strategy.provenance();
   v1::StrategyProvenance* pp = out->mutable_provenance();
   pp->set_method(p.method);
@@ -32,10 +37,53 @@ void ToProto(const SharingStrategy& strategy, v1::SharingStrategy* out) {
   }
 }
 
-absl::StatusOr<SharingStrategy> FromProto(const v1::SharingStrategy& msg) {
-  auto st = SharingStrategy::Create({msg.kv_source().begin(), msg.kv_source().end()},
-                                    msg.model_fingerprint());
+void ToProto(const ProjectionsHeader& header, v1::OutputProjectionsRef* out) {
+  out->Clear();
+  out->set_type(ProjectionTypeName(header.type));
+  out->set_rows(header.rows);
+  out->set_cols(header.cols);
+  for (int l : header.layers) out->add_layers(l);
+  out->set_sha256(header.sha256);
+  out->set_blob_bytes(header.blob_bytes());
+}
+
+absl::StatusOr<ProjectionsHeader> FromProto(const v1::OutputProjectionsRef& msg,
+                                            const std::string& where) {
+  ProjectionsHeader h;
+  auto type = ParseProjectionType(msg.type());
+  if (!type.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ".type: ", type.status().message()));
+  }
+  h.type = *type;
+  h.rows = msg.rows();
+  h.cols = msg.cols();
+  h.layers.assign(msg.layers().begin(), msg.layers().end());
+  h.sha256 = msg.sha256();
+  return h;
+}
+
+absl::StatusOr<SharingStrategy> FromProto(const v1::SharingStrategy& msg,
+                                          const ProjectionsResolver& resolve) {
+  auto st = SharingStrategy::Create(
+      {msg.kv_source().begin(), msg.kv_source().end()}, msg.model_fingerprint(),
+      {msg.attention_dropped().begin(), msg.attention_dropped().end()});
   if (!st.ok()) return st.status();
+  if (msg.has_output_projections()) {
+    constexpr char kWhere[] = "strategy.output_projections";
+    auto header = FromProto(msg.output_projections(), kWhere);
+    if (!header.ok()) return header.status();
+    absl::Status checked = CheckProjectionsHeader(*header, kWhere);
+    if (!checked.ok()) return checked;
+    if (!resolve) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "%s names projections %s, and nothing here can fetch them", kWhere, header->sha256));
+    }
+    auto projections = resolve(*header);
+    if (!projections.ok()) return projections.status();
+    auto with = st->WithProjections(std::move(*projections));
+    if (!with.ok()) return with.status();
+    st = std::move(with);
+  }
   if (!msg.id().empty() && msg.id() != st->id()) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "strategy.id %s does not match its content (expected %s)", Excerpt(msg.id()), st->id()));
@@ -70,7 +118,7 @@ absl::StatusOr<SharingStrategy> FromProto(const v1::SharingStrategy& msg) {
 int OwningLayers(const v1::SharingStrategy& msg) {
   int owning = 0;
   for (int l = 0; l < msg.kv_source_size(); ++l) owning += msg.kv_source(l) == l;
-  return owning;
+  return owning - msg.attention_dropped_size();  // a dropped layer is its own source
 }
 
 }  // namespace kvshare

@@ -82,8 +82,10 @@ std::string RecordJson(const StrategyRecord& r) {
   return j.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
 }
 
-// `path`'s record; DataLoss naming the path, the field, the value and the expectation.
-absl::StatusOr<StrategyRecord> ParseRecord(const std::string& text, const std::string& path) {
+// `path`'s record, its projections read from `blob_dir`; DataLoss naming the path, the field,
+// the value and the expectation.
+absl::StatusOr<StrategyRecord> ParseRecord(const std::string& text, const std::string& path,
+                                           const std::string& blob_dir) {
   const std::string where = absl::StrCat("strategy record ", path);
   auto parsed = ParseJsonObject(text, where);
   if (!parsed.ok()) return absl::DataLossError(parsed.status().message());
@@ -101,7 +103,7 @@ absl::StatusOr<StrategyRecord> ParseRecord(const std::string& text, const std::s
   const json* strategy_json = f.Object("strategy", Field::kRequired);
   if (!f.ok()) return absl::DataLossError(f.status().message());
   auto strategy =
-      SharingStrategy::FromJson(strategy_json->dump(), absl::StrCat(where, " strategy"));
+      SharingStrategy::FromJson(strategy_json->dump(), absl::StrCat(where, " strategy"), blob_dir);
   if (!strategy.ok()) return absl::DataLossError(strategy.status().message());
   if (strategy->model_fingerprint() != r.model_fingerprint) {
     return absl::DataLossError(
@@ -166,7 +168,7 @@ absl::Status DirectoryStrategyStore::Load() {
   size_t removed_temporaries = 0;
   for (const std::string& fingerprint : *models) {
     const std::string model_dir = dir_ + "/" + fingerprint;
-    if (fingerprint == "LOCK") continue;
+    if (fingerprint == "LOCK" || fingerprint == kProjectionsDirName) continue;
     auto names = ListDirectory(model_dir);
     if (!names.ok()) {
       spdlog::warn("event=store_skip path={} reason=\"not a model directory\"", model_dir);
@@ -201,7 +203,7 @@ absl::Status DirectoryStrategyStore::Load() {
         return absl::DataLossError(
             absl::StrFormat("strategy record %s: %s", path, text.status().message()));
       }
-      auto record = ParseRecord(*text, path);
+      auto record = ParseRecord(*text, path, ProjectionsDir());
       if (!record.ok()) return record.status();
       if (record->version != version || record->model_fingerprint != fingerprint) {
         return absl::DataLossError(absl::StrFormat(
@@ -243,6 +245,11 @@ absl::StatusOr<PublishOutcome> DirectoryStrategyStore::Publish(
   absl::MutexLock lock(&mu_);
   if (const StrategyRecord* existing = index_.FindById(strategy->id())) {
     return PublishOutcome{*existing, false};
+  }
+  if (strategy->projections() != nullptr) {
+    // The blob is durable before the record that names it.
+    s = PutProjections(strategy->projections());
+    if (!s.ok()) return s;
   }
   StrategyRecord record;
   record.model_fingerprint = strategy->model_fingerprint();
@@ -302,6 +309,36 @@ absl::StatusOr<StrategyRecord> DirectoryStrategyStore::Deprecate(
   if (!s.ok()) return s;
   index_.MarkDeprecated(model_fingerprint, version, reason, when);
   return *index_.Find(model_fingerprint, version);
+}
+
+absl::Status DirectoryStrategyStore::PutProjections(
+    std::shared_ptr<const OutputProjections> projections) {
+  if (projections == nullptr) return absl::InvalidArgumentError("projections is null");
+  const std::string path = absl::StrCat(ProjectionsDir(), "/", projections->BlobFileName());
+  if (::access(path.c_str(), F_OK) == 0) return absl::OkStatus();  // content-addressed
+  absl::Status s = MakeDirectoryDurably(ProjectionsDir());
+  if (!s.ok()) return s;
+  // Written to a temporary, fsynced, renamed: a crash leaves the whole blob or none.
+  return WriteFileAtomically(path, projections->blob());
+}
+
+absl::StatusOr<std::shared_ptr<const OutputProjections>> DirectoryStrategyStore::GetProjections(
+    const ProjectionsHeader& header) const {
+  absl::Status s = CheckProjectionsHeader(header, "projections");
+  if (!s.ok()) return s;
+  const std::string path = absl::StrCat(ProjectionsDir(), "/", header.FileName());
+  if (::access(path.c_str(), F_OK) != 0) return ProjectionsNotFound(header);
+  auto blob = ReadFileToString(path, header.blob_bytes() + 1);
+  if (!blob.ok()) {
+    return absl::DataLossError(
+        absl::StrFormat("projections blob %s: %s", path, blob.status().message()));
+  }
+  auto p = ProjectionsFromBlob(header, std::move(*blob));
+  if (!p.ok()) {
+    return absl::DataLossError(
+        absl::StrFormat("projections blob %s: %s", path, p.status().message()));
+  }
+  return p;
 }
 
 }  // namespace kvshare

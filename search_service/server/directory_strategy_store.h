@@ -2,6 +2,9 @@
 //
 //   <dir>/<model fingerprint>/v00000003.json             the record (never rewritten)
 //   <dir>/<model fingerprint>/v00000003.deprecated.json  its deprecation mark, if any
+//   <dir>/projections/projections-<sha256>.bin          an output projections blob (issue 18),
+//                                                        content-addressed, written before any
+//                                                        record naming it; never rewritten
 //   <dir>/LOCK                                           held by the owning process
 //
 // Every file is written to a temporary beside it, fsynced, renamed into place, and the
@@ -52,8 +55,15 @@ class DirectoryStrategyStore : public StrategyStore {
   std::vector<StrategyRecord> List(const std::string& model_fingerprint) const override;
   absl::StatusOr<StrategyRecord> Deprecate(const std::string& model_fingerprint, uint64_t version,
                                            const std::string& reason) override;
+  absl::Status PutProjections(std::shared_ptr<const OutputProjections> projections) override;
+  // Reads and hashes the file on every call (callers cache: strategy_registry_service.h).
+  absl::StatusOr<std::shared_ptr<const OutputProjections>> GetProjections(
+      const ProjectionsHeader& header) const override;
 
   const std::string& dir() const { return dir_; }
+  // Where the projections blobs live.
+  std::string ProjectionsDir() const { return dir_ + "/" + kProjectionsDirName; }
+  static constexpr char kProjectionsDirName[] = "projections";
   // The file of a version's record (tests).
   std::string RecordPath(const std::string& model_fingerprint, uint64_t version) const;
 

@@ -16,6 +16,10 @@ namespace {
 constexpr char kDeprecatedSuffix[] = ".deprecated";
 constexpr char kCounterName[] = "version";
 constexpr int kMaxPublishAttempts = 64;
+// A projections blob is stored in pieces this large, under etcd's default request limit
+// (1.5 MiB, --max-request-bytes) with room for the gateway's base64.
+constexpr size_t kEtcdPieceBytes = size_t{512} << 10;
+constexpr char kProjectionsSizeName[] = "size";
 
 // "v00000003" -> 3 (with `suffix` "" or ".deprecated"); 0 when not that shape.
 uint64_t ParseVersionName(absl::string_view name, absl::string_view suffix) {
@@ -54,12 +58,15 @@ absl::StatusOr<v1::StrategyRecord> ParseRecordProto(const EtcdKeyValue& kv) {
 }
 
 // The record at `kv`, checked to be version `version` of `fingerprint`.
+// Its projections (when any) come from `resolve`.
 absl::StatusOr<StrategyRecord> ParseRecord(const EtcdKeyValue& kv, const std::string& fingerprint,
-                                           uint64_t version) {
+                                           uint64_t version, const ProjectionsResolver& resolve) {
   auto msg = ParseRecordProto(kv);
   if (!msg.ok()) return msg.status();
-  auto record = FromProto(*msg);
+  auto record = FromProto(*msg, resolve);
   if (!record.ok()) {
+    // etcd out of reach while reading the record's projections: not damage.
+    if (absl::IsUnavailable(record.status())) return record.status();
     return absl::DataLossError(
         absl::StrFormat("strategy record at etcd key %s: %s", kv.key, record.status().message()));
   }
@@ -151,7 +158,7 @@ absl::Status EtcdStrategyStore::ApplyModelKeys(const std::string& fingerprint,
             "etcd key %s: model %s has version %d but no version %d (versions are dense)", kv.key,
             fingerprint.substr(0, 16), v, next));
       }
-      auto record = ParseRecord(kv, fingerprint, v);
+      auto record = ParseRecord(kv, fingerprint, v, Resolver());
       if (!record.ok()) return record.status();
       absl::Status s = index_.Add(std::move(*record));
       if (!s.ok())
@@ -224,7 +231,7 @@ void EtcdStrategyStore::OnWatch(const EtcdWatchBatch& batch) {
     } else if (uint64_t v = ParseVersionName(name, "")) {
       const uint64_t next = index_.NextVersion(fingerprint);
       if (v == next) {
-        auto record = ParseRecord(e.kv, fingerprint, v);
+        auto record = ParseRecord(e.kv, fingerprint, v, Resolver());
         s = record.ok() ? index_.Add(std::move(*record)) : record.status();
       } else if (v > next) {
         s = CatchUp(fingerprint);
@@ -247,6 +254,11 @@ absl::StatusOr<PublishOutcome> EtcdStrategyStore::Publish(
   const std::string& fingerprint = strategy->model_fingerprint();
   const std::string id_key = absl::StrFormat("%s/strategy_ids/%s", prefix_, strategy->id());
   const std::string counter_key = ModelPrefix(fingerprint) + kCounterName;
+  if (strategy->projections() != nullptr) {
+    // The blob is in etcd before any record names it.
+    s = PutProjections(strategy->projections());
+    if (!s.ok()) return s;
+  }
   for (int attempt = 0; attempt < kMaxPublishAttempts; ++attempt) {
     Counter counter;
     {
@@ -387,6 +399,68 @@ absl::StatusOr<StrategyRecord> EtcdStrategyStore::Deprecate(const std::string& m
   absl::Status s = MarkFrom(index_, kv, model_fingerprint, version);
   if (!s.ok()) return s;
   return *index_.Find(model_fingerprint, version);
+}
+
+std::string EtcdStrategyStore::ProjectionsPrefix(const std::string& sha256) const {
+  return absl::StrFormat("%s/projections/%s/", prefix_, sha256);
+}
+
+ProjectionsResolver EtcdStrategyStore::Resolver() const {
+  return [this](const ProjectionsHeader& h) { return GetProjections(h); };
+}
+
+absl::Status EtcdStrategyStore::PutProjections(
+    std::shared_ptr<const OutputProjections> projections) {
+  if (projections == nullptr) return absl::InvalidArgumentError("projections is null");
+  const std::string prefix = ProjectionsPrefix(projections->sha256());
+  const std::string size_key = prefix + kProjectionsSizeName;
+  auto present = client_->Get(size_key);
+  if (!present.ok()) return present.status();
+  if (!present->kvs.empty()) return absl::OkStatus();  // content-addressed
+  // Pieces first, the size last: a blob whose size key exists is whole. Writers of the same
+  // blob write the same bytes, so replicas racing here agree.
+  const std::string& blob = projections->blob();
+  for (size_t off = 0, i = 0; off < blob.size(); off += kEtcdPieceBytes, ++i) {
+    auto put =
+        client_->Put(absl::StrFormat("%s%08d", prefix, i), blob.substr(off, kEtcdPieceBytes));
+    if (!put.ok()) return put.status();
+  }
+  auto put = client_->Put(size_key, std::to_string(blob.size()));
+  return put.ok() ? absl::OkStatus() : put.status();
+}
+
+absl::StatusOr<std::shared_ptr<const OutputProjections>> EtcdStrategyStore::GetProjections(
+    const ProjectionsHeader& header) const {
+  absl::Status s = CheckProjectionsHeader(header, "projections");
+  if (!s.ok()) return s;
+  const std::string prefix = ProjectionsPrefix(header.sha256);
+  auto size = client_->Get(prefix + kProjectionsSizeName);
+  if (!size.ok()) return size.status();
+  if (size->kvs.empty()) return ProjectionsNotFound(header);
+  uint64_t bytes = 0;
+  if (!absl::SimpleAtoi(size->kvs[0].value, &bytes) || bytes != header.blob_bytes()) {
+    return absl::DataLossError(absl::StrFormat(
+        "etcd key %s%s is \"%s\"; the header says %d bytes", prefix, kProjectionsSizeName,
+        size->kvs[0].value.substr(0, 32), header.blob_bytes()));
+  }
+  std::string blob;
+  blob.reserve(bytes);
+  for (size_t i = 0; blob.size() < bytes; ++i) {
+    const std::string key = absl::StrFormat("%s%08d", prefix, i);
+    auto piece = client_->Get(key);
+    if (!piece.ok()) return piece.status();
+    if (piece->kvs.empty() || piece->kvs[0].value.empty() ||
+        blob.size() + piece->kvs[0].value.size() > bytes) {
+      return absl::DataLossError(
+          absl::StrFormat("etcd key %s: a projections piece missing or too long", key));
+    }
+    blob += piece->kvs[0].value;
+  }
+  auto p = ProjectionsFromBlob(header, std::move(blob));
+  if (!p.ok()) {
+    return absl::DataLossError(absl::StrFormat("etcd keys %s*: %s", prefix, p.status().message()));
+  }
+  return p;
 }
 
 }  // namespace kvshare

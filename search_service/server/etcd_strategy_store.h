@@ -6,6 +6,15 @@
 //   P/strategies/<fingerprint>/v00000003.deprecated  its deprecation mark, if any
 //   P/strategies/<fingerprint>/version               the model's version counter ("3")
 //   P/strategy_ids/<strategy id>                     "<fingerprint>/3": content -> version
+//   P/projections/<sha256>/00000000, 00000001, ...  an output projections blob (issue 18) in
+//                                                   pieces of 512 KiB (etcd's request limit)
+//   P/projections/<sha256>/size                     its size, written after the pieces: a blob
+//                                                   is whole once this key exists
+//
+// Projections are written before the record naming them and read (checked against the hash)
+// when a record is; records carry only their header. etcd is meant for small values: a blob of
+// a few MiB (SmolLM2) is fine, a 7B model's (32 MiB a layer) would want a blob store beside
+// etcd and only the header here.
 //
 // Publish is one transaction: if the counter is still at the revision this replica last saw
 // and the strategy id is not yet taken, write the record, bump the counter and take the id.
@@ -32,6 +41,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
+#include "proto/wire/strategy_wire.h"
 #include "search_service/server/etcd_client.h"
 #include "search_service/server/strategy_index.h"
 #include "search_service/server/strategy_store.h"
@@ -53,6 +63,10 @@ class EtcdStrategyStore : public StrategyStore {
   std::vector<StrategyRecord> List(const std::string& model_fingerprint) const override;
   absl::StatusOr<StrategyRecord> Deprecate(const std::string& model_fingerprint, uint64_t version,
                                            const std::string& reason) override;
+  absl::Status PutProjections(std::shared_ptr<const OutputProjections> projections) override;
+  // Reads the pieces from etcd on every call (callers cache: strategy_registry_service.h).
+  absl::StatusOr<std::shared_ptr<const OutputProjections>> GetProjections(
+      const ProjectionsHeader& header) const override;
 
   // The key of a version's record (tests).
   std::string RecordKey(const std::string& model_fingerprint, uint64_t version) const;
@@ -67,6 +81,8 @@ class EtcdStrategyStore : public StrategyStore {
       : client_(std::move(client)), prefix_(std::move(prefix)) {}
 
   std::string ModelPrefix(const std::string& model_fingerprint) const;
+  std::string ProjectionsPrefix(const std::string& sha256) const;
+  ProjectionsResolver Resolver() const;
   // Adds what `kvs` (every key of one model, ordered by key, read at one revision) holds that
   // the index lacks. DataLoss naming the key for a damaged record or a gap.
   absl::Status ApplyModelKeys(const std::string& model_fingerprint,

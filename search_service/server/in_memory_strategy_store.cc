@@ -13,6 +13,9 @@ absl::StatusOr<PublishOutcome> InMemoryStrategyStore::Publish(
   if (const StrategyRecord* existing = index_.FindById(strategy->id())) {
     return PublishOutcome{*existing, false};
   }
+  if (strategy->projections() != nullptr) {
+    projections_.emplace(strategy->projections()->sha256(), strategy->projections());
+  }
   StrategyRecord record;
   record.model_fingerprint = strategy->model_fingerprint();
   record.model_name = info.model_name;
@@ -50,6 +53,22 @@ absl::StatusOr<StrategyRecord> InMemoryStrategyStore::Deprecate(
   if (r == nullptr) return StrategyIndex::NotFoundVersion(model_fingerprint, version);
   if (!r->deprecated) index_.MarkDeprecated(model_fingerprint, version, reason, absl::Now());
   return *index_.Find(model_fingerprint, version);
+}
+
+absl::Status InMemoryStrategyStore::PutProjections(
+    std::shared_ptr<const OutputProjections> projections) {
+  if (projections == nullptr) return absl::InvalidArgumentError("projections is null");
+  absl::MutexLock lock(&mu_);
+  projections_.emplace(projections->sha256(), std::move(projections));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<const OutputProjections>> InMemoryStrategyStore::GetProjections(
+    const ProjectionsHeader& header) const {
+  absl::MutexLock lock(&mu_);
+  auto it = projections_.find(header.sha256);
+  if (it == projections_.end()) return ProjectionsNotFound(header);
+  return it->second;
 }
 
 }  // namespace kvshare

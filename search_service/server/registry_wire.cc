@@ -19,12 +19,16 @@ void ToProto(const StrategyRecord& record, v1::StrategyRecord* out) {
   }
 }
 
-absl::StatusOr<StrategyRecord> FromProto(const v1::StrategyRecord& msg) {
+absl::StatusOr<StrategyRecord> FromProto(const v1::StrategyRecord& msg,
+                                         const ProjectionsResolver& resolve) {
   if (!msg.has_strategy()) return absl::InvalidArgumentError("record.strategy is missing");
-  auto strategy = FromProto(msg.strategy());
+  auto strategy = FromProto(msg.strategy(), resolve);
   if (!strategy.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("record.strategy: %s", strategy.status().message()));
+    // A resolver's own code (e.g. UNAVAILABLE, NOT_FOUND) is kept; a bad message is invalid.
+    const absl::StatusCode code = msg.strategy().has_output_projections()
+                                      ? strategy.status().code()
+                                      : absl::StatusCode::kInvalidArgument;
+    return absl::Status(code, absl::StrFormat("record.strategy: %s", strategy.status().message()));
   }
   if (strategy->model_fingerprint() != msg.model_fingerprint()) {
     return absl::InvalidArgumentError(absl::StrFormat(

@@ -112,7 +112,14 @@ absl::StatusOr<v1::PublishStrategyResponse> StrategyRegistryService::Publish(
   if (absl::Status s = CheckSize("model_name", request.model_name(), kMaxNameBytes); !s.ok()) {
     return s;
   }
-  auto strategy = FromProto(request.strategy());
+  auto strategy = FromProto(request.strategy(),
+                            [this](const ProjectionsHeader& h)
+                                -> absl::StatusOr<std::shared_ptr<const OutputProjections>> {
+                              auto p = blobs_.Resolve(h);
+                              if (absl::IsNotFound(p.status()))
+                                return absl::FailedPreconditionError(p.status().message());
+                              return p;
+                            });
   if (!strategy.ok()) return Prefixed("strategy", strategy.status());
   if (absl::Status s = CheckFitsModel(*strategy, request.model_name()); !s.ok()) return s;
   auto outcome = store_->Publish(std::make_shared<const SharingStrategy>(std::move(*strategy)),
@@ -227,6 +234,21 @@ grpc::ServerUnaryReactor* StrategyRegistryService::DeprecateStrategy(
     grpc::CallbackServerContext* context, const v1::DeprecateStrategyRequest* request,
     v1::StrategyRecord* response) {
   return Answer(context, CatchExceptions("DeprecateStrategy", [&] { return Deprecate(*request); }),
+                response);
+}
+
+grpc::ServerUnaryReactor* StrategyRegistryService::UploadProjections(
+    grpc::CallbackServerContext* context, const v1::UploadProjectionsRequest* request,
+    v1::UploadProjectionsResponse* response) {
+  return Answer(context,
+                CatchExceptions("UploadProjections", [&] { return blobs_.Upload(*request); }),
+                response);
+}
+
+grpc::ServerUnaryReactor* StrategyRegistryService::GetProjections(
+    grpc::CallbackServerContext* context, const v1::GetProjectionsRequest* request,
+    v1::GetProjectionsResponse* response) {
+  return Answer(context, CatchExceptions("GetProjections", [&] { return blobs_.Get(*request); }),
                 response);
 }
 

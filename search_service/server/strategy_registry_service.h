@@ -9,6 +9,7 @@
 
 #include "kvshare/v1/registry.grpc.pb.h"
 #include "search_service/server/model_catalog.h"
+#include "search_service/server/projection_blobs.h"
 #include "search_service/server/search_metrics.h"
 #include "search_service/server/strategy_store.h"
 
@@ -18,7 +19,7 @@ class StrategyRegistryService final : public v1::StrategyRegistry::CallbackServi
  public:
   // `metrics` may be null.
   StrategyRegistryService(StrategyStore* store, ModelCatalog* catalog, SearchMetrics* metrics)
-      : store_(store), catalog_(catalog), metrics_(metrics) {}
+      : store_(store), catalog_(catalog), metrics_(metrics), blobs_(store) {}
 
   grpc::ServerUnaryReactor* PublishStrategy(grpc::CallbackServerContext* context,
                                             const v1::PublishStrategyRequest* request,
@@ -32,6 +33,14 @@ class StrategyRegistryService final : public v1::StrategyRegistry::CallbackServi
   grpc::ServerUnaryReactor* DeprecateStrategy(grpc::CallbackServerContext* context,
                                               const v1::DeprecateStrategyRequest* request,
                                               v1::StrategyRecord* response) override;
+  // Output projections blobs (projection_blobs.h). PublishStrategy resolves a strategy's
+  // projections through them: FAILED_PRECONDITION for a blob not uploaded.
+  grpc::ServerUnaryReactor* UploadProjections(grpc::CallbackServerContext* context,
+                                              const v1::UploadProjectionsRequest* request,
+                                              v1::UploadProjectionsResponse* response) override;
+  grpc::ServerUnaryReactor* GetProjections(grpc::CallbackServerContext* context,
+                                           const v1::GetProjectionsRequest* request,
+                                           v1::GetProjectionsResponse* response) override;
 
   // The fingerprint `model` names (see above). `field` names it in errors.
   absl::StatusOr<std::string> ResolveModel(const std::string& model, const std::string& field);
@@ -50,6 +59,7 @@ class StrategyRegistryService final : public v1::StrategyRegistry::CallbackServi
   StrategyStore* const store_;
   ModelCatalog* const catalog_;
   SearchMetrics* const metrics_;
+  ProjectionBlobs blobs_;
 };
 
 }  // namespace kvshare

@@ -9,6 +9,11 @@
 //     persist).
 //   - Content is deduplicated: publishing a strategy whose id is already present returns the
 //     existing record (created = false), deprecated or not.
+//   - Output projections (issue 18) are kept content-addressed beside the records, by their
+//     sha256 (which is part of the strategy id): Publish of a strategy that carries them stores
+//     the blob first, durably, then the record, so a record never names a blob the store lacks;
+//     a record read back carries its projections, checked against the hash. PutProjections
+//     stores a blob ahead of its strategy (a publisher's upload); blobs are never removed.
 // Implementations: DirectoryStrategyStore (the embedded default, crash-safe files) and
 // InMemoryStrategyStore (a fake for tests). All methods are thread-safe.
 #pragma once
@@ -19,7 +24,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "common/strategy/projections_header.h"
 #include "common/strategy/sharing_strategy.h"
 
 namespace kvshare {
@@ -67,6 +74,19 @@ class StrategyStore {
   // NotFound naming the model and version.
   virtual absl::StatusOr<StrategyRecord> Deprecate(const std::string& model_fingerprint,
                                                    uint64_t version, const std::string& reason) = 0;
+  // Stores a projections blob under its sha256 (durably, for stores that persist); storing one
+  // already held is a no-op.
+  virtual absl::Status PutProjections(std::shared_ptr<const OutputProjections> projections) = 0;
+  // The blob `header` names, checked against its hash. NotFound naming the hash when the store
+  // does not hold it; DataLoss for stored bytes that do not match it.
+  virtual absl::StatusOr<std::shared_ptr<const OutputProjections>> GetProjections(
+      const ProjectionsHeader& header) const = 0;
 };
+
+// What every store answers for a blob it does not hold.
+inline absl::Status ProjectionsNotFound(const ProjectionsHeader& header) {
+  return absl::NotFoundError(absl::StrCat("output projections ", header.sha256.substr(0, 64),
+                                          " are not in the registry (upload them first)"));
+}
 
 }  // namespace kvshare

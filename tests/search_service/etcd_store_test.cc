@@ -192,6 +192,34 @@ TEST_F(EtcdStoreTest, AVersionPublishedOnOneReplicaIsReadableOnTheOtherAtOnce) {
   EXPECT_EQ(again->deprecation_reason, "worse on held-out text");
 }
 
+TEST_F(EtcdStoreTest, AStrategyWithProjectionsPublishedOnOneReplicaReadsBackOnTheOther) {
+  auto a = OpenStore();
+  ASSERT_TRUE(a);
+  const std::string fp = Fingerprint('e');
+  auto base = NthStrategy(0, fp);  // layer 1 shares layer 0
+  std::vector<float> w(576 * 576);
+  for (size_t i = 0; i < w.size(); ++i) w[i] = float(i % 97) / 97.0f - 0.5f;
+  auto proj = OutputProjections::FromF32(DType::kF16, 576, 576, {1}, {w});
+  ASSERT_TRUE(proj.ok()) << proj.status();
+  auto with = base->WithProjections(*proj);
+  ASSERT_TRUE(with.ok()) << with.status();
+  auto s = std::make_shared<const SharingStrategy>(std::move(*with));
+  auto published = a->Publish(s, {"smollm2", ""});
+  ASSERT_TRUE(published.ok()) << published.status().ToString();
+  // SmolLM2's 663,552 bytes a layer are two etcd pieces, then the size key.
+  auto pieces =
+      client_->GetPrefix(absl::StrFormat("%s/projections/%s/", prefix_, (*proj)->sha256()));
+  ASSERT_TRUE(pieces.ok()) << pieces.status();
+  EXPECT_EQ(pieces->kvs.size(), 3u);
+  auto b = OpenStore();  // reads every record, and its blob, at Open
+  ASSERT_TRUE(b);
+  auto got = b->Get(fp, 1);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->strategy->id(), s->id());
+  ASSERT_NE(got->strategy->projections(), nullptr);
+  EXPECT_EQ(got->strategy->projections()->blob(), (*proj)->blob());
+}
+
 TEST_F(EtcdStoreTest, ADamagedRecordOrAGapIsRefusedNamingTheKey) {
   const std::string fp = Fingerprint('c');
   std::string second;

@@ -2,7 +2,9 @@
 // implementation — the in-memory fake, the crash-safe directory store and the etcd store (on a
 // real etcd this binary starts; skipped with the reason when there is no etcd binary) — plus
 // what only the directory store promises: versions survive reopening, a crash's leftovers are
-// never shown, damage is refused, one process per directory.
+// never shown, damage is refused, one process per directory. Output projections (issue 18): a
+// strategy carrying them reads back from every store with its blob and the same id, across a
+// reopen and from a second etcd replica; a damaged blob is refused naming its file.
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -226,6 +228,50 @@ TYPED_TEST(StrategyStoreContractTest, ConcurrentPublishesGiveDenseVersionsAndNoD
   EXPECT_EQ(this->store_->List(a).size(), size_t(kDistinct));
 }
 
+// NthStrategy(k) with a replacement projection for its sharing layer: 600 x 600 f16, 720,000
+// bytes (more than one etcd piece of 512 KiB).
+std::shared_ptr<const SharingStrategy> Projected(int k, const std::string& fingerprint,
+                                                 uint32_t seed) {
+  auto base = NthStrategy(k, fingerprint);
+  int layer = 0;
+  for (int l = 0; l < kLayers; ++l) layer = base->source(l) != l ? l : layer;
+  std::vector<float> w(600 * 600);
+  for (size_t i = 0; i < w.size(); ++i) w[i] = float((i * 2654435761u + seed) % 2001) / 1000 - 1;
+  auto p = OutputProjections::FromF32(DType::kF16, 600, 600, {layer}, {w});
+  EXPECT_TRUE(p.ok()) << p.status();
+  auto with = base->WithProjections(*p);
+  EXPECT_TRUE(with.ok()) << with.status();
+  return std::make_shared<const SharingStrategy>(std::move(*with));
+}
+
+TYPED_TEST(StrategyStoreContractTest, AStrategyWithProjectionsReadsBackWithItsBlobAndTheSameId) {
+  const std::string a = Fingerprint('a');
+  const auto s = Projected(3, a, 1);
+  const ProjectionsHeader header = HeaderOf(*s->projections());
+  EXPECT_EQ(this->store_->GetProjections(header).status().code(), absl::StatusCode::kNotFound);
+  auto p = this->store_->Publish(s, {"smollm2", ""});
+  ASSERT_TRUE(p.ok()) << p.status();
+  auto got = this->store_->GetById(s->id());
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->strategy->id(), s->id());
+  ASSERT_NE(got->strategy->projections(), nullptr);
+  EXPECT_EQ(got->strategy->projections()->blob(), s->projections()->blob());
+  auto blob = this->store_->GetProjections(header);
+  ASSERT_TRUE(blob.ok()) << blob.status();
+  EXPECT_EQ((*blob)->sha256(), header.sha256);
+  // The same kv_source without projections is other content: another version.
+  auto plain = this->store_->Publish(NthStrategy(3, a), {});
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ(plain->record.version, 2u);
+  // A blob stored ahead of its strategy (an upload) is found by its header.
+  const auto later = Projected(4, a, 2);
+  ASSERT_TRUE(this->store_->PutProjections(later->projections()).ok());
+  ASSERT_TRUE(this->store_->PutProjections(later->projections()).ok());  // idempotent
+  auto ahead = this->store_->GetProjections(HeaderOf(*later->projections()));
+  ASSERT_TRUE(ahead.ok()) << ahead.status();
+  EXPECT_EQ((*ahead)->blob(), later->projections()->blob());
+}
+
 class DirectoryStrategyStoreTest : public ::testing::Test {
  protected:
   void SetUp() override { dir_ = TempDir("directory_store"); }
@@ -329,6 +375,31 @@ TEST_F(DirectoryStrategyStoreTest, OneOwnerPerDirectory) {
   EXPECT_THAT(std::string(second.status().message()), HasSubstr("LOCK"));
   first.reset();
   EXPECT_TRUE(DirectoryStrategyStore::Open(dir_).ok());
+}
+
+TEST_F(DirectoryStrategyStoreTest, ProjectionsSurviveReopeningAndADamagedBlobIsRefused) {
+  const std::string a = Fingerprint('a');
+  const auto s = Projected(0, a, 3);
+  std::string blob_path;
+  {
+    auto store = Open();
+    ASSERT_TRUE(store->Publish(s, {}).ok());
+    blob_path = store->ProjectionsDir() + "/" + s->projections()->BlobFileName();
+  }
+  {
+    auto store = Open();
+    auto got = store->Get(a, 1);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(got->strategy->id(), s->id());
+    ASSERT_NE(got->strategy->projections(), nullptr);
+    EXPECT_EQ(got->strategy->projections()->blob(), s->projections()->blob());
+  }
+  std::string bytes = s->projections()->blob();
+  bytes[1000] ^= 0x40;
+  ASSERT_TRUE(WriteFileAtomically(blob_path, bytes).ok());
+  auto reopened = DirectoryStrategyStore::Open(dir_);
+  EXPECT_EQ(reopened.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(std::string(reopened.status().message()), HasSubstr("does not match"));
 }
 
 }  // namespace
