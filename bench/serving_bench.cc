@@ -232,7 +232,10 @@ Row RunRow(const Args& a, Deployment& d, int concurrency) {
     return r;
   };
   load.concurrency = concurrency;
-  load.requests = std::max(a.min_requests, 2 * concurrency);
+  // --kv-types: one wave (every stream the largest budget admits starts at once); otherwise at
+  // least two requests per client.
+  load.requests = a.kv_types ? std::max(a.min_requests, concurrency)
+                             : std::max(a.min_requests, 2 * concurrency);
   Row row;
   row.strategy = d.name;
   row.kv_type = KvTypeName(d.kv_type);
@@ -384,7 +387,8 @@ int Main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--concurrency", a.concurrency, "Comma-separated client concurrencies")
       ->capture_default_str();
-  app.add_option("--min-requests", a.min_requests, "Requests per row: max(this, 2 x concurrency)")
+  app.add_option("--min-requests", a.min_requests,
+                 "Requests per row: max(this, 2 x concurrency); --kv-types: max(this, concurrency)")
       ->capture_default_str();
   app.add_option("--json", a.json, "Also write the results here");
   app.add_option("--repeat", a.repeat, "Runs per row (alternating strategies); the best is kept")
