@@ -5,6 +5,8 @@
 // the body is force-inlined into each level's GatherChunk so the compiler vectorises the int8
 // and nibble loops for that level.
 //
+// The AVX2 and AVX-512 int4 paths do not gather: they read blocks in place (Int4Runs below).
+//
 // Dequantised values equal kv_codec.h LoadKv's (the same products and sums of exact fp16
 // values, up to the contraction of q * scale + min into one fma).
 #pragma once
