@@ -29,6 +29,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "bench/bench_util.h"
+#include "bench/kv_decode.h"
 #include "common/engine/engine.h"
 #include "common/model/model.h"
 #include "kernels/cpu/cpu_backend.h"
@@ -199,101 +200,14 @@ nlohmann::json MeasureBatched(const Args& a, int threads, bool int8, int batch) 
           {"decode_tok_s", double(batch) * steps / best}};
 }
 
-// Decode with `batch` sequences of a.kv_context cached positions each, the pool stored as
-// `type`: the cache is filled by WriteKv with N(0, 1) K/V (what attention reads costs the
-// same whatever the values; a real prefill of 16 x 1k tokens would take minutes here), then
-// `steps` Step calls of one token per sequence, best of reps.
-nlohmann::json MeasureKvTypeDecode(const Args& a, int threads, KvType type, int batch) {
-  auto model = Model::Load(a.model);
-  if (!model.ok()) return {{"error", std::string(model.status().message())}};
-  const ModelConfig& c = (*model)->config();
-  const int steps = 16;
-  EngineOptions o;
-  o.kv_type = type;
-  o.max_step_rows = std::max(64, batch);
-  o.default_pool_tokens = int64_t(batch) * (a.kv_context + steps * a.reps + 32);
-  CpuBackendOptions backend;
-  backend.threads = threads;
-  auto engine = Engine::Create(**model, MakeCpuBackend(backend), o);
-  if (!engine.ok()) return {{"error", std::string(engine.status().message())}};
-  Engine& e = **engine;
-  KvCache& kv = e.kv_cache();
-  const int64_t kv_dim = int64_t(c.n_kv_heads) * c.head_dim;
-  std::vector<float> k(a.kv_context * kv_dim), v(k.size());
-  uint64_t x = 88172645463325252ull;  // xorshift: cheap, fixed noise
-  auto noise = [&] {
-    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-    return (static_cast<double>(x >> 11) / 9007199254740992.0 - 0.5) * 3.46;  // var 1
-  };
-  for (float& f : k) f = static_cast<float>(noise());
-  for (float& f : v) f = static_cast<float>(noise());
-  std::vector<SeqId> seqs;
-  for (int b = 0; b < batch; ++b) {
-    auto seq = e.AddSequence();
-    if (!seq.ok()) return {{"error", std::string(seq.status().message())}};
-    absl::Status s = kv.Reserve(*seq, a.kv_context);
-    if (!s.ok()) return {{"error", std::string(s.message())}};
-    for (int l = 0; l < c.n_layers; ++l) {
-      e.backend().WriteKv(kv.LayerGeometry(l), kv.pool(), kv.TableForLayer(*seq, l).data(), 0,
-                          a.kv_context, k.data(), v.data(), kv.TailForLayer(*seq, l));
-    }
-    kv.set_length(*seq, a.kv_context);
-    seqs.push_back(*seq);
-  }
-  std::vector<float> logits;
-  std::vector<int32_t> next(batch);
-  std::vector<StepInput> in(batch);
-  double best = 1e30;
-  for (int r = 0; r < a.reps; ++r) {
-    const double t0 = Now();
-    for (int t = 0; t < steps; ++t) {
-      for (int b = 0; b < batch; ++b) {
-        next[b] = 1 + (t * 104729 + b * 13) % (c.vocab_size - 1);
-        in[b] = StepInput{seqs[b], absl::MakeConstSpan(&next[b], 1), false};
-      }
-      if (!e.Step(in, &logits).ok()) return {{"error", "decode failed"}};
-    }
-    best = std::min(best, Now() - t0);
-  }
-  return {{"kv_type", KvTypeName(type)},
-          {"threads", threads},
-          {"batch", batch},
-          {"context", a.kv_context},
-          {"steps", steps},
-          {"kv_bytes_per_token", kv.bytes_per_token_per_layer() * c.n_layers},
-          {"decode_tok_s", double(batch) * steps / best}};
-}
-
-// The KV-type rows: decode tok/s of each type at batch 1 and 16, beside f32.
+// The KV-type rows (bench/kv_decode.h): decode tok/s of each type at batch 1 and 16, beside f32.
 nlohmann::json RunKvTypeRows(const Args& a) {
-  const int t = a.threads.back();
-  std::printf("\ndecode with %d cached positions per sequence, by KV type, %d thread(s):\n",
-              a.kv_context, t);
-  std::printf("%-6s %12s %11s %9s %11s %9s\n", "kv", "bytes/token", "B=1 tok/s", "vs f32",
-              "B=16 tok/s", "vs f32");
-  nlohmann::json rows = nlohmann::json::array();
-  double f32[2] = {0, 0};
-  for (KvType type : {KvType::kF32, KvType::kF16, KvType::kInt8, KvType::kInt4}) {
-    std::printf("%-6s", KvTypeName(type));
-    int col = 0;
-    for (int batch : {1, 16}) {
-      nlohmann::json r = RunIsolated([&] { return MeasureKvTypeDecode(a, t, type, batch); });
-      if (r.contains("error")) {
-        std::printf("  error: %s", r["error"].get<std::string>().c_str());
-      } else {
-        const double tps = r["decode_tok_s"].get<double>();
-        if (type == KvType::kF32) f32[col] = tps;
-        if (col == 0) std::printf(" %12.0f", r["kv_bytes_per_token"].get<double>());
-        std::printf(" %11.1f %8.2fx", tps, f32[col] > 0 ? tps / f32[col] : 0.0);
-      }
-      ++col;
-      std::fflush(stdout);
-      rows.push_back(r);
-    }
-    std::printf("\n");
-    std::fflush(stdout);
-  }
-  return rows;
+  KvDecodeOptions o;
+  o.model = a.model;
+  o.threads = a.threads.back();
+  o.context = a.kv_context;
+  o.reps = a.reps;
+  return RunKvDecodeTable(o);
 }
 
 std::string FindLlamaBench(const Args& a) {

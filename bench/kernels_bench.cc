@@ -5,7 +5,7 @@
 // (speed does not depend on their values); "cold" rotates through copies larger than the L3
 // cache, as a forward pass does.
 //
-//   kernels_bench [--threads=1,2] [--quick] [--only=matvec|model|sgemm|attention]
+//   kernels_bench [--threads=1,2] [--quick] [--only=matvec|model|sgemm|attention|kv-attention]
 #include <immintrin.h>
 
 #include <algorithm>
@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <functional>
 #include <memory>
 #include <random>
@@ -46,6 +47,25 @@ double TimeIt(const std::function<void()>& fn, double budget = 0.4) {
   }
   std::sort(per_call.begin(), per_call.end());
   return per_call[per_call.size() / 2];
+}
+
+// The least CPU time per call of fn on the calling thread (a one-thread backend runs there)
+// over batches run for about `budget` seconds of it: figures a loaded host barely moves.
+double ThreadCpuTimeIt(const std::function<void()>& fn, double budget = 0.3) {
+  auto cpu_now = [] {
+    timespec t{};
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return t.tv_sec + 1e-9 * t.tv_nsec;
+  };
+  fn();  // warm-up
+  double best = 1e30;
+  const double start = cpu_now();
+  while (cpu_now() - start < budget) {
+    const double t0 = cpu_now();
+    for (int i = 0; i < 4; ++i) fn();
+    best = std::min(best, (cpu_now() - t0) / 4);
+  }
+  return best;
 }
 
 struct Weight {
@@ -245,6 +265,50 @@ void BenchAttention(int threads) {
               t * 1e3);
 }
 
+// Decode attention over a KV pool of each type, one thread (its least CPU time per call), per
+// SIMD level: the kernel cost the types' reads add or save (kv_chunk.h, attention_avx2.cc and
+// attention_avx512.cc). ctx 1000: 62 quantised int4 blocks and an 8-position f16 tail.
+void BenchKvAttention() {
+  const int n_heads = 9, ctx = 1000;
+  std::printf(
+      "| KV type | ISA | decode ctx %d (9/3 heads, hd 64), 1 thread, CPU time | vs f32 | "
+      "prefill of its last 256 | vs f32 |\n",
+      ctx);
+  std::printf("|---|---|---|---|---|---|\n");
+  const std::vector<float> k = RandomFloats(int64_t(ctx) * 192, 11);
+  const std::vector<float> v = RandomFloats(int64_t(ctx) * 192, 12);
+  const std::vector<float> q = RandomFloats(256 * n_heads * 64, 4);
+  std::vector<float> out(256 * n_heads * 64);
+  for (cpu::Isa isa : {cpu::Isa::kScalar, cpu::Isa::kAvx2, cpu::Isa::kAvx512}) {
+    if (isa > cpu::DetectIsa()) continue;
+    CpuBackendOptions o;
+    o.threads = 1;
+    o.max_isa = isa;
+    auto b = MakeCpuBackend(o);
+    double f32 = 0, f32_pre = 0;
+    for (KvType type : {KvType::kF32, KvType::kF16, KvType::kInt8, KvType::kInt4}) {
+      const KvGeometry g{16, 3, 64, type};
+      const int n_blocks = (ctx + g.block_tokens - 1) / g.block_tokens;
+      auto pool = std::move(*b->Allocate(n_blocks * g.block_bytes()));
+      std::vector<uint8_t> tail(g.tail_bytes());
+      std::vector<int32_t> table(n_blocks);
+      // 5 is prime to 63 blocks: a permutation.
+      for (int i = 0; i < n_blocks; ++i) table[i] = (i * 5) % n_blocks;
+      void* t = tail.empty() ? nullptr : tail.data();
+      b->WriteKv(g, pool->data(), table.data(), 0, ctx, k.data(), v.data(), t);
+      AttentionSeq s{0, 1, ctx - 1, table.data(), n_blocks, t};
+      const double sec = ThreadCpuTimeIt(
+          [&] { b->Attention(g, pool->data(), &s, 1, q.data(), n_heads, out.data()); });
+      AttentionSeq pre{0, 256, ctx - 256, table.data(), n_blocks, t};
+      const double pre_sec = ThreadCpuTimeIt(
+          [&] { b->Attention(g, pool->data(), &pre, 1, q.data(), n_heads, out.data()); });
+      if (type == KvType::kF32) f32 = sec, f32_pre = pre_sec;
+      std::printf("| %s | %s | %8.1f us | %5.2fx | %8.2f ms | %5.2fx |\n", KvTypeName(type),
+                  cpu::IsaName(isa), sec * 1e6, f32 / sec, pre_sec * 1e3, f32_pre / pre_sec);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace kvshare
 
@@ -306,6 +370,10 @@ int main(int argc, char** argv) {
   std::printf("\n");
   if (want("attention")) {
     for (int t : threads) BenchAttention(t);
+  }
+  if (want("attention") || only == "kv-attention") {
+    std::printf("\n");
+    BenchKvAttention();
   }
   return 0;
 }

@@ -4,7 +4,8 @@
 //           horizontally together by a 4-level shuffle tree (Reduce16);
 //   softmax: exp of the row's scores against its max, 16 at a time;
 //   o:      per row, accumulators in registers, two sets (even / odd positions).
-// Compact KV types are dequantised 16 lanes at a time first (kv_chunk.h).
+// f16 and int8 pools are dequantised 16 lanes at a time first (kv_chunk.h); int4 pools are read
+// in place with the scales folded into the query and the softmax weights (AttendChunkInt4T).
 #include <immintrin.h>
 
 #include <algorithm>
@@ -49,6 +50,25 @@ KVSHARE_TARGET_AVX512 inline __m512 Reduce16(const __m512* u) {
   return _mm512_add_ps(_mm512_shuffle_ps(y[0], y[1], 0x88), _mm512_shuffle_ps(y[0], y[1], 0xdd));
 }
 
+// s[0, n) <- exp(s - max) (lanes up to the next multiple of 16 <- 0); *m = max, *l = the sum.
+KVSHARE_TARGET_AVX512 inline void SoftmaxRow(float* s, int n, float* m, float* l) {
+  __m512 vmax = _mm512_set1_ps(-INFINITY);
+  for (int i = 0; i < n; i += 16) {
+    vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(vmax, TailMask(n - i), s + i));
+  }
+  const float max = _mm512_reduce_max_ps(vmax);
+  const __m512 vm = _mm512_set1_ps(max);
+  __m512 vsum = _mm512_setzero_ps();
+  for (int i = 0; i < n; i += 16) {
+    const __mmask16 k = TailMask(n - i);
+    const __m512 e = _mm512_maskz_mov_ps(k, Exp512(_mm512_sub_ps(_mm512_loadu_ps(s + i), vm)));
+    _mm512_storeu_ps(s + i, e);
+    vsum = _mm512_add_ps(vsum, e);
+  }
+  *m = max;
+  *l = _mm512_reduce_add_ps(vsum);
+}
+
 struct Avx512Half {
   KVSHARE_TARGET_AVX512 static void Convert(const uint16_t* src, int n, float* dst) {
     int i = 0;
@@ -91,23 +111,7 @@ KVSHARE_TARGET_AVX512 void AttendChunkT(const ChunkRows& a) {
       }
       _mm512_storeu_ps(s + (p - a.p0), _mm512_mul_ps(Reduce16(acc), _mm512_set1_ps(a.scale)));
     }
-    // exp(score - max) over the row's positions, and their sum.
-    const int n = end - a.p0;
-    __m512 vmax = _mm512_set1_ps(-INFINITY);
-    for (int i = 0; i < n; i += 16) {
-      vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(vmax, TailMask(n - i), s + i));
-    }
-    const float max = _mm512_reduce_max_ps(vmax);
-    const __m512 vm = _mm512_set1_ps(max);
-    __m512 vsum = _mm512_setzero_ps();
-    for (int i = 0; i < n; i += 16) {
-      const __mmask16 k = TailMask(n - i);
-      const __m512 e = _mm512_maskz_mov_ps(k, Exp512(_mm512_sub_ps(_mm512_loadu_ps(s + i), vm)));
-      _mm512_storeu_ps(s + i, e);
-      vsum = _mm512_add_ps(vsum, e);
-    }
-    a.m[r] = max;
-    a.l[r] = _mm512_reduce_add_ps(vsum);
+    SoftmaxRow(s, end - a.p0, &a.m[r], &a.l[r]);
     // o = sum_p e_p V_p, even and odd positions in separate accumulators.
     __m512 o0[HD16], o1[HD16];
 #pragma GCC unroll 8
@@ -139,6 +143,331 @@ KVSHARE_TARGET_AVX512 void AttendChunkT(const ChunkRows& a) {
   }
 }
 
+// The nibbles of one 32-channel group (16 bytes): lo = channels 0..15, hi = channels 16..31.
+KVSHARE_TARGET_AVX512 inline void Unpack32(const uint8_t* bytes, __m512* lo, __m512* hi) {
+  const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes)));
+  *lo = _mm512_cvtepi32_ps(_mm512_and_si512(b, _mm512_set1_epi32(15)));
+  *hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(b, 4));
+}
+
+KVSHARE_TARGET_AVX512 inline __m512 LoadHalf16(const uint16_t* src) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)));
+}
+
+// int4 pools (head_dim = 16 * HD16, a multiple of 32), read in place run by run (kv_chunk.h
+// Int4Runs). In a quantised block k_c = u_c s_c + m_c (K per channel), so
+//   q.k = sum_c (q_c s_c) u_c + sum_c q_c m_c,
+// with q s and q.m computed once per run and row; v_c = u_c s_g + m_g (V per position and
+// 32-channel group g), so
+//   sum_p e_p v_pc = sum_p (e_p s_pg) u_pc + sum_p e_p m_pg,
+// the second sum one scalar per group. The f16 tail is converted lane by lane as it is read.
+template <int HD16>
+KVSHARE_TARGET_AVX512 void AttendChunkInt4T(const ChunkRows& a) {
+  constexpr int kGroups = HD16 / 2;
+  const KvGeometry& geo = *a.geometry;
+  const int hd = 16 * HD16, len = a.p1 - a.p0;
+  const int64_t c = geo.kv_dim(), head = static_cast<int64_t>(a.kv_head) * hd;
+  const int64_t v_groups = c / kKvInt4Group, head_group = head / kKvInt4Group;
+  const KvBlockLayout lay(geo);
+  Int4Run runs[kMaxInt4Runs];
+  const int n_runs = Int4Runs(a, runs);
+  // The f16 tail (null when the sequence has no partial block: then no run reads it).
+  const auto* tail = static_cast<const uint16_t*>(a.tail);
+  const uint16_t* tail_k = tail ? tail + head : nullptr;
+  const uint16_t* tail_v = tail ? tail_k + static_cast<int64_t>(geo.block_tokens) * c : nullptr;
+  const __m512 scale = _mm512_set1_ps(a.scale);
+
+  for (int r = 0; r < a.n_rows; ++r) {
+    const int n_pos = std::min(a.p1, a.limit[r] + 1) - a.p0;  // row r sees [0, n_pos)
+    float* s = a.scores + static_cast<int64_t>(r) * len;
+    __m512 q[HD16];
+#pragma GCC unroll 8
+    for (int cc = 0; cc < HD16; ++cc) q[cc] = _mm512_loadu_ps(a.q[r] + 16 * cc);
+    // Scores, run by run, 16 positions at a time (past the run's end: its last row, ignored and
+    // overwritten by the next run or the next row).
+    for (int ri = 0; ri < n_runs && runs[ri].i0 < n_pos; ++ri) {
+      const Int4Run& run = runs[ri];
+      const int n = std::min(run.n, n_pos - run.i0);
+      if (run.block == nullptr) {
+        for (int j0 = 0; j0 < n; j0 += 16) {
+          __m512 acc[16];
+#pragma GCC unroll 16
+          for (int j = 0; j < 16; ++j) {
+            const uint16_t* k = tail_k + (run.row0 + std::min(j0 + j, n - 1)) * c;
+            __m512 d = _mm512_mul_ps(q[0], LoadHalf16(k));
+#pragma GCC unroll 8
+            for (int cc = 1; cc < HD16; ++cc)
+              d = _mm512_fmadd_ps(q[cc], LoadHalf16(k + 16 * cc), d);
+            acc[Slot(j)] = d;
+          }
+          _mm512_storeu_ps(s + run.i0 + j0, _mm512_mul_ps(Reduce16(acc), scale));
+        }
+        continue;
+      }
+      const auto* k_scale = reinterpret_cast<const uint16_t*>(run.block + lay.k_scale) + head;
+      const auto* k_min = reinterpret_cast<const uint16_t*>(run.block + lay.k_min) + head;
+      __m512 qs[HD16];
+      __m512 qm = _mm512_setzero_ps();
+#pragma GCC unroll 8
+      for (int cc = 0; cc < HD16; ++cc) {
+        qs[cc] = _mm512_mul_ps(q[cc], LoadHalf16(k_scale + 16 * cc));
+        qm = _mm512_fmadd_ps(q[cc], LoadHalf16(k_min + 16 * cc), qm);
+      }
+      const __m512 bias = _mm512_set1_ps(_mm512_reduce_add_ps(qm));
+      const uint8_t* k_rows = run.block + lay.k + head / 2;
+      for (int j0 = 0; j0 < n; j0 += 16) {
+        __m512 acc[16];
+#pragma GCC unroll 16
+        for (int j = 0; j < 16; ++j) {
+          const uint8_t* k = k_rows + (run.row0 + std::min(j0 + j, n - 1)) * c / 2;
+          __m512 d = _mm512_setzero_ps();
+#pragma GCC unroll 4
+          for (int g = 0; g < kGroups; ++g) {
+            __m512 lo, hi;
+            Unpack32(k + g * (kKvInt4Group / 2), &lo, &hi);
+            d = _mm512_fmadd_ps(qs[2 * g], lo, d);
+            d = _mm512_fmadd_ps(qs[2 * g + 1], hi, d);
+          }
+          acc[Slot(j)] = d;
+        }
+        _mm512_storeu_ps(s + run.i0 + j0, _mm512_mul_ps(_mm512_add_ps(Reduce16(acc), bias), scale));
+      }
+    }
+    SoftmaxRow(s, n_pos, &a.m[r], &a.l[r]);
+    // o = sum_p e_p V_p; per group, the min terms sum in vb.
+    __m512 o[HD16];
+    float vb[kGroups];
+#pragma GCC unroll 8
+    for (int cc = 0; cc < HD16; ++cc) o[cc] = _mm512_setzero_ps();
+    for (int g = 0; g < kGroups; ++g) vb[g] = 0.0f;
+    for (int ri = 0; ri < n_runs && runs[ri].i0 < n_pos; ++ri) {
+      const Int4Run& run = runs[ri];
+      const int n = std::min(run.n, n_pos - run.i0);
+      const float* e = s + run.i0;
+      if (run.block == nullptr) {
+        for (int j = 0; j < n; ++j) {
+          const uint16_t* v = tail_v + (run.row0 + j) * c;
+          const __m512 w = _mm512_set1_ps(e[j]);
+#pragma GCC unroll 8
+          for (int cc = 0; cc < HD16; ++cc)
+            o[cc] = _mm512_fmadd_ps(w, LoadHalf16(v + 16 * cc), o[cc]);
+        }
+        continue;
+      }
+      const auto* v_scale = reinterpret_cast<const uint16_t*>(run.block + lay.v_scale) + head_group;
+      const auto* v_min = reinterpret_cast<const uint16_t*>(run.block + lay.v_min) + head_group;
+      const uint8_t* v_rows = run.block + lay.v + head / 2;
+      for (int j = 0; j < n; ++j) {
+        const int64_t row = run.row0 + j;
+        const uint8_t* v = v_rows + row * c / 2;
+#pragma GCC unroll 4
+        for (int g = 0; g < kGroups; ++g) {
+          const float w = e[j] * _cvtsh_ss(v_scale[row * v_groups + g]);
+          vb[g] += e[j] * _cvtsh_ss(v_min[row * v_groups + g]);
+          __m512 lo, hi;
+          Unpack32(v + g * (kKvInt4Group / 2), &lo, &hi);
+          o[2 * g] = _mm512_fmadd_ps(_mm512_set1_ps(w), lo, o[2 * g]);
+          o[2 * g + 1] = _mm512_fmadd_ps(_mm512_set1_ps(w), hi, o[2 * g + 1]);
+        }
+      }
+    }
+    float* out = a.o + static_cast<int64_t>(r) * hd;
+#pragma GCC unroll 8
+    for (int cc = 0; cc < HD16; ++cc) {
+      _mm512_storeu_ps(out + 16 * cc, _mm512_add_ps(o[cc], _mm512_set1_ps(vb[cc / 2])));
+    }
+  }
+}
+
+// AttendChunkInt4T for several rows (GQA heads, prefill queries) sharing the chunk: run by run,
+// the run's nibbles are unpacked once into the call's scratch as unscaled floats u (at most
+// block_tokens x head_dim of them, L1-resident), then every row folds its scales in as above
+// while reading u like an f32 row. Scores of all rows first (rows at a stride of whole 16-lane
+// groups, so no row's stores reach another's), then each row's softmax, then V run by run with
+// o accumulated in a.o.
+template <int HD16>
+KVSHARE_TARGET_AVX512 void AttendChunkInt4RowsT(const ChunkRows& a) {
+  constexpr int kGroups = HD16 / 2;
+  const KvGeometry& geo = *a.geometry;
+  const int hd = 16 * HD16, len = a.p1 - a.p0, stride = (len + 15) & ~15;
+  const int64_t c = geo.kv_dim(), head = static_cast<int64_t>(a.kv_head) * hd;
+  const int64_t v_groups = c / kKvInt4Group, head_group = head / kKvInt4Group;
+  const KvBlockLayout lay(geo);
+  Int4Run runs[kMaxInt4Runs];
+  const int n_runs = Int4Runs(a, runs);
+  const auto* tail = static_cast<const uint16_t*>(a.tail);  // null: no run reads it
+  const uint16_t* tail_k = tail ? tail + head : nullptr;
+  const uint16_t* tail_v = tail ? tail_k + static_cast<int64_t>(geo.block_tokens) * c : nullptr;
+  const __m512 scale = _mm512_set1_ps(a.scale);
+  float* u = a.kv_scratch;  // a run's unpacked nibbles, [run.n][hd]
+  auto n_pos = [&](int r) { return std::min(a.p1, a.limit[r] + 1) - a.p0; };
+  auto unpack_run = [&](const uint8_t* rows, const Int4Run& run) KVSHARE_TARGET_AVX512 {
+    for (int j = 0; j < run.n; ++j) {
+      const uint8_t* src = rows + (run.row0 + j) * c / 2;
+      float* dst = u + static_cast<int64_t>(j) * hd;
+#pragma GCC unroll 4
+      for (int g = 0; g < kGroups; ++g) {
+        __m512 lo, hi;
+        Unpack32(src + g * (kKvInt4Group / 2), &lo, &hi);
+        _mm512_storeu_ps(dst + 32 * g, lo);
+        _mm512_storeu_ps(dst + 32 * g + 16, hi);
+      }
+    }
+  };
+
+  for (int ri = 0; ri < n_runs; ++ri) {
+    const Int4Run& run = runs[ri];
+    if (run.block == nullptr) {
+      for (int r = 0; r < a.n_rows; ++r) {
+        const int n = std::min(run.n, n_pos(r) - run.i0);
+        float* s = a.scores + static_cast<int64_t>(r) * stride + run.i0;
+        __m512 q[HD16];
+#pragma GCC unroll 8
+        for (int cc = 0; cc < HD16; ++cc) q[cc] = _mm512_loadu_ps(a.q[r] + 16 * cc);
+        for (int j0 = 0; j0 < n; j0 += 16) {
+          __m512 acc[16];
+#pragma GCC unroll 16
+          for (int j = 0; j < 16; ++j) {
+            const uint16_t* k = tail_k + (run.row0 + std::min(j0 + j, n - 1)) * c;
+            __m512 d = _mm512_mul_ps(q[0], LoadHalf16(k));
+#pragma GCC unroll 8
+            for (int cc = 1; cc < HD16; ++cc) {
+              d = _mm512_fmadd_ps(q[cc], LoadHalf16(k + 16 * cc), d);
+            }
+            acc[Slot(j)] = d;
+          }
+          _mm512_mask_storeu_ps(s + j0, TailMask(n - j0), _mm512_mul_ps(Reduce16(acc), scale));
+        }
+      }
+      continue;
+    }
+    unpack_run(run.block + lay.k + head / 2, run);
+    const auto* k_scale = reinterpret_cast<const uint16_t*>(run.block + lay.k_scale) + head;
+    const auto* k_min = reinterpret_cast<const uint16_t*>(run.block + lay.k_min) + head;
+    __m512 ks[HD16], km[HD16];
+#pragma GCC unroll 8
+    for (int cc = 0; cc < HD16; ++cc) {
+      ks[cc] = LoadHalf16(k_scale + 16 * cc);
+      km[cc] = LoadHalf16(k_min + 16 * cc);
+    }
+    for (int r = 0; r < a.n_rows; ++r) {
+      const int n = std::min(run.n, n_pos(r) - run.i0);
+      float* s = a.scores + static_cast<int64_t>(r) * stride + run.i0;
+      __m512 qs[HD16];
+      __m512 qm = _mm512_setzero_ps();
+#pragma GCC unroll 8
+      for (int cc = 0; cc < HD16; ++cc) {
+        const __m512 q = _mm512_loadu_ps(a.q[r] + 16 * cc);
+        qs[cc] = _mm512_mul_ps(q, ks[cc]);
+        qm = _mm512_fmadd_ps(q, km[cc], qm);
+      }
+      const __m512 bias = _mm512_set1_ps(_mm512_reduce_add_ps(qm));
+      for (int j0 = 0; j0 < n; j0 += 16) {
+        __m512 acc[16];
+#pragma GCC unroll 16
+        for (int j = 0; j < 16; ++j) {
+          const float* k = u + static_cast<int64_t>(std::min(j0 + j, n - 1)) * hd;
+          __m512 d = _mm512_mul_ps(qs[0], _mm512_loadu_ps(k));
+#pragma GCC unroll 8
+          for (int cc = 1; cc < HD16; ++cc) {
+            d = _mm512_fmadd_ps(qs[cc], _mm512_loadu_ps(k + 16 * cc), d);
+          }
+          acc[Slot(j)] = d;
+        }
+        _mm512_mask_storeu_ps(s + j0, TailMask(n - j0),
+                              _mm512_mul_ps(_mm512_add_ps(Reduce16(acc), bias), scale));
+      }
+    }
+  }
+  for (int r = 0; r < a.n_rows; ++r) {
+    SoftmaxRow(a.scores + static_cast<int64_t>(r) * stride, n_pos(r), &a.m[r], &a.l[r]);
+    std::fill(a.o + static_cast<int64_t>(r) * hd, a.o + static_cast<int64_t>(r + 1) * hd, 0.0f);
+  }
+  for (int ri = 0; ri < n_runs; ++ri) {
+    const Int4Run& run = runs[ri];
+    const bool quantised = run.block != nullptr;
+    // Per run: V's scales and mins as floats, group-major ([g][j]), for every row.
+    alignas(64) float vs_f[kGroups][kMaxChunk + 16], vm_f[kGroups][kMaxChunk + 16];
+    if (quantised) {
+      unpack_run(run.block + lay.v + head / 2, run);
+      const auto* v_scale = reinterpret_cast<const uint16_t*>(run.block + lay.v_scale) + head_group;
+      const auto* v_min = reinterpret_cast<const uint16_t*>(run.block + lay.v_min) + head_group;
+      for (int j = 0; j < run.n; ++j) {
+        const int64_t at = (run.row0 + j) * v_groups;
+        for (int g = 0; g < kGroups; ++g) {
+          vs_f[g][j] = _cvtsh_ss(v_scale[at + g]);
+          vm_f[g][j] = _cvtsh_ss(v_min[at + g]);
+        }
+      }
+    }
+    for (int r = 0; r < a.n_rows; ++r) {
+      const int n = std::min(run.n, n_pos(r) - run.i0);
+      if (n <= 0) continue;
+      const float* e = a.scores + static_cast<int64_t>(r) * stride + run.i0;
+      float* out = a.o + static_cast<int64_t>(r) * hd;
+      __m512 o0[HD16], o1[HD16];
+#pragma GCC unroll 8
+      for (int cc = 0; cc < HD16; ++cc) {
+        o0[cc] = _mm512_loadu_ps(out + 16 * cc);
+        o1[cc] = _mm512_setzero_ps();
+      }
+      if (!quantised) {
+        for (int j = 0; j < n; ++j) {
+          const uint16_t* v = tail_v + (run.row0 + j) * c;
+          const __m512 w = _mm512_set1_ps(e[j]);
+#pragma GCC unroll 8
+          for (int cc = 0; cc < HD16; ++cc) {
+            o0[cc] = _mm512_fmadd_ps(w, LoadHalf16(v + 16 * cc), o0[cc]);
+          }
+        }
+#pragma GCC unroll 8
+        for (int cc = 0; cc < HD16; ++cc) _mm512_storeu_ps(out + 16 * cc, o0[cc]);
+        continue;
+      }
+      // w[g][j] = e_j s_jg, and vb[g] = sum_j e_j m_jg, 16 positions at a time.
+      alignas(64) float w[kGroups][kMaxChunk + 16];
+      __m512 vb[kGroups];
+      for (int g = 0; g < kGroups; ++g) vb[g] = _mm512_setzero_ps();
+      for (int j0 = 0; j0 < n; j0 += 16) {
+        const __mmask16 k = TailMask(n - j0);  // lanes past n: e, s and m all read as 0
+        const __m512 ej = _mm512_maskz_loadu_ps(k, e + j0);
+        for (int g = 0; g < kGroups; ++g) {
+          _mm512_store_ps(&w[g][j0], _mm512_mul_ps(ej, _mm512_maskz_load_ps(k, &vs_f[g][j0])));
+          vb[g] = _mm512_fmadd_ps(ej, _mm512_maskz_load_ps(k, &vm_f[g][j0]), vb[g]);
+        }
+      }
+      // Positions in pairs, even ones into o0 and odd ones into o1 (two fma chains).
+      int j = 0;
+      for (; j + 1 < n; j += 2) {
+        const float* v0 = u + static_cast<int64_t>(j) * hd;
+        const float* v1 = v0 + hd;
+#pragma GCC unroll 4
+        for (int g = 0; g < kGroups; ++g) {
+          const __m512 w0 = _mm512_set1_ps(w[g][j]), w1 = _mm512_set1_ps(w[g][j + 1]);
+          o0[2 * g] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(v0 + 32 * g), o0[2 * g]);
+          o0[2 * g + 1] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(v0 + 32 * g + 16), o0[2 * g + 1]);
+          o1[2 * g] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(v1 + 32 * g), o1[2 * g]);
+          o1[2 * g + 1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(v1 + 32 * g + 16), o1[2 * g + 1]);
+        }
+      }
+      if (j < n) {
+        const float* v0 = u + static_cast<int64_t>(j) * hd;
+#pragma GCC unroll 4
+        for (int g = 0; g < kGroups; ++g) {
+          const __m512 w0 = _mm512_set1_ps(w[g][j]);
+          o0[2 * g] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(v0 + 32 * g), o0[2 * g]);
+          o0[2 * g + 1] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(v0 + 32 * g + 16), o0[2 * g + 1]);
+        }
+      }
+#pragma GCC unroll 8
+      for (int cc = 0; cc < HD16; ++cc) {
+        const __m512 bias = _mm512_set1_ps(_mm512_reduce_add_ps(vb[cc / 2]));
+        _mm512_storeu_ps(out + 16 * cc, _mm512_add_ps(_mm512_add_ps(o0[cc], o1[cc]), bias));
+      }
+    }
+  }
+}
+
 }  // namespace
 
 KVSHARE_TARGET_AVX512 void GatherChunk(const ChunkRows& a, ChunkKv* kv) {
@@ -146,6 +475,20 @@ KVSHARE_TARGET_AVX512 void GatherChunk(const ChunkRows& a, ChunkKv* kv) {
 }
 
 void AttendChunk(const ChunkRows& a) {
+  if (a.geometry->type == KvType::kInt4) {  // head_dim % 32 == 0 (ValidateKvGeometry)
+    switch (a.geometry->head_dim / 16) {
+      case 2:
+        return a.n_rows == 1 ? AttendChunkInt4T<2>(a) : AttendChunkInt4RowsT<2>(a);
+      case 4:
+        return a.n_rows == 1 ? AttendChunkInt4T<4>(a) : AttendChunkInt4RowsT<4>(a);
+      case 6:
+        return a.n_rows == 1 ? AttendChunkInt4T<6>(a) : AttendChunkInt4RowsT<6>(a);
+      case 8:
+        return a.n_rows == 1 ? AttendChunkInt4T<8>(a) : AttendChunkInt4RowsT<8>(a);
+      default:
+        return scalar::AttendChunk(a);
+    }
+  }
   switch ((a.geometry->head_dim + 15) / 16) {
     case 1:
       return AttendChunkT<1>(a);

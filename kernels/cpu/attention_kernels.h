@@ -7,9 +7,13 @@
 // exp(score - m) l[r], and o[r][head_dim] = sum_p exp(score_p - m) * V_p (not normalized).
 // Chunks merge in position order (MergePartial).
 //
-// Every KV type is read on the same path: GatherChunk gives each position's K and V as fp32 —
-// pointers into an f32 pool, or rows dequantised (per SIMD level) into the call's scratch for
-// the compact types — and the score / softmax / V loops run over those.
+// f32, f16 and int8 pools (and every type at the scalar level) are read on one path:
+// GatherChunk gives each position's K and V as fp32 — pointers into an f32 pool, or rows
+// dequantised (per SIMD level) into the call's scratch — and the score / softmax / V loops run
+// over those. The AVX2 and AVX-512 levels read int4 blocks in place instead (kv_chunk.h
+// Int4Runs): K's per-channel scale and min folded into the query once per block, V's per-group
+// ones into the softmax weights, the nibbles unpacked as they are read; kv_type_attention_test
+// holds both to the reference.
 //
 // A row's result depends only on its own query, limit and the chunk — not on the other rows in
 // the call — so a query gives the same bits whether it runs in a prefill tile, alone in a
@@ -31,7 +35,7 @@ struct ChunkRows {
   const int32_t* block_table;
   const void* tail;   // int4: the sequence's f16 tail (its partial block)
   int stored;         // positions the sequence has stored (int4: which blocks are quantised)
-  float* kv_scratch;  // 2 * kMaxChunk * head_dim floats: dequantised K then V
+  float* kv_scratch;  // 2 * kMaxChunk * head_dim floats: dequantised K then V (int4: a block)
   int kv_head;
   int p0, p1;
   float scale;  // 1 / sqrt(head_dim)

@@ -5,6 +5,8 @@
 // the body is force-inlined into each level's GatherChunk so the compiler vectorises the int8
 // and nibble loops for that level.
 //
+// The AVX2 and AVX-512 int4 paths do not gather: they read blocks in place (Int4Runs below).
+//
 // Dequantised values equal kv_codec.h LoadKv's (the same products and sums of exact fp16
 // values, up to the contraction of q * scale + min into one fma).
 #pragma once
@@ -118,6 +120,35 @@ inline __attribute__((always_inline)) void GatherChunkT(const ChunkRows& a, Chun
     }
     p += n;
   }
+}
+
+// The int4 fast paths (attention_avx2.cc, attention_avx512.cc) read the blocks in place instead
+// of through GatherChunk: a chunk's positions cut at block boundaries, each run either one
+// quantised block (K scale/min folded into the query once per run, V scale/min into the softmax
+// weight per position) or the sequence's f16 tail (the partial block).
+struct Int4Run {
+  const uint8_t* block;  // the quantised block; nullptr: the run lies in the f16 tail
+  int row0;              // its first position's row in the block (and in the tail)
+  int i0, n;             // chunk positions [i0, i0 + n), i.e. sequence positions p0 + i0...
+};
+
+// At most this many runs in a chunk (any block_tokens >= 1).
+constexpr int kMaxInt4Runs = kMaxChunk + 1;
+
+// Fills runs[] for the chunk [a.p0, a.p1) of an int4 pool; returns how many.
+inline int Int4Runs(const ChunkRows& a, Int4Run* runs) {
+  const KvGeometry& g = *a.geometry;
+  const int bt = g.block_tokens, full_blocks = a.stored / bt;
+  const auto* pool = static_cast<const uint8_t*>(a.pool);
+  int count = 0;
+  for (int p = a.p0; p < a.p1;) {
+    const int b = p / bt, r0 = p - b * bt;
+    const int n = std::min(a.p1 - p, bt - r0);
+    runs[count++] = {b < full_blocks ? pool + a.block_table[b] * g.block_bytes() : nullptr, r0,
+                     p - a.p0, n};
+    p += n;
+  }
+  return count;
 }
 
 }  // namespace kvshare::cpu

@@ -1,7 +1,8 @@
 // Attention over compact KV pools (f16, int8, int4): every SIMD level against the reference
 // (ref::Attention dequantises position by position through kv_codec.h LoadKv and runs the
 // softmax in double), over the grid of attention_test.cc — GQA ratios, head sizes, block
-// sizes, lengths around block and chunk boundaries, several sequences with shuffled tables —
+// sizes (int4: every head size its SIMD paths specialise), lengths around block and chunk
+// boundaries, blocks that straddle chunks, several sequences with shuffled tables —
 // with K/V written in two calls, so int4 blocks fill across calls and partial blocks are read
 // from the tail. Then: the same bits at any thread count, and outputs close to exact fp32
 // attention by a margin each type's precision explains.
@@ -111,12 +112,14 @@ constexpr KvType kCompactTypes[] = {KvType::kF16, KvType::kInt8, KvType::kInt4};
 TEST(KvTypeAttentionTest, EveryIsaMatchesTheReferenceOverTheGrid) {
   uint32_t seed = 1;
   for (KvType type : kCompactTypes) {
-    // int4 groups are 32 channels of a head; the other types take any head size.
+    // int4 groups are 32 channels of a head; the other types take any head size. int4's SIMD
+    // paths read blocks in place with per-head-size code: every head size they specialise.
     const std::vector<int> head_dims =
-        type == KvType::kInt4 ? std::vector<int>{32, 64} : std::vector<int>{8, 64};
+        type == KvType::kInt4 ? std::vector<int>{32, 64, 96, 128} : std::vector<int>{8, 64};
     for (int group : {1, 2, 3, 4}) {
       for (int head_dim : head_dims) {
-        for (int block : {16, 4}) {
+        // 24: blocks straddle the 256-position chunks, so a chunk starts and ends mid-block.
+        for (int block : {16, 4, 24}) {
           const KvGeometry g{block, 2, head_dim, type};
           const std::vector<std::vector<Seq>> calls = {
               {{block - 2, 1}, {block - 1, 1}, {block, 1}},
