@@ -105,7 +105,7 @@ TEST_F(StoriesPlanTest, PlanLogitsEqualANaiveReferenceRoundingEachLayerAsThePlan
       }
       std::printf("pool %s block %d: |engine - naive plan| %.2e, |engine - unrounded| %.2e\n",
                   KvTypeName(pool_type), block, worst, moved);
-      EXPECT_LT(worst, 1e-3) << KvTypeName(pool_type) << " block " << block;
+      EXPECT_LT(worst, 5e-4) << KvTypeName(pool_type) << " block " << block;
       // The rounding is visible: a layer stored in the wrong type would not match.
       EXPECT_GT(moved, 20 * worst) << KvTypeName(pool_type) << " block " << block;
     }
