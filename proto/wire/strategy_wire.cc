@@ -15,6 +15,7 @@ void ToProto(const SharingStrategy& strategy, v1::SharingStrategy* out) {
   if (strategy.projections() != nullptr) {
     ToProto(HeaderOf(*strategy.projections()), out->mutable_output_projections());
   }
+  for (KvType t : strategy.kv_types()) out->add_kv_types(KvTypeName(t));
   const StrategyProvenance& p = strategy.provenance();
   v1::StrategyProvenance* pp = out->mutable_provenance();
   pp->set_method(p.method);
@@ -68,6 +69,20 @@ absl::StatusOr<SharingStrategy> FromProto(const v1::SharingStrategy& msg,
       {msg.kv_source().begin(), msg.kv_source().end()}, msg.model_fingerprint(),
       {msg.attention_dropped().begin(), msg.attention_dropped().end()});
   if (!st.ok()) return st.status();
+  if (msg.kv_types_size() > 0) {
+    std::vector<KvType> types;
+    for (int l = 0; l < msg.kv_types_size(); ++l) {
+      auto t = ParseKvType(msg.kv_types(l));
+      if (!t.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrFormat("strategy.kv_types[%d]: %s", l, t.status().message()));
+      }
+      types.push_back(*t);
+    }
+    auto with = st->WithKvTypes(std::move(types));
+    if (!with.ok()) return with.status();
+    st = std::move(with);
+  }
   if (msg.has_output_projections()) {
     constexpr char kWhere[] = "strategy.output_projections";
     auto header = FromProto(msg.output_projections(), kWhere);
