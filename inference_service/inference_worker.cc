@@ -33,8 +33,15 @@ absl::StatusOr<std::unique_ptr<InferenceWorker>> InferenceWorker::Load(const Wor
   w->tokenizer_ = std::move(*tokenizer);
 
   const Model& m = *w->model_;
-  w->strategies_ = std::make_unique<StrategyHolder>(
-      [&m](const SharingStrategy& s) { return ValidateStrategyForModel(s, m); });
+  // The KV pool, once the engine exists: a version whose KV plan names a type the pool cannot
+  // hold (a backend without it, or int4 on a head_dim that is not whole groups) is refused
+  // like one for another model. Set before the first Publish; read-only after.
+  auto pool = std::make_shared<const KvCache*>(nullptr);
+  w->strategies_ = std::make_unique<StrategyHolder>([&m, pool](const SharingStrategy& s) {
+    absl::Status status = ValidateStrategyForModel(s, m);
+    if (status.ok() && *pool != nullptr) status = (*pool)->CheckHolds(s);
+    return status;
+  });
   if (metrics != nullptr) {
     w->strategies_->AddListener([metrics](const VersionedStrategy& v) {
       metrics->strategy_version.Set(static_cast<double>(v.version));
@@ -65,6 +72,7 @@ absl::StatusOr<std::unique_ptr<InferenceWorker>> InferenceWorker::Load(const Wor
   spdlog::info("event=device device=\"{}\" note=\"{}\"", w->device_.Describe(), w->device_note_);
   auto engine = Engine::Create(m, std::move(device->backend), engine_options);
   if (!engine.ok()) return engine.status();
+  *pool = &(*engine)->kv_cache();
   auto scheduler =
       Scheduler::Create(std::move(*engine), *w->tokenizer_, options.scheduler, metrics);
   if (!scheduler.ok()) return scheduler.status();

@@ -26,9 +26,10 @@ struct Scheduler::Sequence {
   bool in_engine = false;
   bool done = false;
   int64_t reserved_blocks = 0;
-  size_t prefilled = 0;    // prompt tokens already in the cache
-  int32_t next_token = 0;  // once prefilled: the sampled token the next step appends
-  int32_t prev_token;      // for decoding the next piece (and alternatives' text)
+  KvBlockCounts reserved_by_type;  // the same per KV type (a plan may mix them)
+  size_t prefilled = 0;            // prompt tokens already in the cache
+  int32_t next_token = 0;          // once prefilled: the sampled token the next step appends
+  int32_t prev_token;              // for decoding the next piece (and alternatives' text)
   absl::Time accepted, admitted, first_sample, last_token;
   bool admitted_yet = false, sampled_yet = false;
 };
@@ -87,6 +88,7 @@ Scheduler::Scheduler(std::unique_ptr<Engine> engine, const Tokenizer& tokenizer,
       options_(options),
       metrics_(metrics),
       config_(engine->config()),
+      kv_shape_(&engine->kv_cache()),
       total_blocks_(engine->kv_cache().total_blocks()),
       block_tokens_(engine->kv_cache().geometry().block_tokens),
       block_bytes_(engine->kv_cache().block_bytes()),
@@ -124,7 +126,7 @@ absl::Status Scheduler::Submit(GenerationRequest request, GenerationSink* sink) 
         prompt, request.max_tokens, total, config_.max_seq_len));
   }
   const int64_t need = BlocksFor(strategy, total);
-  if (need > total_blocks_) {
+  if (!kv_shape_->FitsEmpty(kv_shape_->BlocksByType(strategy, total))) {
     const int64_t capacity = total_blocks_ / strategy.owning_layers() * block_tokens_;
     return absl::InvalidArgumentError(absl::StrFormat(
         "prompt (%d tokens) + max_tokens (%d) = %d tokens need %d KV blocks under strategy "
@@ -252,15 +254,23 @@ void Scheduler::Admit(absl::Time now) {
       absl::MutexLock lock(&mu_);
       if (queue_.empty()) break;
       const GenerationRequest& r = queue_.front()->request;
-      const int64_t need =
-          BlocksFor(*r.strategy.strategy, static_cast<int64_t>(r.prompt.size()) + r.max_tokens);
+      const KvCache& kv = engine_->kv_cache();
+      const KvBlockCounts need = kv.BlocksByType(
+          *r.strategy.strategy, static_cast<int64_t>(r.prompt.size()) + r.max_tokens);
       // First come, first served: a head that does not fit yet waits for blocks to free up,
-      // and nothing behind it jumps the queue.
-      if (reserved_blocks_ + need > total_blocks_) break;
+      // and nothing behind it jumps the queue. What the running sequences may still take
+      // (reserved - used, per type) plus the head's worst case must fit the pool now; with
+      // one KV type that is reserved + need <= total blocks.
+      KvBlockCounts more = reserved_by_type_;
+      more += need;
+      more -= kv.UsedByType();
+      if (!kv.Fits(more)) break;
       s = std::move(queue_.front());
       queue_.pop_front();
-      s->reserved_blocks = need;
-      reserved_blocks_ += need;
+      s->reserved_blocks = need.total();
+      s->reserved_by_type = need;
+      reserved_blocks_ += need.total();
+      reserved_by_type_ += need;
       // Counted under the same lock as the pop, so Load() is consistent and WaitUntilIdle
       // never sees a gap.
       load_.running = static_cast<int>(running_.size()) + 1;
@@ -270,6 +280,7 @@ void Scheduler::Admit(absl::Time now) {
     auto seq = engine_->AddSequence(s->request.strategy.strategy);
     if (!seq.ok()) {
       reserved_blocks_ -= s->reserved_blocks;
+      reserved_by_type_ -= s->reserved_by_type;
       spdlog::error("event=add_sequence_failed request_id={} status=\"{}\"", s->request.id,
                     seq.status().ToString());
       Finish(*s, FinishReason::kCancelled, absl::InternalError(seq.status().ToString()), now);
@@ -385,6 +396,7 @@ void Scheduler::Finish(Sequence& s, FinishReason reason, const absl::Status& sta
   if (s.in_engine) {
     engine_->RemoveSequence(s.seq);
     reserved_blocks_ -= s.reserved_blocks;
+    reserved_by_type_ -= s.reserved_by_type;
     s.in_engine = false;
   }
   s.done = true;

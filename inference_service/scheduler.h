@@ -13,9 +13,11 @@
 //
 // Admission reserves the worst case. A request is admitted only when
 //   reserved + BlocksFor(strategy, prompt + max_tokens) <= total blocks,
-// where `reserved` sums that figure over the running sequences. Every running sequence can
-// therefore always grow to its end: a step never hits RESOURCE_EXHAUSTED, nothing is ever
-// preempted, and no output depends on what else ran. The price is capacity held by requests
+// where `reserved` sums that figure over the running sequences. (Counted per KV type when
+// plans store layers in different types: the pool must be able to hand out, now, what every
+// running sequence may still take plus the new worst case — KvCache::Fits, exact.) Every running
+// sequence can therefore always grow to its end: a step never hits RESOURCE_EXHAUSTED, nothing is
+// ever preempted, and no output depends on what else ran. The price is capacity held by requests
 // that stop early (EOS, stop strings), returned when they finish. The figure is counted under
 // each request's own strategy — a strategy that shares layers needs owning/L of the blocks, so
 // more sequences fit in the same pool: the product's point.
@@ -131,6 +133,7 @@ class Scheduler {
   const SchedulerOptions options_;
   ServingMetrics* const metrics_;
   ModelConfig config_;
+  const KvCache* kv_shape_ = nullptr;  // only its immutable geometry is read off-thread
   int64_t total_blocks_ = 0;
   int block_tokens_ = 0;
   int64_t block_bytes_ = 0;
@@ -141,6 +144,7 @@ class Scheduler {
   std::unique_ptr<Engine> engine_;
   std::vector<std::unique_ptr<Sequence>> running_;  // in admission order
   int64_t reserved_blocks_ = 0;
+  KvBlockCounts reserved_by_type_;
   std::vector<StepInput> step_inputs_;
   std::vector<float> logits_;
 

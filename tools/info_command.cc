@@ -46,9 +46,11 @@ Runner RegisterInfo(CLI::App& app) {
         c.hidden_dim, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab_size, c.max_seq_len,
         c.rope_theta, m.parameter_count(), m.fingerprint());
 
-    // KV cost: blocks of --kv-type per owning layer; capacity counts whole blocks of
-    // block_tokens positions, as the paged pool allocates them. Bytes per token are the pool's
-    // exactly (a block's bytes / block_tokens; int4's per-sequence f16 tail is not in them).
+    // KV cost: blocks of each owning layer's type (the strategy's KV plan, else --kv-type);
+    // capacity counts whole blocks of block_tokens positions, as the paged pool allocates them
+    // (a plan mixing types may lose up to a page per type to page granularity: kv_pool.h).
+    // Bytes per token are the pool's exactly (SharingStrategy::KvBytesPerToken; int4's
+    // per-sequence f16 tail is not in them).
     auto kv_type = ParseKvType(flags->model.kv_type);
     if (!kv_type.ok()) return Fail(kv_type.status());
     KvGeometry g;
@@ -61,8 +63,13 @@ Runner RegisterInfo(CLI::App& app) {
     const double per_layer_token = static_cast<double>(g.block_bytes()) / g.block_tokens;
     const int64_t llama_cpp_f16 = 2LL * c.n_layers * c.n_kv_heads * c.head_dim * 2;
     const int64_t budget = static_cast<int64_t>(flags->kv_budget_mib * 1024 * 1024);
-    const int64_t blocks = budget / g.block_bytes();
-    auto capacity = [&](int owning) { return (blocks / owning) * flags->block_tokens; };
+    // Bytes of one block_tokens-row of every owning layer: the unit a sequence grows by.
+    const int64_t unshared_row = g.block_bytes() * c.n_layers;
+    const int64_t strategy_row =
+        static_cast<int64_t>(st.KvBytesPerToken(g) * g.block_tokens + 0.5);  // exact integer
+    auto capacity = [&](int64_t row_bytes) {
+      return row_bytes == 0 ? 0 : budget / row_bytes * flags->block_tokens;
+    };
     std::cout << absl::StrFormat(
         "strategy     %s (%s)\n"
         "kv_source    %s\n"
@@ -70,19 +77,30 @@ Runner RegisterInfo(CLI::App& app) {
         "kv type      %s, %d-token blocks of %d bytes per layer\n",
         st.id(), st.provenance().method, st.CanonicalString(), st.owning_layers(), c.n_layers,
         st.sharing_layers(), KvTypeName(g.type), g.block_tokens, g.block_bytes());
+    if (st.has_kv_types()) {
+      // The plan overrides --kv-type layer by layer: how many owning layers store each type.
+      std::vector<std::string> parts;
+      for (KvType t : {KvType::kF32, KvType::kF16, KvType::kInt8, KvType::kInt4}) {
+        int n = 0;
+        for (int l = 0; l < c.n_layers; ++l) n += st.owns(l) && st.kv_type(l, g.type) == t;
+        if (n > 0) parts.push_back(absl::StrFormat("%d x %s", n, KvTypeName(t)));
+      }
+      std::cout << absl::StrFormat("kv plan      %s (owning layers; --kv-type not used)\n",
+                                   absl::StrJoin(parts, ", "));
+    }
     std::cout << absl::StrFormat("\n%-16s %16s %12s %22s\n", "", "KV bytes/token", "vs f16",
                                  absl::StrFormat("tokens in %g MiB", flags->kv_budget_mib));
     std::cout << absl::StrFormat("%-16s %16d %12.3f\n", "llama.cpp f16", llama_cpp_f16, 1.0);
     std::cout << absl::StrFormat(
         "%-16s %16g %12.3f %22d\n", "unshared", per_layer_token * c.n_layers,
-        per_layer_token * c.n_layers / llama_cpp_f16, capacity(c.n_layers));
-    std::cout << absl::StrFormat(
-        "%-16s %16g %12.3f %22d   (%.3fx capacity)\n", "strategy",
-        per_layer_token * st.owning_layers(), per_layer_token * st.owning_layers() / llama_cpp_f16,
-        capacity(st.owning_layers()), double(capacity(st.owning_layers())) / capacity(c.n_layers));
-    if (g.tail_bytes() > 0) {
+        per_layer_token * c.n_layers / llama_cpp_f16, capacity(unshared_row));
+    std::cout << absl::StrFormat("%-16s %16g %12.3f %22d   (%.3fx capacity)\n",
+                                 st.has_kv_types() ? "plan" : "strategy", st.KvBytesPerToken(g),
+                                 st.KvBytesPerToken(g) / llama_cpp_f16, capacity(strategy_row),
+                                 double(capacity(strategy_row)) / capacity(unshared_row));
+    if (st.KvTailBytes(g) > 0) {
       std::cout << absl::StrFormat("%-16s %16d   bytes per sequence (f16 partial blocks)\n",
-                                   "int4 tails", g.tail_bytes() * st.owning_layers());
+                                   "int4 tails", st.KvTailBytes(g));
     }
     return 0;
   };

@@ -19,6 +19,9 @@ class PagedKvLayout : public KvLayout {
       : cache_(cache), inputs_(inputs), projections_(projections) {}
   const KvGeometry& geometry() const override { return cache_.geometry(); }
   const KvGeometry& LayerGeometry(int layer) const override { return cache_.LayerGeometry(layer); }
+  const KvGeometry& InputGeometry(int input, int layer) const override {
+    return cache_.GeometryFor(inputs_[input].seq, layer);
+  }
   float* pool() override { return cache_.pool(); }
   void* Tail(int input, int layer) const override {
     return cache_.TailForLayer(inputs_[input].seq, layer);
@@ -115,7 +118,15 @@ absl::Status Engine::Init() {
         absl::StrFormat("engine: KV pool of %d bytes holds no block (a block is %d bytes)",
                         pool_bytes, g.block_bytes()));
   }
-  auto kv = KvCache::Create(*backend_, g, blocks);
+  // The pool also holds every other type this backend and head_dim support, within the same
+  // byte budget, so strategies whose KV plans name them run beside uniform ones (kv_pool.h).
+  std::vector<KvType> also;
+  for (KvType t : {KvType::kF32, KvType::kF16, KvType::kInt8, KvType::kInt4}) {
+    KvGeometry tg = g;
+    tg.type = t;
+    if (ValidateKvGeometry(tg).ok() && backend_->SupportsKvType(t).ok()) also.push_back(t);
+  }
+  auto kv = KvCache::Create(*backend_, g, blocks, also);
   if (!kv.ok()) return kv.status();
   kv_ = std::move(*kv);
   positions_.reserve(R);
@@ -126,6 +137,7 @@ absl::Status Engine::Init() {
 absl::StatusOr<SeqId> Engine::AddSequence(std::shared_ptr<const SharingStrategy> strategy) {
   if (strategy == nullptr) strategy = identity_;
   absl::Status s = ValidateStrategyForModel(*strategy, model_);
+  if (s.ok()) s = kv_->CheckHolds(*strategy);
   if (!s.ok()) return s;
   if (const auto& p = strategy->projections(); p != nullptr) {
     auto it = projections_.find(p->sha256());
@@ -167,7 +179,7 @@ absl::Status Engine::Step(absl::Span<const StepInput> inputs, std::vector<float>
   const ModelConfig& c = config();
   // --- Validate everything before touching the cache.
   int rows = 0;
-  int64_t blocks_needed = 0;
+  KvBlockCounts blocks_needed;
   absl::flat_hash_set<SeqId> seen;
   for (size_t i = 0; i < inputs.size(); ++i) {
     const StepInput& in = inputs[i];
@@ -194,7 +206,7 @@ absl::Status Engine::Step(absl::Span<const StepInput> inputs, std::vector<float>
           absl::StrFormat("engine: sequence %d would reach %d tokens, the model's context is %d",
                           in.seq, end, c.max_seq_len));
     }
-    blocks_needed += kv_->MissingBlocks(in.seq, end);
+    blocks_needed += kv_->MissingByType(in.seq, end);
     rows += static_cast<int>(in.tokens.size());
   }
   if (rows == 0) return absl::OkStatus();
@@ -202,9 +214,9 @@ absl::Status Engine::Step(absl::Span<const StepInput> inputs, std::vector<float>
     return absl::InvalidArgumentError(absl::StrFormat(
         "engine: step of %d rows exceeds max_step_rows %d", rows, options_.max_step_rows));
   }
-  if (blocks_needed > kv_->free_blocks()) {
+  if (!kv_->Fits(blocks_needed)) {
     return absl::ResourceExhaustedError(
-        absl::StrFormat("KV pool: step needs %d more blocks, %d of %d free", blocks_needed,
+        absl::StrFormat("KV pool: step needs %d more blocks, %d of %d free", blocks_needed.total(),
                         kv_->free_blocks(), kv_->total_blocks()));
   }
   for (const StepInput& in : inputs) {

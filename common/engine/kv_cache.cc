@@ -1,42 +1,81 @@
 #include "common/engine/kv_cache.h"
 
 #include <algorithm>
+#include <string>
 
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 
 namespace kvshare {
 
 absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(Backend& backend, KvGeometry g,
                                                          int64_t num_blocks) {
-  if (num_blocks <= 0 || num_blocks > INT32_MAX) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("KV pool: %d blocks requested, must be in [1, %d]", num_blocks, INT32_MAX));
-  }
-  absl::Status valid = ValidateKvGeometry(g);
-  if (valid.ok()) valid = backend.SupportsKvType(g.type);
-  if (!valid.ok()) return valid;
+  return Create(backend, g, num_blocks, {});
+}
+
+absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(Backend& backend, KvGeometry g,
+                                                         int64_t num_blocks,
+                                                         const std::vector<KvType>& also) {
+  auto pool = KvPool::Create(backend, g, num_blocks, also);
+  if (!pool.ok()) return pool.status();
   std::unique_ptr<KvCache> cache(new KvCache(backend));
   cache->geometry_ = g;
-  cache->total_blocks_ = num_blocks;
-  auto pool = backend.Allocate(static_cast<size_t>(num_blocks * g.block_bytes()));
-  if (!pool.ok()) return pool.status();
   cache->pool_ = std::move(*pool);
-  cache->free_list_.reserve(num_blocks);
-  // LIFO free list handing out low ids first.
-  for (int64_t b = num_blocks - 1; b >= 0; --b)
-    cache->free_list_.push_back(static_cast<int32_t>(b));
   return cache;
 }
 
+absl::Status KvCache::CheckHolds(const SharingStrategy& strategy) const {
+  if (!strategy.has_kv_types()) return absl::OkStatus();  // the default type: always held
+  for (int l = 0; l < strategy.n_layers(); ++l) {
+    if (!strategy.owns(l)) continue;
+    const KvType t = strategy.kv_type(l, geometry_.type);
+    if (pool_->Holds(t)) continue;
+    std::vector<std::string> held;
+    for (KvType h : {KvType::kF32, KvType::kF16, KvType::kInt8, KvType::kInt4}) {
+      if (pool_->Holds(h)) held.push_back(KvTypeName(h));
+    }
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "strategy %s stores layer %d's KV as %s; this KV pool holds only %s (the backend or "
+        "the model's head_dim %d does not support %s)",
+        strategy.id().substr(0, 16), l, KvTypeName(t), absl::StrJoin(held, ", "),
+        geometry_.head_dim, KvTypeName(t)));
+  }
+  return absl::OkStatus();
+}
+
+const KvGeometry& KvCache::GeometryFor(SeqId seq, int layer) const {
+  return pool_->geometry(seqs_.at(seq).type_of[layer]);
+}
+
 int64_t KvCache::BlocksFor(const SharingStrategy& strategy, int64_t tokens) const {
+  return BlocksByType(strategy, tokens).total();
+}
+
+KvBlockCounts KvCache::BlocksByType(const SharingStrategy& strategy, int64_t tokens) const {
   const int64_t per_layer = (tokens + geometry_.block_tokens - 1) / geometry_.block_tokens;
-  return per_layer * strategy.owning_layers();
+  KvBlockCounts n;
+  for (int l = 0; l < strategy.n_layers(); ++l) {
+    if (strategy.owns(l)) n[strategy.kv_type(l, geometry_.type)] += per_layer;
+  }
+  return n;
+}
+
+KvBlockCounts KvCache::UsedByType() const {
+  KvBlockCounts n;
+  for (KvType t : {KvType::kF32, KvType::kF16, KvType::kInt8, KvType::kInt4}) {
+    n[t] = pool_->used_blocks(t);
+  }
+  return n;
 }
 
 SeqId KvCache::AddSequence(std::shared_ptr<const SharingStrategy> strategy) {
   const SeqId id = next_id_++;
   Sequence& s = seqs_[id];
   s.tables.resize(strategy->n_layers());
+  s.type_of.resize(strategy->n_layers());
+  for (int l = 0; l < strategy->n_layers(); ++l) {
+    s.type_of[l] = strategy->kv_type(l, geometry_.type);
+  }
   s.strategy = std::move(strategy);
   return id;
 }
@@ -44,52 +83,58 @@ SeqId KvCache::AddSequence(std::shared_ptr<const SharingStrategy> strategy) {
 void KvCache::RemoveSequence(SeqId seq) {
   auto it = seqs_.find(seq);
   if (it == seqs_.end()) return;
-  for (auto& table : it->second.tables) {
-    for (int32_t b : table) free_list_.push_back(b);
+  Sequence& s = it->second;
+  for (int l = 0; l < static_cast<int>(s.tables.size()); ++l) {
+    for (int32_t b : s.tables[l]) pool_->Free(s.type_of[l], b);
   }
-  if (it->second.tails != nullptr) tail_bytes_in_use_ -= it->second.tails->size();
+  if (s.tails != nullptr) tail_bytes_in_use_ -= s.tails->size();
   seqs_.erase(it);
 }
 
-int64_t KvCache::MissingBlocks(SeqId seq, int64_t tokens) const {
+KvBlockCounts KvCache::MissingByType(SeqId seq, int64_t tokens) const {
   const Sequence& s = seqs_.at(seq);
   const int64_t want = (tokens + geometry_.block_tokens - 1) / geometry_.block_tokens;
-  int64_t missing = 0;
+  KvBlockCounts missing;
   for (int l = 0; l < s.strategy->n_layers(); ++l) {
-    if (s.strategy->owns(l)) missing += std::max<int64_t>(0, want - int64_t(s.tables[l].size()));
+    if (s.strategy->owns(l)) {
+      missing[s.type_of[l]] += std::max<int64_t>(0, want - int64_t(s.tables[l].size()));
+    }
   }
   return missing;
+}
+
+int64_t KvCache::MissingBlocks(SeqId seq, int64_t tokens) const {
+  return MissingByType(seq, tokens).total();
 }
 
 absl::Status KvCache::Reserve(SeqId seq, int64_t tokens) {
   Sequence& s = seqs_.at(seq);
   const int64_t want = (tokens + geometry_.block_tokens - 1) / geometry_.block_tokens;
-  const int64_t missing = MissingBlocks(seq, tokens);
-  if (missing > free_blocks()) {
+  const KvBlockCounts missing = MissingByType(seq, tokens);
+  if (!pool_->Fits(missing)) {
     return absl::ResourceExhaustedError(absl::StrFormat(
-        "KV pool: %d more blocks needed for %d tokens (%d owning layers), %d of %d free", missing,
-        tokens, s.strategy->owning_layers(), free_blocks(), total_blocks_));
+        "KV pool: %d more blocks needed for %d tokens (%d owning layers), %d of %d free",
+        missing.total(), tokens, s.strategy->owning_layers(), free_blocks(), total_blocks()));
   }
-  if (geometry_.tail_bytes() > 0 && s.tails == nullptr && tokens > 0) {
-    const int64_t bytes = geometry_.tail_bytes() * s.strategy->owning_layers();
-    auto tails = backend_.Allocate(static_cast<size_t>(bytes));
+  const int64_t tail_bytes = s.strategy->KvTailBytes(geometry_);
+  if (tail_bytes > 0 && s.tails == nullptr && tokens > 0) {
+    auto tails = backend_.Allocate(static_cast<size_t>(tail_bytes));
     if (!tails.ok()) return tails.status();
     s.tails = std::move(*tails);
-    tail_bytes_in_use_ += bytes;
+    tail_bytes_in_use_ += tail_bytes;
     s.tail_of.assign(s.strategy->n_layers(), nullptr);
     int64_t next = 0;
     for (int l = 0; l < s.strategy->n_layers(); ++l) {
-      if (s.strategy->owns(l)) {
-        s.tail_of[l] = static_cast<uint8_t*>(s.tails->data()) + next++ * geometry_.tail_bytes();
+      const int64_t bytes = pool_->geometry(s.type_of[l]).tail_bytes();
+      if (s.strategy->owns(l) && bytes > 0) {
+        s.tail_of[l] = static_cast<uint8_t*>(s.tails->data()) + next;
+        next += bytes;
       }
     }
   }
   for (int l = 0; l < s.strategy->n_layers(); ++l) {
     if (!s.strategy->owns(l)) continue;
-    while (int64_t(s.tables[l].size()) < want) {
-      s.tables[l].push_back(free_list_.back());
-      free_list_.pop_back();
-    }
+    while (int64_t(s.tables[l].size()) < want) s.tables[l].push_back(pool_->Allocate(s.type_of[l]));
   }
   return absl::OkStatus();
 }

@@ -99,11 +99,11 @@ void Transformer::RunLayers(int first, int last, absl::Span<const BatchSeq> seqs
   float* hb2 = hb2_->f32();
   const int n_inputs = static_cast<int>(seqs.size());
   att_seqs_.resize(n_inputs);
+  att_geo_.resize(n_inputs);
   kv_row0_.resize(n_inputs);
 
   for (int l = first; l < last; ++l) {
     const LayerParams& p = layers_[l];
-    const KvGeometry& g = kv.LayerGeometry(l);
     // Inputs whose strategy drops this layer's attention take no part in it (issue 18): no
     // K/V, no attention, x unchanged. When every input drops it, the block is skipped.
     bool any_attends = false;
@@ -147,8 +147,8 @@ void Transformer::RunLayers(int first, int last, absl::Span<const BatchSeq> seqs
           if (kv_row0_[i] < 0) continue;
           const float* ki = k + size_t(kv_row0_[i]) * kv_dim;
           const float* vi = v + size_t(kv_row0_[i]) * kv_dim;
-          backend_.WriteKv(g, kv.pool(), kv.Table(i, l).data(), seqs[i].start_pos, seqs[i].n, ki,
-                           vi, kv.Tail(i, l));
+          backend_.WriteKv(kv.InputGeometry(i, l), kv.pool(), kv.Table(i, l).data(),
+                           seqs[i].start_pos, seqs[i].n, ki, vi, kv.Tail(i, l));
           if (observer != nullptr) observer->OnKv(l, i, ki, vi, seqs[i].n);
         }
       }
@@ -156,6 +156,7 @@ void Transformer::RunLayers(int first, int last, absl::Span<const BatchSeq> seqs
       for (int i = 0; i < n_inputs; ++i) {
         if (kv.DropsAttention(i, l)) continue;
         const absl::Span<const int32_t> table = kv.Table(i, l);
+        att_geo_[n_att] = &kv.InputGeometry(i, l);
         AttentionSeq& a = att_seqs_[n_att++];
         a.q_row = seqs[i].row0;
         a.n_q = seqs[i].n;
@@ -164,7 +165,29 @@ void Transformer::RunLayers(int first, int last, absl::Span<const BatchSeq> seqs
         a.n_blocks = static_cast<int>(table.size());
         a.tail = kv.Tail(i, l);
       }
-      backend_.Attention(g, kv.pool(), att_seqs_.data(), n_att, q, c.n_heads, att);
+      // One call per KV type among the inputs (a plan may store this layer in another type
+      // than its batch-mates' do); each call writes only its own inputs' rows of att.
+      bool one_type = true;
+      for (int a = 1; a < n_att; ++a) one_type &= att_geo_[a]->type == att_geo_[0]->type;
+      if (one_type) {
+        if (n_att > 0) {
+          backend_.Attention(*att_geo_[0], kv.pool(), att_seqs_.data(), n_att, q, c.n_heads, att);
+        }
+      } else {
+        for (KvType t : {KvType::kF32, KvType::kF16, KvType::kInt8, KvType::kInt4}) {
+          att_group_.clear();
+          const KvGeometry* geo = nullptr;
+          for (int a = 0; a < n_att; ++a) {
+            if (att_geo_[a]->type != t) continue;
+            att_group_.push_back(att_seqs_[a]);
+            geo = att_geo_[a];
+          }
+          if (geo != nullptr) {
+            backend_.Attention(*geo, kv.pool(), att_group_.data(), int(att_group_.size()), q,
+                               c.n_heads, att);
+          }
+        }
+      }
       if (observer != nullptr) observer->OnAttentionOutput(l, att, rows);
       // x += att W_o, one GEMM per run of consecutive inputs with the same projection (the
       // model's, or their strategy's replacement); rows of a dropping input are left alone.

@@ -45,6 +45,11 @@ class KvLayout {
   virtual const KvGeometry& geometry() const = 0;
   // The geometry `layer` reads and writes: its owning layer's KV type (kv_source[layer]'s).
   virtual const KvGeometry& LayerGeometry(int /*layer*/) const { return geometry(); }
+  // The geometry `layer` reads and writes for input i: under a KV plan (issue 17) inputs of
+  // one step may store one layer in different types.
+  virtual const KvGeometry& InputGeometry(int /*input*/, int layer) const {
+    return LayerGeometry(layer);
+  }
   virtual float* pool() = 0;
   // The int4 tail of the cache `layer` reads for input i (kernels/kv_type.h); null otherwise.
   virtual void* Tail(int /*input*/, int /*layer*/) const { return nullptr; }
@@ -117,6 +122,8 @@ class Transformer {
   std::vector<int32_t> kv_positions_;
   std::vector<int> kv_row0_;
   std::vector<AttentionSeq> att_seqs_;
+  std::vector<const KvGeometry*> att_geo_;  // parallel to att_seqs_
+  std::vector<AttentionSeq> att_group_;     // att_seqs_ of one KV type
 };
 
 }  // namespace kvshare

@@ -20,13 +20,23 @@ namespace {
 
 constexpr char kFormat[] = "kvshare.strategy.v1";
 
+std::string KvTypeList(const std::vector<KvType>& types) {
+  std::vector<std::string> names;
+  names.reserve(types.size());
+  for (KvType t : types) names.push_back(KvTypeName(t));
+  return absl::StrJoin(names, ",");
+}
+
 std::string ContentId(const std::string& fingerprint, const std::vector<int>& kv_source,
-                      const std::vector<int>& dropped, const OutputProjections* projections) {
+                      const std::vector<int>& dropped, const OutputProjections* projections,
+                      const std::vector<KvType>& kv_types) {
   std::string text =
       absl::StrCat("kvshare-strategy-v1\n", fingerprint, "\n", absl::StrJoin(kv_source, ","));
   // Strategies without drops or projections keep the id they had before either existed.
   if (!dropped.empty()) absl::StrAppend(&text, "\ndrop ", absl::StrJoin(dropped, ","));
   if (projections != nullptr) absl::StrAppend(&text, "\nprojections ", projections->sha256());
+  // A KV plan (issue 17) is content: two plans of one sharing pattern are different versions.
+  if (!kv_types.empty()) absl::StrAppend(&text, "\nkv_types ", KvTypeList(kv_types));
   return Sha256Hex(text);
 }
 
@@ -88,7 +98,8 @@ SharingStrategy SharingStrategy::Identity(int n_layers, const std::string& model
 }
 
 void SharingStrategy::ComputeId() {
-  id_ = ContentId(model_fingerprint_, kv_source_, attention_dropped_, projections_.get());
+  id_ =
+      ContentId(model_fingerprint_, kv_source_, attention_dropped_, projections_.get(), kv_types_);
 }
 
 bool SharingStrategy::drops(int layer) const {
@@ -149,6 +160,59 @@ absl::StatusOr<SharingStrategy> SharingStrategy::WithProjections(
   st.projections_ = std::move(projections);
   st.ComputeId();
   return st;
+}
+
+absl::StatusOr<SharingStrategy> SharingStrategy::WithKvTypes(std::vector<KvType> kv_types) const {
+  if (static_cast<int>(kv_types.size()) != n_layers()) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("strategy: kv_types has %d entries, the strategy has %d layers (one "
+                        "type per layer)",
+                        kv_types.size(), n_layers()));
+  }
+  for (int l = 0; l < n_layers(); ++l) {
+    const int t = static_cast<int>(kv_types[l]);
+    if (t < 0 || t > static_cast<int>(KvType::kInt4)) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "strategy: layer %d has kv type %d, not one of f32, f16, int8, int4", l, t));
+    }
+  }
+  // Sources come first (kv_source[l] <= l), so each sharing layer is checked against a
+  // source whose own entry was already accepted.
+  for (int l = 0; l < n_layers(); ++l) {
+    const int s = kv_source_[l];
+    if (kv_types[l] != kv_types[s]) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "strategy: layer %d reads layer %d's cache, stored as %s, but its kv_types entry is "
+          "%s (a sharing layer's type is its source's: write %s)",
+          l, s, KvTypeName(kv_types[s]), KvTypeName(kv_types[l]), KvTypeName(kv_types[s])));
+    }
+  }
+  SharingStrategy st = *this;
+  st.kv_types_ = std::move(kv_types);
+  st.ComputeId();
+  return st;
+}
+
+double SharingStrategy::KvBytesPerToken(const KvGeometry& g) const {
+  int64_t block_bytes = 0;  // one block of every owning layer: exact in integers
+  for (int l = 0; l < n_layers(); ++l) {
+    if (!owns(l)) continue;
+    KvGeometry lg = g;
+    lg.type = kv_type(l, g.type);
+    block_bytes += lg.block_bytes();
+  }
+  return static_cast<double>(block_bytes) / g.block_tokens;
+}
+
+int64_t SharingStrategy::KvTailBytes(const KvGeometry& g) const {
+  int64_t bytes = 0;
+  for (int l = 0; l < n_layers(); ++l) {
+    if (!owns(l)) continue;
+    KvGeometry lg = g;
+    lg.type = kv_type(l, g.type);
+    bytes += lg.tail_bytes();
+  }
+  return bytes;
 }
 
 absl::StatusOr<SharingStrategy> SharingStrategy::Create(std::vector<int> kv_source,
@@ -217,13 +281,17 @@ int SharingStrategy::owning_layers() const {
 }
 
 std::string SharingStrategy::CanonicalString() const {
-  if (attention_dropped_.empty() && projections_ == nullptr) return absl::StrJoin(kv_source_, " ");
+  if (attention_dropped_.empty() && projections_ == nullptr && kv_types_.empty()) {
+    return absl::StrJoin(kv_source_, " ");
+  }
   std::vector<std::string> parts;
   for (int l = 0; l < n_layers(); ++l) {
     if (drops(l)) {
       parts.push_back("x");
     } else if (projections_ != nullptr && projections_->IndexOf(l) >= 0) {
       parts.push_back(absl::StrCat(kv_source_[l], "*"));
+    } else if (!kv_types_.empty() && owns(l)) {
+      parts.push_back(absl::StrCat(kv_source_[l], ":", KvTypeName(kv_types_[l])));
     } else {
       parts.push_back(absl::StrCat(kv_source_[l]));
     }
@@ -238,6 +306,11 @@ std::string SharingStrategy::ToJson() const {
   j["n_layers"] = n_layers();
   j["kv_source"] = kv_source_;
   if (!attention_dropped_.empty()) j["attention_dropped"] = attention_dropped_;
+  if (!kv_types_.empty()) {
+    std::vector<std::string> names;
+    for (KvType t : kv_types_) names.push_back(KvTypeName(t));
+    j["kv_types"] = names;
+  }
   if (projections_ != nullptr) {
     j["output_projections"] = {{"type", ProjectionTypeName(projections_->type())},
                                {"rows", projections_->rows()},
@@ -303,6 +376,22 @@ absl::StatusOr<SharingStrategy> SharingStrategy::FromJson(const std::string& tex
   }
   std::vector<int> dropped;
   f.IntArray("attention_dropped", Field::kOptional, kMaxLayers, 0, kMaxLayers - 1, &dropped);
+  std::vector<KvType> kv_types;
+  const nlohmann::json* tj = f.Array("kv_types", Field::kOptional, kMaxLayers);
+  if (tj != nullptr) {
+    for (size_t i = 0; i < tj->size() && f.ok(); ++i) {
+      const nlohmann::json& e = (*tj)[i];
+      absl::StatusOr<KvType> t = absl::InvalidArgumentError("not a string");
+      if (e.is_string()) t = ParseKvType(e.get<std::string>());
+      if (!t.ok()) {
+        f.Fail("kv_types", absl::StrFormat("an array of \"f32\", \"f16\", \"int8\" or \"int4\" "
+                                           "(entry %d is not)",
+                                           i));
+      } else {
+        kv_types.push_back(*t);
+      }
+    }
+  }
   ProjectionsRef projections;
   const nlohmann::json* pj_out = f.Object("output_projections", Field::kOptional);
   if (pj_out != nullptr) {
@@ -357,6 +446,14 @@ absl::StatusOr<SharingStrategy> SharingStrategy::FromJson(const std::string& tex
     }
     auto with = st->WithProjections(std::move(*read));
     if (!with.ok()) return with.status();
+    st = std::move(with);
+  }
+  if (tj != nullptr) {
+    auto with = st->WithKvTypes(std::move(kv_types));
+    if (!with.ok()) {
+      return absl::Status(with.status().code(),
+                          absl::StrCat(where, ": field 'kv_types': ", with.status().message()));
+    }
     st = std::move(with);
   }
   if (has_id && id != st->id()) {

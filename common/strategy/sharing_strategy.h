@@ -15,9 +15,16 @@
 //     may read it. It is not an owning layer.
 //   - output projections: a sharing layer may carry a replacement W_o (output_projections.h),
 //     applied by the engine to the rows of sequences running this strategy only.
+// A third (issue 17), absent likewise from older strategies:
+//   - a KV plan: per layer, the KvType its cache is stored in (kernels/kv_type.h). Rule: every
+//     layer has an entry and kv_types[l] == kv_types[kv_source[l]] — a sharing layer names its
+//     source's type (it reads that cache as stored); an owning or dropped layer is its own
+//     source, so its entry is free (a dropped layer's stores nothing and costs no bytes). A
+//     strategy without a plan (has_kv_types() false) stores every owning layer in the pool's
+//     uniform type (--kv-type), exactly as before plans existed.
 // A strategy is bound to a model by its fingerprint; ValidateFor() rejects another model's.
 // Immutable value type; content id = SHA-256 over the fingerprint and kv_source, plus the
-// dropped layers and the projections' hash when there are any.
+// dropped layers, the projections' hash and the plan's types when there are any.
 #pragma once
 
 #include <cstdint>
@@ -28,6 +35,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "common/strategy/output_projections.h"
+#include "kernels/kv_type.h"
 
 namespace kvshare {
 
@@ -79,6 +87,27 @@ class SharingStrategy {
   absl::StatusOr<SharingStrategy> WithProjections(
       std::shared_ptr<const OutputProjections> projections) const;
 
+  // This strategy with a KV plan: kv_types[l] is layer l's type (size n_layers; a sharing
+  // layer's must equal its source's). InvalidArgument naming the layer otherwise. Provenance
+  // is kept; the id changes (it covers the plan).
+  absl::StatusOr<SharingStrategy> WithKvTypes(std::vector<KvType> kv_types) const;
+  // Whether the strategy carries a KV plan (false for strategies made without one).
+  bool has_kv_types() const { return !kv_types_.empty(); }
+  // The type layer `layer`'s cache is stored in — for a sharing layer its source's — or
+  // `fallback` (the pool's uniform type) when the strategy has no plan.
+  KvType kv_type(int layer, KvType fallback) const {
+    return kv_types_.empty() ? fallback : kv_types_[kv_source_[layer]];
+  }
+  // The plan (empty without one).
+  const std::vector<KvType>& kv_types() const { return kv_types_; }
+  // Exact KV bytes per position of this strategy on a model with KV geometry `g` (g.type: the
+  // fallback for a strategy without a plan): the sum over owning layers of their type's
+  // block_bytes / block_tokens. What the pool holds for a sequence of a multiple of
+  // block_tokens positions, int4's per-sequence f16 tails aside (KvTailBytes()).
+  double KvBytesPerToken(const KvGeometry& g) const;
+  // Bytes of the f16 tails one sequence of this strategy holds (int4 owning layers only).
+  int64_t KvTailBytes(const KvGeometry& g) const;
+
   // Checks the strategy fits a model: layer count and fingerprint.
   absl::Status ValidateFor(const ModelConfig& config, const std::string& model_fingerprint) const;
 
@@ -98,10 +127,12 @@ class SharingStrategy {
   const std::string& model_fingerprint() const { return model_fingerprint_; }
   // Hex SHA-256 of "kvshare-strategy-v1\n" + fingerprint + "\n" + kv_source as decimal list,
   // then "\ndrop " + the dropped layers (when any), then "\nprojections " + their sha256
-  // (when any).
+  // (when any), then "\nkv_types " + the plan's type names, comma-separated (when any).
   const std::string& id() const { return id_; }
   // "0 1 1 3 ..." — the canonical text form of kv_source; a dropped layer shows as "x" and a
-  // layer with a replacement projection as "<source>*" ("0 1 0* x 4").
+  // layer with a replacement projection as "<source>*" ("0 1 0* x 4"). With a KV plan each
+  // owning layer also shows its type ("0:f16 1:int4 1 x 4:int8"); sharing layers read their
+  // source's, so they show none.
   std::string CanonicalString() const;
 
   StrategyProvenance& provenance() { return provenance_; }
@@ -111,7 +142,8 @@ class SharingStrategy {
   //   {"format": "kvshare.strategy.v1", "model_fingerprint": "...", "n_layers": 30,
   //    "kv_source": [0, 1, 1, ...], "id": "...", "provenance": {...}}
   // "id", when present, must match the content (a file edited by hand is caught).
-  // With drops: "attention_dropped": [3, 7]. With projections: "output_projections":
+  // With drops: "attention_dropped": [3, 7]. With a KV plan: "kv_types": ["f16", "int4", ...]
+  // (n_layers names, kernels/kv_type.h). With projections: "output_projections":
   //   {"type": "f16", "rows": 576, "cols": 576, "layers": [...], "sha256": "...",
   //    "file": "projections-<sha256>.bin", "bytes_per_layer": N}
   // naming a sidecar blob beside the JSON file (content-addressed, so strategies that share
@@ -139,6 +171,7 @@ class SharingStrategy {
   void ComputeId();
   std::vector<int> kv_source_;
   std::vector<int> attention_dropped_;  // ascending
+  std::vector<KvType> kv_types_;        // empty: no plan
   std::shared_ptr<const OutputProjections> projections_;
   std::string model_fingerprint_;
   std::string id_;

@@ -45,6 +45,10 @@ absl::StatusOr<SharingStrategy> RebindStrategy(const SharingStrategy& strategy,
   absl::StatusOr<SharingStrategy> rebound =
       SharingStrategy::Create(strategy.kv_source(), model.fingerprint());
   if (!rebound.ok()) return rebound.status();
+  if (strategy.has_kv_types()) {  // the KV plan is the strategy's, whatever it is bound to
+    rebound = rebound->WithKvTypes(strategy.kv_types());
+    if (!rebound.ok()) return rebound.status();
+  }
   rebound->provenance() = strategy.provenance();
   return rebound;
 }

@@ -10,6 +10,7 @@ void ToProto(const SharingStrategy& strategy, v1::SharingStrategy* out) {
   out->set_id(strategy.id());
   out->set_model_fingerprint(strategy.model_fingerprint());
   for (int s : strategy.kv_source()) out->add_kv_source(s);
+  for (KvType t : strategy.kv_types()) out->add_kv_types(KvTypeName(t));
   const StrategyProvenance& p = strategy.provenance();
   v1::StrategyProvenance* pp = out->mutable_provenance();
   pp->set_method(p.method);
@@ -36,6 +37,20 @@ absl::StatusOr<SharingStrategy> FromProto(const v1::SharingStrategy& msg) {
   auto st = SharingStrategy::Create({msg.kv_source().begin(), msg.kv_source().end()},
                                     msg.model_fingerprint());
   if (!st.ok()) return st.status();
+  if (msg.kv_types_size() > 0) {
+    std::vector<KvType> types;
+    for (int l = 0; l < msg.kv_types_size(); ++l) {
+      auto t = ParseKvType(msg.kv_types(l));
+      if (!t.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrFormat("strategy.kv_types[%d]: %s", l, t.status().message()));
+      }
+      types.push_back(*t);
+    }
+    auto with = st->WithKvTypes(std::move(types));
+    if (!with.ok()) return with.status();
+    st = std::move(with);
+  }
   if (!msg.id().empty() && msg.id() != st->id()) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "strategy.id %s does not match its content (expected %s)", Excerpt(msg.id()), st->id()));

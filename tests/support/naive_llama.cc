@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/cpu/half.h"
+
 namespace kvshare::testing {
 namespace {
 
@@ -18,6 +20,28 @@ Vec MatVec(const Tensor& w, const Vec& x) {
     out[r] = s;
   }
   return out;
+}
+
+// A stored K or V row ([n_kv_heads][hd]) as a pool of `type` gives it back: fp32 or fp16
+// rounding (to nearest even), or int8 symmetric per (position, KV head) with an fp16 scale
+// (kernels/kv_type.h), written out here independently of kernels/cpu/kv_codec.
+void StoreAs(KvType type, int n_kv_heads, int hd, Vec& x) {
+  for (double& v : x) v = static_cast<float>(v);  // the engine computes K/V in fp32
+  if (type == KvType::kF16) {
+    for (double& v : x) v = cpu::Fp16ToFp32(cpu::Fp32ToFp16(static_cast<float>(v)));
+  } else if (type == KvType::kInt8) {
+    for (int h = 0; h < n_kv_heads; ++h) {
+      double* row = x.data() + size_t(h) * hd;
+      float amax = 0;
+      for (int i = 0; i < hd; ++i) amax = std::max(amax, std::abs(static_cast<float>(row[i])));
+      const float scale = cpu::Fp16ToFp32(cpu::Fp32ToFp16(amax / 127.0f));
+      for (int i = 0; i < hd; ++i) {
+        const float q =
+            scale == 0 ? 0.0f : std::clamp(std::nearbyint(float(row[i]) / scale), -127.0f, 127.0f);
+        row[i] = double(q) * scale;
+      }
+    }
+  }
 }
 
 Vec RmsNorm(const Vec& x, const Tensor& w, double eps) {
@@ -69,8 +93,13 @@ NaiveRun NaiveLlamaForward(const Model& m, const NaiveStrategy& strategy,
       if (kv_source[l] == l && !dropped) {
         Vec k = MatVec(lw.wk, xb);
         Rope(k, t, c.n_kv_heads, hd, c.rope_theta);
+        Vec v = MatVec(lw.wv, xb);
+        if (!strategy.kv_types.empty()) {
+          StoreAs(strategy.kv_types[l], c.n_kv_heads, hd, k);
+          StoreAs(strategy.kv_types[l], c.n_kv_heads, hd, v);
+        }
         run.keys[l].push_back(k);
-        run.values[l].push_back(MatVec(lw.wv, xb));
+        run.values[l].push_back(v);
       }
     }
     const auto& K = run.keys[dropped ? l : kv_source[l]];

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common/model/model.h"
+#include "kernels/kv_type.h"
 
 namespace kvshare::testing {
 
@@ -23,11 +24,14 @@ struct NaiveRun {
 
 // What the reference forward runs: layer l attends over layer kv_source[l]'s K/V, except the
 // layers in `dropped` (no attention at all), and uses wo[l] ([dim][n_heads * head_dim]
-// row-major) instead of its W_o where given.
+// row-major) instead of its W_o where given. With kv_types (one per layer; f32, f16 and int8
+// only — int4's block-wise groups depend on how a prompt is chunked), each owning layer's K/V
+// are rounded as a pool of that type stores them.
 struct NaiveStrategy {
   std::vector<int> kv_source;
   std::vector<int> dropped;
   std::map<int, std::vector<double>> wo;
+  std::vector<KvType> kv_types;
 };
 
 NaiveRun NaiveLlamaForward(const Model& m, const NaiveStrategy& strategy,
@@ -37,7 +41,7 @@ NaiveRun NaiveLlamaForward(const Model& m, const NaiveStrategy& strategy,
 // K/V.
 inline NaiveRun NaiveLlamaForward(const Model& m, const std::vector<int>& kv_source,
                                   const std::vector<int32_t>& ids, bool with_logits) {
-  return NaiveLlamaForward(m, NaiveStrategy{kv_source, {}, {}}, ids, with_logits);
+  return NaiveLlamaForward(m, NaiveStrategy{kv_source, {}, {}, {}}, ids, with_logits);
 }
 
 // Logits [T][vocab] of NaiveLlamaForward.
