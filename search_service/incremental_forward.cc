@@ -165,8 +165,8 @@ absl::Status IncrementalForward::CheckPlan(const std::vector<int>& kv_source,
     if (!s.ok()) return s;
   }
   if (first_changed_layer < 0 || first_changed_layer >= n_layers_) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "first changed layer %d must be in [0, %d)", first_changed_layer, n_layers_));
+    return absl::InvalidArgumentError(absl::StrFormat("first changed layer %d must be in [0, %d)",
+                                                      first_changed_layer, n_layers_));
   }
   if (!kv_types.empty() && int(kv_types.size()) != n_layers_) {
     return absl::InvalidArgumentError(absl::StrFormat(

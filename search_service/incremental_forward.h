@@ -28,9 +28,9 @@
 
 #include "absl/status/statusor.h"
 #include "common/engine/transformer.h"
+#include "kernels/kv_type.h"
 #include "search_service/calibration.h"
 #include "search_service/dense_kv_layout.h"
-#include "kernels/kv_type.h"
 
 namespace kvshare {
 
@@ -50,9 +50,9 @@ class IncrementalForward {
   ~IncrementalForward();
 
   // Runs `kv_source` with the accepted KV types from first_changed_layer on over every sample;
-  // its final-norm states are final_states() until the next Run. InvalidArgument (CheckEvaluatorCandidate) for a
-  // kv_source that is not a valid strategy of this model, or a first_changed_layer outside
-  // [1, L) or after a layer that differs from the accepted one.
+  // its final-norm states are final_states() until the next Run. InvalidArgument
+  // (CheckEvaluatorCandidate) for a kv_source that is not a valid strategy of this model, or a
+  // first_changed_layer outside [1, L) or after a layer that differs from the accepted one.
   absl::Status Run(const std::vector<int>& kv_source, int first_changed_layer,
                    const FinalBatchFn& on_final = nullptr);
   // Whether (kv_source, first_changed_layer) is the candidate the last Run ran (and no Accept

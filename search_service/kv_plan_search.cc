@@ -84,16 +84,14 @@ std::string PlanActionString(const PlanAction& a) {
 
 absl::Status ValidateKvPlanOptions(const KvPlanOptions& o, bool cli_flags) {
   const char* budget = cli_flags ? "--max-ppl-increase" : "max_ppl_increase";
-  if (!std::isfinite(o.max_ppl_increase) || o.max_ppl_increase <= 0 ||
-      o.max_ppl_increase > 1000) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "%s %g: the held-out perplexity budget must be a percentage in (0, 1000]", budget,
-        o.max_ppl_increase));
+  if (!std::isfinite(o.max_ppl_increase) || o.max_ppl_increase <= 0 || o.max_ppl_increase > 1000) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s %g: the held-out perplexity budget must be a percentage in (0, 1000]",
+                        budget, o.max_ppl_increase));
   }
   if (o.share_best_of < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("%s %d must be >= 1", cli_flags ? "--best-of" : "best_of",
-                        o.share_best_of));
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s %d must be >= 1", cli_flags ? "--best-of" : "best_of", o.share_best_of));
   }
   KvGeometry probe;
   probe.n_kv_heads = 1;
@@ -108,12 +106,9 @@ absl::Status ValidateKvPlanOptions(const KvPlanOptions& o, bool cli_flags) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<KvPlanSearchResult> SearchKvPlan(const KvGeometry& g, int n_layers,
-                                                const KvPlanOptions& options,
-                                                PlanEvaluator& evaluator,
-                                                const LayerDistances* distances,
-                                                const HeldoutIncreaseFn& heldout,
-                                                const KvPlanHooks& hooks) {
+absl::StatusOr<KvPlanSearchResult> SearchKvPlan(
+    const KvGeometry& g, int n_layers, const KvPlanOptions& options, PlanEvaluator& evaluator,
+    const LayerDistances* distances, const HeldoutIncreaseFn& heldout, const KvPlanHooks& hooks) {
   absl::Status valid = ValidateKvPlanOptions(options);
   if (!valid.ok()) return valid;
   const double budget = options.budget_nats();

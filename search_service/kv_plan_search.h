@@ -74,7 +74,7 @@ struct KvPlanOptions {
   double max_ppl_increase = 2.0;  // percent of held-out perplexity; > 0
   KvType base_type = KvType::kF16;
   std::vector<KvType> lower_types = {KvType::kInt8, KvType::kInt4};  // each smaller than base
-  bool share = true;                                                  // step 4
+  bool share = true;                                                 // step 4
   int share_best_of = 8;
   PairOrder share_order = PairOrder::kSimilar;
   int max_heldout_rounds = 4;
@@ -99,8 +99,8 @@ struct KvPlanSearchResult {
   KvPlan plan;
   std::vector<PlanAction> actions;  // in the plan, in acceptance order
   double bytes_per_token = 0, base_bytes_per_token = 0;
-  double calibration_increase = 0;  // of the plan after step 4 (before any held-out trim)
-  double heldout_increase = 0;      // of the final plan
+  double calibration_increase = 0;     // of the plan after step 4 (before any held-out trim)
+  double heldout_increase = 0;         // of the final plan
   std::vector<double> heldout_checks;  // every held-out measure, in order
   int trimmed_actions = 0;             // given back in step 5
   int calibration_runs = 0;

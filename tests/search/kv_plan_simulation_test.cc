@@ -64,8 +64,8 @@ class KvPlanSimulationTest : public ::testing::Test {
       PerplexityOptions po;
       po.context = kTokens;
       po.stride = kTokens;
-      auto r = EvaluatePerplexity(
-          **engine, absl::MakeConstSpan(calibration_->sample(s), kTokens), po);
+      auto r =
+          EvaluatePerplexity(**engine, absl::MakeConstSpan(calibration_->sample(s), kTokens), po);
       EXPECT_TRUE(r.ok()) << r.status();
       EXPECT_EQ(r->tokens_scored, kTokens - 1);
       sum += r->mean_nll;
