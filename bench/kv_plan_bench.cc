@@ -3,9 +3,13 @@
 // 1%, 2% and 5% (search_service/kv_plan_search.h), beside llama.cpp's default (f16 K and V in
 // every layer: 2 * n_layers * n_kv_heads * head_dim * 2 bytes per token).
 //
-//   build/bench/kv_plan_bench [--models smollm2,stories] [--budgets 1,2,5] [--eval-tokens N]
-//                             [--context N] [--threads N] [--no-share] [--json FILE]
+//   build/bench/kv_plan_bench [--models smollm2,stories] [--budgets 1,2,5|none] [--eval-tokens N]
+//                             [--context N] [--threads N] [--no-share] [--strategy FILE]
+//                             [--json FILE]
 //
+// --strategy adds a row for a published plan (a strategy JSON of the first model; types f16
+// where it has none); --budgets none skips the searches (the frontier of the uniform types and
+// that plan only: what scripts/demo.sh prints).
 // Held-out text: WikiText-2 test (SmolLM2) or the TinyStories sample (stories260K) from the line
 // after the calibration lines (30 x 64 tokens, the search defaults); perplexity in windows of
 // --context tokens. The plan search trims on the same slice, so its plans meet the budget on it
@@ -42,18 +46,20 @@ struct Flags {
   int context = 512;
   int threads = 2;
   bool share = true;
+  std::string strategy;
   std::string json;
 };
 
 // "27 int4, 2 int8, 1 shared (7->3)"
-std::string Describe(const KvPlanSearchResult& r) {
+std::string Describe(const KvPlan& plan) {
   std::map<std::string, int> count;
   std::vector<std::string> shares;
-  for (size_t l = 0; l < r.plan.kv_source.size(); ++l) {
-    if (r.plan.kv_source[l] == int(l)) ++count[KvTypeName(r.plan.kv_types[l])];
-  }
-  for (const PlanAction& a : r.actions) {
-    if (a.kind == PlanAction::kShare) shares.push_back(PlanActionString(a));
+  for (size_t l = 0; l < plan.kv_source.size(); ++l) {
+    if (plan.kv_source[l] == int(l)) {
+      ++count[KvTypeName(plan.kv_types[l])];
+    } else {
+      shares.push_back(absl::StrFormat("%d->%d", l, plan.kv_source[l]));
+    }
   }
   std::vector<std::string> parts;
   for (const char* t : {"f32", "f16", "int8", "int4"}) {
@@ -162,6 +168,22 @@ int RunModel(const Flags& flags, const std::string& name, nlohmann::json* out) {
     row(KvTypeName(t), absl::StrFormat("%d %s", c.n_layers, KvTypeName(t)),
         KvPlanBytesPerToken(g, plan), ppl->mean_nll, 0, 0, nlohmann::json::object());
   }
+  if (!flags.strategy.empty() && name == flags.models.front()) {
+    auto file = SharingStrategy::ReadFile(flags.strategy);
+    if (!file.ok()) return std::fprintf(stderr, "%s\n", file.status().ToString().c_str()), 1;
+    absl::Status valid = file->ValidateFor(c, (*model)->fingerprint());
+    if (!valid.ok()) return std::fprintf(stderr, "%s\n", valid.ToString().c_str()), 1;
+    KvPlan plan{file->kv_source(), {}};
+    for (int l = 0; l < c.n_layers; ++l) plan.kv_types.push_back(file->kv_type(l, KvType::kF16));
+    auto strategy = PlanStrategy(**model, plan);
+    if (!strategy.ok()) return std::fprintf(stderr, "%s\n", strategy.status().ToString().c_str()), 1;
+    auto ppl = (*meter)->Perplexity(*strategy);
+    if (!ppl.ok()) return std::fprintf(stderr, "%s\n", ppl.status().ToString().c_str()), 1;
+    nlohmann::json extra;
+    extra["strategy_id"] = file->id();
+    row("published", Describe(plan), KvPlanBytesPerToken(g, plan), ppl->mean_nll, 0, 0,
+        extra);
+  }
   auto backend = MakeCpuBackend(flags.threads);
   for (double budget : flags.budgets) {
     KvPlanOptions o;
@@ -187,7 +209,7 @@ int RunModel(const Flags& flags, const std::string& name, nlohmann::json* out) {
     std::vector<std::string> actions;
     for (const PlanAction& a : r.actions) actions.push_back(PlanActionString(a));
     extra["actions"] = actions;
-    row(absl::StrFormat("budget %g%%", budget), Describe(r), r.bytes_per_token,
+    row(absl::StrFormat("budget %g%%", budget), Describe(r.plan), r.bytes_per_token,
         base_nll + r.heldout_increase, run->total_seconds, run->total_cpu_seconds, extra);
   }
   (*out)[name] = rows;
@@ -211,9 +233,13 @@ int Main(int argc, char** argv) {
       flags.models = absl::StrSplit(next(), ',');
     } else if (a == "--no-share") {
       flags.share = false;
+    } else if (a == "--strategy") {
+      flags.strategy = next();
     } else if (a == "--budgets") {
       flags.budgets.clear();
-      for (absl::string_view s : absl::StrSplit(next(), ',')) {
+      const std::string list = next();
+      if (list == "none") continue;
+      for (absl::string_view s : absl::StrSplit(list, ',')) {
         double b = 0;
         if (!absl::SimpleAtod(s, &b) || !(b > 0)) {
           std::fprintf(stderr, "--budgets: '%s' is not a percentage > 0\n", std::string(s).c_str());
@@ -223,8 +249,8 @@ int Main(int argc, char** argv) {
       }
     } else {
       std::fprintf(stderr,
-                   "usage: %s [--models smollm2,stories] [--budgets 1,2,5] [--eval-tokens N] "
-                   "[--context N] [--threads N] [--no-share] [--json FILE]\n",
+                   "usage: %s [--models smollm2,stories] [--budgets 1,2,5|none] [--eval-tokens N] "
+                   "[--context N] [--threads N] [--no-share] [--strategy FILE] [--json FILE]\n",
                    argv[0]);
       return 2;
     }
