@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The README's main job, end to end on one machine: set up and build; start a search service
-# and two workers on loopback (SmolLM2-135M-Instruct, CPU); run a KVSharer search as a job on
-# the service and publish the strategy; roll it out to the workers in two steps (50%, 100%)
-# while a load generator calls Generate on both; print the fleet table and the KV memory the
-# strategy saves; shut everything down (also on error or Ctrl-C).
+# and two workers on loopback (SmolLM2-135M-Instruct, CPU); run a KV plan search as a job on
+# the service (per layer a KV precision and which cache it reads, the most bytes saved within
+# 2% held-out perplexity) and publish it; roll it out to the workers in two steps (50%, 100%)
+# while a load generator calls Generate on both; print the fleet table, the KV memory the plan
+# saves, and the frontier (bytes per token and held-out perplexity of fp32, f16, int8, int4 and
+# the published plan beside llama.cpp's f16); shut everything down (also on error or Ctrl-C).
 #
 #   bash scripts/demo.sh            # logs and data stay in the printed run directory
 set -euo pipefail
@@ -59,9 +61,9 @@ done
 "$KV" fleet status --server "$CP"
 
 echo
-echo "== KVSharer search on the service (6 of 30 layers, 8 calibration lines of 64 tokens)"
+echo "== KV plan search on the service (within 2% held-out perplexity; 8 calibration lines of 64 tokens)"
 "$KV" search --server "$CP" --calibration-corpus wikitext-2 --samples 8 --tokens 64 \
-  --target-layers 6 --heldout-tokens 4096 --publish | tee "$RUN/search.out"
+  --max-ppl-increase 2 --heldout-tokens 4096 --publish | tee "$RUN/search.out"
 VERSION=$(sed -n 's/^published  version \([0-9][0-9]*\).*/\1/p' "$RUN/search.out" | head -n 1)
 [[ -n $VERSION ]] || { echo "the search published no version" >&2; exit 1; }
 
@@ -91,3 +93,8 @@ echo
 echo "== KV memory saved by version $VERSION"
 "$KV" strategies show --server "$CP" --model smollm2 --version "$VERSION" --out "$RUN/strategy.json" >/dev/null
 "$KV" info --strategy "$RUN/strategy.json" --kv-budget-mib 64
+
+echo
+echo "== the frontier: KV bytes per token and held-out perplexity (4,096 tokens of WikiText-2)"
+"$BUILD_DIR/bench/kv_plan_bench" --models smollm2 --budgets none --strategy "$RUN/strategy.json" \
+  --eval-tokens 4096

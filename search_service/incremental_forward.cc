@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_format.h"
 #include "search_service/greedy_search.h"
+#include "search_service/kv_round_trip.h"
 
 namespace kvshare {
 
@@ -15,6 +16,10 @@ class IncrementalForward::LayerOutputCapture : public ForwardObserver {
   LayerOutputCapture(IncrementalForward& f, size_t row0, ForwardObserver* extra)
       : f_(f), row0_(row0), extra_(extra) {}
   void OnKv(int layer, int input, const float* k, const float* v, int n) override {
+    const std::vector<KvType>* types = f_.running_types_;
+    if (types != nullptr && !types->empty() && (*types)[layer] != KvType::kF32) {
+      f_.RoundTripBlock(layer, input, (*types)[layer], n);
+    }
     if (extra_ != nullptr) extra_->OnKv(layer, input, k, v, n);
   }
   void OnLayerOutput(int layer, const float* x, int rows) override {
@@ -102,6 +107,22 @@ absl::Status IncrementalForward::Init(const std::string& user, ForwardObserver* 
   return Accept(run_, 0);
 }
 
+void IncrementalForward::RoundTripBlock(int layer, int input, KvType type, int n) {
+  // The block this owning layer just wrote (its own, in the candidate bank): K [T][C], then
+  // V [T][C], T = calibration tokens; positions 0 .. n-1 hold the sample.
+  const KvGeometry& dense = kv_->geometry();
+  const size_t c = size_t(dense.kv_dim()), t = size_t(dense.block_tokens);
+  float* block = kv_->pool() + size_t(kv_->Table(input, layer)[0]) * dense.block_floats();
+  Backend& backend = transformer_.backend();
+  kv_host_.resize(2 * t * c);
+  backend.CopyToHost(block, kv_host_.size() * sizeof(float), kv_host_.data());
+  KvGeometry g = dense;
+  g.block_tokens = kv_block_tokens_;
+  g.type = type;
+  KvRoundTrip(g).Apply(n, kv_host_.data(), kv_host_.data() + t * c);
+  backend.CopyFromHost(kv_host_.data(), kv_host_.size() * sizeof(float), block);
+}
+
 void IncrementalForward::RunFrom(int first, ForwardObserver* extra_observer,
                                  const FinalBatchFn& on_final) {
   const int N = calibration_.samples, T = calibration_.tokens;
@@ -132,22 +153,81 @@ absl::Status IncrementalForward::Run(const std::vector<int>& kv_source, int firs
                                      const FinalBatchFn& on_final) {
   absl::Status s = CheckEvaluatorCandidate(accepted_, kv_source, first_changed_layer);
   if (!s.ok()) return s;
+  return RunPlan(kv_source, accepted_types_, first_changed_layer, on_final);
+}
+
+absl::Status IncrementalForward::CheckPlan(const std::vector<int>& kv_source,
+                                           const std::vector<KvType>& kv_types,
+                                           int first_changed_layer) const {
+  if (n_layers_ > 1) {
+    absl::Status s =
+        CheckEvaluatorCandidate(accepted_, kv_source, std::max(first_changed_layer, 1));
+    if (!s.ok()) return s;
+  }
+  if (first_changed_layer < 0 || first_changed_layer >= n_layers_) {
+    return absl::InvalidArgumentError(absl::StrFormat("first changed layer %d must be in [0, %d)",
+                                                      first_changed_layer, n_layers_));
+  }
+  if (!kv_types.empty() && int(kv_types.size()) != n_layers_) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "KV plan has %d layer types, the model %d layers", kv_types.size(), n_layers_));
+  }
+  auto type_of = [](const std::vector<KvType>& types, int l) {
+    return types.empty() ? KvType::kF32 : types[l];
+  };
+  for (int l = 0; l < n_layers_; ++l) {
+    if (kv_source[l] != l) continue;
+    const KvType t = type_of(kv_types, l);
+    KvGeometry g = kv_->geometry();
+    g.block_tokens = kv_block_tokens_;
+    g.type = t;
+    absl::Status valid = ValidateKvGeometry(g);
+    if (!valid.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("KV plan layer %d: %s", l, valid.message()));
+    }
+    if (l < first_changed_layer && t != type_of(accepted_types_, l)) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "KV plan layer %d is %s, the accepted plan's %s, but the first changed layer is said "
+          "to be %d",
+          l, KvTypeName(t), KvTypeName(type_of(accepted_types_, l)), first_changed_layer));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status IncrementalForward::RunPlan(const std::vector<int>& kv_source,
+                                         const std::vector<KvType>& kv_types,
+                                         int first_changed_layer, const FinalBatchFn& on_final) {
+  absl::Status s = CheckPlan(kv_source, kv_types, first_changed_layer);
+  if (!s.ok()) return s;
   kv_->SetCandidate(kv_source, first_changed_layer);
   run_first_ = -1;  // candidate_* are being overwritten
+  running_types_ = &kv_types;
   RunFrom(first_changed_layer, nullptr, on_final);
+  running_types_ = nullptr;
   run_ = kv_source;
+  run_types_ = kv_types;
   run_first_ = first_changed_layer;
   return absl::OkStatus();
 }
 
 bool IncrementalForward::IsLastRun(const std::vector<int>& kv_source,
                                    int first_changed_layer) const {
-  return run_first_ >= 0 && first_changed_layer == run_first_ && kv_source == run_;
+  return run_first_ >= 0 && first_changed_layer == run_first_ && kv_source == run_ &&
+         run_types_ == accepted_types_;
 }
 
 absl::Status IncrementalForward::Accept(const std::vector<int>& kv_source,
                                         int first_changed_layer) {
-  if (!IsLastRun(kv_source, first_changed_layer)) {
+  return AcceptPlan(kv_source, accepted_types_, first_changed_layer);
+}
+
+absl::Status IncrementalForward::AcceptPlan(const std::vector<int>& kv_source,
+                                            const std::vector<KvType>& kv_types,
+                                            int first_changed_layer) {
+  if (run_first_ < 0 || first_changed_layer != run_first_ || kv_source != run_ ||
+      kv_types != run_types_) {
     return absl::FailedPreconditionError(absl::StrFormat(
         "accepting a candidate (first changed layer %d) that is not the one last run",
         first_changed_layer));
@@ -158,6 +238,7 @@ absl::Status IncrementalForward::Accept(const std::vector<int>& kv_source,
   const int from = first_changed_layer == 0 ? 0 : first_changed_layer + 1;
   for (int l = from; l < n_layers_; ++l) std::swap(accepted_hidden_[l], candidate_hidden_[l]);
   accepted_ = kv_source;
+  accepted_types_ = kv_types;
   run_first_ = -1;
   return absl::OkStatus();
 }

@@ -11,6 +11,12 @@
 // as one input each, batched so each RunLayers call has up to max_rows rows (fewer, bigger
 // GEMMs).
 //
+// KV plans (issue 17, docs/METHOD.md §6): a candidate may also give each layer a KV type. An
+// owning layer of a lowered type has its K/V replaced, right after they are written and before
+// any attention reads them, by what a paged pool of that type holds for them (KvRoundTrip over
+// blocks of kv_block_tokens positions), so a sharing layer reading it reads the same values.
+// Without types (Run/Accept, the sharing searches) the K/V stay fp32 and nothing changes.
+//
 // Owns its buffers; uses (does not own) the transformer and the calibration set, which must
 // outlive it. Not thread-safe.
 #pragma once
@@ -22,6 +28,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/engine/transformer.h"
+#include "kernels/kv_type.h"
 #include "search_service/calibration.h"
 #include "search_service/dense_kv_layout.h"
 
@@ -42,10 +49,10 @@ class IncrementalForward {
       ForwardObserver* identity_observer = nullptr, const FinalBatchFn& on_final = nullptr);
   ~IncrementalForward();
 
-  // Runs `kv_source` from first_changed_layer on over every sample; its final-norm states are
-  // final_states() until the next Run. InvalidArgument (CheckEvaluatorCandidate) for a
-  // kv_source that is not a valid strategy of this model, or a first_changed_layer outside
-  // [1, L) or after a layer that differs from the accepted one.
+  // Runs `kv_source` with the accepted KV types from first_changed_layer on over every sample;
+  // its final-norm states are final_states() until the next Run. InvalidArgument
+  // (CheckEvaluatorCandidate) for a kv_source that is not a valid strategy of this model, or a
+  // first_changed_layer outside [1, L) or after a layer that differs from the accepted one.
   absl::Status Run(const std::vector<int>& kv_source, int first_changed_layer,
                    const FinalBatchFn& on_final = nullptr);
   // Whether (kv_source, first_changed_layer) is the candidate the last Run ran (and no Accept
@@ -55,7 +62,20 @@ class IncrementalForward {
   // FailedPrecondition when IsLastRun(kv_source, first_changed_layer) is false.
   absl::Status Accept(const std::vector<int>& kv_source, int first_changed_layer);
 
+  // The same for a KV plan: kv_types has one entry per layer (an owning layer's is the type its
+  // K/V are stored as; the others' are not read) or is empty (fp32, as Run). first_changed_layer
+  // may be 0 here (a change of layer 0's type) and must not be after the first layer whose
+  // source, or owning layer's type, differs from the accepted plan's. InvalidArgument otherwise,
+  // or for a type the geometry cannot hold (ValidateKvGeometry).
+  absl::Status RunPlan(const std::vector<int>& kv_source, const std::vector<KvType>& kv_types,
+                       int first_changed_layer, const FinalBatchFn& on_final = nullptr);
+  absl::Status AcceptPlan(const std::vector<int>& kv_source, const std::vector<KvType>& kv_types,
+                          int first_changed_layer);
+  // Positions per paged block the types are simulated with (the serving pool's; default 16).
+  void set_kv_block_tokens(int block_tokens) { kv_block_tokens_ = block_tokens; }
+
   const std::vector<int>& accepted() const { return accepted_; }
+  const std::vector<KvType>& accepted_types() const { return accepted_types_; }
   // Final-norm states, [samples * tokens][dim]: of the unshared model, and of the last Run.
   const std::vector<float>& reference_final() const { return reference_final_; }
   const std::vector<float>& final_states() const { return final_; }
@@ -71,6 +91,12 @@ class IncrementalForward {
   // embeddings), storing each layer's output in candidate_hidden_ and the final-norm states in
   // final_.
   void RunFrom(int first, ForwardObserver* extra_observer, const FinalBatchFn& on_final);
+  // RunPlan's argument checks.
+  absl::Status CheckPlan(const std::vector<int>& kv_source, const std::vector<KvType>& kv_types,
+                         int first_changed_layer) const;
+  // Replaces the K/V input `input` of the running batch just wrote for owning `layer` (its n
+  // positions) by what a pool of `type` returns for them.
+  void RoundTripBlock(int layer, int input, KvType type, int n);
 
   Transformer& transformer_;
   const CalibrationSet& calibration_;
@@ -86,6 +112,12 @@ class IncrementalForward {
   std::vector<int> accepted_;
   std::vector<int> run_;  // the last candidate run (its states are in candidate_*)
   int run_first_ = -1;    // -1: none to accept
+  // KV types (empty: fp32) of the accepted plan and of the last run; running_types_ points at
+  // the types of the forward in progress (read by LayerOutputCapture::OnKv).
+  std::vector<KvType> accepted_types_, run_types_;
+  const std::vector<KvType>* running_types_ = nullptr;
+  int kv_block_tokens_ = 16;
+  std::vector<float> kv_host_;  // one dense block, for the round trip
 };
 
 }  // namespace kvshare

@@ -118,6 +118,28 @@ absl::Status LossEvaluator::Accept(const std::vector<int>& kv_source, int first_
   return forward_->Accept(kv_source, first_changed_layer);
 }
 
+absl::StatusOr<CalibrationLoss> LossEvaluator::ScorePlan(const std::vector<int>& kv_source,
+                                                         const std::vector<KvType>& kv_types,
+                                                         int first_changed_layer) {
+  nll_sum_ = 0.0;
+  absl::Status s =
+      forward_->RunPlan(kv_source, kv_types, first_changed_layer,
+                        [this](const float* h, size_t row0, int rows) { AddNll(h, row0, rows); });
+  if (!s.ok()) return s;
+  last_ = Compare();
+  return last_;
+}
+
+absl::Status LossEvaluator::AcceptPlan(const std::vector<int>& kv_source,
+                                       const std::vector<KvType>& kv_types,
+                                       int first_changed_layer) {
+  absl::Status s = forward_->AcceptPlan(kv_source, kv_types, first_changed_layer);
+  if (!absl::IsFailedPrecondition(s)) return s;
+  auto scored = ScorePlan(kv_source, kv_types, first_changed_layer);
+  if (!scored.ok()) return scored.status();
+  return forward_->AcceptPlan(kv_source, kv_types, first_changed_layer);
+}
+
 absl::StatusOr<CalibrationLoss> LossEvaluator::Measure(const std::vector<int>& kv_source) {
   const int L = forward_->n_layers();
   if (int(kv_source.size()) != L) {

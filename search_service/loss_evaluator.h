@@ -61,6 +61,19 @@ class LossEvaluator : public Evaluator {
   // strategy as it was.
   absl::StatusOr<CalibrationLoss> Measure(const std::vector<int>& kv_source);
 
+  // KV plans (IncrementalForward::RunPlan; docs/METHOD.md §6): both measures of kv_source with
+  // per-layer kv_types, run from first_changed_layer (0 allowed) against the accepted plan;
+  // AcceptPlan keeps it (running it again when it is not the one last scored). Score and
+  // Accept above keep the accepted plan's types, so a sharing candidate is scored on top of
+  // the accepted precision.
+  absl::StatusOr<CalibrationLoss> ScorePlan(const std::vector<int>& kv_source,
+                                            const std::vector<KvType>& kv_types,
+                                            int first_changed_layer);
+  absl::Status AcceptPlan(const std::vector<int>& kv_source, const std::vector<KvType>& kv_types,
+                          int first_changed_layer);
+  const std::vector<KvType>& accepted_types() const { return forward_->accepted_types(); }
+  void set_kv_block_tokens(int block_tokens) { forward_->set_kv_block_tokens(block_tokens); }
+
   CandidateMetric metric() const { return metric_; }
   const CalibrationLoss& unshared() const { return unshared_; }
   const CalibrationLoss& last() const { return last_; }  // of the last Score

@@ -27,6 +27,13 @@ absl::StatusOr<std::string> CheckSearchRequest(const SearchRequest& r) {
   auto rule = CheckRuleFields(r.method, r.best_of, r.max_nll_increase,
                               r.field_style == FieldStyle::kCliFlag);
   if (!rule.ok()) return rule.status();
+  if (r.max_ppl_increase.has_value()) {
+    KvPlanOptions plan;
+    plan.max_ppl_increase = *r.max_ppl_increase;
+    plan.share_best_of = r.best_of;
+    absl::Status s = ValidateKvPlanOptions(plan, r.field_style == FieldStyle::kCliFlag);
+    if (!s.ok()) return s;
+  }
   // Checked before anything is sized by them (the calibration set reserves samples x tokens).
   if (r.calibration.samples < 1) {
     return Invalid(
@@ -132,6 +139,14 @@ absl::StatusOr<PreparedSearch> PrepareSearch(const SearchRequest& r, const Model
   p.selection.best_of = r.best_of;
   p.selection.lazy = r.lazy;
   p.selection.max_nll_increase = r.max_nll_increase;
+  if (r.max_ppl_increase.has_value()) {
+    KvPlanOptions plan;
+    plan.max_ppl_increase = *r.max_ppl_increase;
+    plan.share_best_of = r.best_of;
+    KvGeometry int4{16, c.n_kv_heads, c.head_dim, KvType::kInt4};
+    if (!ValidateKvGeometry(int4).ok()) plan.lower_types = {KvType::kInt8};
+    p.plan = plan;
+  }
   return p;
 }
 

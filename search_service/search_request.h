@@ -14,6 +14,7 @@
 #include "common/tokenizer/tokenizer.h"
 #include "search_service/calibration.h"
 #include "search_service/greedy_search.h"
+#include "search_service/kv_plan_search.h"
 #include "search_service/selection_rules.h"
 
 namespace kvshare {
@@ -44,6 +45,9 @@ struct SearchRequest {
   int best_of = 1;
   bool lazy = false;
   std::optional<double> max_nll_increase;
+  // Set: search a KV plan within this held-out perplexity increase, in percent
+  // (kv_plan_search.h), instead of a sharing target.
+  std::optional<double> max_ppl_increase;
   static constexpr double kDefaultTargetRatio = 0.25;
 };
 
@@ -51,6 +55,9 @@ struct PreparedSearch {
   CalibrationSet calibration;
   GreedyOptions options;
   SelectionOptions selection;  // the rule; selection.greedy == options
+  // Set when the request has max_ppl_increase: the KV plan search runs instead of the rule.
+  // Its lower types are int8 and int4 (int4 only where the model's head_dim allows it).
+  std::optional<KvPlanOptions> plan;
 };
 
 // Checks everything that does not need the model: order, samples, tokens, threshold, ratio,

@@ -14,6 +14,7 @@
 #include "search_service/search_request.h"
 #include "search_service/strategy_search.h"
 #include "tools/commands.h"
+#include "tools/kv_plan_command.h"
 #include "tools/progress.h"
 #include "tools/search_client.h"
 #include "tools/session.h"
@@ -143,6 +144,7 @@ Runner RegisterSearch(CLI::App& app) {
     bool calibrated_scoring = false;
     std::string projection_type = "f16";
     std::vector<double> ridges = DefaultRidges();
+    PlanSearchFlags plan;  // --max-ppl-increase: the KV plan search
   };
   auto flags = std::make_shared<Flags>();
   CLI::App* sub = app.add_subcommand(
@@ -209,13 +211,20 @@ Runner RegisterSearch(CLI::App& app) {
                   "squared attention output)")
       ->capture_default_str();
   AddRemoteSearchFlags(sub, &flags->remote);
+  CLI::Option* plan_budget = AddPlanSearchFlags(sub, &flags->plan);
+  plan_budget->excludes(ratio)->excludes(layers);
+  CLI::Option* best_of = sub->get_option("--best-of");
 
-  return [flags, ratio, layers, max_nll]() -> int {
+  return [flags, ratio, layers, max_nll, plan_budget, best_of]() -> int {
     SearchRequest request = flags->request;
     if (layers->count() > 0) request.target_layers = flags->target_layers;
     if (ratio->count() > 0) request.target_ratio = flags->target_ratio;
     if (max_nll->count() > 0) request.max_nll_increase = flags->max_nll_increase;
     if (!flags->remote.server.empty()) {
+      if (plan_budget->count() > 0) {
+        request.max_ppl_increase = flags->plan.max_ppl_increase;
+        if (best_of->count() == 0) request.best_of = KvPlanOptions{}.share_best_of;
+      }
       if (flags->calibrate_projections) {
         return Fail(absl::InvalidArgumentError(
             "--calibrate-projections: the search service does not fit projections yet; run the "
@@ -262,6 +271,17 @@ Runner RegisterSearch(CLI::App& app) {
     auto heldout = PrepareHeldout(flags->heldout, request.calibration_path, *checked,
                                   prepared->calibration, *session->tokenizer, c);
     if (!heldout.ok()) return Fail(heldout.status());
+    if (plan_budget->count() > 0) {
+      if (flags->calibrate_projections) {
+        return Fail(absl::InvalidArgumentError(
+            "--calibrate-projections: not with --max-ppl-increase (plans carry no projections "
+            "yet)"));
+      }
+      return RunPlanSearchCommand(
+          *session, *prepared, std::move(*heldout), flags->plan,
+          best_of->count() > 0 ? request.best_of : KvPlanOptions{}.share_best_of,
+          flags->model.threads, flags->out);
+    }
     // Projection sets: after the held-out slice when it is cut from the calibration text,
     // else after the calibration lines; never overlapping either.
     ProjectionSets projection_sets;

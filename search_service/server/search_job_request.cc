@@ -81,6 +81,10 @@ absl::StatusOr<PreparedSearchJob> PrepareSearchJob(const v1::CreateSearchJobRequ
   if (request.has_best_of()) r.best_of = request.best_of();
   r.lazy = request.lazy();
   if (request.has_max_nll_increase()) r.max_nll_increase = request.max_nll_increase();
+  if (request.has_max_ppl_increase()) {
+    r.max_ppl_increase = request.max_ppl_increase();
+    if (!request.has_best_of()) r.best_of = KvPlanOptions{}.share_best_of;
+  }
   HeldoutOptions heldout;
   heldout.tokens = request.has_heldout_tokens() ? request.heldout_tokens() : kDefaultHeldoutTokens;
   heldout.context =
@@ -100,6 +104,10 @@ absl::StatusOr<PreparedSearchJob> PrepareSearchJob(const v1::CreateSearchJobRequ
   if (heldout.context < 2) {
     return absl::InvalidArgumentError(
         absl::StrFormat("heldout_context %d must be >= 2", heldout.context));
+  }
+  if (r.max_ppl_increase.has_value() && heldout.tokens == 0) {
+    return absl::InvalidArgumentError(
+        "max_ppl_increase needs heldout_tokens > 0: the plan is trimmed on the held-out slice");
   }
 
   PreparedSearchJob p;

@@ -13,6 +13,7 @@
 #include "proto/wire/search_job_wire.h"
 #include "proto/wire/strategy_wire.h"
 #include "search_service/heldout_quality.h"
+#include "search_service/kv_plan_runner.h"
 #include "search_service/server/registry_wire.h"
 #include "search_service/strategy_search.h"
 #include "service_runtime/log_value.h"
@@ -491,10 +492,15 @@ void SearchJobRunner::Run(const std::shared_ptr<Job>& job) {
         },
         /*persist=*/false);
   };
-  auto result = CatchExceptions("the search", [&] {
+  auto result = CatchExceptions("the search", [&]() -> absl::StatusOr<StrategySearchResult> {
+    if (search.plan.has_value()) {
+      // The KV plan search measures (and records) the held-out quality as it trims.
+      return RunKvPlanAsSearch(*model.model, *backend, search.calibration, *job->heldout,
+                               search_threads_, *search.plan, hooks);
+    }
     return RunStrategySearch(*model.model, *backend, search.calibration, search.selection, hooks);
   });
-  if (result.ok() && job->heldout.has_value()) {
+  if (result.ok() && job->heldout.has_value() && !search.plan.has_value()) {
     // Quality on record: held-out perplexity with and without the strategy, written into the
     // strategy's provenance (so into the result and the published record).
     Update(

@@ -1,0 +1,125 @@
+// The KV plan search (issue 17, docs/METHOD.md §6): per layer, which layer's cache it reads and
+// in what precision its own is stored, chosen to save the most KV bytes per token within a
+// held-out perplexity budget.
+//
+//   1. Start from the base plan: every layer owns, stored as options.base_type (f16).
+//   2. Sensitivity: score, on the calibration set, the base plan with one layer lowered to each
+//      of options.lower_types (one candidate per layer and type, from that layer on).
+//   3. Precision: per layer the steps base -> int8 -> int4 (a type that costs more than a
+//      smaller one is skipped), taken across layers in order of bytes saved per nat of
+//      calibration NLL added (ties: the earlier layer, then the wider type) while the summed
+//      estimate stays within the budget; the combined plan is then scored for real, and steps
+//      are given back from the least efficient while it exceeds the budget.
+//   4. Sharing: while budget remains, best-of-K over the pair order (similar first by default):
+//      score the next K candidates (layer i reads j's cache, on top of the accepted plan),
+//      drop those over the budget for good, accept the one saving the most bytes per nat; stop
+//      at the first step with no candidate within the budget.
+//   5. Trim on held-out text: measure the plan's held-out NLL increase; while it exceeds the
+//      budget, give back actions from the last accepted (shares first, then the least
+//      efficient precision steps), using the held-out / calibration ratio to guess how many,
+//      and measure again (at most max_heldout_rounds guesses; then the base plan).
+// The budget is options.max_ppl_increase percent of perplexity, i.e. ln(1 + P/100) nats/token.
+//
+// Deterministic for a deterministic evaluator. The scoring is behind PlanEvaluator and the
+// held-out measure behind a function, so the rules are tested with fakes
+// (tests/search/kv_plan_search_test.cc).
+#pragma once
+
+#include <atomic>
+#include <cmath>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kernels/kv_type.h"
+#include "search_service/greedy_search.h"
+#include "search_service/layer_distance.h"
+
+namespace kvshare {
+
+// A KV plan: kv_source as in SharingStrategy, and one type per layer (a sharing layer's entry
+// is its source's type).
+struct KvPlan {
+  std::vector<int> kv_source;
+  std::vector<KvType> kv_types;
+  bool operator==(const KvPlan& o) const {
+    return kv_source == o.kv_source && kv_types == o.kv_types;
+  }
+};
+
+// Pool bytes per position an owning layer of `type` stores: its block's bytes over the block's
+// positions (g.block_tokens; int4's per-sequence f16 tail is not per token and not counted).
+double KvLayerBytesPerToken(KvGeometry g, KvType type);
+// The sum over the plan's owning layers.
+double KvPlanBytesPerToken(const KvGeometry& g, const KvPlan& plan);
+// The first layer at which two plans of the same model differ (source, or an owning layer's
+// type); n_layers when equal.
+int FirstPlanDifference(const KvPlan& a, const KvPlan& b);
+
+// Scores plans on the calibration set against an accepted plan (the base plan at the start).
+class PlanEvaluator {
+ public:
+  virtual ~PlanEvaluator() = default;
+  // Mean calibration NLL increase over the unshared fp32 model, nats/token, of `plan`, which
+  // equals the accepted plan below first_changed_layer.
+  virtual absl::StatusOr<double> NllIncrease(const KvPlan& plan, int first_changed_layer) = 0;
+  virtual absl::Status Accept(const KvPlan& plan, int first_changed_layer) = 0;
+};
+
+// Held-out NLL increase (nats/token) of a plan over the unshared model.
+using HeldoutIncreaseFn = std::function<absl::StatusOr<double>(const KvPlan&)>;
+
+struct KvPlanOptions {
+  double max_ppl_increase = 2.0;  // percent of held-out perplexity; > 0
+  KvType base_type = KvType::kF16;
+  std::vector<KvType> lower_types = {KvType::kInt8, KvType::kInt4};  // each smaller than base
+  bool share = true;                                                 // step 4
+  int share_best_of = 8;
+  PairOrder share_order = PairOrder::kSimilar;
+  int max_heldout_rounds = 4;
+  double budget_nats() const { return std::log1p(max_ppl_increase / 100.0); }
+};
+
+// The CLI/proto checks: budget > 0 and finite (at most 1000%), best-of >= 1, lower types
+// each smaller than the base type. InvalidArgument naming the field as `flag_prefix` spells it.
+absl::Status ValidateKvPlanOptions(const KvPlanOptions& options, bool cli_flags = true);
+
+struct PlanAction {
+  enum Kind { kLowerType, kShare } kind = kLowerType;
+  int layer = 0;
+  KvType type = KvType::kF16;  // kLowerType: the new type
+  int source = 0;              // kShare: the layer whose cache `layer` reads
+  double bytes_saved = 0;      // per token
+  double cost = 0;             // calibration NLL increase it adds (kLowerType: alone, estimated)
+};
+std::string PlanActionString(const PlanAction& a);  // "12:int4" or "7->3"
+
+struct KvPlanSearchResult {
+  KvPlan plan;
+  std::vector<PlanAction> actions;  // in the plan, in acceptance order
+  double bytes_per_token = 0, base_bytes_per_token = 0;
+  double calibration_increase = 0;     // of the plan after step 4 (before any held-out trim)
+  double heldout_increase = 0;         // of the final plan
+  std::vector<double> heldout_checks;  // every held-out measure, in order
+  int trimmed_actions = 0;             // given back in step 5
+  int calibration_runs = 0;
+};
+
+struct KvPlanHooks {
+  // "sensitivity", "precision", "sharing", "held-out" with done / total units of the phase.
+  std::function<void(const std::string& phase, int done, int total)> progress;
+  const std::atomic<bool>* cancel = nullptr;  // read before every forward: Cancelled
+};
+
+// Steps 1-5 for a model of `n_layers` layers whose pool blocks have geometry `g` (block_tokens,
+// heads, head_dim; the type is ignored). `distances` may be null (no sharing). Errors:
+// ValidateKvPlanOptions, evaluator and held-out failures, Cancelled.
+absl::StatusOr<KvPlanSearchResult> SearchKvPlan(const KvGeometry& g, int n_layers,
+                                                const KvPlanOptions& options,
+                                                PlanEvaluator& evaluator,
+                                                const LayerDistances* distances,
+                                                const HeldoutIncreaseFn& heldout,
+                                                const KvPlanHooks& hooks = {});
+
+}  // namespace kvshare

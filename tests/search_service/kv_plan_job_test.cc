@@ -1,0 +1,166 @@
+// A KV plan search as a search service job (CreateSearchJobRequest.max_ppl_increase), in
+// process over real gRPC on loopback, on stories260K: the job succeeds, publishes a strategy
+// with per-layer KV types whose recorded held-out perplexity increase is within the budget,
+// and that strategy is exactly what the library's plan search finds for the same request.
+// Bad budgets are INVALID_ARGUMENT naming the field.
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+
+#include "absl/strings/str_format.h"
+#include "common/model/model.h"
+#include "common/tokenizer/tokenizer.h"
+#include "gmock/gmock.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "kvshare/v1/search.grpc.pb.h"
+#include "proto/wire/strategy_wire.h"
+#include "search_service/heldout_quality.h"
+#include "search_service/kv_plan_runner.h"
+#include "search_service/search_request.h"
+#include "search_service/server/search_server.h"
+#include "tests/support/test_env.h"
+
+namespace kvshare {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr int kHeldoutTokens = 1024, kHeldoutContext = 256;
+
+class KvPlanJobTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ =
+        new std::string(absl::StrFormat("%s/kv_plan_job_test.%d", ::testing::TempDir(), getpid()));
+    std::filesystem::remove_all(*dir_);
+    std::filesystem::create_directories(*dir_);
+    const std::string catalog = *dir_ + "/catalog.json";
+    std::ofstream(catalog) << absl::StrFormat(
+        R"({"format": "kvshare.catalog.v1",
+            "models": [{"name": "stories260K", "path": "%s", "format": "llama2c",
+                        "tokenizer": "%s"}],
+            "calibration_corpora": []})",
+        testing::Asset("stories260K.bin"), testing::Asset("tok512.bin"));
+    SearchServerOptions options;
+    options.address = "127.0.0.1:0";
+    options.data_dir = *dir_ + "/data";
+    options.catalog_path = catalog;
+    options.jobs.search_threads = 2;
+    auto server = SearchServer::Start(options, nullptr);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = server->release();
+    text_ = new std::string(testing::ReadFileOrDie(testing::Asset("tinystories-sample.txt")));
+  }
+  static void TearDownTestSuite() {
+    delete server_;
+    delete text_;
+    std::filesystem::remove_all(*dir_);
+    delete dir_;
+  }
+  void SetUp() override {
+    jobs_ = v1::SearchService::NewStub(grpc::CreateChannel(
+        absl::StrFormat("127.0.0.1:%d", server_->port()), grpc::InsecureChannelCredentials()));
+  }
+  static v1::CreateSearchJobRequest Plan(double budget) {
+    v1::CreateSearchJobRequest r;
+    r.set_model("stories260K");
+    r.set_calibration_text(*text_);
+    r.set_samples(30);
+    r.set_tokens(64);
+    r.set_max_ppl_increase(budget);
+    r.set_heldout_tokens(kHeldoutTokens);
+    r.set_heldout_context(kHeldoutContext);
+    return r;
+  }
+  grpc::Status Create(const v1::CreateSearchJobRequest& r, v1::SearchJob* job) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    return jobs_->CreateSearchJob(&context, r, job);
+  }
+  v1::SearchJob WaitForEnd(const std::string& job_id) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(300));
+    v1::WatchSearchJobRequest request;
+    request.set_job_id(job_id);
+    auto reader = jobs_->WatchSearchJob(&context, request);
+    v1::SearchJobUpdate u, last;
+    while (reader->Read(&u)) last = u;
+    EXPECT_TRUE(reader->Finish().ok());
+    return last.job();
+  }
+
+  static inline std::string* dir_ = nullptr;
+  static inline SearchServer* server_ = nullptr;
+  static inline std::string* text_ = nullptr;
+  std::unique_ptr<v1::SearchService::Stub> jobs_;
+};
+
+TEST_F(KvPlanJobTest, PublishesThePlanTheLibraryFindsWithinTheBudget) {
+  v1::CreateSearchJobRequest request = Plan(2.0);
+  request.set_publish(true);
+  v1::SearchJob job;
+  ASSERT_TRUE(Create(request, &job).ok());
+  const v1::SearchJob done = WaitForEnd(job.job_id());
+  ASSERT_EQ(done.state(), v1::SEARCH_JOB_SUCCEEDED) << done.error();
+  ASSERT_TRUE(done.result().has_published());
+  auto strategy = FromProto(done.result().strategy());
+  ASSERT_TRUE(strategy.ok()) << strategy.status();
+  EXPECT_TRUE(strategy->has_kv_types());
+  const StrategyProvenance& p = strategy->provenance();
+  EXPECT_EQ(p.method, "kvplan");
+  ASSERT_TRUE(p.has_quality());
+  EXPECT_EQ(p.heldout_tokens, kHeldoutTokens);
+  EXPECT_LE(p.heldout_ppl / p.baseline_ppl, 1.02);
+  EXPECT_EQ(done.result().published().strategy().id(), strategy->id());
+
+  // The library, on this thread, from the same request.
+  auto model = Model::Load(testing::Asset("stories260K.bin"));
+  ASSERT_TRUE(model.ok());
+  auto tokenizer = LoadTokenizerForModel(**model, testing::Asset("tok512.bin"));
+  ASSERT_TRUE(tokenizer.ok());
+  SearchRequest r;
+  r.calibration_text = *text_;
+  r.calibration_source = "test";
+  r.max_ppl_increase = 2.0;
+  r.best_of = KvPlanOptions{}.share_best_of;
+  auto prepared = PrepareSearch(r, **model, **tokenizer);
+  ASSERT_TRUE(prepared.ok()) << prepared.status();
+  ASSERT_TRUE(prepared->plan.has_value());
+  // stories260K's head_dim is 8: int4 (32-channel groups) is not offered.
+  EXPECT_EQ(prepared->plan->lower_types, std::vector<KvType>{KvType::kInt8});
+  HeldoutOptions ho;
+  ho.tokens = kHeldoutTokens;
+  ho.context = kHeldoutContext;
+  auto slice = CalibrationHeldoutSlice(*text_, prepared->calibration, **tokenizer,
+                                       (*model)->config(), ho, "test");
+  ASSERT_TRUE(slice.ok()) << slice.status();
+  auto backend = MakeCpuBackend(2);
+  auto local =
+      RunKvPlanStrategySearch(**model, *backend, prepared->calibration, *slice, 2, *prepared->plan);
+  ASSERT_TRUE(local.ok()) << local.status();
+  EXPECT_EQ(local->strategy->id(), strategy->id());
+  EXPECT_EQ(local->strategy->CanonicalString(), strategy->CanonicalString());
+  EXPECT_DOUBLE_EQ(local->strategy->provenance().heldout_ppl, p.heldout_ppl);
+}
+
+TEST_F(KvPlanJobTest, BadBudgetsAreInvalidArgumentNamingTheField) {
+  v1::SearchJob job;
+  grpc::Status s = Create(Plan(0), &job);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("max_ppl_increase 0"));
+  s = Create(Plan(5000), &job);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("(0, 1000]"));
+  v1::CreateSearchJobRequest r = Plan(2);
+  r.set_heldout_tokens(0);
+  s = Create(r, &job);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("heldout_tokens > 0"));
+}
+
+}  // namespace
+}  // namespace kvshare
