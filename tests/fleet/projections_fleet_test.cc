@@ -39,6 +39,7 @@
 #include "kvshare/v1/registry.grpc.pb.h"
 #include "proto/wire/projections_transfer.h"
 #include "proto/wire/strategy_wire.h"
+#include "tests/fleet/fleet_fixture.h"
 #include "tests/support/test_env.h"
 
 namespace kvshare {
@@ -47,69 +48,10 @@ namespace {
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
-
-bool WaitFor(const std::function<bool()>& condition, int seconds = 90) {
-  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
-  while (std::chrono::steady_clock::now() < end) {
-    if (condition()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  return condition();
-}
-
-std::unique_ptr<grpc::ClientContext> Context(int seconds = 30) {
-  auto c = std::make_unique<grpc::ClientContext>();
-  c->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(seconds));
-  return c;
-}
-
-// One child process, output to `log`; killed when destroyed.
-class Child {
- public:
-  Child(std::vector<std::string> args, std::string log)
-      : args_(std::move(args)), log_(std::move(log)) {
-    std::vector<char*> argv;
-    for (std::string& a : args_) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      int fd = ::open(log_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-      if (fd >= 0) {
-        ::dup2(fd, 1);
-        ::dup2(fd, 2);
-      }
-      ::execv(argv[0], argv.data());
-      ::_exit(127);
-    }
-  }
-  ~Child() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
-  }
-  bool Running() const { return pid_ > 0 && ::waitpid(pid_, nullptr, WNOHANG) == 0; }
-  std::string Log() const {
-    std::ifstream in(log_);
-    return std::string(std::istreambuf_iterator<char>(in), {});
-  }
-
- private:
-  std::vector<std::string> args_;
-  const std::string log_;
-  pid_t pid_ = -1;
-};
+using fleet_testing::Context;
+using fleet_testing::FreePort;
+using fleet_testing::WaitFor;
+using Child = fleet_testing::Process;
 
 struct Generated {
   std::vector<int32_t> tokens;
@@ -175,6 +117,7 @@ TEST(ProjectionsFleetTest, AWorkerGivenAVersionWithProjectionsServesWhatTheLocal
   Child search({KVSHARE_SEARCH_BINARY, "--data-dir", dir + "/data", "--port", std::to_string(port),
                 "--port-file", search_port_file, "--metrics-port", "0", "--host", "127.0.0.1"},
                dir + "/search.log");
+  search.Start();
   ASSERT_TRUE(WaitFor([&] { return fs::exists(search_port_file) || !search.Running(); }));
   ASSERT_TRUE(search.Running()) << search.Log();
   auto channel = grpc::CreateChannel(absl::StrFormat("127.0.0.1:%d", port),
@@ -239,6 +182,7 @@ TEST(ProjectionsFleetTest, AWorkerGivenAVersionWithProjectionsServesWhatTheLocal
                 "--load-interval",
                 "0.2"},
                dir + "/worker.log");
+  worker.Start();
   ASSERT_TRUE(WaitFor([&] { return fs::exists(worker_port_file) || !worker.Running(); }));
   ASSERT_TRUE(worker.Running()) << worker.Log();
   auto inference = v1::InferenceService::NewStub(
