@@ -1,12 +1,13 @@
 // kvshare against llama.cpp on the same GGUF files (issue 20 item 4): the mean NLL of the first
 // 512 tokens of WikiText-2 test (and 1024 for Gemma 3, where the local layers' window cuts)
-// within 1%, and greedy continuations of three prompts token for token up to the first step
-// where llama.cpp's own top1 - top2 logit margin is below kNearTie (there the two engines'
-// float rounding may pick either; the comparison stops at such a step). Figures from
+// within 1%, and greedy continuations of three prompts token for token, where the two may part
+// only at a step whose llama.cpp top1 - top2 logit margin is below kNearTie (there the two
+// engines' arithmetic may pick either; the comparison stops where they part). Figures from
 // tests/reference/llama_cpp_reference.sh (llama_cpp_reference.json), token ids included, so
 // the tokenizer is not under test here. Skips, naming the command, where a file is missing.
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -20,7 +21,11 @@
 namespace kvshare {
 namespace {
 
-constexpr double kNearTie = 0.1;  // logits
+// Logits. llama.cpp's K-quant and Q8_0 dot products quantise the activations to 8 bits
+// (Q8_K / Q8_0) where kvshare's default path keeps them fp32; on SmolLM2 Q4_K_M that moved a
+// logit by ~0.3 ("def fibonacci(n):", step 7, llama.cpp's margin 0.285), so a step whose margin
+// is under half a logit is a near-tie here.
+constexpr double kNearTie = 0.5;
 
 const nlohmann::json& Reference() {
   static const nlohmann::json* ref = new nlohmann::json(nlohmann::json::parse(
@@ -61,13 +66,20 @@ TEST_P(LlamaCppAgreementTest, NllWithinOnePercentAndGreedyTextEqualUpToNearTies)
     ASSERT_TRUE(seq.ok());
     std::vector<float> logits;
     ASSERT_TRUE((*engine)->Prefill(*seq, prompt, &logits).ok());
-    for (size_t step = 0; step < want.size(); ++step) {
+    size_t step = 0;
+    for (; step < want.size(); ++step) {
       const int32_t got = static_cast<int32_t>(
           std::max_element(logits.begin(), logits.begin() + vocab) - logits.begin());
-      if (margin[step] < kNearTie) break;  // a near-tie for llama.cpp itself: stop here
-      ASSERT_EQ(got, want[step]) << "step " << step;
+      if (got != want[step]) {
+        // Only at a near-tie for llama.cpp itself may the two differ; the texts part there.
+        ASSERT_LT(margin[step], kNearTie)
+            << "step " << step << ": kvshare " << got << ", llama.cpp " << want[step];
+        break;
+      }
       ASSERT_TRUE((*engine)->Prefill(*seq, {&got, 1}, &logits).ok());
     }
+    std::printf("%s '%s': %zu of %zu greedy tokens equal before the texts part\n",
+                GetParam().c_str(), g["prompt"].get<std::string>().c_str(), step, want.size());
     (*engine)->RemoveSequence(*seq);
   }
 }
