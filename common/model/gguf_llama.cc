@@ -12,8 +12,7 @@
 
 namespace kvshare {
 
-absl::Status ReadGgufInt(const GgufFile& f, const std::string& key, int* out,
-                         const int* fallback) {
+absl::Status ReadGgufInt(const GgufFile& f, const std::string& key, int* out, const int* fallback) {
   absl::StatusOr<int64_t> v = f.GetInt(key);
   if (absl::IsNotFound(v.status()) && fallback != nullptr) {
     *out = *fallback;
