@@ -52,8 +52,8 @@ std::string ReadAll(const std::string& path) {
 }
 
 // Runs to exit (killed after `timeout`: -1): the exit status and the output.
-std::pair<int, std::string> Run(const std::string& binary, std::vector<std::string> args,
-                                absl::Duration timeout = absl::Minutes(5)) {
+std::pair<int, std::string> RunBinary(const std::string& binary, std::vector<std::string> args,
+                                      absl::Duration timeout = absl::Minutes(5)) {
   static int runs = 0;
   const std::string log =
       absl::StrCat(::testing::TempDir(), "/gemma3-cli-", getpid(), "-", runs++, ".log");
@@ -86,28 +86,29 @@ class Gemma3CliTest : public ::testing::Test {
 };
 
 TEST_F(Gemma3CliTest, InfoGenerateEvalAndSearchRunOnGemma3) {
-  auto [code, out] = Run(KVSHARE_CLI_BINARY, {"info", "--model", model_});
+  auto [code, out] = RunBinary(KVSHARE_CLI_BINARY, {"info", "--model", model_});
   ASSERT_EQ(code, 0) << out;
   EXPECT_NE(out.find("gemma3"), std::string::npos) << out;
 
-  std::tie(code, out) = Run(KVSHARE_CLI_BINARY, {"generate", "--model", model_, "--prompt",
-                                                 "def fibonacci(n):", "--max-tokens", "8",
-                                                 "--temperature", "0", "--threads", "2"});
+  std::tie(code, out) = RunBinary(KVSHARE_CLI_BINARY, {"generate", "--model", model_, "--prompt",
+                                                       "def fibonacci(n):", "--max-tokens", "8",
+                                                       "--temperature", "0", "--threads", "2"});
   ASSERT_EQ(code, 0) << out;
   // llama.cpp's greedy continuation of this prompt starts with a newline and "if n".
   EXPECT_NE(out.find("if n"), std::string::npos) << out;
 
   const std::string wiki = testing::Asset("wikitext-2-raw-test.txt");
   std::tie(code, out) =
-      Run(KVSHARE_CLI_BINARY, {"eval", "--model", model_, "--data", wiki, "--max-tokens", "512",
-                               "--context", "512", "--json", "--threads", "2"});
+      RunBinary(KVSHARE_CLI_BINARY, {"eval", "--model", model_, "--data", wiki, "--max-tokens",
+                                     "512", "--context", "512", "--json", "--threads", "2"});
   ASSERT_EQ(code, 0) << out;
   EXPECT_NE(out.find("perplexity"), std::string::npos) << out;
 
   const std::string strategy = absl::StrCat(::testing::TempDir(), "/gemma3-", getpid(), ".json");
-  std::tie(code, out) =
-      Run(KVSHARE_CLI_BINARY, {"search", "--model", model_, "--target-layers", "3", "--samples",
-                               "4", "--tokens", "32", "--out", strategy, "--threads", "2"});
+  std::tie(code, out) = RunBinary(
+      KVSHARE_CLI_BINARY, {"search", "--model", model_, "--calibration", wiki, "--target-layers",
+                           "3", "--samples", "4", "--tokens", "32", "--heldout-tokens", "64",
+                           "--heldout-context", "64", "--out", strategy, "--threads", "2"});
   ASSERT_EQ(code, 0) << out;
   const nlohmann::json s = nlohmann::json::parse(ReadAll(strategy));
   const auto src = s["kv_source"].get<std::vector<int>>();
@@ -120,8 +121,9 @@ TEST_F(Gemma3CliTest, InfoGenerateEvalAndSearchRunOnGemma3) {
   }
   EXPECT_EQ(sharing, 3);
   std::tie(code, out) =
-      Run(KVSHARE_CLI_BINARY, {"eval", "--model", model_, "--data", wiki, "--max-tokens", "256",
-                               "--context", "256", "--strategy", strategy, "--threads", "2"});
+      RunBinary(KVSHARE_CLI_BINARY,
+                {"eval", "--model", model_, "--data", wiki, "--max-tokens", "256", "--context",
+                 "256", "--stride", "256", "--strategy", strategy, "--threads", "2"});
   EXPECT_EQ(code, 0) << out;
 }
 
@@ -144,9 +146,9 @@ TEST_F(Gemma3CliTest, AWorkerServesGemma3) {
   int code = -1;
   std::string out;
   for (const absl::Time end = absl::Now() + absl::Minutes(3); code != 0 && absl::Now() < end;) {
-    std::tie(code, out) = Run(KVSHARE_CLI_BINARY,
-                              {"generate", "--server", absl::StrCat("127.0.0.1:", port), "--prompt",
-                               "def fibonacci(n):", "--max-tokens", "8", "--temperature", "0"});
+    std::tie(code, out) = RunBinary(
+        KVSHARE_CLI_BINARY, {"generate", "--server", absl::StrCat("127.0.0.1:", port), "--prompt",
+                             "def fibonacci(n):", "--max-tokens", "8", "--temperature", "0"});
     if (code != 0) absl::SleepFor(absl::Seconds(1));
   }
   EXPECT_EQ(code, 0) << out;
