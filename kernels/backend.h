@@ -45,7 +45,10 @@ class PreparedWeight {
 // positions [0, start_pos + j], whose K/V are found through block_table (block i holds
 // positions [i * block_tokens, (i + 1) * block_tokens)). Positions [0, start_pos + n_q) are
 // stored; for an int4 pool the block holding the last of them, when not full, is read from
-// `tail` (kernels/kv_type.h), which is null for the other types.
+// `tail` (kernels/kv_type.h), which is null for the other types. window > 0 (sliding-window
+// attention, Gemma 3's local layers) narrows query j to positions
+// [max(0, start_pos + j - window + 1), start_pos + j] — llama.cpp's rule: masked when
+// pos_q - pos_k >= window; only backends whose SupportsAttentionWindow() is true honour it.
 struct AttentionSeq {
   int q_row = 0;
   int n_q = 0;
@@ -53,6 +56,7 @@ struct AttentionSeq {
   const int32_t* block_table = nullptr;
   int n_blocks = 0;
   const void* tail = nullptr;
+  int window = 0;
 };
 
 class Backend {
@@ -83,6 +87,14 @@ class Backend {
                     float theta) = 0;
   // out[i] = silu(gate[i]) * up[i].
   virtual void SiluMul(const float* gate, const float* up, int64_t count, float* out) = 0;
+  // out[i] = gelu(gate[i]) * up[i], gelu in its tanh approximation (GeGLU, Gemma 3). The
+  // default goes through host copies (correct on any backend, slow on a device).
+  virtual void GeluMul(const float* gate, const float* up, int64_t count, float* out);
+  // x[i] *= s. The default goes through host copies.
+  virtual void Scale(float* x, float s, int64_t count);
+  // Whether Attention honours AttentionSeq::window (kernels/backend.h); a model with
+  // sliding-window layers refuses a backend without it.
+  virtual bool SupportsAttentionWindow() const { return false; }
   // x[i] += y[i].
   virtual void Add(float* x, const float* y, int64_t count) = 0;
   // Writes k, v ([n][n_kv_heads][head_dim]) for positions start_pos..start_pos+n-1 into the

@@ -55,7 +55,9 @@ std::vector<LayerPair> OrderPairs(const LayerDistances& distances, PairOrder ord
   std::vector<LayerPair> pairs;
   pairs.reserve(size_t(L) * (L - 1) / 2);
   for (int i = 1; i < L; ++i) {
-    for (int j = 0; j < i; ++j) pairs.push_back({i, j});
+    for (int j = 0; j < i; ++j) {
+      if (distances.allowed(i, j)) pairs.push_back({i, j});
+    }
   }
   auto by_ij = [](const LayerPair& a, const LayerPair& b) {
     return a.i != b.i ? a.i < b.i : a.j < b.j;

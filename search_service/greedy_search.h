@@ -36,7 +36,8 @@ struct LayerPair {
   int j = 0;  // the earlier layer
 };
 
-// Every pair (i, j), 0 <= j < i < L, in the search order.
+// Every allowed pair (i, j), 0 <= j < i < L (LayerDistances::allowed: all but those a model's
+// local/global rule forbids), in the search order.
 // kRandom: the pairs in (i, j) ascending order, then shuffled by Fisher–Yates driven by
 // std::mt19937_64(seed): for k = n-1 down to 1, swap element k with element r, r uniform in
 // [0, k] drawn by rejection (draw u; reject u < 2^64 mod (k+1); r = u mod (k+1)). Unlike

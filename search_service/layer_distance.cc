@@ -34,6 +34,11 @@ void LayerDistances::Set(int i, int j, double dk, double dv) {
   dv_[Index(i, j)] = dv;
 }
 
+void LayerDistances::Forbid(int i, int j) {
+  if (forbidden_.empty()) forbidden_.assign(size_t(n_layers_) * n_layers_, false);
+  forbidden_[Index(i, j)] = true;
+}
+
 LayerDistances ComputeLayerDistances(const AveragedKv& kv) {
   LayerDistances d(kv.n_layers);
   const int rows = kv.tokens * kv.n_kv_heads;

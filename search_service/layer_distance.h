@@ -23,11 +23,16 @@ class LayerDistances {
   double dk(int i, int j) const { return dk_[Index(i, j)]; }
   double dv(int i, int j) const { return dv_[Index(i, j)]; }
   void Set(int i, int j, double dk, double dv);
+  // Whether layer i may read layer j's cache (ModelConfig::CanReadCacheOf); all pairs are
+  // allowed until Forbid. OrderPairs leaves forbidden pairs out, so no search proposes them.
+  bool allowed(int i, int j) const { return forbidden_.empty() || !forbidden_[Index(i, j)]; }
+  void Forbid(int i, int j);
 
  private:
   size_t Index(int i, int j) const { return size_t(i) * n_layers_ + j; }
   int n_layers_ = 0;
   std::vector<double> dk_, dv_;  // [L][L], used below the diagonal
+  std::vector<bool> forbidden_;  // [L][L] once a pair is forbidden; empty: none
 };
 
 LayerDistances ComputeLayerDistances(const AveragedKv& kv);

@@ -1,5 +1,6 @@
 // kvshare info: a model's config, size, fingerprint and KV cost, with and without a strategy.
 #include <iostream>
+#include <string>
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -45,6 +46,16 @@ Runner RegisterInfo(CLI::App& app) {
         c.name, m.path(), m.format() == ModelFormat::kGguf ? "gguf" : "llama2.c", c.n_layers, c.dim,
         c.hidden_dim, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab_size, c.max_seq_len,
         c.rope_theta, m.parameter_count(), m.fingerprint());
+    if (c.architecture != "llama") std::cout << "arch         " << c.architecture << "\n";
+    if (c.sliding_window > 0) {
+      // Gemma 3: which layers are local, and the sharing rule that follows (METHOD.md §1).
+      std::string local;
+      for (int l = 0; l < c.n_layers; ++l) local += c.IsLocalLayer(l) ? 'L' : 'G';
+      std::cout << absl::StrFormat(
+          "window       %d positions on local layers (rope_theta %g): %s\n"
+          "             (L local, G global; layers share only within a kind)\n",
+          c.sliding_window, c.rope_theta_local, local);
+    }
 
     // KV cost: blocks of each owning layer's type (the strategy's KV plan, else --kv-type);
     // capacity counts whole blocks of block_tokens positions, as the paged pool allocates them

@@ -1,7 +1,10 @@
 #include "common/engine/transformer.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+
+#include "absl/strings/str_format.h"
 
 namespace kvshare {
 
@@ -45,6 +48,12 @@ absl::Status Transformer::Init() {
     }
   }
   if (!s.ok()) return s;
+  if (c.sliding_window > 0 && !backend_.SupportsAttentionWindow()) {
+    return absl::UnimplementedError(absl::StrFormat(
+        "transformer: %s has sliding-window layers (window %d) and backend %s does not "
+        "implement windowed attention",
+        c.name, c.sliding_window, backend_.name()));
+  }
 
   // Norm weights: per layer the attention norm then the FFN norm, then the final norm (fp32).
   const size_t norm_floats = (2 * size_t(c.n_layers) + 1) * c.dim;
@@ -76,12 +85,34 @@ absl::Status Transformer::Init() {
   }
   if (!s.ok()) return s;
   backend_.CopyFromHost(norms.data(), norm_floats * 4, norm_weights_->data());
+  if (c.IsGemma3()) {
+    // Per layer: post-attention norm [dim], post-FFN norm [dim], q norm [hd], k norm [hd]. The
+    // q norm also carries the model's score scale over the kernels' 1/sqrt(head_dim).
+    const int hd = c.head_dim;
+    const size_t per_layer = 2 * size_t(c.dim) + 2 * size_t(hd);
+    const float q_scale =
+        c.attention_scale > 0 ? c.attention_scale * std::sqrt(static_cast<float>(hd)) : 1.0f;
+    std::vector<float> g(per_layer * c.n_layers);
+    for (int l = 0; l < c.n_layers; ++l) {
+      const LayerWeights& lw = w.layers[l];
+      float* dst = &g[l * per_layer];
+      std::memcpy(dst, lw.post_attn_norm.data, c.dim * 4);
+      std::memcpy(dst + c.dim, lw.post_ffn_norm.data, c.dim * 4);
+      const float* qn = static_cast<const float*>(lw.q_norm.data);
+      for (int i = 0; i < hd; ++i) dst[2 * c.dim + i] = qn[i] * q_scale;
+      std::memcpy(dst + 2 * c.dim + hd, lw.k_norm.data, hd * 4);
+    }
+    if (s = alloc(g.size(), &gemma_norms_); !s.ok()) return s;
+    backend_.CopyFromHost(g.data(), g.size() * 4, gemma_norms_->data());
+  }
   kv_positions_.reserve(R);
   return absl::OkStatus();
 }
 
 void Transformer::Embed(const int32_t* ids, int rows, float* x) {
   backend_.Embed(*embedding_, ids, rows, x);
+  const float scale = config().embedding_scale;
+  if (scale != 1.0f) backend_.Scale(x, scale, size_t(rows) * config().dim);
 }
 
 void Transformer::RunLayers(int first, int last, absl::Span<const BatchSeq> seqs,
@@ -98,12 +129,17 @@ void Transformer::RunLayers(int first, int last, absl::Span<const BatchSeq> seqs
   float* hb = hb_->f32();    // [rows][hidden]
   float* hb2 = hb2_->f32();
   const int n_inputs = static_cast<int>(seqs.size());
+  const bool gemma = c.IsGemma3();
+  const size_t gemma_floats = 2 * size_t(dim) + 2 * size_t(hd);
   att_seqs_.resize(n_inputs);
   att_geo_.resize(n_inputs);
   kv_row0_.resize(n_inputs);
 
   for (int l = first; l < last; ++l) {
     const LayerParams& p = layers_[l];
+    const float theta = c.LayerRopeTheta(l);
+    // Gemma 3: [post-attention norm][post-FFN norm][q norm][k norm] of this layer.
+    const float* gn = gemma ? gemma_norms_->f32() + l * gemma_floats : nullptr;
     // Inputs whose strategy drops this layer's attention take no part in it (issue 18): no
     // K/V, no attention, x unchanged. When every input drops it, the block is skipped.
     bool any_attends = false;
@@ -112,7 +148,8 @@ void Transformer::RunLayers(int first, int last, absl::Span<const BatchSeq> seqs
       // Attention block.
       backend_.RmsNorm(x, norms + size_t(2 * l) * dim, rows, dim, c.norm_eps, xb);
       backend_.MatMul(*p.wq, xb, rows, q);
-      backend_.Rope(q, positions, rows, c.n_heads, hd, c.rope_theta);
+      if (gemma) backend_.RmsNorm(q, gn + 2 * dim, rows * c.n_heads, hd, c.norm_eps, q);
+      backend_.Rope(q, positions, rows, c.n_heads, hd, theta);
 
       // K/V only for inputs whose strategy makes this layer an owner; a sharing layer skips
       // its projections and writes nothing (docs/METHOD.md §1).
@@ -142,7 +179,10 @@ void Transformer::RunLayers(int first, int last, absl::Span<const BatchSeq> seqs
         }
         backend_.MatMul(*p.wk, kv_in, kv_rows, k);
         backend_.MatMul(*p.wv, kv_in, kv_rows, v);
-        backend_.Rope(k, kv_pos, kv_rows, c.n_kv_heads, hd, c.rope_theta);
+        if (gemma) {
+          backend_.RmsNorm(k, gn + 2 * dim + hd, kv_rows * c.n_kv_heads, hd, c.norm_eps, k);
+        }
+        backend_.Rope(k, kv_pos, kv_rows, c.n_kv_heads, hd, theta);
         for (int i = 0; i < n_inputs; ++i) {
           if (kv_row0_[i] < 0) continue;
           const float* ki = k + size_t(kv_row0_[i]) * kv_dim;
@@ -164,6 +204,8 @@ void Transformer::RunLayers(int first, int last, absl::Span<const BatchSeq> seqs
         a.block_table = table.data();
         a.n_blocks = static_cast<int>(table.size());
         a.tail = kv.Tail(i, l);
+        // A local layer sees its window whichever layer's cache it reads (docs/METHOD.md).
+        a.window = c.IsLocalLayer(l) ? c.sliding_window : 0;
       }
       // One call per KV type among the inputs (a plan may store this layer in another type
       // than its batch-mates' do); each call writes only its own inputs' rows of att.
@@ -203,18 +245,26 @@ void Transformer::RunLayers(int first, int last, absl::Span<const BatchSeq> seqs
           const int r0 = seqs[i].row0, n = seqs[j - 1].row0 + seqs[j - 1].n - r0;
           backend_.MatMul(wo != nullptr ? *wo : *p.wo, att + size_t(r0) * q_dim, n,
                           xb + size_t(r0) * dim);
+          if (gemma) {
+            backend_.RmsNorm(xb + size_t(r0) * dim, gn, n, dim, c.norm_eps, xb + size_t(r0) * dim);
+          }
           backend_.Add(x + size_t(r0) * dim, xb + size_t(r0) * dim, size_t(n) * dim);
         }
         i = j;
       }
     }
 
-    // Feed-forward block (SwiGLU).
+    // Feed-forward block (SwiGLU; Gemma 3: GeGLU, then the post-FFN norm).
     backend_.RmsNorm(x, norms + size_t(2 * l + 1) * dim, rows, dim, c.norm_eps, xb);
     backend_.MatMul(*p.gate, xb, rows, hb);
     backend_.MatMul(*p.up, xb, rows, hb2);
-    backend_.SiluMul(hb, hb2, size_t(rows) * c.hidden_dim, hb);
+    if (gemma) {
+      backend_.GeluMul(hb, hb2, size_t(rows) * c.hidden_dim, hb);
+    } else {
+      backend_.SiluMul(hb, hb2, size_t(rows) * c.hidden_dim, hb);
+    }
     backend_.MatMul(*p.down, hb, rows, xb);
+    if (gemma) backend_.RmsNorm(xb, gn + dim, rows, dim, c.norm_eps, xb);
     backend_.Add(x, xb, size_t(rows) * dim);
     if (observer != nullptr) observer->OnLayerOutput(l, x, rows);
   }

@@ -15,6 +15,11 @@
 //    unchanged; when every input drops it, nothing of the attention block runs)
 //   x += W_down(silu(rmsnorm(x) W_gate) * (rmsnorm(x) W_up))
 //
+// Gemma 3 (ModelConfig::IsGemma3) changes, per layer: q and k are RMS-normed per head before
+// RoPE, RoPE uses the layer's base (local or global), local layers attend to their window only
+// (AttentionSeq::window), att W_o and the FFN output are RMS-normed before their residual adds,
+// and the FFN is GeGLU (gelu_tanh instead of silu). Embed multiplies by embedding_scale.
+//
 // Not thread-safe: one thread drives it (the backend parallelises inside each op).
 #pragma once
 
@@ -121,6 +126,7 @@ class Transformer {
   std::unique_ptr<PreparedWeight> embedding_, output_;
   std::vector<LayerParams> layers_;
   std::unique_ptr<Buffer> norm_weights_;  // attn/ffn norms of every layer, then the final norm
+  std::unique_ptr<Buffer> gemma_norms_;   // Gemma 3: per layer post-attn, post-FFN, q, k norms
   std::unique_ptr<Buffer> xb_, xg_, q_, k_, v_, att_, hb_, hb2_;  // scratch for max_rows
   std::vector<int32_t> kv_positions_;
   std::vector<int> kv_row0_;

@@ -118,6 +118,13 @@ absl::StatusOr<std::string> ComputeModelFingerprintV1(const ModelConfig& c, cons
   h.Scalar<uint32_t>(FloatBits(c.rope_theta));
   h.Scalar<uint32_t>(FloatBits(c.norm_eps));
   h.Scalar<uint8_t>(c.tied_output ? 1 : 0);
+  if (c.IsGemma3()) {  // only there, so Llama fingerprints are unchanged
+    h.Scalar<int64_t>(c.sliding_window);
+    h.Str(std::string(c.local_layer.begin(), c.local_layer.end()));
+    for (float f : {c.rope_theta_local, c.embedding_scale, c.attention_scale}) {
+      h.Scalar<uint32_t>(FloatBits(f));
+    }
+  }
   const std::vector<TensorSpec> specs = CanonicalTensorSpecs(c);
   h.Scalar<uint64_t>(specs.size());
   for (size_t i = 0; i < specs.size(); ++i) {

@@ -11,11 +11,8 @@
 #include "common/model/model_layout.h"
 
 namespace kvshare {
-namespace {
 
-// Reads an integer key into an int; `fallback` (when given) is used when the key is absent.
-absl::Status ReadInt(const GgufFile& f, const std::string& key, int* out,
-                     const int* fallback = nullptr) {
+absl::Status ReadGgufInt(const GgufFile& f, const std::string& key, int* out, const int* fallback) {
   absl::StatusOr<int64_t> v = f.GetInt(key);
   if (absl::IsNotFound(v.status()) && fallback != nullptr) {
     *out = *fallback;
@@ -30,8 +27,8 @@ absl::Status ReadInt(const GgufFile& f, const std::string& key, int* out,
   return absl::OkStatus();
 }
 
-absl::Status ReadFloat(const GgufFile& f, const std::string& key, float* out,
-                       const float* fallback = nullptr) {
+absl::Status ReadGgufFloat(const GgufFile& f, const std::string& key, float* out,
+                           const float* fallback) {
   absl::StatusOr<double> v = f.GetFloat(key);
   if (absl::IsNotFound(v.status()) && fallback != nullptr) {
     *out = *fallback;
@@ -42,17 +39,19 @@ absl::Status ReadFloat(const GgufFile& f, const std::string& key, float* out,
   return absl::OkStatus();
 }
 
+namespace {
+
 absl::Status ReadConfig(const GgufFile& f, ModelConfig* c) {
   absl::StatusOr<std::string> arch = f.GetString("general.architecture");
   if (!arch.ok()) return arch.status();
   if (*arch != "llama") {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("GGUF: general.architecture is '%s'; only 'llama' is supported", *arch));
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "GGUF: general.architecture is '%s'; only 'llama' is supported, and 'gemma3'", *arch));
   }
   c->architecture = *arch;
   absl::Status st;
   auto read = [&](const char* key, int* out, const int* fallback = nullptr) {
-    if (st.ok()) st = ReadInt(f, key, out, fallback);
+    if (st.ok()) st = ReadGgufInt(f, key, out, fallback);
   };
   read("llama.block_count", &c->n_layers);
   read("llama.embedding_length", &c->dim);
@@ -62,16 +61,16 @@ absl::Status ReadConfig(const GgufFile& f, ModelConfig* c) {
   read("llama.context_length", &c->max_seq_len);
   if (!st.ok()) return st;
   const float kDefaultTheta = 10000.0f;  // llama.cpp's default for llama
-  st = ReadFloat(f, "llama.rope.freq_base", &c->rope_theta, &kDefaultTheta);
+  st = ReadGgufFloat(f, "llama.rope.freq_base", &c->rope_theta, &kDefaultTheta);
   if (!st.ok()) return st;
-  st = ReadFloat(f, "llama.attention.layer_norm_rms_epsilon", &c->norm_eps);
+  st = ReadGgufFloat(f, "llama.attention.layer_norm_rms_epsilon", &c->norm_eps);
   if (!st.ok()) return st;
 
   // vocab_size is optional in llama GGUFs; the tokenizer's token list then defines it.
   const GgufValue* tokens = f.Find("tokenizer.ggml.tokens");
   const auto* token_list = tokens ? std::get_if<std::vector<GgufValue>>(&tokens->value) : nullptr;
   if (f.Find("llama.vocab_size") != nullptr) {
-    st = ReadInt(f, "llama.vocab_size", &c->vocab_size);
+    st = ReadGgufInt(f, "llama.vocab_size", &c->vocab_size);
     if (!st.ok()) return st;
   } else if (token_list != nullptr) {
     c->vocab_size = static_cast<int>(std::min<size_t>(token_list->size(), INT32_MAX));
@@ -104,7 +103,7 @@ absl::Status ReadConfig(const GgufFile& f, ModelConfig* c) {
                           "llama.attention.value_length"}) {
     if (f.Find(key) == nullptr) continue;
     int value = 0;
-    if (st = ReadInt(f, key, &value); !st.ok()) return st;
+    if (st = ReadGgufInt(f, key, &value); !st.ok()) return st;
     if (value != c->head_dim) {
       return absl::UnimplementedError(absl::StrFormat(
           "GGUF: %s is %d but head_dim (embedding_length / head_count) is %d; only full "
@@ -117,14 +116,10 @@ absl::Status ReadConfig(const GgufFile& f, ModelConfig* c) {
 
 }  // namespace
 
-absl::Status LoadLlamaFromGguf(const GgufFile& gguf, const uint8_t* file_data, ModelConfig* config,
-                               ModelWeights* weights) {
-  ModelConfig c;
-  if (absl::Status st = ReadConfig(gguf, &c); !st.ok()) return st;
-  // No output.weight means the classifier reuses the embedding (SmolLM2 does this).
-  c.tied_output = gguf.FindTensor("output.weight") == nullptr;
-
+absl::Status BindCanonicalTensors(const GgufFile& gguf, const uint8_t* file_data,
+                                  const ModelConfig& c, ModelWeights* weights) {
   ModelWeights w;
+  w.tensors_per_layer = TensorsPerLayer(c);
   w.layers.resize(c.n_layers);
   const std::vector<TensorSpec> specs = CanonicalTensorSpecs(c);
   std::set<std::string> expected;
@@ -147,18 +142,32 @@ absl::Status LoadLlamaFromGguf(const GgufFile& gguf, const uint8_t* file_data, M
       return absl::InvalidArgumentError(absl::StrFormat("GGUF: %s has type %s, expected F32", name,
                                                         GetDTypeInfo(info->type).name));
     }
-    // Q/K rows need no permutation: the GGUF converter already permuted the HF rows so RoPE
-    // rotates adjacent pairs (2i, 2i+1) of each head, exactly as llama2.c checkpoints do.
+    // Llama Q/K rows need no permutation: the GGUF converter already permuted the HF rows so
+    // RoPE rotates adjacent pairs (2i, 2i+1) of each head, as llama2.c checkpoints do (Gemma 3's
+    // loader permutes its rows after binding).
     CanonicalTensor(w, i) = gguf.TensorView(*info, file_data);
   }
   if (c.tied_output) w.output = w.token_embedding;
   for (const GgufTensorInfo& t : gguf.tensors()) {
     if (expected.count(t.name) == 0) {
       return absl::InvalidArgumentError(absl::StrFormat(
-          "GGUF: tensor %s is not part of a llama model with %d layers (unsupported variant?)",
-          t.name, c.n_layers));
+          "GGUF: tensor %s is not part of a %s model with %d layers (unsupported variant?)", t.name,
+          c.architecture, c.n_layers));
     }
   }
+  *weights = std::move(w);
+  return absl::OkStatus();
+}
+
+absl::Status LoadLlamaFromGguf(const GgufFile& gguf, const uint8_t* file_data, ModelConfig* config,
+                               ModelWeights* weights) {
+  ModelConfig c;
+  if (absl::Status st = ReadConfig(gguf, &c); !st.ok()) return st;
+  // No output.weight means the classifier reuses the embedding (SmolLM2 does this).
+  c.tied_output = gguf.FindTensor("output.weight") == nullptr;
+
+  ModelWeights w;
+  if (absl::Status st = BindCanonicalTensors(gguf, file_data, c, &w); !st.ok()) return st;
   *config = std::move(c);
   *weights = std::move(w);
   return absl::OkStatus();

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "absl/status/status.h"
 #include "common/model/gguf.h"
@@ -16,5 +17,18 @@ namespace kvshare {
 // missing key or an unsupported feature (RoPE scaling, partial rotary) is an error naming it.
 absl::Status LoadLlamaFromGguf(const GgufFile& gguf, const uint8_t* file_data, ModelConfig* config,
                                ModelWeights* weights);
+
+// Shared by the architecture loaders (gguf_gemma3.cc).
+// Reads an integer key into an int; `fallback` (when given) is used when the key is absent.
+// InvalidArgument names a key whose value does not fit an int >= 0.
+absl::Status ReadGgufInt(const GgufFile& f, const std::string& key, int* out,
+                         const int* fallback = nullptr);
+absl::Status ReadGgufFloat(const GgufFile& f, const std::string& key, float* out,
+                           const float* fallback = nullptr);
+// Binds every tensor CanonicalTensorSpecs(c) names ("<name>.weight") to a view into
+// `file_data`, checking shapes and that norms are F32, and sets the tied output; a missing or
+// misshapen tensor, or one the list does not name, is InvalidArgument naming it.
+absl::Status BindCanonicalTensors(const GgufFile& gguf, const uint8_t* file_data,
+                                  const ModelConfig& c, ModelWeights* weights);
 
 }  // namespace kvshare

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <utility>
@@ -14,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/model/fingerprint.h"
+#include "common/model/gguf_gemma3.h"
 #include "common/model/gguf_llama.h"
 #include "common/model/llama2c.h"
 #include "common/model/model_layout.h"
@@ -54,10 +56,16 @@ std::string FileStem(const std::string& path) {
 
 std::string ModelConfig::DebugString() const {
   return absl::StrFormat(
-      "%s '%s': dim %d, hidden_dim %d, n_layers %d, n_heads %d, n_kv_heads %d, head_dim %d, "
-      "vocab_size %d, max_seq_len %d, rope_theta %g, norm_eps %g, %s output",
-      architecture, name, dim, hidden_dim, n_layers, n_heads, n_kv_heads, head_dim, vocab_size,
-      max_seq_len, rope_theta, norm_eps, tied_output ? "tied" : "untied");
+             "%s '%s': dim %d, hidden_dim %d, n_layers %d, n_heads %d, n_kv_heads %d, head_dim %d, "
+             "vocab_size %d, max_seq_len %d, rope_theta %g, norm_eps %g, %s output",
+             architecture, name, dim, hidden_dim, n_layers, n_heads, n_kv_heads, head_dim,
+             vocab_size, max_seq_len, rope_theta, norm_eps, tied_output ? "tied" : "untied") +
+         (sliding_window > 0
+              ? absl::StrFormat(
+                    ", sliding_window %d on %d of %d layers (rope_theta %g)", sliding_window,
+                    static_cast<int>(std::count(local_layer.begin(), local_layer.end(), 1)),
+                    n_layers, rope_theta_local)
+              : std::string());
 }
 
 Model::~Model() {
@@ -153,7 +161,11 @@ absl::StatusOr<std::unique_ptr<Model>> Model::FromStorage(std::unique_ptr<Model>
     absl::StatusOr<GgufFile> gguf = GgufFile::Parse(m->data_, m->size_);
     if (!gguf.ok()) return gguf.status();
     m->gguf_ = std::make_unique<GgufFile>(*std::move(gguf));
-    absl::Status st = LoadLlamaFromGguf(*m->gguf_, m->data_, &m->config_, &m->weights_);
+    // The architecture picks the loader; the llama loader names any other it is given.
+    const bool gemma3 = m->gguf_->GetString("general.architecture").value_or("") == "gemma3";
+    absl::Status st = gemma3 ? LoadGemma3FromGguf(*m->gguf_, m->data_, &m->config_, &m->weights_,
+                                                  &m->synthesized_)
+                             : LoadLlamaFromGguf(*m->gguf_, m->data_, &m->config_, &m->weights_);
     if (!st.ok()) return st;
     m->format_ = ModelFormat::kGguf;
   } else {

@@ -1,10 +1,17 @@
 // A Llama-family model: its config, its weights (views into the loaded file, in their stored
 // types), and a stable fingerprint. Two formats load behind this one API:
 //   - llama2.c checkpoints (legacy v0 export: 7 int32 header, fp32 weights), e.g. stories260K;
-//   - GGUF v3 with general.architecture == "llama" (e.g. SmolLM2-135M-Instruct Q4_1).
+//   - GGUF v3 with general.architecture == "llama" (e.g. SmolLM2-135M-Instruct Q4_1);
+//   - GGUF v3 with general.architecture == "gemma3" (e.g. Gemma 3 270M): the Llama layers plus
+//     QK-norm, post-attention and post-FFN norms, GeGLU, embeddings scaled by sqrt(dim) and
+//     sliding-window ("local") attention on most layers (see ModelConfig's Gemma 3 fields).
 //
 // Q/K rows and RoPE: llama2.c checkpoints and llama GGUF files (whose converter permutes the
 // HF Q/K rows) both rotate adjacent pairs (2i, 2i+1) of each head, so the engine uses one RoPE.
+// Gemma 3 GGUFs rotate halves (i, i + head_dim/2) instead (llama.cpp's NEOX RoPE); the loader
+// permutes their Q/K rows and q/k norm weights within each head (dimension i -> 2i,
+// i + head_dim/2 -> 2i + 1) so the same RoPE applies. Q.K is unchanged by a permutation applied
+// to both, and V is not permuted, so the attention output is the model's.
 //
 // Load errors are Status values naming the file, the field or tensor, and the offending value;
 // a bad file never crashes the process or causes an out-of-bounds read.
@@ -37,6 +44,35 @@ struct ModelConfig {
   float norm_eps = 1e-5f;
   bool tied_output = false;  // the classifier reuses the token embedding
 
+  // Gemma 3 (architecture "gemma3"); the defaults describe a Llama model.
+  // head_dim is gemma3.attention.key_length there, so n_heads * head_dim may differ from dim.
+  int sliding_window = 0;             // > 0: local layers see only the last N positions
+  std::vector<uint8_t> local_layer;   // per layer (empty: none): 1 = sliding-window attention
+  float rope_theta_local = 10000.0f;  // RoPE base of local layers (rope_theta: global ones)
+  float embedding_scale = 1.0f;       // the token embedding is multiplied by this (sqrt(dim))
+  float attention_scale = 0.0f;       // score scale; 0: 1/sqrt(head_dim)
+
+  bool IsGemma3() const { return architecture == "gemma3"; }
+  // Whether `layer` uses sliding-window attention (never for Llama models).
+  bool IsLocalLayer(int layer) const {
+    return sliding_window > 0 && layer >= 0 && layer < static_cast<int>(local_layer.size()) &&
+           local_layer[layer] != 0;
+  }
+  float LayerRopeTheta(int layer) const {
+    return IsLocalLayer(layer) ? rope_theta_local : rope_theta;
+  }
+  // Whether `layer` may attend over `source`'s KV cache (source < layer) under KV sharing
+  // (docs/METHOD.md §1, "Local and global layers"): always between layers of the same kind. A
+  // global layer never reads a local (windowed) cache — a windowed cache may drop positions a
+  // global layer needs. A local layer reads a global cache only where both kinds share one RoPE
+  // base: its queries are rotated with its own base, the cached keys with the source's, and
+  // across bases q.k stops depending on the relative position alone (Gemma 3: 1e4 vs 1e6).
+  bool CanReadCacheOf(int layer, int source) const {
+    const bool local = IsLocalLayer(layer), source_local = IsLocalLayer(source);
+    if (local == source_local) return true;
+    return local && rope_theta_local == rope_theta;
+  }
+
   // fp32 K and V for every layer, per token (the unshared cache).
   int64_t KvBytesPerToken() const { return 2LL * n_layers * n_kv_heads * head_dim * 4; }
   std::string DebugString() const;
@@ -52,6 +88,11 @@ struct LayerWeights {
   Tensor w_gate;     // rows hidden_dim, cols dim
   Tensor w_up;       // rows hidden_dim, cols dim
   Tensor w_down;     // rows dim, cols hidden_dim
+  // Gemma 3 only (absent, data == nullptr, for Llama models): all f32.
+  Tensor q_norm;          // [head_dim], applied to each query head before RoPE
+  Tensor k_norm;          // [head_dim], applied to each key head before RoPE
+  Tensor post_attn_norm;  // [dim], applied to att W_o before the residual add
+  Tensor post_ffn_norm;   // [dim], applied to the FFN output before the residual add
 };
 
 struct ModelWeights {
@@ -59,6 +100,8 @@ struct ModelWeights {
   std::vector<LayerWeights> layers;
   Tensor output_norm;  // [dim] f32
   Tensor output;       // rows vocab_size, cols dim (== token_embedding when tied)
+  // Tensors per layer in canonical order (model_layout.h): 9 for Llama, 13 for Gemma 3.
+  int tensors_per_layer = 9;
 };
 
 enum class ModelFormat { kLlama2c, kGguf };
@@ -115,7 +158,7 @@ class Model {
   size_t size_ = 0;
   void* mapping_ = nullptr;
   std::vector<uint8_t> owned_;
-  // Weights synthesised at load (e.g. nothing today; kept for formats that need converting).
+  // Weights synthesised at load (Gemma 3's Q/K rows and q/k norms permuted for the RoPE).
   std::vector<std::vector<uint8_t>> synthesized_;
 };
 

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <tuple>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -43,7 +44,8 @@ absl::Status ValidateModelConfig(const ModelConfig& c) {
     absl::Status st = CheckRange(field, value, max);
     if (!st.ok()) return st;
   }
-  if (int64_t{c.n_heads} * c.head_dim != c.dim) {
+  // Gemma 3 sets head_dim from its key_length: n_heads * head_dim need not be dim there.
+  if (!c.IsGemma3() && int64_t{c.n_heads} * c.head_dim != c.dim) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "dim %d is not n_heads %d * head_dim %d (dim must be a multiple of n_heads)", c.dim,
         c.n_heads, c.head_dim));
@@ -55,6 +57,25 @@ absl::Status ValidateModelConfig(const ModelConfig& c) {
   if (c.head_dim % 2 != 0) {
     return absl::InvalidArgumentError(
         absl::StrFormat("head_dim %d is odd; RoPE rotates pairs of dimensions", c.head_dim));
+  }
+  if (c.sliding_window < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("sliding_window %d must be >= 0", c.sliding_window));
+  }
+  if (!c.local_layer.empty() && static_cast<int>(c.local_layer.size()) != c.n_layers) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "local_layer has %d entries, expected n_layers %d", c.local_layer.size(), c.n_layers));
+  }
+  for (auto [field, value] : {std::pair<const char*, float>{"rope_theta_local", c.rope_theta_local},
+                              {"embedding_scale", c.embedding_scale}}) {
+    if (!std::isfinite(value) || value <= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("%s %g must be finite and positive", field, value));
+    }
+  }
+  if (!std::isfinite(c.attention_scale) || c.attention_scale < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("attention_scale %g must be finite and >= 0", c.attention_scale));
   }
   if (!std::isfinite(c.rope_theta) || c.rope_theta <= 0) {
     return absl::InvalidArgumentError(
@@ -72,7 +93,7 @@ std::vector<TensorSpec> CanonicalTensorSpecs(const ModelConfig& c) {
   const int64_t q_dim = int64_t{c.n_heads} * c.head_dim;
   const int64_t kv_dim = int64_t{c.n_kv_heads} * c.head_dim;
   std::vector<TensorSpec> specs;
-  specs.reserve(3 + c.n_layers * kTensorsPerLayer);
+  specs.reserve(3 + c.n_layers * TensorsPerLayer(c));
   specs.push_back({"token_embd", {dim, vocab}, "cols dim, rows vocab_size", false});
   for (int l = 0; l < c.n_layers; ++l) {
     const std::string p = absl::StrCat("blk.", l, ".");
@@ -86,12 +107,22 @@ std::vector<TensorSpec> CanonicalTensorSpecs(const ModelConfig& c) {
     specs.push_back({p + "ffn_gate", {dim, hidden}, "cols dim, rows hidden_dim", false});
     specs.push_back({p + "ffn_up", {dim, hidden}, "cols dim, rows hidden_dim", false});
     specs.push_back({p + "ffn_down", {hidden, dim}, "cols hidden_dim, rows dim", false});
+    if (c.IsGemma3()) {
+      specs.push_back({p + "attn_q_norm", {c.head_dim}, "head_dim", true});
+      specs.push_back({p + "attn_k_norm", {c.head_dim}, "head_dim", true});
+      specs.push_back({p + "post_attention_norm", {dim}, "dim", true});
+      specs.push_back({p + "post_ffw_norm", {dim}, "dim", true});
+    }
   }
   specs.push_back({"output_norm", {dim}, "dim", true});
   if (!c.tied_output) {
     specs.push_back({"output", {dim, vocab}, "cols dim, rows vocab_size", false});
   }
   return specs;
+}
+
+int TensorsPerLayer(const ModelConfig& c) {
+  return c.IsGemma3() ? kGemma3TensorsPerLayer : kTensorsPerLayer;
 }
 
 std::string ShapeString(const std::vector<int64_t>& shape) {

@@ -28,24 +28,30 @@ struct TensorSpec {
   bool f32_only = false;       // norms are applied in fp32 and must be stored as F32
 };
 
-// Per-layer tensors in LayerWeights order.
+// Per-layer tensors in LayerWeights order: a Llama layer's, and a Gemma 3 layer's (the same
+// nine, then its four extra norms).
 inline constexpr int kTensorsPerLayer = 9;
+inline constexpr int kGemma3TensorsPerLayer = 13;
+int TensorsPerLayer(const ModelConfig& c);
 
 // Every distinct tensor of a model with config `c`, in canonical order: token_embd; for each
-// layer attn_norm, attn_q, attn_k, attn_v, attn_output, ffn_norm, ffn_gate, ffn_up, ffn_down;
-// output_norm; and output unless the output is tied to the embedding. `c` must be valid.
+// layer attn_norm, attn_q, attn_k, attn_v, attn_output, ffn_norm, ffn_gate, ffn_up, ffn_down
+// (Gemma 3: then attn_q_norm, attn_k_norm, post_attention_norm, post_ffw_norm); output_norm;
+// and output unless the output is tied to the embedding. `c` must be valid.
 std::vector<TensorSpec> CanonicalTensorSpecs(const ModelConfig& c);
 
 // The tensor of `w` that entry `i` of CanonicalTensorSpecs describes. `w.layers` must hold
-// n_layers entries. W is ModelWeights or const ModelWeights.
+// n_layers entries and w.tensors_per_layer be TensorsPerLayer(config). W is ModelWeights or
+// const ModelWeights.
 template <typename W>
 auto& CanonicalTensor(W& w, size_t i) {
   if (i == 0) return w.token_embedding;
   --i;
-  const size_t layer_tensors = w.layers.size() * kTensorsPerLayer;
+  const size_t per_layer = static_cast<size_t>(w.tensors_per_layer);
+  const size_t layer_tensors = w.layers.size() * per_layer;
   if (i < layer_tensors) {
-    auto& l = w.layers[i / kTensorsPerLayer];
-    switch (i % kTensorsPerLayer) {
+    auto& l = w.layers[i / per_layer];
+    switch (i % per_layer) {
       case 0:
         return l.attn_norm;
       case 1:
@@ -62,8 +68,16 @@ auto& CanonicalTensor(W& w, size_t i) {
         return l.w_gate;
       case 7:
         return l.w_up;
-      default:
+      case 8:
         return l.w_down;
+      case 9:
+        return l.q_norm;
+      case 10:
+        return l.k_norm;
+      case 11:
+        return l.post_attn_norm;
+      default:
+        return l.post_ffn_norm;
     }
   }
   return i == layer_tensors ? w.output_norm : w.output;

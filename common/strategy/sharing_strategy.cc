@@ -271,6 +271,17 @@ absl::Status SharingStrategy::ValidateFor(const ModelConfig& config,
         "strategy: made for model fingerprint %s, the loaded model '%s' is %s",
         model_fingerprint_.substr(0, 16), config.name, model_fingerprint.substr(0, 16)));
   }
+  // Local (sliding-window) and global layers (Gemma 3): ModelConfig::CanReadCacheOf.
+  for (int l = 0; l < n_layers(); ++l) {
+    const int s = kv_source_[l];
+    if (s == l || config.CanReadCacheOf(l, s)) continue;
+    const auto kind = [&](int layer) { return config.IsLocalLayer(layer) ? "local" : "global"; };
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "strategy: layer %d (%s) reads layer %d's cache (%s); model '%s' allows sharing only "
+        "between layers of the same kind (a global layer may not read a windowed cache, and "
+        "local and global layers use different RoPE bases, %g and %g)",
+        l, kind(l), s, kind(s), config.name, config.rope_theta_local, config.rope_theta));
+  }
   return absl::OkStatus();
 }
 

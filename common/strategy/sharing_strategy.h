@@ -108,7 +108,8 @@ class SharingStrategy {
   // Bytes of the f16 tails one sequence of this strategy holds (int4 owning layers only).
   int64_t KvTailBytes(const KvGeometry& g) const;
 
-  // Checks the strategy fits a model: layer count and fingerprint.
+  // Checks the strategy fits a model: layer count, fingerprint, and that every sharing layer
+  // may read its source's cache (ModelConfig::CanReadCacheOf: Gemma 3's local/global rule).
   absl::Status ValidateFor(const ModelConfig& config, const std::string& model_fingerprint) const;
 
   const std::vector<int>& kv_source() const { return kv_source_; }

@@ -106,12 +106,19 @@ void AttentionRunner::Run(const KvGeometry& geo, const void* pool, const Attenti
   int64_t total_chunks = 0;
   for (int s = 0; s < n_seqs; ++s) {
     for (int h = 0; h < geo.n_kv_heads; ++h) {
-      for (int j0 = 0; j0 < seqs[s].n_q; j0 += kQueryTile) {
-        const int j1 = std::min(seqs[s].n_q, j0 + kQueryTile);
-        const int ctx = seqs[s].start_pos + j1;  // positions the last query sees
+      // A sliding window gives each query its own first position, so once it cuts anything
+      // the sequence's items hold one query each (all rows of an item share [lo, limit]).
+      const AttentionSeq& seq = seqs[s];
+      const bool windowed = seq.window > 0 && seq.start_pos + seq.n_q > seq.window;
+      const int tile = windowed ? 1 : kQueryTile;
+      for (int j0 = 0; j0 < seq.n_q; j0 += tile) {
+        const int j1 = std::min(seq.n_q, j0 + tile);
+        const int ctx = seq.start_pos + j1;  // positions the last query sees
         const int n_chunks = (ctx + kAttentionChunk - 1) / kAttentionChunk;
-        items_.push_back({s, h, j0, j1, n_chunks, total_chunks});
-        total_chunks += n_chunks;
+        const int lo = windowed ? std::max(0, seq.start_pos + j0 - seq.window + 1) : 0;
+        const int c0 = lo / kAttentionChunk;
+        items_.push_back({s, h, j0, j1, lo, c0, n_chunks, total_chunks});
+        total_chunks += n_chunks - c0;
       }
     }
   }
@@ -163,7 +170,7 @@ void AttentionRunner::Run(const KvGeometry& geo, const void* pool, const Attenti
     a.stored = seqs[it.seq].start_pos + seqs[it.seq].n_q;
     a.kv_scratch = s.kv.data();
     a.kv_head = it.kv_head;
-    a.p0 = c * kAttentionChunk;
+    a.p0 = std::max(c * kAttentionChunk, it.lo);
     a.p1 = std::min(s.limit[n_rows - 1] + 1, (c + 1) * kAttentionChunk);
     a.scale = scale;
     a.n_rows = n_rows - r0;
@@ -195,8 +202,8 @@ void AttentionRunner::Run(const KvGeometry& geo, const void* pool, const Attenti
       const Item& it = items_[i];
       Scratch& s = scratch_[thread];
       const int n_rows = set_rows(it, s);
-      attend(it, s, n_rows, 0, 0, s.run.data());
-      for (int c = 1; c < it.n_chunks; ++c) {
+      attend(it, s, n_rows, it.c0, 0, s.run.data());
+      for (int c = it.c0 + 1; c < it.n_chunks; ++c) {
         const int r0 = first_row_seeing(s, n_rows, c);
         attend(it, s, n_rows, c, r0, s.next.data());
         merge(n_rows, r0, s.run.data(), s.next.data());
@@ -213,7 +220,7 @@ void AttentionRunner::Run(const KvGeometry& geo, const void* pool, const Attenti
     int64_t i = 0;  // items are few here: a linear scan
     while (i + 1 < n_items && items_[i + 1].first_partial <= task) ++i;
     const Item& it = items_[i];
-    const int c = static_cast<int>(task - it.first_partial);
+    const int c = it.c0 + static_cast<int>(task - it.first_partial);
     Scratch& s = scratch_[thread];
     const int n_rows = set_rows(it, s);
     attend(it, s, n_rows, c, first_row_seeing(s, n_rows, c),
@@ -224,8 +231,8 @@ void AttentionRunner::Run(const KvGeometry& geo, const void* pool, const Attenti
     Scratch& s = scratch_[thread];
     const int n_rows = set_rows(it, s);
     float* run = partials_.data() + it.first_partial * partial_floats;
-    for (int c = 1; c < it.n_chunks; ++c) {
-      merge(n_rows, first_row_seeing(s, n_rows, c), run, run + c * partial_floats);
+    for (int c = it.c0 + 1; c < it.n_chunks; ++c) {
+      merge(n_rows, first_row_seeing(s, n_rows, c), run, run + (c - it.c0) * partial_floats);
     }
     normalize(s, n_rows, run);
   });

@@ -38,6 +38,8 @@ class AttentionRunner {
     int seq;
     int kv_head;
     int j0, j1;             // queries [j0, j1) of the sequence
+    int lo;                 // first position its rows see (> 0 only under a sliding window)
+    int c0;                 // chunk holding lo: its chunks are [c0, n_chunks)
     int n_chunks;           // of its last query
     int64_t first_partial;  // split mode: index of its first chunk's partial
   };

@@ -130,6 +130,20 @@ class CpuBackend : public Backend {
     });
   }
 
+  void GeluMul(const float* gate, const float* up, int64_t count, float* out) override {
+    ForRanges(count, [&](int64_t i0, int64_t len) {
+      cpu::GeluMulRange(gate + i0, up + i0, len, out + i0);
+    });
+  }
+
+  void Scale(float* x, float s, int64_t count) override {
+    ForRanges(count, [&](int64_t i0, int64_t len) {
+      for (int64_t i = i0; i < i0 + len; ++i) x[i] *= s;
+    });
+  }
+
+  bool SupportsAttentionWindow() const override { return true; }
+
   void Add(float* x, const float* y, int64_t count) override {
     ForRanges(count, [&](int64_t i0, int64_t len) { cpu::AddRange(isa_, x + i0, y + i0, len); });
   }

@@ -147,4 +147,12 @@ void RopeRows(float* x, const int32_t* pos, int n, int n_heads, int head_dim, co
   }
 }
 
+void GeluMulRange(const float* gate, const float* up, int64_t count, float* out) {
+  constexpr float kSqrt2OverPi = 0.7978845608f;
+  for (int64_t i = 0; i < count; ++i) {
+    const float g = gate[i];
+    out[i] = 0.5f * g * (1.0f + std::tanh(kSqrt2OverPi * (g + 0.044715f * g * g * g))) * up[i];
+  }
+}
+
 }  // namespace kvshare::cpu

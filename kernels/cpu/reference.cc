@@ -119,6 +119,15 @@ void SiluMul(const float* gate, const float* up, int64_t count, float* out) {
   }
 }
 
+void GeluMul(const float* gate, const float* up, int64_t count, float* out) {
+  const double kSqrt2OverPi = 0.79788456080286535588;
+  for (int64_t i = 0; i < count; ++i) {
+    const double g = gate[i];
+    const double gelu = 0.5 * g * (1.0 + std::tanh(kSqrt2OverPi * (g + 0.044715 * g * g * g)));
+    out[i] = static_cast<float>(gelu * up[i]);
+  }
+}
+
 void Add(float* x, const float* y, int64_t count) {
   for (int64_t i = 0; i < count; ++i) x[i] += y[i];
 }
@@ -129,19 +138,21 @@ void WriteKv(const KvGeometry& g, void* pool, const int32_t* block_table, int st
 }
 
 void AttentionContiguous(const float* k, const float* v, int n_kv_heads, int head_dim,
-                         const float* q, int n_q, int start_pos, int n_heads, float* out) {
+                         const float* q, int n_q, int start_pos, int n_heads, float* out,
+                         int window) {
   const int group = n_heads / n_kv_heads;
   const int64_t kv_dim = static_cast<int64_t>(n_kv_heads) * head_dim;
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
   std::vector<double> s;
   for (int j = 0; j < n_q; ++j) {
     const int len = start_pos + j + 1;
+    const int lo = window > 0 ? std::max(0, len - window) : 0;
     s.resize(len);
     for (int h = 0; h < n_heads; ++h) {
       const int kvh = h / group;
       const float* qh = q + (static_cast<int64_t>(j) * n_heads + h) * head_dim;
       double max = -INFINITY;
-      for (int p = 0; p < len; ++p) {
+      for (int p = lo; p < len; ++p) {
         const float* kp = k + p * kv_dim + kvh * head_dim;
         double dot = 0.0;
         for (int i = 0; i < head_dim; ++i) dot += static_cast<double>(qh[i]) * kp[i];
@@ -149,14 +160,14 @@ void AttentionContiguous(const float* k, const float* v, int n_kv_heads, int hea
         max = std::fmax(max, s[p]);
       }
       double denom = 0.0;
-      for (int p = 0; p < len; ++p) {
+      for (int p = lo; p < len; ++p) {
         s[p] = std::exp(s[p] - max);
         denom += s[p];
       }
       float* oh = out + (static_cast<int64_t>(j) * n_heads + h) * head_dim;
       for (int i = 0; i < head_dim; ++i) {
         double acc = 0.0;
-        for (int p = 0; p < len; ++p) acc += s[p] * v[p * kv_dim + kvh * head_dim + i];
+        for (int p = lo; p < len; ++p) acc += s[p] * v[p * kv_dim + kvh * head_dim + i];
         oh[i] = static_cast<float>(acc / denom);
       }
     }
@@ -175,7 +186,7 @@ void Attention(const KvGeometry& g, const void* pool, const AttentionSeq* seqs, 
       LoadKv(g, pool, seq.block_table, seq.tail, ctx, p, &k[p * kv_dim], &v[p * kv_dim]);
     }
     AttentionContiguous(k.data(), v.data(), g.n_kv_heads, g.head_dim, q + seq.q_row * q_dim,
-                        seq.n_q, seq.start_pos, n_heads, out + seq.q_row * q_dim);
+                        seq.n_q, seq.start_pos, n_heads, out + seq.q_row * q_dim, seq.window);
   }
 }
 

@@ -30,6 +30,9 @@ void RmsNorm(const float* x, const float* weight, int n, int dim, float eps, flo
 void Rope(float* x, const int32_t* pos, int n, int n_heads, int head_dim, float theta);
 
 void SiluMul(const float* gate, const float* up, int64_t count, float* out);
+// gelu(g) = 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3))), the tanh form llama.cpp's GELU and
+// Gemma use; out may alias gate.
+void GeluMul(const float* gate, const float* up, int64_t count, float* out);
 void Add(float* x, const float* y, int64_t count);
 
 // Stores through kv_codec.h's StoreKv (the definition of every KV type).
@@ -43,8 +46,9 @@ void Attention(const KvGeometry& g, const void* pool, const AttentionSeq* seqs, 
 
 // Attention over contiguous K/V ([ctx][n_kv_heads][head_dim]) for queries at positions
 // start_pos..start_pos+n_q-1 (q, out: [n_q][n_heads][head_dim]). Independent of any pool,
-// to check the paged version against.
+// to check the paged version against. window > 0: query at position p sees [p - window + 1, p].
 void AttentionContiguous(const float* k, const float* v, int n_kv_heads, int head_dim,
-                         const float* q, int n_q, int start_pos, int n_heads, float* out);
+                         const float* q, int n_q, int start_pos, int n_heads, float* out,
+                         int window = 0);
 
 }  // namespace kvshare::cpu::ref
