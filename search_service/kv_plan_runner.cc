@@ -59,7 +59,8 @@ absl::StatusOr<KvPlanRun> RunKvPlanSearch(const Model& model, Backend& backend,
   (*loss)->set_kv_block_tokens(block_tokens);
   auto averaged = averager.Result();
   if (!averaged.ok()) return averaged.status();
-  const LayerDistances distances = ComputeLayerDistances(*averaged);
+  LayerDistances distances = ComputeLayerDistances(*averaged);
+  ForbidUnreadablePairs(c, &distances);
   KvPlanRun run;
   run.calibration_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -51,4 +51,12 @@ LayerDistances ComputeLayerDistances(const AveragedKv& kv) {
   return d;
 }
 
+void ForbidUnreadablePairs(const ModelConfig& config, LayerDistances* distances) {
+  for (int i = 1; i < config.n_layers; ++i) {
+    for (int j = 0; j < i; ++j) {
+      if (!config.CanReadCacheOf(i, j)) distances->Forbid(i, j);
+    }
+  }
+}
+
 }  // namespace kvshare

@@ -37,4 +37,8 @@ class LayerDistances {
 
 LayerDistances ComputeLayerDistances(const AveragedKv& kv);
 
+// Forbids every pair (i, j) whose layer i may not read j's cache under the model's rule
+// (ModelConfig::CanReadCacheOf: Gemma 3's local/global kinds), so no search proposes it.
+void ForbidUnreadablePairs(const ModelConfig& config, LayerDistances* distances);
+
 }  // namespace kvshare

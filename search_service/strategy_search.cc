@@ -143,12 +143,7 @@ absl::StatusOr<StrategySearchResult> RunStrategySearch(const Model& model, Backe
   auto averaged = averager.Result();
   if (!averaged.ok()) return averaged.status();
   result.distances = ComputeLayerDistances(*averaged);
-  // Pairs the model forbids (Gemma 3's local/global rule) are never proposed.
-  for (int i = 1; i < c.n_layers; ++i) {
-    for (int j = 0; j < i; ++j) {
-      if (!c.CanReadCacheOf(i, j)) result.distances.Forbid(i, j);
-    }
-  }
+  ForbidUnreadablePairs(c, &result.distances);
   result.calibration_seconds = Seconds(start);
 
   const auto greedy_start = Clock::now();
