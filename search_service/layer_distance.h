@@ -8,6 +8,7 @@
 
 #include <vector>
 
+#include "common/model/model.h"
 #include "search_service/calibration.h"
 
 namespace kvshare {
