@@ -1,16 +1,25 @@
 #include "kernels/backend.h"
 
+#include <cmath>
 #include <vector>
-
-#include "kernels/cpu/reference.h"
 
 namespace kvshare {
 
+// The defaults of Backend's non-pure ops. This file is also compiled into the CUDA plugin
+// (kernels/cuda/CMakeLists.txt), which links no other kvshare library: it holds Backend's
+// vtable and typeinfo, so it must depend on nothing but the header.
+
 void Backend::GeluMul(const float* gate, const float* up, int64_t count, float* out) {
+  // gelu's tanh approximation in double, as cpu::ref::GeluMul computes it.
+  constexpr double kSqrt2OverPi = 0.79788456080286535588;
   std::vector<float> g(count), u(count);
   CopyToHost(gate, count * 4, g.data());
   CopyToHost(up, count * 4, u.data());
-  cpu::ref::GeluMul(g.data(), u.data(), count, g.data());
+  for (int64_t i = 0; i < count; ++i) {
+    const double x = g[i];
+    const double gelu = 0.5 * x * (1.0 + std::tanh(kSqrt2OverPi * (x + 0.044715 * x * x * x)));
+    g[i] = static_cast<float>(gelu * u[i]);
+  }
   CopyFromHost(g.data(), count * 4, out);
 }
 
