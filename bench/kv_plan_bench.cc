@@ -176,13 +176,13 @@ int RunModel(const Flags& flags, const std::string& name, nlohmann::json* out) {
     KvPlan plan{file->kv_source(), {}};
     for (int l = 0; l < c.n_layers; ++l) plan.kv_types.push_back(file->kv_type(l, KvType::kF16));
     auto strategy = PlanStrategy(**model, plan);
-    if (!strategy.ok()) return std::fprintf(stderr, "%s\n", strategy.status().ToString().c_str()), 1;
+    if (!strategy.ok())
+      return std::fprintf(stderr, "%s\n", strategy.status().ToString().c_str()), 1;
     auto ppl = (*meter)->Perplexity(*strategy);
     if (!ppl.ok()) return std::fprintf(stderr, "%s\n", ppl.status().ToString().c_str()), 1;
     nlohmann::json extra;
     extra["strategy_id"] = file->id();
-    row("published", Describe(plan), KvPlanBytesPerToken(g, plan), ppl->mean_nll, 0, 0,
-        extra);
+    row("published", Describe(plan), KvPlanBytesPerToken(g, plan), ppl->mean_nll, 0, 0, extra);
   }
   auto backend = MakeCpuBackend(flags.threads);
   for (double budget : flags.budgets) {

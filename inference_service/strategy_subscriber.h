@@ -9,10 +9,10 @@
 // strategy is applied (a fetch that fails NACKs with load failure). With a quality probe, an
 // applied version's probe figure (worker_quality_probe.h) goes with its ACK, measured before the
 // ACK is sent (a probe that fails is logged and left out; the version stays applied). It sends
-// the scheduler's load every `load_interval`. When the stream breaks or the service cannot be reached it reconnects
-// with jittered exponential backoff — to the next of the control-plane addresses, when it was given
-// several (search-service replicas on one etcd) — and the worker keeps serving what it has
-// meanwhile.
+// the scheduler's load every `load_interval`. When the stream breaks or the service cannot be
+// reached it reconnects with jittered exponential backoff — to the next of the control-plane
+// addresses, when it was given several (search-service replicas on one etcd) — and the worker keeps
+// serving what it has meanwhile.
 //
 // Thread-safe. Start() spawns one thread; Stop() (or the destructor) cancels the stream and
 // joins it. The holder and scheduler must outlive the subscriber.
