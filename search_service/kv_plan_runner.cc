@@ -148,14 +148,16 @@ absl::StatusOr<KvPlanStrategyResult> RunKvPlanStrategySearch(
   for (KvType t : options.lower_types) types.push_back(KvTypeName(t));
   p.note = absl::StrFormat(
       "KV plan within %g%% held-out perplexity (types %s -> %s%s): %d calibration runs of %d x "
-      "%d tokens, %d held-out checks, %d actions given back; actions %s",
+      "%d tokens, %d held-out checks, %d actions given back, %d added on held-out slack; actions "
+      "%s",
       options.max_ppl_increase, KvTypeName(options.base_type), absl::StrJoin(types, ","),
       options.share ? ", sharing" : "", r.calibration_runs, calibration.samples, calibration.tokens,
-      r.heldout_checks.size(), r.trimmed_actions,
+      r.heldout_checks.size(), r.trimmed_actions, r.grown_actions,
       actions.empty() ? "none" : absl::StrJoin(actions, " "));
   StrategyQuality q;
   q.baseline_nll = base_nll;
-  // The search's last check is of its final plan (SearchKvPlan stops right after it).
+  // The final plan's held-out NLL: the last check's when that was of the final plan, else the
+  // search's figure for it (a failed growth attempt may come last).
   q.heldout_nll = last_plan == r.plan ? last_nll : base_nll + r.heldout_increase;
   q.heldout_tokens = heldout.targets();
   q.context = heldout.context;

@@ -308,7 +308,44 @@ absl::StatusOr<KvPlanSearchResult> SearchKvPlan(
   }
   r.trimmed_actions = int(r.actions.size() - keep);
   r.actions.resize(keep);
-  r.plan = ApplyAll(base, r.actions, keep);
+
+  // 6. Grow on held-out slack: when nothing was given back, the calibration estimate may have
+  // left out precision steps the held-out text allows. Try the steps not taken (on layers that
+  // still own), in efficiency order: all of them, then the longest prefix that fits, found by
+  // bisection in at most max_grow_rounds checks.
+  if (r.trimmed_actions == 0 && r.heldout_increase <= budget) {
+    const KvPlan now = ApplyAll(base, r.actions, r.actions.size());
+    std::vector<PlanAction> missing;
+    for (size_t k : order) {
+      const PlanAction& a = steps[k];
+      bool taken = false;
+      for (const PlanAction& b : r.actions) {
+        taken |= b.kind == PlanAction::kLowerType && b.layer == a.layer && b.type == a.type;
+      }
+      if (!taken && now.kv_source[a.layer] == a.layer) missing.push_back(a);
+    }
+    size_t lo = 0, hi = missing.size(), n = hi;  // a prefix of lo steps fits
+    for (int round = 0; round < options.max_grow_rounds && n > lo; ++round) {
+      s = Cancelled(hooks, "the held-out growth");
+      if (!s.ok()) return s;
+      Progress(hooks, "held-out growth", round, options.max_grow_rounds);
+      std::vector<PlanAction> grown = r.actions;
+      grown.insert(grown.end(), missing.begin(), missing.begin() + n);
+      auto h = heldout(ApplyAll(base, grown, grown.size()));
+      if (!h.ok()) return h.status();
+      r.heldout_checks.push_back(*h);
+      if (*h <= budget) {
+        lo = n;
+        r.heldout_increase = *h;
+      } else {
+        hi = n - 1;
+      }
+      n = (lo + hi + 1) / 2;
+    }
+    r.actions.insert(r.actions.end(), missing.begin(), missing.begin() + lo);
+    r.grown_actions = int(lo);
+  }
+  r.plan = ApplyAll(base, r.actions, r.actions.size());
   r.bytes_per_token = KvPlanBytesPerToken(g, r.plan);
   return r;
 }

@@ -18,6 +18,10 @@
 //      budget, give back actions from the last accepted (shares first, then the least
 //      efficient precision steps), using the held-out / calibration ratio to guess how many,
 //      and measure again (at most max_heldout_rounds guesses; then the base plan).
+//   6. Grow: when step 5 gave nothing back, add the precision steps the calibration estimate
+//      left out while the held-out increase stays within the budget (calibration and held-out
+//      text can disagree on what a layer's precision costs): all of them, else the longest
+//      prefix in efficiency order that fits, by bisection (at most max_grow_rounds checks).
 // The budget is options.max_ppl_increase percent of perplexity, i.e. ln(1 + P/100) nats/token.
 //
 // Deterministic for a deterministic evaluator. The scoring is behind PlanEvaluator and the
@@ -78,6 +82,7 @@ struct KvPlanOptions {
   int share_best_of = 8;
   PairOrder share_order = PairOrder::kSimilar;
   int max_heldout_rounds = 4;
+  int max_grow_rounds = 3;
   double budget_nats() const { return std::log1p(max_ppl_increase / 100.0); }
 };
 
@@ -103,6 +108,7 @@ struct KvPlanSearchResult {
   double heldout_increase = 0;         // of the final plan
   std::vector<double> heldout_checks;  // every held-out measure, in order
   int trimmed_actions = 0;             // given back in step 5
+  int grown_actions = 0;               // added in step 6 (the last ones in `actions`)
   int calibration_runs = 0;
 };
 

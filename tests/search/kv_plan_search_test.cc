@@ -106,9 +106,37 @@ TEST(KvPlanSearch, SpendsTheBudgetOnTheMostBytesPerNat) {
   EXPECT_DOUBLE_EQ(r->bytes_per_token, 44 + 68 + 44 + 44);
   EXPECT_DOUBLE_EQ(r->base_bytes_per_token, 4 * 128);
   EXPECT_EQ(r->trimmed_actions, 0);
-  EXPECT_THAT(r->heldout_checks, ElementsAre(r->calibration_increase));
+  // Step 6 tries the step left out (layer 1's int4: 0.027 held-out) and keeps the plan.
+  EXPECT_THAT(r->heldout_checks, ElementsAre(r->calibration_increase, 0.027));
+  EXPECT_EQ(r->grown_actions, 0);
   // base + 4 layers x 2 types + the combined plan.
   EXPECT_EQ(r->calibration_runs, 1 + 8 + 1);
+}
+
+// Held-out text finds precision cheaper than calibration text does: step 6 adds what the
+// calibration estimate left out, all at once when it fits, else the longest prefix that fits.
+TEST(KvPlanSearch, GrowsOnHeldOutSlack) {
+  FakePlanEvaluator e;
+  for (int l = 0; l < 4; ++l) e.type_cost[{l, I4}] = 0.004;
+  for (int l = 0; l < 4; ++l) e.type_cost[{l, I8}] = 0.004;  // dominated by int4
+  KvPlanOptions o;
+  o.max_ppl_increase = 1.0;  // 0.00995 nats: calibration takes 2 of the 4 int4 steps
+  o.share = false;
+  auto all = SearchKvPlan(Geometry(), 4, o, e, nullptr, Scaled(e, 0.5));
+  ASSERT_TRUE(all.ok()) << all.status();
+  EXPECT_THAT(all->plan.kv_types, ElementsAre(I4, I4, I4, I4));
+  EXPECT_EQ(all->grown_actions, 2);
+  EXPECT_THAT(all->heldout_checks, ElementsAre(0.004, 0.008));
+  EXPECT_DOUBLE_EQ(all->heldout_increase, 0.008);
+
+  // At 0.75 x: all four (0.012) is over; bisection keeps three (0.009).
+  auto some = SearchKvPlan(Geometry(), 4, o, e, nullptr, Scaled(e, 0.75));
+  ASSERT_TRUE(some.ok()) << some.status();
+  EXPECT_THAT(some->plan.kv_types, ElementsAre(I4, I4, I4, F16));
+  EXPECT_EQ(some->grown_actions, 1);
+  ASSERT_EQ(some->heldout_checks.size(), 3u);
+  EXPECT_NEAR(some->heldout_checks[1], 0.012, 1e-12);
+  EXPECT_NEAR(some->heldout_increase, 0.009, 1e-12);
 }
 
 TEST(KvPlanSearch, SkipsATypeWhenASmallerOneCostsNoMore) {
