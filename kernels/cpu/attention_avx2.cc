@@ -218,7 +218,9 @@ KVSHARE_TARGET_AVX2 void GatherChunk(const ChunkRows& a, ChunkKv* kv) {
 }
 
 void AttendChunk(const ChunkRows& a) {
-  if (a.geometry->type == KvType::kInt4 && a.geometry->head_dim <= kMaxInt4HeadDim) {
+  // The in-place int4 read is off (see kInt4InPlace, attention_kernels.h).
+  if (a.geometry->type == KvType::kInt4 && kInt4InPlace &&
+      a.geometry->head_dim <= kMaxInt4HeadDim) {
     AttendChunkInt4(a);  // head_dim % 32 == 0 (ValidateKvGeometry)
   } else if (a.geometry->head_dim % 8 == 0) {
     AttendChunk8(a);

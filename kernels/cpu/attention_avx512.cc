@@ -475,7 +475,8 @@ KVSHARE_TARGET_AVX512 void GatherChunk(const ChunkRows& a, ChunkKv* kv) {
 }
 
 void AttendChunk(const ChunkRows& a) {
-  if (a.geometry->type == KvType::kInt4) {  // head_dim % 32 == 0 (ValidateKvGeometry)
+  // The in-place int4 read is off (kInt4InPlace, attention_kernels.h).
+  if (a.geometry->type == KvType::kInt4 && kInt4InPlace) {  // head_dim % 32 == 0
     switch (a.geometry->head_dim / 16) {
       case 2:
         return a.n_rows == 1 ? AttendChunkInt4T<2>(a) : AttendChunkInt4RowsT<2>(a);

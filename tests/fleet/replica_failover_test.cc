@@ -185,6 +185,7 @@ class ReplicaFailoverTest : public ::testing::Test {
   // Creates a rollout of `target` in three steps on the leader.
   std::string CreateRollout(uint64_t target) {
     v1::CreateRolloutRequest request;
+    request.set_allow_quality_regression(true);  // the test's strategies record no quality
     request.set_model(fingerprint_);
     request.set_target_version(target);
     for (uint32_t s : {34u, 67u, 100u}) request.add_steps(s);

@@ -211,6 +211,7 @@ TEST_F(SearchReplicasTest, WhileEtcdIsDownReplicasAreNotServingAndRefuseWritesTh
   EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAVAILABLE) << refused.error_message();
   EXPECT_THAT(refused.error_message(), HasSubstr(etcd_->endpoint()));
   v1::CreateRolloutRequest create;
+  create.set_allow_quality_regression(true);  // the test's strategies record no quality
   create.set_model(std::string(64, 'e'));
   create.set_target_version(1);
   create.add_steps(100);
@@ -249,6 +250,7 @@ TEST_F(SearchReplicasTest, AFollowerRefusesRolloutAndPinCommandsNamingTheLeaders
   ASSERT_TRUE(Publish(follower, 0, &out).ok());  // publishing is any replica's
 
   v1::CreateRolloutRequest create;
+  create.set_allow_quality_regression(true);  // the test's strategies record no quality
   create.set_model(std::string(64, 'e'));
   create.set_target_version(1);
   create.add_steps(50);
