@@ -58,13 +58,26 @@ int RunPlanSearchCommand(const Session& session, const PreparedSearch& prepared,
   auto lower = ParsePlanTypes(flags.plan_types);
   if (!lower.ok()) return Fail(lower.status());
   o.lower_types = *lower;
+  if (flags.plan_types == PlanSearchFlags{}.plan_types) {
+    // The default offers what the model's heads can hold (int4 needs head_dim % 32 == 0).
+    std::vector<KvType> holdable;
+    for (KvType t : o.lower_types) {
+      if (ValidateKvGeometry({16, c.n_kv_heads, c.head_dim, t}).ok()) holdable.push_back(t);
+    }
+    o.lower_types = holdable;
+  }
   absl::Status s = ValidateKvPlanOptions(o);
   if (!s.ok()) return Fail(s);
   std::cerr << absl::StrFormat(
       "plan search: %s, %d layers; calibration %d x %d tokens; budget %g%% held-out perplexity "
       "(%.5f nats/token) on %d tokens; types f16 -> %s; %s\n",
       c.name, c.n_layers, prepared.calibration.samples, prepared.calibration.tokens,
-      o.max_ppl_increase, o.budget_nats(), heldout.targets(), flags.plan_types,
+      o.max_ppl_increase, o.budget_nats(), heldout.targets(),
+      [&] {
+        std::vector<std::string> names;
+        for (KvType t : o.lower_types) names.push_back(KvTypeName(t));
+        return absl::StrJoin(names, ",");
+      }(),
       o.share ? absl::StrFormat("sharing best of %d", o.share_best_of) : "no sharing");
   std::cerr << "quality: the unshared fp32 model's held-out perplexity (the reference)\n";
   ProgressBar bar("plan", "runs");
