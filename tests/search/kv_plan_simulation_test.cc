@@ -13,6 +13,7 @@
 #include "common/engine/generate.h"
 #include "common/engine/transformer.h"
 #include "common/model/model.h"
+#include "common/strategy/sharing_strategy.h"
 #include "common/tokenizer/tokenizer.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -52,7 +53,7 @@ class KvPlanSimulationTest : public ::testing::Test {
   }
 
   // The Engine's mean NLL over the calibration samples (each one window) with a pool of `type`.
-  static double EngineNll(KvType type) {
+  static double EngineNll(KvType type, std::shared_ptr<const SharingStrategy> strategy = nullptr) {
     EngineOptions o;
     o.kv_type = type;
     o.max_step_rows = 256;
@@ -64,6 +65,7 @@ class KvPlanSimulationTest : public ::testing::Test {
       PerplexityOptions po;
       po.context = kTokens;
       po.stride = kTokens;
+      po.strategy = strategy;
       auto r =
           EvaluatePerplexity(**engine, absl::MakeConstSpan(calibration_->sample(s), kTokens), po);
       EXPECT_TRUE(r.ok()) << r.status();
@@ -107,6 +109,29 @@ TEST_F(KvPlanSimulationTest, UniformTypesMatchTheServingPool) {
     // 1e-5 (f16) to 1e-2 (int4) nats, so 2e-4 separates a right simulation from a wrong one.
     EXPECT_NEAR(c->nll, EngineNll(type), 2e-4) << KvTypeName(type);
   }
+}
+
+// A plan mixing types per layer (and a sharing layer reading an int4 cache), through the pool
+// of mixed types (common/engine/kv_pool.h) against the simulation.
+TEST_F(KvPlanSimulationTest, AMixedPlanMatchesTheServingPool) {
+  const int L = model_->config().n_layers;
+  std::vector<KvType> types(L, KvType::kInt4);
+  types[0] = KvType::kInt8;
+  types[9] = KvType::kF16;
+  types[17] = KvType::kInt8;
+  std::vector<int> source = Identity();
+  source[21] = 20;
+  auto strategy = SharingStrategy::Create(source, model_->fingerprint());
+  ASSERT_TRUE(strategy.ok()) << strategy.status();
+  auto plan = strategy->WithKvTypes(types);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  auto transformer = MakeTransformer();
+  auto loss = LossEvaluator::Create(*transformer, *calibration_, CandidateMetric::kNllIncrease);
+  ASSERT_TRUE(loss.ok()) << loss.status();
+  auto c = (*loss)->ScorePlan(source, types, 0);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_NEAR(c->nll, EngineNll(KvType::kF16, std::make_shared<const SharingStrategy>(*plan)),
+              2e-4);
 }
 
 TEST_F(KvPlanSimulationTest, IncrementalPlanScoresEqualFromScratch) {
