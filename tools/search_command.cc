@@ -222,6 +222,11 @@ Runner RegisterSearch(CLI::App& app) {
     if (max_nll->count() > 0) request.max_nll_increase = flags->max_nll_increase;
     if (!flags->remote.server.empty()) {
       if (plan_budget->count() > 0) {
+        if (flags->plan.no_share || flags->plan.plan_types != PlanSearchFlags{}.plan_types) {
+          return Fail(absl::InvalidArgumentError(
+              "--no-share and --plan-types: the search service plans with its defaults (int8 "
+              "and int4 where the heads allow, with sharing); leave them out with --server"));
+        }
         request.max_ppl_increase = flags->plan.max_ppl_increase;
         if (best_of->count() == 0) request.best_of = KvPlanOptions{}.share_best_of;
       }
