@@ -30,7 +30,7 @@ double StrategyKvBytesPerToken(const ModelConfig& config, const SharingStrategy&
   g.n_kv_heads = config.n_kv_heads;
   g.head_dim = config.head_dim;
   g.type = type;
-  return static_cast<double>(strategy.owning_layers()) * g.block_bytes() / block_tokens;
+  return strategy.KvBytesPerToken(g);  // a plan's own types; `type` for a strategy without one
 }
 
 }  // namespace kvshare

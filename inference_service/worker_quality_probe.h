@@ -43,9 +43,10 @@ class WorkerQualityProbe {
   std::unique_ptr<QualityProbe> probe_ ABSL_GUARDED_BY(mu_);
 };
 
-// KV bytes per token of `strategy` in a pool of `type` with `block_tokens`-token blocks:
-// owning layers x one layer's block bytes / block_tokens (int4's per-sequence f16 tails are
-// outside the pool and not counted, as KvCache::bytes_per_token_per_layer says).
+// KV bytes per token of `strategy` in a pool with `block_tokens`-token blocks: over its owning
+// layers, each layer's type's block bytes / block_tokens — the plan's types, or `type` for a
+// strategy without a plan (SharingStrategy::KvBytesPerToken; int4's per-sequence f16 tails are
+// outside the pool and not counted).
 double StrategyKvBytesPerToken(const ModelConfig& config, const SharingStrategy& strategy,
                                KvType type, int block_tokens);
 
