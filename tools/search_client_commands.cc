@@ -8,6 +8,7 @@
 #include <random>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
@@ -84,6 +85,13 @@ void PrintJobResult(const v1::SearchJob& job) {
   }
   const v1::SharingStrategy& s = r.strategy();
   const int owning = OwningLayers(s);
+  // "0 1 1 ...", or with a KV plan each owning layer's type: "0:int4 1:int8 1 ...".
+  std::vector<std::string> sources;
+  for (int l = 0; l < s.kv_source_size(); ++l) {
+    const bool typed = s.kv_source(l) == l && l < s.kv_types_size();
+    sources.push_back(typed ? absl::StrCat(l, ":", s.kv_types(l)) : absl::StrCat(s.kv_source(l)));
+  }
+  const bool nll_score = s.provenance().method() == "nll" || s.provenance().method() == "kvplan";
   std::cout << absl::StrFormat(
       "stop       %s: %d of %d target layers share; %d pairs scored, %d skipped\n"
       "kv_source  %s\n"
@@ -92,10 +100,10 @@ void PrintJobResult(const v1::SearchJob& job) {
       "time       %.2f s (calibration %.2f s, greedy %.2f s)\n"
       "strategy   %s\n",
       r.stop_reason(), s.kv_source_size() - owning, job.progress().target_layers(),
-      r.pairs_scored(), r.pairs_skipped(), absl::StrJoin(s.kv_source(), " "), owning,
-      s.kv_source_size(), s.provenance().score(),
-      s.provenance().method() == "nll" ? "minus the calibration NLL increase, nats/token"
-                                       : "mean cosine similarity to the unshared model",
+      r.pairs_scored(), r.pairs_skipped(), absl::StrJoin(sources, " "), owning, s.kv_source_size(),
+      s.provenance().score(),
+      nll_score ? "minus the calibration NLL increase, nats/token"
+                : "mean cosine similarity to the unshared model",
       r.total_seconds(), r.calibration_seconds(), r.greedy_seconds(), s.id());
   if (s.provenance().has_quality() && s.provenance().quality().heldout_tokens() > 0) {
     const v1::StrategyQuality& q = s.provenance().quality();
