@@ -23,6 +23,7 @@
 #include "bench/bench_util.h"
 #include "common/engine/engine.h"
 #include "common/model/model.h"
+#include "common/util/cpu_time.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/kv_type.h"
 
@@ -36,12 +37,6 @@ struct KvDecodeOptions {
   int reps = 3;        // rounds
   std::vector<int> batches = {1, 16};
 };
-
-inline double ProcessCpuSecondsNow() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return u.ru_utime.tv_sec + u.ru_stime.tv_sec + 1e-6 * (u.ru_utime.tv_usec + u.ru_stime.tv_usec);
-}
 
 constexpr KvType kAllKvTypes[] = {KvType::kF32, KvType::kF16, KvType::kInt8, KvType::kInt4};
 
@@ -99,7 +94,7 @@ inline nlohmann::json MeasureKvDecodeBatch(const KvDecodeOptions& o, int batch) 
   for (int r = 0; r < o.reps; ++r) {
     for (size_t i = 0; i < setups.size(); ++i) {
       Setup& s = setups[r % 2 == 0 ? i : setups.size() - 1 - i];
-      const double t0 = Now(), c0 = ProcessCpuSecondsNow();
+      const double t0 = Now(), c0 = ProcessCpuSeconds();
       for (int t = 0; t < o.steps; ++t) {
         for (int b = 0; b < batch; ++b) {
           next[b] = 1 + (t * 104729 + b * 13) % (c.vocab_size - 1);
@@ -108,7 +103,7 @@ inline nlohmann::json MeasureKvDecodeBatch(const KvDecodeOptions& o, int batch) 
         if (!s.engine->Step(in, &logits).ok()) return {{"error", "decode failed"}};
       }
       s.best_wall = std::min(s.best_wall, Now() - t0);
-      s.best_cpu = std::min(s.best_cpu, ProcessCpuSecondsNow() - c0);
+      s.best_cpu = std::min(s.best_cpu, ProcessCpuSeconds() - c0);
     }
   }
   nlohmann::json rows = nlohmann::json::array();

@@ -129,14 +129,6 @@ std::vector<std::vector<int32_t>> LongPrompts(const Tokenizer& tok, int length) 
   return out;
 }
 
-// CPU seconds this process has used (all threads): throughput per CPU-second does not drop
-// when other processes take the cores, so it compares strategies on a shared host.
-double ProcessCpuSeconds() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return u.ru_utime.tv_sec + u.ru_stime.tv_sec + 1e-6 * (u.ru_utime.tv_usec + u.ru_stime.tv_usec);
-}
-
 struct Row {
   std::string strategy;
   std::string kv_type;

@@ -1,25 +1,17 @@
 #include "search_service/kv_plan_runner.h"
 
-#include <sys/resource.h>
-
 #include <chrono>
 #include <memory>
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/engine/transformer.h"
+#include "common/util/cpu_time.h"
 #include "search_service/loss_evaluator.h"
 #include "search_service/strategy_search.h"
 
 namespace kvshare {
 namespace {
-
-double CpuSeconds() {
-  struct rusage u {};
-  getrusage(RUSAGE_SELF, &u);
-  return double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
-         1e-6 * double(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
-}
 
 // PlanEvaluator over LossEvaluator: the NLL increase over the unshared fp32 model.
 class LossPlanEvaluator : public PlanEvaluator {
@@ -48,7 +40,7 @@ absl::StatusOr<KvPlanRun> RunKvPlanSearch(const Model& model, Backend& backend,
   absl::Status valid = ValidateKvPlanOptions(options);
   if (!valid.ok()) return valid;
   const auto start = std::chrono::steady_clock::now();
-  const double cpu0 = CpuSeconds();
+  const double cpu0 = ProcessCpuSeconds();
   const ModelConfig& c = model.config();
   auto transformer = Transformer::Create(model, backend, SearchMaxRows(calibration));
   if (!transformer.ok()) return transformer.status();
@@ -84,7 +76,7 @@ absl::StatusOr<KvPlanRun> RunKvPlanSearch(const Model& model, Backend& backend,
   run.calibration_cosine = final_loss->cosine;
   run.total_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  run.total_cpu_seconds = CpuSeconds() - cpu0;
+  run.total_cpu_seconds = ProcessCpuSeconds() - cpu0;
   return run;
 }
 

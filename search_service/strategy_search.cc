@@ -1,13 +1,12 @@
 #include "search_service/strategy_search.h"
 
-#include <sys/resource.h>
-
 #include <algorithm>
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/engine/transformer.h"
+#include "common/util/cpu_time.h"
 #include "search_service/calibrated_evaluator.h"
 #include "search_service/cosine_evaluator.h"
 #include "search_service/loss_evaluator.h"
@@ -36,21 +35,13 @@ double Seconds(Clock::time_point since) {
   return std::chrono::duration<double>(Clock::now() - since).count();
 }
 
-// CPU time of the process, all threads.
-double CpuSeconds() {
-  struct rusage u {};
-  getrusage(RUSAGE_SELF, &u);
-  return double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
-         1e-6 * double(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
-}
-
 // Wall and CPU time since a start.
 struct Stopwatch {
   Clock::time_point wall = Clock::now();
-  double cpu = CpuSeconds();
+  double cpu = ProcessCpuSeconds();
   void Lap(StrategySearchResult* r) const {
     r->accept_seconds.push_back(Seconds(wall));
-    r->accept_cpu_seconds.push_back(CpuSeconds() - cpu);
+    r->accept_cpu_seconds.push_back(ProcessCpuSeconds() - cpu);
   }
 };
 
@@ -173,7 +164,7 @@ absl::StatusOr<StrategySearchResult> RunStrategySearch(const Model& model, Backe
   auto strategy = SharingStrategy::Create(result.selection.greedy.kv_source, model.fingerprint());
   if (!strategy.ok()) return strategy.status();
   result.total_seconds = Seconds(start);
-  result.total_cpu_seconds = CpuSeconds() - watch.cpu;
+  result.total_cpu_seconds = ProcessCpuSeconds() - watch.cpu;
   FillProvenance(options, calibration, result, &strategy->provenance());
   result.strategy = std::make_shared<const SharingStrategy>(std::move(*strategy));
   return result;
