@@ -26,6 +26,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "bench/bench_util.h"
+#include "common/engine/engine.h"
 #include "common/model/model.h"
 #include "common/strategy/sharing_strategy.h"
 #include "common/tokenizer/tokenizer.h"
@@ -117,7 +118,7 @@ int RunModel(const Flags& flags, const std::string& name, nlohmann::json* out) {
   const double base_nll = (*meter)->baseline().mean_nll;
 
   KvGeometry g;  // the serving pool's blocks (EngineOptions::block_tokens)
-  g.block_tokens = 16;
+  g.block_tokens = EngineOptions{}.block_tokens;
   g.n_kv_heads = c.n_kv_heads;
   g.head_dim = c.head_dim;
   const double llama_cpp = 2.0 * c.n_layers * c.n_kv_heads * c.head_dim * 2;

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/engine/engine.h"
 #include "common/engine/transformer.h"
 #include "common/util/cpu_time.h"
 #include "search_service/loss_evaluator.h"
@@ -93,7 +94,7 @@ absl::StatusOr<KvPlanStrategyResult> RunKvPlanStrategySearch(
   absl::Status valid = ValidateKvPlanOptions(options);
   if (!valid.ok()) return valid;
   const ModelConfig& c = model.config();
-  const int block_tokens = 16;  // EngineOptions::block_tokens, the serving pool's
+  const int block_tokens = EngineOptions{}.block_tokens;  // the serving pool's
   for (KvType t : options.lower_types) {
     KvGeometry g{block_tokens, c.n_kv_heads, c.head_dim, t};
     absl::Status s = ValidateKvGeometry(g);

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/engine/engine.h"
 #include "common/limits.h"
 #include "common/util/file.h"
 
@@ -143,7 +144,7 @@ absl::StatusOr<PreparedSearch> PrepareSearch(const SearchRequest& r, const Model
     KvPlanOptions plan;
     plan.max_ppl_increase = *r.max_ppl_increase;
     plan.share_best_of = r.best_of;
-    KvGeometry int4{16, c.n_kv_heads, c.head_dim, KvType::kInt4};
+    KvGeometry int4{EngineOptions{}.block_tokens, c.n_kv_heads, c.head_dim, KvType::kInt4};
     if (!ValidateKvGeometry(int4).ok()) plan.lower_types = {KvType::kInt8};
     p.plan = plan;
   }

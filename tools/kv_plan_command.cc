@@ -6,6 +6,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/engine/engine.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "search_service/kv_plan_runner.h"
 #include "tools/progress.h"
@@ -62,7 +63,8 @@ int RunPlanSearchCommand(const Session& session, const PreparedSearch& prepared,
     // The default offers what the model's heads can hold (int4 needs head_dim % 32 == 0).
     std::vector<KvType> holdable;
     for (KvType t : o.lower_types) {
-      if (ValidateKvGeometry({16, c.n_kv_heads, c.head_dim, t}).ok()) holdable.push_back(t);
+      if (ValidateKvGeometry({EngineOptions{}.block_tokens, c.n_kv_heads, c.head_dim, t}).ok())
+        holdable.push_back(t);
     }
     o.lower_types = holdable;
   }
