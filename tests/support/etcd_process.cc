@@ -11,6 +11,11 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <set>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -45,6 +50,29 @@ std::string EtcdProcess::Binary() {
   return "";
 }
 
+namespace {
+
+// Two distinct free loopback ports (the kernel may hand the same one out twice in a row).
+std::pair<int, int> TwoFreePorts() {
+  const int client = FreeLoopbackPort();
+  int peer = FreeLoopbackPort();
+  while (peer == client) peer = FreeLoopbackPort();
+  return {client, peer};
+}
+
+// The last `max_bytes` of the file at `path` ("" when it cannot be read).
+std::string Tail(const std::string& path, size_t max_bytes = 600) {
+  std::ifstream in(path, std::ios::binary);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return text.size() > max_bytes ? text.substr(text.size() - max_bytes) : text;
+}
+
+// The free ports are free when picked, not when etcd binds them: a test running beside this one
+// may take one in between. Such a start is tried again on fresh ports, this many times in all.
+constexpr int kStartAttempts = 5;
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<EtcdProcess>> EtcdProcess::Start(const std::string& name,
                                                                 absl::Duration ready_within) {
   std::unique_ptr<EtcdProcess> p(new EtcdProcess());
@@ -55,13 +83,21 @@ absl::StatusOr<std::unique_ptr<EtcdProcess>> EtcdProcess::Start(const std::strin
   }
   const char* tmp = std::getenv("TEST_TMPDIR");
   p->dir_ = absl::StrFormat("%s/etcd.%s.%d", tmp != nullptr ? tmp : "/tmp", name, getpid());
-  std::filesystem::remove_all(p->dir_);
-  std::filesystem::create_directories(p->dir_);
-  p->client_port_ = FreeLoopbackPort();
-  p->peer_port_ = FreeLoopbackPort();
-  absl::Status s = p->Launch(ready_within);
+  absl::Status s;
+  for (int attempt = 0; attempt < kStartAttempts; ++attempt) {
+    std::filesystem::remove_all(p->dir_);
+    std::filesystem::create_directories(p->dir_);
+    std::tie(p->client_port_, p->peer_port_) = TwoFreePorts();
+    s = p->Launch(ready_within);
+    if (s.ok() || !p->LostAPortRace()) break;
+  }
   if (!s.ok()) return s;
   return p;
+}
+
+bool EtcdProcess::LostAPortRace() const {
+  return pid_ <= 0 &&
+         absl::StrContains(Tail(dir_ + "/etcd.log", 1 << 16), "address already in use");
 }
 
 EtcdProcess::~EtcdProcess() {
@@ -132,11 +168,15 @@ absl::Status EtcdProcess::WaitHealthy(absl::Duration ready_within) {
   const std::string log = dir_ + "/etcd.log";
   const absl::Time deadline = absl::Now() + ready_within;
   while (absl::Now() < deadline) {
-    if (Healthy()) return absl::OkStatus();
+    // Alive after answering: an etcd beside this one, holding a port this one was given, can
+    // answer /health before this one exits on the port.
+    const bool healthy = Healthy();
     if (::waitpid(pid_, nullptr, WNOHANG) == pid_) {
       pid_ = -1;
-      return absl::InternalError(absl::StrFormat("etcd exited at start; see %s", log));
+      return absl::InternalError(
+          absl::StrFormat("etcd exited at start; %s ends with: %s", log, Tail(log)));
     }
+    if (healthy) return absl::OkStatus();
     absl::SleepFor(absl::Milliseconds(50));
   }
   return absl::DeadlineExceededError(absl::StrFormat("etcd on %s not healthy within %s; see %s",
@@ -147,37 +187,57 @@ absl::Status EtcdProcess::WaitHealthy(absl::Duration ready_within) {
 absl::StatusOr<std::vector<std::unique_ptr<EtcdProcess>>> EtcdProcess::StartCluster(
     const std::string& name, int members, absl::Duration ready_within) {
   if (members < 1) return absl::InvalidArgumentError("members must be at least 1");
-  std::vector<std::unique_ptr<EtcdProcess>> out;
+  if (Binary().empty()) {
+    return absl::NotFoundError(
+        "no etcd binary (install Debian's etcd-server, or set KVSHARE_ETCD)");
+  }
+  absl::Status s;
+  for (int attempt = 0; attempt < kStartAttempts; ++attempt) {
+    std::vector<std::unique_ptr<EtcdProcess>> out;
+    s = TryStartCluster(name, members, ready_within, &out);
+    if (s.ok()) return out;
+    bool lost_a_race = false;
+    for (const auto& p : out) lost_a_race = lost_a_race || p->LostAPortRace();
+    if (!lost_a_race) break;
+  }
+  return s;
+}
+
+absl::Status EtcdProcess::TryStartCluster(const std::string& name, int members,
+                                          absl::Duration ready_within,
+                                          std::vector<std::unique_ptr<EtcdProcess>>* out) {
   std::vector<std::string> cluster;
+  std::set<int> ports;
+  const auto fresh_port = [&ports] {
+    int port = FreeLoopbackPort();
+    while (!ports.insert(port).second) port = FreeLoopbackPort();
+    return port;
+  };
   const char* tmp = std::getenv("TEST_TMPDIR");
   for (int i = 0; i < members; ++i) {
     std::unique_ptr<EtcdProcess> p(new EtcdProcess());
     p->binary_ = Binary();
-    if (p->binary_.empty()) {
-      return absl::NotFoundError(
-          "no etcd binary (install Debian's etcd-server, or set KVSHARE_ETCD)");
-    }
     p->member_ = absl::StrFormat("m%d", i);
     p->cluster_token_ = absl::StrFormat("%s.%d", name, getpid());  // the same for every member
     p->dir_ = absl::StrFormat("%s/etcd.%s.%d.%s", tmp != nullptr ? tmp : "/tmp", name, getpid(),
                               p->member_);
     std::filesystem::remove_all(p->dir_);
     std::filesystem::create_directories(p->dir_);
-    p->client_port_ = FreeLoopbackPort();
-    p->peer_port_ = FreeLoopbackPort();
+    p->client_port_ = fresh_port();
+    p->peer_port_ = fresh_port();
     cluster.push_back(absl::StrFormat("%s=http://127.0.0.1:%d", p->member_, p->peer_port_));
-    out.push_back(std::move(p));
+    out->push_back(std::move(p));
   }
-  for (auto& p : out) {
+  for (auto& p : *out) {
     p->initial_cluster_ = absl::StrJoin(cluster, ",");
     absl::Status s = p->Spawn();
     if (!s.ok()) return s;
   }
-  for (auto& p : out) {
+  for (auto& p : *out) {
     absl::Status s = p->WaitHealthy(ready_within);
     if (!s.ok()) return s;
   }
-  return out;
+  return absl::OkStatus();
 }
 
 std::string EtcdProcess::ClusterUrl(const std::vector<std::unique_ptr<EtcdProcess>>& members,

@@ -52,6 +52,12 @@ class EtcdProcess {
   // Forks etcd (no wait).
   absl::Status Spawn();
   absl::Status WaitHealthy(absl::Duration ready_within);
+  // One try at StartCluster; `out` holds the members started so far (killed when it goes).
+  static absl::Status TryStartCluster(const std::string& name, int members,
+                                      absl::Duration ready_within,
+                                      std::vector<std::unique_ptr<EtcdProcess>>* out);
+  // Whether the last start exited because a port it was given was taken meanwhile.
+  bool LostAPortRace() const;
 
   std::string binary_, dir_;
   std::string member_ = "test", initial_cluster_;  // "" = this member alone
