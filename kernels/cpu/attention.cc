@@ -90,8 +90,8 @@ struct Partial {
 
 }  // namespace
 
-AttentionRunner::AttentionRunner(ThreadPool* pool, Isa isa)
-    : pool_(pool), isa_(isa), scratch_(pool->threads()) {}
+AttentionRunner::AttentionRunner(ThreadPool* pool, Isa isa, bool int4_in_place)
+    : pool_(pool), isa_(isa), int4_in_place_(int4_in_place), scratch_(pool->threads()) {}
 
 void AttentionRunner::Run(const KvGeometry& geo, const void* pool, const AttentionSeq* seqs,
                           int n_seqs, const float* q, int n_heads, float* out) {
@@ -173,6 +173,7 @@ void AttentionRunner::Run(const KvGeometry& geo, const void* pool, const Attenti
     a.p0 = std::max(c * kAttentionChunk, it.lo);
     a.p1 = std::min(s.limit[n_rows - 1] + 1, (c + 1) * kAttentionChunk);
     a.scale = scale;
+    a.int4_in_place = int4_in_place_;
     a.n_rows = n_rows - r0;
     a.q = s.q.data() + r0;
     a.limit = s.limit.data() + r0;

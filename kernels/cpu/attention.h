@@ -28,7 +28,8 @@ constexpr int kQueryTile = 8;
 
 class AttentionRunner {
  public:
-  AttentionRunner(ThreadPool* pool, Isa isa);
+  // int4_in_place: ChunkRows::int4_in_place.
+  AttentionRunner(ThreadPool* pool, Isa isa, bool int4_in_place = true);
 
   void Run(const KvGeometry& g, const void* pool, const AttentionSeq* seqs, int n_seqs,
            const float* q, int n_heads, float* out);
@@ -53,6 +54,7 @@ class AttentionRunner {
 
   ThreadPool* pool_;
   Isa isa_;
+  bool int4_in_place_;
   std::vector<Item> items_;
   std::vector<float> partials_;   // split mode
   std::vector<Scratch> scratch_;  // per thread

@@ -218,8 +218,7 @@ KVSHARE_TARGET_AVX2 void GatherChunk(const ChunkRows& a, ChunkKv* kv) {
 }
 
 void AttendChunk(const ChunkRows& a) {
-  // The in-place int4 read is off (see kInt4InPlace, attention_kernels.h).
-  if (a.geometry->type == KvType::kInt4 && kInt4InPlace &&
+  if (a.geometry->type == KvType::kInt4 && a.int4_in_place &&
       a.geometry->head_dim <= kMaxInt4HeadDim) {
     AttendChunkInt4(a);  // head_dim % 32 == 0 (ValidateKvGeometry)
   } else if (a.geometry->head_dim % 8 == 0) {

@@ -475,8 +475,7 @@ KVSHARE_TARGET_AVX512 void GatherChunk(const ChunkRows& a, ChunkKv* kv) {
 }
 
 void AttendChunk(const ChunkRows& a) {
-  // The in-place int4 read is off (kInt4InPlace, attention_kernels.h).
-  if (a.geometry->type == KvType::kInt4 && kInt4InPlace) {  // head_dim % 32 == 0
+  if (a.geometry->type == KvType::kInt4 && a.int4_in_place) {  // head_dim % 32 == 0
     switch (a.geometry->head_dim / 16) {
       case 2:
         return a.n_rows == 1 ? AttendChunkInt4T<2>(a) : AttendChunkInt4RowsT<2>(a);

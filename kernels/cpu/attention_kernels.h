@@ -29,13 +29,6 @@ namespace kvshare::cpu {
 
 constexpr int kMaxChunk = 256;
 
-// Whether the AVX2 / AVX-512 paths read int4 blocks in place (kv_chunk.h Int4Runs, scales
-// folded into q and the softmax weights) instead of gathering them to fp32 like the other
-// types. Off: on SmolLM2 prefill the in-place read gives a mean NLL 0.018 nats (AVX-512) and
-// 0.024 (AVX2) away from the types' definition (tests/search/kv_plan_simulation_test), which
-// the scalar and gather paths match; the kernels stay compiled until the difference is found.
-constexpr bool kInt4InPlace = false;
-
 struct ChunkRows {
   const KvGeometry* geometry;
   const void* pool;
@@ -53,6 +46,9 @@ struct ChunkRows {
   float* m;               // [n_rows]
   float* l;               // [n_rows]
   float* o;               // [n_rows][head_dim]
+  // int4 on the AVX2 / AVX-512 levels: read the blocks in place (true) or gather them to fp32
+  // like the other types (CpuBackendOptions::int4_in_place).
+  bool int4_in_place = true;
 };
 
 // K and V (head_dim fp32 each) of positions p0 + i, i < p1 - p0, for the call's KV head.

@@ -39,8 +39,11 @@ class HostBuffer : public Buffer {
 
 class CpuBackend : public Backend {
  public:
-  CpuBackend(int threads, Isa isa, const cpu::MatMulOptions& matmul)
-      : isa_(isa), pool_(threads), matmul_(&pool_, isa, matmul), attention_(&pool_, isa) {
+  CpuBackend(int threads, Isa isa, const cpu::MatMulOptions& matmul, bool int4_in_place)
+      : isa_(isa),
+        pool_(threads),
+        matmul_(&pool_, isa, matmul),
+        attention_(&pool_, isa, int4_in_place) {
     // Our pool parallelizes over tiles; OpenBLAS's own threads would compete with it.
     openblas_set_num_threads(1);
   }
@@ -200,7 +203,7 @@ std::unique_ptr<Backend> MakeCpuBackend(const CpuBackendOptions& options) {
   if (threads <= 0) threads = static_cast<int>(std::thread::hardware_concurrency());
   if (threads <= 0) threads = 1;
   const Isa isa = std::min(cpu::DetectIsa(), options.max_isa);
-  return std::make_unique<CpuBackend>(threads, isa, options.matmul);
+  return std::make_unique<CpuBackend>(threads, isa, options.matmul, options.int4_in_place);
 }
 
 std::unique_ptr<Backend> MakeCpuBackend(int threads) {

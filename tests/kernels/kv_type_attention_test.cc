@@ -1,11 +1,11 @@
 // Attention over compact KV pools (f16, int8, int4): every SIMD level against the reference
 // (ref::Attention dequantises position by position through kv_codec.h LoadKv and runs the
 // softmax in double), over the grid of attention_test.cc — GQA ratios, head sizes, block
-// sizes (int4: every head size its SIMD paths specialise), lengths around block and chunk
-// boundaries, blocks that straddle chunks, several sequences with shuffled tables —
-// with K/V written in two calls, so int4 blocks fill across calls and partial blocks are read
-// from the tail. Then: the same bits at any thread count, and outputs close to exact fp32
-// attention by a margin each type's precision explains.
+// sizes (int4: every head size its SIMD paths specialise, read in place and gathered), lengths
+// around block and chunk boundaries, blocks that straddle chunks, several sequences with
+// shuffled tables — with K/V written in two calls, so int4 blocks fill across calls and partial
+// blocks are read from the tail. Then: the same bits at any thread count, and outputs close to
+// exact fp32 attention by a margin each type's precision explains.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -132,12 +132,19 @@ TEST(KvTypeAttentionTest, EveryIsaMatchesTheReferenceOverTheGrid) {
             const TypedFixture f(g, 2 * group, call, seed++);
             const std::vector<float> want = f.Reference();
             for (Isa isa : testing::SupportedIsas()) {
-              auto b = testing::CpuBackendAt(isa, 2);
-              ExpectClose(f.Run(*b), want, 4.0f,
-                          std::string(KvTypeName(type)) + " " +
-                              ::testing::PrintToString(std::vector<int>{group, head_dim, block}) +
-                              " isa " + cpu::IsaName(isa) + " first seq start " +
-                              std::to_string(call[0].start_pos));
+              // int4: read in place (the default) and gathered (CpuBackendOptions).
+              for (bool in_place : {true, false}) {
+                if (!in_place && type != KvType::kInt4) continue;
+                CpuBackendOptions o;
+                o.threads = 2;
+                o.max_isa = isa;
+                o.int4_in_place = in_place;
+                ExpectClose(f.Run(*MakeCpuBackend(o)), want, 4.0f,
+                            std::string(KvTypeName(type)) + (in_place ? "" : " gathered") + " " +
+                                ::testing::PrintToString(std::vector<int>{group, head_dim, block}) +
+                                " isa " + cpu::IsaName(isa) + " first seq start " +
+                                std::to_string(call[0].start_pos));
+              }
             }
           }
         }

@@ -58,7 +58,12 @@ class KvPlanSimulationTest : public ::testing::Test {
     o.kv_type = type;
     o.max_step_rows = 256;
     o.default_pool_tokens = 256;
-    auto engine = Engine::Create(*model_, MakeCpuBackend(2), o);
+    // int4 read gathered: the in-place read rounds differently, and an int4 forward pass does not
+    // keep a rounding difference small (cpu_backend.h int4_in_place).
+    CpuBackendOptions cpu;
+    cpu.threads = 2;
+    cpu.int4_in_place = false;
+    auto engine = Engine::Create(*model_, MakeCpuBackend(cpu), o);
     EXPECT_TRUE(engine.ok()) << engine.status();
     double sum = 0;
     for (int s = 0; s < kSamples; ++s) {
