@@ -13,7 +13,6 @@ Runner RegisterInfo(CLI::App& app) {
   struct Flags {
     ModelFlags model;
     double kv_budget_mib = 256;
-    int block_tokens = 16;
   };
   auto flags = std::make_shared<Flags>();
   CLI::App* sub = app.add_subcommand("info", "Model config, parameters, fingerprint, KV cost");
@@ -22,9 +21,6 @@ Runner RegisterInfo(CLI::App& app) {
                   "KV memory budget for the capacity figures, MiB")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  sub->add_option("--block-tokens", flags->block_tokens, "KV block size in tokens")
-      ->capture_default_str()
-      ->check(CLI::Range(1, 1024));
 
   return [flags]() -> int {
     auto session = OpenSession(flags->model, /*need_engine=*/false);
@@ -65,7 +61,7 @@ Runner RegisterInfo(CLI::App& app) {
     auto kv_type = ParseKvType(flags->model.kv_type);
     if (!kv_type.ok()) return Fail(kv_type.status());
     KvGeometry g;
-    g.block_tokens = flags->block_tokens;
+    g.block_tokens = flags->model.block_tokens;
     g.n_kv_heads = c.n_kv_heads;
     g.head_dim = c.head_dim;
     g.type = *kv_type;
@@ -79,7 +75,7 @@ Runner RegisterInfo(CLI::App& app) {
     const int64_t strategy_row =
         static_cast<int64_t>(st.KvBytesPerToken(g) * g.block_tokens + 0.5);  // exact integer
     auto capacity = [&](int64_t row_bytes) {
-      return row_bytes == 0 ? 0 : budget / row_bytes * flags->block_tokens;
+      return row_bytes == 0 ? 0 : budget / row_bytes * flags->model.block_tokens;
     };
     std::cout << absl::StrFormat(
         "strategy     %s (%s)\n"

@@ -37,6 +37,11 @@ void AddModelFlags(CLI::App* app, ModelFlags* flags, bool with_strategy) {
                   "per 32 channels over each 16-token block; needs head_dim % 32 == 0)")
       ->capture_default_str()
       ->check(CLI::IsMember({"f32", "f16", "int8", "int4"}));
+  app->add_option("--block-tokens", flags->block_tokens,
+                  "Tokens per KV block, as the worker's --block-tokens (int4: K is quantised per "
+                  "channel over a block, so larger blocks store fewer scales)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1024));
   if (with_strategy) {
     app->add_option("--strategy", flags->strategy,
                     "KV sharing strategy JSON file (default: identity, no sharing)");
@@ -86,6 +91,7 @@ absl::StatusOr<Session> OpenSession(const ModelFlags& flags, bool need_engine) {
   EngineOptions options;
   options.max_step_rows = flags.max_step_rows;
   options.kv_type = *kv_type;
+  options.block_tokens = flags.block_tokens;
   options.default_pool_tokens =
       flags.kv_pool_tokens > 0 ? flags.kv_pool_tokens : std::max<int64_t>(8192, c.max_seq_len);
   options.kv_memory_fraction = flags.kv_memory_fraction;

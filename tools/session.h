@@ -26,10 +26,11 @@ struct ModelFlags {
   std::string device = "auto";      // auto | cpu | cuda | cuda:N (kernels/device_backend.h)
   double kv_memory_fraction = 0.0;  // > 0: KV pool = this fraction of free device memory
   std::string kv_type = "f16";      // f32 | f16 | int8 | int4 (kernels/kv_type.h)
+  int block_tokens = 16;            // tokens per KV block (int4: the token group of K's scales)
 };
 
 // Registers --model, --tokenizer, --threads, --int8, --device, --kv-memory-fraction,
-// --kv-type and --strategy on `app`.
+// --kv-type, --block-tokens and --strategy on `app`.
 void AddModelFlags(CLI::App* app, ModelFlags* flags, bool with_strategy = true);
 
 struct Session {
