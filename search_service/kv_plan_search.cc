@@ -309,11 +309,13 @@ absl::StatusOr<KvPlanSearchResult> SearchKvPlan(
   r.trimmed_actions = int(r.actions.size() - keep);
   r.actions.resize(keep);
 
-  // 6. Grow on held-out slack: when nothing was given back, the calibration estimate may have
-  // left out precision steps the held-out text allows. Try the steps not taken (on layers that
-  // still own), in efficiency order: all of them, then the longest prefix that fits, found by
-  // bisection in at most max_grow_rounds checks.
-  if (r.trimmed_actions == 0 && r.heldout_increase <= budget) {
+  // 6. Grow on held-out slack: the calibration estimate may have left out precision steps the
+  // held-out text allows, and step 5's guess from the held-out / calibration ratio may have
+  // given back more than it had to (when it gave shares back, the bytes they saved may cost
+  // less as precision). Try the precision steps not in the plan (on layers that still own), in
+  // efficiency order: all of them, then the longest prefix that fits, found by bisection in at
+  // most max_grow_rounds checks.
+  if (r.heldout_increase <= budget) {
     const KvPlan now = ApplyAll(base, r.actions, r.actions.size());
     std::vector<PlanAction> missing;
     for (size_t k : order) {

@@ -18,10 +18,11 @@
 //      budget, give back actions from the last accepted (shares first, then the least
 //      efficient precision steps), using the held-out / calibration ratio to guess how many,
 //      and measure again (at most max_heldout_rounds guesses; then the base plan).
-//   6. Grow: when step 5 gave nothing back, add the precision steps the calibration estimate
-//      left out while the held-out increase stays within the budget (calibration and held-out
-//      text can disagree on what a layer's precision costs): all of them, else the longest
-//      prefix in efficiency order that fits, by bisection (at most max_grow_rounds checks).
+//   6. Grow: add the precision steps not in the plan (left out by the calibration estimate, or
+//      given back by step 5's guess) while the held-out increase stays within the budget
+//      (calibration and held-out text can disagree on what a layer's precision costs): all of
+//      them, else the longest prefix in efficiency order that fits, by bisection (at most
+//      max_grow_rounds checks).
 // The budget is options.max_ppl_increase percent of perplexity, i.e. ln(1 + P/100) nats/token.
 //
 // Deterministic for a deterministic evaluator. The scoring is behind PlanEvaluator and the

@@ -166,10 +166,16 @@ TEST(KvPlanSearch, TrimsOnHeldOutUntilTheBudgetHolds) {
   // Calibration takes layers 0..3 in order of cost: 0.002+0.004+0.006 = 0.012 fits, +0.008 =
   // 0.020 does not, so 3 steps. Held-out 0.036 > 0.0198; ratio 3 -> target 0.0066: keep the
   // prefix costing 0.006 (2 steps), held-out 0.018 fits.
+  // Step 6 then tries the steps not in the plan, layer 2's int4 (given back) and layer 3's
+  // (never taken): both, 0.018 + 0.018 + 0.024, are over; the first alone, 0.036, too. The plan
+  // stays.
   EXPECT_THAT(r->plan.kv_types, ElementsAre(I4, I4, F16, F16));
   EXPECT_EQ(r->trimmed_actions, 1);
-  ASSERT_EQ(r->heldout_checks.size(), 2u);
+  EXPECT_EQ(r->grown_actions, 0);
+  ASSERT_EQ(r->heldout_checks.size(), 4u);
   EXPECT_NEAR(r->heldout_checks[0], 0.036, 1e-12);
+  EXPECT_NEAR(r->heldout_checks[2], 0.060, 1e-12);
+  EXPECT_NEAR(r->heldout_checks[3], 0.036, 1e-12);
   EXPECT_NEAR(r->heldout_increase, 0.018, 1e-12);
   EXPECT_LE(r->heldout_increase, o.budget_nats());
 }
@@ -188,7 +194,8 @@ TEST(KvPlanSearch, FallsBackToTheBasePlanWhenNothingFits) {
   auto r = SearchKvPlan(Geometry(), 1, o, e, nullptr, heldout);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_THAT(r->plan.kv_types, ElementsAre(F16));
-  EXPECT_THAT(r->heldout_checks, ElementsAre(1.0, 0.0));
+  // The base plan, then step 6's one try of layer 0's int4.
+  EXPECT_THAT(r->heldout_checks, ElementsAre(1.0, 0.0, 1.0));
   EXPECT_TRUE(r->actions.empty());
 }
 
@@ -221,6 +228,46 @@ TEST(KvPlanSearch, SharesWhileBudgetRemainsMostBytesPerNatFirst) {
   EXPECT_THAT(r->plan.kv_types, ElementsAre(I4, I4, I4, I4));
   EXPECT_NEAR(r->calibration_increase, 0.03, 1e-12);
   EXPECT_DOUBLE_EQ(r->bytes_per_token, 2 * 44);
+}
+
+// Calibration text takes a share that held-out text finds expensive: step 5 gives back more
+// than the share (its guess scales every action by one ratio), and step 6 grows the precision
+// back on the held-out slack. A larger budget must not end in a worse plan than this.
+TEST(KvPlanSearch, AfterGivingASharedLayerBackItGrowsPrecisionOnTheSlack) {
+  FakePlanEvaluator e;
+  for (int l = 0; l < 4; ++l) e.type_cost[{l, I4}] = 0.004;
+  for (int l = 0; l < 4; ++l) e.type_cost[{l, I8}] = 0.004;  // dominated by int4
+  e.share_cost = {{3, 0.001}};                               // any other share: 1.0
+  LayerDistances d(4);
+  for (int i = 1; i < 4; ++i) {
+    for (int j = 0; j < i; ++j) d.Set(i, j, 10.0, 10.0);
+  }
+  d.Set(3, 2, 1.0, 1.0);
+  KvPlanOptions o;
+  o.max_ppl_increase = 1.0;  // 0.00995 nats
+  o.share_best_of = 1;
+  // Held-out: precision at half its calibration cost, a shared layer at 1.0.
+  std::vector<KvPlan> seen;
+  HeldoutIncreaseFn heldout = [&e, &seen](const KvPlan& p) -> absl::StatusOr<double> {
+    seen.push_back(p);
+    double c = 0;
+    for (size_t l = 0; l < p.kv_source.size(); ++l) {
+      c += p.kv_source[l] != int(l) ? 1.0 : 0.5 * e.type_cost[{int(l), p.kv_types[l]}];
+    }
+    return c;
+  };
+  auto r = SearchKvPlan(Geometry(), 4, o, e, &d, heldout);
+  ASSERT_TRUE(r.ok()) << r.status();
+  // Calibration: int4 on layers 0 and 1 (0.008), then 3 reads 2 (0.009). Held-out 1.004 is
+  // over; the ratio (111x) leaves a prefix of nothing: the base plan (0). Step 6: all four
+  // int4 steps, 0.008 held-out, fit.
+  ASSERT_GE(seen.size(), 3u);
+  EXPECT_THAT(seen[0].kv_source, ElementsAre(0, 1, 2, 2));
+  EXPECT_EQ(r->trimmed_actions, 3);
+  EXPECT_EQ(r->grown_actions, 4);
+  EXPECT_THAT(r->plan.kv_source, ElementsAre(0, 1, 2, 3));
+  EXPECT_THAT(r->plan.kv_types, ElementsAre(I4, I4, I4, I4));
+  EXPECT_NEAR(r->heldout_increase, 0.008, 1e-12);
 }
 
 TEST(KvPlanSearch, RejectsBadOptionsNamingTheField) {
