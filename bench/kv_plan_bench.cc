@@ -47,6 +47,7 @@ struct Flags {
   int context = 512;
   int threads = 2;
   bool share = true;
+  bool int8 = false;  // the search's calibration forwards with int8 activations
   std::string strategy;
   std::string json;
 };
@@ -185,7 +186,10 @@ int RunModel(const Flags& flags, const std::string& name, nlohmann::json* out) {
     extra["strategy_id"] = file->id();
     row("published", Describe(plan), KvPlanBytesPerToken(g, plan), ppl->mean_nll, 0, 0, extra);
   }
-  auto backend = MakeCpuBackend(flags.threads);
+  CpuBackendOptions search_cpu;
+  search_cpu.threads = flags.threads;
+  search_cpu.matmul.int8_activations = flags.int8;
+  auto backend = MakeCpuBackend(search_cpu);
   for (double budget : flags.budgets) {
     KvPlanOptions o;
     o.max_ppl_increase = budget;
@@ -234,6 +238,8 @@ int Main(int argc, char** argv) {
       flags.models = absl::StrSplit(next(), ',');
     } else if (a == "--no-share") {
       flags.share = false;
+    } else if (a == "--int8") {
+      flags.int8 = true;
     } else if (a == "--strategy") {
       flags.strategy = next();
     } else if (a == "--budgets") {
@@ -249,10 +255,12 @@ int Main(int argc, char** argv) {
         flags.budgets.push_back(b);
       }
     } else {
-      std::fprintf(stderr,
-                   "usage: %s [--models smollm2,stories] [--budgets 1,2,5|none] [--eval-tokens N] "
-                   "[--context N] [--threads N] [--no-share] [--strategy FILE] [--json FILE]\n",
-                   argv[0]);
+      std::fprintf(
+          stderr,
+          "usage: %s [--models smollm2,stories] [--budgets 1,2,5|none] [--eval-tokens N] "
+          "[--context N] [--threads N] [--no-share] [--int8] [--strategy FILE] [--json FILE]\n"
+          "  --int8: the search scores plans with int8 activations (held-out checks stay fp32)\n",
+          argv[0]);
       return 2;
     }
   }

@@ -20,18 +20,38 @@ std::string F(const SearchRequest& r, const char* flag, const char* field) {
 
 }  // namespace
 
+RuleDefaults RuleDefaultsFor(const std::string& method) {
+  if (method == SearchMethodName(SearchMethod::kKvSharer)) return {"dissimilar", 1, false};
+  return {"similar", 8, true};
+}
+
+std::string EffectiveOrder(const SearchRequest& r) {
+  return r.order.value_or(RuleDefaultsFor(r.method).order);
+}
+
+int EffectiveBestOf(const SearchRequest& r) {
+  if (r.best_of.has_value()) return *r.best_of;
+  return r.max_ppl_increase.has_value() ? KvPlanOptions{}.share_best_of
+                                        : RuleDefaultsFor(r.method).best_of;
+}
+
+bool EffectiveLazy(const SearchRequest& r) {
+  return r.lazy.value_or(RuleDefaultsFor(r.method).lazy);
+}
+
 absl::StatusOr<std::string> CheckSearchRequest(const SearchRequest& r) {
-  if (!ParsePairOrder(r.order).ok()) {
+  const std::string order = EffectiveOrder(r);
+  if (!ParsePairOrder(order).ok()) {
     return Invalid(absl::StrFormat("%s '%s' is not one of dissimilar, similar, random",
-                                   F(r, "--order", "order"), r.order));
+                                   F(r, "--order", "order"), order));
   }
-  auto rule = CheckRuleFields(r.method, r.best_of, r.max_nll_increase,
+  auto rule = CheckRuleFields(r.method, EffectiveBestOf(r), r.max_nll_increase,
                               r.field_style == FieldStyle::kCliFlag);
   if (!rule.ok()) return rule.status();
   if (r.max_ppl_increase.has_value()) {
     KvPlanOptions plan;
     plan.max_ppl_increase = *r.max_ppl_increase;
-    plan.share_best_of = r.best_of;
+    plan.share_best_of = EffectiveBestOf(r);
     absl::Status s = ValidateKvPlanOptions(plan, r.field_style == FieldStyle::kCliFlag);
     if (!s.ok()) return s;
   }
@@ -95,7 +115,7 @@ absl::StatusOr<PreparedSearch> PrepareSearch(const SearchRequest& r, const Model
   if (!text.ok()) return text.status();
   const ModelConfig& c = model.config();
   PreparedSearch p;
-  p.options.order = *ParsePairOrder(r.order);
+  p.options.order = *ParsePairOrder(EffectiveOrder(r));  // checked above
   p.options.seed = r.seed;
   p.options.threshold = r.threshold;
   if (c.n_layers < 2) {
@@ -137,13 +157,13 @@ absl::StatusOr<PreparedSearch> PrepareSearch(const SearchRequest& r, const Model
   p.calibration = std::move(*set);
   p.selection.method = *ParseSearchMethod(r.method);  // checked above
   p.selection.greedy = p.options;
-  p.selection.best_of = r.best_of;
-  p.selection.lazy = r.lazy;
+  p.selection.best_of = EffectiveBestOf(r);
+  p.selection.lazy = EffectiveLazy(r);
   p.selection.max_nll_increase = r.max_nll_increase;
   if (r.max_ppl_increase.has_value()) {
     KvPlanOptions plan;
     plan.max_ppl_increase = *r.max_ppl_increase;
-    plan.share_best_of = r.best_of;
+    plan.share_best_of = EffectiveBestOf(r);
     KvGeometry int4{EngineOptions{}.block_tokens, c.n_kv_heads, c.head_dim, KvType::kInt4};
     if (!ValidateKvGeometry(int4).ok()) plan.lower_types = {KvType::kInt8};
     p.plan = plan;

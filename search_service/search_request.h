@@ -37,19 +37,37 @@ struct SearchRequest {
   std::optional<int> target_layers;
   std::optional<double> target_ratio;
   double threshold = 0.5;
-  std::string order = "dissimilar";
   uint64_t seed = 0;
   FieldStyle field_style = FieldStyle::kCliFlag;
-  // The selection rule (search_service/selection_rules.h); the defaults are the paper's.
-  std::string method = "kvsharer";
-  int best_of = 1;
-  bool lazy = false;
+  // The selection rule (search_service/selection_rules.h). The default is the best rule
+  // measured (docs/METHOD.md §5): nll, similar first, best-of-8, lazy. Unset, order, best_of
+  // and lazy take the method's defaults (RuleDefaultsFor): for kvsharer the paper's
+  // (dissimilar, 1, not lazy), so method "kvsharer" alone is the paper's search exactly.
+  std::string method = "nll";
+  std::optional<std::string> order;
+  std::optional<int> best_of;
+  std::optional<bool> lazy;
   std::optional<double> max_nll_increase;
   // Set: search a KV plan within this held-out perplexity increase, in percent
   // (kv_plan_search.h), instead of a sharing target.
   std::optional<double> max_ppl_increase;
   static constexpr double kDefaultTargetRatio = 0.25;
 };
+
+// A method's pair order, candidates per step and laziness when the request leaves them unset.
+struct RuleDefaults {
+  const char* order;
+  int best_of;
+  bool lazy;
+};
+// kvsharer: the paper's (dissimilar, 1, not lazy); nll (and any other name, which
+// CheckSearchRequest rejects): similar, 8, lazy.
+RuleDefaults RuleDefaultsFor(const std::string& method);
+// The request's order, best_of and lazy, or its method's defaults. A KV plan search
+// (max_ppl_increase set) defaults best_of to KvPlanOptions::share_best_of whatever the method.
+std::string EffectiveOrder(const SearchRequest& r);
+int EffectiveBestOf(const SearchRequest& r);
+bool EffectiveLazy(const SearchRequest& r);
 
 struct PreparedSearch {
   CalibrationSet calibration;

@@ -264,11 +264,11 @@ int RunRemoteSearchCommand(const RemoteSearchFlags& f, const std::string& model,
   if (r.target_layers.has_value()) request.set_target_layers(*r.target_layers);
   if (r.target_ratio.has_value()) request.set_target_ratio(*r.target_ratio);
   request.set_threshold(r.threshold);
-  request.set_order(r.order);
+  if (r.order.has_value()) request.set_order(*r.order);
   request.set_seed(r.seed);
   request.set_method(r.method);
-  request.set_best_of(r.best_of);
-  request.set_lazy(r.lazy);
+  if (r.best_of.has_value()) request.set_best_of(*r.best_of);
+  if (r.lazy.has_value()) request.set_lazy(*r.lazy);
   if (r.max_nll_increase.has_value()) request.set_max_nll_increase(*r.max_nll_increase);
   if (r.max_ppl_increase.has_value()) request.set_max_ppl_increase(*r.max_ppl_increase);
   request.set_heldout_tokens(static_cast<int32_t>(heldout.tokens));

@@ -139,6 +139,9 @@ Runner RegisterSearch(CLI::App& app) {
     std::string out;
     RemoteSearchFlags remote;  // --server: run as a job of a kvshare-search
     double max_nll_increase = 0;
+    std::string order;  // --order, --best-of and --lazy when given (else the method's defaults)
+    int best_of = 1;
+    bool lazy = false;
     HeldoutFlags heldout;
     bool calibrate_projections = false;
     bool calibrated_scoring = false;
@@ -148,7 +151,9 @@ Runner RegisterSearch(CLI::App& app) {
   };
   auto flags = std::make_shared<Flags>();
   CLI::App* sub = app.add_subcommand(
-      "search", "Find a KV sharing strategy (KVSharer: greedily share dissimilar layers)");
+      "search",
+      "Find a KV sharing strategy (greedy layer sharing: the best measured rule by default, the "
+      "KVSharer paper's with --method kvsharer) or, with --max-ppl-increase, a KV plan");
   AddModelFlags(sub, &flags->model, /*with_strategy=*/false);
   SearchRequest& r = flags->request;
   sub->add_option("--calibration", r.calibration_path,
@@ -163,25 +168,29 @@ Runner RegisterSearch(CLI::App& app) {
                   "Accept a candidate whose mean cosine similarity to the unshared model's "
                   "final hidden states is above this; in (-1, 1]")
       ->capture_default_str();
-  sub->add_option("--order", r.order,
-                  "Pair order: dissimilar (the method), similar or random (ablations)")
-      ->capture_default_str();
+  CLI::Option* order =
+      sub->add_option("--order", flags->order,
+                      "Pair order: dissimilar (the paper's), similar or random (default: similar "
+                      "with --method nll, dissimilar with --method kvsharer)");
   sub->add_option("--seed", r.seed, "Shuffle seed for --order random")->capture_default_str();
   sub->add_option("--samples", r.calibration.samples, "Calibration samples (lines)")
       ->capture_default_str();
   sub->add_option("--tokens", r.calibration.tokens, "Tokens per calibration sample (BOS counted)")
       ->capture_default_str();
   sub->add_option("--method", r.method,
-                  "Selection rule: kvsharer (the paper: cosine above --threshold) or nll "
-                  "(calibration NLL increase below --max-nll-increase)")
+                  "Selection rule: nll (calibration NLL increase below --max-nll-increase; the "
+                  "best rule measured, docs/METHOD.md §5) or kvsharer (the paper: cosine above "
+                  "--threshold; alone, the paper's search exactly)")
       ->capture_default_str();
-  sub->add_option("--best-of", r.best_of,
-                  "Score the next K candidates of the order per step and accept the best "
-                  "(1 = the first acceptable one, the paper's rule)")
-      ->capture_default_str();
-  sub->add_flag("--lazy", r.lazy,
-                "With --best-of: rescore only the candidate with the best last score until it "
-                "is current (fewer forward passes; exact when scores only fall)");
+  sub->add_option("--best-of", flags->best_of,
+                  "Score the next K candidates of the order per step and accept the best (1 = "
+                  "the first acceptable one, the paper's rule; default: 8 with --method nll or "
+                  "--max-ppl-increase, 1 with --method kvsharer)");
+  CLI::Option* lazy = sub->add_flag(
+      "--lazy,!--no-lazy", flags->lazy,
+      "With --best-of: rescore only the candidate with the best last score until it is current "
+      "(fewer forward passes; exact when scores only fall). Default: on with --method nll, off "
+      "with --method kvsharer");
   CLI::Option* max_nll = sub->add_option(
       "--max-nll-increase", flags->max_nll_increase,
       "--method nll: accept a candidate while its calibration NLL is less than R nats/token "
@@ -215,8 +224,12 @@ Runner RegisterSearch(CLI::App& app) {
   plan_budget->excludes(ratio)->excludes(layers);
   CLI::Option* best_of = sub->get_option("--best-of");
 
-  return [flags, ratio, layers, max_nll, plan_budget, best_of]() -> int {
+  return [flags, ratio, layers, max_nll, plan_budget, order, best_of, lazy]() -> int {
     SearchRequest request = flags->request;
+    if (order->count() > 0) request.order = flags->order;
+    if (best_of->count() > 0) request.best_of = flags->best_of;
+    if (lazy->count() > 0) request.lazy = flags->lazy;
+    if (plan_budget->count() > 0) request.max_ppl_increase = flags->plan.max_ppl_increase;
     if (layers->count() > 0) request.target_layers = flags->target_layers;
     if (ratio->count() > 0) request.target_ratio = flags->target_ratio;
     if (max_nll->count() > 0) request.max_nll_increase = flags->max_nll_increase;
@@ -227,8 +240,6 @@ Runner RegisterSearch(CLI::App& app) {
               "--no-share and --plan-types: the search service plans with its defaults (int8 "
               "and int4 where the heads allow, with sharing); leave them out with --server"));
         }
-        request.max_ppl_increase = flags->plan.max_ppl_increase;
-        if (best_of->count() == 0) request.best_of = KvPlanOptions{}.share_best_of;
       }
       if (flags->calibrate_projections) {
         return Fail(absl::InvalidArgumentError(
@@ -282,10 +293,8 @@ Runner RegisterSearch(CLI::App& app) {
             "--calibrate-projections: not with --max-ppl-increase (plans carry no projections "
             "yet)"));
       }
-      return RunPlanSearchCommand(
-          *session, *prepared, std::move(*heldout), flags->plan,
-          best_of->count() > 0 ? request.best_of : KvPlanOptions{}.share_best_of,
-          flags->model.threads, flags->out);
+      return RunPlanSearchCommand(*session, *prepared, std::move(*heldout), flags->plan,
+                                  EffectiveBestOf(request), flags->model.threads, flags->out);
     }
     // Projection sets: after the held-out slice when it is cut from the calibration text,
     // else after the calibration lines; never overlapping either.
@@ -323,7 +332,8 @@ Runner RegisterSearch(CLI::App& app) {
                    ? absl::StrFormat("NLL increase < %g", *request.max_nll_increase)
                    : std::string("no NLL cap"))
             : absl::StrFormat("threshold %g", options.threshold),
-        request.best_of, request.lazy ? " (lazy)" : "", options.target_layers);
+        prepared->selection.best_of, prepared->selection.lazy ? " (lazy)" : "",
+        options.target_layers);
     auto backend = MakeCpuBackend(flags->model.threads);
     ProgressBar bar("search", "pairs");
     SearchHooks hooks;

@@ -79,11 +79,10 @@ absl::StatusOr<PreparedSearchJob> PrepareSearchJob(const v1::CreateSearchJobRequ
   r.seed = request.seed();
   if (!request.method().empty()) r.method = request.method();
   if (request.has_best_of()) r.best_of = request.best_of();
-  r.lazy = request.lazy();
+  if (request.has_lazy()) r.lazy = request.lazy();
   if (request.has_max_nll_increase()) r.max_nll_increase = request.max_nll_increase();
   if (request.has_max_ppl_increase()) {
     r.max_ppl_increase = request.max_ppl_increase();
-    if (!request.has_best_of()) r.best_of = KvPlanOptions{}.share_best_of;
   }
   HeldoutOptions heldout;
   heldout.tokens = request.has_heldout_tokens() ? request.heldout_tokens() : kDefaultHeldoutTokens;

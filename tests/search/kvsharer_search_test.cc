@@ -358,11 +358,34 @@ TEST_F(SearchRequestTest, AGoodRequestResolvesTheRatioAgainstTheLayerCount) {
   auto p = PrepareSearch(Good(), *model_, *tokenizer_);
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_EQ(p->options.target_layers, 1);  // round(0.25 * 5)
-  EXPECT_EQ(p->options.order, PairOrder::kDissimilar);
+  // The default rule is the best measured one: nll, similar first, best-of-8, lazy.
+  EXPECT_EQ(p->selection.method, SearchMethod::kNll);
+  EXPECT_EQ(p->options.order, PairOrder::kSimilar);
+  EXPECT_EQ(p->selection.best_of, 8);
+  EXPECT_TRUE(p->selection.lazy);
   EXPECT_EQ(p->options.threshold, 0.5);
   EXPECT_EQ(p->calibration.samples, 30);
   EXPECT_EQ(p->calibration.tokens, 64);
   SearchRequest r = Good();
+  // --method kvsharer alone is the paper's search: dissimilar first, the first acceptable
+  // candidate, no laziness.
+  r.method = "kvsharer";
+  auto paper = PrepareSearch(r, *model_, *tokenizer_);
+  ASSERT_TRUE(paper.ok()) << paper.status();
+  EXPECT_EQ(paper->selection.method, SearchMethod::kKvSharer);
+  EXPECT_EQ(paper->options.order, PairOrder::kDissimilar);
+  EXPECT_EQ(paper->selection.best_of, 1);
+  EXPECT_FALSE(paper->selection.lazy);
+  // Given, the rule's fields win over the method's defaults.
+  r.order = "similar";
+  r.best_of = 3;
+  r.lazy = true;
+  auto given = PrepareSearch(r, *model_, *tokenizer_);
+  ASSERT_TRUE(given.ok()) << given.status();
+  EXPECT_EQ(given->options.order, PairOrder::kSimilar);
+  EXPECT_EQ(given->selection.best_of, 3);
+  EXPECT_TRUE(given->selection.lazy);
+  r = Good();
   r.target_ratio = 0.6;
   EXPECT_EQ(PrepareSearch(r, *model_, *tokenizer_)->options.target_layers, 3);
   r = Good();

@@ -182,6 +182,7 @@ class SearchServerTest : public ::testing::Test {
 
 TEST_F(SearchServerTest, AJobOnStories260KFindsWhatTheLibrarySearchFindsAndPublishesIt) {
   v1::CreateSearchJobRequest request = Stories(2);
+  request.set_method("kvsharer");  // alone: the paper's search, as the library's below
   request.set_publish(true);
   auto job = Create(request);
   ASSERT_TRUE(job.ok()) << job.status();
@@ -414,6 +415,8 @@ TEST_F(SearchServerTest, ANllBestOfTwoJobFindsWhatTheLibraryFindsWithItsQualityO
   ASSERT_TRUE(calibration.ok());
   SelectionOptions options;
   options.method = SearchMethod::kNll;
+  options.greedy.order = PairOrder::kSimilar;  // the request left order and lazy to nll's defaults
+  options.lazy = true;
   options.greedy.target_layers = 2;
   options.greedy.threshold = 0.5;
   options.best_of = 2;
@@ -526,8 +529,11 @@ TEST_F(SearchServerTest, InvalidRequestsAreRefusedNamingTheField) {
            r.set_max_nll_increase(-0.5);
          }),
          C::kInvalidArgument, "max_nll_increase -0.5 must be > 0");
-  expect(with([](auto& r) { r.set_max_nll_increase(0.1); }), C::kInvalidArgument,
-         "max_nll_increase 0.1 applies to method nll, not method kvsharer");
+  expect(with([](auto& r) {
+           r.set_method("kvsharer");
+           r.set_max_nll_increase(0.1);
+         }),
+         C::kInvalidArgument, "max_nll_increase 0.1 applies to method nll, not method kvsharer");
   expect(with([](auto& r) { r.set_method("cosine"); }), C::kInvalidArgument,
          "method 'cosine' is not one of kvsharer, nll");
   expect(with([](auto& r) { r.set_heldout_context(600); }), C::kInvalidArgument,
