@@ -123,7 +123,9 @@ class Transformer {
   const Model& model_;
   Backend& backend_;
   const int max_rows_;
-  std::unique_ptr<PreparedWeight> embedding_, output_;
+  std::unique_ptr<PreparedWeight> embedding_;
+  std::unique_ptr<PreparedWeight> output_owned_;  // null when the classifier is tied
+  const PreparedWeight* output_ = nullptr;        // the classifier: output_owned_ or embedding_
   std::vector<LayerParams> layers_;
   std::unique_ptr<Buffer> norm_weights_;  // attn/ffn norms of every layer, then the final norm
   std::unique_ptr<Buffer> gemma_norms_;   // Gemma 3: per layer post-attn, post-FFN, q, k norms
