@@ -40,8 +40,8 @@ struct SearchRequest {
   uint64_t seed = 0;
   FieldStyle field_style = FieldStyle::kCliFlag;
   // The selection rule (search_service/selection_rules.h). The default is the best rule
-  // measured (docs/METHOD.md §5): nll, similar first, best-of-8, lazy. Unset, order, best_of
-  // and lazy take the method's defaults (RuleDefaultsFor): for kvsharer the paper's
+  // measured (docs/METHOD.md §5): nll, similar first, best-of-8, lazy. When unset, order,
+  // best_of and lazy take the method's defaults (RuleDefaultsFor): for kvsharer the paper's
   // (dissimilar, 1, not lazy), so method "kvsharer" alone is the paper's search exactly.
   std::string method = "nll";
   std::optional<std::string> order;
