@@ -30,6 +30,7 @@
 #include "kvshare/v1/registry.grpc.pb.h"
 #include "proto/wire/strategy_wire.h"
 #include "search_service/server/rollout_controller.h"
+#include "tests/support/fleet_worker_args.h"
 #include "tests/support/test_env.h"
 
 namespace kvshare::fleet_testing {
@@ -167,27 +168,9 @@ class FleetTest : public ::testing::Test {
     w.id = id;
     w.port_file = absl::StrFormat("%s/worker-%s.port", dir_, id);
     fs::remove(w.port_file);
-    std::vector<std::string> args = {KVSHARE_WORKER_BINARY,
-                                     "--model",
-                                     model.empty() ? testing::Asset("stories260K.bin") : model,
-                                     "--threads",
-                                     "1",
-                                     "--host",
-                                     "127.0.0.1",
-                                     "--port",
-                                     "0",
-                                     "--port-file",
-                                     w.port_file,
-                                     "--metrics-port",
-                                     "0",
-                                     "--kv-budget-mib",
-                                     "4",
-                                     "--control-plane",
-                                     absl::StrFormat("127.0.0.1:%d", search_port_),
-                                     "--worker-id",
-                                     id,
-                                     "--load-interval",
-                                     "0.2"};
+    std::vector<std::string> args = testing::FleetWorkerArgs(
+        KVSHARE_WORKER_BINARY, model.empty() ? testing::Asset("stories260K.bin") : model,
+        w.port_file, absl::StrFormat("127.0.0.1:%d", search_port_), id);
     args.insert(args.end(), extra.begin(), extra.end());
     w.process = std::make_unique<Process>(args, absl::StrFormat("%s/worker-%s.log", dir_, id));
     w.process->Start();

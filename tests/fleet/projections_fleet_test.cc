@@ -158,30 +158,11 @@ TEST(ProjectionsFleetTest, AWorkerGivenAVersionWithProjectionsServesWhatTheLocal
 
   // A worker rolled to it fetches the projections and serves them.
   const std::string worker_port_file = dir + "/worker.port";
-  Child worker({KVSHARE_WORKER_BINARY,
-                "--model",
-                testing::Asset("stories260K.bin"),
-                "--threads",
-                "1",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--port-file",
-                worker_port_file,
-                "--metrics-port",
-                "0",
-                "--kv-budget-mib",
-                "4",
-                "--kv-type",
-                "f32",
-                "--control-plane",
-                absl::StrFormat("127.0.0.1:%d", port),
-                "--worker-id",
-                "w-p",
-                "--load-interval",
-                "0.2"},
-               dir + "/worker.log");
+  std::vector<std::string> worker_args =
+      testing::FleetWorkerArgs(KVSHARE_WORKER_BINARY, testing::Asset("stories260K.bin"),
+                               worker_port_file, absl::StrFormat("127.0.0.1:%d", port), "w-p");
+  worker_args.insert(worker_args.end(), {"--kv-type", "f32"});
+  Child worker(worker_args, dir + "/worker.log");
   worker.Start();
   ASSERT_TRUE(WaitFor([&] { return fs::exists(worker_port_file) || !worker.Running(); }));
   ASSERT_TRUE(worker.Running()) << worker.Log();

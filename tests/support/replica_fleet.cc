@@ -13,6 +13,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "grpcpp/generic/generic_stub.h"
+#include "tests/support/fleet_worker_args.h"
 #include "tests/support/test_env.h"
 
 namespace kvshare::testing {
@@ -155,28 +156,9 @@ bool WorkerProcess::Start() {
   fs::create_directories(dir_);
   const std::string port_file = absl::StrFormat("%s/worker-%s.port", dir_, id_);
   fs::remove(port_file);
-  process_ = std::make_unique<ChildProcess>(std::vector<std::string>{binary_,
-                                                                     "--model",
-                                                                     Asset("stories260K.bin"),
-                                                                     "--threads",
-                                                                     "1",
-                                                                     "--host",
-                                                                     "127.0.0.1",
-                                                                     "--port",
-                                                                     "0",
-                                                                     "--port-file",
-                                                                     port_file,
-                                                                     "--metrics-port",
-                                                                     "0",
-                                                                     "--kv-budget-mib",
-                                                                     "4",
-                                                                     "--control-plane",
-                                                                     control_plane_,
-                                                                     "--worker-id",
-                                                                     id_,
-                                                                     "--load-interval",
-                                                                     "0.2"},
-                                            absl::StrFormat("%s/worker-%s.log", dir_, id_));
+  process_ = std::make_unique<ChildProcess>(
+      FleetWorkerArgs(binary_, Asset("stories260K.bin"), port_file, control_plane_, id_),
+      absl::StrFormat("%s/worker-%s.log", dir_, id_));
   process_->Start();
   if (!WaitFor([&] { return fs::exists(port_file) && fs::file_size(port_file) > 0; },
                absl::Seconds(60))) {
