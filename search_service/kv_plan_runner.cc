@@ -170,8 +170,8 @@ absl::StatusOr<StrategySearchResult> RunKvPlanAsSearch(const Model& model, Backe
   KvPlanHooks plan_hooks;
   plan_hooks.cancel = hooks.cancel;
   bool greedy_started = false;
-  plan_hooks.progress = [&](const std::string& phase, int, int) {
-    if (phase == "sensitivity" && !greedy_started && hooks.on_phase) {
+  plan_hooks.progress = [&](const std::string&, int, int) {
+    if (!greedy_started && hooks.on_phase) {  // the first step after the calibration
       greedy_started = true;
       hooks.on_phase(SearchPhase::kGreedy);
     }

@@ -58,7 +58,7 @@ absl::StatusOr<KvPlanStrategyResult> RunKvPlanStrategySearch(
 // final plan as the "greedy" kv_source with its sharing layers as acceptances and minus the
 // calibration NLL increase as the score, and the times. SearchHooks map onto the plan's:
 // cancel as is, on_phase(kCalibration) at the start and on_phase(kGreedy) when the
-// sensitivity scan starts.
+// search reports its first step (the floor check or the sensitivity scan).
 absl::StatusOr<StrategySearchResult> RunKvPlanAsSearch(const Model& model, Backend& backend,
                                                        const CalibrationSet& calibration,
                                                        const HeldoutSlice& heldout, int threads,

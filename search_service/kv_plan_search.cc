@@ -125,14 +125,34 @@ absl::StatusOr<KvPlanSearchResult> SearchKvPlan(
   s = evaluator.Accept(base, 0);
   if (!s.ok()) return s;
 
-  // 2. Sensitivity of each layer to each lower type, alone.
   std::vector<KvType> lower = options.lower_types;
   std::sort(lower.begin(), lower.end(), [&](KvType a, KvType b) {
     return KvLayerBytesPerToken(g, a) > KvLayerBytesPerToken(g, b);  // widest first
   });
-  const int total = n_layers * int(lower.size());
+
+  // 1b. The floor: every layer at the smallest lower type. No choice of types per layer stores
+  // fewer bytes, so when it fits the budget on held-out text it is the precision plan, and the
+  // scan of steps 2-3 (and step 6, which only adds precision) has nothing to find.
+  bool floor_fits = false;
+  double floor_heldout = 0;
+  if (options.floor_first && !lower.empty()) {
+    s = Cancelled(hooks, "the floor check");
+    if (!s.ok()) return s;
+    Progress(hooks, "floor", 0, 1);
+    KvPlan floor = base;
+    floor.kv_types.assign(n_layers, lower.back());
+    auto h = heldout(floor);
+    if (!h.ok()) return h.status();
+    r.heldout_checks.push_back(*h);
+    floor_fits = *h <= budget;
+    floor_heldout = *h;
+    Progress(hooks, "floor", 1, 1);
+  }
+
+  // 2. Sensitivity of each layer to each lower type, alone.
+  const int total = floor_fits ? 0 : n_layers * int(lower.size());
   std::vector<std::vector<double>> cost(n_layers, std::vector<double>(lower.size()));
-  for (int l = 0; l < n_layers; ++l) {
+  for (int l = 0; l < n_layers && !floor_fits; ++l) {
     for (size_t t = 0; t < lower.size(); ++t) {
       s = Cancelled(hooks, "the sensitivity scan");
       if (!s.ok()) return s;
@@ -145,11 +165,11 @@ absl::StatusOr<KvPlanSearchResult> SearchKvPlan(
       cost[l][t] = std::max(0.0, *c - *base_cost);
     }
   }
-  Progress(hooks, "sensitivity", total, total);
+  if (!floor_fits) Progress(hooks, "sensitivity", total, total);
 
   // 3. Precision steps along each layer's cheapest path, most bytes per nat first.
   std::vector<PlanAction> steps;
-  for (int l = 0; l < n_layers; ++l) {
+  for (int l = 0; l < n_layers && !floor_fits; ++l) {
     double bytes = KvLayerBytesPerToken(g, options.base_type), c = 0;
     for (size_t t = 0; t < lower.size(); ++t) {
       // Skip a type when a smaller one costs no more.
@@ -191,9 +211,31 @@ absl::StatusOr<KvPlanSearchResult> SearchKvPlan(
     estimate += a.cost;
     r.actions.push_back(a);
   }
-  // The combined plan, scored for real; give steps back while it exceeds the budget.
+  // The floor that fits: one step per layer (its calibration cost shared evenly, for step 5's
+  // ratio), scored and accepted as the precision plan.
   double current = base_total;
-  while (!r.actions.empty()) {
+  if (floor_fits) {
+    PlanAction a;
+    a.kind = PlanAction::kLowerType;
+    a.type = lower.back();
+    a.bytes_saved = KvLayerBytesPerToken(g, options.base_type) - KvLayerBytesPerToken(g, a.type);
+    for (int l = 0; l < n_layers; ++l) {
+      a.layer = l;
+      r.actions.push_back(a);
+    }
+    s = Cancelled(hooks, "the precision plan");
+    if (!s.ok()) return s;
+    const KvPlan p = ApplyAll(base, r.actions, r.actions.size());
+    auto c = evaluator.NllIncrease(p, 0);
+    if (!c.ok()) return c.status();
+    ++r.calibration_runs;
+    s = evaluator.Accept(p, 0);
+    if (!s.ok()) return s;
+    current = *c;
+    for (PlanAction& f : r.actions) f.cost = std::max(0.0, *c - base_total) / n_layers;
+  }
+  // The combined plan, scored for real; give steps back while it exceeds the budget.
+  while (!floor_fits && !r.actions.empty()) {
     s = Cancelled(hooks, "the precision plan");
     if (!s.ok()) return s;
     Progress(hooks, "precision", 0, 1);
@@ -279,7 +321,8 @@ absl::StatusOr<KvPlanSearchResult> SearchKvPlan(
   }
   r.calibration_increase = current;
 
-  // 5. Held-out trim.
+  // 5. Held-out trim (never below the floor that fits: it was measured within the budget).
+  const size_t min_keep = floor_fits ? size_t(n_layers) : 0;
   size_t keep = r.actions.size();
   std::vector<double> prefix_cost(r.actions.size() + 1, base_total);
   for (size_t k = 0; k < r.actions.size(); ++k) {
@@ -289,21 +332,25 @@ absl::StatusOr<KvPlanSearchResult> SearchKvPlan(
     s = Cancelled(hooks, "the held-out check");
     if (!s.ok()) return s;
     Progress(hooks, "held-out", round, options.max_heldout_rounds);
+    if (floor_fits && keep == min_keep) {
+      r.heldout_increase = floor_heldout;  // the floor itself, measured in step 1b
+      break;
+    }
     const KvPlan p = ApplyAll(base, r.actions, keep);
     auto h = heldout(p);
     if (!h.ok()) return h.status();
     r.heldout_checks.push_back(*h);
     r.heldout_increase = *h;
-    if (*h <= budget || keep == 0) break;
+    if (*h <= budget || keep == min_keep) break;
     if (round + 1 >= options.max_heldout_rounds) {
-      keep = 0;  // out of guesses: the base plan
+      keep = min_keep;  // out of guesses: the base plan (or the floor)
       continue;
     }
     // Held-out over calibration for this prefix; keep the longest prefix predicted to fit.
     const double ratio = (*h) / std::max(prefix_cost[keep], kMinCost);
     const double target = budget / std::max(ratio, kMinCost);
     size_t k = keep - 1;
-    while (k > 0 && prefix_cost[k] > target) --k;
+    while (k > min_keep && prefix_cost[k] > target) --k;
     keep = k;
   }
   r.trimmed_actions = int(r.actions.size() - keep);

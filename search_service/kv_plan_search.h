@@ -3,6 +3,11 @@
 // held-out perplexity budget.
 //
 //   1. Start from the base plan: every layer owns, stored as options.base_type (f16).
+//   1b. The floor (options.floor_first): measure on held-out text the plan with every layer at
+//      the smallest lower type. No per-layer choice stores fewer bytes, so when it fits the
+//      budget it is the precision plan (scored once on calibration text), steps 2, 3 and 6 are
+//      skipped, and step 5 never trims below it. Otherwise the search goes on from step 2 (one
+//      held-out check spent).
 //   2. Sensitivity: score, on the calibration set, the base plan with one layer lowered to each
 //      of options.lower_types (one candidate per layer and type, from that layer on).
 //   3. Precision: per layer the steps base -> int8 -> int4 (a type that costs more than a
@@ -84,6 +89,7 @@ struct KvPlanOptions {
   PairOrder share_order = PairOrder::kSimilar;
   int max_heldout_rounds = 4;
   int max_grow_rounds = 3;
+  bool floor_first = true;  // step 1b
   double budget_nats() const { return std::log1p(max_ppl_increase / 100.0); }
 };
 
@@ -114,7 +120,8 @@ struct KvPlanSearchResult {
 };
 
 struct KvPlanHooks {
-  // "sensitivity", "precision", "sharing", "held-out" with done / total units of the phase.
+  // "floor", "sensitivity", "precision", "sharing", "held-out", "held-out growth" with done /
+  // total units of the phase.
   std::function<void(const std::string& phase, int done, int total)> progress;
   const std::atomic<bool>* cancel = nullptr;  // read before every forward: Cancelled
 };

@@ -93,6 +93,7 @@ TEST(KvPlanSearch, SpendsTheBudgetOnTheMostBytesPerNat) {
   e.type_cost[{2, I4}] = 0.002;
   e.type_cost[{3, I4}] = 0.004;
   KvPlanOptions o;
+  o.floor_first = false;  // the scan of steps 2-3 and 6, not step 1b
   o.max_ppl_increase = 1.0;
   o.share = false;
   auto r = SearchKvPlan(Geometry(), 4, o, e, nullptr, Scaled(e, 1.0));
@@ -120,6 +121,7 @@ TEST(KvPlanSearch, GrowsOnHeldOutSlack) {
   for (int l = 0; l < 4; ++l) e.type_cost[{l, I4}] = 0.004;
   for (int l = 0; l < 4; ++l) e.type_cost[{l, I8}] = 0.004;  // dominated by int4
   KvPlanOptions o;
+  o.floor_first = false;     // the scan of steps 2-3 and 6, not step 1b
   o.max_ppl_increase = 1.0;  // 0.00995 nats: calibration takes 2 of the 4 int4 steps
   o.share = false;
   auto all = SearchKvPlan(Geometry(), 4, o, e, nullptr, Scaled(e, 0.5));
@@ -144,6 +146,7 @@ TEST(KvPlanSearch, SkipsATypeWhenASmallerOneCostsNoMore) {
   e.type_cost[{0, I8}] = 0.003;  // int8 costs more than int4: go straight to int4
   e.type_cost[{0, I4}] = 0.002;
   KvPlanOptions o;
+  o.floor_first = false;  // the scan of steps 2-3 and 6, not step 1b
   o.share = false;
   auto r = SearchKvPlan(Geometry(), 1, o, e, nullptr, Scaled(e, 1.0));
   ASSERT_TRUE(r.ok()) << r.status();
@@ -157,6 +160,7 @@ TEST(KvPlanSearch, TrimsOnHeldOutUntilTheBudgetHolds) {
   for (int l = 0; l < 4; ++l) e.type_cost[{l, I4}] = 0.002 * (l + 1);  // 0.002 .. 0.008
   for (int l = 0; l < 4; ++l) e.type_cost[{l, I8}] = 0.01;             // dominated
   KvPlanOptions o;
+  o.floor_first = false;     // the scan of steps 2-3 and 6, not step 1b
   o.max_ppl_increase = 2.0;  // 0.0198 nats
   o.share = false;
   std::vector<KvPlan> seen;
@@ -185,6 +189,7 @@ TEST(KvPlanSearch, FallsBackToTheBasePlanWhenNothingFits) {
   e.type_cost[{0, I4}] = 0.001;
   e.type_cost[{0, I8}] = 0.001;
   KvPlanOptions o;
+  o.floor_first = false;  // the scan of steps 2-3 and 6, not step 1b
   o.share = false;
   o.max_heldout_rounds = 1;
   // Held-out says every lowered plan is far over budget.
@@ -244,6 +249,7 @@ TEST(KvPlanSearch, AfterGivingASharedLayerBackItGrowsPrecisionOnTheSlack) {
   }
   d.Set(3, 2, 1.0, 1.0);
   KvPlanOptions o;
+  o.floor_first = false;     // the scan of steps 2-3 and 6, not step 1b
   o.max_ppl_increase = 1.0;  // 0.00995 nats
   o.share_best_of = 1;
   // Held-out: precision at half its calibration cost, a shared layer at 1.0.
@@ -268,6 +274,86 @@ TEST(KvPlanSearch, AfterGivingASharedLayerBackItGrowsPrecisionOnTheSlack) {
   EXPECT_THAT(r->plan.kv_source, ElementsAre(0, 1, 2, 3));
   EXPECT_THAT(r->plan.kv_types, ElementsAre(I4, I4, I4, I4));
   EXPECT_NEAR(r->heldout_increase, 0.008, 1e-12);
+}
+
+// Step 1b: the floor (every layer at int4) fits the budget on held-out text, so it is the
+// precision plan without a sensitivity scan: one held-out check, one calibration run.
+TEST(KvPlanSearch, AFloorThatFitsSkipsTheScan) {
+  FakePlanEvaluator e;
+  for (int l = 0; l < 4; ++l) e.type_cost[{l, I8}] = 0.0001;
+  for (int l = 0; l < 4; ++l) e.type_cost[{l, I4}] = 0.001;
+  KvPlanOptions o;
+  o.max_ppl_increase = 1.0;  // 0.00995 nats; the floor costs 0.004
+  o.share = false;
+  std::vector<KvPlan> seen;
+  auto r = SearchKvPlan(Geometry(), 4, o, e, nullptr, Scaled(e, 1.0, &seen));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_THAT(r->plan.kv_types, ElementsAre(I4, I4, I4, I4));
+  ASSERT_EQ(r->actions.size(), 4u);
+  EXPECT_EQ(PlanActionString(r->actions[3]), "3:int4");
+  EXPECT_DOUBLE_EQ(r->actions[0].bytes_saved, 128 - 44);
+  EXPECT_NEAR(r->actions[0].cost, 0.001, 1e-12);  // the floor's cost, shared evenly
+  EXPECT_EQ(r->calibration_runs, 2);              // the base plan and the floor
+  EXPECT_EQ(seen.size(), 1u);                     // step 5 reuses the floor's check
+  EXPECT_THAT(r->heldout_checks, ElementsAre(0.004));
+  EXPECT_NEAR(r->calibration_increase, 0.004, 1e-12);
+  EXPECT_EQ(r->grown_actions, 0);
+  EXPECT_EQ(r->trimmed_actions, 0);
+}
+
+// A floor over the budget costs one held-out check; the scan then finds what it found without
+// step 1b (SpendsTheBudgetOnTheMostBytesPerNat's costs and plan).
+TEST(KvPlanSearch, AFloorOverTheBudgetCostsOneCheck) {
+  FakePlanEvaluator e;
+  for (int l = 0; l < 4; ++l) e.type_cost[{l, I8}] = 0.0001;
+  e.type_cost[{0, I4}] = 0.001;
+  e.type_cost[{1, I4}] = 0.02;
+  e.type_cost[{2, I4}] = 0.002;
+  e.type_cost[{3, I4}] = 0.004;
+  KvPlanOptions o;
+  o.max_ppl_increase = 1.0;
+  o.share = false;
+  auto r = SearchKvPlan(Geometry(), 4, o, e, nullptr, Scaled(e, 1.0));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_THAT(r->plan.kv_types, ElementsAre(I4, I8, I4, I4));
+  ASSERT_EQ(r->heldout_checks.size(), 3u);
+  EXPECT_NEAR(r->heldout_checks[0], 0.027, 1e-12);  // the floor
+  EXPECT_EQ(r->calibration_runs, 1 + 8 + 1);
+}
+
+// Sharing on top of a floor that fits: held-out text finds the share too expensive, and step 5
+// gives it back down to the floor, not below (the floor was measured within the budget).
+TEST(KvPlanSearch, TrimNeverGoesBelowAFloorThatFits) {
+  FakePlanEvaluator e;
+  for (int l = 0; l < 4; ++l) e.type_cost[{l, I4}] = 0.001;
+  e.share_cost = {{3, 0.001}};  // any other share: 1.0
+  LayerDistances d(4);
+  for (int i = 1; i < 4; ++i) {
+    for (int j = 0; j < i; ++j) d.Set(i, j, 10.0, 10.0);
+  }
+  d.Set(3, 2, 1.0, 1.0);
+  KvPlanOptions o;
+  o.max_ppl_increase = 1.0;
+  o.share_best_of = 1;
+  std::vector<KvPlan> seen;
+  HeldoutIncreaseFn heldout = [&e, &seen](const KvPlan& p) -> absl::StatusOr<double> {
+    seen.push_back(p);
+    double c = 0;
+    for (size_t l = 0; l < p.kv_source.size(); ++l) {
+      c += p.kv_source[l] != int(l) ? 1.0 : e.type_cost[{int(l), p.kv_types[l]}];
+    }
+    return c;
+  };
+  auto r = SearchKvPlan(Geometry(), 4, o, e, &d, heldout);
+  ASSERT_TRUE(r.ok()) << r.status();
+  // Checks: the floor (0.004), the floor with 3 reading 2 (1.003); the trim's guess keeps the
+  // floor, measured already.
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_THAT(seen[1].kv_source, ElementsAre(0, 1, 2, 2));
+  EXPECT_EQ(r->trimmed_actions, 1);
+  EXPECT_THAT(r->plan.kv_source, ElementsAre(0, 1, 2, 3));
+  EXPECT_THAT(r->plan.kv_types, ElementsAre(I4, I4, I4, I4));
+  EXPECT_NEAR(r->heldout_increase, 0.004, 1e-12);
 }
 
 TEST(KvPlanSearch, RejectsBadOptionsNamingTheField) {
