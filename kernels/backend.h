@@ -100,8 +100,9 @@ class Backend {
   // Writes k, v ([n][n_kv_heads][head_dim]) for positions start_pos..start_pos+n-1 into the
   // pool through block_table, stored as g.type (kernels/kv_type.h). Positions arrive in order
   // (start_pos is the number already stored). int4: positions go to `tail` (the sequence's f16
-  // tail for this layer, g.tail_bytes()) and a block is quantised into the pool when its last
-  // position arrives; tail is unused (may be null) for the other types.
+  // tail for this layer, g.tail_bytes()); block 0 stays there, a later block is quantised into
+  // the pool when its last position arrives (kernels/kv_type.h); tail is unused (may be null)
+  // for the other types.
   virtual void WriteKv(const KvGeometry& g, void* pool, const int32_t* block_table, int start_pos,
                        int n, const float* k, const float* v, void* tail) = 0;
   // Causal grouped-query attention over a pool of type g.type. q: [rows][n_heads][head_dim];

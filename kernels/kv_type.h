@@ -11,9 +11,13 @@
 //         asymmetric (KIVI): x = q * scale + min, q in [0, 15]; K per channel over the block's
 //         T positions, V per position over groups of 32 channels. Within each 32 channels of
 //         a row, byte j holds channel j in its low nibble and channel j + 16 in its high one.
-// An int4 block is quantised when it fills: until then its positions live in the sequence's
-// *tail* for that layer, an f16 block (K f16[T][C], V f16[T][C]) outside the pool, and the
-// block itself is untouched. Every other type writes each position into its block directly.
+// An int4 layer keeps two f16 blocks (slots, each K f16[T][C] then V f16[T][C]) per sequence
+// outside the pool, its *tail*: slot 0 holds block 0 for good (the attention sink: the first
+// positions draw attention out of proportion to their number, and quantising their K with the
+// rest of a block costs more than every later block together), slot 1 the partial block. A
+// later block is quantised from slot 1 when it fills; until then, and for block 0 always, the
+// block in the pool is untouched. Every other type writes each position into its block
+// directly.
 #pragma once
 
 #include <cstdint>
@@ -47,8 +51,8 @@ struct KvGeometry {
   int64_t block_bytes() const;
   // block_bytes() / 4: every layout is a whole number of floats.
   int64_t block_floats() const { return block_bytes() / 4; }
-  // Bytes of the f16 tail an int4 layer keeps per sequence; 0 for the other types.
-  int64_t tail_bytes() const { return type == KvType::kInt4 ? 4LL * block_tokens * kv_dim() : 0; }
+  // Bytes of the f16 tail an int4 layer keeps per sequence (two slots); 0 for the other types.
+  int64_t tail_bytes() const { return type == KvType::kInt4 ? 8LL * block_tokens * kv_dim() : 0; }
 };
 
 // Whether a pool of type g.type can hold this geometry: int4 needs head_dim % 32 == 0 (its

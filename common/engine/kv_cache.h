@@ -7,9 +7,10 @@
 // source's blocks as they are. Blocks come from a KvPool (kv_pool.h): one byte arena whose
 // pages each serve one type, so sequences whose plans store a layer in different types share
 // one pool, one step and one byte budget. A pool of one type is exactly the uniform pool.
-// An int4 owning layer also gives its sequence an f16 *tail* (its partial block, quantised
-// into the pool when it fills), allocated with the sequence's first blocks and not counted in
-// the pool's bytes: used_bytes() is exactly what the pool's blocks hold, and a sequence of a
+// An int4 owning layer also gives its sequence an f16 *tail* (block 0 for good, and the partial
+// block, quantised into the pool when it fills: kernels/kv_type.h), allocated with the
+// sequence's first blocks and not counted in the pool's bytes (its block 0 in the pool stays
+// allocated and unused): used_bytes() is exactly what the pool's blocks hold, and a sequence of a
 // multiple of block_tokens positions holds SharingStrategy::KvBytesPerToken bytes per
 // position. Each sequence has a block table per *owning* layer of its strategy; a sharing
 // layer resolves to its source's table ("the layer-to-cache mapping lives in the cache; no

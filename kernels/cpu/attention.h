@@ -9,8 +9,8 @@
 // does not depend on the other rows of its tile, so results depend neither on the thread count
 // nor on whether a token was computed in prefill or in decode — except in an int4 pool, where
 // a block that fills inside a prefill chunk is read quantised by that chunk's queries but was
-// read from the f16 tail by the decode steps that built it (KIVI's rule: only the newest
-// incomplete block stays full precision).
+// read from the f16 tail by the decode steps that built it (KIVI's rule: the newest incomplete
+// block stays f16; block 0 stays f16 for good).
 #pragma once
 
 #include <cstdint>

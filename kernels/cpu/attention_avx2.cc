@@ -112,9 +112,6 @@ KVSHARE_TARGET_AVX2 void AttendChunkInt4(const ChunkRows& a) {
   const KvBlockLayout lay(geo);
   Int4Run runs[kMaxInt4Runs];
   const int n_runs = Int4Runs(a, runs);
-  const auto* tail = static_cast<const uint16_t*>(a.tail);  // null: no run reads it
-  const uint16_t* tail_k = tail ? tail + head : nullptr;
-  const uint16_t* tail_v = tail ? tail_k + static_cast<int64_t>(geo.block_tokens) * c : nullptr;
   alignas(32) float qs[kMaxInt4HeadDim];
   // Lane offsets, within a group, of the four 8-channel pieces in unpack order.
   constexpr int kPiece[4] = {0, 16, 8, 24};
@@ -128,7 +125,7 @@ KVSHARE_TARGET_AVX2 void AttendChunkInt4(const ChunkRows& a) {
       const int n = std::min(run.n, n_pos - run.i0);
       if (run.block == nullptr) {
         for (int j = 0; j < n; ++j) {
-          const uint16_t* k = tail_k + (run.row0 + j) * c;
+          const uint16_t* k = run.f16_k + (run.row0 + j) * c;
           __m256 acc = _mm256_mul_ps(_mm256_loadu_ps(q), LoadHalf8(k));
           for (int i = 8; i < hd; i += 8) {
             acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), LoadHalf8(k + i), acc);
@@ -176,7 +173,7 @@ KVSHARE_TARGET_AVX2 void AttendChunkInt4(const ChunkRows& a) {
         const float* e = s + run.i0;
         if (run.block == nullptr) {
           for (int j = 0; j < n; ++j) {
-            const uint16_t* v = tail_v + (run.row0 + j) * c + g * kKvInt4Group;
+            const uint16_t* v = run.f16_v + (run.row0 + j) * c + g * kKvInt4Group;
             const __m256 w = _mm256_set1_ps(e[j]);
             for (int piece = 0; piece < 4; ++piece) {
               o[piece] = _mm256_fmadd_ps(w, LoadHalf8(v + kPiece[piece]), o[piece]);

@@ -160,7 +160,8 @@ KVSHARE_TARGET_AVX512 inline __m512 LoadHalf16(const uint16_t* src) {
 // with q s and q.m computed once per run and row; v_c = u_c s_g + m_g (V per position and
 // 32-channel group g), so
 //   sum_p e_p v_pc = sum_p (e_p s_pg) u_pc + sum_p e_p m_pg,
-// the second sum one scalar per group. The f16 tail is converted lane by lane as it is read.
+// the second sum one scalar per group. The f16 tail slots are converted lane by lane as they are
+// read.
 template <int HD16>
 KVSHARE_TARGET_AVX512 void AttendChunkInt4T(const ChunkRows& a) {
   constexpr int kGroups = HD16 / 2;
@@ -171,10 +172,6 @@ KVSHARE_TARGET_AVX512 void AttendChunkInt4T(const ChunkRows& a) {
   const KvBlockLayout lay(geo);
   Int4Run runs[kMaxInt4Runs];
   const int n_runs = Int4Runs(a, runs);
-  // The f16 tail (null when the sequence has no partial block: then no run reads it).
-  const auto* tail = static_cast<const uint16_t*>(a.tail);
-  const uint16_t* tail_k = tail ? tail + head : nullptr;
-  const uint16_t* tail_v = tail ? tail_k + static_cast<int64_t>(geo.block_tokens) * c : nullptr;
   const __m512 scale = _mm512_set1_ps(a.scale);
 
   for (int r = 0; r < a.n_rows; ++r) {
@@ -193,7 +190,7 @@ KVSHARE_TARGET_AVX512 void AttendChunkInt4T(const ChunkRows& a) {
           __m512 acc[16];
 #pragma GCC unroll 16
           for (int j = 0; j < 16; ++j) {
-            const uint16_t* k = tail_k + (run.row0 + std::min(j0 + j, n - 1)) * c;
+            const uint16_t* k = run.f16_k + (run.row0 + std::min(j0 + j, n - 1)) * c;
             __m512 d = _mm512_mul_ps(q[0], LoadHalf16(k));
 #pragma GCC unroll 8
             for (int cc = 1; cc < HD16; ++cc)
@@ -246,7 +243,7 @@ KVSHARE_TARGET_AVX512 void AttendChunkInt4T(const ChunkRows& a) {
       const float* e = s + run.i0;
       if (run.block == nullptr) {
         for (int j = 0; j < n; ++j) {
-          const uint16_t* v = tail_v + (run.row0 + j) * c;
+          const uint16_t* v = run.f16_v + (run.row0 + j) * c;
           const __m512 w = _mm512_set1_ps(e[j]);
 #pragma GCC unroll 8
           for (int cc = 0; cc < HD16; ++cc)
@@ -295,9 +292,6 @@ KVSHARE_TARGET_AVX512 void AttendChunkInt4RowsT(const ChunkRows& a) {
   const KvBlockLayout lay(geo);
   Int4Run runs[kMaxInt4Runs];
   const int n_runs = Int4Runs(a, runs);
-  const auto* tail = static_cast<const uint16_t*>(a.tail);  // null: no run reads it
-  const uint16_t* tail_k = tail ? tail + head : nullptr;
-  const uint16_t* tail_v = tail ? tail_k + static_cast<int64_t>(geo.block_tokens) * c : nullptr;
   const __m512 scale = _mm512_set1_ps(a.scale);
   float* u = a.kv_scratch;  // a run's unpacked nibbles, [run.n][hd]
   auto n_pos = [&](int r) { return std::min(a.p1, a.limit[r] + 1) - a.p0; };
@@ -328,7 +322,7 @@ KVSHARE_TARGET_AVX512 void AttendChunkInt4RowsT(const ChunkRows& a) {
           __m512 acc[16];
 #pragma GCC unroll 16
           for (int j = 0; j < 16; ++j) {
-            const uint16_t* k = tail_k + (run.row0 + std::min(j0 + j, n - 1)) * c;
+            const uint16_t* k = run.f16_k + (run.row0 + std::min(j0 + j, n - 1)) * c;
             __m512 d = _mm512_mul_ps(q[0], LoadHalf16(k));
 #pragma GCC unroll 8
             for (int cc = 1; cc < HD16; ++cc) {
@@ -413,7 +407,7 @@ KVSHARE_TARGET_AVX512 void AttendChunkInt4RowsT(const ChunkRows& a) {
       }
       if (!quantised) {
         for (int j = 0; j < n; ++j) {
-          const uint16_t* v = tail_v + (run.row0 + j) * c;
+          const uint16_t* v = run.f16_v + (run.row0 + j) * c;
           const __m512 w = _mm512_set1_ps(e[j]);
 #pragma GCC unroll 8
           for (int cc = 0; cc < HD16; ++cc) {

@@ -33,7 +33,7 @@ struct ChunkRows {
   const KvGeometry* geometry;
   const void* pool;
   const int32_t* block_table;
-  const void* tail;   // int4: the sequence's f16 tail (its partial block)
+  const void* tail;   // int4: the sequence's f16 tail (block 0 and the partial block)
   int stored;         // positions the sequence has stored (int4: which blocks are quantised)
   float* kv_scratch;  // 2 * kMaxChunk * head_dim floats: dequantised K then V (int4: a block)
   int kv_head;

@@ -34,7 +34,6 @@ inline __attribute__((always_inline)) void GatherChunkT(const ChunkRows& a, Chun
   float* v_out = k_out + static_cast<int64_t>(kMaxChunk) * hd;
   float* k_scale = v_out + static_cast<int64_t>(kMaxChunk) * hd;  // int4: [hd] per block
   float* k_min = k_scale + hd;
-  const int full_blocks = a.stored / bt;
   constexpr int kHalfGroup = kKvInt4Group / 2;
   for (int p = a.p0; p < a.p1;) {
     const int b = p / bt, r0 = p - b * bt;
@@ -72,12 +71,11 @@ inline __attribute__((always_inline)) void GatherChunkT(const ChunkRows& a, Chun
         }
         break;
       case KvType::kInt4:
-        if (b >= full_blocks) {  // the partial block, f16 in the tail
-          const auto* tail = static_cast<const uint16_t*>(a.tail);
+        if (const uint16_t* slot = Int4TailSlot(g, a.tail, a.stored, b)) {  // f16 in the tail
           for (int i = 0; i < n; ++i) {
             const int64_t row = (r0 + i) * c + head;
-            Half::Convert(tail + row, hd, k_out + (i0 + i) * hd);
-            Half::Convert(tail + static_cast<int64_t>(bt) * c + row, hd, v_out + (i0 + i) * hd);
+            Half::Convert(slot + row, hd, k_out + (i0 + i) * hd);
+            Half::Convert(slot + static_cast<int64_t>(bt) * c + row, hd, v_out + (i0 + i) * hd);
           }
           break;
         }
@@ -125,11 +123,13 @@ inline __attribute__((always_inline)) void GatherChunkT(const ChunkRows& a, Chun
 // The int4 fast paths (attention_avx2.cc, attention_avx512.cc) read the blocks in place instead
 // of through GatherChunk: a chunk's positions cut at block boundaries, each run either one
 // quantised block (K scale/min folded into the query once per run, V scale/min into the softmax
-// weight per position) or the sequence's f16 tail (the partial block).
+// weight per position) or an f16 slot of the sequence's tail (block 0 or the partial block).
 struct Int4Run {
-  const uint8_t* block;  // the quantised block; nullptr: the run lies in the f16 tail
-  int row0;              // its first position's row in the block (and in the tail)
-  int i0, n;             // chunk positions [i0, i0 + n), i.e. sequence positions p0 + i0...
+  const uint8_t* block;  // the quantised block; nullptr: the run lies in an f16 tail slot
+  // block == nullptr: the slot's K and V rows 0 at the chunk's KV head (row stride kv_dim).
+  const uint16_t *f16_k, *f16_v;
+  int row0;   // its first position's row in the block (and in the slot)
+  int i0, n;  // chunk positions [i0, i0 + n), i.e. sequence positions p0 + i0...
 };
 
 // At most this many runs in a chunk (any block_tokens >= 1).
@@ -138,14 +138,21 @@ constexpr int kMaxInt4Runs = kMaxChunk + 1;
 // Fills runs[] for the chunk [a.p0, a.p1) of an int4 pool; returns how many.
 inline int Int4Runs(const ChunkRows& a, Int4Run* runs) {
   const KvGeometry& g = *a.geometry;
-  const int bt = g.block_tokens, full_blocks = a.stored / bt;
+  const int bt = g.block_tokens;
+  const int64_t head = static_cast<int64_t>(a.kv_head) * g.head_dim;
   const auto* pool = static_cast<const uint8_t*>(a.pool);
   int count = 0;
   for (int p = a.p0; p < a.p1;) {
     const int b = p / bt, r0 = p - b * bt;
     const int n = std::min(a.p1 - p, bt - r0);
-    runs[count++] = {b < full_blocks ? pool + a.block_table[b] * g.block_bytes() : nullptr, r0,
-                     p - a.p0, n};
+    Int4Run& run = runs[count++];
+    run = {nullptr, nullptr, nullptr, r0, p - a.p0, n};
+    if (const uint16_t* slot = Int4TailSlot(g, a.tail, a.stored, b)) {
+      run.f16_k = slot + head;
+      run.f16_v = slot + static_cast<int64_t>(bt) * g.kv_dim() + head;
+    } else {
+      run.block = pool + a.block_table[b] * g.block_bytes();
+    }
     p += n;
   }
   return count;

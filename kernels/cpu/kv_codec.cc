@@ -76,15 +76,15 @@ uint8_t* BlockAt(const KvGeometry& g, void* pool, const int32_t* table, int p) {
   return static_cast<uint8_t*>(pool) + table[p / g.block_tokens] * g.block_bytes();
 }
 
-// Quantises a full int4 block from the f16 tail into `block`.
-void QuantizeInt4Block(const KvGeometry& g, const uint16_t* tail, uint8_t* block) {
+// Quantises a full int4 block from its f16 tail slot into `block`.
+void QuantizeInt4Block(const KvGeometry& g, const uint16_t* slot, uint8_t* block) {
   const int t = g.block_tokens;
   const int64_t c = g.kv_dim();
   const KvBlockLayout lay(g);
   std::vector<float> k(t * c), v(t * c);
   for (int64_t i = 0; i < t * c; ++i) {
-    k[i] = Fp16ToFp32(tail[i]);
-    v[i] = Fp16ToFp32(tail[t * c + i]);
+    k[i] = Fp16ToFp32(slot[i]);
+    v[i] = Fp16ToFp32(slot[t * c + i]);
   }
   std::vector<uint8_t> qk(t * c), qv(t * c);
   auto* k_scale = reinterpret_cast<uint16_t*>(block + lay.k_scale);
@@ -153,16 +153,16 @@ void StoreKv(const KvGeometry& g, void* pool, const int32_t* block_table, int st
         }
         break;
       }
-      case KvType::kInt4: {
-        auto* tk = static_cast<uint16_t*>(tail) + r * c;
-        auto* tv = static_cast<uint16_t*>(tail) + (g.block_tokens + r) * c;
+      case KvType::kInt4: {  // block 0 in slot 0 for good, a later one in slot 1 until full
+        const int b = p / g.block_tokens;
+        auto* slot = static_cast<uint16_t*>(tail) + (b == 0 ? 0 : 2LL * g.block_tokens * c);
+        uint16_t* tk = slot + r * c;
+        uint16_t* tv = slot + (g.block_tokens + r) * c;
         for (int64_t i = 0; i < c; ++i) {
           tk[i] = Fp32ToFp16(kt[i]);
           tv[i] = Fp32ToFp16(vt[i]);
         }
-        if (r == g.block_tokens - 1) {
-          QuantizeInt4Block(g, static_cast<const uint16_t*>(tail), block);
-        }
+        if (b > 0 && r == g.block_tokens - 1) QuantizeInt4Block(g, slot, block);
         break;
       }
     }
@@ -201,10 +201,9 @@ void LoadKv(const KvGeometry& g, const void* pool, const int32_t* block_table, c
       return;
     }
     case KvType::kInt4: {
-      const int full_blocks = stored / g.block_tokens;
-      if (p / g.block_tokens >= full_blocks) {  // the partial block: f16 in the tail
-        auto* tk = static_cast<const uint16_t*>(tail) + r * c;
-        auto* tv = static_cast<const uint16_t*>(tail) + (g.block_tokens + r) * c;
+      if (const uint16_t* slot = Int4TailSlot(g, tail, stored, p / g.block_tokens)) {
+        const uint16_t* tk = slot + r * c;
+        const uint16_t* tv = slot + (g.block_tokens + r) * c;
         for (int64_t i = 0; i < c; ++i) {
           k[i] = Fp16ToFp32(tk[i]);
           v[i] = Fp16ToFp32(tv[i]);

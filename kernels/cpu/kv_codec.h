@@ -19,13 +19,23 @@ struct KvBlockLayout {
 };
 
 // Stores positions start_pos..start_pos+n-1 (k, v: [n][kv_dim]) as g.type; see
-// Backend::WriteKv for the contract (int4 goes through `tail`).
+// Backend::WriteKv for the contract (int4 goes through `tail`: kv_type.h).
 void StoreKv(const KvGeometry& g, void* pool, const int32_t* block_table, int start_pos, int n,
              const float* k, const float* v, void* tail);
 
 // k, v[kv_dim] = position p's K and V as stored, of a sequence with `stored` positions.
 void LoadKv(const KvGeometry& g, const void* pool, const int32_t* block_table, const void* tail,
             int stored, int p, float* k, float* v);
+
+// int4: the tail slot (K f16[T][C], V f16[T][C]) holding block b of a sequence with `stored`
+// positions, or nullptr when block b is quantised in the pool: slot 0 for block 0 (the
+// attention sink, never quantised), slot 1 for the partial block.
+inline const uint16_t* Int4TailSlot(const KvGeometry& g, const void* tail, int stored, int b) {
+  const auto* slots = static_cast<const uint16_t*>(tail);
+  if (b == 0) return slots;
+  if (b < stored / g.block_tokens) return nullptr;
+  return slots + 2LL * g.block_tokens * g.kv_dim();
+}
 
 // One int4 row of 32-channel groups: q[c] in [0, 15] packed two to a byte (byte j of a group
 // holds channel j low, j + 16 high). n % 32 == 0.

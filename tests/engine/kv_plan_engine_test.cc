@@ -242,7 +242,7 @@ TEST_F(SmolLm2PlanTest, ThePoolHoldsExactlyThePlansBytesPerToken) {
   KvCache& kv = (*engine)->kv_cache();
   EXPECT_EQ(kv.used_bytes(), 64 * 16800);
   EXPECT_EQ(kv.used_blocks(), 4 * 27);
-  EXPECT_EQ(kv.tail_bytes_in_use(), 8 * 16 * 192 * 2 * 2);  // one f16 block per int4 layer
+  EXPECT_EQ(kv.tail_bytes_in_use(), 8 * 2 * 16 * 192 * 2 * 2);  // two f16 blocks per int4 layer
   EXPECT_EQ(kv.BlocksByType(*plan, 64)[kI4], 4 * 8);
   (*engine)->RemoveSequence(*seq);
   EXPECT_EQ(kv.used_bytes(), 0);

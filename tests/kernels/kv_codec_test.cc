@@ -1,7 +1,8 @@
 // The KV types' storage (kernels/kv_type.h, kernels/cpu/kv_codec.h) against values worked out
 // by hand (and with Python's struct 'e' half-precision codec): block sizes, fp16 rounding, the
 // int8 scale and codes, the int4 KIVI block (per-channel K, per-32-channel V, nibble order),
-// and the int4 tail: a block stays f16 in the tail until its last position arrives.
+// and the int4 tail: block 0 stays f16 in the tail, a later block until its last position
+// arrives.
 #include "kernels/cpu/kv_codec.h"
 
 #include <cmath>
@@ -26,7 +27,7 @@ TEST(KvCodecTest, BlockBytesPerTypeForSmolLm2) {
   g.type = KvType::kInt4;
   // nibbles 2 * 16 * 96, K scale+min per channel 4 * 192, V scale+min per (token, 32 ch) 4*16*6
   EXPECT_EQ(g.block_bytes(), 3072 + 768 + 384);
-  EXPECT_EQ(g.tail_bytes(), 12288);
+  EXPECT_EQ(g.tail_bytes(), 2 * 12288);  // two f16 blocks: block 0 and the partial block
   // Per token over 30 layers: 7920 bytes, 0.344 of llama.cpp's f16 23040.
   EXPECT_EQ(g.block_bytes() * 30 / 16, 7920);
 }
@@ -71,41 +72,56 @@ TEST(KvCodecTest, Int8IsSymmetricPerTokenAndHeadWithAnF16Scale) {
   }
 }
 
-TEST(KvCodecTest, Int4QuantisesABlockOnlyWhenItFillsItsTailStaysF16) {
+TEST(KvCodecTest, Int4QuantisesALaterBlockWhenItFillsBlockZeroStaysF16) {
   const KvGeometry g{4, 1, 32, KvType::kInt4};
-  // K[t][c] = 5 t (c % 4 + 1): per channel min 0, scale (c % 4 + 1), codes 5 t — exact.
-  // V[t][c] = 0.1 c - 1 for every t: min -1, scale fp16(3.1 / 15) = 0.2066650390625.
-  std::vector<float> k(4 * 32), v(4 * 32);
-  for (int t = 0; t < 4; ++t) {
+  // Block 1 (positions 4-7) holds K[t][c] = 5 t (c % 4 + 1): per channel min 0, scale
+  // (c % 4 + 1), codes 5 t — exact; V[t][c] = 0.1 c - 1 for every t: min -1, scale
+  // fp16(3.1 / 15) = 0.2066650390625. Block 0 (positions 0-3) holds the same rows.
+  std::vector<float> k(8 * 32), v(8 * 32);
+  for (int p = 0; p < 8; ++p) {
     for (int c = 0; c < 32; ++c) {
-      k[t * 32 + c] = 5.0f * t * (c % 4 + 1);
-      v[t * 32 + c] = static_cast<float>(c) * 0.1f - 1.0f;
+      k[p * 32 + c] = 5.0f * (p % 4) * (c % 4 + 1) + (p < 4 ? 0.01f : 0.0f);  // 0.01: not f16
+      v[p * 32 + c] = static_cast<float>(c) * 0.1f - 1.0f;
     }
   }
-  std::vector<float> pool(2 * g.block_floats(), NAN), tail(g.tail_bytes() / 4, NAN);
-  const int32_t table[] = {1};
-  cpu::ref::WriteKv(g, pool.data(), table, 0, 3, k.data(), v.data(), tail.data());
-  // Three of four positions: the pool is untouched (NaN bytes), reads come from the tail.
+  const auto f16 = [](float x) { return cpu::Fp16ToFp32(cpu::Fp32ToFp16(x)); };
+  std::vector<float> pool(3 * g.block_floats(), NAN), tail(g.tail_bytes() / 4, NAN);
+  const int32_t table[] = {2, 1};  // the sequence's blocks 0 and 1
   std::vector<float> ko(32), vo(32);
+  // Block 0 full, and three positions of block 1: the pool is untouched (NaN bytes), every
+  // read comes from the tail in f16.
+  cpu::ref::WriteKv(g, pool.data(), table, 0, 7, k.data(), v.data(), tail.data());
   for (size_t i = 0; i < pool.size(); ++i) ASSERT_TRUE(std::isnan(pool[i])) << i;
-  cpu::LoadKv(g, pool.data(), table, tail.data(), 3, 2, ko.data(), vo.data());
-  EXPECT_EQ(vo[3], cpu::Fp16ToFp32(cpu::Fp32ToFp16(v[3])));
+  cpu::LoadKv(g, pool.data(), table, tail.data(), 7, 1, ko.data(), vo.data());
+  EXPECT_EQ(ko[5], f16(k[32 + 5]));
+  cpu::LoadKv(g, pool.data(), table, tail.data(), 7, 6, ko.data(), vo.data());
+  EXPECT_EQ(vo[3], f16(v[6 * 32 + 3]));
   EXPECT_EQ(ko[5], 20.0f);
 
-  cpu::ref::WriteKv(g, pool.data(), table, 3, 1, k.data() + 96, v.data() + 96, tail.data());
-  for (int64_t i = 0; i < g.block_floats(); ++i) ASSERT_TRUE(std::isnan(pool[i])) << i;  // block 0
+  // The last position of block 1 quantises it into pool block 1; pool block 2 (the sequence's
+  // block 0) stays untouched and block 0 still reads f16.
+  cpu::ref::WriteKv(g, pool.data(), table, 7, 1, k.data() + 7 * 32, v.data() + 7 * 32, tail.data());
+  for (int64_t i = 0; i < g.block_floats(); ++i) ASSERT_TRUE(std::isnan(pool[i])) << i;
+  for (int64_t i = 2 * g.block_floats(); i < 3 * g.block_floats(); ++i) {
+    ASSERT_TRUE(std::isnan(pool[i])) << i;
+  }
   const auto* block = reinterpret_cast<const uint8_t*>(pool.data()) + g.block_bytes();
   const cpu::KvBlockLayout lay(g);
   // V codes round((0.1 c) / 0.20666): 0 0 1 1 2 2 ... 15 15; byte j = code j | code (j+16) << 4.
   EXPECT_EQ(block[lay.v + 0], 0x80);
   EXPECT_EQ(block[lay.v + 2], 0x91);
   EXPECT_EQ(block[lay.v + 15], 0xf7);
-  for (int t = 0; t < 4; ++t) {
-    cpu::LoadKv(g, pool.data(), table, tail.data(), 4, t, ko.data(), vo.data());
+  for (int p = 0; p < 8; ++p) {
+    cpu::LoadKv(g, pool.data(), table, tail.data(), 8, p, ko.data(), vo.data());
     for (int c = 0; c < 32; ++c) {
-      ASSERT_EQ(ko[c], k[t * 32 + c]) << t << " " << c;
+      if (p < 4) {
+        ASSERT_EQ(ko[c], f16(k[p * 32 + c])) << p << " " << c;
+        ASSERT_EQ(vo[c], f16(v[p * 32 + c])) << p << " " << c;
+        continue;
+      }
+      ASSERT_EQ(ko[c], k[p * 32 + c]) << p << " " << c;
       const int code = c / 2;
-      ASSERT_EQ(vo[c], code * 0.2066650390625f - 1.0f) << t << " " << c;
+      ASSERT_EQ(vo[c], code * 0.2066650390625f - 1.0f) << p << " " << c;
     }
   }
 }

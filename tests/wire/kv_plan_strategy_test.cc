@@ -61,8 +61,8 @@ TEST(KvPlanStrategyTest, BytesPerTokenAreTheOwningLayersBlockBytesOverBlockToken
   // Per layer and token: f32 2*192*4 = 1536, f16 768, int8 384 + 2*3*2 = 396,
   // int4 192/2*2 ... = (3072 + 768 + 384) / 16 = 264.
   EXPECT_DOUBLE_EQ(Plan().KvBytesPerToken(g), 768 + 264 + 396);
-  EXPECT_DOUBLE_EQ(Base().KvBytesPerToken(g), 3 * 1536);  // no plan: the pool's type
-  EXPECT_EQ(Plan().KvTailBytes(g), 16 * 192 * 2 * 2);     // one int4 owning layer's f16 tail
+  EXPECT_DOUBLE_EQ(Base().KvBytesPerToken(g), 3 * 1536);   // no plan: the pool's type
+  EXPECT_EQ(Plan().KvTailBytes(g), 2 * 16 * 192 * 2 * 2);  // one int4 layer's two f16 blocks
   EXPECT_EQ(Base().KvTailBytes(g), 0);
 }
 
