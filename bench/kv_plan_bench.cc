@@ -4,16 +4,19 @@
 // every layer: 2 * n_layers * n_kv_heads * head_dim * 2 bytes per token).
 //
 //   build/bench/kv_plan_bench [--models smollm2,stories] [--budgets 1,2,5|none] [--eval-tokens N]
-//                             [--context N] [--threads N] [--no-share] [--strategy FILE]
-//                             [--json FILE]
+//                             [--context N] [--threads N] [--block-tokens N] [--no-share]
+//                             [--calibration-tokens N] [--strategy FILE] [--json FILE]
 //
 // --strategy adds a row for a published plan (a strategy JSON of the first model; types f16
 // where it has none); --budgets none skips the searches (the frontier of the uniform types and
 // that plan only: what scripts/demo.sh prints).
 // Held-out text: WikiText-2 test (SmolLM2) or the TinyStories sample (stories260K) from the line
-// after the calibration lines (30 x 64 tokens, the search defaults); perplexity in windows of
+// after the calibration lines (30 x 64 tokens, the search defaults; --calibration-tokens sets the
+// 64, which an int4 plan needs at >= 2 x --block-tokens); perplexity in windows of
 // --context tokens. The plan search trims on the same slice, so its plans meet the budget on it
-// by construction; the search time includes those checks. Times are wall seconds on this machine
+// by construction; the search time includes those checks. --block-tokens: the paged pool's
+// block size every row is measured and counted with (default 16, the engine's; int4 quantises
+// K over a block, so larger blocks store fewer scales). Times are wall seconds on this machine
 // and the process's CPU seconds (over all threads).
 #include <cmath>
 #include <cstdio>
@@ -46,6 +49,8 @@ struct Flags {
   int eval_tokens = 16384;
   int context = 512;
   int threads = 2;
+  int block_tokens = EngineOptions{}.block_tokens;
+  int calibration_tokens = CalibrationOptions{}.tokens;
   bool share = true;
   bool int8 = false;  // the search's calibration forwards with int8 activations
   std::string strategy;
@@ -105,7 +110,9 @@ int RunModel(const Flags& flags, const std::string& name, nlohmann::json* out) {
   auto text = ReadFileToString(*text_path);
   if (!text.ok()) return std::fprintf(stderr, "%s\n", text.status().ToString().c_str()), 1;
   const ModelConfig& c = (*model)->config();
-  auto calibration = BuildCalibrationSet(*text, **tokenizer, CalibrationOptions{}, *text_path);
+  CalibrationOptions co;
+  co.tokens = flags.calibration_tokens;
+  auto calibration = BuildCalibrationSet(*text, **tokenizer, co, *text_path);
   if (!calibration.ok()) {
     return std::fprintf(stderr, "%s\n", calibration.status().ToString().c_str()), 1;
   }
@@ -114,12 +121,12 @@ int RunModel(const Flags& flags, const std::string& name, nlohmann::json* out) {
   ho.context = std::min(flags.context, c.max_seq_len);
   auto slice = CalibrationHeldoutSlice(*text, *calibration, **tokenizer, c, ho, *text_path);
   if (!slice.ok()) return std::fprintf(stderr, "%s\n", slice.status().ToString().c_str()), 1;
-  auto meter = QualityMeter::Create(**model, *slice, flags.threads);
+  auto meter = QualityMeter::Create(**model, *slice, flags.threads, nullptr, flags.block_tokens);
   if (!meter.ok()) return std::fprintf(stderr, "%s\n", meter.status().ToString().c_str()), 1;
   const double base_nll = (*meter)->baseline().mean_nll;
 
-  KvGeometry g;  // the serving pool's blocks (EngineOptions::block_tokens)
-  g.block_tokens = EngineOptions{}.block_tokens;
+  KvGeometry g;  // the serving pool's blocks
+  g.block_tokens = flags.block_tokens;
   g.n_kv_heads = c.n_kv_heads;
   g.head_dim = c.head_dim;
   const double llama_cpp = 2.0 * c.n_layers * c.n_kv_heads * c.head_dim * 2;
@@ -137,9 +144,9 @@ int RunModel(const Flags& flags, const std::string& name, nlohmann::json* out) {
 
   std::printf(
       "\n%s: %d layers, %d KV heads x %d; held-out %lld tokens in %d-token windows, "
-      "unshared fp32 perplexity %.3f; llama.cpp f16 KV %.0f bytes/token\n",
+      "unshared fp32 perplexity %.3f; %d-token KV blocks; llama.cpp f16 KV %.0f bytes/token\n",
       c.name.c_str(), c.n_layers, c.n_kv_heads, c.head_dim, (long long)slice->targets(),
-      slice->context, std::exp(base_nll), llama_cpp);
+      slice->context, std::exp(base_nll), g.block_tokens, llama_cpp);
   std::printf("%-12s %-44s %10s %8s %10s %9s %8s %8s\n", "plan", "layers", "bytes/tok", "vs f16",
               "ppl", "ppl +%", "wall s", "cpu s");
   nlohmann::json rows = nlohmann::json::array();
@@ -195,6 +202,7 @@ int RunModel(const Flags& flags, const std::string& name, nlohmann::json* out) {
     o.max_ppl_increase = budget;
     o.lower_types = lower;
     o.share = flags.share;
+    o.block_tokens = g.block_tokens;
     HeldoutIncreaseFn heldout = [&](const KvPlan& plan) -> absl::StatusOr<double> {
       auto strategy = PlanStrategy(**model, plan);
       if (!strategy.ok()) return strategy.status();
@@ -230,6 +238,10 @@ int Main(int argc, char** argv) {
       flags.json = next();
     } else if (a == "--threads") {
       flags.threads = std::atoi(next().c_str());
+    } else if (a == "--calibration-tokens") {
+      flags.calibration_tokens = std::atoi(next().c_str());
+    } else if (a == "--block-tokens") {
+      flags.block_tokens = std::atoi(next().c_str());
     } else if (a == "--eval-tokens") {
       flags.eval_tokens = std::atoi(next().c_str());
     } else if (a == "--context") {
@@ -258,18 +270,24 @@ int Main(int argc, char** argv) {
       std::fprintf(
           stderr,
           "usage: %s [--models smollm2,stories] [--budgets 1,2,5|none] [--eval-tokens N] "
-          "[--context N] [--threads N] [--no-share] [--int8] [--strategy FILE] [--json FILE]\n"
+          "[--context N] [--threads N] [--block-tokens N] [--calibration-tokens N] [--no-share] "
+          "[--int8] [--strategy FILE] [--json FILE]\n"
           "  --int8: the search scores plans with int8 activations (held-out checks stay fp32)\n",
           argv[0]);
       return 2;
     }
   }
-  if (flags.eval_tokens < 64 || flags.context < 16 || flags.threads < 1) {
-    std::fprintf(stderr, "--eval-tokens must be >= 64, --context >= 16, --threads >= 1\n");
+  if (flags.eval_tokens < 64 || flags.context < 16 || flags.threads < 1 || flags.block_tokens < 1 ||
+      flags.block_tokens > 1024) {
+    std::fprintf(stderr,
+                 "--eval-tokens must be >= 64, --context >= 16, --threads >= 1, --block-tokens in "
+                 "[1, 1024]\n");
     return 2;
   }
   nlohmann::json out;
   out["threads"] = flags.threads;
+  out["calibration_tokens"] = flags.calibration_tokens;
+  out["block_tokens"] = flags.block_tokens;
   for (const std::string& name : flags.models) {
     const int rc = RunModel(flags, name, &out);
     if (rc != 0) return rc;

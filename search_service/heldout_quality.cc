@@ -1,5 +1,6 @@
 #include "search_service/heldout_quality.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_format.h"
@@ -117,8 +118,10 @@ void RecordQuality(const StrategyQuality& q, StrategyProvenance* p) {
   p->calibration_score = q.calibration_score;
 }
 
-absl::StatusOr<std::unique_ptr<QualityMeter>> QualityMeter::Create(
-    const Model& model, HeldoutSlice slice, int threads, const std::atomic<bool>* cancel) {
+absl::StatusOr<std::unique_ptr<QualityMeter>> QualityMeter::Create(const Model& model,
+                                                                   HeldoutSlice slice, int threads,
+                                                                   const std::atomic<bool>* cancel,
+                                                                   int block_tokens) {
   const ModelConfig& c = model.config();
   if (slice.context < 2 || slice.context > c.max_seq_len) {
     return absl::InvalidArgumentError(
@@ -133,8 +136,10 @@ absl::StatusOr<std::unique_ptr<QualityMeter>> QualityMeter::Create(
   EngineOptions eo;
   eo.kv_type = KvType::kF32;  // the pinned held-out figures are of the exact fp32 cache
   eo.max_step_rows = meter->slice_.context;
+  eo.block_tokens = block_tokens;
   // One window at a time: room for a context of unshared KV plus a block of slack.
-  eo.kv_pool_bytes = int64_t(meter->slice_.context + 64) * c.KvBytesPerToken();
+  eo.kv_pool_bytes =
+      int64_t(meter->slice_.context + std::max(64, block_tokens)) * c.KvBytesPerToken();
   auto engine = Engine::Create(model, MakeCpuBackend(threads), eo);
   if (!engine.ok()) return engine.status();
   meter->engine_ = std::move(*engine);

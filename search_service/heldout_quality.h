@@ -92,9 +92,10 @@ class QualityMeter {
   // `threads`: the CPU backend's (0 = all cores). InvalidArgument when the slice's context
   // exceeds the model's. `cancel`: when set, every perplexity pass (the baseline's at Create
   // included) ends Cancelled before its next window once it is true; it must outlive the meter.
+  // `block_tokens`: the paged pool's block size (what an int4 layer quantises over).
   static absl::StatusOr<std::unique_ptr<QualityMeter>> Create(
       const Model& model, HeldoutSlice slice, int threads,
-      const std::atomic<bool>* cancel = nullptr);
+      const std::atomic<bool>* cancel = nullptr, int block_tokens = EngineOptions{}.block_tokens);
 
   const HeldoutSlice& slice() const { return slice_; }
   const PerplexityResult& baseline() const { return baseline_; }

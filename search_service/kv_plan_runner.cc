@@ -40,6 +40,10 @@ absl::StatusOr<KvPlanRun> RunKvPlanSearch(const Model& model, Backend& backend,
                                           const KvPlanHooks& hooks) {
   absl::Status valid = ValidateKvPlanOptions(options);
   if (!valid.ok()) return valid;
+  KvPlanOptions simulated = options;
+  simulated.block_tokens = block_tokens;
+  valid = CheckPlanCalibration(simulated, calibration.tokens);
+  if (!valid.ok()) return valid;
   const auto start = std::chrono::steady_clock::now();
   const double cpu0 = ProcessCpuSeconds();
   const ModelConfig& c = model.config();
@@ -94,7 +98,7 @@ absl::StatusOr<KvPlanStrategyResult> RunKvPlanStrategySearch(
   absl::Status valid = ValidateKvPlanOptions(options);
   if (!valid.ok()) return valid;
   const ModelConfig& c = model.config();
-  const int block_tokens = EngineOptions{}.block_tokens;  // the serving pool's
+  const int block_tokens = options.block_tokens;  // the serving pool's
   for (KvType t : options.lower_types) {
     KvGeometry g{block_tokens, c.n_kv_heads, c.head_dim, t};
     absl::Status s = ValidateKvGeometry(g);
@@ -105,7 +109,7 @@ absl::StatusOr<KvPlanStrategyResult> RunKvPlanStrategySearch(
   }
   KvPlanStrategyResult out;
   const auto start = std::chrono::steady_clock::now();
-  auto meter = QualityMeter::Create(model, heldout, threads, hooks.cancel);
+  auto meter = QualityMeter::Create(model, heldout, threads, hooks.cancel, block_tokens);
   if (!meter.ok()) return meter.status();
   out.baseline_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -140,12 +144,12 @@ absl::StatusOr<KvPlanStrategyResult> RunKvPlanStrategySearch(
   for (const PlanAction& a : r.actions) actions.push_back(PlanActionString(a));
   for (KvType t : options.lower_types) types.push_back(KvTypeName(t));
   p.note = absl::StrFormat(
-      "KV plan within %g%% held-out perplexity (types %s -> %s%s): %d calibration runs of %d x "
-      "%d tokens, %d held-out checks, %d actions given back, %d added on held-out slack; actions "
-      "%s",
+      "KV plan within %g%% held-out perplexity (types %s -> %s%s; %d-token blocks): %d "
+      "calibration runs of %d x %d tokens, %d held-out checks, %d actions given back, %d added "
+      "on held-out slack; actions %s",
       options.max_ppl_increase, KvTypeName(options.base_type), absl::StrJoin(types, ","),
-      options.share ? ", sharing" : "", r.calibration_runs, calibration.samples, calibration.tokens,
-      r.heldout_checks.size(), r.trimmed_actions, r.grown_actions,
+      options.share ? ", sharing" : "", block_tokens, r.calibration_runs, calibration.samples,
+      calibration.tokens, r.heldout_checks.size(), r.trimmed_actions, r.grown_actions,
       actions.empty() ? "none" : absl::StrJoin(actions, " "));
   StrategyQuality q;
   q.baseline_nll = base_nll;

@@ -93,6 +93,11 @@ absl::Status ValidateKvPlanOptions(const KvPlanOptions& o, bool cli_flags) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "%s %d must be >= 1", cli_flags ? "--best-of" : "best_of", o.share_best_of));
   }
+  if (o.block_tokens < 1 || o.block_tokens > 1024) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s %d must be in [1, 1024]",
+                        cli_flags ? "--block-tokens" : "kv_block_tokens", o.block_tokens));
+  }
   KvGeometry probe;
   probe.n_kv_heads = 1;
   probe.head_dim = kKvInt4Group;
@@ -104,6 +109,17 @@ absl::Status ValidateKvPlanOptions(const KvPlanOptions& o, bool cli_flags) {
     }
   }
   return absl::OkStatus();
+}
+
+absl::Status CheckPlanCalibration(const KvPlanOptions& o, int calibration_tokens, bool cli_flags) {
+  const bool int4 =
+      std::find(o.lower_types.begin(), o.lower_types.end(), KvType::kInt4) != o.lower_types.end();
+  if (!int4 || calibration_tokens >= 2 * o.block_tokens) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrFormat(
+      "%s %d must be >= 2 x %s %d for a KV plan with int4: int4 keeps block 0 in f16, so a "
+      "shorter calibration sample holds no quantised block",
+      cli_flags ? "--tokens" : "tokens", calibration_tokens,
+      cli_flags ? "--block-tokens" : "kv_block_tokens", o.block_tokens));
 }
 
 absl::StatusOr<KvPlanSearchResult> SearchKvPlan(

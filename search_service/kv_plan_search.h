@@ -90,12 +90,24 @@ struct KvPlanOptions {
   int max_heldout_rounds = 4;
   int max_grow_rounds = 3;
   bool floor_first = true;  // step 1b
+  // RunKvPlanStrategySearch: the serving pool's block size the plan is for (the workers'
+  // --block-tokens), which the types are simulated and measured with (int4 quantises K over a
+  // block). SearchKvPlan takes it from its geometry instead.
+  int block_tokens = 16;
   double budget_nats() const { return std::log1p(max_ppl_increase / 100.0); }
 };
 
-// The CLI/proto checks: budget > 0 and finite (at most 1000%), best-of >= 1, lower types
-// each smaller than the base type. InvalidArgument naming the field as `flag_prefix` spells it.
+// The CLI/proto checks: budget > 0 and finite (at most 1000%), best-of >= 1, block_tokens in
+// [1, 1024], lower types each smaller than the base type. InvalidArgument naming the field as
+// `flag_prefix` spells it.
 absl::Status ValidateKvPlanOptions(const KvPlanOptions& options, bool cli_flags = true);
+
+// A plan that may lower a layer to int4 needs calibration samples of at least 2 x block_tokens
+// tokens: int4 keeps block 0 in f16, so a shorter sample holds no quantised block and the
+// search could not see what int4 costs. InvalidArgument naming both numbers (as --tokens and
+// --block-tokens, or tokens and kv_block_tokens).
+absl::Status CheckPlanCalibration(const KvPlanOptions& options, int calibration_tokens,
+                                  bool cli_flags = true);
 
 struct PlanAction {
   enum Kind { kLowerType, kShare } kind = kLowerType;

@@ -18,6 +18,15 @@ std::string F(const SearchRequest& r, const char* flag, const char* field) {
   return r.field_style == FieldStyle::kCliFlag ? flag : field;
 }
 
+// The KV plan options a request with max_ppl_increase asks for.
+KvPlanOptions PlanOptionsOf(const SearchRequest& r) {
+  KvPlanOptions plan;
+  plan.max_ppl_increase = r.max_ppl_increase.value_or(plan.max_ppl_increase);
+  plan.share_best_of = EffectiveBestOf(r);
+  plan.block_tokens = r.kv_block_tokens.value_or(EngineOptions{}.block_tokens);
+  return plan;
+}
+
 }  // namespace
 
 RuleDefaults RuleDefaultsFor(const std::string& method) {
@@ -48,11 +57,12 @@ absl::StatusOr<std::string> CheckSearchRequest(const SearchRequest& r) {
   auto rule = CheckRuleFields(r.method, EffectiveBestOf(r), r.max_nll_increase,
                               r.field_style == FieldStyle::kCliFlag);
   if (!rule.ok()) return rule.status();
+  if (r.kv_block_tokens.has_value() && !r.max_ppl_increase.has_value()) {
+    return Invalid(absl::StrFormat("%s: only with %s", F(r, "--block-tokens", "kv_block_tokens"),
+                                   F(r, "--max-ppl-increase", "max_ppl_increase")));
+  }
   if (r.max_ppl_increase.has_value()) {
-    KvPlanOptions plan;
-    plan.max_ppl_increase = *r.max_ppl_increase;
-    plan.share_best_of = EffectiveBestOf(r);
-    absl::Status s = ValidateKvPlanOptions(plan, r.field_style == FieldStyle::kCliFlag);
+    absl::Status s = ValidateKvPlanOptions(PlanOptionsOf(r), r.field_style == FieldStyle::kCliFlag);
     if (!s.ok()) return s;
   }
   // Checked before anything is sized by them (the calibration set reserves samples x tokens).
@@ -161,11 +171,12 @@ absl::StatusOr<PreparedSearch> PrepareSearch(const SearchRequest& r, const Model
   p.selection.lazy = EffectiveLazy(r);
   p.selection.max_nll_increase = r.max_nll_increase;
   if (r.max_ppl_increase.has_value()) {
-    KvPlanOptions plan;
-    plan.max_ppl_increase = *r.max_ppl_increase;
-    plan.share_best_of = EffectiveBestOf(r);
-    KvGeometry int4{EngineOptions{}.block_tokens, c.n_kv_heads, c.head_dim, KvType::kInt4};
+    KvPlanOptions plan = PlanOptionsOf(r);
+    KvGeometry int4{plan.block_tokens, c.n_kv_heads, c.head_dim, KvType::kInt4};
     if (!ValidateKvGeometry(int4).ok()) plan.lower_types = {KvType::kInt8};
+    absl::Status s =
+        CheckPlanCalibration(plan, p.calibration.tokens, r.field_style == FieldStyle::kCliFlag);
+    if (!s.ok()) return s;
     p.plan = plan;
   }
   return p;

@@ -51,6 +51,9 @@ struct SearchRequest {
   // Set: search a KV plan within this held-out perplexity increase, in percent
   // (kv_plan_search.h), instead of a sharing target.
   std::optional<double> max_ppl_increase;
+  // With max_ppl_increase: the serving pool's block size the plan is for
+  // (KvPlanOptions::block_tokens); unset = the engine's default.
+  std::optional<int> kv_block_tokens;
   static constexpr double kDefaultTargetRatio = 0.25;
 };
 

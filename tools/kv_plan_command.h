@@ -22,9 +22,10 @@ struct PlanSearchFlags {
 CLI::Option* AddPlanSearchFlags(CLI::App* search, PlanSearchFlags* flags);
 
 // Runs the plan search over prepared.calibration, trimming on (and recording the quality of)
-// `heldout`, and writes the strategy to `out`. best_of: --best-of for the sharing step.
+// `heldout`, and writes the strategy to `out`. best_of: --best-of for the sharing step;
+// block_tokens: --block-tokens, the serving pool's block size the plan is searched for.
 int RunPlanSearchCommand(const Session& session, const PreparedSearch& prepared,
                          HeldoutSlice heldout, const PlanSearchFlags& flags, int best_of,
-                         int threads, const std::string& out);
+                         int threads, int block_tokens, const std::string& out);
 
 }  // namespace kvshare::cli

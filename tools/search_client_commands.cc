@@ -271,6 +271,7 @@ int RunRemoteSearchCommand(const RemoteSearchFlags& f, const std::string& model,
   if (r.lazy.has_value()) request.set_lazy(*r.lazy);
   if (r.max_nll_increase.has_value()) request.set_max_nll_increase(*r.max_nll_increase);
   if (r.max_ppl_increase.has_value()) request.set_max_ppl_increase(*r.max_ppl_increase);
+  if (r.kv_block_tokens.has_value()) request.set_kv_block_tokens(*r.kv_block_tokens);
   request.set_heldout_tokens(static_cast<int32_t>(heldout.tokens));
   request.set_heldout_context(heldout.context);
   request.set_publish(f.publish);

@@ -229,7 +229,10 @@ Runner RegisterSearch(CLI::App& app) {
     if (order->count() > 0) request.order = flags->order;
     if (best_of->count() > 0) request.best_of = flags->best_of;
     if (lazy->count() > 0) request.lazy = flags->lazy;
-    if (plan_budget->count() > 0) request.max_ppl_increase = flags->plan.max_ppl_increase;
+    if (plan_budget->count() > 0) {
+      request.max_ppl_increase = flags->plan.max_ppl_increase;
+      request.kv_block_tokens = flags->model.block_tokens;
+    }
     if (layers->count() > 0) request.target_layers = flags->target_layers;
     if (ratio->count() > 0) request.target_ratio = flags->target_ratio;
     if (max_nll->count() > 0) request.max_nll_increase = flags->max_nll_increase;
@@ -294,7 +297,8 @@ Runner RegisterSearch(CLI::App& app) {
             "yet)"));
       }
       return RunPlanSearchCommand(*session, *prepared, std::move(*heldout), flags->plan,
-                                  EffectiveBestOf(request), flags->model.threads, flags->out);
+                                  EffectiveBestOf(request), flags->model.threads,
+                                  flags->model.block_tokens, flags->out);
     }
     // Projection sets: after the held-out slice when it is cut from the calibration text,
     // else after the calibration lines; never overlapping either.

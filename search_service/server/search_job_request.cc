@@ -84,6 +84,7 @@ absl::StatusOr<PreparedSearchJob> PrepareSearchJob(const v1::CreateSearchJobRequ
   if (request.has_max_ppl_increase()) {
     r.max_ppl_increase = request.max_ppl_increase();
   }
+  if (request.has_kv_block_tokens()) r.kv_block_tokens = request.kv_block_tokens();
   HeldoutOptions heldout;
   heldout.tokens = request.has_heldout_tokens() ? request.heldout_tokens() : kDefaultHeldoutTokens;
   heldout.context =

@@ -373,6 +373,19 @@ TEST(KvPlanSearch, RejectsBadOptionsNamingTheField) {
   EXPECT_THAT(ValidateKvPlanOptions(o).message(), HasSubstr("--best-of 0"));
 }
 
+TEST(KvPlanSearch, AnInt4PlanNeedsCalibrationSamplesOfTwoBlocks) {
+  KvPlanOptions o;
+  o.block_tokens = 64;
+  EXPECT_TRUE(CheckPlanCalibration(o, 128).ok());
+  absl::Status s = CheckPlanCalibration(o, 64);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("--tokens 64 must be >= 2 x --block-tokens 64"));
+  EXPECT_THAT(CheckPlanCalibration(o, 64, false).message(),
+              HasSubstr("tokens 64 must be >= 2 x kv_block_tokens 64"));
+  o.lower_types = {I8};  // int8 quantises every position: any length shows its cost
+  EXPECT_TRUE(CheckPlanCalibration(o, 16).ok());
+}
+
 TEST(KvPlanSearch, CancelStopsBeforeTheNextForward) {
   FakePlanEvaluator e;
   std::atomic<bool> cancel{true};

@@ -160,6 +160,16 @@ TEST_F(KvPlanJobTest, BadBudgetsAreInvalidArgumentNamingTheField) {
   s = Create(r, &job);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(s.error_message(), HasSubstr("heldout_tokens > 0"));
+  r = Plan(2);
+  r.set_kv_block_tokens(0);
+  s = Create(r, &job);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("kv_block_tokens 0 must be in [1, 1024]"));
+  r.clear_max_ppl_increase();
+  r.set_kv_block_tokens(64);
+  s = Create(r, &job);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("kv_block_tokens: only with max_ppl_increase"));
 }
 
 }  // namespace
