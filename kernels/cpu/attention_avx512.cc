@@ -480,9 +480,11 @@ void AttendChunk(const ChunkRows& a) {
       case 8:
         return a.n_rows == 1 ? AttendChunkInt4T<8>(a) : AttendChunkInt4RowsT<8>(a);
       default:
-        return scalar::AttendChunk(a);
+        break;  // wider heads (Gemma 3's 256): gathered below
     }
   }
+  // Up to 8 x 16 channels the row's q and o stay in registers; wider heads (up to 256, Gemma
+  // 3) spill some of them to the stack, still far ahead of the scalar loop.
   switch ((a.geometry->head_dim + 15) / 16) {
     case 1:
       return AttendChunkT<1>(a);
@@ -500,6 +502,22 @@ void AttendChunk(const ChunkRows& a) {
       return AttendChunkT<7>(a);
     case 8:
       return AttendChunkT<8>(a);
+    case 9:
+      return AttendChunkT<9>(a);
+    case 10:
+      return AttendChunkT<10>(a);
+    case 11:
+      return AttendChunkT<11>(a);
+    case 12:
+      return AttendChunkT<12>(a);
+    case 13:
+      return AttendChunkT<13>(a);
+    case 14:
+      return AttendChunkT<14>(a);
+    case 15:
+      return AttendChunkT<15>(a);
+    case 16:
+      return AttendChunkT<16>(a);
     default:
       return scalar::AttendChunk(a);
   }

@@ -113,9 +113,10 @@ TEST(KvTypeAttentionTest, EveryIsaMatchesTheReferenceOverTheGrid) {
   uint32_t seed = 1;
   for (KvType type : kCompactTypes) {
     // int4 groups are 32 channels of a head; the other types take any head size. int4's SIMD
-    // paths read blocks in place with per-head-size code: every head size they specialise.
+    // paths read blocks in place with per-head-size code: every head size they specialise, and
+    // 256 (Gemma 3), which AVX-512 reads gathered.
     const std::vector<int> head_dims =
-        type == KvType::kInt4 ? std::vector<int>{32, 64, 96, 128} : std::vector<int>{8, 64};
+        type == KvType::kInt4 ? std::vector<int>{32, 64, 96, 128, 256} : std::vector<int>{8, 64};
     for (int group : {1, 2, 3, 4}) {
       for (int head_dim : head_dims) {
         // 24: blocks straddle the 256-position chunks, so a chunk starts and ends mid-block.
