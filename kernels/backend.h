@@ -36,6 +36,9 @@ class PreparedWeight {
  public:
   virtual ~PreparedWeight() = default;
   virtual const Tensor& tensor() const = 0;
+  // Whether the backend reads the source tensor's bytes after Prepare; false when it holds a
+  // copy of its own (repacked, or uploaded), so the source's pages may leave memory.
+  virtual bool reads_source() const { return true; }
 };
 
 // Host-side arrays an op takes (ids, pos, block_table, seqs) are read before the op returns.
@@ -44,11 +47,11 @@ class PreparedWeight {
 // [q_row, q_row + n_q) of q; query j sits at position start_pos + j and attends (causally) to
 // positions [0, start_pos + j], whose K/V are found through block_table (block i holds
 // positions [i * block_tokens, (i + 1) * block_tokens)). Positions [0, start_pos + n_q) are
-// stored; for an int4 pool the block holding the last of them, when not full, is read from
-// `tail` (kernels/kv_type.h), which is null for the other types. window > 0 (sliding-window
-// attention, Gemma 3's local layers) narrows query j to positions
-// [max(0, start_pos + j - window + 1), start_pos + j] — llama.cpp's rule: masked when
-// pos_q - pos_k >= window; only backends whose SupportsAttentionWindow() is true honour it.
+// stored; for an int4 pool block 0 and the block holding the last of them, when not full, are
+// read from `tail` (kernels/kv_type.h), which is null for the other types. window > 0
+// (sliding-window attention, Gemma 3's local layers) narrows query j to positions [max(0, start_pos
+// + j - window + 1), start_pos + j] — llama.cpp's rule: masked when pos_q - pos_k >= window; only
+// backends whose SupportsAttentionWindow() is true honour it.
 struct AttentionSeq {
   int q_row = 0;
   int n_q = 0;

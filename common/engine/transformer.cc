@@ -25,10 +25,14 @@ absl::StatusOr<std::unique_ptr<Transformer>> Transformer::Create(const Model& mo
 absl::Status Transformer::Init() {
   const ModelConfig& c = config();
   const ModelWeights& w = model_.weights();
+  // Each weight as the backend prepares it; when the backend keeps a copy, the file's pages of
+  // it leave the process's resident memory at once (so the peak holds one tensor twice, not
+  // the model).
   auto prepare = [&](const Tensor& t, std::unique_ptr<PreparedWeight>* out) -> absl::Status {
     auto p = backend_.Prepare(t);
     if (!p.ok()) return p.status();
     *out = std::move(*p);
+    if (!(*out)->reads_source()) model_.ReleaseResidentPages(t);
     return absl::OkStatus();
   };
   absl::Status s = prepare(w.token_embedding, &embedding_);

@@ -72,6 +72,17 @@ Model::~Model() {
   if (mapping_ != nullptr) munmap(mapping_, size_);
 }
 
+void Model::ReleaseResidentPages(const Tensor& t) const {
+  if (mapping_ == nullptr || t.data == nullptr) return;
+  const auto begin = reinterpret_cast<uintptr_t>(t.data);
+  const auto base = reinterpret_cast<uintptr_t>(mapping_);
+  if (begin < base || begin + t.nbytes > base + size_) return;
+  const auto page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t first = (begin + page - 1) / page * page;  // whole pages inside the tensor
+  const uintptr_t last = (begin + t.nbytes) / page * page;
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+}
+
 absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& path,
                                                    const std::string& tokenizer_path) {
   const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);

@@ -137,6 +137,12 @@ class Model {
   // Hex SHA-256 of that file's bytes ("" when none).
   const std::string& tokenizer_sha256() const { return tokenizer_sha256_; }
   int64_t parameter_count() const;
+  // Drops the pages wholly inside `t`'s bytes from this process's resident memory when they
+  // belong to the model file's mapping: they stay in the page cache and fault back in if read
+  // again (the mapping is private and read-only, so nothing is lost). For a tensor a backend
+  // has copied (PreparedWeight::reads_source() false). A no-op for tensors outside the mapping
+  // and for models held in memory.
+  void ReleaseResidentPages(const Tensor& t) const;
 
  private:
   Model() = default;

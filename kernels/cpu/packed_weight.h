@@ -61,6 +61,7 @@ class CpuWeight : public PreparedWeight {
   static absl::StatusOr<std::unique_ptr<CpuWeight>> Create(const Tensor& w, bool repack);
 
   const Tensor& tensor() const override { return tensor_; }
+  bool reads_source() const override { return !packed(); }
   DType type() const { return tensor_.type; }
   int64_t rows() const { return tensor_.rows(); }
   int64_t cols() const { return tensor_.cols(); }

@@ -169,6 +169,7 @@ class CudaWeight : public PreparedWeight {
   CudaWeight(const Tensor& t, std::shared_ptr<DeviceMemory> mem, bool bf16)
       : tensor_(t), mem_(std::move(mem)), bf16_(bf16) {}
   const Tensor& tensor() const override { return tensor_; }
+  bool reads_source() const override { return false; }
   const void* data() const { return mem_->get(); }
   int64_t rows() const { return tensor_.rows(); }
   int64_t cols() const { return tensor_.cols(); }

@@ -107,6 +107,24 @@ TEST(Stories260KTest, WeightsAreViewsAtTheRightOffsets) {
   EXPECT_EQ(F32At(w.output_norm, 0, 63), 1.7077769f);             // rms_final[63]
 }
 
+// A backend that copied a tensor lets its pages go (Transformer::Init); the mapping is private
+// and read-only, so reading the tensor again gives the file's bytes back.
+TEST(Stories260KTest, ReleasedPagesReadBackTheFilesBytes) {
+  std::unique_ptr<Model> m = LoadOrDie(kvshare::testing::Asset("stories260K.bin"));
+  ASSERT_NE(m, nullptr);
+  const Tensor& emb = m->weights().token_embedding;  // 131,072 bytes: whole pages inside
+  ASSERT_GE(emb.nbytes, size_t{4} * 4096);
+  const auto* bytes = static_cast<const uint8_t*>(emb.data);
+  const std::vector<uint8_t> before(bytes, bytes + emb.nbytes);
+  m->ReleaseResidentPages(emb);
+  EXPECT_EQ(0, std::memcmp(before.data(), emb.data, emb.nbytes));
+  EXPECT_EQ(F32At(emb, 511, 63), -0.4240326f);
+  Tensor outside = emb;  // not in the mapping: a no-op
+  outside.data = before.data();
+  m->ReleaseResidentPages(outside);
+  EXPECT_EQ(before[0], bytes[0]);
+}
+
 TEST(SmolLm2Test, ConfigAndTensorTypesMatchTheGguf) {
   std::unique_ptr<Model> m = LoadOrDie(kvshare::testing::SmolLm2Path());
   ASSERT_NE(m, nullptr);
