@@ -70,6 +70,30 @@ HeldoutIncreaseFn Scaled(FakePlanEvaluator& e, double scale, std::vector<KvPlan>
   };
 }
 
+// Held-out text where a shared layer costs 1.0 nat and an owning layer `precision_scale` times
+// its calibration cost; `seen` records every plan checked.
+HeldoutIncreaseFn SharesCostANat(FakePlanEvaluator& e, double precision_scale,
+                                 std::vector<KvPlan>* seen) {
+  return [&e, precision_scale, seen](const KvPlan& p) -> absl::StatusOr<double> {
+    seen->push_back(p);
+    double c = 0;
+    for (size_t l = 0; l < p.kv_source.size(); ++l) {
+      c += p.kv_source[l] != int(l) ? 1.0 : precision_scale * e.type_cost[{int(l), p.kv_types[l]}];
+    }
+    return c;
+  };
+}
+
+// Four layers whose only close pair is (3, 2).
+LayerDistances OnlyThreeAndTwoClose() {
+  LayerDistances d(4);
+  for (int i = 1; i < 4; ++i) {
+    for (int j = 0; j < i; ++j) d.Set(i, j, 10.0, 10.0);
+  }
+  d.Set(3, 2, 1.0, 1.0);
+  return d;
+}
+
 TEST(KvPlanBytes, ExactFromTheBlockLayouts) {
   const KvGeometry g = Geometry();
   EXPECT_DOUBLE_EQ(KvLayerBytesPerToken(g, F16), 128);
@@ -243,26 +267,14 @@ TEST(KvPlanSearch, AfterGivingASharedLayerBackItGrowsPrecisionOnTheSlack) {
   for (int l = 0; l < 4; ++l) e.type_cost[{l, I4}] = 0.004;
   for (int l = 0; l < 4; ++l) e.type_cost[{l, I8}] = 0.004;  // dominated by int4
   e.share_cost = {{3, 0.001}};                               // any other share: 1.0
-  LayerDistances d(4);
-  for (int i = 1; i < 4; ++i) {
-    for (int j = 0; j < i; ++j) d.Set(i, j, 10.0, 10.0);
-  }
-  d.Set(3, 2, 1.0, 1.0);
+  const LayerDistances d = OnlyThreeAndTwoClose();
   KvPlanOptions o;
   o.floor_first = false;     // the scan of steps 2-3 and 6, not step 1b
   o.max_ppl_increase = 1.0;  // 0.00995 nats
   o.share_best_of = 1;
   // Held-out: precision at half its calibration cost, a shared layer at 1.0.
   std::vector<KvPlan> seen;
-  HeldoutIncreaseFn heldout = [&e, &seen](const KvPlan& p) -> absl::StatusOr<double> {
-    seen.push_back(p);
-    double c = 0;
-    for (size_t l = 0; l < p.kv_source.size(); ++l) {
-      c += p.kv_source[l] != int(l) ? 1.0 : 0.5 * e.type_cost[{int(l), p.kv_types[l]}];
-    }
-    return c;
-  };
-  auto r = SearchKvPlan(Geometry(), 4, o, e, &d, heldout);
+  auto r = SearchKvPlan(Geometry(), 4, o, e, &d, SharesCostANat(e, 0.5, &seen));
   ASSERT_TRUE(r.ok()) << r.status();
   // Calibration: int4 on layers 0 and 1 (0.008), then 3 reads 2 (0.009). Held-out 1.004 is
   // over; the ratio (111x) leaves a prefix of nothing: the base plan (0). Step 6: all four
@@ -327,24 +339,12 @@ TEST(KvPlanSearch, TrimNeverGoesBelowAFloorThatFits) {
   FakePlanEvaluator e;
   for (int l = 0; l < 4; ++l) e.type_cost[{l, I4}] = 0.001;
   e.share_cost = {{3, 0.001}};  // any other share: 1.0
-  LayerDistances d(4);
-  for (int i = 1; i < 4; ++i) {
-    for (int j = 0; j < i; ++j) d.Set(i, j, 10.0, 10.0);
-  }
-  d.Set(3, 2, 1.0, 1.0);
+  const LayerDistances d = OnlyThreeAndTwoClose();
   KvPlanOptions o;
   o.max_ppl_increase = 1.0;
   o.share_best_of = 1;
   std::vector<KvPlan> seen;
-  HeldoutIncreaseFn heldout = [&e, &seen](const KvPlan& p) -> absl::StatusOr<double> {
-    seen.push_back(p);
-    double c = 0;
-    for (size_t l = 0; l < p.kv_source.size(); ++l) {
-      c += p.kv_source[l] != int(l) ? 1.0 : e.type_cost[{int(l), p.kv_types[l]}];
-    }
-    return c;
-  };
-  auto r = SearchKvPlan(Geometry(), 4, o, e, &d, heldout);
+  auto r = SearchKvPlan(Geometry(), 4, o, e, &d, SharesCostANat(e, 1.0, &seen));
   ASSERT_TRUE(r.ok()) << r.status();
   // Checks: the floor (0.004), the floor with 3 reading 2 (1.003); the trim's guess keeps the
   // floor, measured already.
