@@ -106,8 +106,9 @@ Runner RegisterInfo(CLI::App& app) {
                                  st.KvBytesPerToken(g) / llama_cpp_f16, capacity(strategy_row),
                                  double(capacity(strategy_row)) / capacity(unshared_row));
     if (st.KvTailBytes(g) > 0) {
-      std::cout << absl::StrFormat("%-16s %16d   bytes per sequence (f16 partial blocks)\n",
-                                   "int4 tails", st.KvTailBytes(g));
+      std::cout << absl::StrFormat(
+          "%-16s %16d   bytes per sequence (f16 block 0 and partial block)\n", "int4 tails",
+          st.KvTailBytes(g));
     }
     return 0;
   };
