@@ -135,7 +135,7 @@ class CpuBackend : public Backend {
 
   void GeluMul(const float* gate, const float* up, int64_t count, float* out) override {
     ForRanges(count, [&](int64_t i0, int64_t len) {
-      cpu::GeluMulRange(gate + i0, up + i0, len, out + i0);
+      cpu::GeluMulRange(isa_, gate + i0, up + i0, len, out + i0);
     });
   }
 

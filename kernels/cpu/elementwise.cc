@@ -80,6 +80,47 @@ KVSHARE_TARGET_AVX2 void SiluMulAvx2(const float* gate, const float* up, int64_t
   for (; i < count; ++i) out[i] = gate[i] * (1.0f / (1.0f + std::exp(-gate[i]))) * up[i];
 }
 
+// gelu_tanh(g) = 0.5 g (1 + tanh(u)) with u = sqrt(2/pi) (g + 0.044715 g^3), computed as
+// g / (1 + exp(-2u)) (the same function: 1 + tanh(u) = 2 sigmoid(2u)), which keeps its
+// relative precision where tanh(u) nears -1 and 1 + tanh(u) would cancel.
+constexpr float kSqrt2OverPi = 0.7978845608f;
+constexpr float kGeluCubic = 0.044715f;
+
+KVSHARE_TARGET_AVX512 void GeluMulAvx512(const float* gate, const float* up, int64_t count,
+                                         float* out) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  const __m512 minus_2c = _mm512_set1_ps(-2.0f * kSqrt2OverPi);
+  for (int64_t i = 0; i < count; i += 16) {
+    const __mmask16 k = count - i >= 16 ? 0xffff : static_cast<__mmask16>((1u << (count - i)) - 1);
+    const __m512 g = _mm512_maskz_loadu_ps(k, gate + i);
+    const __m512 g3 = _mm512_mul_ps(_mm512_mul_ps(g, g), g);
+    const __m512 minus_2u =
+        _mm512_mul_ps(minus_2c, _mm512_fmadd_ps(_mm512_set1_ps(kGeluCubic), g3, g));
+    const __m512 gelu = _mm512_div_ps(g, _mm512_add_ps(one, Exp512(minus_2u)));
+    _mm512_mask_storeu_ps(out + i, k, _mm512_mul_ps(gelu, _mm512_maskz_loadu_ps(k, up + i)));
+  }
+}
+
+float GeluScalar(float g) {
+  return g / (1.0f + std::exp(-2.0f * kSqrt2OverPi * (g + kGeluCubic * g * g * g)));
+}
+
+KVSHARE_TARGET_AVX2 void GeluMulAvx2(const float* gate, const float* up, int64_t count,
+                                     float* out) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  const __m256 minus_2c = _mm256_set1_ps(-2.0f * kSqrt2OverPi);
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8) {
+    const __m256 g = _mm256_loadu_ps(gate + i);
+    const __m256 g3 = _mm256_mul_ps(_mm256_mul_ps(g, g), g);
+    const __m256 minus_2u =
+        _mm256_mul_ps(minus_2c, _mm256_fmadd_ps(_mm256_set1_ps(kGeluCubic), g3, g));
+    const __m256 gelu = _mm256_div_ps(g, _mm256_add_ps(one, Exp256(minus_2u)));
+    _mm256_storeu_ps(out + i, _mm256_mul_ps(gelu, _mm256_loadu_ps(up + i)));
+  }
+  for (; i < count; ++i) out[i] = GeluScalar(gate[i]) * up[i];
+}
+
 }  // namespace
 
 void RmsNormRows(Isa isa, const float* x, const float* weight, int n, int dim, float eps,
@@ -147,11 +188,15 @@ void RopeRows(float* x, const int32_t* pos, int n, int n_heads, int head_dim, co
   }
 }
 
-void GeluMulRange(const float* gate, const float* up, int64_t count, float* out) {
-  constexpr float kSqrt2OverPi = 0.7978845608f;
-  for (int64_t i = 0; i < count; ++i) {
-    const float g = gate[i];
-    out[i] = 0.5f * g * (1.0f + std::tanh(kSqrt2OverPi * (g + 0.044715f * g * g * g))) * up[i];
+void GeluMulRange(Isa isa, const float* gate, const float* up, int64_t count, float* out) {
+  switch (isa) {
+    case Isa::kAvx512:
+      return GeluMulAvx512(gate, up, count, out);
+    case Isa::kAvx2:
+      return GeluMulAvx2(gate, up, count, out);
+    case Isa::kScalar:
+      for (int64_t i = 0; i < count; ++i) out[i] = GeluScalar(gate[i]) * up[i];
+      return;
   }
 }
 

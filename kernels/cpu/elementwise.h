@@ -13,7 +13,7 @@ void RmsNormRows(Isa isa, const float* x, const float* weight, int n, int dim, f
 void SiluMulRange(Isa isa, const float* gate, const float* up, int64_t count, float* out);
 void AddRange(Isa isa, float* x, const float* y, int64_t count);
 // out[i] = gelu_tanh(gate[i]) * up[i] in fp32 (ref::GeluMul computes it in double).
-void GeluMulRange(const float* gate, const float* up, int64_t count, float* out);
+void GeluMulRange(Isa isa, const float* gate, const float* up, int64_t count, float* out);
 
 // Rotates pairs (2i, 2i+1) of every head of token rows [0, n) by pos[t] * freq[i / 2]; with
 // freq from RopeFrequencies this is the reference's arithmetic exactly.

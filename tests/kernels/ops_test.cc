@@ -96,6 +96,28 @@ TEST(OpsTest, SiluMulAndAddMatchReference) {
   }
 }
 
+// Gemma 3's GeGLU: the SIMD tanh (through the vectorised exp) against the double reference.
+TEST(OpsTest, GeluMulMatchesReference) {
+  for (Isa isa : testing::SupportedIsas()) {
+    auto b = testing::CpuBackendAt(isa, 2);
+    for (int64_t count : {1, 15, 17, 2048, 200000}) {
+      std::vector<float> g = testing::RandomFloats(count, 3, 6.0f);
+      const std::vector<float> u = testing::RandomFloats(count, 4);
+      if (count > 5) {
+        g[0] = -100.0f;  // tanh saturates: gelu -> -0 and the input itself
+        g[1] = 100.0f;
+        g[2] = -4.0f;
+        g[3] = -8.0f;  // gelu ~ -5e-21 (the reference's 1 + tanh cancels to 0 in double)
+        g[4] = 0.0f;
+      }
+      std::vector<float> want(count), got(count);
+      cpu::ref::GeluMul(g.data(), u.data(), count, want.data());
+      b->GeluMul(g.data(), u.data(), count, got.data());
+      ExpectNear(got, want, 4e-6, 1e-12, std::string("gelu ") + cpu::IsaName(isa));
+    }
+  }
+}
+
 TEST(OpsTest, EmbedDequantizesTheRowsOfAnyType) {
   for (Isa isa : testing::SupportedIsas()) {
     auto b = testing::CpuBackendAt(isa, 2);
