@@ -27,7 +27,8 @@ struct KvPlanRun {
 
 // `block_tokens`: the serving pool's block size, the unit the types are simulated in.
 // `heldout`: the held-out measure step 5 trims on (e.g. a QualityMeter over the strategy the
-// plan makes). Errors: SearchKvPlan's, calibration sets that do not fit the model.
+// plan makes). Errors: SearchKvPlan's, calibration sets that do not fit the model, samples
+// too short for int4 at this block size (CheckPlanCalibration).
 absl::StatusOr<KvPlanRun> RunKvPlanSearch(const Model& model, Backend& backend,
                                           const CalibrationSet& calibration, int block_tokens,
                                           const KvPlanOptions& options,
