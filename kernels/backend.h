@@ -49,9 +49,9 @@ class PreparedWeight {
 // positions [i * block_tokens, (i + 1) * block_tokens)). Positions [0, start_pos + n_q) are
 // stored; for an int4 pool block 0 and the block holding the last of them, when not full, are
 // read from `tail` (kernels/kv_type.h), which is null for the other types. window > 0
-// (sliding-window attention, Gemma 3's local layers) narrows query j to positions [max(0, start_pos
-// + j - window + 1), start_pos + j] — llama.cpp's rule: masked when pos_q - pos_k >= window; only
-// backends whose SupportsAttentionWindow() is true honour it.
+// (sliding-window attention, Gemma 3's local layers) narrows query j to positions
+// [max(0, start_pos + j - window + 1), start_pos + j] (llama.cpp's rule: masked when
+// pos_q - pos_k >= window); only backends whose SupportsAttentionWindow() is true honour it.
 struct AttentionSeq {
   int q_row = 0;
   int n_q = 0;
