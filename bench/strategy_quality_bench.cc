@@ -25,6 +25,11 @@
 //   <rule>:drop      the same layers with their attention dropped instead of shared (equal KV
 //                    memory): does reading the other layer's cache beat reading nothing?
 //   drop-ranked      the k layers whose single attention drop costs least on the scoring set.
+//   <row>+lin        a row's dropped layers each with a linear substitute for its attention
+//                    (output_projections.h; ridge chosen on the scoring set; --no-substitutes
+//                    leaves these and lin-ranked out): <rule>:drop+lin, drop-ranked+lin.
+//   lin-ranked       the k layers whose single drop with a fitted substitute costs least on
+//                    the scoring set, fitted together.
 // Projection sets: scoring 16 x 128 tokens, then fit 36 x 128, from the lines after the end of
 // the held-out slice (projection_sets.h), so calibration, held-out, fit and scoring text never
 // overlap.
@@ -67,6 +72,7 @@ struct Flags {
   std::vector<std::string> methods;  // empty: all
   std::vector<int> shared;           // empty: the model's defaults
   bool calibrate = true;             // the issue 18 rows
+  bool substitutes = true;           // their +lin and lin-ranked rows
 };
 
 // One row family of the table: a search rule or a baseline pattern.
@@ -243,25 +249,34 @@ absl::StatusOr<nlohmann::json> RunModel(const ModelSpec& spec, const Flags& flag
                  psets->fit.source_lines.front(), LastCalibrationLine(psets->fit), after,
                  calibrator->unshared_score_nll(), Now() - tc);
   }
-  // The issue 18 rows of a searched or baseline row: with projections, and dropped instead.
-  auto extra_rows = [&](const Row& base) -> absl::Status {
-    if (calibrator == nullptr || !base.available) return absl::OkStatus();
-    auto plain = SharingStrategy::Create(base.kv_source, m.fingerprint());
+  // `base` (its sharing and drops) with what the calibrator fits for it: projections for the
+  // sharing layers, and with `substitutes` a linear substitute for each dropped layer.
+  auto calibrated_row = [&](const Row& base, const std::string& method,
+                            bool substitutes) -> absl::Status {
+    auto plain = SharingStrategy::Create(base.kv_source, m.fingerprint(), base.dropped);
     if (!plain.ok()) return plain.status();
     const double t = Now();
-    auto cal = calibrator->Calibrate(*plain, DefaultRidges(), DType::kF16);
+    auto cal = calibrator->Calibrate(*plain, DefaultRidges(), DType::kF16, substitutes);
     if (!cal.ok()) return cal.status();
-    Row proj = base;
-    proj.method = base.method + "+proj";
-    proj.projections = cal->projections;
-    proj.ridge = cal->ridge;
-    proj.search_seconds = base.search_seconds + (Now() - t);
-    proj.bytes_added = cal->projections == nullptr ? 0
-                                                   : int64_t(cal->projections->bytes_per_layer()) *
-                                                         int64_t(cal->projections->layers().size());
-    absl::Status s = measure(proj);
+    Row row = base;
+    row.method = method;
+    row.projections = cal->projections;
+    row.ridge = cal->ridge;
+    row.search_seconds = base.search_seconds + (Now() - t);
+    const auto& p = cal->projections;
+    row.bytes_added = p == nullptr ? 0
+                                   : int64_t(p->bytes_per_layer() * p->layers().size() +
+                                             p->bytes_per_substitute() * p->substitutes().size());
+    absl::Status s = measure(row);
+    if (s.ok()) rows->push_back(row);
+    return s;
+  };
+  // The issue 18 rows of a searched or baseline row: with projections, dropped instead, and
+  // dropped with linear substitutes.
+  auto extra_rows = [&](const Row& base) -> absl::Status {
+    if (calibrator == nullptr || !base.available) return absl::OkStatus();
+    absl::Status s = calibrated_row(base, base.method + "+proj", false);
     if (!s.ok()) return s;
-    rows->push_back(proj);
     Row drop = base;
     drop.method = base.method + ":drop";
     drop.dropped.clear();
@@ -273,7 +288,7 @@ absl::StatusOr<nlohmann::json> RunModel(const ModelSpec& spec, const Flags& flag
     s = measure(drop);
     if (!s.ok()) return s;
     rows->push_back(drop);
-    return absl::OkStatus();
+    return flags.substitutes ? calibrated_row(drop, drop.method + "+lin", true) : absl::OkStatus();
   };
 
   const int k_max = spec.shared.back();
@@ -392,6 +407,43 @@ absl::StatusOr<nlohmann::json> RunModel(const ModelSpec& spec, const Flags& flag
       absl::Status s = measure(row);
       if (!s.ok()) return s;
       rows->push_back(row);
+      if (flags.substitutes) {
+        s = calibrated_row(row, "drop-ranked+lin", true);
+        if (!s.ok()) return s;
+      }
+    }
+  }
+  // lin-ranked: the k layers whose attention drop with a linear substitute (fitted alone, at
+  // the middle default ridge) costs least on the scoring set; the k are then fitted together.
+  if (calibrator != nullptr && flags.substitutes) {
+    const double t = Now();
+    const double ridge = DefaultRidges()[DefaultRidges().size() / 2];
+    std::vector<std::pair<double, int>> cost;
+    for (int l = 1; l < c.n_layers; ++l) {
+      std::vector<int> kv(c.n_layers);
+      for (int i = 0; i < c.n_layers; ++i) kv[i] = i;
+      auto st = SharingStrategy::Create(kv, m.fingerprint(), {l});
+      if (!st.ok()) return st.status();
+      auto cal = calibrator->Calibrate(*st, {ridge}, DType::kF16, true);
+      if (!cal.ok()) return cal.status();
+      cost.push_back({cal->score_nll, l});
+      std::fprintf(stderr, "  lin-ranked: layer %d scores %.4f (%.0f s)\n", l, cal->score_nll,
+                   Now() - t);
+    }
+    std::sort(cost.begin(), cost.end());
+    const double rank_seconds = Now() - t;
+    for (int k : spec.shared) {
+      Row row;
+      row.method = "lin-ranked";
+      row.shared = k;
+      row.kv_source.resize(c.n_layers);
+      for (int i = 0; i < c.n_layers; ++i) row.kv_source[i] = i;
+      for (int i = 0; i < k && i < int(cost.size()); ++i) row.dropped.push_back(cost[i].second);
+      std::sort(row.dropped.begin(), row.dropped.end());
+      row.search_seconds = rank_seconds;
+      row.candidates_scored = c.n_layers - 1;
+      absl::Status s = calibrated_row(row, "lin-ranked", true);
+      if (!s.ok()) return s;
     }
   }
   nlohmann::json jrows = nlohmann::json::array();
@@ -499,6 +551,8 @@ int Main(int argc, char** argv) {
       flags.methods = absl::StrSplit(next(), ',');
     } else if (a == "--no-calibrate") {
       flags.calibrate = false;
+    } else if (a == "--no-substitutes") {
+      flags.substitutes = false;
     } else if (a == "--shared") {
       for (absl::string_view s : absl::StrSplit(next(), ',')) {
         int k = 0;
@@ -509,7 +563,7 @@ int Main(int argc, char** argv) {
       std::fprintf(stderr,
                    "usage: %s [--json FILE] [--threads N] [--eval-tokens N] [--context N] "
                    "[--models smollm2,gemma3,stories] [--methods NAME,...] [--shared K,...] "
-                   "[--no-calibrate]\n",
+                   "[--no-calibrate] [--no-substitutes]\n",
                    argv[0]);
       return 2;
     }
@@ -531,12 +585,12 @@ int Main(int argc, char** argv) {
     if (picked) methods.push_back(m);
   }
   for (const std::string& name : flags.methods) {
-    bool known = false;
+    bool known = name == "none";  // only the drop-ranked and lin-ranked rows
     for (const Method& m : AllMethods()) known |= name == m.name;
     if (!known) {
       std::vector<std::string> names;
       for (const Method& m : AllMethods()) names.push_back(m.name);
-      std::fprintf(stderr, "unknown method '%s' (%s)\n", name.c_str(),
+      std::fprintf(stderr, "unknown method '%s' (%s, or none)\n", name.c_str(),
                    absl::StrJoin(names, ", ").c_str());
       return 2;
     }

@@ -30,4 +30,8 @@ void Backend::Scale(float* x, float s, int64_t count) {
   CopyFromHost(h.data(), count * 4, x);
 }
 
+void Backend::AddToRows(float* x, const float* row, int rows, int dim) {
+  for (int r = 0; r < rows; ++r) Add(x + size_t(r) * dim, row, dim);
+}
+
 }  // namespace kvshare

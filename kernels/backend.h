@@ -100,6 +100,9 @@ class Backend {
   virtual bool SupportsAttentionWindow() const { return false; }
   // x[i] += y[i].
   virtual void Add(float* x, const float* y, int64_t count) = 0;
+  // x[r][j] += row[j] for r < rows, j < dim (a bias on every row). The default calls Add once
+  // per row.
+  virtual void AddToRows(float* x, const float* row, int rows, int dim);
   // Writes k, v ([n][n_kv_heads][head_dim]) for positions start_pos..start_pos+n-1 into the
   // pool through block_table, stored as g.type (kernels/kv_type.h). Positions arrive in order
   // (start_pos is the number already stored). int4: positions go to `tail` (the sequence's f16

@@ -34,6 +34,7 @@ class FitKvLayout : public KvLayout {
     f->ids_.resize(blocks);
     for (size_t b = 0; b < blocks; ++b) f->ids_[b] = static_cast<int32_t>(b);
     f->projection_.assign(c.n_layers, nullptr);
+    f->substitute_.assign(c.n_layers, Substitute{});
     return f;
   }
 
@@ -52,11 +53,15 @@ class FitKvLayout : public KvLayout {
   const PreparedWeight* OutputProjection(int /*input*/, int layer) const override {
     return layer == own_layer_ ? nullptr : projection_[layer];
   }
+  Substitute AttentionSubstitute(int /*input*/, int layer) const override {
+    return layer == own_layer_ ? Substitute{} : substitute_[layer];
+  }
 
   void set_first_input(int sample) { first_input_ = sample; }
   // -1: the strategy as it is; l: layer l attends over its own, freshly computed K/V.
   void set_own_layer(int layer) { own_layer_ = layer; }
   void set_projection(int layer, const PreparedWeight* w) { projection_[layer] = w; }
+  void set_substitute(int layer, Substitute s) { substitute_[layer] = s; }
 
  private:
   explicit FitKvLayout(const SharingStrategy& strategy) : strategy_(strategy) {}
@@ -67,6 +72,7 @@ class FitKvLayout : public KvLayout {
   std::unique_ptr<Buffer> pool_;
   std::vector<int32_t> ids_;  // [sample][slot] -> block
   std::vector<const PreparedWeight*> projection_;
+  std::vector<Substitute> substitute_;
   int first_input_ = 0, own_layer_ = -1;
 };
 
@@ -84,6 +90,32 @@ class AttentionCapture : public ForwardObserver {
   const int layer_;
   const size_t row_floats_;
   float* const dst_;
+};
+
+// Copies a layer's attention input h ([rows][dim]) and contribution ([rows][dim]) to host
+// memory, the input with a trailing 1 per row ([rows][dim + 1]: the affine fit's intercept).
+class BlockCapture : public ForwardObserver {
+ public:
+  BlockCapture(Backend& backend, int layer, int dim, float* h1, float* delta)
+      : backend_(backend), layer_(layer), dim_(dim), h1_(h1), delta_(delta) {}
+  void OnAttentionInput(int layer, const float* h, int rows) override {
+    if (layer != layer_) return;
+    std::vector<float> tmp(size_t(rows) * dim_);
+    backend_.CopyToHost(h, tmp.size() * 4, tmp.data());
+    for (int r = 0; r < rows; ++r) {
+      std::copy_n(&tmp[size_t(r) * dim_], dim_, h1_ + size_t(r) * (dim_ + 1));
+      h1_[size_t(r) * (dim_ + 1) + dim_] = 1.0f;
+    }
+  }
+  void OnAttentionContribution(int layer, const float* delta, int rows) override {
+    if (layer == layer_) backend_.CopyToHost(delta, size_t(rows) * dim_ * 4, delta_);
+  }
+
+ private:
+  Backend& backend_;
+  const int layer_, dim_;
+  float* const h1_;
+  float* const delta_;
 };
 
 absl::Status CheckSet(const ModelConfig& c, const CalibrationSet& set, int max_rows,
@@ -123,7 +155,7 @@ std::vector<double> DefaultRidges() { return {0.003, 0.03, 0.3}; }
 
 absl::StatusOr<std::shared_ptr<const OutputProjections>> FitOutputProjections(
     Transformer& transformer, const CalibrationSet& fit, const SharingStrategy& strategy,
-    double ridge, DType type) {
+    double ridge, DType type, bool substitutes) {
   const ModelConfig& c = transformer.config();
   absl::Status s = CheckSet(c, fit, transformer.max_rows(), "projection fit");
   if (!s.ok()) return s;
@@ -135,9 +167,9 @@ absl::StatusOr<std::shared_ptr<const OutputProjections>> FitOutputProjections(
   }
   const int N = fit.samples, T = fit.tokens, L = c.n_layers, dim = c.dim;
   const int q = c.n_heads * c.head_dim;
-  bool any_sharing = false;
-  for (int l = 0; l < L; ++l) any_sharing |= strategy.source(l) < l;
-  if (!any_sharing) return std::shared_ptr<const OutputProjections>();
+  bool any_fit = false;
+  for (int l = 0; l < L; ++l) any_fit |= strategy.source(l) < l || (substitutes && strategy.drops(l));
+  if (!any_fit) return std::shared_ptr<const OutputProjections>();
 
   Backend& backend = transformer.backend();
   const int batch = std::max(1, std::min(N, transformer.max_rows() / T));
@@ -159,10 +191,45 @@ absl::StatusOr<std::shared_ptr<const OutputProjections>> FitOutputProjections(
   }
   std::vector<int> layers;
   std::vector<std::vector<float>> matrices;
+  std::vector<LinearSubstituteF32> fitted_substitutes;
   std::vector<std::shared_ptr<const OutputProjections>> fitted;  // keep the bytes alive
   std::vector<std::unique_ptr<PreparedWeight>> prepared;
+  std::vector<Engine::ProjectionEntry> prepared_substitutes;
   std::vector<float> a_own(size_t(batch) * T * q), a_shared(size_t(batch) * T * q);
+  std::vector<float> h1, delta;
+  if (substitutes) h1.resize(size_t(batch) * T * (dim + 1)), delta.resize(size_t(batch) * T * dim);
   for (int l = 0; l < L; ++l) {
+    if (substitutes && strategy.drops(l)) {
+      // The layer attends over its own K/V (own_layer) to give what its dropped attention
+      // would have added; the substitute is fitted to that from the normed input.
+      RidgeAccumulator sums(dim + 1, dim);
+      for (int s0 = 0; s0 < N; s0 += batch) {
+        const int nb = std::min(batch, N - s0), rows = nb * T;
+        const size_t bytes = size_t(rows) * dim * 4, off = size_t(s0) * T * dim;
+        (*layout)->set_first_input(s0);
+        (*layout)->set_own_layer(l);
+        backend.CopyFromHost(hidden.data() + off, bytes, x);
+        BlockCapture capture(backend, l, dim, h1.data(), delta.data());
+        transformer.RunLayers(l, l + 1, absl::MakeConstSpan(seqs.data(), nb), positions.data(),
+                              rows, **layout, x, &capture);
+        (*layout)->set_own_layer(-1);
+        sums.Add(h1.data(), delta.data(), rows);
+      }
+      auto a = SolveRidgeAffine(sums, ridge);
+      if (!a.ok()) {
+        return absl::Status(a.status().code(),
+                            absl::StrFormat("layer %d: %s", l, a.status().message()));
+      }
+      // Stored type first, as for the projections below.
+      auto one = OutputProjections::FromF32(type, dim, q, {}, {},
+                                            {{l, std::move(a->matrix), std::move(a->bias)}});
+      if (!one.ok()) return one.status();
+      auto entry = Engine::PrepareProjections(backend, *one);
+      if (!entry.ok()) return entry.status();
+      (*layout)->set_substitute(l, entry->SubstituteOf(l));
+      prepared_substitutes.push_back(std::move(*entry));
+      fitted_substitutes.push_back({l, (*one)->SubstituteMatrixF32(0), (*one)->SubstituteBiasF32(0)});
+    }
     if (strategy.source(l) < l) {
       RidgeAccumulator sums(q);
       for (int s0 = 0; s0 < N; s0 += batch) {
@@ -205,7 +272,8 @@ absl::StatusOr<std::shared_ptr<const OutputProjections>> FitOutputProjections(
       backend.CopyToHost(x, bytes, hidden.data() + off);
     }
   }
-  return OutputProjections::FromF32(type, dim, q, std::move(layers), matrices);
+  return OutputProjections::FromF32(type, dim, q, std::move(layers), matrices,
+                                    fitted_substitutes);
 }
 
 absl::StatusOr<std::unique_ptr<ProjectionCalibrator>> ProjectionCalibrator::Create(
@@ -262,12 +330,13 @@ absl::StatusOr<double> ProjectionCalibrator::ScoreNll(
 }
 
 absl::StatusOr<std::shared_ptr<const OutputProjections>> ProjectionCalibrator::Fit(
-    const SharingStrategy& strategy, double ridge, DType type) {
-  return FitOutputProjections(engine_->transformer(), fit_, strategy, ridge, type);
+    const SharingStrategy& strategy, double ridge, DType type, bool substitutes) {
+  return FitOutputProjections(engine_->transformer(), fit_, strategy, ridge, type, substitutes);
 }
 
 absl::StatusOr<CalibratedProjections> ProjectionCalibrator::Calibrate(
-    const SharingStrategy& strategy, const std::vector<double>& ridges, DType type) {
+    const SharingStrategy& strategy, const std::vector<double>& ridges, DType type,
+    bool substitutes) {
   if (ridges.empty()) return absl::InvalidArgumentError("calibration: no ridge strength to try");
   auto plain = strategy.WithProjections(nullptr);
   if (!plain.ok()) return plain.status();
@@ -279,9 +348,9 @@ absl::StatusOr<CalibratedProjections> ProjectionCalibrator::Calibrate(
   double best = 0;
   std::shared_ptr<const OutputProjections> best_p;
   for (double ridge : ridges) {
-    auto p = Fit(*plain, ridge, type);
+    auto p = Fit(*plain, ridge, type, substitutes);
     if (!p.ok()) return p.status();
-    if (*p == nullptr) return out;  // nothing shares: nothing to fit
+    if (*p == nullptr) return out;  // nothing shares (or drops): nothing to fit
     auto with = plain->WithProjections(*p);
     if (!with.ok()) return with.status();
     auto nll = ScoreNll(std::make_shared<const SharingStrategy>(std::move(*with)));

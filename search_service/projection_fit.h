@@ -31,12 +31,16 @@
 namespace kvshare {
 
 // Fits W_o' for every sharing layer of `strategy` (its own projections, if any, are ignored)
-// on `fit` (samples x tokens, each sample one sequence from position 0). Null when the strategy
-// has no sharing layer. InvalidArgument for a set that does not fit the transformer (a sample
-// longer than max_rows or the context) or ridge <= 0.
+// on `fit` (samples x tokens, each sample one sequence from position 0), and with
+// `substitutes` a linear substitute for every dropped layer (output_projections.h): over the
+// fit set, the layer's normed input h and what its attention over its own K/V adds to the
+// residual stream D, and (M, b) = ridge fit of h M^T + b ~ D towards zero (SolveRidgeAffine),
+// in layer order like the projections. Null when there is nothing to fit. InvalidArgument for
+// a set that does not fit the transformer (a sample longer than max_rows or the context) or
+// ridge <= 0.
 absl::StatusOr<std::shared_ptr<const OutputProjections>> FitOutputProjections(
     Transformer& transformer, const CalibrationSet& fit, const SharingStrategy& strategy,
-    double ridge, DType type);
+    double ridge, DType type, bool substitutes = false);
 
 struct CalibratedProjections {
   std::shared_ptr<const OutputProjections> projections;  // null: no sharing layer
@@ -58,11 +62,13 @@ class ProjectionCalibrator {
   absl::StatusOr<double> ScoreNll(std::shared_ptr<const SharingStrategy> strategy);
   double unshared_score_nll() const { return unshared_nll_; }
   absl::StatusOr<std::shared_ptr<const OutputProjections>> Fit(const SharingStrategy& strategy,
-                                                               double ridge, DType type);
+                                                               double ridge, DType type,
+                                                               bool substitutes = false);
   // Fits every ridge in `ridges`, keeps the lowest scoring-set NLL (the first on ties) when it
   // beats the strategy without projections; otherwise projections is null and ridge 0.
   absl::StatusOr<CalibratedProjections> Calibrate(const SharingStrategy& strategy,
-                                                  const std::vector<double>& ridges, DType type);
+                                                  const std::vector<double>& ridges, DType type,
+                                                  bool substitutes = false);
 
  private:
   ProjectionCalibrator(const Model& model, const CalibrationSet& fit, const CalibrationSet& score)

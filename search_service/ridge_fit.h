@@ -23,16 +23,19 @@ namespace kvshare {
 // Sums of a fit: G = sum A^T A and C = sum A^T B over row batches, in double.
 class RidgeAccumulator {
  public:
-  explicit RidgeAccumulator(int q);
-  // Adds `rows` rows of A and B (float, [rows][q] each).
+  explicit RidgeAccumulator(int q) : RidgeAccumulator(q, q) {}
+  // A of q columns, B of q_out.
+  RidgeAccumulator(int q, int q_out);
+  // Adds `rows` rows of A ([rows][q]) and B ([rows][q_out]), float.
   void Add(const float* a, const float* b, int rows);
   int q() const { return q_; }
+  int q_out() const { return q_out_; }
   int64_t rows() const { return rows_; }
   const std::vector<double>& gram() const { return g_; }   // [q][q]
-  const std::vector<double>& cross() const { return c_; }  // [q][q], A^T B
+  const std::vector<double>& cross() const { return c_; }  // [q][q_out], A^T B
 
  private:
-  int q_;
+  int q_, q_out_;
   int64_t rows_ = 0;
   std::vector<double> g_, c_;
 };
@@ -43,5 +46,17 @@ class RidgeAccumulator {
 absl::StatusOr<std::vector<float>> SolveRidgeProjection(const RidgeAccumulator& sums,
                                                         const std::vector<float>& wo, int dim,
                                                         double ridge);
+
+// A linear substitute (output_projections.h): M [dim][q] and b [dim] minimising
+//   || H M^T + 1 b^T - D ||^2 + lambda || M ||^2
+// (ridge towards zero, the intercept free), from sums over A = [H 1] (q + 1 columns, the last
+// all ones) and B = D (dim columns): (G + lambda I') X = C with I' the identity but for a zero
+// at the intercept, X = [M^T; b^T]. lambda = ridge * trace(G without the intercept) / q.
+// InvalidArgument for ridge <= 0 or q < 1; FailedPrecondition for no rows or all-zero inputs.
+struct AffineFit {
+  std::vector<float> matrix;  // [dim][q]
+  std::vector<float> bias;    // [dim]
+};
+absl::StatusOr<AffineFit> SolveRidgeAffine(const RidgeAccumulator& sums, double ridge);
 
 }  // namespace kvshare

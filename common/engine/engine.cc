@@ -43,6 +43,11 @@ class PagedKvLayout : public KvLayout {
     // Prepared when the sequence was added (Engine::AddSequence).
     return projections_.at(p->sha256()).weights[index].get();
   }
+  Substitute AttentionSubstitute(int input, int layer) const override {
+    const auto& p = cache_.strategy(inputs_[input].seq).projections();
+    if (p == nullptr) return {};
+    return projections_.at(p->sha256()).SubstituteOf(layer);
+  }
 
  private:
   KvCache& cache_;
@@ -142,18 +147,42 @@ absl::StatusOr<SeqId> Engine::AddSequence(std::shared_ptr<const SharingStrategy>
   if (const auto& p = strategy->projections(); p != nullptr) {
     auto it = projections_.find(p->sha256());
     if (it == projections_.end()) {
-      ProjectionEntry entry;
-      entry.data = p;
-      for (int i = 0; i < int(p->layers().size()); ++i) {
-        auto w = backend_->Prepare(p->LayerTensor(i));
-        if (!w.ok()) return w.status();
-        entry.weights.push_back(std::move(*w));
-      }
-      it = projections_.emplace(p->sha256(), std::move(entry)).first;
+      auto entry = PrepareProjections(*backend_, p);
+      if (!entry.ok()) return entry.status();
+      it = projections_.emplace(p->sha256(), std::move(*entry)).first;
     }
     ++it->second.sequences;
   }
   return kv_->AddSequence(std::move(strategy));
+}
+
+KvLayout::Substitute Engine::ProjectionEntry::SubstituteOf(int layer) const {
+  const int index = data->SubstituteIndexOf(layer);
+  if (index < 0) return {};
+  return {substitute_weights[index].get(), substitute_biases[index]->f32()};
+}
+
+absl::StatusOr<Engine::ProjectionEntry> Engine::PrepareProjections(
+    Backend& backend, std::shared_ptr<const OutputProjections> data) {
+  ProjectionEntry entry;
+  entry.data = std::move(data);
+  const OutputProjections& p = *entry.data;
+  for (int i = 0; i < int(p.layers().size()); ++i) {
+    auto w = backend.Prepare(p.LayerTensor(i));
+    if (!w.ok()) return w.status();
+    entry.weights.push_back(std::move(*w));
+  }
+  for (int i = 0; i < int(p.substitutes().size()); ++i) {
+    auto w = backend.Prepare(p.SubstituteTensor(i));
+    if (!w.ok()) return w.status();
+    entry.substitute_weights.push_back(std::move(*w));
+    const std::vector<float> bias = p.SubstituteBiasF32(i);
+    auto b = backend.Allocate(bias.size() * sizeof(float));
+    if (!b.ok()) return b.status();
+    backend.CopyFromHost(bias.data(), bias.size() * sizeof(float), (*b)->data());
+    entry.substitute_biases.push_back(std::move(*b));
+  }
+  return entry;
 }
 
 void Engine::RemoveSequence(SeqId seq) {

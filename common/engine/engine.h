@@ -81,8 +81,16 @@ class Engine {
   struct ProjectionEntry {
     std::shared_ptr<const OutputProjections> data;         // the bytes the weights may point into
     std::vector<std::unique_ptr<PreparedWeight>> weights;  // parallel to data->layers()
+    // Parallel to data->substitutes(): the maps and their biases (dim floats each).
+    std::vector<std::unique_ptr<PreparedWeight>> substitute_weights;
+    std::vector<std::unique_ptr<Buffer>> substitute_biases;
     int sequences = 0;
+    // The substitute of `layer`, or nulls.
+    KvLayout::Substitute SubstituteOf(int layer) const;
   };
+  // `data` prepared for `backend` (sequences 0).
+  static absl::StatusOr<ProjectionEntry> PrepareProjections(
+      Backend& backend, std::shared_ptr<const OutputProjections> data);
   using PreparedProjections = absl::flat_hash_map<std::string, ProjectionEntry>;
 
   // Appends `tokens` to `seq` in chunks; logits of the last token (or of every token).

@@ -152,12 +152,20 @@ void Transformer::RunLayers(int first, int last, absl::Span<const BatchSeq> seqs
     // Gemma 3: [post-attention norm][post-FFN norm][q norm][k norm] of this layer.
     const float* gn = gemma ? gemma_norms_->f32() + l * gemma_floats : nullptr;
     // Inputs whose strategy drops this layer's attention take no part in it (issue 18): no
-    // K/V, no attention, x unchanged. When every input drops it, the block is skipped.
-    bool any_attends = false;
-    for (int i = 0; i < n_inputs; ++i) any_attends |= !kv.DropsAttention(i, l);
+    // K/V, no attention; x is unchanged, or gets their linear substitute's h M^T + b. When
+    // every input drops it without a substitute, the block is skipped.
+    bool any_attends = false, any_substitute = false;
+    for (int i = 0; i < n_inputs; ++i) {
+      const bool drop = kv.DropsAttention(i, l);
+      any_attends |= !drop;
+      any_substitute |= drop && kv.AttentionSubstitute(i, l).weight != nullptr;
+    }
+    if (any_attends || any_substitute) {
+      backend_.RmsNorm(x, norms + size_t(2 * l) * dim, rows, dim, c.norm_eps, xb);
+      if (observer != nullptr) observer->OnAttentionInput(l, xb, rows);
+    }
     if (any_attends) {
       // Attention block.
-      backend_.RmsNorm(x, norms + size_t(2 * l) * dim, rows, dim, c.norm_eps, xb);
       backend_.MatMul(*p.wq, xb, rows, q);
       if (gemma) backend_.RmsNorm(q, gn + 2 * dim, rows * c.n_heads, hd, c.norm_eps, q);
       backend_.Rope(q, positions, rows, c.n_heads, hd, theta);
@@ -242,27 +250,37 @@ void Transformer::RunLayers(int first, int last, absl::Span<const BatchSeq> seqs
         }
       }
       if (observer != nullptr) observer->OnAttentionOutput(l, att, rows);
+    }
+    if (any_attends || any_substitute) {
       // x += att W_o, one GEMM per run of consecutive inputs with the same projection (the
-      // model's, or their strategy's replacement); rows of a dropping input are left alone.
+      // model's, or their strategy's replacement); a dropping input's rows get their
+      // substitute's h M^T + b (h still in xb: the runs write disjoint rows), or nothing.
       for (int i = 0; i < n_inputs;) {
         const bool drop = kv.DropsAttention(i, l);
         const PreparedWeight* wo = drop ? nullptr : kv.OutputProjection(i, l);
+        const KvLayout::Substitute sub = drop ? kv.AttentionSubstitute(i, l) : KvLayout::Substitute{};
         int j = i + 1;
         while (j < n_inputs && kv.DropsAttention(j, l) == drop &&
-               (drop || kv.OutputProjection(j, l) == wo)) {
+               (drop ? kv.AttentionSubstitute(j, l) == sub : kv.OutputProjection(j, l) == wo)) {
           ++j;
         }
+        const int r0 = seqs[i].row0, n = seqs[j - 1].row0 + seqs[j - 1].n - r0;
         if (!drop) {
-          const int r0 = seqs[i].row0, n = seqs[j - 1].row0 + seqs[j - 1].n - r0;
           backend_.MatMul(wo != nullptr ? *wo : *p.wo, att + size_t(r0) * q_dim, n,
                           xb + size_t(r0) * dim);
           if (gemma) {
             backend_.RmsNorm(xb + size_t(r0) * dim, gn, n, dim, c.norm_eps, xb + size_t(r0) * dim);
           }
           backend_.Add(x + size_t(r0) * dim, xb + size_t(r0) * dim, size_t(n) * dim);
+        } else if (sub.weight != nullptr) {
+          float* out = hb + size_t(r0) * dim;  // the FFN's buffer, free until the FFN
+          backend_.MatMul(*sub.weight, xb + size_t(r0) * dim, n, out);
+          backend_.AddToRows(out, sub.bias, n, dim);
+          backend_.Add(x + size_t(r0) * dim, out, size_t(n) * dim);
         }
         i = j;
       }
+      if (observer != nullptr) observer->OnAttentionContribution(l, xb, rows);
     }
 
     // Feed-forward block (SwiGLU; Gemma 3: GeGLU, then the post-FFN norm).

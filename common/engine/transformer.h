@@ -70,6 +70,15 @@ class KvLayout {
   virtual const PreparedWeight* OutputProjection(int /*input*/, int /*layer*/) const {
     return nullptr;
   }
+  // For a layer input i's strategy drops: the linear substitute that stands in for its
+  // attention (common/strategy/output_projections.h), x += RMSNorm(x) M^T + b, or nulls (the
+  // attention adds nothing). `bias` is backend memory of dim floats. Valid for the RunLayers call.
+  struct Substitute {
+    const PreparedWeight* weight = nullptr;
+    const float* bias = nullptr;
+    bool operator==(const Substitute& o) const { return weight == o.weight && bias == o.bias; }
+  };
+  virtual Substitute AttentionSubstitute(int /*input*/, int /*layer*/) const { return {}; }
 };
 
 // Optional probes into the forward pass (calibration and strategy search use them).
@@ -82,6 +91,12 @@ class ForwardObserver {
   // Post-RoPE K and V of an owning layer for input i's rows: [n][n_kv_heads][head_dim].
   virtual void OnKv(int /*layer*/, int /*input*/, const float* /*k*/, const float* /*v*/,
                     int /*n*/) {}
+  // The attention block's normed input h = RMSNorm(x) * attn_norm of `layer`, all rows:
+  // [rows][dim] (only when some input attends or has a substitute).
+  virtual void OnAttentionInput(int /*layer*/, const float* /*h*/, int /*rows*/) {}
+  // What the attention block adds to the residual stream of `layer` (after W_o, and Gemma 3's
+  // post-attention norm), [rows][dim]; rows of inputs that drop the layer are unspecified.
+  virtual void OnAttentionContribution(int /*layer*/, const float* /*delta*/, int /*rows*/) {}
   // The attention output of `layer` before the output projection, for all rows:
   // [rows][n_heads][head_dim] (rows of inputs that drop the layer are unspecified).
   virtual void OnAttentionOutput(int /*layer*/, const float* /*att*/, int /*rows*/) {}

@@ -1,5 +1,7 @@
 #include "common/strategy/projections_header.h"
 
+#include <utility>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/limits.h"
@@ -13,7 +15,9 @@ constexpr int kMaxSide = 1 << 15;
 }  // namespace
 
 uint64_t ProjectionsHeader::blob_bytes() const {
-  return uint64_t(rows) * uint64_t(cols) * (type == DType::kF32 ? 4 : 2) * layers.size();
+  const uint64_t values = uint64_t(rows) * uint64_t(cols) * layers.size() +
+                          (uint64_t(rows) * uint64_t(rows) + rows) * substitutes.size();
+  return values * (type == DType::kF32 ? 4 : 2);
 }
 
 std::string ProjectionsHeader::FileName() const {
@@ -26,6 +30,7 @@ ProjectionsHeader HeaderOf(const OutputProjections& projections) {
   h.rows = projections.rows();
   h.cols = projections.cols();
   h.layers = projections.layers();
+  h.substitutes = projections.substitutes();
   h.sha256 = projections.sha256();
   return h;
 }
@@ -43,15 +48,22 @@ absl::Status CheckProjectionsHeader(const ProjectionsHeader& h, const std::strin
     return absl::InvalidArgumentError(absl::StrFormat(
         "%s: rows %d x cols %d; each must be in [1, %d]", where, h.rows, h.cols, kMaxSide));
   }
-  if (h.layers.empty() || h.layers.size() > size_t(kMaxLayers)) {
-    return absl::InvalidArgumentError(absl::StrFormat("%s.layers has %d entries; 1 to %d expected",
-                                                      where, h.layers.size(), kMaxLayers));
+  if (h.layers.empty() && h.substitutes.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s has no layers and no substitutes; at least one expected", where));
   }
-  for (size_t i = 0; i < h.layers.size(); ++i) {
-    if (h.layers[i] < 1 || h.layers[i] >= kMaxLayers || (i > 0 && h.layers[i] <= h.layers[i - 1])) {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("%s.layers[%d] is %d; layers must be in [1, %d) and strictly ascending",
-                          where, i, h.layers[i], kMaxLayers));
+  for (auto [list, name] : {std::pair{&h.layers, "layers"}, {&h.substitutes, "substitutes"}}) {
+    if (list->size() > size_t(kMaxLayers)) {
+      return absl::InvalidArgumentError(absl::StrFormat("%s.%s has %d entries; at most %d",
+                                                        where, name, list->size(), kMaxLayers));
+    }
+    for (size_t i = 0; i < list->size(); ++i) {
+      const int l = (*list)[i];
+      if (l < 1 || l >= kMaxLayers || (i > 0 && l <= (*list)[i - 1])) {
+        return absl::InvalidArgumentError(
+            absl::StrFormat("%s.%s[%d] is %d; entries must be in [1, %d) and strictly ascending",
+                            where, name, i, l, kMaxLayers));
+      }
     }
   }
   if (h.blob_bytes() > kMaxProjectionBlobBytes) {
@@ -64,7 +76,7 @@ absl::Status CheckProjectionsHeader(const ProjectionsHeader& h, const std::strin
 absl::StatusOr<std::shared_ptr<const OutputProjections>> ProjectionsFromBlob(
     const ProjectionsHeader& header, std::string blob) {
   return OutputProjections::FromBlob(header.type, header.rows, header.cols, header.layers,
-                                     std::move(blob), header.sha256);
+                                     header.substitutes, std::move(blob), header.sha256);
 }
 
 }  // namespace kvshare

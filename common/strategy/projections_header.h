@@ -28,8 +28,10 @@ struct ProjectionsHeader {
   DType type = DType::kF16;
   int rows = 0, cols = 0;
   std::vector<int> layers;
+  std::vector<int> substitutes;  // dropped layers with a linear substitute (output_projections.h)
   std::string sha256;
-  // rows * cols * (2 for f16, 4 for f32) * layers.size().
+  // (rows * cols * layers.size() + (rows * rows + rows) * substitutes.size()) * (2 for f16, 4
+  // for f32).
   uint64_t blob_bytes() const;
   // "projections-<sha256>.bin" (OutputProjections::BlobFileName).
   std::string FileName() const;
@@ -37,8 +39,8 @@ struct ProjectionsHeader {
 
 ProjectionsHeader HeaderOf(const OutputProjections& projections);
 
-// A header from outside: sha256 64 lower-case hex digits, rows and cols in [1, 32768], 1 to
-// 1024 layers, >= 1 and ascending, blob_bytes() <= kMaxProjectionBlobBytes. InvalidArgument
+// A header from outside: sha256 64 lower-case hex digits, rows and cols in [1, 32768], 0 to
+// 1024 layers and 0 to 1024 substitutes (not both none), each list >= 1 and ascending, blob_bytes() <= kMaxProjectionBlobBytes. InvalidArgument
 // naming `where`, the field, the value and the limit.
 absl::Status CheckProjectionsHeader(const ProjectionsHeader& header, const std::string& where);
 

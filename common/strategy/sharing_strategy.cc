@@ -51,7 +51,7 @@ std::string DirName(const std::string& path) {
 struct ProjectionsRef {
   std::string type, sha256;
   int rows = 0, cols = 0;
-  std::vector<int> layers;
+  std::vector<int> layers, substitutes;
 };
 
 // The largest projection side accepted from a file (a 70B model's dim is 8192).
@@ -74,10 +74,14 @@ absl::StatusOr<std::shared_ptr<const OutputProjections>> ReadProjections(
         "the strategy with ReadFile)",
         file));
   }
-  const int64_t max_bytes = int64_t{4} * p.rows * p.cols * int64_t(p.layers.size()) + 4096;
+  const int64_t max_bytes = int64_t{4} * p.rows * p.cols * int64_t(p.layers.size()) +
+                            int64_t{4} * (int64_t(p.rows) * p.rows + p.rows) *
+                                int64_t(p.substitutes.size()) +
+                            4096;
   auto blob = ReadFileToString(absl::StrCat(blob_dir, "/", file), max_bytes);
   if (!blob.ok()) return blob.status();
-  return OutputProjections::FromBlob(*type, p.rows, p.cols, p.layers, std::move(*blob), p.sha256);
+  return OutputProjections::FromBlob(*type, p.rows, p.cols, p.layers, p.substitutes,
+                                     std::move(*blob), p.sha256);
 }
 
 }  // namespace
@@ -154,6 +158,14 @@ absl::StatusOr<SharingStrategy> SharingStrategy::WithProjections(
             "strategy: an output projection for layer %d, which is not a sharing layer of "
             "this %d-layer strategy (only a layer reading another layer's cache takes one)",
             l, n_layers()));
+      }
+    }
+    for (int l : projections->substitutes()) {
+      if (!drops(l)) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "strategy: a linear substitute for layer %d, whose attention this strategy does not "
+            "drop (only a dropped layer takes one; attention_dropped is [%s])",
+            l, absl::StrJoin(attention_dropped_, ",")));
       }
     }
   }
@@ -271,6 +283,15 @@ absl::Status SharingStrategy::ValidateFor(const ModelConfig& config,
         "strategy: made for model fingerprint %s, the loaded model '%s' is %s",
         model_fingerprint_.substr(0, 16), config.name, model_fingerprint.substr(0, 16)));
   }
+  if (projections_ != nullptr &&
+      (projections_->rows() != config.dim ||
+       projections_->cols() != config.n_heads * config.head_dim)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "strategy: output projections of %d x %d, the model '%s' needs dim x n_heads * "
+        "head_dim = %d x %d",
+        projections_->rows(), projections_->cols(), config.name, config.dim,
+        config.n_heads * config.head_dim));
+  }
   // Local (sliding-window) and global layers (Gemma 3): ModelConfig::CanReadCacheOf.
   for (int l = 0; l < n_layers(); ++l) {
     const int s = kv_source_[l];
@@ -298,7 +319,8 @@ std::string SharingStrategy::CanonicalString() const {
   std::vector<std::string> parts;
   for (int l = 0; l < n_layers(); ++l) {
     if (drops(l)) {
-      parts.push_back("x");
+      parts.push_back(projections_ != nullptr && projections_->SubstituteIndexOf(l) >= 0 ? "x*"
+                                                                                           : "x");
     } else if (projections_ != nullptr && projections_->IndexOf(l) >= 0) {
       parts.push_back(absl::StrCat(kv_source_[l], "*"));
     } else if (!kv_types_.empty() && owns(l)) {
@@ -330,6 +352,10 @@ std::string SharingStrategy::ToJson() const {
                                {"sha256", projections_->sha256()},
                                {"file", projections_->BlobFileName()},
                                {"bytes_per_layer", projections_->bytes_per_layer()}};
+    if (!projections_->substitutes().empty()) {
+      j["output_projections"]["substitutes"] = projections_->substitutes();
+      j["output_projections"]["bytes_per_substitute"] = projections_->bytes_per_substitute();
+    }
   }
   j["id"] = id_;
   j["owning_layers"] = owning_layers();
@@ -411,6 +437,8 @@ absl::StatusOr<SharingStrategy> SharingStrategy::FromJson(const std::string& tex
     of.Int("rows", Field::kRequired, 1, kMaxProjectionDim, &projections.rows);
     of.Int("cols", Field::kRequired, 1, kMaxProjectionDim, &projections.cols);
     of.IntArray("layers", Field::kRequired, kMaxLayers, 0, kMaxLayers - 1, &projections.layers);
+    of.IntArray("substitutes", Field::kOptional, kMaxLayers, 0, kMaxLayers - 1,
+                &projections.substitutes);
     of.String("sha256", Field::kRequired, kMaxIdBytes, &projections.sha256);
   }
   const bool has_id = f.String("id", Field::kOptional, kMaxIdBytes, &id);

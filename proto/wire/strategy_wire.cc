@@ -44,6 +44,7 @@ void ToProto(const ProjectionsHeader& header, v1::OutputProjectionsRef* out) {
   out->set_rows(header.rows);
   out->set_cols(header.cols);
   for (int l : header.layers) out->add_layers(l);
+  for (int l : header.substitutes) out->add_substitutes(l);
   out->set_sha256(header.sha256);
   out->set_blob_bytes(header.blob_bytes());
 }
@@ -59,6 +60,7 @@ absl::StatusOr<ProjectionsHeader> FromProto(const v1::OutputProjectionsRef& msg,
   h.rows = msg.rows();
   h.cols = msg.cols();
   h.layers.assign(msg.layers().begin(), msg.layers().end());
+  h.substitutes.assign(msg.substitutes().begin(), msg.substitutes().end());
   h.sha256 = msg.sha256();
   return h;
 }

@@ -49,8 +49,10 @@ class StrategyExtensionsTest : public ::testing::Test {
     return ids;
   }
   // Random projections for `layers` near the model's W_o (so the model still makes sense).
-  static std::shared_ptr<const OutputProjections> Projections(const std::vector<int>& layers,
-                                                              DType type, uint32_t seed) {
+  // With `substitutes`: a random linear substitute for each of those (dropped) layers.
+  static std::shared_ptr<const OutputProjections> Projections(
+      const std::vector<int>& layers, DType type, uint32_t seed,
+      const std::vector<int>& substitutes = {}) {
     const ModelConfig& c = model_->config();
     const int q = c.n_heads * c.head_dim;
     std::mt19937 rng(seed);
@@ -62,16 +64,27 @@ class StrategyExtensionsTest : public ::testing::Test {
       for (float& v : w) v = 0.7f * v + noise(rng);
       m.push_back(w);
     }
-    auto p = OutputProjections::FromF32(type, c.dim, q, layers, m);
+    std::vector<LinearSubstituteF32> subs;
+    for (int l : substitutes) {
+      LinearSubstituteF32 sub{l, std::vector<float>(size_t(c.dim) * c.dim), {}};
+      for (float& v : sub.matrix) v = 2 * noise(rng);
+      for (int i = 0; i < c.dim; ++i) sub.bias.push_back(2 * noise(rng));
+      subs.push_back(std::move(sub));
+    }
+    auto p = OutputProjections::FromF32(type, c.dim, q, layers, m, subs);
     EXPECT_TRUE(p.ok()) << p.status();
     return *p;
   }
   static NaiveStrategy Naive(const SharingStrategy& st) {
-    NaiveStrategy n{st.kv_source(), st.attention_dropped(), {}};
+    NaiveStrategy n{st.kv_source(), st.attention_dropped(), {}, {}, {}};
     if (const auto& p = st.projections(); p != nullptr) {
       for (int i = 0; i < int(p->layers().size()); ++i) {
         const std::vector<float> w = p->LayerF32(i);  // the stored (maybe f16) values
         n.wo[p->layers()[i]] = std::vector<double>(w.begin(), w.end());
+      }
+      for (int i = 0; i < int(p->substitutes().size()); ++i) {
+        const std::vector<float> m = p->SubstituteMatrixF32(i), b = p->SubstituteBiasF32(i);
+        n.substitutes[p->substitutes()[i]] = {{m.begin(), m.end()}, {b.begin(), b.end()}};
       }
     }
     return n;
@@ -100,6 +113,9 @@ TEST_F(StrategyExtensionsTest, DroppedAndProjectedLayersEqualTheNaiveReferenceIn
       Make({0, 0, 2, 3, 2}, {3}, nullptr),                              // drop beside shares
       Make({0, 0, 2, 2, 4}, {}, Projections({1, 3}, DType::kF32, 1)),   // projections f32
       Make({0, 0, 2, 3, 2}, {3}, Projections({1, 4}, DType::kF16, 2)),  // f16 + drop
+      Make({0, 1, 2, 3, 4}, {2}, Projections({}, DType::kF32, 5, {2})),  // a substitute alone
+      Make({0, 0, 2, 3, 2}, {3}, Projections({1, 4}, DType::kF16, 6, {3})),  // with projections
+      Make({0, 1, 2, 3, 4}, {1, 2, 4}, Projections({}, DType::kF16, 7, {1, 4})),  // and a bare drop
   };
   const int len = 14;
   for (const auto& st : strategies) {
@@ -145,7 +161,10 @@ TEST_F(StrategyExtensionsTest, ABatchMixingStrategyVersionsAppliesEachSequencesO
   const auto p1 = Make({0, 0, 2, 2, 4}, {}, Projections({1, 3}, DType::kF16, 11));
   const auto p2 = Make({0, 0, 2, 2, 4}, {}, Projections({1, 3}, DType::kF16, 12));
   const auto dropped = Make({0, 1, 2, 3, 4}, {1, 3}, nullptr);
-  const std::vector<std::shared_ptr<const SharingStrategy>> versions = {p1, plain, p2, dropped, p1};
+  const auto substituted = Make({0, 1, 2, 3, 4}, {1, 3}, Projections({}, DType::kF16, 13, {1, 3}));
+  const auto other = Make({0, 1, 2, 3, 4}, {1, 3}, Projections({}, DType::kF16, 14, {1, 3}));
+  const std::vector<std::shared_ptr<const SharingStrategy>> versions = {
+      p1, plain, p2, dropped, substituted, other, substituted, p1};
   EXPECT_NE(p1->id(), plain->id());
   EXPECT_NE(p1->id(), p2->id());
   auto engine = MakeEngine();
@@ -225,6 +244,25 @@ TEST_F(StrategyExtensionsTest, FilesRoundTripWithTheSameIdAndCatchADamagedBlob) 
   EXPECT_EQ(damaged.status().code(), absl::StatusCode::kDataLoss) << damaged.status();
 }
 
+TEST_F(StrategyExtensionsTest, SubstitutesRoundTripFilesWithTheSameIdAndChangeIt) {
+  const std::string dir = ::testing::TempDir() + "/strategy_subst";
+  ASSERT_EQ(std::system(("mkdir -p " + dir).c_str()), 0);
+  const auto st = Make({0, 0, 2, 3, 2}, {3}, Projections({1, 4}, DType::kF16, 3, {3}));
+  const auto bare = Make({0, 0, 2, 3, 2}, {3}, Projections({1, 4}, DType::kF16, 3));
+  EXPECT_NE(st->id(), bare->id());
+  EXPECT_NE(st->projections()->sha256(), bare->projections()->sha256());
+  EXPECT_EQ(st->projections()->bytes_per_substitute(), size_t(64 * 64 + 64) * 2);
+  EXPECT_EQ(st->projections()->blob().size(), size_t(2 * 64 * 64 * 2 + (64 * 64 + 64) * 2));
+  const std::string path = dir + "/s.json";
+  ASSERT_TRUE(st->WriteFile(path).ok());
+  auto back = SharingStrategy::ReadFile(path);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->id(), st->id());
+  EXPECT_EQ(back->projections()->substitutes(), std::vector<int>({3}));
+  EXPECT_EQ(back->projections()->SubstituteBiasF32(0), st->projections()->SubstituteBiasF32(0));
+  EXPECT_EQ(back->CanonicalString(), "0 0* 2 x* 2*");
+}
+
 TEST_F(StrategyExtensionsTest, InvalidDropsAndProjectionsAreRejectedNamingTheLayer) {
   const std::string fp = model_->fingerprint();
   struct Case {
@@ -249,6 +287,12 @@ TEST_F(StrategyExtensionsTest, InvalidDropsAndProjectionsAreRejectedNamingTheLay
   EXPECT_NE(owning.status().message().find("layer 2, which is not a sharing layer"),
             std::string::npos)
       << owning.status();
+  auto kept = st->WithProjections(Projections({1}, DType::kF16, 4, {3}));
+  ASSERT_FALSE(kept.ok());
+  EXPECT_NE(kept.status().message().find("substitute for layer 3, whose attention this strategy "
+                                         "does not drop"),
+            std::string::npos)
+      << kept.status();
 }
 
 }  // namespace

@@ -79,6 +79,30 @@ TEST_F(ProjectionFitTest, ProjectionsFittedOnATextLowerItsNllUnderTheStrategy) {
   EXPECT_EQ(cal->ridge, 0.01);
 }
 
+TEST_F(ProjectionFitTest, SubstitutesFittedOnATextLowerTheNllOfItsDrops) {
+  auto calibrator = ProjectionCalibrator::Create(*model_, *set_, *set_, 2);
+  ASSERT_TRUE(calibrator.ok()) << calibrator.status();
+  // Drops alone, and drops beside a sharing layer (projections and substitutes in one blob).
+  for (auto [kv, drops] : {std::pair<std::vector<int>, std::vector<int>>{{0, 1, 2, 3, 4}, {2, 4}},
+                           {{0, 0, 2, 3, 4}, {3}}}) {
+    auto st = SharingStrategy::Create(kv, model_->fingerprint(), drops);
+    ASSERT_TRUE(st.ok());
+    auto bare = (*calibrator)->Calibrate(*st, {0.01}, DType::kF16, /*substitutes=*/false);
+    ASSERT_TRUE(bare.ok()) << bare.status();
+    auto cal = (*calibrator)->Calibrate(*st, {0.01}, DType::kF16, /*substitutes=*/true);
+    ASSERT_TRUE(cal.ok()) << cal.status();
+    ASSERT_NE(cal->projections, nullptr);
+    EXPECT_EQ(cal->projections->substitutes(), drops);
+    const size_t shared = bare->projections != nullptr ? bare->projections->layers().size() : 0;
+    EXPECT_EQ(cal->projections->layers().size(), shared);
+    EXPECT_LT(cal->score_nll, bare->score_nll) << st->CanonicalString();
+    // The substitutes are not nothing: a bias and a matrix of some size.
+    double bias = 0;
+    for (float b : cal->projections->SubstituteBiasF32(0)) bias += std::abs(b);
+    EXPECT_GT(bias, 0.0);
+  }
+}
+
 TEST_F(ProjectionFitTest, CalibratedScoringNeedsTheNllMethodAndACalibrator) {
   auto backend = MakeCpuBackend(2);
   SelectionOptions o;

@@ -106,7 +106,16 @@ NaiveRun NaiveLlamaForward(const Model& m, const NaiveStrategy& strategy,
     const auto& V = run.values[dropped ? l : kv_source[l]];
     for (int t = 0; t < T; ++t) {
       Vec att(size_t(c.n_heads) * hd, 0.0);
-      if (!dropped) {  // a dropped layer's attention adds nothing
+      if (const auto sub = strategy.substitutes.find(l); dropped && sub != strategy.substitutes.end()) {
+        const Vec h = RmsNorm(x[t], lw.attn_norm, c.norm_eps);
+        const auto& [m, b] = sub->second;
+        for (int r = 0; r < c.dim; ++r) {
+          double o = b[r];
+          for (int k = 0; k < c.dim; ++k) o += m[size_t(r) * c.dim + k] * h[k];
+          x[t][r] += o;
+        }
+      }
+      if (!dropped) {  // a dropped layer's attention adds nothing (or its substitute's output)
         for (int h = 0; h < c.n_heads; ++h) {
           const int kvh = h / (c.n_heads / c.n_kv_heads);
           Vec score(t + 1);

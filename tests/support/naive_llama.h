@@ -1,7 +1,8 @@
 // A deliberately naive Llama forward for tests: every position recomputed, no cache, double
 // precision, fp32 weights only (stories260K). A sharing layer's K/V are its source layer's
 // (docs/METHOD.md §1); a dropped layer adds nothing for attention (issue 18); a replacement output
-// projection replaces the layer's W_o. Independent of the engine and kernels it checks.
+// projection replaces the layer's W_o; a dropped layer's linear substitute adds
+// M RMSNorm(x) + b instead. Independent of the engine and kernels it checks.
 #pragma once
 
 #include <cstdint>
@@ -24,7 +25,8 @@ struct NaiveRun {
 
 // What the reference forward runs: layer l attends over layer kv_source[l]'s K/V, except the
 // layers in `dropped` (no attention at all), and uses wo[l] ([dim][n_heads * head_dim]
-// row-major) instead of its W_o where given. With kv_types (one per layer; f32, f16 and int8
+// row-major) instead of its W_o where given; a dropped layer in `substitutes` adds
+// M h + b, h its normed attention input (M [dim][dim] row-major, b [dim]). With kv_types (one per layer; f32, f16 and int8
 // only — int4's block-wise groups depend on how a prompt is chunked), each owning layer's K/V
 // are rounded as a pool of that type stores them.
 struct NaiveStrategy {
@@ -32,6 +34,7 @@ struct NaiveStrategy {
   std::vector<int> dropped;
   std::map<int, std::vector<double>> wo;
   std::vector<KvType> kv_types;
+  std::map<int, std::pair<std::vector<double>, std::vector<double>>> substitutes;
 };
 
 NaiveRun NaiveLlamaForward(const Model& m, const NaiveStrategy& strategy,
@@ -41,7 +44,7 @@ NaiveRun NaiveLlamaForward(const Model& m, const NaiveStrategy& strategy,
 // K/V.
 inline NaiveRun NaiveLlamaForward(const Model& m, const std::vector<int>& kv_source,
                                   const std::vector<int32_t>& ids, bool with_logits) {
-  return NaiveLlamaForward(m, NaiveStrategy{kv_source, {}, {}, {}}, ids, with_logits);
+  return NaiveLlamaForward(m, NaiveStrategy{kv_source, {}, {}, {}, {}}, ids, with_logits);
 }
 
 // Logits [T][vocab] of NaiveLlamaForward.

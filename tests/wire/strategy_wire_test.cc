@@ -103,6 +103,36 @@ TEST(StrategyWireTest, DropsAndProjectionsRoundTripWithTheSameIdThroughAResolver
   EXPECT_EQ(down.status().code(), absl::StatusCode::kUnavailable);
 }
 
+TEST(StrategyWireTest, LinearSubstitutesTravelInTheHeaderAndKeepTheId) {
+  auto base = SharingStrategy::Create({0, 0, 2, 2, 4, 5}, std::string(64, 'f'), {4, 5});
+  ASSERT_TRUE(base.ok()) << base.status();
+  const std::vector<float> w = {1, 2, 3, 4, 5, 6}, m = {0.5f, -1, 2, 0.25f}, bias = {3, -3};
+  auto proj = OutputProjections::FromF32(DType::kF32, 2, 3, {1}, {w}, {{5, m, bias}});
+  ASSERT_TRUE(proj.ok()) << proj.status();
+  auto st = base->WithProjections(*proj);
+  ASSERT_TRUE(st.ok()) << st.status();
+  v1::SharingStrategy msg;
+  ToProto(*st, &msg);
+  EXPECT_EQ(msg.output_projections().blob_bytes(), (2u * 3 + 2 * 2 + 2) * 4);
+  ASSERT_EQ(msg.output_projections().substitutes_size(), 1);
+  EXPECT_EQ(msg.output_projections().substitutes(0), 5);
+  auto back = FromProto(msg, [&](const ProjectionsHeader& h) {
+    EXPECT_EQ(h.substitutes, std::vector<int>{5});
+    EXPECT_EQ(h.blob_bytes(), (*proj)->blob().size());
+    return ProjectionsFromBlob(h, (*proj)->blob());
+  });
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->id(), st->id());
+  EXPECT_EQ(back->projections()->SubstituteMatrixF32(0), m);
+  EXPECT_EQ(back->projections()->SubstituteBiasF32(0), bias);
+  // The same bytes under a header without the substitute: its hash no longer matches.
+  msg.mutable_output_projections()->clear_substitutes();
+  auto stripped = FromProto(msg, [&](const ProjectionsHeader& h) {
+    return ProjectionsFromBlob(h, (*proj)->blob());
+  });
+  EXPECT_EQ(stripped.status().code(), absl::StatusCode::kDataLoss) << stripped.status();
+}
+
 TEST(StrategyWireTest, ABadProjectionsHeaderIsRefusedNamingTheFieldBeforeAnyFetch) {
   auto st = SharingStrategy::Create({0, 0, 2, 2}, std::string(64, 'f'));
   ASSERT_TRUE(st.ok());
