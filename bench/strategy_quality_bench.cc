@@ -54,6 +54,7 @@
 #include "search_service/baseline_strategies.h"
 #include "search_service/calibration.h"
 #include "search_service/cosine_evaluator.h"
+#include "search_service/drop_search.h"
 #include "search_service/heldout_quality.h"
 #include "search_service/projection_fit.h"
 #include "search_service/projection_sets.h"
@@ -379,71 +380,47 @@ absl::StatusOr<nlohmann::json> RunModel(const ModelSpec& spec, const Flags& flag
       if (!s.ok()) return s;
     }
   }
-  // drop-ranked: the k layers whose attention drop alone costs least on the scoring set.
-  if (calibrator != nullptr) {
+  // drop-ranked: the k layers whose attention drop alone costs least on the scoring set;
+  // lin-ranked: the same with each drop's linear substitute (search_service/drop_search.h).
+  for (bool substitutes : {false, true}) {
+    if (calibrator == nullptr || (substitutes && !flags.substitutes)) continue;
     const double t = Now();
-    std::vector<std::pair<double, int>> cost;
-    for (int l = 1; l < c.n_layers; ++l) {
-      std::vector<int> kv(c.n_layers);
-      for (int i = 0; i < c.n_layers; ++i) kv[i] = i;
-      auto st = SharingStrategy::Create(kv, m.fingerprint(), {l});
-      if (!st.ok()) return st.status();
-      auto nll = calibrator->ScoreNll(std::make_shared<const SharingStrategy>(std::move(*st)));
-      if (!nll.ok()) return nll.status();
-      cost.push_back({*nll, l});
-    }
-    std::sort(cost.begin(), cost.end());
+    DropSearchOptions o;
+    o.substitutes = substitutes;
+    o.target_layers = spec.shared.back();
+    DropSearchHooks hooks;
+    hooks.progress = [&](int done, int total) {
+      std::fprintf(stderr, "  %s: %d/%d layers ranked (%.0f s)\n",
+                   substitutes ? "lin-ranked" : "drop-ranked", done, total, Now() - t);
+    };
+    auto ranking = RankAttentionDrops(m, *calibrator, o, hooks);
+    if (!ranking.ok()) return ranking.status();
     const double rank_seconds = Now() - t;
     for (int k : spec.shared) {
+      o.target_layers = k;
+      const double tf = Now();
+      auto fitted = FitAttentionDrops(m, *calibrator, *ranking, o);
+      if (!fitted.ok()) return fitted.status();
+      const SharingStrategy& st = *fitted->strategy;
       Row row;
-      row.method = "drop-ranked";
+      row.method = substitutes ? "lin-ranked" : "drop-ranked";
       row.shared = k;
-      row.kv_source.resize(c.n_layers);
-      for (int i = 0; i < c.n_layers; ++i) row.kv_source[i] = i;
-      for (int i = 0; i < k && i < int(cost.size()); ++i) row.dropped.push_back(cost[i].second);
-      std::sort(row.dropped.begin(), row.dropped.end());
-      row.search_seconds = rank_seconds;
+      row.kv_source = st.kv_source();
+      row.dropped = st.attention_dropped();
+      row.projections = st.projections();
+      row.ridge = fitted->ridge;
+      if (const auto& p = st.projections(); p != nullptr) {
+        row.bytes_added = int64_t(p->bytes_per_substitute() * p->substitutes().size());
+      }
+      row.search_seconds = rank_seconds + (Now() - tf);  // the ranking, then this k's fit
       row.candidates_scored = c.n_layers - 1;
       absl::Status s = measure(row);
       if (!s.ok()) return s;
       rows->push_back(row);
-      if (flags.substitutes) {
+      if (!substitutes && flags.substitutes) {
         s = calibrated_row(row, "drop-ranked+lin", true);
         if (!s.ok()) return s;
       }
-    }
-  }
-  // lin-ranked: the k layers whose attention drop with a linear substitute (fitted alone, at
-  // the middle default ridge) costs least on the scoring set; the k are then fitted together.
-  if (calibrator != nullptr && flags.substitutes) {
-    const double t = Now();
-    const double ridge = DefaultRidges()[DefaultRidges().size() / 2];
-    std::vector<std::pair<double, int>> cost;
-    for (int l = 1; l < c.n_layers; ++l) {
-      std::vector<int> kv(c.n_layers);
-      for (int i = 0; i < c.n_layers; ++i) kv[i] = i;
-      auto st = SharingStrategy::Create(kv, m.fingerprint(), {l});
-      if (!st.ok()) return st.status();
-      auto cal = calibrator->Calibrate(*st, {ridge}, DType::kF16, true);
-      if (!cal.ok()) return cal.status();
-      cost.push_back({cal->score_nll, l});
-      std::fprintf(stderr, "  lin-ranked: layer %d scores %.4f (%.0f s)\n", l, cal->score_nll,
-                   Now() - t);
-    }
-    std::sort(cost.begin(), cost.end());
-    const double rank_seconds = Now() - t;
-    for (int k : spec.shared) {
-      Row row;
-      row.method = "lin-ranked";
-      row.shared = k;
-      row.kv_source.resize(c.n_layers);
-      for (int i = 0; i < c.n_layers; ++i) row.kv_source[i] = i;
-      for (int i = 0; i < k && i < int(cost.size()); ++i) row.dropped.push_back(cost[i].second);
-      std::sort(row.dropped.begin(), row.dropped.end());
-      row.search_seconds = rank_seconds;
-      row.candidates_scored = c.n_layers - 1;
-      absl::Status s = calibrated_row(row, "lin-ranked", true);
-      if (!s.ok()) return s;
     }
   }
   nlohmann::json jrows = nlohmann::json::array();

@@ -14,6 +14,7 @@
 #include "search_service/search_request.h"
 #include "search_service/strategy_search.h"
 #include "tools/commands.h"
+#include "tools/drop_search_command.h"
 #include "tools/kv_plan_command.h"
 #include "tools/progress.h"
 #include "tools/search_client.h"
@@ -145,6 +146,8 @@ Runner RegisterSearch(CLI::App& app) {
     HeldoutFlags heldout;
     bool calibrate_projections = false;
     bool calibrated_scoring = false;
+    bool drop_attention = false;
+    bool no_substitutes = false;
     std::string projection_type = "f16";
     std::vector<double> ridges = DefaultRidges();
     PlanSearchFlags plan;  // --max-ppl-increase: the KV plan search
@@ -212,6 +215,12 @@ Runner RegisterSearch(CLI::App& app) {
   sub->add_flag("--calibrated-scoring", flags->calibrated_scoring,
                 "With --method nll --calibrate-projections: score each candidate with its own "
                 "fitted projections on the scoring set (slower: a fit per candidate)");
+  sub->add_flag("--drop-attention", flags->drop_attention,
+                "Instead of sharing caches, drop the attention of the --target-layers layers "
+                "whose drop costs least on the scoring set (no KV, no attention compute), each "
+                "with a linear substitute fitted like the projections (docs/METHOD.md §7)");
+  sub->add_flag("--no-substitutes", flags->no_substitutes,
+                "With --drop-attention: bare drops (the layer's attention adds nothing)");
   sub->add_option("--projection-type", flags->projection_type,
                   "Stored type of calibrated projections: f16 or f32")
       ->capture_default_str();
@@ -244,10 +253,11 @@ Runner RegisterSearch(CLI::App& app) {
               "and int4 where the heads allow, with sharing); leave them out with --server"));
         }
       }
-      if (flags->calibrate_projections) {
-        return Fail(absl::InvalidArgumentError(
-            "--calibrate-projections: the search service does not fit projections yet; run the "
-            "search locally (leave --server out)"));
+      if (flags->calibrate_projections || flags->drop_attention) {
+        return Fail(absl::InvalidArgumentError(absl::StrFormat(
+            "%s: the search service does not fit projections or substitutes yet; run the "
+            "search locally (leave --server out) and publish its file",
+            flags->drop_attention ? "--drop-attention" : "--calibrate-projections")));
       }
       // The server measures the quality on the calibration text it searched with.
       if (!flags->heldout.path.empty()) {
@@ -290,11 +300,19 @@ Runner RegisterSearch(CLI::App& app) {
     auto heldout = PrepareHeldout(flags->heldout, request.calibration_path, *checked,
                                   prepared->calibration, *session->tokenizer, c);
     if (!heldout.ok()) return Fail(heldout.status());
+    if (flags->no_substitutes && !flags->drop_attention) {
+      return Fail(absl::InvalidArgumentError("--no-substitutes applies to --drop-attention"));
+    }
+    if (flags->drop_attention && (flags->calibrate_projections || flags->calibrated_scoring)) {
+      return Fail(absl::InvalidArgumentError(
+          "--drop-attention: no sharing layer to calibrate; leave --calibrate-projections and "
+          "--calibrated-scoring out (the substitutes are fitted unless --no-substitutes)"));
+    }
     if (plan_budget->count() > 0) {
-      if (flags->calibrate_projections) {
-        return Fail(absl::InvalidArgumentError(
-            "--calibrate-projections: not with --max-ppl-increase (plans carry no projections "
-            "yet)"));
+      if (flags->calibrate_projections || flags->drop_attention) {
+        return Fail(absl::InvalidArgumentError(absl::StrFormat(
+            "%s: not with --max-ppl-increase (plans carry no projections or drops yet)",
+            flags->drop_attention ? "--drop-attention" : "--calibrate-projections")));
       }
       return RunPlanSearchCommand(*session, *prepared, std::move(*heldout), flags->plan,
                                   EffectiveBestOf(request), flags->model.threads,
@@ -309,7 +327,7 @@ Runner RegisterSearch(CLI::App& app) {
       return Fail(absl::InvalidArgumentError(
           "--calibrated-scoring needs --calibrate-projections (the fit and scoring sets)"));
     }
-    if (flags->calibrate_projections) {
+    if (flags->calibrate_projections || flags->drop_attention) {
       for (double ridge : flags->ridges) {
         if (!(ridge > 0)) {
           return Fail(absl::InvalidArgumentError(absl::StrFormat("--ridge %g must be > 0", ridge)));
@@ -326,6 +344,11 @@ Runner RegisterSearch(CLI::App& app) {
       projection_sets = std::move(*sets);
     }
 
+    if (flags->drop_attention) {
+      return RunDropSearch(*session, projection_sets, *projection_type, flags->ridges,
+                           !flags->no_substitutes, options.target_layers, std::move(*heldout),
+                           flags->model.threads, flags->out);
+    }
     std::cerr << absl::StrFormat(
         "search: %s, %d layers; calibration %d x %d tokens (%s); method %s, order %s, %s, best "
         "of %d%s, target %d sharing layers\n",

@@ -127,5 +127,54 @@ TEST_F(CliSearchCommandsTest, AWorkerCommandGivenTheSearchServiceSaysWhatItServe
   }
 }
 
+// `kvshare search --drop-attention`: the calibrated drop search writes a strategy of dropped
+// layers (with their linear substitutes when those beat the bare drops), its held-out quality
+// on record, and the service takes it like any strategy.
+TEST_F(CliSearchCommandsTest, ADropSearchWritesAStrategyThatPublishes) {
+  const std::string out = *dir_ + "/drops.json";
+  const std::vector<std::string> base = {
+      "search", "--model", testing::Asset("stories260K.bin"), "--tokenizer",
+      testing::Asset("tok512.bin"), "--calibration", testing::Asset("tinystories-sample.txt"),
+      "--target-layers", "2", "--heldout-tokens", "512", "--heldout-context", "128", "--out", out,
+      "--threads", "2"};
+  std::vector<std::string> args = base;
+  args.push_back("--no-substitutes");
+  testing::CliRun run = testing::RunCli(KVSHARE_CLI_BINARY, args);
+  EXPECT_NE(run.exit_code, 0);
+  EXPECT_THAT(run.err, HasSubstr("--no-substitutes applies to --drop-attention"));
+
+  args = base;
+  args.push_back("--drop-attention");
+  run = testing::RunCli(KVSHARE_CLI_BINARY, args);
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_THAT(run.out, HasSubstr("heldout    perplexity"));
+  auto st = SharingStrategy::ReadFile(out);
+  ASSERT_TRUE(st.ok()) << st.status();
+  ASSERT_EQ(st->attention_dropped().size(), 2u);
+  EXPECT_THAT(run.out, HasSubstr("ridge      0.03 "));  // every default ridge was fitted
+  // On stories260K (dim 64) the substitutes do not beat the bare drops on the scoring set (they
+  // do on SmolLM2: docs/METHOD.md §7); the search then keeps the bare drops and says so.
+  if (st->projections() == nullptr) {
+    EXPECT_THAT(run.out, HasSubstr("no substitute beat the bare drops"));
+  } else {
+    EXPECT_EQ(st->projections()->substitutes(), st->attention_dropped());
+    EXPECT_TRUE(st->projections()->layers().empty());
+  }
+  EXPECT_EQ(st->provenance().method, "drop");
+  EXPECT_TRUE(st->provenance().has_quality());
+
+  const testing::CliRun publish =
+      testing::RunCli(KVSHARE_CLI_BINARY, {"strategies", "publish", "--server", Address(),
+                                           "--strategy", out, "--model-name", "stories260K"});
+  ASSERT_EQ(publish.exit_code, 0) << publish.err;
+  const nlohmann::json list = Json({"strategies", "list"});
+  bool found = false;
+  for (const auto& record : list["records"]) {
+    found |= record["strategy"]["id"] == st->id() &&
+             record["strategy"]["attention_dropped"].size() == 2;
+  }
+  EXPECT_TRUE(found) << list;
+}
+
 }  // namespace
 }  // namespace kvshare

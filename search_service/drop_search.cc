@@ -1,0 +1,131 @@
+#include "search_service/drop_search.h"
+
+#include <algorithm>
+#include <numeric>
+
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+
+namespace kvshare {
+namespace {
+
+absl::Status CheckOptions(const ModelConfig& c, const DropSearchOptions& o) {
+  if (o.target_layers < 1 || o.target_layers > c.n_layers - 1) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "drop search: target_layers %d must be in [1, %d] (every layer but 0 of model '%s')",
+        o.target_layers, c.n_layers - 1, c.name));
+  }
+  if (o.substitutes && o.ridges.empty()) {
+    return absl::InvalidArgumentError("drop search: no ridge strength to try");
+  }
+  for (double r : o.ridges) {
+    if (!(r > 0)) return absl::InvalidArgumentError(absl::StrFormat("--ridge %g must be > 0", r));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SharingStrategy> Dropping(const Model& model, std::vector<int> layers) {
+  std::vector<int> kv(model.config().n_layers);
+  std::iota(kv.begin(), kv.end(), 0);
+  std::sort(layers.begin(), layers.end());
+  return SharingStrategy::Create(kv, model.fingerprint(), layers);
+}
+
+}  // namespace
+
+absl::StatusOr<DropRanking> RankAttentionDrops(const Model& model, ProjectionCalibrator& calibrator,
+                                               const DropSearchOptions& options,
+                                               const DropSearchHooks& hooks) {
+  const ModelConfig& c = model.config();
+  absl::Status s = CheckOptions(c, options);
+  if (!s.ok()) return s;
+  DropRanking ranking;
+  for (int l = 1; l < c.n_layers; ++l) {
+    if (hooks.cancel != nullptr && hooks.cancel->load()) {
+      return absl::CancelledError(absl::StrFormat("drop search cancelled at layer %d", l));
+    }
+    auto st = Dropping(model, {l});
+    if (!st.ok()) return st.status();
+    double nll = 0;
+    if (options.substitutes) {
+      const double ridge = options.ridges[options.ridges.size() / 2];
+      auto cal = calibrator.Calibrate(*st, {ridge}, options.type, /*substitutes=*/true);
+      if (!cal.ok()) return cal.status();
+      nll = cal->score_nll;
+    } else {
+      auto scored = calibrator.ScoreNll(std::make_shared<const SharingStrategy>(std::move(*st)));
+      if (!scored.ok()) return scored.status();
+      nll = *scored;
+    }
+    ranking.push_back({nll - calibrator.unshared_score_nll(), l});
+    if (hooks.progress) hooks.progress(l, c.n_layers - 1);
+  }
+  std::stable_sort(ranking.begin(), ranking.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  return ranking;
+}
+
+absl::StatusOr<DropSearchResult> FitAttentionDrops(const Model& model,
+                                                   ProjectionCalibrator& calibrator,
+                                                   const DropRanking& ranking,
+                                                   const DropSearchOptions& options) {
+  absl::Status s = CheckOptions(model.config(), options);
+  if (!s.ok()) return s;
+  if (int(ranking.size()) < options.target_layers) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("drop search: a ranking of %d layers for target_layers %d",
+                        ranking.size(), options.target_layers));
+  }
+  std::vector<int> layers;
+  for (int i = 0; i < options.target_layers; ++i) layers.push_back(ranking[i].second);
+  auto st = Dropping(model, layers);
+  if (!st.ok()) return st.status();
+  DropSearchResult out;
+  out.ranking = ranking;
+  SharingStrategy strategy = std::move(*st);
+  if (options.substitutes) {
+    auto cal = calibrator.Calibrate(strategy, options.ridges, options.type, /*substitutes=*/true);
+    if (!cal.ok()) return cal.status();
+    auto with = strategy.WithProjections(cal->projections);
+    if (!with.ok()) return with.status();
+    strategy = std::move(*with);
+    out.ridge = cal->ridge;
+    out.score_increase = cal->score_nll - calibrator.unshared_score_nll();
+    out.bare_increase = cal->uncalibrated_score_nll - calibrator.unshared_score_nll();
+    for (const auto& [ridge, nll] : cal->tried) {
+      out.tried.push_back({ridge, nll - calibrator.unshared_score_nll()});
+    }
+  } else {
+    auto nll = calibrator.ScoreNll(std::make_shared<const SharingStrategy>(strategy));
+    if (!nll.ok()) return nll.status();
+    out.score_increase = *nll - calibrator.unshared_score_nll();
+    out.bare_increase = out.score_increase;
+  }
+  StrategyProvenance& p = strategy.provenance();
+  p.method = "drop";
+  p.order = "ranked";
+  p.target_layers = options.target_layers;
+  p.score = out.score_increase;
+  p.note = options.substitutes && out.ridge > 0
+               ? absl::StrFormat(
+                     "attention dropped on %d layers [%s], each with a linear substitute (ridge "
+                     "%g); scoring NLL +%.4f",
+                     layers.size(), absl::StrJoin(strategy.attention_dropped(), ","), out.ridge,
+                     out.score_increase)
+               : absl::StrFormat("attention dropped on %d layers [%s]; scoring NLL +%.4f",
+                                 layers.size(), absl::StrJoin(strategy.attention_dropped(), ","),
+                                 out.score_increase);
+  out.strategy = std::make_shared<const SharingStrategy>(std::move(strategy));
+  return out;
+}
+
+absl::StatusOr<DropSearchResult> SearchAttentionDrops(const Model& model,
+                                                      ProjectionCalibrator& calibrator,
+                                                      const DropSearchOptions& options,
+                                                      const DropSearchHooks& hooks) {
+  auto ranking = RankAttentionDrops(model, calibrator, options, hooks);
+  if (!ranking.ok()) return ranking.status();
+  return FitAttentionDrops(model, calibrator, *ranking, options);
+}
+
+}  // namespace kvshare
