@@ -1,5 +1,6 @@
-// Output projections (issue 18) through the registry, the wire and a worker, with real
-// processes on loopback (a kvshare-search and one kvshare-worker on stories260K):
+// Output projections and linear substitutes (issue 18) through the registry, the wire and a
+// worker, with real processes on loopback (a kvshare-search and one kvshare-worker on
+// stories260K):
 //   - publishing a strategy whose projections were not uploaded is FAILED_PRECONDITION naming
 //     the hash; after UploadProjections it publishes, and GetStrategy + GetProjections give
 //     back a strategy with the same id and the same bytes;
@@ -98,15 +99,19 @@ TEST(ProjectionsFleetTest, AWorkerGivenAVersionWithProjectionsServesWhatTheLocal
   const Model& model = **loaded;
   const ModelConfig& c = model.config();
 
-  // Layer 1 reads layer 0's cache through a replacement W_o far from the model's own.
+  // Layer 1 reads layer 0's cache through a replacement W_o far from the model's own; layer 3
+  // drops its attention for a linear substitute (the same blob).
   const int q = c.n_heads * c.head_dim;
   std::mt19937 rng(7);
   std::normal_distribution<float> noise(0.0f, 0.2f);
   std::vector<float> w(size_t(c.dim) * q);
   for (float& v : w) v = noise(rng);
-  auto projections = OutputProjections::FromF32(DType::kF16, c.dim, q, {1}, {w});
+  LinearSubstituteF32 sub{3, std::vector<float>(size_t(c.dim) * c.dim), std::vector<float>(c.dim)};
+  for (float& v : sub.matrix) v = noise(rng);
+  for (float& v : sub.bias) v = noise(rng);
+  auto projections = OutputProjections::FromF32(DType::kF16, c.dim, q, {1}, {w}, {sub});
   ASSERT_TRUE(projections.ok()) << projections.status();
-  auto plain = SharingStrategy::Create({0, 0, 2, 3, 4}, model.fingerprint());
+  auto plain = SharingStrategy::Create({0, 0, 2, 3, 4}, model.fingerprint(), {3});
   ASSERT_TRUE(plain.ok());
   auto with = plain->WithProjections(*projections);
   ASSERT_TRUE(with.ok()) << with.status();
@@ -201,7 +206,9 @@ TEST(ProjectionsFleetTest, AWorkerGivenAVersionWithProjectionsServesWhatTheLocal
   Generated served;
   v1::GenerateResponse msg;
   while (reader->Read(&msg)) {
-    if (msg.has_start()) EXPECT_EQ(msg.start().strategy_version(), version);
+    if (msg.has_start()) {
+      EXPECT_EQ(msg.start().strategy_version(), version);
+    }
     if (!msg.has_chunk()) continue;
     for (int32_t id : msg.chunk().token_ids()) served.tokens.push_back(id);
     for (const auto& lp : msg.chunk().logprobs()) served.logprobs.push_back(lp.logprob());
