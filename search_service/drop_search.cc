@@ -39,25 +39,24 @@ absl::StatusOr<DropRanking> RankAttentionDrops(const Model& model, ProjectionCal
   const ModelConfig& c = model.config();
   absl::Status s = CheckOptions(c, options);
   if (!s.ok()) return s;
+  std::vector<std::shared_ptr<const OutputProjections>> single(c.n_layers);
+  if (options.substitutes) {  // every single substitute from one pass
+    auto fitted =
+        calibrator.FitEachSubstitute(options.ridges[options.ridges.size() / 2], options.type);
+    if (!fitted.ok()) return fitted.status();
+    single = std::move(*fitted);
+  }
   DropRanking ranking;
   for (int l = 1; l < c.n_layers; ++l) {
     if (hooks.cancel != nullptr && hooks.cancel->load()) {
       return absl::CancelledError(absl::StrFormat("drop search cancelled at layer %d", l));
     }
     auto st = Dropping(model, {l});
+    if (st.ok()) st = st->WithProjections(single[l]);
     if (!st.ok()) return st.status();
-    double nll = 0;
-    if (options.substitutes) {
-      const double ridge = options.ridges[options.ridges.size() / 2];
-      auto cal = calibrator.Calibrate(*st, {ridge}, options.type, /*substitutes=*/true);
-      if (!cal.ok()) return cal.status();
-      nll = cal->score_nll;
-    } else {
-      auto scored = calibrator.ScoreNll(std::make_shared<const SharingStrategy>(std::move(*st)));
-      if (!scored.ok()) return scored.status();
-      nll = *scored;
-    }
-    ranking.push_back({nll - calibrator.unshared_score_nll(), l});
+    auto nll = calibrator.ScoreNll(std::make_shared<const SharingStrategy>(std::move(*st)));
+    if (!nll.ok()) return nll.status();
+    ranking.push_back({*nll - calibrator.unshared_score_nll(), l});
     if (hooks.progress) hooks.progress(l, c.n_layers - 1);
   }
   std::stable_sort(ranking.begin(), ranking.end(),

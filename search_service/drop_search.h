@@ -3,11 +3,12 @@
 // substitute for what its attention added (common/strategy/output_projections.h).
 //
 //   1. Rank (RankAttentionDrops): for every layer l >= 1, the scoring-set NLL of the model with
-//      l alone dropped, its substitute fitted on the fit set at the middle ridge of `ridges`.
+//      l alone dropped, its substitute fitted on the fit set at the middle ridge of `ridges`
+//      (all of them from one unshared pass: FitEachSubstitute).
 //   2. Fit (FitAttentionDrops): drop the k cheapest; fit their substitutes together (in layer
 //      order, each on the residual stream the earlier drops leave) at every ridge of `ridges`
 //      and keep the one with the lowest scoring-set NLL.
-// Cost: n_layers - 1 single fits and scorings, then |ridges| fits of the k. The fit and scoring
+// Cost: one fit pass and n_layers - 1 scorings, then |ridges| fits of the k. The fit and scoring
 // sets are the ProjectionCalibrator's (projection_sets.h: disjoint from the search's
 // calibration windows and from the held-out slice).
 //

@@ -276,6 +276,74 @@ absl::StatusOr<std::shared_ptr<const OutputProjections>> FitOutputProjections(
                                     fitted_substitutes);
 }
 
+absl::StatusOr<std::vector<std::shared_ptr<const OutputProjections>>> FitEachSubstitute(
+    Transformer& transformer, const CalibrationSet& fit, double ridge, DType type) {
+  const ModelConfig& c = transformer.config();
+  absl::Status s = CheckSet(c, fit, transformer.max_rows(), "projection fit");
+  if (!s.ok()) return s;
+  if (!(ridge > 0))
+    return absl::InvalidArgumentError(absl::StrFormat("ridge %g must be > 0", ridge));
+  const int N = fit.samples, T = fit.tokens, L = c.n_layers, dim = c.dim;
+  Backend& backend = transformer.backend();
+  const int batch = std::max(1, std::min(N, transformer.max_rows() / T));
+  const SharingStrategy identity = SharingStrategy::Identity(L, "");
+  auto layout = FitKvLayout::Create(backend, c, identity, N, T);
+  if (!layout.ok()) return layout.status();
+  auto xbuf = backend.Allocate(size_t(batch) * T * dim * sizeof(float));
+  if (!xbuf.ok()) return xbuf.status();
+  std::vector<int32_t> positions(size_t(batch) * T);
+  for (size_t r = 0; r < positions.size(); ++r) positions[r] = static_cast<int32_t>(r % T);
+  std::vector<BatchSeq> seqs(batch);
+  for (int b = 0; b < batch; ++b) seqs[b] = {b * T, T, 0};
+
+  // Every layer's input and contribution in one unshared pass: with only layer l dropped, the
+  // residual stream entering l is the unshared model's.
+  class AllLayers : public ForwardObserver {
+   public:
+    AllLayers(Backend& backend, int layers, int dim, int rows)
+        : backend_(backend), dim_(dim), h1_(size_t(rows) * (dim + 1)), d_(size_t(rows) * dim) {
+      for (int l = 0; l < layers; ++l) sums_.emplace_back(l == 0 ? 1 : dim + 1, l == 0 ? 1 : dim);
+    }
+    void OnAttentionInput(int layer, const float* h, int rows) override {
+      if (layer == 0) return;
+      BlockCapture(backend_, layer, dim_, h1_.data(), d_.data()).OnAttentionInput(layer, h, rows);
+    }
+    void OnAttentionContribution(int layer, const float* delta, int rows) override {
+      if (layer == 0) return;
+      backend_.CopyToHost(delta, size_t(rows) * dim_ * 4, d_.data());
+      sums_[layer].Add(h1_.data(), d_.data(), rows);
+    }
+    const RidgeAccumulator& sums(int layer) const { return sums_[layer]; }
+
+   private:
+    Backend& backend_;
+    const int dim_;
+    std::vector<float> h1_, d_;
+    std::vector<RidgeAccumulator> sums_;
+  } capture(backend, L, dim, batch * T);
+  for (int s0 = 0; s0 < N; s0 += batch) {
+    const int nb = std::min(batch, N - s0), rows = nb * T;
+    (*layout)->set_first_input(s0);
+    transformer.Embed(fit.sample(s0), rows, (*xbuf)->f32());
+    transformer.RunLayers(0, L, absl::MakeConstSpan(seqs.data(), nb), positions.data(), rows,
+                          **layout, (*xbuf)->f32(), &capture);
+  }
+  std::vector<std::shared_ptr<const OutputProjections>> out(L);
+  const int q = c.n_heads * c.head_dim;
+  for (int l = 1; l < L; ++l) {
+    auto a = SolveRidgeAffine(capture.sums(l), ridge);
+    if (!a.ok()) {
+      return absl::Status(a.status().code(),
+                          absl::StrFormat("layer %d: %s", l, a.status().message()));
+    }
+    auto one = OutputProjections::FromF32(type, dim, q, {}, {},
+                                          {{l, std::move(a->matrix), std::move(a->bias)}});
+    if (!one.ok()) return one.status();
+    out[l] = std::move(*one);
+  }
+  return out;
+}
+
 absl::StatusOr<std::unique_ptr<ProjectionCalibrator>> ProjectionCalibrator::Create(
     const Model& model, const CalibrationSet& fit, const CalibrationSet& score, int threads) {
   std::unique_ptr<ProjectionCalibrator> p(new ProjectionCalibrator(model, fit, score));
@@ -332,6 +400,11 @@ absl::StatusOr<double> ProjectionCalibrator::ScoreNll(
 absl::StatusOr<std::shared_ptr<const OutputProjections>> ProjectionCalibrator::Fit(
     const SharingStrategy& strategy, double ridge, DType type, bool substitutes) {
   return FitOutputProjections(engine_->transformer(), fit_, strategy, ridge, type, substitutes);
+}
+
+absl::StatusOr<std::vector<std::shared_ptr<const OutputProjections>>>
+ProjectionCalibrator::FitEachSubstitute(double ridge, DType type) {
+  return kvshare::FitEachSubstitute(engine_->transformer(), fit_, ridge, type);
 }
 
 absl::StatusOr<CalibratedProjections> ProjectionCalibrator::Calibrate(

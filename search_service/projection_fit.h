@@ -42,6 +42,15 @@ absl::StatusOr<std::shared_ptr<const OutputProjections>> FitOutputProjections(
     Transformer& transformer, const CalibrationSet& fit, const SharingStrategy& strategy,
     double ridge, DType type, bool substitutes = false);
 
+// For every layer l >= 1, the linear substitute of l when l alone is dropped (entry l: one
+// substitute, no projection; entry 0 null), all from one unshared forward pass over `fit` (with
+// only l dropped, the residual stream entering l is the unshared model's): equal to
+// FitOutputProjections(strategy dropping only l, ..., substitutes) for each l, at the cost of
+// one fit instead of n_layers - 1. Memory: n_layers sums of (dim + 1)^2 + (dim + 1) * dim
+// doubles (154 MB on SmolLM2).
+absl::StatusOr<std::vector<std::shared_ptr<const OutputProjections>>> FitEachSubstitute(
+    Transformer& transformer, const CalibrationSet& fit, double ridge, DType type);
+
 struct CalibratedProjections {
   std::shared_ptr<const OutputProjections> projections;  // null: no sharing layer
   double ridge = 0;
@@ -64,6 +73,8 @@ class ProjectionCalibrator {
   absl::StatusOr<std::shared_ptr<const OutputProjections>> Fit(const SharingStrategy& strategy,
                                                                double ridge, DType type,
                                                                bool substitutes = false);
+  absl::StatusOr<std::vector<std::shared_ptr<const OutputProjections>>> FitEachSubstitute(
+      double ridge, DType type);
   // Fits every ridge in `ridges`, keeps the lowest scoring-set NLL (the first on ties) when it
   // beats the strategy without projections; otherwise projections is null and ridge 0.
   absl::StatusOr<CalibratedProjections> Calibrate(const SharingStrategy& strategy,

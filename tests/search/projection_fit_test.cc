@@ -103,6 +103,32 @@ TEST_F(ProjectionFitTest, SubstitutesFittedOnATextLowerTheNllOfItsDrops) {
   }
 }
 
+TEST_F(ProjectionFitTest, EachSubstituteFromOnePassEqualsItsOwnFit) {
+  auto backend = MakeCpuBackend(2);
+  auto transformer = Transformer::Create(*model_, *backend, 256);
+  ASSERT_TRUE(transformer.ok());
+  auto each = FitEachSubstitute(**transformer, *set_, 0.01, DType::kF32);
+  ASSERT_TRUE(each.ok()) << each.status();
+  ASSERT_EQ(each->size(), 5u);
+  EXPECT_EQ((*each)[0], nullptr);
+  for (int l = 1; l < 5; ++l) {
+    auto st = SharingStrategy::Create({0, 1, 2, 3, 4}, model_->fingerprint(), {l});
+    ASSERT_TRUE(st.ok());
+    auto own = FitOutputProjections(**transformer, *set_, *st, 0.01, DType::kF32, true);
+    ASSERT_TRUE(own.ok()) << own.status();
+    ASSERT_NE((*each)[l], nullptr);
+    EXPECT_EQ((*each)[l]->substitutes(), std::vector<int>{l});
+    for (auto [got, want] :
+         {std::pair{(*each)[l]->SubstituteMatrixF32(0), (*own)->SubstituteMatrixF32(0)},
+          {(*each)[l]->SubstituteBiasF32(0), (*own)->SubstituteBiasF32(0)}}) {
+      ASSERT_EQ(got.size(), want.size());
+      for (size_t i = 0; i < want.size(); ++i) {
+        EXPECT_NEAR(got[i], want[i], 1e-4 * (1 + std::abs(want[i]))) << "layer " << l << " " << i;
+      }
+    }
+  }
+}
+
 TEST_F(ProjectionFitTest, CalibratedScoringNeedsTheNllMethodAndACalibrator) {
   auto backend = MakeCpuBackend(2);
   SelectionOptions o;
