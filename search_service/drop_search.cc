@@ -1,6 +1,7 @@
 #include "search_service/drop_search.h"
 
 #include <algorithm>
+#include <chrono>
 #include <numeric>
 
 #include "absl/strings/str_format.h"
@@ -125,6 +126,37 @@ absl::StatusOr<DropSearchResult> SearchAttentionDrops(const Model& model,
   auto ranking = RankAttentionDrops(model, calibrator, options, hooks);
   if (!ranking.ok()) return ranking.status();
   return FitAttentionDrops(model, calibrator, *ranking, options);
+}
+
+absl::StatusOr<StrategySearchResult> RunDropAsSearch(const Model& model, const ProjectionSets& sets,
+                                                     int threads, int target_layers,
+                                                     bool substitutes, const SearchHooks& hooks) {
+  const auto start = std::chrono::steady_clock::now();
+  if (hooks.on_phase) hooks.on_phase(SearchPhase::kCalibration);
+  auto calibrator = ProjectionCalibrator::Create(model, sets.fit, sets.score, threads);
+  if (!calibrator.ok()) return calibrator.status();
+  const double calibration_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (hooks.on_phase) hooks.on_phase(SearchPhase::kGreedy);
+  DropSearchOptions options;
+  options.target_layers = target_layers;
+  options.substitutes = substitutes;
+  DropSearchHooks drop_hooks;
+  drop_hooks.cancel = hooks.cancel;
+  auto found = SearchAttentionDrops(model, **calibrator, options, drop_hooks);
+  if (!found.ok()) return found.status();
+  StrategySearchResult r;
+  r.strategy = found->strategy;
+  GreedyResult& g = r.selection.greedy;
+  g.kv_source = found->strategy->kv_source();
+  g.accepted = int(found->strategy->attention_dropped().size());
+  g.stop = StopReason::kTargetReached;
+  g.score = -found->score_increase;
+  r.calibration_score = 0;  // no cosine: the drops are judged by NLL
+  r.calibration_seconds = calibration_seconds;
+  r.total_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  r.greedy_seconds = r.total_seconds - calibration_seconds;
+  return r;
 }
 
 }  // namespace kvshare

@@ -26,6 +26,8 @@
 #include "common/model/model.h"
 #include "common/strategy/sharing_strategy.h"
 #include "search_service/projection_fit.h"
+#include "search_service/projection_sets.h"
+#include "search_service/strategy_search.h"
 
 namespace kvshare {
 
@@ -71,5 +73,12 @@ absl::StatusOr<DropSearchResult> SearchAttentionDrops(const Model& model,
                                                       ProjectionCalibrator& calibrator,
                                                       const DropSearchOptions& options,
                                                       const DropSearchHooks& hooks = {});
+
+// Both steps on `sets` with the default ridges and f16 substitutes, as a StrategySearchResult
+// (the search service's jobs): phases and cancellation through `hooks`, the selection's
+// kv_source the identity, its score minus the scoring-set NLL increase.
+absl::StatusOr<StrategySearchResult> RunDropAsSearch(const Model& model, const ProjectionSets& sets,
+                                                     int threads, int target_layers,
+                                                     bool substitutes, const SearchHooks& hooks);
 
 }  // namespace kvshare

@@ -65,6 +65,17 @@ absl::StatusOr<std::string> CheckSearchRequest(const SearchRequest& r) {
     absl::Status s = ValidateKvPlanOptions(PlanOptionsOf(r), r.field_style == FieldStyle::kCliFlag);
     if (!s.ok()) return s;
   }
+  const bool drop = r.drop_attention.value_or(false);
+  if (r.drop_substitutes.has_value() && !drop) {
+    return Invalid(absl::StrFormat("%s: only with %s",
+                                   F(r, "--no-substitutes", "drop_substitutes"),
+                                   F(r, "--drop-attention", "drop_attention")));
+  }
+  if (drop && r.max_ppl_increase.has_value()) {
+    return Invalid(absl::StrFormat("%s: not with %s (plans carry no drops yet)",
+                                   F(r, "--drop-attention", "drop_attention"),
+                                   F(r, "--max-ppl-increase", "max_ppl_increase")));
+  }
   // Checked before anything is sized by them (the calibration set reserves samples x tokens).
   if (r.calibration.samples < 1) {
     return Invalid(

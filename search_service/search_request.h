@@ -54,6 +54,11 @@ struct SearchRequest {
   // With max_ppl_increase: the serving pool's block size the plan is for
   // (KvPlanOptions::block_tokens); unset = the engine's default.
   std::optional<int> kv_block_tokens;
+  // Set and true: drop the attention of the target's layers instead of sharing caches
+  // (drop_search.h), with linear substitutes unless drop_substitutes is false. Not with
+  // max_ppl_increase; the rule fields are not used.
+  std::optional<bool> drop_attention;
+  std::optional<bool> drop_substitutes;
   static constexpr double kDefaultTargetRatio = 0.25;
 };
 

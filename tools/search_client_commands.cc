@@ -272,6 +272,8 @@ int RunRemoteSearchCommand(const RemoteSearchFlags& f, const std::string& model,
   if (r.max_nll_increase.has_value()) request.set_max_nll_increase(*r.max_nll_increase);
   if (r.max_ppl_increase.has_value()) request.set_max_ppl_increase(*r.max_ppl_increase);
   if (r.kv_block_tokens.has_value()) request.set_kv_block_tokens(*r.kv_block_tokens);
+  if (r.drop_attention.has_value()) request.set_drop_attention(*r.drop_attention);
+  if (r.drop_substitutes.has_value()) request.set_drop_substitutes(*r.drop_substitutes);
   request.set_heldout_tokens(static_cast<int32_t>(heldout.tokens));
   request.set_heldout_context(heldout.context);
   request.set_publish(f.publish);

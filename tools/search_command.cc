@@ -245,6 +245,8 @@ Runner RegisterSearch(CLI::App& app) {
     if (layers->count() > 0) request.target_layers = flags->target_layers;
     if (ratio->count() > 0) request.target_ratio = flags->target_ratio;
     if (max_nll->count() > 0) request.max_nll_increase = flags->max_nll_increase;
+    if (flags->drop_attention) request.drop_attention = true;
+    if (flags->no_substitutes) request.drop_substitutes = false;
     if (!flags->remote.server.empty()) {
       if (plan_budget->count() > 0) {
         if (flags->plan.no_share || flags->plan.plan_types != PlanSearchFlags{}.plan_types) {
@@ -253,11 +255,10 @@ Runner RegisterSearch(CLI::App& app) {
               "and int4 where the heads allow, with sharing); leave them out with --server"));
         }
       }
-      if (flags->calibrate_projections || flags->drop_attention) {
-        return Fail(absl::InvalidArgumentError(absl::StrFormat(
-            "%s: the search service does not fit projections or substitutes yet; run the "
-            "search locally (leave --server out) and publish its file",
-            flags->drop_attention ? "--drop-attention" : "--calibrate-projections")));
+      if (flags->calibrate_projections) {
+        return Fail(absl::InvalidArgumentError(
+            "--calibrate-projections: the search service does not fit projections yet; run the "
+            "search locally (leave --server out) and publish its file"));
       }
       // The server measures the quality on the calibration text it searched with.
       if (!flags->heldout.path.empty()) {
@@ -300,19 +301,16 @@ Runner RegisterSearch(CLI::App& app) {
     auto heldout = PrepareHeldout(flags->heldout, request.calibration_path, *checked,
                                   prepared->calibration, *session->tokenizer, c);
     if (!heldout.ok()) return Fail(heldout.status());
-    if (flags->no_substitutes && !flags->drop_attention) {
-      return Fail(absl::InvalidArgumentError("--no-substitutes applies to --drop-attention"));
-    }
     if (flags->drop_attention && (flags->calibrate_projections || flags->calibrated_scoring)) {
       return Fail(absl::InvalidArgumentError(
           "--drop-attention: no sharing layer to calibrate; leave --calibrate-projections and "
           "--calibrated-scoring out (the substitutes are fitted unless --no-substitutes)"));
     }
     if (plan_budget->count() > 0) {
-      if (flags->calibrate_projections || flags->drop_attention) {
-        return Fail(absl::InvalidArgumentError(absl::StrFormat(
-            "%s: not with --max-ppl-increase (plans carry no projections or drops yet)",
-            flags->drop_attention ? "--drop-attention" : "--calibrate-projections")));
+      if (flags->calibrate_projections) {
+        return Fail(absl::InvalidArgumentError(
+            "--calibrate-projections: not with --max-ppl-increase (plans carry no projections "
+            "yet)"));
       }
       return RunPlanSearchCommand(*session, *prepared, std::move(*heldout), flags->plan,
                                   EffectiveBestOf(request), flags->model.threads,

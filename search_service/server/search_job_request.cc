@@ -85,6 +85,8 @@ absl::StatusOr<PreparedSearchJob> PrepareSearchJob(const v1::CreateSearchJobRequ
     r.max_ppl_increase = request.max_ppl_increase();
   }
   if (request.has_kv_block_tokens()) r.kv_block_tokens = request.kv_block_tokens();
+  if (request.has_drop_attention()) r.drop_attention = request.drop_attention();
+  if (request.has_drop_substitutes()) r.drop_substitutes = request.drop_substitutes();
   HeldoutOptions heldout;
   heldout.tokens = request.has_heldout_tokens() ? request.heldout_tokens() : kDefaultHeldoutTokens;
   heldout.context =
@@ -108,6 +110,11 @@ absl::StatusOr<PreparedSearchJob> PrepareSearchJob(const v1::CreateSearchJobRequ
   if (r.max_ppl_increase.has_value() && heldout.tokens == 0) {
     return absl::InvalidArgumentError(
         "max_ppl_increase needs heldout_tokens > 0: the plan is trimmed on the held-out slice");
+  }
+  if (r.drop_attention.value_or(false) && heldout.tokens == 0) {
+    return absl::InvalidArgumentError(
+        "drop_attention needs heldout_tokens > 0: its fit and scoring sets are cut after the "
+        "held-out slice");
   }
 
   PreparedSearchJob p;
@@ -134,6 +141,14 @@ absl::StatusOr<PreparedSearchJob> PrepareSearchJob(const v1::CreateSearchJobRequ
       return absl::InvalidArgumentError(slice.status().message());
     }
     p.heldout = std::move(*slice);
+    if (r.drop_attention.value_or(false)) {
+      const int after = HeldoutEndLine(*r.calibration_text, *p.model->tokenizer,
+                                       p.heldout->first_line - 1, p.heldout->targets());
+      auto sets = BuildProjectionSets(*r.calibration_text, *p.model->tokenizer, after, {},
+                                      r.calibration_source);
+      if (!sets.ok()) return absl::InvalidArgumentError(sets.status().message());
+      p.drop_sets = std::move(*sets);
+    }
   }
   return p;
 }

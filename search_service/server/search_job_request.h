@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "kvshare/v1/search.pb.h"
 #include "search_service/heldout_quality.h"
+#include "search_service/projection_sets.h"
 #include "search_service/search_request.h"
 #include "search_service/server/model_catalog.h"
 
@@ -25,6 +26,8 @@ struct PreparedSearchJob {
   // The held-out slice the strategy's quality is measured on (the calibration text after the
   // last calibration line); empty when heldout_tokens is 0.
   std::optional<HeldoutSlice> heldout;
+  // With drop_attention: the fit and scoring sets of the drop search (after the held-out slice).
+  std::optional<ProjectionSets> drop_sets;
 };
 
 // The request's defaults for the quality measurement.

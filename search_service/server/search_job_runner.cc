@@ -12,6 +12,7 @@
 #include "kernels/backend.h"
 #include "proto/wire/search_job_wire.h"
 #include "proto/wire/strategy_wire.h"
+#include "search_service/drop_search.h"
 #include "search_service/heldout_quality.h"
 #include "search_service/kv_plan_runner.h"
 #include "search_service/server/registry_wire.h"
@@ -46,6 +47,8 @@ struct SearchJobRunner::Job {
   std::shared_ptr<const CatalogModel> model;
   PreparedSearch search;
   std::optional<HeldoutSlice> heldout;  // empty: the quality is not measured
+  std::optional<ProjectionSets> drop_sets;  // set: a drop search (drop_attention)
+  bool drop_substitutes = true;
 };
 
 SearchJobRunner::SearchJobRunner(const SearchJobRunnerOptions& options, ModelCatalog* catalog,
@@ -205,6 +208,8 @@ absl::StatusOr<v1::SearchJob> SearchJobRunner::Create(const v1::CreateSearchJobR
     job->model = std::move(prepared->model);
     job->search = std::move(prepared->search);
     job->heldout = std::move(prepared->heldout);
+    job->drop_sets = std::move(prepared->drop_sets);
+    job->drop_substitutes = !request.has_drop_substitutes() || request.drop_substitutes();
     jobs_[r.job_id()] = job;
     if (!key.empty()) idempotency_keys_[key] = r.job_id();
     ++queued_;
@@ -369,6 +374,7 @@ void SearchJobRunner::EndQueuedLocked(Job& job, v1::SearchJobState state, absl::
   job.model.reset();
   job.search = PreparedSearch();
   job.heldout.reset();
+  job.drop_sets.reset();
   if (metrics_ != nullptr) metrics_->jobs(SearchJobStateName(state)).Increment();
   UpdateGaugesLocked();
 }
@@ -493,6 +499,10 @@ void SearchJobRunner::Run(const std::shared_ptr<Job>& job) {
         /*persist=*/false);
   };
   auto result = CatchExceptions("the search", [&]() -> absl::StatusOr<StrategySearchResult> {
+    if (job->drop_sets.has_value()) {
+      return RunDropAsSearch(*model.model, *job->drop_sets, search_threads_,
+                             search.options.target_layers, job->drop_substitutes, hooks);
+    }
     if (search.plan.has_value()) {
       // The KV plan search measures (and records) the held-out quality as it trims.
       return RunKvPlanAsSearch(*model.model, *backend, search.calibration, *job->heldout,
@@ -545,7 +555,13 @@ void SearchJobRunner::Run(const std::shared_ptr<Job>& job) {
           job,
           [](v1::SearchJob& r) { r.mutable_progress()->set_phase(v1::SEARCH_PHASE_PUBLISHING); },
           /*persist=*/false);
-      auto published = store_->Publish(result->strategy, {model.name, job_id});
+      // A drop search's substitutes are stored before the record that names them.
+      absl::Status blob = absl::OkStatus();
+      if (const auto& p = result->strategy->projections(); p != nullptr) {
+        blob = store_->PutProjections(p);
+      }
+      auto published = blob.ok() ? store_->Publish(result->strategy, {model.name, job_id})
+                                 : absl::StatusOr<PublishOutcome>(blob);
       if (published.ok()) {
         ToProto(published->record, out.mutable_published());
         if (published->created && metrics_ != nullptr) {
@@ -580,6 +596,7 @@ void SearchJobRunner::Run(const std::shared_ptr<Job>& job) {
     job->model.reset();
     job->search = PreparedSearch();
     job->heldout.reset();
+    job->drop_sets.reset();
   }
   if (metrics_ != nullptr) {
     metrics_->jobs(SearchJobStateName(state)).Increment();

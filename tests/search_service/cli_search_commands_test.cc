@@ -141,7 +141,7 @@ TEST_F(CliSearchCommandsTest, ADropSearchWritesAStrategyThatPublishes) {
   args.push_back("--no-substitutes");
   testing::CliRun run = testing::RunCli(KVSHARE_CLI_BINARY, args);
   EXPECT_NE(run.exit_code, 0);
-  EXPECT_THAT(run.err, HasSubstr("--no-substitutes applies to --drop-attention"));
+  EXPECT_THAT(run.err, HasSubstr("--no-substitutes: only with --drop-attention"));
 
   args = base;
   args.push_back("--drop-attention");

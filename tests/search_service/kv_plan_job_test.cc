@@ -2,7 +2,8 @@
 // process over real gRPC on loopback, on stories260K: the job succeeds, publishes a strategy
 // with per-layer KV types whose recorded held-out perplexity increase is within the budget,
 // and that strategy is exactly what the library's plan search finds for the same request.
-// Bad budgets are INVALID_ARGUMENT naming the field.
+// Bad budgets are INVALID_ARGUMENT naming the field. A drop search (drop_attention, issue 18)
+// runs as a job the same way: it publishes exactly what the library's drop search finds.
 #include <unistd.h>
 
 #include <chrono>
@@ -18,7 +19,9 @@
 #include "kernels/cpu/cpu_backend.h"
 #include "kvshare/v1/search.grpc.pb.h"
 #include "proto/wire/strategy_wire.h"
+#include "search_service/drop_search.h"
 #include "search_service/heldout_quality.h"
+#include "search_service/projection_sets.h"
 #include "search_service/kv_plan_runner.h"
 #include "search_service/search_request.h"
 #include "search_service/server/search_server.h"
@@ -170,6 +173,71 @@ TEST_F(KvPlanJobTest, BadBudgetsAreInvalidArgumentNamingTheField) {
   s = Create(r, &job);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(s.error_message(), HasSubstr("kv_block_tokens: only with max_ppl_increase"));
+}
+
+TEST_F(KvPlanJobTest, ADropSearchJobPublishesWhatTheLibraryFinds) {
+  v1::CreateSearchJobRequest request = Plan(2.0);
+  request.clear_max_ppl_increase();
+  request.set_target_layers(2);
+  request.set_drop_attention(true);
+  request.set_publish(true);
+  v1::SearchJob job;
+  ASSERT_TRUE(Create(request, &job).ok());
+  const v1::SearchJob done = WaitForEnd(job.job_id());
+  ASSERT_EQ(done.state(), v1::SEARCH_JOB_SUCCEEDED) << done.error();
+  ASSERT_TRUE(done.result().has_published());
+  EXPECT_EQ(done.result().strategy().attention_dropped_size(), 2);
+  auto strategy = FromProto(done.result().strategy(), [&](const ProjectionsHeader&) {
+    return absl::StatusOr<std::shared_ptr<const OutputProjections>>(
+        absl::UnimplementedError("not fetched here"));
+  });
+  const std::string id = done.result().strategy().id();
+  EXPECT_EQ(done.result().published().strategy().id(), id);
+  if (strategy.ok()) {
+    EXPECT_EQ(strategy->provenance().method, "drop");
+    EXPECT_TRUE(strategy->provenance().has_quality());
+  }
+
+  // The library, on this thread, from the same text: the sets after the held-out slice.
+  auto model = Model::Load(testing::Asset("stories260K.bin"));
+  ASSERT_TRUE(model.ok());
+  auto tokenizer = LoadTokenizerForModel(**model, testing::Asset("tok512.bin"));
+  ASSERT_TRUE(tokenizer.ok());
+  SearchRequest r;
+  r.calibration_text = *text_;
+  r.calibration_source = "test";
+  r.target_layers = 2;
+  auto prepared = PrepareSearch(r, **model, **tokenizer);
+  ASSERT_TRUE(prepared.ok()) << prepared.status();
+  HeldoutOptions ho;
+  ho.tokens = kHeldoutTokens;
+  ho.context = kHeldoutContext;
+  auto slice = CalibrationHeldoutSlice(*text_, prepared->calibration, **tokenizer,
+                                       (*model)->config(), ho, "test");
+  ASSERT_TRUE(slice.ok()) << slice.status();
+  auto sets = BuildProjectionSets(
+      *text_, **tokenizer, HeldoutEndLine(*text_, **tokenizer, slice->first_line - 1, slice->targets()),
+      {}, "test");
+  ASSERT_TRUE(sets.ok()) << sets.status();
+  auto local = RunDropAsSearch(**model, *sets, 2, 2, /*substitutes=*/true, {});
+  ASSERT_TRUE(local.ok()) << local.status();
+  EXPECT_EQ(local->strategy->attention_dropped(),
+            std::vector<int>(done.result().strategy().attention_dropped().begin(),
+                             done.result().strategy().attention_dropped().end()));
+  EXPECT_EQ(local->strategy->id(), id);
+
+  // Refused before a job exists, naming the fields.
+  v1::CreateSearchJobRequest bad = request;
+  bad.set_max_ppl_increase(2);
+  grpc::Status s = Create(bad, &job);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("drop_attention: not with max_ppl_increase"));
+  bad = request;
+  bad.set_drop_attention(false);
+  bad.set_drop_substitutes(false);
+  s = Create(bad, &job);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("drop_substitutes: only with drop_attention"));
 }
 
 }  // namespace
