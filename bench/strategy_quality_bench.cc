@@ -387,6 +387,7 @@ absl::StatusOr<nlohmann::json> RunModel(const ModelSpec& spec, const Flags& flag
     const double t = Now();
     DropSearchOptions o;
     o.substitutes = substitutes;
+    o.rank_with_substitutes = substitutes;
     o.target_layers = spec.shared.back();
     DropSearchHooks hooks;
     hooks.progress = [&](int done, int total) {

@@ -34,6 +34,15 @@ absl::StatusOr<SharingStrategy> Dropping(const Model& model, std::vector<int> la
 
 }  // namespace
 
+ProjectionSetOptions DropSetOptions(int max_seq_len) {
+  const int w = std::max(2, std::min(512, max_seq_len));
+  ProjectionSetOptions o;
+  o.contiguous = true;
+  o.fit = {(4608 + w - 1) / w, w};
+  o.score = {(2048 + w - 1) / w, w};
+  return o;
+}
+
 absl::StatusOr<DropRanking> RankAttentionDrops(const Model& model, ProjectionCalibrator& calibrator,
                                                const DropSearchOptions& options,
                                                const DropSearchHooks& hooks) {
@@ -41,7 +50,7 @@ absl::StatusOr<DropRanking> RankAttentionDrops(const Model& model, ProjectionCal
   absl::Status s = CheckOptions(c, options);
   if (!s.ok()) return s;
   std::vector<std::shared_ptr<const OutputProjections>> single(c.n_layers);
-  if (options.substitutes) {  // every single substitute from one pass
+  if (options.substitutes && options.rank_with_substitutes) {  // all from one pass
     auto fitted =
         calibrator.FitEachSubstitute(options.ridges[options.ridges.size() / 2], options.type);
     if (!fitted.ok()) return fitted.status();

@@ -32,6 +32,35 @@ absl::StatusOr<CalibrationSet> SetAfter(std::string_view text, const Tokenizer& 
   return set;
 }
 
+// `options.samples` contiguous windows of options.tokens (BOS counted, when the tokenizer has
+// one) from the text after
+// `after_line`; source_lines: the first line for every window but the last, which gets the line
+// the windows end on (LastCalibrationLine: where the next set may start).
+absl::StatusOr<CalibrationSet> WindowsAfter(std::string_view text, const Tokenizer& tokenizer,
+                                            int after_line, const CalibrationOptions& options,
+                                            const std::string& source, const char* what) {
+  const int bos = tokenizer.bos_id() >= 0 ? 1 : 0;
+  HeldoutOptions ho;
+  ho.context = options.tokens;
+  ho.tokens = int64_t(options.samples) * (options.tokens - bos);
+  auto slice = BuildHeldoutSlice(
+      text, tokenizer, after_line, ho,
+      absl::StrFormat("%s after line %d (projection %s set)", source, after_line, what));
+  if (!slice.ok()) return slice.status();
+  CalibrationSet set;
+  set.samples = options.samples;
+  set.tokens = options.tokens;
+  for (int s = 0; s < set.samples; ++s) {
+    if (bos) set.ids.push_back(tokenizer.bos_id());
+    const auto first = slice->ids.begin() + bos + size_t(s) * (options.tokens - bos);
+    set.ids.insert(set.ids.end(), first, first + (options.tokens - bos));
+    set.source_lines.push_back(slice->first_line);
+  }
+  set.source_lines.back() = HeldoutEndLine(text, tokenizer, after_line, ho.tokens, 2);
+  set.hash = slice->hash;
+  return set;
+}
+
 }  // namespace
 
 absl::StatusOr<ProjectionSets> BuildProjectionSets(std::string_view text,
@@ -39,10 +68,11 @@ absl::StatusOr<ProjectionSets> BuildProjectionSets(std::string_view text,
                                                    const ProjectionSetOptions& options,
                                                    const std::string& source) {
   ProjectionSets sets;
-  auto score = SetAfter(text, tokenizer, after_line, options.score, source, "scoring");
+  const auto build = options.contiguous ? WindowsAfter : SetAfter;
+  auto score = build(text, tokenizer, after_line, options.score, source, "scoring");
   if (!score.ok()) return score.status();
   sets.score = std::move(*score);
-  auto fit = SetAfter(text, tokenizer, LastCalibrationLine(sets.score), options.fit, source, "fit");
+  auto fit = build(text, tokenizer, LastCalibrationLine(sets.score), options.fit, source, "fit");
   if (!fit.ok()) return fit.status();
   sets.fit = std::move(*fit);
   return sets;

@@ -19,6 +19,10 @@ namespace kvshare {
 struct ProjectionSetOptions {
   CalibrationOptions fit{36, 128};    // 4608 tokens
   CalibrationOptions score{16, 128};  // 2048 tokens
+  // true: each set is samples contiguous windows of the text (BOS, then tokens - 1 text tokens
+  // running on from the previous window), not one line per sample: windows as long as the
+  // serving context, where attention reaches far back, whatever the text's line lengths.
+  bool contiguous = false;
 };
 
 struct ProjectionSets {

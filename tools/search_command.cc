@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_format.h"
 #include "common/util/file.h"
+#include "search_service/drop_search.h"
 #include "search_service/heldout_quality.h"
 #include "search_service/projection_fit.h"
 #include "search_service/projection_sets.h"
@@ -148,6 +149,7 @@ Runner RegisterSearch(CLI::App& app) {
     bool calibrated_scoring = false;
     bool drop_attention = false;
     bool no_substitutes = false;
+    int fit_window = 0;
     std::string projection_type = "f16";
     std::vector<double> ridges = DefaultRidges();
     PlanSearchFlags plan;  // --max-ppl-increase: the KV plan search
@@ -221,6 +223,10 @@ Runner RegisterSearch(CLI::App& app) {
                 "with a linear substitute fitted like the projections (docs/METHOD.md §7)");
   sub->add_flag("--no-substitutes", flags->no_substitutes,
                 "With --drop-attention: bare drops (the layer's attention adds nothing)");
+  CLI::Option* fit_window = sub->add_option("--fit-window", flags->fit_window,
+                  "Fit and score projections and substitutes on contiguous windows of this many "
+                  "tokens (about 4,608 and 2,048 tokens in all); 0: one 128-token line per "
+                  "sample. Default: 0, and min(512, context) with --drop-attention");
   sub->add_option("--projection-type", flags->projection_type,
                   "Stored type of calibrated projections: f16 or f32")
       ->capture_default_str();
@@ -233,7 +239,7 @@ Runner RegisterSearch(CLI::App& app) {
   plan_budget->excludes(ratio)->excludes(layers);
   CLI::Option* best_of = sub->get_option("--best-of");
 
-  return [flags, ratio, layers, max_nll, plan_budget, order, best_of, lazy]() -> int {
+  return [flags, ratio, layers, max_nll, plan_budget, order, best_of, lazy, fit_window]() -> int {
     SearchRequest request = flags->request;
     if (order->count() > 0) request.order = flags->order;
     if (best_of->count() > 0) request.best_of = flags->best_of;
@@ -336,7 +342,22 @@ Runner RegisterSearch(CLI::App& app) {
       const int after = same_text ? HeldoutEndLine(*checked, *session->tokenizer,
                                                    heldout->first_line - 1, heldout->targets())
                                   : LastCalibrationLine(prepared->calibration);
-      auto sets = BuildProjectionSets(*checked, *session->tokenizer, after, {},
+      ProjectionSetOptions set_options;
+      if (flags->drop_attention && fit_window->count() == 0) {
+        set_options = DropSetOptions(c.max_seq_len);
+      }
+      if (flags->fit_window < 0 || flags->fit_window > c.max_seq_len) {
+        return Fail(absl::InvalidArgumentError(absl::StrFormat(
+            "--fit-window %d must be in [0, %d] (the model's context)", flags->fit_window,
+            c.max_seq_len)));
+      }
+      if (flags->fit_window > 0) {
+        const int w = flags->fit_window;
+        set_options.contiguous = true;
+        set_options.fit = {(4608 + w - 1) / w, w};
+        set_options.score = {(2048 + w - 1) / w, w};
+      }
+      auto sets = BuildProjectionSets(*checked, *session->tokenizer, after, set_options,
                                       "--calibration " + request.calibration_path);
       if (!sets.ok()) return Fail(sets.status());
       projection_sets = std::move(*sets);

@@ -1,5 +1,7 @@
 #include "search_service/server/search_job_request.h"
 
+#include "search_service/drop_search.h"
+
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/limits.h"
@@ -7,6 +9,7 @@
 #include "common/util/sha256.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
+#include "search_service/drop_search.h"
 
 namespace kvshare {
 namespace {
@@ -144,7 +147,8 @@ absl::StatusOr<PreparedSearchJob> PrepareSearchJob(const v1::CreateSearchJobRequ
     if (r.drop_attention.value_or(false)) {
       const int after = HeldoutEndLine(*r.calibration_text, *p.model->tokenizer,
                                        p.heldout->first_line - 1, p.heldout->targets());
-      auto sets = BuildProjectionSets(*r.calibration_text, *p.model->tokenizer, after, {},
+      auto sets = BuildProjectionSets(*r.calibration_text, *p.model->tokenizer, after,
+                                      DropSetOptions(config.max_seq_len),
                                       r.calibration_source);
       if (!sets.ok()) return absl::InvalidArgumentError(sets.status().message());
       p.drop_sets = std::move(*sets);

@@ -216,8 +216,9 @@ TEST_F(KvPlanJobTest, ADropSearchJobPublishesWhatTheLibraryFinds) {
                                        (*model)->config(), ho, "test");
   ASSERT_TRUE(slice.ok()) << slice.status();
   auto sets = BuildProjectionSets(
-      *text_, **tokenizer, HeldoutEndLine(*text_, **tokenizer, slice->first_line - 1, slice->targets()),
-      {}, "test");
+      *text_, **tokenizer,
+      HeldoutEndLine(*text_, **tokenizer, slice->first_line - 1, slice->targets()),
+      DropSetOptions((*model)->config().max_seq_len), "test");
   ASSERT_TRUE(sets.ok()) << sets.status();
   auto local = RunDropAsSearch(**model, *sets, 2, 2, /*substitutes=*/true, {});
   ASSERT_TRUE(local.ok()) << local.status();

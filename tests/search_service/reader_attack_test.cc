@@ -200,7 +200,9 @@ class StoreFiles {
     auto published = (*store)->Publish(std::make_shared<const SharingStrategy>(MeasuredStrategy()),
                                        {"tiny", "job-000001"});
     EXPECT_TRUE(published.ok()) << published.status();
-    if (deprecated) EXPECT_TRUE((*store)->Deprecate(kFingerprint, 1, "worse").ok());
+    if (deprecated) {
+      EXPECT_TRUE((*store)->Deprecate(kFingerprint, 1, "worse").ok());
+    }
     record_ = (*store)->RecordPath(kFingerprint, 1);
     mark_ = record_.substr(0, record_.size() - 5) + ".deprecated.json";
   }
