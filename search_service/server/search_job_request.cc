@@ -1,7 +1,5 @@
 #include "search_service/server/search_job_request.h"
 
-#include "search_service/drop_search.h"
-
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/limits.h"
