@@ -32,7 +32,8 @@
 //                    the scoring set, fitted together.
 // Projection sets: scoring 16 x 128 tokens, then fit 36 x 128, from the lines after the end of
 // the held-out slice (projection_sets.h), so calibration, held-out, fit and scoring text never
-// overlap.
+// overlap. The drop rows (ranking and substitutes) use the drop search's own sets from the same
+// line: contiguous windows of min(512, context) tokens (drop_search.h DropSetOptions).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -231,9 +232,10 @@ absl::StatusOr<nlohmann::json> RunModel(const ModelSpec& spec, const Flags& flag
     return absl::OkStatus();
   };
 
-  // Issue 18: projection sets after the held-out slice, and their calibrator.
-  std::unique_ptr<ProjectionSets> psets;
-  std::unique_ptr<ProjectionCalibrator> calibrator;
+  // Issue 18: projection sets after the held-out slice, and their calibrator; the drop search's
+  // sets (contiguous windows, DropSetOptions) and theirs, for the drop rows.
+  std::unique_ptr<ProjectionSets> psets, dsets;
+  std::unique_ptr<ProjectionCalibrator> calibrator, drop_calibrator;
   if (flags.calibrate) {
     const int after = HeldoutEndLine(*text, **tok, heldout.first_line - 1, heldout.targets());
     auto sets = BuildProjectionSets(*text, **tok, after, {}, spec.text_file);
@@ -249,15 +251,27 @@ absl::StatusOr<nlohmann::json> RunModel(const ModelSpec& spec, const Flags& flag
                  psets->score.source_lines.front(), LastCalibrationLine(psets->score),
                  psets->fit.source_lines.front(), LastCalibrationLine(psets->fit), after,
                  calibrator->unshared_score_nll(), Now() - tc);
+    auto windows = BuildProjectionSets(*text, **tok, after, DropSetOptions(c.max_seq_len),
+                                       spec.text_file);
+    if (!windows.ok()) return windows.status();
+    dsets = std::make_unique<ProjectionSets>(std::move(*windows));
+    auto dcal = ProjectionCalibrator::Create(m, dsets->fit, dsets->score, flags.threads);
+    if (!dcal.ok()) return dcal.status();
+    drop_calibrator = std::move(*dcal);
+    std::fprintf(stderr, "  drop sets: %d + %d windows of %d tokens from line %d to %d\n",
+                 dsets->score.samples, dsets->fit.samples, dsets->fit.tokens,
+                 dsets->score.source_lines.front(), LastCalibrationLine(dsets->fit));
   }
   // `base` (its sharing and drops) with what the calibrator fits for it: projections for the
   // sharing layers, and with `substitutes` a linear substitute for each dropped layer.
+  // Substitutes are fitted on the drop search's windows, projections on the line samples.
   auto calibrated_row = [&](const Row& base, const std::string& method,
                             bool substitutes) -> absl::Status {
     auto plain = SharingStrategy::Create(base.kv_source, m.fingerprint(), base.dropped);
     if (!plain.ok()) return plain.status();
     const double t = Now();
-    auto cal = calibrator->Calibrate(*plain, DefaultRidges(), DType::kF16, substitutes);
+    ProjectionCalibrator& fitter = substitutes ? *drop_calibrator : *calibrator;
+    auto cal = fitter.Calibrate(*plain, DefaultRidges(), DType::kF16, substitutes);
     if (!cal.ok()) return cal.status();
     Row row = base;
     row.method = method;
@@ -394,13 +408,13 @@ absl::StatusOr<nlohmann::json> RunModel(const ModelSpec& spec, const Flags& flag
       std::fprintf(stderr, "  %s: %d/%d layers ranked (%.0f s)\n",
                    substitutes ? "lin-ranked" : "drop-ranked", done, total, Now() - t);
     };
-    auto ranking = RankAttentionDrops(m, *calibrator, o, hooks);
+    auto ranking = RankAttentionDrops(m, *drop_calibrator, o, hooks);
     if (!ranking.ok()) return ranking.status();
     const double rank_seconds = Now() - t;
     for (int k : spec.shared) {
       o.target_layers = k;
       const double tf = Now();
-      auto fitted = FitAttentionDrops(m, *calibrator, *ranking, o);
+      auto fitted = FitAttentionDrops(m, *drop_calibrator, *ranking, o);
       if (!fitted.ok()) return fitted.status();
       const SharingStrategy& st = *fitted->strategy;
       Row row;
