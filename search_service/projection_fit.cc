@@ -118,6 +118,18 @@ class BlockCapture : public ForwardObserver {
   float* const delta_;
 };
 
+// Layer l's substitute from its sums, as a one-substitute OutputProjections of `type`.
+absl::StatusOr<std::shared_ptr<const OutputProjections>> SolveSubstitute(
+    const RidgeAccumulator& sums, int l, double ridge, DType type, int dim, int q) {
+  auto a = SolveRidgeAffine(sums, ridge);
+  if (!a.ok()) {
+    return absl::Status(a.status().code(),
+                        absl::StrFormat("layer %d: %s", l, a.status().message()));
+  }
+  return OutputProjections::FromF32(type, dim, q, {}, {},
+                                    {{l, std::move(a->matrix), std::move(a->bias)}});
+}
+
 absl::Status CheckSet(const ModelConfig& c, const CalibrationSet& set, int max_rows,
                       const char* what) {
   if (set.samples < 1 || set.tokens < 2 || set.ids.size() != size_t(set.samples) * set.tokens) {
@@ -215,14 +227,8 @@ absl::StatusOr<std::shared_ptr<const OutputProjections>> FitOutputProjections(
         (*layout)->set_own_layer(-1);
         sums.Add(h1.data(), delta.data(), rows);
       }
-      auto a = SolveRidgeAffine(sums, ridge);
-      if (!a.ok()) {
-        return absl::Status(a.status().code(),
-                            absl::StrFormat("layer %d: %s", l, a.status().message()));
-      }
       // Stored type first, as for the projections below.
-      auto one = OutputProjections::FromF32(type, dim, q, {}, {},
-                                            {{l, std::move(a->matrix), std::move(a->bias)}});
+      auto one = SolveSubstitute(sums, l, ridge, type, dim, q);
       if (!one.ok()) return one.status();
       auto entry = Engine::PrepareProjections(backend, *one);
       if (!entry.ok()) return entry.status();
@@ -331,13 +337,7 @@ absl::StatusOr<std::vector<std::shared_ptr<const OutputProjections>>> FitEachSub
   std::vector<std::shared_ptr<const OutputProjections>> out(L);
   const int q = c.n_heads * c.head_dim;
   for (int l = 1; l < L; ++l) {
-    auto a = SolveRidgeAffine(capture.sums(l), ridge);
-    if (!a.ok()) {
-      return absl::Status(a.status().code(),
-                          absl::StrFormat("layer %d: %s", l, a.status().message()));
-    }
-    auto one = OutputProjections::FromF32(type, dim, q, {}, {},
-                                          {{l, std::move(a->matrix), std::move(a->bias)}});
+    auto one = SolveSubstitute(capture.sums(l), l, ridge, type, dim, q);
     if (!one.ok()) return one.status();
     out[l] = std::move(*one);
   }

@@ -96,6 +96,49 @@ class KvPlanJobTest : public ::testing::Test {
     return last.job();
   }
 
+  // `r` with publish set, run to its end; the job must succeed.
+  v1::SearchJob RunPublished(v1::CreateSearchJobRequest r) {
+    r.set_publish(true);
+    v1::SearchJob job;
+    EXPECT_TRUE(Create(r, &job).ok());
+    const v1::SearchJob done = WaitForEnd(job.job_id());
+    EXPECT_EQ(done.state(), v1::SEARCH_JOB_SUCCEEDED) << done.error();
+    return done;
+  }
+  // What the service prepares for request `r` on the suite's text, done here with the library
+  // (the slice stays empty when a step fails).
+  struct Local {
+    std::unique_ptr<Model> model;
+    std::unique_ptr<Tokenizer> tokenizer;
+    PreparedSearch prepared;
+    HeldoutSlice slice;
+  };
+  static Local Prepare(SearchRequest r) {
+    Local l;
+    auto model = Model::Load(testing::Asset("stories260K.bin"));
+    EXPECT_TRUE(model.ok());
+    if (!model.ok()) return l;
+    l.model = std::move(*model);
+    auto tokenizer = LoadTokenizerForModel(*l.model, testing::Asset("tok512.bin"));
+    EXPECT_TRUE(tokenizer.ok());
+    if (!tokenizer.ok()) return l;
+    l.tokenizer = std::move(*tokenizer);
+    r.calibration_text = *text_;
+    r.calibration_source = "test";
+    auto prepared = PrepareSearch(r, *l.model, *l.tokenizer);
+    EXPECT_TRUE(prepared.ok()) << prepared.status();
+    if (!prepared.ok()) return l;
+    l.prepared = std::move(*prepared);
+    HeldoutOptions ho;
+    ho.tokens = kHeldoutTokens;
+    ho.context = kHeldoutContext;
+    auto slice = CalibrationHeldoutSlice(*text_, l.prepared.calibration, *l.tokenizer,
+                                         l.model->config(), ho, "test");
+    EXPECT_TRUE(slice.ok()) << slice.status();
+    if (slice.ok()) l.slice = std::move(*slice);
+    return l;
+  }
+
   static inline std::string* dir_ = nullptr;
   static inline SearchServer* server_ = nullptr;
   static inline std::string* text_ = nullptr;
@@ -103,13 +146,8 @@ class KvPlanJobTest : public ::testing::Test {
 };
 
 TEST_F(KvPlanJobTest, PublishesThePlanTheLibraryFindsWithinTheBudget) {
-  v1::CreateSearchJobRequest request = Plan(2.0);
-  request.set_publish(true);
-  v1::SearchJob job;
-  ASSERT_TRUE(Create(request, &job).ok());
-  const v1::SearchJob done = WaitForEnd(job.job_id());
-  ASSERT_EQ(done.state(), v1::SEARCH_JOB_SUCCEEDED) << done.error();
-  ASSERT_TRUE(done.result().has_published());
+  const v1::SearchJob done = RunPublished(Plan(2.0));
+  ASSERT_TRUE(done.result().has_published()) << done.error();
   auto strategy = FromProto(done.result().strategy());
   ASSERT_TRUE(strategy.ok()) << strategy.status();
   EXPECT_TRUE(strategy->has_kv_types());
@@ -121,29 +159,17 @@ TEST_F(KvPlanJobTest, PublishesThePlanTheLibraryFindsWithinTheBudget) {
   EXPECT_EQ(done.result().published().strategy().id(), strategy->id());
 
   // The library, on this thread, from the same request.
-  auto model = Model::Load(testing::Asset("stories260K.bin"));
-  ASSERT_TRUE(model.ok());
-  auto tokenizer = LoadTokenizerForModel(**model, testing::Asset("tok512.bin"));
-  ASSERT_TRUE(tokenizer.ok());
   SearchRequest r;
-  r.calibration_text = *text_;
-  r.calibration_source = "test";
   r.max_ppl_increase = 2.0;
   r.best_of = KvPlanOptions{}.share_best_of;
-  auto prepared = PrepareSearch(r, **model, **tokenizer);
-  ASSERT_TRUE(prepared.ok()) << prepared.status();
-  ASSERT_TRUE(prepared->plan.has_value());
+  const Local l = Prepare(r);
+  ASSERT_FALSE(l.slice.ids.empty());  // every step above succeeded
+  ASSERT_TRUE(l.prepared.plan.has_value());
   // stories260K's head_dim is 8: int4 (32-channel groups) is not offered.
-  EXPECT_EQ(prepared->plan->lower_types, std::vector<KvType>{KvType::kInt8});
-  HeldoutOptions ho;
-  ho.tokens = kHeldoutTokens;
-  ho.context = kHeldoutContext;
-  auto slice = CalibrationHeldoutSlice(*text_, prepared->calibration, **tokenizer,
-                                       (*model)->config(), ho, "test");
-  ASSERT_TRUE(slice.ok()) << slice.status();
+  EXPECT_EQ(l.prepared.plan->lower_types, std::vector<KvType>{KvType::kInt8});
   auto backend = MakeCpuBackend(2);
-  auto local =
-      RunKvPlanStrategySearch(**model, *backend, prepared->calibration, *slice, 2, *prepared->plan);
+  auto local = RunKvPlanStrategySearch(*l.model, *backend, l.prepared.calibration, l.slice, 2,
+                                       *l.prepared.plan);
   ASSERT_TRUE(local.ok()) << local.status();
   EXPECT_EQ(local->strategy->id(), strategy->id());
   EXPECT_EQ(local->strategy->CanonicalString(), strategy->CanonicalString());
@@ -180,12 +206,8 @@ TEST_F(KvPlanJobTest, ADropSearchJobPublishesWhatTheLibraryFinds) {
   request.clear_max_ppl_increase();
   request.set_target_layers(2);
   request.set_drop_attention(true);
-  request.set_publish(true);
-  v1::SearchJob job;
-  ASSERT_TRUE(Create(request, &job).ok());
-  const v1::SearchJob done = WaitForEnd(job.job_id());
-  ASSERT_EQ(done.state(), v1::SEARCH_JOB_SUCCEEDED) << done.error();
-  ASSERT_TRUE(done.result().has_published());
+  const v1::SearchJob done = RunPublished(request);
+  ASSERT_TRUE(done.result().has_published()) << done.error();
   EXPECT_EQ(done.result().strategy().attention_dropped_size(), 2);
   auto strategy = FromProto(done.result().strategy(), [&](const ProjectionsHeader&) {
     return absl::StatusOr<std::shared_ptr<const OutputProjections>>(
@@ -199,28 +221,16 @@ TEST_F(KvPlanJobTest, ADropSearchJobPublishesWhatTheLibraryFinds) {
   }
 
   // The library, on this thread, from the same text: the sets after the held-out slice.
-  auto model = Model::Load(testing::Asset("stories260K.bin"));
-  ASSERT_TRUE(model.ok());
-  auto tokenizer = LoadTokenizerForModel(**model, testing::Asset("tok512.bin"));
-  ASSERT_TRUE(tokenizer.ok());
   SearchRequest r;
-  r.calibration_text = *text_;
-  r.calibration_source = "test";
   r.target_layers = 2;
-  auto prepared = PrepareSearch(r, **model, **tokenizer);
-  ASSERT_TRUE(prepared.ok()) << prepared.status();
-  HeldoutOptions ho;
-  ho.tokens = kHeldoutTokens;
-  ho.context = kHeldoutContext;
-  auto slice = CalibrationHeldoutSlice(*text_, prepared->calibration, **tokenizer,
-                                       (*model)->config(), ho, "test");
-  ASSERT_TRUE(slice.ok()) << slice.status();
+  const Local l = Prepare(r);
+  ASSERT_FALSE(l.slice.ids.empty());  // every step above succeeded
   auto sets = BuildProjectionSets(
-      *text_, **tokenizer,
-      HeldoutEndLine(*text_, **tokenizer, slice->first_line - 1, slice->targets()),
-      DropSetOptions((*model)->config().max_seq_len), "test");
+      *text_, *l.tokenizer,
+      HeldoutEndLine(*text_, *l.tokenizer, l.slice.first_line - 1, l.slice.targets()),
+      DropSetOptions(l.model->config().max_seq_len), "test");
   ASSERT_TRUE(sets.ok()) << sets.status();
-  auto local = RunDropAsSearch(**model, *sets, 2, 2, /*substitutes=*/true, {});
+  auto local = RunDropAsSearch(*l.model, *sets, 2, 2, /*substitutes=*/true, {});
   ASSERT_TRUE(local.ok()) << local.status();
   EXPECT_EQ(local->strategy->attention_dropped(),
             std::vector<int>(done.result().strategy().attention_dropped().begin(),
@@ -230,6 +240,7 @@ TEST_F(KvPlanJobTest, ADropSearchJobPublishesWhatTheLibraryFinds) {
   // Refused before a job exists, naming the fields.
   v1::CreateSearchJobRequest bad = request;
   bad.set_max_ppl_increase(2);
+  v1::SearchJob job;
   grpc::Status s = Create(bad, &job);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(s.error_message(), HasSubstr("drop_attention: not with max_ppl_increase"));
