@@ -251,8 +251,8 @@ absl::StatusOr<nlohmann::json> RunModel(const ModelSpec& spec, const Flags& flag
                  psets->score.source_lines.front(), LastCalibrationLine(psets->score),
                  psets->fit.source_lines.front(), LastCalibrationLine(psets->fit), after,
                  calibrator->unshared_score_nll(), Now() - tc);
-    auto windows = BuildProjectionSets(*text, **tok, after, DropSetOptions(c.max_seq_len),
-                                       spec.text_file);
+    auto windows =
+        BuildProjectionSets(*text, **tok, after, DropSetOptions(c.max_seq_len), spec.text_file);
     if (!windows.ok()) return windows.status();
     dsets = std::make_unique<ProjectionSets>(std::move(*windows));
     auto dcal = ProjectionCalibrator::Create(m, dsets->fit, dsets->score, flags.threads);

@@ -82,8 +82,8 @@ absl::StatusOr<DropSearchResult> FitAttentionDrops(const Model& model,
   if (!s.ok()) return s;
   if (int(ranking.size()) < options.target_layers) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("drop search: a ranking of %d layers for target_layers %d",
-                        ranking.size(), options.target_layers));
+        absl::StrFormat("drop search: a ranking of %d layers for target_layers %d", ranking.size(),
+                        options.target_layers));
   }
   std::vector<int> layers;
   for (int i = 0; i < options.target_layers; ++i) layers.push_back(ranking[i].second);
@@ -115,15 +115,15 @@ absl::StatusOr<DropSearchResult> FitAttentionDrops(const Model& model,
   p.order = "ranked";
   p.target_layers = options.target_layers;
   p.score = out.score_increase;
-  p.note = options.substitutes && out.ridge > 0
-               ? absl::StrFormat(
-                     "attention dropped on %d layers [%s], each with a linear substitute (ridge "
-                     "%g); scoring NLL +%.4f",
-                     layers.size(), absl::StrJoin(strategy.attention_dropped(), ","), out.ridge,
-                     out.score_increase)
-               : absl::StrFormat("attention dropped on %d layers [%s]; scoring NLL +%.4f",
-                                 layers.size(), absl::StrJoin(strategy.attention_dropped(), ","),
-                                 out.score_increase);
+  p.note =
+      options.substitutes && out.ridge > 0
+          ? absl::StrFormat(
+                "attention dropped on %d layers [%s], each with a linear substitute (ridge "
+                "%g); scoring NLL +%.4f",
+                layers.size(), absl::StrJoin(strategy.attention_dropped(), ","), out.ridge,
+                out.score_increase)
+          : absl::StrFormat("attention dropped on %d layers [%s]; scoring NLL +%.4f", layers.size(),
+                            absl::StrJoin(strategy.attention_dropped(), ","), out.score_increase);
   out.strategy = std::make_shared<const SharingStrategy>(std::move(strategy));
   return out;
 }

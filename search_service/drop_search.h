@@ -71,9 +71,9 @@ struct DropSearchResult {
   // NLL increase), a note naming the ridge and the sets.
   std::shared_ptr<const SharingStrategy> strategy;
   DropRanking ranking;
-  double ridge = 0;           // 0: no substitutes kept
-  double score_increase = 0;  // scoring-set NLL increase of `strategy`
-  double bare_increase = 0;   // the same drops without substitutes
+  double ridge = 0;                              // 0: no substitutes kept
+  double score_increase = 0;                     // scoring-set NLL increase of `strategy`
+  double bare_increase = 0;                      // the same drops without substitutes
   std::vector<std::pair<double, double>> tried;  // (ridge, scoring-set NLL increase)
 };
 

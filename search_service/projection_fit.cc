@@ -180,7 +180,8 @@ absl::StatusOr<std::shared_ptr<const OutputProjections>> FitOutputProjections(
   const int N = fit.samples, T = fit.tokens, L = c.n_layers, dim = c.dim;
   const int q = c.n_heads * c.head_dim;
   bool any_fit = false;
-  for (int l = 0; l < L; ++l) any_fit |= strategy.source(l) < l || (substitutes && strategy.drops(l));
+  for (int l = 0; l < L; ++l)
+    any_fit |= strategy.source(l) < l || (substitutes && strategy.drops(l));
   if (!any_fit) return std::shared_ptr<const OutputProjections>();
 
   Backend& backend = transformer.backend();
@@ -234,7 +235,8 @@ absl::StatusOr<std::shared_ptr<const OutputProjections>> FitOutputProjections(
       if (!entry.ok()) return entry.status();
       (*layout)->set_substitute(l, entry->SubstituteOf(l));
       prepared_substitutes.push_back(std::move(*entry));
-      fitted_substitutes.push_back({l, (*one)->SubstituteMatrixF32(0), (*one)->SubstituteBiasF32(0)});
+      fitted_substitutes.push_back(
+          {l, (*one)->SubstituteMatrixF32(0), (*one)->SubstituteBiasF32(0)});
     }
     if (strategy.source(l) < l) {
       RidgeAccumulator sums(q);
@@ -278,8 +280,7 @@ absl::StatusOr<std::shared_ptr<const OutputProjections>> FitOutputProjections(
       backend.CopyToHost(x, bytes, hidden.data() + off);
     }
   }
-  return OutputProjections::FromF32(type, dim, q, std::move(layers), matrices,
-                                    fitted_substitutes);
+  return OutputProjections::FromF32(type, dim, q, std::move(layers), matrices, fitted_substitutes);
 }
 
 absl::StatusOr<std::vector<std::shared_ptr<const OutputProjections>>> FitEachSubstitute(

@@ -67,8 +67,7 @@ absl::StatusOr<std::string> CheckSearchRequest(const SearchRequest& r) {
   }
   const bool drop = r.drop_attention.value_or(false);
   if (r.drop_substitutes.has_value() && !drop) {
-    return Invalid(absl::StrFormat("%s: only with %s",
-                                   F(r, "--no-substitutes", "drop_substitutes"),
+    return Invalid(absl::StrFormat("%s: only with %s", F(r, "--no-substitutes", "drop_substitutes"),
                                    F(r, "--drop-attention", "drop_attention")));
   }
   if (drop && r.max_ppl_increase.has_value()) {

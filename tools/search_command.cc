@@ -223,10 +223,11 @@ Runner RegisterSearch(CLI::App& app) {
                 "with a linear substitute fitted like the projections (docs/METHOD.md §7)");
   sub->add_flag("--no-substitutes", flags->no_substitutes,
                 "With --drop-attention: bare drops (the layer's attention adds nothing)");
-  CLI::Option* fit_window = sub->add_option("--fit-window", flags->fit_window,
-                  "Fit and score projections and substitutes on contiguous windows of this many "
-                  "tokens (about 4,608 and 2,048 tokens in all); 0: one 128-token line per "
-                  "sample. Default: 0, and min(512, context) with --drop-attention");
+  CLI::Option* fit_window = sub->add_option(
+      "--fit-window", flags->fit_window,
+      "Fit and score projections and substitutes on contiguous windows of this many "
+      "tokens (about 4,608 and 2,048 tokens in all); 0: one 128-token line per "
+      "sample. Default: 0, and min(512, context) with --drop-attention");
   sub->add_option("--projection-type", flags->projection_type,
                   "Stored type of calibrated projections: f16 or f32")
       ->capture_default_str();
@@ -347,9 +348,9 @@ Runner RegisterSearch(CLI::App& app) {
         set_options = DropSetOptions(c.max_seq_len);
       }
       if (flags->fit_window < 0 || flags->fit_window > c.max_seq_len) {
-        return Fail(absl::InvalidArgumentError(absl::StrFormat(
-            "--fit-window %d must be in [0, %d] (the model's context)", flags->fit_window,
-            c.max_seq_len)));
+        return Fail(absl::InvalidArgumentError(
+            absl::StrFormat("--fit-window %d must be in [0, %d] (the model's context)",
+                            flags->fit_window, c.max_seq_len)));
       }
       if (flags->fit_window > 0) {
         const int w = flags->fit_window;

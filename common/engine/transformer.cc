@@ -258,7 +258,8 @@ void Transformer::RunLayers(int first, int last, absl::Span<const BatchSeq> seqs
       for (int i = 0; i < n_inputs;) {
         const bool drop = kv.DropsAttention(i, l);
         const PreparedWeight* wo = drop ? nullptr : kv.OutputProjection(i, l);
-        const KvLayout::Substitute sub = drop ? kv.AttentionSubstitute(i, l) : KvLayout::Substitute{};
+        const KvLayout::Substitute sub =
+            drop ? kv.AttentionSubstitute(i, l) : KvLayout::Substitute{};
         int j = i + 1;
         while (j < n_inputs && kv.DropsAttention(j, l) == drop &&
                (drop ? kv.AttentionSubstitute(j, l) == sub : kv.OutputProjection(j, l) == wo)) {

@@ -16,8 +16,8 @@ absl::Status CheckAscending(const char* what, const std::vector<int>& layers) {
   for (size_t i = 0; i < layers.size(); ++i) {
     if (layers[i] < 1 || (i > 0 && layers[i] <= layers[i - 1])) {
       return absl::InvalidArgumentError(absl::StrFormat(
-          "output projections: %s [%s] must be >= 1 and strictly ascending (entry %d is %d)",
-          what, absl::StrJoin(layers, ","), i, layers[i]));
+          "output projections: %s [%s] must be >= 1 and strictly ascending (entry %d is %d)", what,
+          absl::StrJoin(layers, ","), i, layers[i]));
     }
   }
   return absl::OkStatus();
@@ -144,8 +144,8 @@ absl::StatusOr<std::shared_ptr<const OutputProjections>> OutputProjections::From
           "%d x %d and %d",
           sub.layer, sub.matrix.size(), sub.bias.size(), rows, rows, rows));
     }
-    char* dst = p->blob_.data() + p->layers_.size() * p->bytes_per_layer() +
-                i * p->bytes_per_substitute();
+    char* dst =
+        p->blob_.data() + p->layers_.size() * p->bytes_per_layer() + i * p->bytes_per_substitute();
     s = StoreValues(type, sub.matrix, absl::StrCat("substitute ", sub.layer), dst);
     if (s.ok()) {
       s = StoreValues(type, sub.bias, absl::StrCat("substitute ", sub.layer, " bias"),
@@ -168,14 +168,14 @@ absl::StatusOr<std::shared_ptr<const OutputProjections>> OutputProjections::From
   p->cols_ = cols;
   p->layers_ = std::move(layers);
   p->substitutes_ = std::move(substitutes);
-  const size_t want = p->bytes_per_layer() * p->layers_.size() +
-                      p->bytes_per_substitute() * p->substitutes_.size();
+  const size_t want =
+      p->bytes_per_layer() * p->layers_.size() + p->bytes_per_substitute() * p->substitutes_.size();
   if (blob.size() != want) {
     return absl::DataLossError(absl::StrFormat(
         "output projections: blob of %d bytes, want %d (%d layers of %d x %d and %d substitutes "
         "of %d x %d + %d, %s)",
-        blob.size(), want, p->layers_.size(), rows, cols, p->substitutes_.size(), rows, rows,
-        rows, ProjectionTypeName(type)));
+        blob.size(), want, p->layers_.size(), rows, cols, p->substitutes_.size(), rows, rows, rows,
+        ProjectionTypeName(type)));
   }
   p->blob_ = std::move(blob);
   p->ComputeHash();
@@ -235,8 +235,7 @@ std::vector<float> OutputProjections::SubstituteMatrixF32(int i) const {
 
 std::vector<float> OutputProjections::SubstituteBiasF32(int i) const {
   std::vector<float> out(rows_);
-  ToF32(type_, SubstituteData(i) + size_t(rows_) * rows_ * element_bytes(), out.size(),
-        out.data());
+  ToF32(type_, SubstituteData(i) + size_t(rows_) * rows_ * element_bytes(), out.size(), out.data());
   return out;
 }
 

@@ -54,8 +54,8 @@ absl::Status CheckProjectionsHeader(const ProjectionsHeader& h, const std::strin
   }
   for (auto [list, name] : {std::pair{&h.layers, "layers"}, {&h.substitutes, "substitutes"}}) {
     if (list->size() > size_t(kMaxLayers)) {
-      return absl::InvalidArgumentError(absl::StrFormat("%s.%s has %d entries; at most %d",
-                                                        where, name, list->size(), kMaxLayers));
+      return absl::InvalidArgumentError(absl::StrFormat("%s.%s has %d entries; at most %d", where,
+                                                        name, list->size(), kMaxLayers));
     }
     for (size_t i = 0; i < list->size(); ++i) {
       const int l = (*list)[i];

@@ -40,8 +40,8 @@ struct ProjectionsHeader {
 ProjectionsHeader HeaderOf(const OutputProjections& projections);
 
 // A header from outside: sha256 64 lower-case hex digits, rows and cols in [1, 32768], 0 to
-// 1024 layers and 0 to 1024 substitutes (not both none), each list >= 1 and ascending, blob_bytes() <= kMaxProjectionBlobBytes. InvalidArgument
-// naming `where`, the field, the value and the limit.
+// 1024 layers and 0 to 1024 substitutes (not both none), each list >= 1 and ascending, blob_bytes()
+// <= kMaxProjectionBlobBytes. InvalidArgument naming `where`, the field, the value and the limit.
 absl::Status CheckProjectionsHeader(const ProjectionsHeader& header, const std::string& where);
 
 // OutputProjections::FromBlob with the header's fields and hash (DataLoss on a mismatch).

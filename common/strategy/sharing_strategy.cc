@@ -74,10 +74,9 @@ absl::StatusOr<std::shared_ptr<const OutputProjections>> ReadProjections(
         "the strategy with ReadFile)",
         file));
   }
-  const int64_t max_bytes = int64_t{4} * p.rows * p.cols * int64_t(p.layers.size()) +
-                            int64_t{4} * (int64_t(p.rows) * p.rows + p.rows) *
-                                int64_t(p.substitutes.size()) +
-                            4096;
+  const int64_t max_bytes =
+      int64_t{4} * p.rows * p.cols * int64_t(p.layers.size()) +
+      int64_t{4} * (int64_t(p.rows) * p.rows + p.rows) * int64_t(p.substitutes.size()) + 4096;
   auto blob = ReadFileToString(absl::StrCat(blob_dir, "/", file), max_bytes);
   if (!blob.ok()) return blob.status();
   return OutputProjections::FromBlob(*type, p.rows, p.cols, p.layers, p.substitutes,
@@ -283,9 +282,8 @@ absl::Status SharingStrategy::ValidateFor(const ModelConfig& config,
         "strategy: made for model fingerprint %s, the loaded model '%s' is %s",
         model_fingerprint_.substr(0, 16), config.name, model_fingerprint.substr(0, 16)));
   }
-  if (projections_ != nullptr &&
-      (projections_->rows() != config.dim ||
-       projections_->cols() != config.n_heads * config.head_dim)) {
+  if (projections_ != nullptr && (projections_->rows() != config.dim ||
+                                  projections_->cols() != config.n_heads * config.head_dim)) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "strategy: output projections of %d x %d, the model '%s' needs dim x n_heads * "
         "head_dim = %d x %d",
@@ -320,7 +318,7 @@ std::string SharingStrategy::CanonicalString() const {
   for (int l = 0; l < n_layers(); ++l) {
     if (drops(l)) {
       parts.push_back(projections_ != nullptr && projections_->SubstituteIndexOf(l) >= 0 ? "x*"
-                                                                                           : "x");
+                                                                                         : "x");
     } else if (projections_ != nullptr && projections_->IndexOf(l) >= 0) {
       parts.push_back(absl::StrCat(kv_source_[l], "*"));
     } else if (!kv_types_.empty() && owns(l)) {

@@ -146,8 +146,7 @@ absl::StatusOr<PreparedSearchJob> PrepareSearchJob(const v1::CreateSearchJobRequ
       const int after = HeldoutEndLine(*r.calibration_text, *p.model->tokenizer,
                                        p.heldout->first_line - 1, p.heldout->targets());
       auto sets = BuildProjectionSets(*r.calibration_text, *p.model->tokenizer, after,
-                                      DropSetOptions(config.max_seq_len),
-                                      r.calibration_source);
+                                      DropSetOptions(config.max_seq_len), r.calibration_source);
       if (!sets.ok()) return absl::InvalidArgumentError(sets.status().message());
       p.drop_sets = std::move(*sets);
     }

@@ -46,7 +46,7 @@ struct SearchJobRunner::Job {
   // Set by Create, read by the job thread, released when the job ends.
   std::shared_ptr<const CatalogModel> model;
   PreparedSearch search;
-  std::optional<HeldoutSlice> heldout;  // empty: the quality is not measured
+  std::optional<HeldoutSlice> heldout;      // empty: the quality is not measured
   std::optional<ProjectionSets> drop_sets;  // set: a drop search (drop_attention)
   bool drop_substitutes = true;
 };

@@ -89,8 +89,10 @@ TEST_F(StoriesPlanTest, PlanLogitsEqualANaiveReferenceRoundingEachLayerAsThePlan
   const std::vector<int> ks = {0, 1, 1, 3, 4};
   const std::vector<KvType> plan = {kF32, kI8, kI8, kF16, kI8};
   const auto ids = Ids(37, 5, 512);
-  const auto want = NaiveLlamaForward(*model_, NaiveStrategy{ks, {}, {}, plan, {}}, ids, true).logits;
-  const auto exact = NaiveLlamaForward(*model_, NaiveStrategy{ks, {}, {}, {}, {}}, ids, true).logits;
+  const auto want =
+      NaiveLlamaForward(*model_, NaiveStrategy{ks, {}, {}, plan, {}}, ids, true).logits;
+  const auto exact =
+      NaiveLlamaForward(*model_, NaiveStrategy{ks, {}, {}, {}, {}}, ids, true).logits;
   for (KvType pool_type : {kF32, kF16}) {  // the plan, not the pool's type, decides
     for (int block : {4, 16}) {
       auto engine = MakeEngine(pool_type, block);

@@ -108,12 +108,12 @@ Model* StrategyExtensionsTest::model_ = nullptr;
 
 TEST_F(StrategyExtensionsTest, DroppedAndProjectedLayersEqualTheNaiveReferenceInPrefillAndDecode) {
   const std::vector<std::shared_ptr<const SharingStrategy>> strategies = {
-      Make({0, 1, 2, 3, 4}, {2}, nullptr),                              // one drop
-      Make({0, 1, 2, 3, 4}, {1, 2, 3, 4}, nullptr),                     // all but layer 0
-      Make({0, 0, 2, 3, 2}, {3}, nullptr),                              // drop beside shares
-      Make({0, 0, 2, 2, 4}, {}, Projections({1, 3}, DType::kF32, 1)),   // projections f32
-      Make({0, 0, 2, 3, 2}, {3}, Projections({1, 4}, DType::kF16, 2)),  // f16 + drop
-      Make({0, 1, 2, 3, 4}, {2}, Projections({}, DType::kF32, 5, {2})),  // a substitute alone
+      Make({0, 1, 2, 3, 4}, {2}, nullptr),                                   // one drop
+      Make({0, 1, 2, 3, 4}, {1, 2, 3, 4}, nullptr),                          // all but layer 0
+      Make({0, 0, 2, 3, 2}, {3}, nullptr),                                   // drop beside shares
+      Make({0, 0, 2, 2, 4}, {}, Projections({1, 3}, DType::kF32, 1)),        // projections f32
+      Make({0, 0, 2, 3, 2}, {3}, Projections({1, 4}, DType::kF16, 2)),       // f16 + drop
+      Make({0, 1, 2, 3, 4}, {2}, Projections({}, DType::kF32, 5, {2})),      // a substitute alone
       Make({0, 0, 2, 3, 2}, {3}, Projections({1, 4}, DType::kF16, 6, {3})),  // with projections
       Make({0, 1, 2, 3, 4}, {1, 2, 4}, Projections({}, DType::kF16, 7, {1, 4})),  // and a bare drop
   };

@@ -132,11 +132,23 @@ TEST_F(CliSearchCommandsTest, AWorkerCommandGivenTheSearchServiceSaysWhatItServe
 // on record, and the service takes it like any strategy.
 TEST_F(CliSearchCommandsTest, ADropSearchWritesAStrategyThatPublishes) {
   const std::string out = *dir_ + "/drops.json";
-  const std::vector<std::string> base = {
-      "search", "--model", testing::Asset("stories260K.bin"), "--tokenizer",
-      testing::Asset("tok512.bin"), "--calibration", testing::Asset("tinystories-sample.txt"),
-      "--target-layers", "2", "--heldout-tokens", "512", "--heldout-context", "128", "--out", out,
-      "--threads", "2"};
+  const std::vector<std::string> base = {"search",
+                                         "--model",
+                                         testing::Asset("stories260K.bin"),
+                                         "--tokenizer",
+                                         testing::Asset("tok512.bin"),
+                                         "--calibration",
+                                         testing::Asset("tinystories-sample.txt"),
+                                         "--target-layers",
+                                         "2",
+                                         "--heldout-tokens",
+                                         "512",
+                                         "--heldout-context",
+                                         "128",
+                                         "--out",
+                                         out,
+                                         "--threads",
+                                         "2"};
   std::vector<std::string> args = base;
   args.push_back("--no-substitutes");
   testing::CliRun run = testing::RunCli(KVSHARE_CLI_BINARY, args);
@@ -170,8 +182,8 @@ TEST_F(CliSearchCommandsTest, ADropSearchWritesAStrategyThatPublishes) {
   const nlohmann::json list = Json({"strategies", "list"});
   bool found = false;
   for (const auto& record : list["records"]) {
-    found |= record["strategy"]["id"] == st->id() &&
-             record["strategy"]["attention_dropped"].size() == 2;
+    found |=
+        record["strategy"]["id"] == st->id() && record["strategy"]["attention_dropped"].size() == 2;
   }
   EXPECT_TRUE(found) << list;
 }

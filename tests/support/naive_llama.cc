@@ -106,7 +106,8 @@ NaiveRun NaiveLlamaForward(const Model& m, const NaiveStrategy& strategy,
     const auto& V = run.values[dropped ? l : kv_source[l]];
     for (int t = 0; t < T; ++t) {
       Vec att(size_t(c.n_heads) * hd, 0.0);
-      if (const auto sub = strategy.substitutes.find(l); dropped && sub != strategy.substitutes.end()) {
+      if (const auto sub = strategy.substitutes.find(l);
+          dropped && sub != strategy.substitutes.end()) {
         const Vec h = RmsNorm(x[t], lw.attn_norm, c.norm_eps);
         const auto& [m, b] = sub->second;
         for (int r = 0; r < c.dim; ++r) {

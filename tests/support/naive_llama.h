@@ -26,9 +26,9 @@ struct NaiveRun {
 // What the reference forward runs: layer l attends over layer kv_source[l]'s K/V, except the
 // layers in `dropped` (no attention at all), and uses wo[l] ([dim][n_heads * head_dim]
 // row-major) instead of its W_o where given; a dropped layer in `substitutes` adds
-// M h + b, h its normed attention input (M [dim][dim] row-major, b [dim]). With kv_types (one per layer; f32, f16 and int8
-// only — int4's block-wise groups depend on how a prompt is chunked), each owning layer's K/V
-// are rounded as a pool of that type stores them.
+// M h + b, h its normed attention input (M [dim][dim] row-major, b [dim]). With kv_types (one per
+// layer; f32, f16 and int8 only — int4's block-wise groups depend on how a prompt is chunked), each
+// owning layer's K/V are rounded as a pool of that type stores them.
 struct NaiveStrategy {
   std::vector<int> kv_source;
   std::vector<int> dropped;

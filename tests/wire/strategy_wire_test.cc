@@ -127,9 +127,8 @@ TEST(StrategyWireTest, LinearSubstitutesTravelInTheHeaderAndKeepTheId) {
   EXPECT_EQ(back->projections()->SubstituteBiasF32(0), bias);
   // The same bytes under a header without the substitute: its hash no longer matches.
   msg.mutable_output_projections()->clear_substitutes();
-  auto stripped = FromProto(msg, [&](const ProjectionsHeader& h) {
-    return ProjectionsFromBlob(h, (*proj)->blob());
-  });
+  auto stripped = FromProto(
+      msg, [&](const ProjectionsHeader& h) { return ProjectionsFromBlob(h, (*proj)->blob()); });
   EXPECT_EQ(stripped.status().code(), absl::StatusCode::kDataLoss) << stripped.status();
 }
 
