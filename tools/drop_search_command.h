@@ -5,17 +5,18 @@
 #include <string>
 #include <vector>
 
+#include "search_service/drop_search.h"
 #include "search_service/heldout_quality.h"
 #include "search_service/projection_sets.h"
 #include "tools/session.h"
 
 namespace kvshare::cli {
 
-// Ranks the single drops on sets.score (fitting on sets.fit), drops the `target_layers`
-// cheapest (with substitutes unless !substitutes, the ridge chosen among `ridges`), measures
-// the held-out quality on `heldout`, records it, and writes the strategy (and its blob) to `out`.
-int RunDropSearch(const Session& session, const ProjectionSets& sets, DType type,
-                  const std::vector<double>& ridges, bool substitutes, int target_layers,
-                  HeldoutSlice heldout, int threads, const std::string& out);
+// Runs the drop search with `options` on `sets` (ranking on sets.score, fitting on sets.fit),
+// measures the held-out quality on `heldout`, records it, and writes the strategy (and its
+// blob) to `out`.
+int RunDropSearch(const Session& session, const ProjectionSets& sets,
+                  const DropSearchOptions& options, HeldoutSlice heldout, int threads,
+                  const std::string& out);
 
 }  // namespace kvshare::cli

@@ -149,6 +149,7 @@ Runner RegisterSearch(CLI::App& app) {
     bool calibrated_scoring = false;
     bool drop_attention = false;
     bool no_substitutes = false;
+    bool rank_with_substitutes = false;
     int fit_window = 0;
     std::string projection_type = "f16";
     std::vector<double> ridges = DefaultRidges();
@@ -221,6 +222,10 @@ Runner RegisterSearch(CLI::App& app) {
                 "Instead of sharing caches, drop the attention of the --target-layers layers "
                 "whose drop costs least on the scoring set (no KV, no attention compute), each "
                 "with a linear substitute fitted like the projections (docs/METHOD.md §7)");
+  sub->add_flag("--rank-with-substitutes", flags->rank_with_substitutes,
+                "With --drop-attention: rank each drop by its cost with its own substitute "
+                "(fitted alone) instead of bare; measured better on Gemma 3, worse on SmolLM2 "
+                "at 8 and 12 layers (docs/METHOD.md §7)");
   sub->add_flag("--no-substitutes", flags->no_substitutes,
                 "With --drop-attention: bare drops (the layer's attention adds nothing)");
   CLI::Option* fit_window = sub->add_option(
@@ -365,8 +370,13 @@ Runner RegisterSearch(CLI::App& app) {
     }
 
     if (flags->drop_attention) {
-      return RunDropSearch(*session, projection_sets, *projection_type, flags->ridges,
-                           !flags->no_substitutes, options.target_layers, std::move(*heldout),
+      DropSearchOptions drop;
+      drop.target_layers = options.target_layers;
+      drop.substitutes = !flags->no_substitutes;
+      drop.rank_with_substitutes = flags->rank_with_substitutes;
+      drop.ridges = flags->ridges;
+      drop.type = *projection_type;
+      return RunDropSearch(*session, projection_sets, drop, std::move(*heldout),
                            flags->model.threads, flags->out);
     }
     std::cerr << absl::StrFormat(

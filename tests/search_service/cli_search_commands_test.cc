@@ -175,6 +175,15 @@ TEST_F(CliSearchCommandsTest, ADropSearchWritesAStrategyThatPublishes) {
   EXPECT_EQ(st->provenance().method, "drop");
   EXPECT_TRUE(st->provenance().has_quality());
 
+  // Ranked with each drop's own substitute: another ranking, the same kind of result.
+  args.push_back("--rank-with-substitutes");
+  for (std::string& a : args) {
+    if (a == out) a = *dir_ + "/drops-ranked.json";
+  }
+  const testing::CliRun ranked = testing::RunCli(KVSHARE_CLI_BINARY, args);
+  ASSERT_EQ(ranked.exit_code, 0) << ranked.err;
+  EXPECT_THAT(ranked.err, HasSubstr("costs least with its substitute"));
+
   const testing::CliRun publish =
       testing::RunCli(KVSHARE_CLI_BINARY, {"strategies", "publish", "--server", Address(),
                                            "--strategy", out, "--model-name", "stories260K"});
