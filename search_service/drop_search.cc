@@ -119,10 +119,10 @@ absl::StatusOr<DropSearchResult> FitAttentionDrops(const Model& model,
       options.substitutes && out.ridge > 0
           ? absl::StrFormat(
                 "attention dropped on %d layers [%s], each with a linear substitute (ridge "
-                "%g); scoring NLL +%.4f",
+                "%g); scoring NLL %+.4f",
                 layers.size(), absl::StrJoin(strategy.attention_dropped(), ","), out.ridge,
                 out.score_increase)
-          : absl::StrFormat("attention dropped on %d layers [%s]; scoring NLL +%.4f", layers.size(),
+          : absl::StrFormat("attention dropped on %d layers [%s]; scoring NLL %+.4f", layers.size(),
                             absl::StrJoin(strategy.attention_dropped(), ","), out.score_increase);
   out.strategy = std::make_shared<const SharingStrategy>(std::move(strategy));
   return out;

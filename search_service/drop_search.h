@@ -11,16 +11,15 @@
 // Cost: n_layers - 1 scorings (and one fit pass when ranking with substitutes), then |ridges|
 // fits of the k.
 //
-// Measured on SmolLM2-135M (held-out WikiText-2, 4,096 tokens): ranking by the bare drop's
-// cost and fitting substitutes for the k chosen gives +0.112 / +0.240 / +0.506 nats at 4 / 8 /
-// 12 of 30; ranking by the substituted drop's cost gives +0.181 / +0.389 / +0.722 (single
-// substitutes look cheap on the 128-token scoring windows and add up badly), so bare ranking
-// is the default. The fit and scoring
-// sets are the ProjectionCalibrator's (projection_sets.h: disjoint from the search's
-// calibration windows and from the held-out slice).
+// The fit and scoring sets are the ProjectionCalibrator's (DropSetOptions below; disjoint from
+// the search's calibration windows and from the held-out slice).
 //
-// On SmolLM2-135M a drop with its substitute costs about half of a bare drop: heads that attend
-// to the current token or to a sink are close to linear in the normed input.
+// Measured (held-out WikiText-2, docs/METHOD.md §7): on SmolLM2-135M, bare ranking and
+// substitutes for the k chosen give +0.086 / +0.263 / +0.551 nats at 4 / 8 / 12 of 30 (bare
+// drops +0.227 / +0.472 / +0.878); ranking with substitutes +0.069 / +0.395 / +0.729. On Gemma 3
+// ranking with substitutes wins at 3, 5 and 7 of 18. Bare ranking is the default. A drop with
+// its substitute costs about half of a bare one: heads that attend to the current token or to
+// a sink are close to linear in the normed input.
 #pragma once
 
 #include <atomic>
@@ -55,7 +54,7 @@ struct DropSearchOptions {
 
 struct DropSearchHooks {
   std::function<void(int done, int total)> progress;  // after each ranked layer
-  const std::atomic<bool>* cancel = nullptr;          // read before each fit: Cancelled
+  const std::atomic<bool>* cancel = nullptr;          // read before each ranked layer
 };
 
 // (scoring-set NLL increase over the unshared model, layer), ascending (ties: the earlier).
