@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <utility>
 
 #include "absl/strings/str_format.h"
@@ -92,30 +93,45 @@ class AttentionCapture : public ForwardObserver {
   float* const dst_;
 };
 
-// Copies a layer's attention input h ([rows][dim]) and contribution ([rows][dim]) to host
-// memory, the input with a trailing 1 per row ([rows][dim + 1]: the affine fit's intercept).
-class BlockCapture : public ForwardObserver {
+// The affine fit's sums of the layers in `layers`: each attention input h ([rows][dim]) with a
+// trailing 1 per row (the intercept) against what the attention block adds ([rows][dim]),
+// copied to host memory and added to that layer's RidgeAccumulator as the forward runs.
+class SubstituteSums : public ForwardObserver {
  public:
-  BlockCapture(Backend& backend, int layer, int dim, float* h1, float* delta)
-      : backend_(backend), layer_(layer), dim_(dim), h1_(h1), delta_(delta) {}
+  SubstituteSums(Backend& backend, int n_layers, int dim, int max_rows,
+                 const std::vector<int>& layers)
+      : backend_(backend),
+        dim_(dim),
+        index_(n_layers, -1),
+        h_(size_t(max_rows) * dim),
+        h1_(size_t(max_rows) * (dim + 1)),
+        d_(size_t(max_rows) * dim) {
+    for (int l : layers) {
+      index_[l] = static_cast<int>(sums_.size());
+      sums_.emplace_back(dim + 1, dim);
+    }
+  }
   void OnAttentionInput(int layer, const float* h, int rows) override {
-    if (layer != layer_) return;
-    std::vector<float> tmp(size_t(rows) * dim_);
-    backend_.CopyToHost(h, tmp.size() * 4, tmp.data());
+    if (index_[layer] < 0) return;
+    backend_.CopyToHost(h, size_t(rows) * dim_ * 4, h_.data());
     for (int r = 0; r < rows; ++r) {
-      std::copy_n(&tmp[size_t(r) * dim_], dim_, h1_ + size_t(r) * (dim_ + 1));
+      std::copy_n(&h_[size_t(r) * dim_], dim_, &h1_[size_t(r) * (dim_ + 1)]);
       h1_[size_t(r) * (dim_ + 1) + dim_] = 1.0f;
     }
   }
   void OnAttentionContribution(int layer, const float* delta, int rows) override {
-    if (layer == layer_) backend_.CopyToHost(delta, size_t(rows) * dim_ * 4, delta_);
+    if (index_[layer] < 0) return;
+    backend_.CopyToHost(delta, size_t(rows) * dim_ * 4, d_.data());
+    sums_[index_[layer]].Add(h1_.data(), d_.data(), rows);
   }
+  const RidgeAccumulator& sums(int layer) const { return sums_[index_[layer]]; }
 
  private:
   Backend& backend_;
-  const int layer_, dim_;
-  float* const h1_;
-  float* const delta_;
+  const int dim_;
+  std::vector<int> index_;  // per layer: its entry in sums_, or -1
+  std::vector<float> h_, h1_, d_;
+  std::vector<RidgeAccumulator> sums_;
 };
 
 // Layer l's substitute from its sums, as a one-substitute OutputProjections of `type`.
@@ -209,27 +225,23 @@ absl::StatusOr<std::shared_ptr<const OutputProjections>> FitOutputProjections(
   std::vector<std::unique_ptr<PreparedWeight>> prepared;
   std::vector<Engine::ProjectionEntry> prepared_substitutes;
   std::vector<float> a_own(size_t(batch) * T * q), a_shared(size_t(batch) * T * q);
-  std::vector<float> h1, delta;
-  if (substitutes) h1.resize(size_t(batch) * T * (dim + 1)), delta.resize(size_t(batch) * T * dim);
   for (int l = 0; l < L; ++l) {
     if (substitutes && strategy.drops(l)) {
       // The layer attends over its own K/V (own_layer) to give what its dropped attention
       // would have added; the substitute is fitted to that from the normed input.
-      RidgeAccumulator sums(dim + 1, dim);
+      SubstituteSums capture(backend, L, dim, batch * T, {l});
       for (int s0 = 0; s0 < N; s0 += batch) {
         const int nb = std::min(batch, N - s0), rows = nb * T;
         const size_t bytes = size_t(rows) * dim * 4, off = size_t(s0) * T * dim;
         (*layout)->set_first_input(s0);
         (*layout)->set_own_layer(l);
         backend.CopyFromHost(hidden.data() + off, bytes, x);
-        BlockCapture capture(backend, l, dim, h1.data(), delta.data());
         transformer.RunLayers(l, l + 1, absl::MakeConstSpan(seqs.data(), nb), positions.data(),
                               rows, **layout, x, &capture);
         (*layout)->set_own_layer(-1);
-        sums.Add(h1.data(), delta.data(), rows);
       }
       // Stored type first, as for the projections below.
-      auto one = SolveSubstitute(sums, l, ridge, type, dim, q);
+      auto one = SolveSubstitute(capture.sums(l), l, ridge, type, dim, q);
       if (!one.ok()) return one.status();
       auto entry = Engine::PrepareProjections(backend, *one);
       if (!entry.ok()) return entry.status();
@@ -305,29 +317,9 @@ absl::StatusOr<std::vector<std::shared_ptr<const OutputProjections>>> FitEachSub
 
   // Every layer's input and contribution in one unshared pass: with only layer l dropped, the
   // residual stream entering l is the unshared model's.
-  class AllLayers : public ForwardObserver {
-   public:
-    AllLayers(Backend& backend, int layers, int dim, int rows)
-        : backend_(backend), dim_(dim), h1_(size_t(rows) * (dim + 1)), d_(size_t(rows) * dim) {
-      for (int l = 0; l < layers; ++l) sums_.emplace_back(l == 0 ? 1 : dim + 1, l == 0 ? 1 : dim);
-    }
-    void OnAttentionInput(int layer, const float* h, int rows) override {
-      if (layer == 0) return;
-      BlockCapture(backend_, layer, dim_, h1_.data(), d_.data()).OnAttentionInput(layer, h, rows);
-    }
-    void OnAttentionContribution(int layer, const float* delta, int rows) override {
-      if (layer == 0) return;
-      backend_.CopyToHost(delta, size_t(rows) * dim_ * 4, d_.data());
-      sums_[layer].Add(h1_.data(), d_.data(), rows);
-    }
-    const RidgeAccumulator& sums(int layer) const { return sums_[layer]; }
-
-   private:
-    Backend& backend_;
-    const int dim_;
-    std::vector<float> h1_, d_;
-    std::vector<RidgeAccumulator> sums_;
-  } capture(backend, L, dim, batch * T);
+  std::vector<int> layers(L - 1);
+  std::iota(layers.begin(), layers.end(), 1);
+  SubstituteSums capture(backend, L, dim, batch * T, layers);
   for (int s0 = 0; s0 < N; s0 += batch) {
     const int nb = std::min(batch, N - s0), rows = nb * T;
     (*layout)->set_first_input(s0);
