@@ -286,7 +286,7 @@ void BenchKvAttention() {
     o.max_isa = isa;
     auto b = MakeCpuBackend(o);
     double f32 = 0, f32_pre = 0;
-    for (KvType type : {KvType::kF32, KvType::kF16, KvType::kInt8, KvType::kInt4}) {
+    for (KvType type : kAllKvTypes) {
       const KvGeometry g{16, 3, 64, type};
       const int n_blocks = (ctx + g.block_tokens - 1) / g.block_tokens;
       auto pool = std::move(*b->Allocate(n_blocks * g.block_bytes()));

@@ -38,8 +38,6 @@ struct KvDecodeOptions {
   std::vector<int> batches = {1, 16};
 };
 
-constexpr KvType kAllKvTypes[] = {KvType::kF32, KvType::kF16, KvType::kInt8, KvType::kInt4};
-
 // One JSON row per type for one batch size (in the calling process: wrap it in RunIsolated).
 inline nlohmann::json MeasureKvDecodeBatch(const KvDecodeOptions& o, int batch) {
   auto model = Model::Load(o.model);

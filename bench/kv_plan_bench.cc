@@ -69,7 +69,8 @@ std::string Describe(const KvPlan& plan) {
     }
   }
   std::vector<std::string> parts;
-  for (const char* t : {"f32", "f16", "int8", "int4"}) {
+  for (KvType type : kAllKvTypes) {
+    const char* t = KvTypeName(type);
     if (count[t] > 0) parts.push_back(absl::StrFormat("%d %s", count[t], t));
   }
   if (!shares.empty()) {
@@ -130,17 +131,8 @@ int RunModel(const Flags& flags, const std::string& name, nlohmann::json* out) {
   g.n_kv_heads = c.n_kv_heads;
   g.head_dim = c.head_dim;
   const double llama_cpp = 2.0 * c.n_layers * c.n_kv_heads * c.head_dim * 2;
-  std::vector<KvType> types = {KvType::kF32, KvType::kF16, KvType::kInt8, KvType::kInt4};
-  std::vector<KvType> lower = {KvType::kInt8};
-  {
-    KvGeometry int4 = g;
-    int4.type = KvType::kInt4;
-    if (ValidateKvGeometry(int4).ok()) {
-      lower.push_back(KvType::kInt4);
-    } else {
-      types.pop_back();
-    }
-  }
+  const std::vector<KvType> types =
+      HoldableKvTypes({std::begin(kAllKvTypes), std::end(kAllKvTypes)}, g);
 
   std::printf(
       "\n%s: %d layers, %d KV heads x %d; held-out %lld tokens in %d-token windows, "
@@ -200,7 +192,7 @@ int RunModel(const Flags& flags, const std::string& name, nlohmann::json* out) {
   for (double budget : flags.budgets) {
     KvPlanOptions o;
     o.max_ppl_increase = budget;
-    o.lower_types = lower;
+    KeepHoldableTypes(&o, g);
     o.share = flags.share;
     o.block_tokens = g.block_tokens;
     HeldoutIncreaseFn heldout = [&](const KvPlan& plan) -> absl::StatusOr<double> {

@@ -259,7 +259,7 @@ Row RunRow(const Args& a, Deployment& d, int concurrency) {
 // requests each at the first concurrency, then the decode table.
 int RunKvTypes(const Args& a, int concurrency) {
   std::vector<std::unique_ptr<Deployment>> deployments;
-  for (KvType type : bench::kAllKvTypes) {
+  for (KvType type : kAllKvTypes) {
     deployments.push_back(Deploy(a, absl::StrCat("identity ", KvTypeName(type)), false, type));
   }
   if (!a.plan.empty()) {

@@ -105,8 +105,8 @@ class Backend {
   virtual void AddToRows(float* x, const float* row, int rows, int dim);
   // Writes k, v ([n][n_kv_heads][head_dim]) for positions start_pos..start_pos+n-1 into the
   // pool through block_table, stored as g.type (kernels/kv_type.h). Positions arrive in order
-  // (start_pos is the number already stored). int4: positions go to `tail` (the sequence's f16
-  // tail for this layer, g.tail_bytes()); block 0 stays there, a later block is quantised into
+  // (start_pos is the number already stored). int4, k4v3: positions go to `tail` (the sequence's
+  // f16 tail for this layer, g.tail_bytes()); block 0 stays there, a later block is quantised into
   // the pool when its last position arrives (kernels/kv_type.h); tail is unused (may be null)
   // for the other types.
   virtual void WriteKv(const KvGeometry& g, void* pool, const int32_t* block_table, int start_pos,

@@ -15,16 +15,18 @@ const char* KvTypeName(KvType type) {
       return "int8";
     case KvType::kInt4:
       return "int4";
+    case KvType::kK4V3:
+      return "k4v3";
   }
   return "?";
 }
 
 absl::StatusOr<KvType> ParseKvType(absl::string_view name) {
-  for (KvType t : {KvType::kF32, KvType::kF16, KvType::kInt8, KvType::kInt4}) {
+  for (KvType t : kAllKvTypes) {
     if (name == KvTypeName(t)) return t;
   }
-  return absl::InvalidArgumentError(
-      absl::StrFormat("kv type \"%s\" is not one of f32, f16, int8, int4", name.substr(0, 32)));
+  return absl::InvalidArgumentError(absl::StrFormat(
+      "kv type \"%s\" is not one of f32, f16, int8, int4, k4v3", name.substr(0, 32)));
 }
 
 int64_t KvGeometry::block_bytes() const {
@@ -39,6 +41,9 @@ int64_t KvGeometry::block_bytes() const {
     case KvType::kInt4:
       // Nibbles of K and V, per-channel K scale and min, per (position, 32 channels) V's.
       return t * c + 2 * c * 2 + 2 * t * (c / kKvInt4Group) * 2;
+    case KvType::kK4V3:
+      // K as int4; 3-bit V, V scale and min per (position, 64 channels).
+      return t * c / 2 + 2 * c * 2 + t * (c / kKvV3Group) * (kKvV3GroupBytes + 2 * 2);
   }
   return 0;
 }
@@ -54,6 +59,12 @@ absl::Status ValidateKvGeometry(const KvGeometry& g) {
         "kv type int4 needs head_dim a multiple of %d (its groups are 32 channels of one head); "
         "this model's head_dim is %d",
         kKvInt4Group, g.head_dim));
+  }
+  if (g.type == KvType::kK4V3 && g.head_dim % kKvV3Group != 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "kv type k4v3 needs head_dim a multiple of %d (its V groups are 64 channels of one "
+        "head); this model's head_dim is %d",
+        kKvV3Group, g.head_dim));
   }
   return absl::OkStatus();
 }

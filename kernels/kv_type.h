@@ -11,9 +11,15 @@
 //         asymmetric (KIVI): x = q * scale + min, q in [0, 15]; K per channel over the block's
 //         T positions, V per position over groups of 32 channels. Within each 32 channels of
 //         a row, byte j holds channel j in its low nibble and channel j + 16 in its high one.
-// An int4 layer keeps two f16 blocks (slots, each K f16[T][C] then V f16[T][C]) per sequence
-// outside the pool, its *tail*: slot 0 holds block 0 for good (the attention sink: the first
-// positions draw attention out of proportion to their number, and their K values stretch the
+//   k4v3  K as int4; V u3[T][C], V scale f16[T][C/64], V min f16[T][C/64]
+//         V asymmetric per position over groups of 64 channels, q in [0, 7]. Each 64 channels
+//         of a row take 24 bytes: 16 bytes of low bits (byte j holds bits 0-1 of channels j,
+//         j + 16, j + 32, j + 48 in its bit pairs 0-1, 2-3, 4-5, 6-7), then 8 bytes of high
+//         bits (byte j holds bit 2 of channel j + 8 i in its bit i). 0.25 of f16's bytes at
+//         64-token blocks (int4: 0.297); V tolerates 3 bits where K does not (docs/METHOD.md §6).
+// An int4 or k4v3 layer keeps two f16 blocks (slots, each K f16[T][C] then V f16[T][C]) per
+// sequence outside the pool, its *tail*: slot 0 holds block 0 for good (the attention sink: the
+// first positions draw attention out of proportion to their number, and their K values stretch the
 // per-channel ranges of the block they share; on SmolLM2 with 64-token blocks keeping it f16
 // takes int4's NLL cost from +0.0179 to +0.0116 nats, docs/METHOD.md §6), slot 1 the partial
 // block. A later block is quantised from slot 1 when it fills; until then, and for block 0
@@ -29,15 +35,25 @@
 
 namespace kvshare {
 
-enum class KvType : uint8_t { kF32 = 0, kF16 = 1, kInt8 = 2, kInt4 = 3 };
+enum class KvType : uint8_t { kF32 = 0, kF16 = 1, kInt8 = 2, kInt4 = 3, kK4V3 = 4 };
+constexpr int kKvTypeCount = 5;
+constexpr KvType kAllKvTypes[kKvTypeCount] = {KvType::kF32, KvType::kF16, KvType::kInt8,
+                                              KvType::kInt4, KvType::kK4V3};
 
-// "f32", "f16", "int8", "int4".
+// "f32", "f16", "int8", "int4", "k4v3".
 const char* KvTypeName(KvType type);
 // The inverse of KvTypeName; InvalidArgument naming the accepted values otherwise.
 absl::StatusOr<KvType> ParseKvType(absl::string_view name);
 
 // int4 V groups (channels per scale) and the unit of the nibble packing.
 constexpr int kKvInt4Group = 32;
+// k4v3 V groups (channels per scale) and the unit of its 3-bit packing.
+constexpr int kKvV3Group = 64;
+constexpr int kKvV3GroupBytes = kKvV3Group * 3 / 8;
+
+// Whether a type quantises a block when it fills and keeps block 0 and the partial block in an
+// f16 tail (int4, k4v3).
+constexpr bool KvTypeHasTail(KvType t) { return t == KvType::kInt4 || t == KvType::kK4V3; }
 
 // Geometry of the paged KV pool for one layer (or for all, when the type is uniform).
 // Block b starts at pool + b * block_bytes().
@@ -52,12 +68,13 @@ struct KvGeometry {
   int64_t block_bytes() const;
   // block_bytes() / 4: every layout is a whole number of floats.
   int64_t block_floats() const { return block_bytes() / 4; }
-  // Bytes of the f16 tail an int4 layer keeps per sequence (two slots); 0 for the other types.
-  int64_t tail_bytes() const { return type == KvType::kInt4 ? 8LL * block_tokens * kv_dim() : 0; }
+  // Bytes of the f16 tail an int4 or k4v3 layer keeps per sequence (two slots); 0 for the others.
+  int64_t tail_bytes() const { return KvTypeHasTail(type) ? 8LL * block_tokens * kv_dim() : 0; }
 };
 
 // Whether a pool of type g.type can hold this geometry: int4 needs head_dim % 32 == 0 (its
-// groups and nibble packing are 32 channels of one head). InvalidArgument naming the field.
+// groups and nibble packing are 32 channels of one head), k4v3 head_dim % 64 == 0.
+// InvalidArgument naming the field.
 absl::Status ValidateKvGeometry(const KvGeometry& g);
 
 }  // namespace kvshare

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <memory>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/engine/engine.h"
@@ -99,7 +100,9 @@ absl::StatusOr<KvPlanStrategyResult> RunKvPlanStrategySearch(
   if (!valid.ok()) return valid;
   const ModelConfig& c = model.config();
   const int block_tokens = options.block_tokens;  // the serving pool's
-  for (KvType t : options.lower_types) {
+  std::vector<KvType> all = options.lower_types;
+  all.insert(all.end(), options.floor_types.begin(), options.floor_types.end());
+  for (KvType t : all) {
     KvGeometry g{block_tokens, c.n_kv_heads, c.head_dim, t};
     absl::Status s = ValidateKvGeometry(g);
     if (!s.ok()) {
@@ -143,6 +146,7 @@ absl::StatusOr<KvPlanStrategyResult> RunKvPlanStrategySearch(
   std::vector<std::string> actions, types;
   for (const PlanAction& a : r.actions) actions.push_back(PlanActionString(a));
   for (KvType t : options.lower_types) types.push_back(KvTypeName(t));
+  for (KvType t : options.floor_types) types.push_back(absl::StrCat(KvTypeName(t), " floor"));
   p.note = absl::StrFormat(
       "KV plan within %g%% held-out perplexity (types %s -> %s%s; %d-token blocks): %d "
       "calibration runs of %d x %d tokens, %d held-out checks, %d actions given back, %d added "

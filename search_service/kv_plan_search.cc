@@ -100,8 +100,10 @@ absl::Status ValidateKvPlanOptions(const KvPlanOptions& o, bool cli_flags) {
   }
   KvGeometry probe;
   probe.n_kv_heads = 1;
-  probe.head_dim = kKvInt4Group;
-  for (KvType t : o.lower_types) {
+  probe.head_dim = kKvV3Group;
+  std::vector<KvType> all = o.lower_types;
+  all.insert(all.end(), o.floor_types.begin(), o.floor_types.end());
+  for (KvType t : all) {
     if (KvLayerBytesPerToken(probe, t) >= KvLayerBytesPerToken(probe, o.base_type)) {
       return absl::InvalidArgumentError(
           absl::StrFormat("KV plan: lower type %s is not smaller than the base type %s",
@@ -111,21 +113,45 @@ absl::Status ValidateKvPlanOptions(const KvPlanOptions& o, bool cli_flags) {
   return absl::OkStatus();
 }
 
+std::vector<KvType> HoldableKvTypes(const std::vector<KvType>& types, KvGeometry g) {
+  std::vector<KvType> held;
+  for (KvType t : types) {
+    g.type = t;
+    if (ValidateKvGeometry(g).ok()) held.push_back(t);
+  }
+  return held;
+}
+
+void KeepHoldableTypes(KvPlanOptions* options, const KvGeometry& g) {
+  options->lower_types = HoldableKvTypes(options->lower_types, g);
+  options->floor_types = HoldableKvTypes(options->floor_types, g);
+}
+
 absl::Status CheckPlanCalibration(const KvPlanOptions& o, int calibration_tokens, bool cli_flags) {
-  const bool int4 =
-      std::find(o.lower_types.begin(), o.lower_types.end(), KvType::kInt4) != o.lower_types.end();
-  if (!int4 || calibration_tokens >= 2 * o.block_tokens) return absl::OkStatus();
+  std::vector<KvType> all = o.lower_types;
+  all.insert(all.end(), o.floor_types.begin(), o.floor_types.end());
+  const auto tail = std::find_if(all.begin(), all.end(), KvTypeHasTail);
+  if (tail == all.end() || calibration_tokens >= 2 * o.block_tokens) {
+    return absl::OkStatus();
+  }
   return absl::InvalidArgumentError(absl::StrFormat(
-      "%s %d must be >= 2 x %s %d for a KV plan with int4: int4 keeps block 0 in f16, so a "
+      "%s %d must be >= 2 x %s %d for a KV plan with %s: it keeps block 0 in f16, so a "
       "shorter calibration sample holds no quantised block",
       cli_flags ? "--tokens" : "tokens", calibration_tokens,
-      cli_flags ? "--block-tokens" : "kv_block_tokens", o.block_tokens));
+      cli_flags ? "--block-tokens" : "kv_block_tokens", o.block_tokens, KvTypeName(*tail)));
 }
 
 absl::StatusOr<KvPlanSearchResult> SearchKvPlan(
     const KvGeometry& g, int n_layers, const KvPlanOptions& options, PlanEvaluator& evaluator,
     const LayerDistances* distances, const HeldoutIncreaseFn& heldout, const KvPlanHooks& hooks) {
   absl::Status valid = ValidateKvPlanOptions(options);
+  std::vector<KvType> floors = options.lower_types;  // checked here with the floor types
+  floors.insert(floors.end(), options.floor_types.begin(), options.floor_types.end());
+  for (KvType t : floors) {
+    KvGeometry tg = g;
+    tg.type = t;
+    if (valid.ok()) valid = ValidateKvGeometry(tg);
+  }
   if (!valid.ok()) return valid;
   const double budget = options.budget_nats();
   KvPlanSearchResult r;
@@ -146,24 +172,39 @@ absl::StatusOr<KvPlanSearchResult> SearchKvPlan(
     return KvLayerBytesPerToken(g, a) > KvLayerBytesPerToken(g, b);  // widest first
   });
 
-  // 1b. The floor: every layer at the smallest lower type. No choice of types per layer stores
-  // fewer bytes, so when it fits the budget on held-out text it is the precision plan, and the
-  // scan of steps 2-3 (and step 6, which only adds precision) has nothing to find.
+  // 1b. The floors: every layer at one type, smallest first — the floor types smaller than the
+  // smallest lower type, then that type. No per-layer choice among the lower types stores fewer
+  // bytes than the first that fits, so it is the precision plan, and the scan of steps 2-3 (and
+  // step 6, which only adds precision) has nothing to find.
+  floors.clear();
+  if (!lower.empty()) {
+    const double smallest = KvLayerBytesPerToken(g, lower.back());
+    for (KvType t : options.floor_types) {
+      if (KvLayerBytesPerToken(g, t) < smallest) floors.push_back(t);
+    }
+    std::sort(floors.begin(), floors.end(), [&](KvType a, KvType b) {
+      return KvLayerBytesPerToken(g, a) < KvLayerBytesPerToken(g, b);
+    });
+    floors.erase(std::unique(floors.begin(), floors.end()), floors.end());
+    floors.push_back(lower.back());
+  }
   bool floor_fits = false;
   double floor_heldout = 0;
-  if (options.floor_first && !lower.empty()) {
+  KvType floor_type = options.base_type;
+  for (size_t f = 0; options.floor_first && f < floors.size() && !floor_fits; ++f) {
     s = Cancelled(hooks, "the floor check");
     if (!s.ok()) return s;
-    Progress(hooks, "floor", 0, 1);
+    Progress(hooks, "floor", int(f), int(floors.size()));
     KvPlan floor = base;
-    floor.kv_types.assign(n_layers, lower.back());
+    floor.kv_types.assign(n_layers, floors[f]);
     auto h = heldout(floor);
     if (!h.ok()) return h.status();
     r.heldout_checks.push_back(*h);
     floor_fits = *h <= budget;
     floor_heldout = *h;
-    Progress(hooks, "floor", 1, 1);
+    floor_type = floors[f];
   }
+  if (options.floor_first && !floors.empty()) Progress(hooks, "floor", 1, 1);
 
   // 2. Sensitivity of each layer to each lower type, alone.
   const int total = floor_fits ? 0 : n_layers * int(lower.size());
@@ -233,7 +274,7 @@ absl::StatusOr<KvPlanSearchResult> SearchKvPlan(
   if (floor_fits) {
     PlanAction a;
     a.kind = PlanAction::kLowerType;
-    a.type = lower.back();
+    a.type = floor_type;
     a.bytes_saved = KvLayerBytesPerToken(g, options.base_type) - KvLayerBytesPerToken(g, a.type);
     for (int l = 0; l < n_layers; ++l) {
       a.layer = l;

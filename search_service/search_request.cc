@@ -182,8 +182,7 @@ absl::StatusOr<PreparedSearch> PrepareSearch(const SearchRequest& r, const Model
   p.selection.max_nll_increase = r.max_nll_increase;
   if (r.max_ppl_increase.has_value()) {
     KvPlanOptions plan = PlanOptionsOf(r);
-    KvGeometry int4{plan.block_tokens, c.n_kv_heads, c.head_dim, KvType::kInt4};
-    if (!ValidateKvGeometry(int4).ok()) plan.lower_types = {KvType::kInt8};
+    KeepHoldableTypes(&plan, {plan.block_tokens, c.n_kv_heads, c.head_dim});
     absl::Status s =
         CheckPlanCalibration(plan, p.calibration.tokens, r.field_style == FieldStyle::kCliFlag);
     if (!s.ok()) return s;

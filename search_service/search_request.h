@@ -82,7 +82,7 @@ struct PreparedSearch {
   GreedyOptions options;
   SelectionOptions selection;  // the rule; selection.greedy == options
   // Set when the request has max_ppl_increase: the KV plan search runs instead of the rule.
-  // Its lower types are int8 and int4 (int4 only where the model's head_dim allows it).
+  // Its lower types are int8 and int4, its floor type k4v3, those the model's head_dim allows.
   std::optional<KvPlanOptions> plan;
 };
 

@@ -87,7 +87,7 @@ Runner RegisterInfo(CLI::App& app) {
     if (st.has_kv_types()) {
       // The plan overrides --kv-type layer by layer: how many owning layers store each type.
       std::vector<std::string> parts;
-      for (KvType t : {KvType::kF32, KvType::kF16, KvType::kInt8, KvType::kInt4}) {
+      for (KvType t : kAllKvTypes) {
         int n = 0;
         for (int l = 0; l < c.n_layers; ++l) n += st.owns(l) && st.kv_type(l, g.type) == t;
         if (n > 0) parts.push_back(absl::StrFormat("%d x %s", n, KvTypeName(t)));
@@ -107,7 +107,7 @@ Runner RegisterInfo(CLI::App& app) {
                                  double(capacity(strategy_row)) / capacity(unshared_row));
     if (st.KvTailBytes(g) > 0) {
       std::cout << absl::StrFormat(
-          "%-16s %16d   bytes per sequence (f16 block 0 and partial block)\n", "int4 tails",
+          "%-16s %16d   bytes per sequence (f16 block 0 and partial block)\n", "f16 tails",
           st.KvTailBytes(g));
     }
     return 0;

@@ -42,7 +42,10 @@ CLI::Option* AddPlanSearchFlags(CLI::App* search, PlanSearchFlags* flags) {
       "f16's bytes, 16 in 0.344)");
   search
       ->add_option("--plan-types", flags->plan_types,
-                   "With --max-ppl-increase: the types a layer may be lowered to from f16")
+                   "With --max-ppl-increase: the types a layer may be lowered to from f16 "
+                   "(the default also tries every layer at k4v3 first; a list given here is "
+                   "used alone: e.g. int8,int4,k4v3 lets the scan lower layers to k4v3 one by "
+                   "one, which needs calibration samples of many blocks to see its cost)")
       ->capture_default_str();
   search->add_flag("--no-share", flags->no_share,
                    "With --max-ppl-increase: choose precision only, never share a layer");
@@ -63,13 +66,10 @@ int RunPlanSearchCommand(const Session& session, const PreparedSearch& prepared,
   if (!lower.ok()) return Fail(lower.status());
   o.lower_types = *lower;
   if (flags.plan_types == PlanSearchFlags{}.plan_types) {
-    // The default offers what the model's heads can hold (int4 needs head_dim % 32 == 0).
-    std::vector<KvType> holdable;
-    for (KvType t : o.lower_types) {
-      if (ValidateKvGeometry({o.block_tokens, c.n_kv_heads, c.head_dim, t}).ok())
-        holdable.push_back(t);
-    }
-    o.lower_types = holdable;
+    // The default offers what the model's heads can hold, and the k4v3 floor.
+    KeepHoldableTypes(&o, {o.block_tokens, c.n_kv_heads, c.head_dim});
+  } else {
+    o.floor_types.clear();  // the types given, and no others
   }
   absl::Status s = ValidateKvPlanOptions(o);
   if (!s.ok()) return Fail(s);
@@ -81,6 +81,7 @@ int RunPlanSearchCommand(const Session& session, const PreparedSearch& prepared,
       [&] {
         std::vector<std::string> names;
         for (KvType t : o.lower_types) names.push_back(KvTypeName(t));
+        for (KvType t : o.floor_types) names.push_back(absl::StrCat(KvTypeName(t), " (floor)"));
         return absl::StrJoin(names, ",");
       }(),
       o.share ? absl::StrFormat("sharing best of %d", o.share_best_of) : "no sharing");

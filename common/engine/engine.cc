@@ -126,7 +126,7 @@ absl::Status Engine::Init() {
   // The pool also holds every other type this backend and head_dim support, within the same
   // byte budget, so strategies whose KV plans name them run beside uniform ones (kv_pool.h).
   std::vector<KvType> also;
-  for (KvType t : {KvType::kF32, KvType::kF16, KvType::kInt8, KvType::kInt4}) {
+  for (KvType t : kAllKvTypes) {
     KvGeometry tg = g;
     tg.type = t;
     if (ValidateKvGeometry(tg).ok() && backend_->SupportsKvType(t).ok()) also.push_back(t);

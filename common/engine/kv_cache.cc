@@ -31,7 +31,7 @@ absl::Status KvCache::CheckHolds(const SharingStrategy& strategy) const {
     const KvType t = strategy.kv_type(l, geometry_.type);
     if (pool_->Holds(t)) continue;
     std::vector<std::string> held;
-    for (KvType h : {KvType::kF32, KvType::kF16, KvType::kInt8, KvType::kInt4}) {
+    for (KvType h : kAllKvTypes) {
       if (pool_->Holds(h)) held.push_back(KvTypeName(h));
     }
     return absl::FailedPreconditionError(absl::StrFormat(
@@ -62,7 +62,7 @@ KvBlockCounts KvCache::BlocksByType(const SharingStrategy& strategy, int64_t tok
 
 KvBlockCounts KvCache::UsedByType() const {
   KvBlockCounts n;
-  for (KvType t : {KvType::kF32, KvType::kF16, KvType::kInt8, KvType::kInt4}) {
+  for (KvType t : kAllKvTypes) {
     n[t] = pool_->used_blocks(t);
   }
   return n;

@@ -12,6 +12,12 @@ KvBlockCounts& KvBlockCounts::operator+=(const KvBlockCounts& o) {
   return *this;
 }
 
+int64_t KvBlockCounts::total() const {
+  int64_t n = 0;
+  for (int64_t x : of) n += x;
+  return n;
+}
+
 KvBlockCounts& KvBlockCounts::operator-=(const KvBlockCounts& o) {
   for (int t = 0; t < kKvTypeCount; ++t) of[t] -= o.of[t];
   return *this;
@@ -51,7 +57,13 @@ absl::StatusOr<std::unique_ptr<KvPool>> KvPool::Create(Backend& backend, KvGeome
   } else if (lcm <= kMaxKvPageBytes) {
     pool->page_bytes_ = lcm;
   } else {
-    pool->page_bytes_ = std::max<int64_t>(1, kMaxKvPageBytes / bb0) * bb0;
+    // A small arena still gets pages to share out: at most 1/16 of it, but room for 16 blocks
+    // of the largest type (slack under 1/16 of a page).
+    int64_t largest = 0;
+    for (KvType t : types) largest = std::max(largest, pool->types_[int(t)].block_bytes);
+    const int64_t target =
+        std::min(kMaxKvPageBytes, std::max(pool->arena_bytes_ / 16, 16 * largest));
+    pool->page_bytes_ = std::max<int64_t>(1, target / bb0) * bb0;
   }
   const int64_t P = pool->page_bytes_;
   pool->full_pages_ = pool->arena_bytes_ / P;

@@ -13,8 +13,10 @@
 // Page size: with one type, one block (the pool is exactly the uniform pool it always was);
 // with several, the least common multiple of their block bytes when it is at most
 // kMaxKvPageBytes (no slack: every page holds a whole number of blocks of every type), else
-// the largest multiple of the default type's block bytes within that cap (the default type
-// still fits exactly; another type loses under one of its blocks per page: slack_bytes()). The
+// the largest multiple of the default type's block bytes within min(that cap, max(1/16 of the
+// arena, 16 blocks of the largest type)) — so a small arena still has pages for several types
+// (the default type still fits exactly; another type loses under two of its blocks per page,
+// one cut at each end: slack_bytes()). The
 // arena's last page may be short (the budget need not be whole pages): only the default type
 // uses it, so the default type's capacity is exactly num_blocks, as before.
 //
@@ -39,7 +41,6 @@
 
 namespace kvshare {
 
-constexpr int kKvTypeCount = 4;
 // Largest page of a mixed pool (a page is the unit a type takes from the arena).
 constexpr int64_t kMaxKvPageBytes = int64_t{4} << 20;
 
@@ -48,7 +49,7 @@ struct KvBlockCounts {
   std::array<int64_t, kKvTypeCount> of{};
   int64_t& operator[](KvType t) { return of[static_cast<int>(t)]; }
   int64_t operator[](KvType t) const { return of[static_cast<int>(t)]; }
-  int64_t total() const { return of[0] + of[1] + of[2] + of[3]; }
+  int64_t total() const;
   KvBlockCounts& operator+=(const KvBlockCounts& o);
   KvBlockCounts& operator-=(const KvBlockCounts& o);
 };

@@ -235,7 +235,7 @@ void Transformer::RunLayers(int first, int last, absl::Span<const BatchSeq> seqs
           backend_.Attention(*att_geo_[0], kv.pool(), att_seqs_.data(), n_att, q, c.n_heads, att);
         }
       } else {
-        for (KvType t : {KvType::kF32, KvType::kF16, KvType::kInt8, KvType::kInt4}) {
+        for (KvType t : kAllKvTypes) {
           att_group_.clear();
           const KvGeometry* geo = nullptr;
           for (int a = 0; a < n_att; ++a) {

@@ -6,6 +6,7 @@
 // and nibble loops for that level.
 //
 // The AVX2 and AVX-512 int4 paths do not gather: they read blocks in place (Int4Runs below).
+// k4v3 is gathered (its K dequantised as int4's, its V from 3-bit codes) on every level.
 //
 // Dequantised values equal kv_codec.h LoadKv's (the same products and sums of exact fp16
 // values, up to the contraction of q * scale + min into one fma).
@@ -32,7 +33,7 @@ inline __attribute__((always_inline)) void GatherChunkT(const ChunkRows& a, Chun
   const auto* pool = static_cast<const uint8_t*>(a.pool);
   float* k_out = a.kv_scratch;
   float* v_out = k_out + static_cast<int64_t>(kMaxChunk) * hd;
-  float* k_scale = v_out + static_cast<int64_t>(kMaxChunk) * hd;  // int4: [hd] per block
+  float* k_scale = v_out + static_cast<int64_t>(kMaxChunk) * hd;  // int4, k4v3: [hd] per block
   float* k_min = k_scale + hd;
   constexpr int kHalfGroup = kKvInt4Group / 2;
   for (int p = a.p0; p < a.p1;) {
@@ -71,7 +72,8 @@ inline __attribute__((always_inline)) void GatherChunkT(const ChunkRows& a, Chun
         }
         break;
       case KvType::kInt4:
-        if (const uint16_t* slot = Int4TailSlot(g, a.tail, a.stored, b)) {  // f16 in the tail
+      case KvType::kK4V3: {
+        if (const uint16_t* slot = TailSlot(g, a.tail, a.stored, b)) {  // f16 in the tail
           for (int i = 0; i < n; ++i) {
             const int64_t row = (r0 + i) * c + head;
             Half::Convert(slot + row, hd, k_out + (i0 + i) * hd);
@@ -79,29 +81,53 @@ inline __attribute__((always_inline)) void GatherChunkT(const ChunkRows& a, Chun
           }
           break;
         }
+        const bool v3 = g.type == KvType::kK4V3;
+        const int v_group = v3 ? kKvV3Group : kKvInt4Group;
+        const int64_t v_groups = c / v_group;
         Half::Convert(reinterpret_cast<const uint16_t*>(block + lay.k_scale) + head, hd, k_scale);
         Half::Convert(reinterpret_cast<const uint16_t*>(block + lay.k_min) + head, hd, k_min);
         for (int i = 0; i < n; ++i) {
           const uint8_t* kq = block + lay.k + ((r0 + i) * c + head) / 2;
-          const uint8_t* vq = block + lay.v + ((r0 + i) * c + head) / 2;
-          const int64_t vs0 = (r0 + i) * (c / kKvInt4Group) + head / kKvInt4Group;
+          const int64_t vs0 = (r0 + i) * v_groups + head / v_group;
           const auto* v_scale = reinterpret_cast<const uint16_t*>(block + lay.v_scale) + vs0;
           const auto* v_min = reinterpret_cast<const uint16_t*>(block + lay.v_min) + vs0;
           float* kd = k_out + (i0 + i) * hd;
           float* vd = v_out + (i0 + i) * hd;
           for (int gi = 0; gi < hd / kKvInt4Group; ++gi) {
             const uint8_t* kb = kq + gi * kHalfGroup;
-            const uint8_t* vb = vq + gi * kHalfGroup;
             const float* ksg = k_scale + gi * kKvInt4Group;
             const float* kmg = k_min + gi * kKvInt4Group;
             float* kdg = kd + gi * kKvInt4Group;
-            float* vdg = vd + gi * kKvInt4Group;
             for (int j = 0; j < kHalfGroup; ++j) {
               kdg[j] = static_cast<float>(kb[j] & 15) * ksg[j] + kmg[j];
               kdg[j + kHalfGroup] =
                   static_cast<float>(kb[j] >> 4) * ksg[j + kHalfGroup] + kmg[j + kHalfGroup];
             }
+          }
+          if (v3) {
+            const uint8_t* vq = block + lay.v + vs0 * kKvV3GroupBytes;
+            for (int gi = 0; gi < hd / kKvV3Group; ++gi) {
+              const uint8_t* lo = vq + gi * kKvV3GroupBytes;
+              const uint8_t* hi = lo + 16;
+              const float vs = Fp16ToFp32(v_scale[gi]), vm = Fp16ToFp32(v_min[gi]);
+              float* vdg = vd + gi * kKvV3Group;
+              // Channel 16 s + j: low bits in lo[j] at bit 2 s, high bit in hi[j % 8] at bit
+              // 2 s + j / 8.
+              for (int sft = 0; sft < 4; ++sft) {
+                for (int j = 0; j < 16; ++j) {
+                  const int code =
+                      ((lo[j] >> (2 * sft)) & 3) | (((hi[j & 7] >> (2 * sft + (j >> 3))) & 1) << 2);
+                  vdg[16 * sft + j] = static_cast<float>(code) * vs + vm;
+                }
+              }
+            }
+            continue;
+          }
+          const uint8_t* vq = block + lay.v + ((r0 + i) * c + head) / 2;
+          for (int gi = 0; gi < hd / kKvInt4Group; ++gi) {
+            const uint8_t* vb = vq + gi * kHalfGroup;
             const float vs = Fp16ToFp32(v_scale[gi]), vm = Fp16ToFp32(v_min[gi]);
+            float* vdg = vd + gi * kKvInt4Group;
             for (int j = 0; j < kHalfGroup; ++j) {
               vdg[j] = static_cast<float>(vb[j] & 15) * vs + vm;
               vdg[j + kHalfGroup] = static_cast<float>(vb[j] >> 4) * vs + vm;
@@ -109,6 +135,7 @@ inline __attribute__((always_inline)) void GatherChunkT(const ChunkRows& a, Chun
           }
         }
         break;
+      }
     }
     if (g.type != KvType::kF32) {
       for (int i = 0; i < n; ++i) {
@@ -147,7 +174,7 @@ inline int Int4Runs(const ChunkRows& a, Int4Run* runs) {
     const int n = std::min(a.p1 - p, bt - r0);
     Int4Run& run = runs[count++];
     run = {nullptr, nullptr, nullptr, r0, p - a.p0, n};
-    if (const uint16_t* slot = Int4TailSlot(g, a.tail, a.stored, b)) {
+    if (const uint16_t* slot = TailSlot(g, a.tail, a.stored, b)) {
       run.f16_k = slot + head;
       run.f16_v = slot + static_cast<int64_t>(bt) * g.kv_dim() + head;
     } else {

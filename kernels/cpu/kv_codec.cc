@@ -32,6 +32,13 @@ KvBlockLayout::KvBlockLayout(const KvGeometry& g) {
       v_scale = k_min + c * 2;
       v_min = v_scale + t * (c / kKvInt4Group) * 2;
       break;
+    case KvType::kK4V3:
+      v = t * c / 2;
+      k_scale = v + t * (c / kKvV3Group) * kKvV3GroupBytes;
+      k_min = k_scale + c * 2;
+      v_scale = k_min + c * 2;
+      v_min = v_scale + t * (c / kKvV3Group) * 2;
+      break;
   }
 }
 
@@ -54,19 +61,28 @@ void QuantizeInt8(const float* x, int n, int8_t* q, uint16_t* scale_f16) {
   }
 }
 
-void QuantizeInt4(const float* x, int n, int64_t stride, uint8_t* q, int64_t q_stride,
-                  uint16_t* scale_f16, uint16_t* min_f16) {
+void Pack3Bits(const uint8_t* q, uint8_t* packed) {
+  std::memset(packed, 0, kKvV3GroupBytes);
+  for (int c = 0; c < kKvV3Group; ++c) {
+    packed[c % 16] |= static_cast<uint8_t>((q[c] & 3) << (2 * (c / 16)));
+    packed[16 + c % 8] |= static_cast<uint8_t>(((q[c] >> 2) & 1) << (c / 8));
+  }
+}
+
+void QuantizeAsymmetric(const float* x, int n, int64_t stride, int max_code, uint8_t* q,
+                        int64_t q_stride, uint16_t* scale_f16, uint16_t* min_f16) {
   float mn = INFINITY, mx = -INFINITY;
   for (int i = 0; i < n; ++i) {
     mn = std::min(mn, x[i * stride]);
     mx = std::max(mx, x[i * stride]);
   }
   *min_f16 = Fp32ToFp16(mn);
-  *scale_f16 = Fp32ToFp16((mx - mn) / 15.0f);
+  const float top = static_cast<float>(max_code);
+  *scale_f16 = Fp32ToFp16((mx - mn) / top);
   const float s = Fp16ToFp32(*scale_f16), m = Fp16ToFp32(*min_f16);
   for (int i = 0; i < n; ++i) {
     const float r = s > 0.0f && std::isfinite(s) ? std::nearbyint((x[i * stride] - m) / s) : 0.0f;
-    q[i * q_stride] = static_cast<uint8_t>(std::clamp(r, 0.0f, 15.0f));
+    q[i * q_stride] = static_cast<uint8_t>(std::clamp(r, 0.0f, top));
   }
 }
 
@@ -76,8 +92,8 @@ uint8_t* BlockAt(const KvGeometry& g, void* pool, const int32_t* table, int p) {
   return static_cast<uint8_t*>(pool) + table[p / g.block_tokens] * g.block_bytes();
 }
 
-// Quantises a full int4 block from its f16 tail slot into `block`.
-void QuantizeInt4Block(const KvGeometry& g, const uint16_t* slot, uint8_t* block) {
+// Quantises a full int4 or k4v3 block from its f16 tail slot into `block`.
+void QuantizeTailBlock(const KvGeometry& g, const uint16_t* slot, uint8_t* block) {
   const int t = g.block_tokens;
   const int64_t c = g.kv_dim();
   const KvBlockLayout lay(g);
@@ -91,22 +107,24 @@ void QuantizeInt4Block(const KvGeometry& g, const uint16_t* slot, uint8_t* block
   auto* k_min = reinterpret_cast<uint16_t*>(block + lay.k_min);
   auto* v_scale = reinterpret_cast<uint16_t*>(block + lay.v_scale);
   auto* v_min = reinterpret_cast<uint16_t*>(block + lay.v_min);
-  // K: per channel over the block's positions.
+  // K: 4 bits per channel over the block's positions.
   for (int64_t ch = 0; ch < c; ++ch) {
-    QuantizeInt4(&k[ch], t, c, &qk[ch], c, &k_scale[ch], &k_min[ch]);
+    QuantizeAsymmetric(&k[ch], t, c, 15, &qk[ch], c, &k_scale[ch], &k_min[ch]);
   }
-  // V: per position over groups of 32 channels.
-  const int64_t groups = c / kKvInt4Group;
+  for (int r = 0; r < t; ++r)
+    PackNibbles(&qk[r * c], static_cast<int>(c), block + lay.k + r * c / 2);
+  // V: per position over groups of channels, 4 bits (int4) or 3 (k4v3).
+  const bool v3 = g.type == KvType::kK4V3;
+  const int group = v3 ? kKvV3Group : kKvInt4Group;
+  const int64_t groups = c / group;
   for (int r = 0; r < t; ++r) {
     for (int64_t gi = 0; gi < groups; ++gi) {
-      const int64_t off = r * c + gi * kKvInt4Group;
-      QuantizeInt4(&v[off], kKvInt4Group, 1, &qv[off], 1, &v_scale[r * groups + gi],
-                   &v_min[r * groups + gi]);
+      const int64_t off = r * c + gi * group;
+      QuantizeAsymmetric(&v[off], group, 1, v3 ? 7 : 15, &qv[off], 1, &v_scale[r * groups + gi],
+                         &v_min[r * groups + gi]);
+      if (v3) Pack3Bits(&qv[off], block + lay.v + (r * groups + gi) * kKvV3GroupBytes);
     }
-  }
-  for (int r = 0; r < t; ++r) {
-    PackNibbles(&qk[r * c], static_cast<int>(c), block + lay.k + r * c / 2);
-    PackNibbles(&qv[r * c], static_cast<int>(c), block + lay.v + r * c / 2);
+    if (!v3) PackNibbles(&qv[r * c], static_cast<int>(c), block + lay.v + r * c / 2);
   }
 }
 
@@ -153,7 +171,8 @@ void StoreKv(const KvGeometry& g, void* pool, const int32_t* block_table, int st
         }
         break;
       }
-      case KvType::kInt4: {  // block 0 in slot 0 for good, a later one in slot 1 until full
+      case KvType::kInt4:
+      case KvType::kK4V3: {  // block 0 in slot 0 for good, a later one in slot 1 until full
         const int b = p / g.block_tokens;
         auto* slot = static_cast<uint16_t*>(tail) + (b == 0 ? 0 : 2LL * g.block_tokens * c);
         uint16_t* tk = slot + r * c;
@@ -162,7 +181,7 @@ void StoreKv(const KvGeometry& g, void* pool, const int32_t* block_table, int st
           tk[i] = Fp32ToFp16(kt[i]);
           tv[i] = Fp32ToFp16(vt[i]);
         }
-        if (b > 0 && r == g.block_tokens - 1) QuantizeInt4Block(g, slot, block);
+        if (b > 0 && r == g.block_tokens - 1) QuantizeTailBlock(g, slot, block);
         break;
       }
     }
@@ -200,8 +219,9 @@ void LoadKv(const KvGeometry& g, const void* pool, const int32_t* block_table, c
       }
       return;
     }
-    case KvType::kInt4: {
-      if (const uint16_t* slot = Int4TailSlot(g, tail, stored, p / g.block_tokens)) {
+    case KvType::kInt4:
+    case KvType::kK4V3: {
+      if (const uint16_t* slot = TailSlot(g, tail, stored, p / g.block_tokens)) {
         const uint16_t* tk = slot + r * c;
         const uint16_t* tv = slot + (g.block_tokens + r) * c;
         for (int64_t i = 0; i < c; ++i) {
@@ -211,16 +231,21 @@ void LoadKv(const KvGeometry& g, const void* pool, const int32_t* block_table, c
         return;
       }
       const uint8_t* krow = block + lay.k + r * c / 2;
-      const uint8_t* vrow = block + lay.v + r * c / 2;
       auto* k_scale = reinterpret_cast<const uint16_t*>(block + lay.k_scale);
       auto* k_min = reinterpret_cast<const uint16_t*>(block + lay.k_min);
-      const int64_t groups = c / kKvInt4Group;
+      const bool v3 = g.type == KvType::kK4V3;
+      const int group = v3 ? kKvV3Group : kKvInt4Group;
+      const int64_t groups = c / group;
+      const uint8_t* vrow = block + lay.v + (v3 ? r * groups * kKvV3GroupBytes : r * c / 2);
       auto* v_scale = reinterpret_cast<const uint16_t*>(block + lay.v_scale) + r * groups;
       auto* v_min = reinterpret_cast<const uint16_t*>(block + lay.v_min) + r * groups;
       for (int64_t i = 0; i < c; ++i) {
         k[i] = Nibble(krow, i) * Fp16ToFp32(k_scale[i]) + Fp16ToFp32(k_min[i]);
-        const int64_t gi = i / kKvInt4Group;
-        v[i] = Nibble(vrow, i) * Fp16ToFp32(v_scale[gi]) + Fp16ToFp32(v_min[gi]);
+        const int64_t gi = i / group;
+        const float code =
+            v3 ? static_cast<float>(Unpack3Bits(vrow + gi * kKvV3GroupBytes, int(i % group)))
+               : Nibble(vrow, i);
+        v[i] = code * Fp16ToFp32(v_scale[gi]) + Fp16ToFp32(v_min[gi]);
       }
       return;
     }

@@ -13,13 +13,13 @@ namespace kvshare::cpu {
 // Byte offsets of a block's parts (T = block_tokens, C = kv_dim, H = n_kv_heads).
 struct KvBlockLayout {
   int64_t k, v;              // K and V payloads (f32/f16/int8/int4 rows)
-  int64_t k_scale, v_scale;  // int8: f16[T][H]; int4: K f16[C], V f16[T][C/32]
-  int64_t k_min, v_min;      // int4 only: K f16[C], V f16[T][C/32]
+  int64_t k_scale, v_scale;  // int8: f16[T][H]; int4: K f16[C], V f16[T][C/32] (k4v3: C/64)
+  int64_t k_min, v_min;      // int4, k4v3: K f16[C], V f16[T][C/32] (k4v3: C/64)
   explicit KvBlockLayout(const KvGeometry& g);
 };
 
 // Stores positions start_pos..start_pos+n-1 (k, v: [n][kv_dim]) as g.type; see
-// Backend::WriteKv for the contract (int4 goes through `tail`: kv_type.h).
+// Backend::WriteKv for the contract (int4 and k4v3 go through `tail`: kv_type.h).
 void StoreKv(const KvGeometry& g, void* pool, const int32_t* block_table, int start_pos, int n,
              const float* k, const float* v, void* tail);
 
@@ -27,10 +27,10 @@ void StoreKv(const KvGeometry& g, void* pool, const int32_t* block_table, int st
 void LoadKv(const KvGeometry& g, const void* pool, const int32_t* block_table, const void* tail,
             int stored, int p, float* k, float* v);
 
-// int4: the tail slot (K f16[T][C], V f16[T][C]) holding block b of a sequence with `stored`
-// positions, or nullptr when block b is quantised in the pool: slot 0 for block 0 (the
+// int4, k4v3: the tail slot (K f16[T][C], V f16[T][C]) holding block b of a sequence with
+// `stored` positions, or nullptr when block b is quantised in the pool: slot 0 for block 0 (the
 // attention sink, never quantised), slot 1 for the partial block.
-inline const uint16_t* Int4TailSlot(const KvGeometry& g, const void* tail, int stored, int b) {
+inline const uint16_t* TailSlot(const KvGeometry& g, const void* tail, int stored, int b) {
   const auto* slots = static_cast<const uint16_t*>(tail);
   if (b == 0) return slots;
   if (b < stored / g.block_tokens) return nullptr;
@@ -45,10 +45,18 @@ void PackNibbles(const uint8_t* q, int n, uint8_t* packed);
 // q = clamp(round_half_even(x / scale), -127, 127) with the fp16-rounded scale (0 when it is 0).
 void QuantizeInt8(const float* x, int n, int8_t* q, uint16_t* scale_f16);
 
-// The int4 asymmetric quantiser of n values x[i * stride]: min_f16 = fp16(min), scale_f16 =
-// fp16((max - min) / 15), q = clamp(round_half_even((x - min) / scale), 0, 15) with the
-// fp16-rounded scale and min (0 when the scale is 0).
-void QuantizeInt4(const float* x, int n, int64_t stride, uint8_t* q, int64_t q_stride,
-                  uint16_t* scale_f16, uint16_t* min_f16);
+// One k4v3 V group of 64 channels: q[c] in [0, 7] packed into 24 bytes (kv_type.h).
+void Pack3Bits(const uint8_t* q, uint8_t* packed);
+// Channel c's code (c < 64) of a group packed by Pack3Bits.
+inline int Unpack3Bits(const uint8_t* packed, int c) {
+  return ((packed[c % 16] >> (2 * (c / 16))) & 3) | (((packed[16 + c % 8] >> (c / 8)) & 1) << 2);
+}
+
+// The asymmetric quantiser of n values x[i * stride] to codes [0, max_code] (int4: 15, k4v3's
+// V: 7): min_f16 = fp16(min), scale_f16 = fp16((max - min) / max_code),
+// q = clamp(round_half_even((x - min) / scale), 0, max_code) with the fp16-rounded scale and
+// min (0 when the scale is 0).
+void QuantizeAsymmetric(const float* x, int n, int64_t stride, int max_code, uint8_t* q,
+                        int64_t q_stride, uint16_t* scale_f16, uint16_t* min_f16);
 
 }  // namespace kvshare::cpu

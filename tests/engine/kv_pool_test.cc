@@ -81,6 +81,29 @@ TEST(KvPoolTest, MixedPagesAreTheLcmAndTheDefaultTypeKeepsItsExactCapacity) {
   EXPECT_FALSE(pool->FitsEmpty(Counts(67, 0, 0, 193)));
 }
 
+// With k4v3's 3648-byte blocks (2^6 * 3 * 19) the LCM is 15409152 bytes, over the 4 MiB cap:
+// pages are then multiples of the default type's block within 1/16 of the arena, but hold at
+// least 16 of the largest block (f32's), so a small arena still serves a plan of four types.
+TEST(KvPoolTest, PagesOverTheCapStaySmallBesideASmallArena) {
+  auto backend = MakeCpuBackend(1);
+  const KvType k4v3 = KvType::kK4V3;
+  auto pool = Make(*backend, kF16, 480, {kF32, kI8, kI4, k4v3});  // 5898240 bytes
+  ASSERT_NE(pool, nullptr);
+  EXPECT_EQ(pool->page_bytes(), 16 * 24576);  // 32 f16 blocks; 1/16 of the arena is less
+  EXPECT_EQ(pool->capacity(kF16), 480);
+  // 393216 / 3648 = 107.8: a page holds 106 or 107 whole k4v3 blocks (block ids are absolute,
+  // so a page boundary may cut one at each end); capacity counts the smaller.
+  EXPECT_EQ(pool->capacity(k4v3), 15 * 106);
+  EXPECT_EQ(pool->slack_bytes(k4v3), 393216 - 106 * 3648);
+  KvBlockCounts plan = Counts(0, 3, 6, 60);
+  plan[k4v3] = 18;
+  EXPECT_TRUE(pool->FitsEmpty(plan));
+  // The first k4v3 block takes a page; its blocks are that page's.
+  const int32_t a = pool->Allocate(k4v3);
+  EXPECT_EQ(pool->free_pages(), 14);
+  EXPECT_EQ(int64_t{pool->Allocate(k4v3)} * 3648 / 393216, int64_t{a} * 3648 / 393216);
+}
+
 TEST(KvPoolTest, APageServesOneTypeAndReturnsWhenItsLastBlockIsFreed) {
   auto backend = MakeCpuBackend(1);
   auto pool = Make(*backend, kF16, 66 * 2, {kF32, kI8, kI4});  // 2 pages of 811008 bytes

@@ -61,8 +61,11 @@ std::vector<int32_t>* KvTypeEngineTest::ids_ = nullptr;
 
 TEST_F(KvTypeEngineTest, PoolBytesPerTokenAreTheBlockBytesOfTheType) {
   // SmolLM2: 30 layers, 3 KV heads of 64 channels; llama.cpp's f16 cache holds 23040 bytes.
-  const std::vector<std::pair<KvType, int64_t>> per_token = {
-      {KvType::kF32, 46080}, {KvType::kF16, 23040}, {KvType::kInt8, 11880}, {KvType::kInt4, 7920}};
+  const std::vector<std::pair<KvType, int64_t>> per_token = {{KvType::kF32, 46080},
+                                                             {KvType::kF16, 23040},
+                                                             {KvType::kInt8, 11880},
+                                                             {KvType::kInt4, 7920},
+                                                             {KvType::kK4V3, 6840}};
   for (auto [type, bytes] : per_token) {
     auto engine = MakeEngine(type);
     ASSERT_TRUE(engine.ok()) << engine.status();
@@ -73,8 +76,8 @@ TEST_F(KvTypeEngineTest, PoolBytesPerTokenAreTheBlockBytesOfTheType) {
     std::vector<float> logits;
     ASSERT_TRUE((*engine)->Prefill(*seq, absl::MakeConstSpan(*ids_).subspan(0, 64), &logits).ok());
     EXPECT_EQ(kv.used_bytes(), 64 * bytes) << KvTypeName(type);
-    // int4: two f16 blocks per layer (block 0 and the partial block).
-    EXPECT_EQ(kv.tail_bytes_in_use(), type == KvType::kInt4 ? 30 * 2 * 16 * 192 * 2 * 2 : 0);
+    // int4, k4v3: two f16 blocks per layer (block 0 and the partial block).
+    EXPECT_EQ(kv.tail_bytes_in_use(), KvTypeHasTail(type) ? 30 * 2 * 16 * 192 * 2 * 2 : 0);
     (*engine)->RemoveSequence(*seq);
     EXPECT_EQ(kv.used_bytes(), 0);
     EXPECT_EQ(kv.tail_bytes_in_use(), 0);
@@ -97,14 +100,19 @@ TEST_F(KvTypeEngineTest, HeldOutNllMovesByWhatEachTypeCosts) {
   const double f16 = MeanNll(KvType::kF16);
   const double int8 = MeanNll(KvType::kInt8);
   const double int4 = MeanNll(KvType::kInt4);
-  std::printf("mean NLL over 1024 WikiText-2 tokens: f32 %.5f f16 %+.5f int8 %+.5f int4 %+.5f\n",
-              f32, f16 - f32, int8 - f32, int4 - f32);
+  const double k4v3 = MeanNll(KvType::kK4V3);
+  std::printf(
+      "mean NLL over 1024 WikiText-2 tokens: f32 %.5f f16 %+.5f int8 %+.5f int4 %+.5f k4v3 "
+      "%+.5f\n",
+      f32, f16 - f32, int8 - f32, int4 - f32, k4v3 - f32);
   EXPECT_GT(f32, 2.0);  // sanity: SmolLM2 on WikiText-2 is ~3.3 nats
   EXPECT_LT(f32, 4.5);
   EXPECT_LT(std::abs(f16 - f32), 0.002);
   EXPECT_LT(std::abs(int8 - f32), 0.01);
   EXPECT_LT(std::abs(int4 - f32), 0.05);
   EXPECT_NE(int4, f32);  // int4 stores something lossy
+  EXPECT_LT(std::abs(k4v3 - f32), 0.08);
+  EXPECT_NE(k4v3, int4);  // k4v3's V differs from int4's
 }
 
 }  // namespace

@@ -30,6 +30,14 @@ TEST(KvCodecTest, BlockBytesPerTypeForSmolLm2) {
   EXPECT_EQ(g.tail_bytes(), 2 * 12288);  // two f16 blocks: block 0 and the partial block
   // Per token over 30 layers: 7920 bytes, 0.344 of llama.cpp's f16 23040.
   EXPECT_EQ(g.block_bytes() * 30 / 16, 7920);
+  g.type = KvType::kK4V3;
+  // K as int4 (nibbles 16 * 96, scale+min 4 * 192); V 3 bits: 24 bytes per (token, 64 ch)
+  // 16 * 3 * 24, scale+min 4 * 16 * 3.
+  EXPECT_EQ(g.block_bytes(), 1536 + 768 + 1152 + 192);
+  EXPECT_EQ(g.tail_bytes(), 2 * 12288);
+  // 64-token blocks: 5760 bytes per token over 30 layers, 0.25 of f16 (int4: 0.297).
+  g.block_tokens = 64;
+  EXPECT_EQ(g.block_bytes() * 30 / 64, 5760);
 }
 
 TEST(KvCodecTest, ParseKvTypeNamesTheAcceptedValues) {
@@ -39,6 +47,9 @@ TEST(KvCodecTest, ParseKvTypeNamesTheAcceptedValues) {
   EXPECT_NE(bad.status().message().find("f32, f16, int8, int4"), std::string::npos);
   EXPECT_FALSE(ValidateKvGeometry({16, 4, 8, KvType::kInt4}).ok());  // head_dim 8
   EXPECT_TRUE(ValidateKvGeometry({16, 4, 8, KvType::kInt8}).ok());
+  EXPECT_EQ(*ParseKvType("k4v3"), KvType::kK4V3);
+  EXPECT_FALSE(ValidateKvGeometry({16, 4, 32, KvType::kK4V3}).ok());  // V groups of 64
+  EXPECT_TRUE(ValidateKvGeometry({16, 4, 64, KvType::kK4V3}).ok());
 }
 
 TEST(KvCodecTest, F16RoundsToNearest) {
@@ -122,6 +133,57 @@ TEST(KvCodecTest, Int4QuantisesALaterBlockWhenItFillsBlockZeroStaysF16) {
       ASSERT_EQ(ko[c], k[p * 32 + c]) << p << " " << c;
       const int code = c / 2;
       ASSERT_EQ(vo[c], code * 0.2066650390625f - 1.0f) << p << " " << c;
+    }
+  }
+}
+
+TEST(KvCodecTest, K4V3StoresKAsInt4AndVInThreeBitsPer64Channels) {
+  const KvGeometry g{4, 1, 64, KvType::kK4V3};
+  // Block 1 (positions 4-7): K[t][c] = 5 t (c % 4 + 1), exact in int4 as in the int4 test;
+  // V[t][c] = 0.1 c - 1 for every t: min -1, scale fp16(6.3 / 7) = 0.89990234375 (0x3b33).
+  std::vector<float> k(8 * 64), v(8 * 64);
+  for (int p = 0; p < 8; ++p) {
+    for (int c = 0; c < 64; ++c) {
+      k[p * 64 + c] = 5.0f * (p % 4) * (c % 4 + 1);
+      v[p * 64 + c] = static_cast<float>(c) * 0.1f - 1.0f;
+    }
+  }
+  const auto f16 = [](float x) { return cpu::Fp16ToFp32(cpu::Fp32ToFp16(x)); };
+  std::vector<float> pool(2 * g.block_floats(), NAN), tail(g.tail_bytes() / 4, NAN);
+  const int32_t table[] = {1, 0};
+  std::vector<float> ko(64), vo(64);
+  cpu::ref::WriteKv(g, pool.data(), table, 0, 7, k.data(), v.data(), tail.data());
+  for (size_t i = 0; i < pool.size(); ++i) ASSERT_TRUE(std::isnan(pool[i])) << i;
+  cpu::LoadKv(g, pool.data(), table, tail.data(), 7, 6, ko.data(), vo.data());
+  EXPECT_EQ(vo[33], f16(v[6 * 64 + 33]));
+  cpu::ref::WriteKv(g, pool.data(), table, 7, 1, k.data() + 7 * 64, v.data() + 7 * 64, tail.data());
+  const auto* block = reinterpret_cast<const uint8_t*>(pool.data());  // pool block 0
+  const cpu::KvBlockLayout lay(g);
+  // Codes round((0.1 c) / 0.8999), worked out with numpy in float32: 0 x5, 1 x9, 2 x9, 3 x9,
+  // 4 x9, 5 x9, 6 x9, 7 x5. Low bits of channels j, j+16, j+32, j+48 in byte j; bit 2 of
+  // channel j + 8 i in bit i of byte 16 + j.
+  const uint8_t want_v[24] = {0x48, 0x48, 0x88, 0x88, 0x88, 0x89, 0x89, 0x8d,
+                              0x8d, 0x9d, 0x9d, 0xdd, 0xdd, 0xdd, 0xde, 0xde,
+                              0xf0, 0xf0, 0xf0, 0xf0, 0xf0, 0xf0, 0xf0, 0xf0};
+  for (int r = 0; r < 4; ++r) {
+    EXPECT_EQ(0, std::memcmp(block + lay.v + r * 24, want_v, 24)) << "row " << r;
+  }
+  uint16_t v_scale;
+  std::memcpy(&v_scale, block + lay.v_scale, 2);
+  EXPECT_EQ(v_scale, 0x3b33);
+  const int codes[8] = {5, 9, 9, 9, 9, 9, 9, 5};  // how many channels take each code
+  for (int p = 0; p < 8; ++p) {
+    cpu::LoadKv(g, pool.data(), table, tail.data(), 8, p, ko.data(), vo.data());
+    int c = 0;
+    for (int code = 0; code < 8; ++code) {
+      for (int n = 0; n < codes[code]; ++n, ++c) {
+        if (p < 4) {
+          ASSERT_EQ(vo[c], f16(v[p * 64 + c])) << p << " " << c;
+          continue;
+        }
+        ASSERT_EQ(ko[c], k[p * 64 + c]) << p << " " << c;
+        ASSERT_EQ(vo[c], code * 0.89990234375f - 1.0f) << p << " " << c;
+      }
     }
   }
 }

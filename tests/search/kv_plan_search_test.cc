@@ -29,6 +29,14 @@ KvGeometry Geometry() {
   return g;
 }
 
+// The rules below are pinned with two lower types (k4v3 needs 64-channel heads).
+KvPlanOptions TwoTypes() {
+  KvPlanOptions o;
+  o.lower_types = {I8, I4};
+  o.floor_types = {};
+  return o;
+}
+
 // Increase = sum over owning layers of type_cost[layer][type] + share_cost[layer] over sharing
 // layers.
 class FakePlanEvaluator : public PlanEvaluator {
@@ -116,7 +124,7 @@ TEST(KvPlanSearch, SpendsTheBudgetOnTheMostBytesPerNat) {
   e.type_cost[{1, I4}] = 0.02;
   e.type_cost[{2, I4}] = 0.002;
   e.type_cost[{3, I4}] = 0.004;
-  KvPlanOptions o;
+  KvPlanOptions o = TwoTypes();
   o.floor_first = false;  // the scan of steps 2-3 and 6, not step 1b
   o.max_ppl_increase = 1.0;
   o.share = false;
@@ -144,7 +152,7 @@ TEST(KvPlanSearch, GrowsOnHeldOutSlack) {
   FakePlanEvaluator e;
   for (int l = 0; l < 4; ++l) e.type_cost[{l, I4}] = 0.004;
   for (int l = 0; l < 4; ++l) e.type_cost[{l, I8}] = 0.004;  // dominated by int4
-  KvPlanOptions o;
+  KvPlanOptions o = TwoTypes();
   o.floor_first = false;     // the scan of steps 2-3 and 6, not step 1b
   o.max_ppl_increase = 1.0;  // 0.00995 nats: calibration takes 2 of the 4 int4 steps
   o.share = false;
@@ -169,7 +177,7 @@ TEST(KvPlanSearch, SkipsATypeWhenASmallerOneCostsNoMore) {
   FakePlanEvaluator e;
   e.type_cost[{0, I8}] = 0.003;  // int8 costs more than int4: go straight to int4
   e.type_cost[{0, I4}] = 0.002;
-  KvPlanOptions o;
+  KvPlanOptions o = TwoTypes();
   o.floor_first = false;  // the scan of steps 2-3 and 6, not step 1b
   o.share = false;
   auto r = SearchKvPlan(Geometry(), 1, o, e, nullptr, Scaled(e, 1.0));
@@ -183,7 +191,7 @@ TEST(KvPlanSearch, TrimsOnHeldOutUntilTheBudgetHolds) {
   FakePlanEvaluator e;
   for (int l = 0; l < 4; ++l) e.type_cost[{l, I4}] = 0.002 * (l + 1);  // 0.002 .. 0.008
   for (int l = 0; l < 4; ++l) e.type_cost[{l, I8}] = 0.01;             // dominated
-  KvPlanOptions o;
+  KvPlanOptions o = TwoTypes();
   o.floor_first = false;     // the scan of steps 2-3 and 6, not step 1b
   o.max_ppl_increase = 2.0;  // 0.0198 nats
   o.share = false;
@@ -212,7 +220,7 @@ TEST(KvPlanSearch, FallsBackToTheBasePlanWhenNothingFits) {
   FakePlanEvaluator e;
   e.type_cost[{0, I4}] = 0.001;
   e.type_cost[{0, I8}] = 0.001;
-  KvPlanOptions o;
+  KvPlanOptions o = TwoTypes();
   o.floor_first = false;  // the scan of steps 2-3 and 6, not step 1b
   o.share = false;
   o.max_heldout_rounds = 1;
@@ -241,7 +249,7 @@ TEST(KvPlanSearch, SharesWhileBudgetRemainsMostBytesPerNatFirst) {
   d.Set(2, 1, 1.0, 1.0);
   d.Set(3, 2, 2.0, 2.0);
   d.Set(1, 0, 3.0, 3.0);
-  KvPlanOptions o;
+  KvPlanOptions o = TwoTypes();
   o.max_ppl_increase = 5.0;  // 0.0488 nats
   o.share_best_of = 3;
   auto r = SearchKvPlan(Geometry(), 4, o, e, &d, Scaled(e, 1.0));
@@ -268,7 +276,7 @@ TEST(KvPlanSearch, AfterGivingASharedLayerBackItGrowsPrecisionOnTheSlack) {
   for (int l = 0; l < 4; ++l) e.type_cost[{l, I8}] = 0.004;  // dominated by int4
   e.share_cost = {{3, 0.001}};                               // any other share: 1.0
   const LayerDistances d = OnlyThreeAndTwoClose();
-  KvPlanOptions o;
+  KvPlanOptions o = TwoTypes();
   o.floor_first = false;     // the scan of steps 2-3 and 6, not step 1b
   o.max_ppl_increase = 1.0;  // 0.00995 nats
   o.share_best_of = 1;
@@ -294,7 +302,7 @@ TEST(KvPlanSearch, AFloorThatFitsSkipsTheScan) {
   FakePlanEvaluator e;
   for (int l = 0; l < 4; ++l) e.type_cost[{l, I8}] = 0.0001;
   for (int l = 0; l < 4; ++l) e.type_cost[{l, I4}] = 0.001;
-  KvPlanOptions o;
+  KvPlanOptions o = TwoTypes();
   o.max_ppl_increase = 1.0;  // 0.00995 nats; the floor costs 0.004
   o.share = false;
   std::vector<KvPlan> seen;
@@ -322,7 +330,7 @@ TEST(KvPlanSearch, AFloorOverTheBudgetCostsOneCheck) {
   e.type_cost[{1, I4}] = 0.02;
   e.type_cost[{2, I4}] = 0.002;
   e.type_cost[{3, I4}] = 0.004;
-  KvPlanOptions o;
+  KvPlanOptions o = TwoTypes();
   o.max_ppl_increase = 1.0;
   o.share = false;
   auto r = SearchKvPlan(Geometry(), 4, o, e, nullptr, Scaled(e, 1.0));
@@ -340,7 +348,7 @@ TEST(KvPlanSearch, TrimNeverGoesBelowAFloorThatFits) {
   for (int l = 0; l < 4; ++l) e.type_cost[{l, I4}] = 0.001;
   e.share_cost = {{3, 0.001}};  // any other share: 1.0
   const LayerDistances d = OnlyThreeAndTwoClose();
-  KvPlanOptions o;
+  KvPlanOptions o = TwoTypes();
   o.max_ppl_increase = 1.0;
   o.share_best_of = 1;
   std::vector<KvPlan> seen;
@@ -358,7 +366,7 @@ TEST(KvPlanSearch, TrimNeverGoesBelowAFloorThatFits) {
 
 TEST(KvPlanSearch, RejectsBadOptionsNamingTheField) {
   FakePlanEvaluator e;
-  KvPlanOptions o;
+  KvPlanOptions o = TwoTypes();
   o.max_ppl_increase = 0;
   auto r = SearchKvPlan(Geometry(), 2, o, e, nullptr, Scaled(e, 1.0));
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
@@ -374,7 +382,7 @@ TEST(KvPlanSearch, RejectsBadOptionsNamingTheField) {
 }
 
 TEST(KvPlanSearch, AnInt4PlanNeedsCalibrationSamplesOfTwoBlocks) {
-  KvPlanOptions o;
+  KvPlanOptions o = TwoTypes();
   o.block_tokens = 64;
   EXPECT_TRUE(CheckPlanCalibration(o, 128).ok());
   absl::Status s = CheckPlanCalibration(o, 64);
@@ -391,9 +399,53 @@ TEST(KvPlanSearch, CancelStopsBeforeTheNextForward) {
   std::atomic<bool> cancel{true};
   KvPlanHooks hooks;
   hooks.cancel = &cancel;
-  auto r = SearchKvPlan(Geometry(), 3, KvPlanOptions{}, e, nullptr, Scaled(e, 1.0), hooks);
+  auto r = SearchKvPlan(Geometry(), 3, TwoTypes(), e, nullptr, Scaled(e, 1.0), hooks);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kCancelled);
   EXPECT_EQ(e.runs, 0);
+}
+
+TEST(KvPlanSearch, RefusesATypeTheHeadsCannotHold) {
+  FakePlanEvaluator e;
+  auto r = SearchKvPlan(Geometry(), 3, KvPlanOptions{}, e, nullptr, Scaled(e, 1.0));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status().message(), HasSubstr("k4v3 needs head_dim a multiple of 64"));
+  EXPECT_EQ(e.runs, 0);
+}
+
+// The default options: int8 and int4 per layer, k4v3 only as a floor tried first. Heads of 64
+// channels (k4v3's V groups).
+TEST(KvPlanSearch, TriesTheK4V3FloorFirstButNeverLowersOneLayerToIt) {
+  KvGeometry g = Geometry();
+  g.head_dim = 64;
+  const KvType K4V3 = KvType::kK4V3;
+  auto run = [&](double percent) {
+    FakePlanEvaluator e;
+    for (int l = 0; l < 3; ++l) {
+      e.type_cost[{l, I8}] = 0.0001;
+      e.type_cost[{l, I4}] = 0.001;
+      e.type_cost[{l, K4V3}] = 0.004;
+    }
+    KvPlanOptions o;
+    o.max_ppl_increase = percent;
+    o.share = false;
+    auto r = SearchKvPlan(g, 3, o, e, nullptr, Scaled(e, 1.0));
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? *r : KvPlanSearchResult{};
+  };
+  // 1.5%: 0.0149 nats hold the k4v3 floor (0.012); nothing else is measured on held-out.
+  KvPlanSearchResult r = run(1.5);
+  EXPECT_THAT(r.plan.kv_types, ElementsAre(K4V3, K4V3, K4V3));
+  EXPECT_THAT(r.heldout_checks, ElementsAre(0.012));
+  // 0.5% (0.00499): k4v3's floor is over, int4's (0.003) fits and is the plan.
+  r = run(0.5);
+  EXPECT_THAT(r.plan.kv_types, ElementsAre(I4, I4, I4));
+  EXPECT_THAT(r.heldout_checks, ElementsAre(0.012, 0.003));
+  // 0.2% (0.002): both floors are over; the scan lowers layers to int8 and int4 only.
+  r = run(0.2);
+  EXPECT_EQ(r.heldout_checks.size() >= 2 ? r.heldout_checks[1] : 0, 0.003);
+  EXPECT_THAT(r.plan.kv_types, ::testing::Not(::testing::Contains(K4V3)));
+  EXPECT_THAT(r.plan.kv_types, ::testing::Contains(I4));
+  EXPECT_LE(r.heldout_increase, std::log1p(0.002));
 }
 
 }  // namespace

@@ -107,7 +107,7 @@ TEST_F(KvPlanSimulationTest, UniformTypesMatchTheServingPool) {
   const int L = model_->config().n_layers;
   // The unshared fp32 forward is the pool's f32.
   EXPECT_NEAR((*loss)->unshared().nll, EngineNll(KvType::kF32), 2e-4);
-  for (KvType type : {KvType::kF16, KvType::kInt8, KvType::kInt4}) {
+  for (KvType type : {KvType::kF16, KvType::kInt8, KvType::kInt4, KvType::kK4V3}) {
     auto c = (*loss)->ScorePlan(Identity(), std::vector<KvType>(L, type), 0);
     ASSERT_TRUE(c.ok()) << c.status();
     // Summation order differs (batched GEMMs vs per-window); the types' own effects are
@@ -116,7 +116,7 @@ TEST_F(KvPlanSimulationTest, UniformTypesMatchTheServingPool) {
   }
 }
 
-// A plan mixing types per layer (and a sharing layer reading an int4 cache), through the pool
+// A plan mixing types per layer (and a sharing layer reading a k4v3 cache), through the pool
 // of mixed types (common/engine/kv_pool.h) against the simulation.
 TEST_F(KvPlanSimulationTest, AMixedPlanMatchesTheServingPool) {
   const int L = model_->config().n_layers;
@@ -124,8 +124,9 @@ TEST_F(KvPlanSimulationTest, AMixedPlanMatchesTheServingPool) {
   types[0] = KvType::kInt8;
   types[9] = KvType::kF16;
   types[17] = KvType::kInt8;
+  for (int l : {3, 4, 20, 21}) types[l] = KvType::kK4V3;
   std::vector<int> source = Identity();
-  source[21] = 20;
+  source[21] = 20;  // reads a k4v3 cache
   auto strategy = SharingStrategy::Create(source, model_->fingerprint());
   ASSERT_TRUE(strategy.ok()) << strategy.status();
   auto plan = strategy->WithKvTypes(types);
