@@ -11,20 +11,21 @@
 //         asymmetric (KIVI): x = q * scale + min, q in [0, 15]; K per channel over the block's
 //         T positions, V per position over groups of 32 channels. Within each 32 channels of
 //         a row, byte j holds channel j in its low nibble and channel j + 16 in its high one.
-//   k4v3  K as int4; V u3[T][C], V scale f16[T][C/64], V min f16[T][C/64]
-//         V asymmetric per position over groups of 64 channels, q in [0, 7]. Each 64 channels
-//         of a row take 24 bytes: 16 bytes of low bits (byte j holds bits 0-1 of channels j,
-//         j + 16, j + 32, j + 48 in its bit pairs 0-1, 2-3, 4-5, 6-7), then 8 bytes of high
-//         bits (byte j holds bit 2 of channel j + 8 i in its bit i). 0.25 of f16's bytes at
-//         64-token blocks (int4: 0.297); V tolerates 3 bits where K does not (docs/METHOD.md §6).
+//   k4v3  K u4[T][C], V u3[T][C], K scale f16[C], K min f16[C], V scale f16[T][C/64],
+//         V min f16[T][C/64]
+//         K as int4's; V asymmetric per position over groups of 64 channels, q in [0, 7].
+//         Each 64 channels of a row take 24 bytes: 16 bytes of low bits (byte j holds bits 0-1
+//         of channels j, j + 16, j + 32, j + 48 in its bit pairs 0-1, 2-3, 4-5, 6-7), then 8
+//         bytes of high bits (byte j holds bit 2 of channel j + 8 i in its bit i). 0.25 of
+//         f16's bytes at 64-token blocks (int4: 0.297); V tolerates 3 bits where K does not
+//         (docs/METHOD.md §6).
 // An int4 or k4v3 layer keeps two f16 blocks (slots, each K f16[T][C] then V f16[T][C]) per
 // sequence outside the pool, its *tail*: slot 0 holds block 0 for good (the attention sink: the
 // first positions draw attention out of proportion to their number, and their K values stretch the
-// per-channel ranges of the block they share; on SmolLM2 with 64-token blocks keeping it f16
-// takes int4's NLL cost from +0.0179 to +0.0116 nats, docs/METHOD.md §6), slot 1 the partial
-// block. A later block is quantised from slot 1 when it fills; until then, and for block 0
-// always, the block in the pool is untouched. Every other type writes each position into its
-// block directly.
+// per-channel ranges of the block they share; on SmolLM2 with 64-token blocks keeping it f16 takes
+// int4's NLL cost from +0.0179 to +0.0116 nats, docs/METHOD.md §6), slot 1 the partial block. A
+// later block is quantised from slot 1 when it fills; until then, and for block 0 always, the
+// block in the pool is untouched. Every other type writes each position into its block directly.
 #pragma once
 
 #include <cstdint>
