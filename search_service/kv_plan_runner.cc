@@ -100,9 +100,7 @@ absl::StatusOr<KvPlanStrategyResult> RunKvPlanStrategySearch(
   if (!valid.ok()) return valid;
   const ModelConfig& c = model.config();
   const int block_tokens = options.block_tokens;  // the serving pool's
-  std::vector<KvType> all = options.lower_types;
-  all.insert(all.end(), options.floor_types.begin(), options.floor_types.end());
-  for (KvType t : all) {
+  for (KvType t : options.all_types()) {
     KvGeometry g{block_tokens, c.n_kv_heads, c.head_dim, t};
     absl::Status s = ValidateKvGeometry(g);
     if (!s.ok()) {

@@ -101,9 +101,7 @@ absl::Status ValidateKvPlanOptions(const KvPlanOptions& o, bool cli_flags) {
   KvGeometry probe;
   probe.n_kv_heads = 1;
   probe.head_dim = kKvV3Group;
-  std::vector<KvType> all = o.lower_types;
-  all.insert(all.end(), o.floor_types.begin(), o.floor_types.end());
-  for (KvType t : all) {
+  for (KvType t : o.all_types()) {
     if (KvLayerBytesPerToken(probe, t) >= KvLayerBytesPerToken(probe, o.base_type)) {
       return absl::InvalidArgumentError(
           absl::StrFormat("KV plan: lower type %s is not smaller than the base type %s",
@@ -128,8 +126,7 @@ void KeepHoldableTypes(KvPlanOptions* options, const KvGeometry& g) {
 }
 
 absl::Status CheckPlanCalibration(const KvPlanOptions& o, int calibration_tokens, bool cli_flags) {
-  std::vector<KvType> all = o.lower_types;
-  all.insert(all.end(), o.floor_types.begin(), o.floor_types.end());
+  const std::vector<KvType> all = o.all_types();
   const auto tail = std::find_if(all.begin(), all.end(), KvTypeHasTail);
   if (tail == all.end() || calibration_tokens >= 2 * o.block_tokens) {
     return absl::OkStatus();
@@ -145,9 +142,7 @@ absl::StatusOr<KvPlanSearchResult> SearchKvPlan(
     const KvGeometry& g, int n_layers, const KvPlanOptions& options, PlanEvaluator& evaluator,
     const LayerDistances* distances, const HeldoutIncreaseFn& heldout, const KvPlanHooks& hooks) {
   absl::Status valid = ValidateKvPlanOptions(options);
-  std::vector<KvType> floors = options.lower_types;  // checked here with the floor types
-  floors.insert(floors.end(), options.floor_types.begin(), options.floor_types.end());
-  for (KvType t : floors) {
+  for (KvType t : options.all_types()) {
     KvGeometry tg = g;
     tg.type = t;
     if (valid.ok()) valid = ValidateKvGeometry(tg);
@@ -176,7 +171,7 @@ absl::StatusOr<KvPlanSearchResult> SearchKvPlan(
   // smallest lower type, then that type. No per-layer choice among the lower types stores fewer
   // bytes than the first that fits, so it is the precision plan, and the scan of steps 2-3 (and
   // step 6, which only adds precision) has nothing to find.
-  floors.clear();
+  std::vector<KvType> floors;
   if (!lower.empty()) {
     const double smallest = KvLayerBytesPerToken(g, lower.back());
     for (KvType t : options.floor_types) {

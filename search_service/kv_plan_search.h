@@ -102,6 +102,12 @@ struct KvPlanOptions {
   // block). SearchKvPlan takes it from its geometry instead.
   int block_tokens = 16;
   double budget_nats() const { return std::log1p(max_ppl_increase / 100.0); }
+  // The lower types, then the floor types: every type a plan may store.
+  std::vector<KvType> all_types() const {
+    std::vector<KvType> all = lower_types;
+    all.insert(all.end(), floor_types.begin(), floor_types.end());
+    return all;
+  }
 };
 
 // The CLI/proto checks: budget > 0 and finite (at most 1000%), best-of >= 1, block_tokens in
