@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -40,6 +41,13 @@ class PreparedWeight {
   // copy of its own (repacked, or uploaded), so the source's pages may leave memory.
   virtual bool reads_source() const { return true; }
 };
+
+// Told, while a backend copies a weight (PrepareWeight), how far into the source's bytes it
+// has read for the last time: the bytes before `read_until` are not read again. The owner of
+// the bytes may then drop their file pages as the copy grows, so that the peak holds a slice
+// of a tensor twice rather than a whole one. Calls come in increasing order; a backend that
+// reads the source in place never calls it.
+using SourceProgress = std::function<void(const void* read_until)>;
 
 // Host-side arrays an op takes (ids, pos, block_table, seqs) are read before the op returns.
 //
@@ -75,7 +83,12 @@ class Backend {
   // Bytes this backend could still allocate now: free device memory for a GPU, available
   // physical memory for the CPU. Sizes the KV pool from a fraction (EngineOptions).
   virtual int64_t FreeMemoryBytes() = 0;
-  virtual absl::StatusOr<std::unique_ptr<PreparedWeight>> Prepare(const Tensor& w) = 0;
+  absl::StatusOr<std::unique_ptr<PreparedWeight>> Prepare(const Tensor& w) {
+    return PrepareWeight(w, nullptr);
+  }
+  // `progress` may be empty.
+  virtual absl::StatusOr<std::unique_ptr<PreparedWeight>> PrepareWeight(
+      const Tensor& w, const SourceProgress& progress) = 0;
 
   // out[n][w.rows] = x[n][w.cols] * W^T  (each output row is a dot with each weight row).
   virtual void MatMul(const PreparedWeight& w, const float* x, int n, float* out) = 0;

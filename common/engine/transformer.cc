@@ -26,10 +26,17 @@ absl::Status Transformer::Init() {
   const ModelConfig& c = config();
   const ModelWeights& w = model_.weights();
   // Each weight as the backend prepares it; when the backend keeps a copy, the file's pages of
-  // it leave the process's resident memory at once (so the peak holds one tensor twice, not
-  // the model).
+  // it leave the process's resident memory as the copy grows (so the peak holds a slice of a
+  // tensor twice, not the model nor the 170 MB embedding of Gemma 3 270M), and whatever is
+  // left of them when it is done.
   auto prepare = [&](const Tensor& t, std::unique_ptr<PreparedWeight>* out) -> absl::Status {
-    auto p = backend_.Prepare(t);
+    const void* released = t.data;
+    auto p = backend_.PrepareWeight(t, [&](const void* read_until) {
+      model_.ReleaseResidentRange(released,
+                                  static_cast<size_t>(static_cast<const uint8_t*>(read_until) -
+                                                      static_cast<const uint8_t*>(released)));
+      released = read_until;
+    });
     if (!p.ok()) return p.status();
     *out = std::move(*p);
     if (!(*out)->reads_source()) model_.ReleaseResidentPages(t);

@@ -76,6 +76,23 @@ void HashGgufValue(CanonicalHasher& h, const GgufValue& v) {
     h.Scalar<uint32_t>(static_cast<uint32_t>(v.array_type));
     h.Scalar<uint64_t>(a->size());
     for (const GgufValue& e : *a) HashGgufValue(h, e);
+  } else if (const auto* ints = std::get_if<std::vector<int64_t>>(&v.value)) {
+    // Each element as the scalar GgufValue it widens from would hash.
+    h.Scalar<uint32_t>(static_cast<uint32_t>(v.array_type));
+    h.Scalar<uint64_t>(ints->size());
+    for (int64_t e : *ints) {
+      h.Scalar<uint32_t>(static_cast<uint32_t>(v.array_type));
+      h.Scalar<int64_t>(e);
+    }
+  } else if (const auto* floats = std::get_if<std::vector<double>>(&v.value)) {
+    h.Scalar<uint32_t>(static_cast<uint32_t>(v.array_type));
+    h.Scalar<uint64_t>(floats->size());
+    for (double e : *floats) {
+      uint64_t bits;
+      std::memcpy(&bits, &e, sizeof(bits));
+      h.Scalar<uint32_t>(static_cast<uint32_t>(v.array_type));
+      h.Scalar<uint64_t>(bits);
+    }
   }
 }
 

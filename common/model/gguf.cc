@@ -152,6 +152,19 @@ class Parser {
   template <typename DescribeFn>
   absl::Status ReadString(std::string* out, uint64_t max_len, DescribeFn describe);
   absl::Status ReadValue(GgufType type, int depth, GgufValue* out);
+  // Reads `count` elements of type `type` of an array at `depth`, handing each to
+  // take(index, GgufValue&).
+  template <typename TakeFn>
+  absl::Status ReadElements(GgufType type, int depth, uint64_t count, TakeFn take) {
+    GgufValue e;
+    for (uint64_t i = 0; i < count; ++i) {
+      element_index_ = i;
+      absl::Status st = ReadValue(type, depth + 1, &e);
+      if (!st.ok()) return st;
+      take(i, e);
+    }
+    return absl::OkStatus();
+  }
   std::string KvContext() const {
     return absl::StrFormat("metadata key %d ('%s')", kv_index_, *key_);
   }
@@ -265,18 +278,31 @@ absl::Status Parser::ReadValue(GgufType type, int depth, GgufValue* out) {
                             describe(), at, count, kMaxArrayElements));
       }
       out->array_type = et;
-      std::vector<GgufValue> elems(count);
       const bool outer_in_array = in_array_;
       const uint64_t outer_index = element_index_;
       in_array_ = true;
-      for (uint64_t i = 0; i < count; ++i) {
-        element_index_ = i;
-        absl::Status st = ReadValue(et, depth + 1, &elems[i]);
-        if (!st.ok()) return st;
+      absl::Status st;
+      if (IsIntegerType(et) && et != GgufType::kU64) {
+        std::vector<int64_t> elems(count);
+        st = ReadElements(et, depth, count, [&](uint64_t i, const GgufValue& e) {
+          elems[i] = std::get<int64_t>(e.value);
+        });
+        out->value = std::move(elems);
+      } else if (et == GgufType::kF32 || et == GgufType::kF64) {
+        std::vector<double> elems(count);
+        st = ReadElements(et, depth, count, [&](uint64_t i, const GgufValue& e) {
+          elems[i] = std::get<double>(e.value);
+        });
+        out->value = std::move(elems);
+      } else {
+        std::vector<GgufValue> elems(count);
+        st = ReadElements(et, depth, count,
+                          [&](uint64_t i, GgufValue& e) { elems[i] = std::move(e); });
+        out->value = std::move(elems);
       }
+      if (!st.ok()) return st;
       in_array_ = outer_in_array;
       element_index_ = outer_index;
-      out->value = std::move(elems);
       return absl::OkStatus();
     }
   }
@@ -543,9 +569,12 @@ absl::StatusOr<std::vector<std::string>> GgufFile::GetStringArray(const std::str
 absl::StatusOr<std::vector<double>> GgufFile::GetFloatArray(const std::string& key) const {
   const GgufValue* v = Find(key);
   if (v == nullptr) return NotFound(key);
+  if (const auto* d = std::get_if<std::vector<double>>(&v->value)) return *d;
+  if (const auto* i = std::get_if<std::vector<int64_t>>(&v->value)) {
+    return std::vector<double>(i->begin(), i->end());
+  }
   const auto* elems = std::get_if<std::vector<GgufValue>>(&v->value);
-  if (elems == nullptr || !(v->array_type == GgufType::kF32 || v->array_type == GgufType::kF64 ||
-                            IsIntegerType(v->array_type))) {
+  if (elems == nullptr || v->array_type != GgufType::kU64) {
     return WrongType(key, *v, "ARRAY of numbers");
   }
   std::vector<double> out;
@@ -561,8 +590,9 @@ absl::StatusOr<std::vector<double>> GgufFile::GetFloatArray(const std::string& k
 absl::StatusOr<std::vector<int64_t>> GgufFile::GetIntArray(const std::string& key) const {
   const GgufValue* v = Find(key);
   if (v == nullptr) return NotFound(key);
+  if (const auto* i = std::get_if<std::vector<int64_t>>(&v->value)) return *i;
   const auto* elems = std::get_if<std::vector<GgufValue>>(&v->value);
-  if (elems == nullptr || !IsIntegerType(v->array_type)) {
+  if (elems == nullptr || v->array_type != GgufType::kU64) {
     return WrongType(key, *v, "ARRAY of integers");
   }
   std::vector<int64_t> out;

@@ -38,8 +38,14 @@ enum class GgufType : uint32_t {
 struct GgufValue {
   GgufType type = GgufType::kU8;
   GgufType array_type = GgufType::kU8;  // element type when type == kArray
-  // Scalars widen to int64 / double; strings and arrays keep their elements.
-  std::variant<int64_t, uint64_t, double, bool, std::string, std::vector<GgufValue>> value;
+  // Scalars widen to int64 (every integer type but U64), uint64 (U64) or double (F32/F64).
+  // Arrays of those integer types and of F32/F64 hold their elements widened the same way in
+  // one vector (8 bytes each, not a GgufValue's 48: a 262,144-token vocabulary's scores and
+  // token types take 4 MB, not 25); arrays of anything else (U64, BOOL, STRING, ARRAY) hold
+  // GgufValues.
+  std::variant<int64_t, uint64_t, double, bool, std::string, std::vector<GgufValue>,
+               std::vector<int64_t>, std::vector<double>>
+      value;
 };
 
 struct GgufTensorInfo {

@@ -72,15 +72,36 @@ Model::~Model() {
   if (mapping_ != nullptr) munmap(mapping_, size_);
 }
 
+namespace {
+
+// madvise(MADV_DONTNEED) on the pages [first, last) of `mapping` (page addresses), clipped to
+// it; nothing when the range lies outside.
+void DropPages(const void* mapping, size_t size, uintptr_t first, uintptr_t last) {
+  const auto base = reinterpret_cast<uintptr_t>(mapping);
+  first = std::max(first, base);
+  last = std::min(last, base + size);
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+}
+
+uintptr_t PageBytes() { return static_cast<uintptr_t>(sysconf(_SC_PAGESIZE)); }
+
+}  // namespace
+
 void Model::ReleaseResidentPages(const Tensor& t) const {
   if (mapping_ == nullptr || t.data == nullptr) return;
   const auto begin = reinterpret_cast<uintptr_t>(t.data);
   const auto base = reinterpret_cast<uintptr_t>(mapping_);
   if (begin < base || begin + t.nbytes > base + size_) return;
-  const auto page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
-  const uintptr_t first = (begin + page - 1) / page * page;  // whole pages inside the tensor
-  const uintptr_t last = (begin + t.nbytes) / page * page;
-  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+  const uintptr_t page = PageBytes();
+  // Whole pages inside the tensor.
+  DropPages(mapping_, size_, (begin + page - 1) / page * page, (begin + t.nbytes) / page * page);
+}
+
+void Model::ReleaseResidentRange(const void* begin, size_t bytes) const {
+  if (mapping_ == nullptr || begin == nullptr) return;
+  const auto b = reinterpret_cast<uintptr_t>(begin);
+  const uintptr_t page = PageBytes();
+  DropPages(mapping_, size_, b / page * page, (b + bytes) / page * page);
 }
 
 absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& path,
@@ -116,6 +137,10 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& path,
   m->size_ = size;
   absl::StatusOr<std::unique_ptr<Model>> loaded = FromStorage(std::move(m));
   if (!loaded.ok()) return Annotate(loaded.status(), path);
+  // The fingerprint read every byte of the file; a backend faults each weight back in as it
+  // prepares it (and repacking ones let it go again slice by slice), so a model being loaded
+  // never holds the whole file resident beside its repacked weights.
+  (*loaded)->ReleaseResidentRange(mapping, size);
   if ((*loaded)->format_ == ModelFormat::kLlama2c) {
     absl::Status s = (*loaded)->BindLlama2cTokenizer(tokenizer_path);
     if (!s.ok()) return s;

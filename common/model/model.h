@@ -143,6 +143,10 @@ class Model {
   // has copied (PreparedWeight::reads_source() false). A no-op for tensors outside the mapping
   // and for models held in memory.
   void ReleaseResidentPages(const Tensor& t) const;
+  // The same for the pages of [begin, begin + bytes) from the page holding `begin` (which may
+  // hold bytes before it) to the last page wholly inside: a caller releasing a tensor in
+  // consecutive slices (backend.h SourceProgress) leaves no page behind but the last.
+  void ReleaseResidentRange(const void* begin, size_t bytes) const;
 
  private:
   Model() = default;

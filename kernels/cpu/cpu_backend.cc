@@ -74,8 +74,9 @@ class CpuBackend : public Backend {
     return pages > 0 && page > 0 ? static_cast<int64_t>(pages) * page : 0;
   }
 
-  absl::StatusOr<std::unique_ptr<PreparedWeight>> Prepare(const Tensor& w) override {
-    auto cw = cpu::CpuWeight::Create(w, /*repack=*/isa_ != Isa::kScalar);
+  absl::StatusOr<std::unique_ptr<PreparedWeight>> PrepareWeight(
+      const Tensor& w, const SourceProgress& progress) override {
+    auto cw = cpu::CpuWeight::Create(w, /*repack=*/isa_ != Isa::kScalar, progress);
     if (!cw.ok()) return cw.status();
     return std::unique_ptr<PreparedWeight>(std::move(*cw));
   }

@@ -66,7 +66,8 @@ void PutNibbles(const uint8_t* qs, uint8_t* quants, int lane) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<CpuWeight>> CpuWeight::Create(const Tensor& w, bool repack) {
+absl::StatusOr<std::unique_ptr<CpuWeight>> CpuWeight::Create(const Tensor& w, bool repack,
+                                                             const SourceProgress& progress) {
   if (w.shape.empty() || w.cols() <= 0 || w.rows() <= 0) {
     return absl::InvalidArgumentError(
         absl::StrFormat("weight '%s': empty shape (cols %d, rows %d)", w.name, w.cols(), w.rows()));
@@ -167,6 +168,10 @@ absl::StatusOr<std::unique_ptr<CpuWeight>> CpuWeight::Create(const Tensor& w, bo
           }
         }
       }
+    }
+    const int64_t rows_done = std::min(w.rows(), (g + 1) * kGroupRows);
+    if (progress && ((g + 1) % kProgressGroups == 0 || rows_done == w.rows())) {
+      progress(w.row_data(rows_done));
     }
   }
   return cw;

@@ -44,6 +44,9 @@
 namespace kvshare::cpu {
 
 constexpr int kGroupRows = 16;
+// Groups repacked between two reports to Create's progress (1,024 rows: Gemma 3's Q8_0
+// embedding releases its file pages 680 KB at a time instead of 170 MB at the end).
+constexpr int64_t kProgressGroups = 64;
 
 enum class Pack { kNone, kQ4_0, kQ4_1, kQ8_0, kQ4F, kQ8F };
 
@@ -57,8 +60,10 @@ AlignedBytes AllocateAligned(size_t bytes);
 class CpuWeight : public PreparedWeight {
  public:
   // repack: repack quantized types into groups (false keeps the GGUF rows, for the scalar
-  // path on CPUs without AVX2).
-  static absl::StatusOr<std::unique_ptr<CpuWeight>> Create(const Tensor& w, bool repack);
+  // path on CPUs without AVX2). progress (may be empty) hears of the rows repacked, every
+  // kProgressGroups groups (backend.h SourceProgress).
+  static absl::StatusOr<std::unique_ptr<CpuWeight>> Create(const Tensor& w, bool repack,
+                                                           const SourceProgress& progress = {});
 
   const Tensor& tensor() const override { return tensor_; }
   bool reads_source() const override { return !packed(); }

@@ -241,7 +241,8 @@ class CudaBackend : public Backend {
     return static_cast<int64_t>(free_b);
   }
 
-  absl::StatusOr<std::unique_ptr<PreparedWeight>> Prepare(const Tensor& w) override {
+  absl::StatusOr<std::unique_ptr<PreparedWeight>> PrepareWeight(
+      const Tensor& w, const SourceProgress& progress) override {
     Enter();
     const auto [block_elems, block_bytes] = BlockLayout(w.type);
     if (block_elems == 0) {
@@ -288,6 +289,7 @@ class CudaBackend : public Backend {
     LaunchDequantize(static_cast<uint32_t>(w.type), (*src)->get(), n, bf16, (*dst)->get(), stream_);
     Check(cudaGetLastError(), "Prepare dequantize");
     Check(cudaStreamSynchronize(stream_), "Prepare");  // before the staging copy is freed
+    if (progress) progress(static_cast<const uint8_t*>(w.data) + src_bytes);
     std::shared_ptr<DeviceMemory> mem(std::move(*dst));
     uploaded_[key] = mem;
     return std::unique_ptr<PreparedWeight>(new CudaWeight(w, mem, bf16));

@@ -60,6 +60,14 @@ TEST(Gemma3ReferenceTest, ConfigIsReadFromTheGgufMetadata) {
   EXPECT_TRUE(c.CanReadCacheOf(11, 5));
   EXPECT_FALSE(c.CanReadCacheOf(5, 4));
   EXPECT_FALSE(c.CanReadCacheOf(6, 5));
+  // The v2 fingerprint over this file's tokenizer metadata (262,144 F32 scores and I32 token
+  // types, held widened in one vector each; gguf.h) equals tests/reference/fingerprint.py's
+  // fingerprint_v2(v1, gguf_tokenizer_section(file)) given the v1 digest below (the script
+  // reads no gemma3 config, so v1 is kvshare's).
+  EXPECT_EQ((*model)->fingerprint_v1(),
+            "0923c51c46a8fecce04d45f053e16fc3f4cb1a4a7a7eaed5d84c72e6b5b7b553");
+  EXPECT_EQ((*model)->fingerprint(),
+            "3c926c26c5a5524a4e2e99856ac9bdc34cc757c0b61b2321be18966cb14dc9fb");
 }
 
 TEST(Gemma3ReferenceTest, LogitsAndNllMatchTheNumpyForwardOfTheSameFile) {

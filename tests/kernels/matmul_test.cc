@@ -6,6 +6,7 @@
 
 #include "gtest/gtest.h"
 #include "kernels/cpu/half.h"
+#include "kernels/cpu/packed_weight.h"
 #include "kernels/cpu/reference.h"
 #include "tests/kernels/kernel_test_util.h"
 
@@ -229,6 +230,34 @@ TEST(MatMulTest, Int8ResultsDoNotDependOnBatchSize) {
           << GetDTypeInfo(type).name << " token " << t;
     }
   }
+}
+
+// A repacking backend reports how far it has read the source (backend.h SourceProgress): in
+// increasing steps of kProgressGroups groups, ending at the tensor's end; one reading its
+// source in place reports nothing.
+TEST(MatMulTest, RepackingReportsTheSourceReadSoFar) {
+  auto backend = MakeCpuBackend(1);
+  const int rows = 2 * cpu::kProgressGroups * cpu::kGroupRows + 5;  // two steps and a tail
+  const OwnedTensor w = testing::RandomWeight(DType::kQ8_0, rows, 64, 7);
+  std::vector<const uint8_t*> reports;
+  auto p = backend->PrepareWeight(
+      w.tensor, [&](const void* until) { reports.push_back(static_cast<const uint8_t*>(until)); });
+  ASSERT_TRUE(p.ok()) << p.status();
+  ASSERT_FALSE((*p)->reads_source());
+  const int64_t step = cpu::kProgressGroups * cpu::kGroupRows;
+  ASSERT_EQ(reports.size(), 3u);
+  EXPECT_EQ(reports[0], w.tensor.row_data(step));
+  EXPECT_EQ(reports[1], w.tensor.row_data(2 * step));
+  EXPECT_EQ(reports[2], static_cast<const uint8_t*>(w.tensor.data) + w.tensor.nbytes);
+
+  const OwnedTensor f32 = testing::RandomWeight(DType::kF32, rows, 64, 8);
+  reports.clear();
+  p = backend->PrepareWeight(f32.tensor, [&](const void* until) {
+    reports.push_back(static_cast<const uint8_t*>(until));
+  });
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_TRUE((*p)->reads_source());
+  EXPECT_TRUE(reports.empty());
 }
 
 TEST(MatMulTest, PrepareRejectsBadTensorsWithTheirName) {

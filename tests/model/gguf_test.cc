@@ -214,10 +214,11 @@ TEST(GgufTest, ParsesEveryValueTypeIncludingNestedArrays) {
   const auto& outer = std::get<std::vector<GgufValue>>(n->value);
   ASSERT_EQ(outer.size(), 2u);
   EXPECT_EQ(outer[0].array_type, GgufType::kI32);
-  const auto& first = std::get<std::vector<GgufValue>>(outer[0].value);
+  // Integer arrays hold their elements widened, in one vector.
+  const auto& first = std::get<std::vector<int64_t>>(outer[0].value);
   ASSERT_EQ(first.size(), 2u);
-  EXPECT_EQ(std::get<int64_t>(first[1].value), 2);
-  EXPECT_EQ(std::get<int64_t>(std::get<std::vector<GgufValue>>(outer[1].value)[0].value), 3);
+  EXPECT_EQ(first[1], 2);
+  EXPECT_EQ(std::get<std::vector<int64_t>>(outer[1].value)[0], 3);
   ASSERT_EQ(f->tensors().size(), 1u);
   EXPECT_EQ(f->tensors()[0].nbytes, 256u);
 }
