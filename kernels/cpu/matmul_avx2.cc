@@ -45,6 +45,19 @@ constexpr bool MayHaveOffsets(Pack p) {
   return p == Pack::kQ4_1 || p == Pack::kQ4F || p == Pack::kQ8F;
 }
 
+// kQ5_0, chunk k of a block (8 rows at qb): each byte of lo holds q5 of the element its low
+// nibble holds, each byte of hi that of its high nibble (0..31; packed_weight.h).
+KVSHARE_TARGET_AVX2 inline void FiveBitChunk(const uint8_t* qb, int k, __m256i* lo, __m256i* hi) {
+  const __m256i raw = _mm256_load_si256(reinterpret_cast<const __m256i*>(qb + 64 * k));
+  const __m256i high =
+      _mm256_srli_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(qb + 4 * 64)), k);
+  const __m256i nibbles = _mm256_set1_epi8(0x0f), bit4 = _mm256_set1_epi8(0x10);
+  *lo = _mm256_or_si256(_mm256_and_si256(raw, nibbles),
+                        _mm256_and_si256(_mm256_slli_epi32(high, 4), bit4));
+  *hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(raw, 4), nibbles),
+                        _mm256_and_si256(high, bit4));
+}
+
 // Scales of block b for rows 8h..8h+7 of group g: d[i] multiplies elements 16i..16i+15 (the
 // same register twice except in kQ8F); m is zero without offsets.
 template <Pack P>
@@ -83,6 +96,8 @@ KVSHARE_TARGET_AVX2 void Int8Tile(const CpuWeight& w, int64_t g, int h, const Qu
                                  _mm256_set1_epi8(-128));
         wq[k] = _mm256_abs_epi8(ws[k]);
       }
+    } else if constexpr (P == Pack::kQ5_0) {
+      for (int k = 0; k < 4; ++k) FiveBitChunk(qb, k, &wq[k], &wq[k + 4]);
     } else {
       for (int k = 0; k < 4; ++k) {
         const __m256i raw = _mm256_load_si256(reinterpret_cast<const __m256i*>(qb + 64 * k));
@@ -110,14 +125,20 @@ KVSHARE_TARGET_AVX2 void Int8Tile(const CpuWeight& w, int64_t g, int h, const Qu
           acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[1]), _mm256_mul_ps(d[1], xscale), acc[t]);
         }
       } else {
-        // Nibble products are <= 15 * 127 * 2 per pair; eight of them fit in int16.
-        __m256i s16 = _mm256_maddubs_epi16(wq[0], BroadcastDword(xq));
-        for (int j = 1; j < 8; ++j) {
-          s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(wq[j], BroadcastDword(xq + 4 * j)));
+        // Nibble products are <= 15 * 127 * 2 per pair; eight of them fit in int16. kQ5_0's
+        // are <= 31 * 127 * 2: four of them.
+        constexpr int kPerSum = P == Pack::kQ5_0 ? 4 : 8;
+        __m256i dot = _mm256_setzero_si256();
+        for (int j0 = 0; j0 < 8; j0 += kPerSum) {
+          __m256i s16 = _mm256_maddubs_epi16(wq[j0], BroadcastDword(xq + 4 * j0));
+          for (int j = j0 + 1; j < j0 + kPerSum; ++j) {
+            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(wq[j], BroadcastDword(xq + 4 * j)));
+          }
+          dot = _mm256_add_epi32(dot, _mm256_madd_epi16(s16, ones));
         }
-        __m256i dot = _mm256_madd_epi16(s16, ones);
-        if constexpr (P == Pack::kQ4_0) {
-          dot = _mm256_add_epi32(dot, _mm256_set1_epi32(-8 * x.qsum[xt * x.nb + b]));
+        if constexpr (P == Pack::kQ4_0 || P == Pack::kQ5_0) {
+          const int zero = P == Pack::kQ4_0 ? 8 : 16;
+          dot = _mm256_add_epi32(dot, _mm256_set1_epi32(-zero * x.qsum[xt * x.nb + b]));
         }
         acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(d[0], xscale), acc[t]);
       }
@@ -183,6 +204,21 @@ KVSHARE_TARGET_AVX2 void F32Tile(const CpuWeight& w, int64_t g, int h, const flo
             const __m256 v =
                 _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(raw, 24 - 8 * e), 24));
             bacc[e] = _mm256_fmadd_ps(v, _mm256_set1_ps(xb[4 * k + e]), bacc[e]);
+          }
+        }
+      } else if constexpr (P == Pack::kQ5_0) {
+        const __m256i five_bits = _mm256_set1_epi32(0x1f), bias = _mm256_set1_epi32(16);
+        for (int k = 0; k < 4; ++k) {
+          __m256i q5_lo, q5_hi;
+          FiveBitChunk(qb, k, &q5_lo, &q5_hi);
+          for (int e = 0; e < 4; ++e) {
+            const __m256 lo = _mm256_cvtepi32_ps(_mm256_sub_epi32(
+                _mm256_and_si256(_mm256_srli_epi32(q5_lo, 8 * e), five_bits), bias));
+            const __m256 hi = _mm256_cvtepi32_ps(_mm256_sub_epi32(
+                _mm256_and_si256(_mm256_srli_epi32(q5_hi, 8 * e), five_bits), bias));
+            bacc[e] = _mm256_fmadd_ps(lo, _mm256_set1_ps(xb[4 * k + e]), bacc[e]);
+            bacc[(e + 1) % 4] =
+                _mm256_fmadd_ps(hi, _mm256_set1_ps(xb[16 + 4 * k + e]), bacc[(e + 1) % 4]);
           }
         }
       } else {
@@ -317,6 +353,8 @@ void Int8Groups(const CpuWeight& w, const QuantizedBatch& x, int t0, int t1, int
       return Int8GroupsT<Pack::kQ8_0>(w, x, t0, t1, g0, g1, out);
     case Pack::kQ4_0:
       return Int8GroupsT<Pack::kQ4_0>(w, x, t0, t1, g0, g1, out);
+    case Pack::kQ5_0:
+      return Int8GroupsT<Pack::kQ5_0>(w, x, t0, t1, g0, g1, out);
     case Pack::kQ4_1:
       return Int8GroupsT<Pack::kQ4_1>(w, x, t0, t1, g0, g1, out);
     case Pack::kQ4F:
@@ -335,6 +373,8 @@ void F32Groups(const CpuWeight& w, const float* x, const float* xsum, int t0, in
       return F32GroupsT<Pack::kQ8_0>(w, x, xsum, t0, t1, g0, g1, out);
     case Pack::kQ4_0:
       return F32GroupsT<Pack::kQ4_0>(w, x, xsum, t0, t1, g0, g1, out);
+    case Pack::kQ5_0:
+      return F32GroupsT<Pack::kQ5_0>(w, x, xsum, t0, t1, g0, g1, out);
     case Pack::kQ4_1:
       return F32GroupsT<Pack::kQ4_1>(w, x, xsum, t0, t1, g0, g1, out);
     case Pack::kQ4F:

@@ -65,6 +65,19 @@ constexpr bool MayHaveOffsets(Pack p) {
   return p == Pack::kQ4_1 || p == Pack::kQ4F || p == Pack::kQ8F;
 }
 
+// kQ5_0, chunk k of a block (16 rows): each byte of lo holds q5 of the element its low nibble
+// holds, each byte of hi that of its high nibble (0..31; packed_weight.h).
+KVSHARE_TARGET_AVX512 inline void FiveBitChunk(const uint8_t* qb, int k, __m512i* lo,
+                                               __m512i* hi) {
+  const __m512i raw = _mm512_load_si512(qb + 64 * k);
+  const __m512i high = _mm512_srli_epi32(_mm512_load_si512(qb + 4 * 64), k);
+  const __m512i nibbles = _mm512_set1_epi8(0x0f), bit4 = _mm512_set1_epi8(0x10);
+  *lo = _mm512_or_si512(_mm512_and_si512(raw, nibbles),
+                        _mm512_and_si512(_mm512_slli_epi32(high, 4), bit4));
+  *hi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(raw, 4), nibbles),
+                        _mm512_and_si512(high, bit4));
+}
+
 // 16 rows (one group) x NT tokens, integer dot products. out points at out[t0][16 g].
 template <Pack P, int NT>
 KVSHARE_TARGET_AVX512 void Int8Tile(const CpuWeight& w, int64_t g, const QuantizedBatch& x, int t0,
@@ -85,6 +98,9 @@ KVSHARE_TARGET_AVX512 void Int8Tile(const CpuWeight& w, int64_t g, const Quantiz
     if constexpr (BytesForm(P)) {
 #pragma GCC unroll 8
       for (int k = 0; k < 8; ++k) wq[k] = _mm512_load_si512(qb + 64 * k);
+    } else if constexpr (P == Pack::kQ5_0) {
+#pragma GCC unroll 4
+      for (int k = 0; k < 4; ++k) FiveBitChunk(qb, k, &wq[k], &wq[k + 4]);
     } else {
 #pragma GCC unroll 4
       for (int k = 0; k < 4; ++k) {
@@ -114,10 +130,11 @@ KVSHARE_TARGET_AVX512 void Int8Tile(const CpuWeight& w, int64_t g, const Quantiz
         acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i0), _mm512_mul_ps(d[0], xs), acc[t]);
         acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i1), _mm512_mul_ps(d[1], xs), acc[t]);
       } else {
-        // Zero points: Q4_0 stores nibble = q + 8, the packed Q8_0 stores q + 128; their dot
-        // with x overshoots by 8 (or 128) * sum(xq), so the integer sum starts there.
+        // Zero points: Q4_0 stores nibble = q + 8, Q5_0 q + 16, the packed Q8_0 q + 128; their
+        // dot with x overshoots by 8 (16, 128) * sum(xq), so the integer sum starts there.
         __m512i i0 = _mm512_setzero_si512();
         if constexpr (P == Pack::kQ4_0) i0 = _mm512_set1_epi32(-8 * x.qsum[xt * x.nb + b]);
+        if constexpr (P == Pack::kQ5_0) i0 = _mm512_set1_epi32(-16 * x.qsum[xt * x.nb + b]);
         if constexpr (P == Pack::kQ8_0) i0 = _mm512_set1_epi32(-128 * x.qsum[xt * x.nb + b]);
         __m512i i1 = _mm512_setzero_si512();
 #pragma GCC unroll 4
@@ -175,8 +192,9 @@ KVSHARE_TARGET_AVX512 void Int8GroupsT(const CpuWeight& w, const QuantizedBatch&
 
 // 16 rows x NT tokens with fp32 activations. Each block's quants are converted to fp32 in
 // registers: nibbles through a 16-entry permute table (vpermps reads only the low 4 bits of
-// each index, so a shift is all the unpacking a nibble needs), bytes by sign extension. kQ8F
-// sums each 16-element half apart (one scale each).
+// each index, so a shift is all the unpacking a nibble needs), kQ5_0's 5-bit codes through a
+// 32-entry one (vpermt2ps, the low 5 bits), bytes by sign extension. kQ8F sums each 16-element
+// half apart (one scale each).
 template <Pack P, int NT>
 KVSHARE_TARGET_AVX512 void F32Tile(const CpuWeight& w, int64_t g, const float* x, const float* xsum,
                                    int t0, float* out, int64_t ldo, int valid) {
@@ -218,6 +236,29 @@ KVSHARE_TARGET_AVX512 void F32Tile(const CpuWeight& w, int64_t g, const float* x
             for (int t = 0; t < NT; ++t) {
               const __m512 xv = _mm512_set1_ps(x[(t0 + t) * cols + b * 32 + 4 * k + e]);
               bacc[t][e % kChains] = _mm512_fmadd_ps(v, xv, bacc[t][e % kChains]);
+            }
+          }
+        }
+      } else if constexpr (P == Pack::kQ5_0) {
+        const __m512 below = _mm512_setr_ps(-16, -15, -14, -13, -12, -11, -10, -9, -8, -7, -6, -5,
+                                            -4, -3, -2, -1);
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; ++k) {
+          __m512i q5_lo, q5_hi;
+          FiveBitChunk(qb, k, &q5_lo, &q5_hi);
+#pragma GCC unroll 4
+          for (int e = 0; e < 4; ++e) {
+            const __m512 lo = _mm512_permutex2var_ps(
+                below, e == 0 ? q5_lo : _mm512_srli_epi32(q5_lo, 8 * e), table);
+            const __m512 hi = _mm512_permutex2var_ps(
+                below, e == 0 ? q5_hi : _mm512_srli_epi32(q5_hi, 8 * e), table);
+#pragma GCC unroll 8
+            for (int t = 0; t < NT; ++t) {
+              const float* xb = x + (t0 + t) * cols + b * 32;
+              bacc[t][e % kChains] =
+                  _mm512_fmadd_ps(lo, _mm512_set1_ps(xb[4 * k + e]), bacc[t][e % kChains]);
+              bacc[t][(e + 1) % kChains] = _mm512_fmadd_ps(hi, _mm512_set1_ps(xb[16 + 4 * k + e]),
+                                                           bacc[t][(e + 1) % kChains]);
             }
           }
         }
@@ -382,6 +423,8 @@ void Int8Groups(const CpuWeight& w, const QuantizedBatch& x, int t0, int t1, int
       return Int8GroupsT<Pack::kQ8_0>(w, x, t0, t1, g0, g1, out);
     case Pack::kQ4_0:
       return Int8GroupsT<Pack::kQ4_0>(w, x, t0, t1, g0, g1, out);
+    case Pack::kQ5_0:
+      return Int8GroupsT<Pack::kQ5_0>(w, x, t0, t1, g0, g1, out);
     case Pack::kQ4_1:
       return Int8GroupsT<Pack::kQ4_1>(w, x, t0, t1, g0, g1, out);
     case Pack::kQ4F:
@@ -400,6 +443,8 @@ void F32Groups(const CpuWeight& w, const float* x, const float* xsum, int t0, in
       return F32GroupsT<Pack::kQ8_0>(w, x, xsum, t0, t1, g0, g1, out);
     case Pack::kQ4_0:
       return F32GroupsT<Pack::kQ4_0>(w, x, xsum, t0, t1, g0, g1, out);
+    case Pack::kQ5_0:
+      return F32GroupsT<Pack::kQ5_0>(w, x, xsum, t0, t1, g0, g1, out);
     case Pack::kQ4_1:
       return F32GroupsT<Pack::kQ4_1>(w, x, xsum, t0, t1, g0, g1, out);
     case Pack::kQ4F:

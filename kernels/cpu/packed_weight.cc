@@ -28,8 +28,9 @@ Pack PackFor(DType t) {
     case DType::kQ4_1:
       return Pack::kQ4_1;
     case DType::kQ8_0:
-    case DType::kQ5_0:
       return Pack::kQ8_0;
+    case DType::kQ5_0:
+      return Pack::kQ5_0;
     case DType::kQ4_K:
       return Pack::kQ4F;
     case DType::kQ5_1:
@@ -64,6 +65,21 @@ void PutNibbles(const uint8_t* qs, uint8_t* quants, int lane) {
   }
 }
 
+// kQ5_0: q5 (0..31, the stored q + 16) as nibbles and the high-bit chunk after them.
+void PutFiveBits(const uint8_t* q5, uint8_t* quants, int lane) {
+  uint8_t qs[16];
+  for (int j = 0; j < 16; ++j) qs[j] = static_cast<uint8_t>((q5[j] & 15) | (q5[j + 16] & 15) << 4);
+  PutNibbles(qs, quants, lane);
+  for (int e = 0; e < 4; ++e) {
+    uint8_t bits = 0;
+    for (int k = 0; k < 4; ++k) {
+      bits |= static_cast<uint8_t>((q5[4 * k + e] >> 4) << k);
+      bits |= static_cast<uint8_t>((q5[16 + 4 * k + e] >> 4) << (4 + k));
+    }
+    quants[4 * 64 + lane * 4 + e] = bits;
+  }
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<CpuWeight>> CpuWeight::Create(const Tensor& w, bool repack,
@@ -93,7 +109,7 @@ absl::StatusOr<std::unique_ptr<CpuWeight>> CpuWeight::Create(const Tensor& w, bo
   const bool bytes_form = pack == Pack::kQ8_0 || pack == Pack::kQ8F;
   const bool f32_scales = pack == Pack::kQ4F || pack == Pack::kQ8F;
   cw->pack_ = pack;
-  cw->quant_bytes_ = bytes_form ? 512 : 256;
+  cw->quant_bytes_ = bytes_form ? 512 : (pack == Pack::kQ5_0 ? 320 : 256);
   cw->scale_bytes_ = pack == Pack::kQ8F ? 128 : (f32_scales ? 64 : 32);
   cw->offset_bytes_ = HasOffsets(w.type) ? (f32_scales ? 64 : 32) : 0;
   cw->unit_bytes_ = 2 * (cw->quant_bytes_ + cw->scale_bytes_ + cw->offset_bytes_);
@@ -141,10 +157,11 @@ absl::StatusOr<std::unique_ptr<CpuWeight>> CpuWeight::Create(const Tensor& w, bo
             break;
           }
           case DType::kQ5_0: {
-            // (q5 - 16) * d is the Q8_0 block {d, q5 - 16}.
-            Block32 blk;
+            Block32 blk;  // q = q5 - 16
             DecodeBlock32(w.type, src, b, &blk);
-            PutBytes(blk.q, quants, r);
+            uint8_t q5[32];
+            for (int j = 0; j < 32; ++j) q5[j] = static_cast<uint8_t>(blk.q[j] + 16);
+            PutFiveBits(q5, quants, r);
             scales[r] = reinterpret_cast<const BlockQ5_0*>(src)[b].d;
             break;
           }
@@ -197,15 +214,21 @@ void CpuWeight::DequantizeRow(int64_t r, float* dst) const {
           q[4 * k + e] = byte & 0x0f;
           q[4 * k + e + 16] = byte >> 4;
         }
+        if (pack_ == Pack::kQ5_0) {
+          const uint8_t high = src[4 * 64 + e];
+          q[4 * k + e] |= ((high >> k) & 1) << 4;
+          q[4 * k + e + 16] |= ((high >> (4 + k)) & 1) << 4;
+        }
       }
     }
     float* out = dst + b * 32;
     // The reference's order of float operations, per type (quant.cc DequantizeRow).
     switch (pack_) {
       case Pack::kQ8_0:
-      case Pack::kQ4_0: {
+      case Pack::kQ4_0:
+      case Pack::kQ5_0: {
         const float d = Fp16ToFp32(block_scales(g, b)[lane]);
-        const int zero = pack_ == Pack::kQ4_0 ? 8 : 0;
+        const int zero = pack_ == Pack::kQ4_0 ? 8 : (pack_ == Pack::kQ5_0 ? 16 : 0);
         for (int j = 0; j < 32; ++j) out[j] = d * (q[j] - zero);
         break;
       }

@@ -6,20 +6,23 @@
 // (vpdpbusd) then accumulates 16 output rows at once, with no horizontal sums. The source
 // bytes are not used after Prepare. There is never an fp32 copy.
 //
-// Every quantized type is stored in one of five packed forms (Pack), all on 32-element blocks:
+// Every quantized type is stored in one of six packed forms (Pack), all on 32-element blocks:
 //   Pack     from          quants                  scale per block        offset per block
 //   kQ4_0    Q4_0          nibbles (q + 8)         fp16 d                 -
 //   kQ4_1    Q4_1          nibbles                 fp16 d                 fp16 m
-//   kQ8_0    Q8_0, Q5_0    bytes (q + 128)         fp16 d                 -
+//   kQ5_0    Q5_0          nibbles and high bits   fp16 d                 -
+//                          (q + 16 in 5 bits)
+//   kQ8_0    Q8_0          bytes (q + 128)         fp16 d                 -
 //   kQ4F     Q4_K          nibbles                 fp32 d*sc              fp32 -(dmin*m)
 //   kQ8F     Q5_1, Q3_K,   bytes (q + 128)         fp32, one per 16       fp32 (Q5_1, Q5_K;
 //            Q5_K, Q6_K                            elements               absent otherwise)
-// Each form reproduces the reference decoder (quant.h DequantizeRow) bit for bit: Q5_0's
-// (q5 - 16) * d is a Q8_0 block; a K-quant sub-block's d * sc is exact in fp32 (an 11-bit fp16
-// mantissa times a 6- or 8-bit integer), so the K-quants keep their exact values with the
-// integer part unpacked (DecodeBlock32). The cost is size: Q4_K 6 bits per weight (GGUF 4.5),
-// Q5_0 8.5 (5.5), Q8F 10 or 11 (Q6_K 6.6, Q5_K 5.5), against the kernels staying two (nibble
-// and byte) families on one block structure.
+// Each form reproduces the reference decoder (quant.h DequantizeRow) bit for bit; a K-quant
+// sub-block's d * sc is exact in fp32 (an 11-bit fp16 mantissa times a 6- or 8-bit integer), so
+// the K-quants keep their exact values with the integer part unpacked (DecodeBlock32). kQ5_0
+// is the GGUF's own 5.5 bits per weight (it was a Q8_0 block, 8.5, until Q5_0 weights, most
+// of Gemma 3 270M's and SmolLM2 Q4_K_M's, made the repacked model 30 MB larger than its file).
+// The K-quants still cost size: Q4_K 6 bits per weight (GGUF 4.5), Q8F 10 or 11 (Q6_K 6.6,
+// Q5_K 5.5), against the kernels staying two (nibble and byte) families on one block structure.
 //
 // Group g (rows 16g .. 16g+15; rows past the end are zero) is a sequence of units of two
 // blocks (the kernels then read one sequential stream; every unit is a whole number of cache
@@ -27,7 +30,11 @@
 //   quants of b, quants of b + 1: kChunks x 64 bytes each; chunk k is, for each row
 //           r = 0..15, the dword r = bytes 4k..4k+3 of that row's block quants:
 //             nibble forms: kChunks = 4, byte j holds element j in its low nibble and element
-//                           j + 16 in its high one (the GGUF Q4_x order);
+//                           j + 16 in its high one (the GGUF Q4_x order); kQ5_0 then has a
+//                           fifth chunk of high bits: dword r byte e holds in bit k the high
+//                           bit of element 4k + e and in bit 4 + k that of element 16 + 4k + e
+//                           (so chunk k's are one shift by k away from bit 0 / bit 4 of the
+//                           byte its nibbles sit in);
 //             byte forms:   kChunks = 8, q + 128 as unsigned bytes (VNNI multiplies u8 by s8);
 //   scales of b, scales of b + 1: 16 fp16 (row r at index r); kQ4F: 16 fp32; kQ8F: 32 fp32,
 //           rows' scales of elements 0..15, then of elements 16..31;
@@ -48,7 +55,7 @@ constexpr int kGroupRows = 16;
 // embedding releases its file pages 680 KB at a time instead of 170 MB at the end).
 constexpr int64_t kProgressGroups = 64;
 
-enum class Pack { kNone, kQ4_0, kQ4_1, kQ8_0, kQ4F, kQ8F };
+enum class Pack { kNone, kQ4_0, kQ4_1, kQ8_0, kQ4F, kQ8F, kQ5_0 };
 
 struct AlignedDeleter {
   void operator()(void* p) const;
@@ -78,7 +85,7 @@ class CpuWeight : public PreparedWeight {
   int64_t n_groups() const { return n_groups_; }
   int64_t blocks() const { return cols() / 32; }
   const uint8_t* group(int64_t g) const { return packed_.get() + g * group_bytes_; }
-  int quant_bytes() const { return quant_bytes_; }  // per block and group: 256 or 512
+  int quant_bytes() const { return quant_bytes_; }  // per block and group: 256, 320 or 512
   int unit_bytes() const { return unit_bytes_; }    // per two blocks and group
   const uint8_t* block_quants(int64_t g, int64_t b) const {
     return group(g) + (b >> 1) * unit_bytes_ + (b & 1) * quant_bytes_;

@@ -213,8 +213,8 @@ TEST(MatMulTest, ResultsAreBitwiseIdenticalAtEveryThreadCount) {
 // results.
 TEST(MatMulTest, Int8ResultsDoNotDependOnBatchSize) {
   if (cpu::DetectIsa() == Isa::kScalar) GTEST_SKIP() << "no int8 kernels at the scalar level";
-  for (DType type :
-       {DType::kQ8_0, DType::kQ4_0, DType::kQ4_1, DType::kQ5_1, DType::kQ4_K, DType::kQ6_K}) {
+  for (DType type : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_1, DType::kQ5_0, DType::kQ5_1,
+                     DType::kQ4_K, DType::kQ6_K}) {
     const int64_t cols = testing::ColsFor(type, 576);
     const OwnedTensor w = testing::RandomWeight(type, 192, cols, 3);
     const std::vector<float> x = testing::RandomFloats(64 * cols, 4);
