@@ -67,8 +67,7 @@ constexpr bool MayHaveOffsets(Pack p) {
 
 // kQ5_0, chunk k of a block (16 rows): each byte of lo holds q5 of the element its low nibble
 // holds, each byte of hi that of its high nibble (0..31; packed_weight.h).
-KVSHARE_TARGET_AVX512 inline void FiveBitChunk(const uint8_t* qb, int k, __m512i* lo,
-                                               __m512i* hi) {
+KVSHARE_TARGET_AVX512 inline void FiveBitChunk(const uint8_t* qb, int k, __m512i* lo, __m512i* hi) {
   const __m512i raw = _mm512_load_si512(qb + 64 * k);
   const __m512i high = _mm512_srli_epi32(_mm512_load_si512(qb + 4 * 64), k);
   const __m512i nibbles = _mm512_set1_epi8(0x0f), bit4 = _mm512_set1_epi8(0x10);
@@ -240,8 +239,8 @@ KVSHARE_TARGET_AVX512 void F32Tile(const CpuWeight& w, int64_t g, const float* x
           }
         }
       } else if constexpr (P == Pack::kQ5_0) {
-        const __m512 below = _mm512_setr_ps(-16, -15, -14, -13, -12, -11, -10, -9, -8, -7, -6, -5,
-                                            -4, -3, -2, -1);
+        const __m512 below =
+            _mm512_setr_ps(-16, -15, -14, -13, -12, -11, -10, -9, -8, -7, -6, -5, -4, -3, -2, -1);
 #pragma GCC unroll 4
         for (int k = 0; k < 4; ++k) {
           __m512i q5_lo, q5_hi;
