@@ -238,38 +238,32 @@ KVSHARE_TARGET_AVX512 void F32Tile(const CpuWeight& w, int64_t g, const float* x
             }
           }
         }
-      } else if constexpr (P == Pack::kQ5_0) {
+      } else {
+        // Each dword lane's byte e holds the codes of elements 4k + e (lo) and 16 + 4k + e (hi):
+        // nibbles, or kQ5_0's 5-bit codes (then a 32-entry table: `below` for codes 0..15).
         const __m512 below =
             _mm512_setr_ps(-16, -15, -14, -13, -12, -11, -10, -9, -8, -7, -6, -5, -4, -3, -2, -1);
 #pragma GCC unroll 4
         for (int k = 0; k < 4; ++k) {
-          __m512i q5_lo, q5_hi;
-          FiveBitChunk(qb, k, &q5_lo, &q5_hi);
-#pragma GCC unroll 4
-          for (int e = 0; e < 4; ++e) {
-            const __m512 lo = _mm512_permutex2var_ps(
-                below, e == 0 ? q5_lo : _mm512_srli_epi32(q5_lo, 8 * e), table);
-            const __m512 hi = _mm512_permutex2var_ps(
-                below, e == 0 ? q5_hi : _mm512_srli_epi32(q5_hi, 8 * e), table);
-#pragma GCC unroll 8
-            for (int t = 0; t < NT; ++t) {
-              const float* xb = x + (t0 + t) * cols + b * 32;
-              bacc[t][e % kChains] =
-                  _mm512_fmadd_ps(lo, _mm512_set1_ps(xb[4 * k + e]), bacc[t][e % kChains]);
-              bacc[t][(e + 1) % kChains] = _mm512_fmadd_ps(hi, _mm512_set1_ps(xb[16 + 4 * k + e]),
-                                                           bacc[t][(e + 1) % kChains]);
-            }
+          __m512i lo_codes, hi_codes;
+          if constexpr (P == Pack::kQ5_0) {
+            FiveBitChunk(qb, k, &lo_codes, &hi_codes);
+          } else {
+            lo_codes = _mm512_load_si512(qb + 64 * k);
+            hi_codes = _mm512_srli_epi32(lo_codes, 4);
           }
-        }
-      } else {
-#pragma GCC unroll 4
-        for (int k = 0; k < 4; ++k) {
-          const __m512i raw = _mm512_load_si512(qb + 64 * k);
 #pragma GCC unroll 4
           for (int e = 0; e < 4; ++e) {
-            const __m512 lo =
-                _mm512_permutexvar_ps(e == 0 ? raw : _mm512_srli_epi32(raw, 8 * e), table);
-            const __m512 hi = _mm512_permutexvar_ps(_mm512_srli_epi32(raw, 8 * e + 4), table);
+            const __m512i lo_index = e == 0 ? lo_codes : _mm512_srli_epi32(lo_codes, 8 * e);
+            const __m512i hi_index = e == 0 ? hi_codes : _mm512_srli_epi32(hi_codes, 8 * e);
+            __m512 lo, hi;
+            if constexpr (P == Pack::kQ5_0) {
+              lo = _mm512_permutex2var_ps(below, lo_index, table);
+              hi = _mm512_permutex2var_ps(below, hi_index, table);
+            } else {
+              lo = _mm512_permutexvar_ps(lo_index, table);
+              hi = _mm512_permutexvar_ps(hi_index, table);
+            }
 #pragma GCC unroll 8
             for (int t = 0; t < NT; ++t) {
               const float* xb = x + (t0 + t) * cols + b * 32;
