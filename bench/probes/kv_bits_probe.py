@@ -8,6 +8,9 @@ Prints the held-out NLL increase over the unquantised model on 4 windows of 512 
 tokens after the calibration lines (about 25 s per row on 2 cores).
 
     python3 bench/probes/kv_bits_probe.py   (needs numpy, gguf, tokenizers: scripts/setup.sh)
+    python3 bench/probes/kv_bits_probe.py --int4-error
+        where int4's error comes from (session 8, kv_int4_error_probe.txt): K or V alone at 4
+        bits, finer K groups, ranges clipped to least squared error, one layer left exact
 """
 import os
 import sys
@@ -38,7 +41,9 @@ def hadamard(n):
 HD = hadamard(m.hd)
 
 
-def quantise(x, bits, axis):
+def quantise(x, bits, axis, clip=False):
+    if clip:
+        return quantise_clipped(x, bits, axis)
     lo, hi = x.min(axis, keepdims=True), x.max(axis, keepdims=True)
     top = (1 << bits) - 1
     s = (hi - lo) / top
@@ -46,18 +51,41 @@ def quantise(x, bits, axis):
     return np.clip(np.round((x - lo) / s), 0, top) * s + lo
 
 
-def store(k, v, k_bits, k_per_channel, v_bits, group, rotate):
-    """k, v: [T][kv_heads][head_dim] as a pool of this layout would return them."""
+CLIP_FACTORS = [1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7]
+
+
+def quantise_clipped(x, bits, axis):
+    """Per group, the range shrunk about its midpoint by the factor of least squared error."""
+    lo, hi = x.min(axis, keepdims=True), x.max(axis, keepdims=True)
+    mid, half = (lo + hi) / 2, (hi - lo) / 2
+    best = best_err = None
+    for a in CLIP_FACTORS:
+        y = quantise(np.clip(x, mid - half * a, mid + half * a), bits, axis)
+        err = ((y - x) ** 2).sum(axis, keepdims=True)
+        if best is None:
+            best, best_err = y, err
+        else:
+            best = np.where(err < best_err, y, best)
+            best_err = np.minimum(err, best_err)
+    return best
+
+
+def store(k, v, k_bits, k_per_channel, v_bits, group, rotate, clip_k=False, clip_v=False):
+    """k, v: [T][kv_heads][head_dim] as a pool of this layout would return them.
+    k_per_channel: True (over the block), an int (over groups of that many positions), or
+    False (per position over `group` channels)."""
     if rotate:
         k, v = k @ HD, v @ HD
     k, v = k.copy(), v.copy()
     for b in range(1, k.shape[0] // BLOCK):  # block 0 and the partial block stay exact
         sl = slice(b * BLOCK, (b + 1) * BLOCK)
         if k_per_channel:
-            k[sl] = quantise(k[sl], k_bits, 0)
+            tg = BLOCK if k_per_channel is True else k_per_channel
+            for t0 in range(b * BLOCK, (b + 1) * BLOCK, tg):
+                k[t0:t0 + tg] = quantise(k[t0:t0 + tg], k_bits, 0, clip_k)
         else:
             k[sl] = quantise(k[sl].reshape(BLOCK, -1, group), k_bits, 2).reshape(k[sl].shape)
-        v[sl] = quantise(v[sl].reshape(BLOCK, -1, group), v_bits, 2).reshape(v[sl].shape)
+        v[sl] = quantise(v[sl].reshape(BLOCK, -1, group), v_bits, 2, clip_v).reshape(v[sl].shape)
     if rotate:
         k, v = k @ HD.T, v @ HD.T
     return k, v
@@ -68,13 +96,14 @@ def forward(seq, layout):
     pos = np.arange(T)
     g = m.nh // m.nkv
     x = m.emb[np.asarray(seq)]
-    for w in m.layers:
+    for li, w in enumerate(m.layers):
+        lay = layout[li] if isinstance(layout, list) else layout  # a list: one per layer
         h = m.rmsnorm(x, w["attn_norm"])
         q = m.rope((h @ w["attn_q"].T).reshape(T, m.nh, m.hd), pos)
         k = m.rope((h @ w["attn_k"].T).reshape(T, m.nkv, m.hd), pos)
         v = (h @ w["attn_v"].T).reshape(T, m.nkv, m.hd)
-        if layout:
-            k, v = store(k, v, *layout)
+        if lay:
+            k, v = store(k, v, *lay)
         att = np.einsum("tkjd,skd->kjts", q.reshape(T, m.nkv, g, m.hd), k) / np.sqrt(m.hd)
         att = np.where(pos[None, :] > pos[:, None], -np.inf, att)
         att = np.exp(att - att.max(-1, keepdims=True))
@@ -106,8 +135,30 @@ ROWS = [  # name, (K bits, K per channel, V bits, group, rotate), bits per value
     ("rotated K4 V4/64", (4, True, 4, 64, True), 4.5),
     ("rotated K4/tok V4/64", (4, False, 4, 64, True), 4.5),
 ]
-base = nll(None)
-print(f"unquantised held-out NLL {base:.4f} ({sum(len(w) - 1 for w in held)} tokens)")
-print(f"{'layout':24s} {'vs f16':>7s} {'NLL +':>8s}")
-for name, layout, bits in ROWS:
-    print(f"{name:24s} {bits / 16:7.3f} {nll(layout) - base:+8.4f}", flush=True)
+INT4 = (4, True, 4, 32, False)
+INT4_ERROR_ROWS = [  # name, layout, bits per value (0: not a candidate layout)
+    ("int4", INT4, 4.75),
+    ("K8 V4/32 (V's share)", (8, True, 4, 32, False), 0),
+    ("K4 V8/32 (K's share)", (4, True, 8, 32, False), 0),
+    ("K4 over 32 positions, V4/64", (4, 32, 4, 64, False), 4.75),
+    ("K5 V3/64", (5, True, 3, 64, False), 4.5),
+    ("K5 V3/32", (5, True, 3, 32, False), 4.75),
+    ("int4, K range clipped", INT4 + (True, False), 4.75),
+    ("int4, V range clipped", INT4 + (False, True), 4.75),
+    ("int4 but layer 0 exact", [None] + [INT4] * (m.L - 1), 0),
+    ("int4 but layer 1 exact", [INT4, None] + [INT4] * (m.L - 2), 0),
+]
+
+
+def main():
+    rows = INT4_ERROR_ROWS if "--int4-error" in sys.argv else ROWS
+    base = nll(None)
+    print(f"unquantised held-out NLL {base:.4f} ({sum(len(w) - 1 for w in held)} tokens)")
+    print(f"{'layout':28s} {'vs f16':>7s} {'NLL +':>8s}")
+    for name, layout, bits in rows:
+        share = f"{bits / 16:7.3f}" if bits else f"{'-':>7s}"
+        print(f"{name:28s} {share} {nll(layout) - base:+8.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
