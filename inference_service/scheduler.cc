@@ -113,7 +113,24 @@ Scheduler::~Scheduler() {
 
 int64_t Scheduler::BlocksFor(const SharingStrategy& strategy, int64_t tokens) const {
   // Pure arithmetic on immutable geometry: safe beside the scheduler thread.
-  return (tokens + block_tokens_ - 1) / block_tokens_ * strategy.owning_layers();
+  return kv_shape_->BlocksFor(strategy, tokens);
+}
+
+int64_t Scheduler::CapacityTokens(const SharingStrategy& strategy) const {
+  auto fits = [&](int64_t blocks_per_layer) {
+    return kv_shape_->FitsEmpty(
+        kv_shape_->BlocksByType(strategy, blocks_per_layer * block_tokens_));
+  };
+  int64_t lo = 0, hi = 1;  // fits(lo); doubling until hi does not
+  while (fits(hi)) {
+    lo = hi;
+    hi *= 2;
+  }
+  while (hi - lo > 1) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    (fits(mid) ? lo : hi) = mid;
+  }
+  return lo * block_tokens_;
 }
 
 absl::Status Scheduler::Submit(GenerationRequest request, GenerationSink* sink) {
@@ -126,15 +143,15 @@ absl::Status Scheduler::Submit(GenerationRequest request, GenerationSink* sink) 
         "tokens",
         prompt, request.max_tokens, total, config_.max_seq_len));
   }
-  const int64_t need = BlocksFor(strategy, total);
-  if (!kv_shape_->FitsEmpty(kv_shape_->BlocksByType(strategy, total))) {
-    const int64_t capacity = total_blocks_ / strategy.owning_layers() * block_tokens_;
+  const KvBlockCounts need = kv_shape_->BlocksByType(strategy, total);
+  if (!kv_shape_->FitsEmpty(need)) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "prompt (%d tokens) + max_tokens (%d) = %d tokens need %d KV blocks under strategy "
-        "version %d (%d of %d layers own KV); the whole pool has %d blocks, %d tokens under "
-        "this strategy",
-        prompt, request.max_tokens, total, need, request.strategy.version, strategy.owning_layers(),
-        strategy.n_layers(), total_blocks_, capacity));
+        "prompt (%d tokens) + max_tokens (%d) = %d tokens need %d KV blocks (%s) under strategy "
+        "version %d (%d of %d layers own KV); the whole pool (%d %s blocks) holds %d tokens "
+        "under this strategy",
+        prompt, request.max_tokens, total, need.total(), need.ToString(), request.strategy.version,
+        strategy.owning_layers(), strategy.n_layers(), total_blocks_,
+        KvTypeName(kv_shape_->geometry().type), CapacityTokens(strategy)));
   }
   auto seq = std::make_unique<Sequence>(std::move(request), sink, tokenizer_);
   seq->accepted = absl::Now();

@@ -92,8 +92,13 @@ class Scheduler {
   absl::Status Submit(GenerationRequest request, GenerationSink* sink);
 
   SchedulerLoad Load() const;
-  // KV blocks `tokens` positions take under `strategy` (immutable geometry; any thread).
+  // KV blocks `tokens` positions take under `strategy`, all types together (immutable
+  // geometry; any thread).
   int64_t BlocksFor(const SharingStrategy& strategy, int64_t tokens) const;
+  // The most positions one sequence under `strategy` can hold in the empty pool, counting each
+  // KV type's blocks as the pool stores them (a plan of small types holds more than
+  // total_blocks() / owning layers blocks of the default type would). Any thread.
+  int64_t CapacityTokens(const SharingStrategy& strategy) const;
   int64_t total_blocks() const { return total_blocks_; }
   int block_tokens() const { return block_tokens_; }
   // Bytes of one KV block (the pool's KvType; kernels/kv_type.h).

@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <numeric>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 
 namespace kvshare {
 
@@ -16,6 +18,14 @@ int64_t KvBlockCounts::total() const {
   int64_t n = 0;
   for (int64_t x : of) n += x;
   return n;
+}
+
+std::string KvBlockCounts::ToString() const {
+  std::vector<std::string> parts;
+  for (KvType t : kAllKvTypes) {
+    if ((*this)[t] != 0) parts.push_back(absl::StrCat((*this)[t], " ", KvTypeName(t)));
+  }
+  return parts.empty() ? "0" : absl::StrJoin(parts, " + ");
 }
 
 KvBlockCounts& KvBlockCounts::operator-=(const KvBlockCounts& o) {

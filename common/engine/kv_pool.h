@@ -33,6 +33,7 @@
 #include <cstdint>
 #include <memory>
 #include <set>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -50,6 +51,8 @@ struct KvBlockCounts {
   int64_t& operator[](KvType t) { return of[static_cast<int>(t)]; }
   int64_t operator[](KvType t) const { return of[static_cast<int>(t)]; }
   int64_t total() const;
+  // "40 int4 + 25 int8": the types with blocks, in kAllKvTypes order ("0" when none).
+  std::string ToString() const;
   KvBlockCounts& operator+=(const KvBlockCounts& o);
   KvBlockCounts& operator-=(const KvBlockCounts& o);
 };

@@ -24,6 +24,7 @@
 namespace kvshare {
 namespace {
 
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 
 std::shared_ptr<const SharingStrategy> Plan(const Model& m, std::vector<KvType> types) {
@@ -127,6 +128,28 @@ TEST(KvPlanWorkerTest, PlansOfDifferentTypesAreAdmittedIntoOnePoolByTheExactCoun
   EXPECT_LE(most_running, 3);
   EXPECT_TRUE((*scheduler)->WaitUntilIdle(absl::Seconds(5)));
   EXPECT_EQ((*scheduler)->Load().kv_blocks_free, 20);
+
+  // What one sequence can hold is counted per type too: 4 pages are 64 int8 blocks, 12 per
+  // layer of 5, 192 tokens under the int8 plan (the pool's 20 f32 blocks would say 64).
+  EXPECT_EQ((*scheduler)->CapacityTokens(*int8_plan.strategy), 192);
+  EXPECT_EQ((*scheduler)->CapacityTokens(*plain.strategy), 64);
+  Sink fits, too_long;
+  GenerationRequest r;
+  r.id = "fits";
+  r.prompt.assign(16, 7);
+  r.max_tokens = 192 - 16;
+  r.ignore_eos = true;
+  r.strategy = int8_plan;
+  ASSERT_TRUE((*scheduler)->Submit(r, &fits).ok());
+  ASSERT_TRUE(fits.WaitFinished());
+  EXPECT_TRUE(fits.outcome().status.ok()) << fits.outcome().status;
+  r.id = "too-long";
+  r.max_tokens = 193 - 16;
+  const absl::Status s = (*scheduler)->Submit(r, &too_long);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(s.message()),
+              AllOf(HasSubstr("193 tokens need 65 KV blocks (65 int8)"),
+                    HasSubstr("the whole pool (20 f32 blocks) holds 192 tokens")));
 }
 
 }  // namespace

@@ -122,8 +122,8 @@ TEST_F(ValidationTest, ARequestBeyondTheContextOrThePoolSaysByHowMuch) {
   r.set_max_tokens(300 - p);
   EXPECT_INVALID(
       r, HasSubstr(absl::StrFormat("prompt (%d tokens) + max_tokens (%d) = 300", p, 300 - p)),
-      HasSubstr("need 95 KV blocks"), HasSubstr("the whole pool has 50 blocks"),
-      HasSubstr("160 tokens"));
+      HasSubstr("need 95 KV blocks (95 f32)"),
+      HasSubstr("the whole pool (50 f32 blocks) holds 160 tokens under this strategy"));
   // Beyond the model's context (512) -- checked before the pool.
   std::string long_text;
   for (int i = 0; i < 200; ++i) long_text += "Once upon a time ";
