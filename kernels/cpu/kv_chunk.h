@@ -107,19 +107,11 @@ inline __attribute__((always_inline)) void GatherChunkT(const ChunkRows& a, Chun
           if (v3) {
             const uint8_t* vq = block + lay.v + vs0 * kKvV3GroupBytes;
             for (int gi = 0; gi < hd / kKvV3Group; ++gi) {
-              const uint8_t* lo = vq + gi * kKvV3GroupBytes;
-              const uint8_t* hi = lo + 16;
               const float vs = Fp16ToFp32(v_scale[gi]), vm = Fp16ToFp32(v_min[gi]);
               float* vdg = vd + gi * kKvV3Group;
-              // Codes first, in bytes (channel 16 s + j: bits 0-1 from lo[j] at bit 2 s; channel
-              // 8 i + j: bit 2 from hi[j] at bit i), then one vectorisable pass to floats.
+              // Codes first, in bytes, then one vectorisable pass to floats.
               uint8_t code[kKvV3Group];
-              for (int sft = 0; sft < 4; ++sft) {
-                for (int j = 0; j < 16; ++j) code[16 * sft + j] = (lo[j] >> (2 * sft)) & 3;
-              }
-              for (int i = 0; i < 8; ++i) {
-                for (int j = 0; j < 8; ++j) code[8 * i + j] |= ((hi[j] >> i) & 1) << 2;
-              }
+              Unpack3BitGroup(vq + gi * kKvV3GroupBytes, code);
               for (int c2 = 0; c2 < kKvV3Group; ++c2) {
                 vdg[c2] = static_cast<float>(code[c2]) * vs + vm;
               }

@@ -51,6 +51,17 @@ void Pack3Bits(const uint8_t* q, uint8_t* packed);
 inline int Unpack3Bits(const uint8_t* packed, int c) {
   return ((packed[c % 16] >> (2 * (c / 16))) & 3) | (((packed[16 + c % 8] >> (c / 8)) & 1) << 2);
 }
+// All 64 codes of a group packed by Pack3Bits, plane by plane (loops the compiler vectorises:
+// channel 16 s + j's bits 0-1 are in byte j at bit 2 s, channel 8 i + j's bit 2 in byte 16 + j
+// at bit i).
+inline void Unpack3BitGroup(const uint8_t* packed, uint8_t* q) {
+  for (int s = 0; s < 4; ++s) {
+    for (int j = 0; j < 16; ++j) q[16 * s + j] = (packed[j] >> (2 * s)) & 3;
+  }
+  for (int i = 0; i < 8; ++i) {
+    for (int j = 0; j < 8; ++j) q[8 * i + j] |= ((packed[16 + j] >> i) & 1) << 2;
+  }
+}
 
 // The asymmetric quantiser of n values x[i * stride] to codes [0, max_code] (int4: 15, k4v3's
 // V: 7): min_f16 = fp16(min), scale_f16 = fp16((max - min) / max_code),

@@ -185,7 +185,6 @@ KVSHARE_TARGET_AVX2 void F32Tile(const CpuWeight& w, int64_t g, int h, const flo
   constexpr int kHalves = P == Pack::kQ8F ? 2 : 1;
   const bool offsets = MayHaveOffsets(P) && (P != Pack::kQ8F || w.has_offsets());
   const int64_t nb = w.blocks();
-  const __m256i nib_mask = _mm256_set1_epi32(0x0f);
   __m256 acc = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* qb = w.block_quants(g, b) + 32 * h;
@@ -206,30 +205,24 @@ KVSHARE_TARGET_AVX2 void F32Tile(const CpuWeight& w, int64_t g, int h, const flo
             bacc[e] = _mm256_fmadd_ps(v, _mm256_set1_ps(xb[4 * k + e]), bacc[e]);
           }
         }
-      } else if constexpr (P == Pack::kQ5_0) {
-        const __m256i five_bits = _mm256_set1_epi32(0x1f), bias = _mm256_set1_epi32(16);
+      } else {
+        // Each dword lane's byte e holds the codes of elements 4k + e (lo) and 16 + 4k + e
+        // (hi): nibbles, or kQ5_0's 5-bit codes.
+        const __m256i code_mask = _mm256_set1_epi32(P == Pack::kQ5_0 ? 0x1f : 0x0f);
+        const __m256i bias = _mm256_set1_epi32(P == Pack::kQ5_0 ? 16 : (P == Pack::kQ4_0 ? 8 : 0));
         for (int k = 0; k < 4; ++k) {
-          __m256i q5_lo, q5_hi;
-          FiveBitChunk(qb, k, &q5_lo, &q5_hi);
+          __m256i lo_codes, hi_codes;
+          if constexpr (P == Pack::kQ5_0) {
+            FiveBitChunk(qb, k, &lo_codes, &hi_codes);
+          } else {
+            lo_codes = _mm256_load_si256(reinterpret_cast<const __m256i*>(qb + 64 * k));
+            hi_codes = _mm256_srli_epi32(lo_codes, 4);
+          }
           for (int e = 0; e < 4; ++e) {
             const __m256 lo = _mm256_cvtepi32_ps(_mm256_sub_epi32(
-                _mm256_and_si256(_mm256_srli_epi32(q5_lo, 8 * e), five_bits), bias));
+                _mm256_and_si256(_mm256_srli_epi32(lo_codes, 8 * e), code_mask), bias));
             const __m256 hi = _mm256_cvtepi32_ps(_mm256_sub_epi32(
-                _mm256_and_si256(_mm256_srli_epi32(q5_hi, 8 * e), five_bits), bias));
-            bacc[e] = _mm256_fmadd_ps(lo, _mm256_set1_ps(xb[4 * k + e]), bacc[e]);
-            bacc[(e + 1) % 4] =
-                _mm256_fmadd_ps(hi, _mm256_set1_ps(xb[16 + 4 * k + e]), bacc[(e + 1) % 4]);
-          }
-        }
-      } else {
-        const __m256i bias = _mm256_set1_epi32(P == Pack::kQ4_0 ? 8 : 0);
-        for (int k = 0; k < 4; ++k) {
-          const __m256i raw = _mm256_load_si256(reinterpret_cast<const __m256i*>(qb + 64 * k));
-          for (int e = 0; e < 4; ++e) {
-            const __m256 lo = _mm256_cvtepi32_ps(
-                _mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(raw, 8 * e), nib_mask), bias));
-            const __m256 hi = _mm256_cvtepi32_ps(_mm256_sub_epi32(
-                _mm256_and_si256(_mm256_srli_epi32(raw, 8 * e + 4), nib_mask), bias));
+                _mm256_and_si256(_mm256_srli_epi32(hi_codes, 8 * e), code_mask), bias));
             bacc[e] = _mm256_fmadd_ps(lo, _mm256_set1_ps(xb[4 * k + e]), bacc[e]);
             bacc[(e + 1) % 4] =
                 _mm256_fmadd_ps(hi, _mm256_set1_ps(xb[16 + 4 * k + e]), bacc[(e + 1) % 4]);
