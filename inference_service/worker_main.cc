@@ -131,9 +131,10 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   app.add_option("--kv-type", f.kv_type,
-                 "How the KV pool stores K and V: f32, f16, int8, int4 or k4v3 (kernels/kv_type.h)")
+                 "How the KV pool stores K and V: f32, f16, int8, int4, k4v3 or int4a "
+                 "(kernels/kv_type.h)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"f32", "f16", "int8", "int4", "k4v3"}));
+      ->check(CLI::IsMember({"f32", "f16", "int8", "int4", "k4v3", "int4a"}));
   app.add_option("--block-tokens", f.worker.block_tokens, "Tokens per KV block")
       ->capture_default_str()
       ->check(CLI::Range(1, 1024));

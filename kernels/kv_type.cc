@@ -17,6 +17,8 @@ const char* KvTypeName(KvType type) {
       return "int4";
     case KvType::kK4V3:
       return "k4v3";
+    case KvType::kInt4A:
+      return "int4a";
   }
   return "?";
 }
@@ -26,7 +28,7 @@ absl::StatusOr<KvType> ParseKvType(absl::string_view name) {
     if (name == KvTypeName(t)) return t;
   }
   return absl::InvalidArgumentError(absl::StrFormat(
-      "kv type \"%s\" is not one of f32, f16, int8, int4, k4v3", name.substr(0, 32)));
+      "kv type \"%s\" is not one of f32, f16, int8, int4, k4v3, int4a", name.substr(0, 32)));
 }
 
 int64_t KvGeometry::block_bytes() const {
@@ -44,6 +46,9 @@ int64_t KvGeometry::block_bytes() const {
     case KvType::kK4V3:
       // K as int4; 3-bit V, V scale and min per (position, 64 channels).
       return t * c / 2 + 2 * c * 2 + t * (c / kKvV3Group) * (kKvV3GroupBytes + 2 * 2);
+    case KvType::kInt4A:
+      // int4's bytes and each K channel's width in a nibble.
+      return t * c + c / 2 + 2 * c * 2 + 2 * t * (c / kKvInt4Group) * 2;
   }
   return 0;
 }
@@ -59,6 +64,13 @@ absl::Status ValidateKvGeometry(const KvGeometry& g) {
         "kv type int4 needs head_dim a multiple of %d (its groups are 32 channels of one head); "
         "this model's head_dim is %d",
         kKvInt4Group, g.head_dim));
+  }
+  if (g.type == KvType::kInt4A && (g.head_dim % kKvInt4Group != 0 || g.block_tokens % 8 != 0)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "kv type int4a needs head_dim a multiple of %d and block_tokens a multiple of 8 (its V "
+        "groups are 32 channels of one head, its K bit planes whole bytes); this model's "
+        "head_dim is %d, block_tokens %d",
+        kKvInt4Group, g.head_dim, g.block_tokens));
   }
   if (g.type == KvType::kK4V3 && g.head_dim % kKvV3Group != 0) {
     return absl::InvalidArgumentError(absl::StrFormat(

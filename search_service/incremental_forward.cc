@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/strings/str_format.h"
+#include "common/engine/query_weights.h"
 #include "search_service/greedy_search.h"
 #include "search_service/kv_round_trip.h"
 
@@ -119,6 +120,7 @@ void IncrementalForward::RoundTripBlock(int layer, int input, KvType type, int n
   KvGeometry g = dense;
   g.block_tokens = kv_block_tokens_;
   g.type = type;
+  if (type == KvType::kInt4A) g.k_weights = query_weights_->layers[layer].data();
   KvRoundTrip(g).Apply(n, kv_host_.data(), kv_host_.data() + t * c);
   backend.CopyFromHost(kv_host_.data(), kv_host_.size() * sizeof(float), block);
 }
@@ -201,6 +203,12 @@ absl::Status IncrementalForward::RunPlan(const std::vector<int>& kv_source,
                                          int first_changed_layer, const FinalBatchFn& on_final) {
   absl::Status s = CheckPlan(kv_source, kv_types, first_changed_layer);
   if (!s.ok()) return s;
+  if (query_weights_ == nullptr &&
+      std::find(kv_types.begin(), kv_types.end(), KvType::kInt4A) != kv_types.end()) {
+    auto weights = QueryWeightsOf(transformer_.model());  // what a serving engine measures
+    if (!weights.ok()) return weights.status();
+    query_weights_ = std::move(*weights);
+  }
   kv_->SetCandidate(kv_source, first_changed_layer);
   run_first_ = -1;  // candidate_* are being overwritten
   running_types_ = &kv_types;

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/engine/query_weights.h"
 #include "common/engine/transformer.h"
 #include "kernels/kv_type.h"
 #include "search_service/calibration.h"
@@ -117,6 +118,8 @@ class IncrementalForward {
   std::vector<KvType> accepted_types_, run_types_;
   const std::vector<KvType>* running_types_ = nullptr;
   int kv_block_tokens_ = 16;
+  // int4a's query weights, measured (query_weights.h) when a plan first names int4a.
+  std::shared_ptr<const QueryWeights> query_weights_;
   std::vector<float> kv_host_;  // one dense block, for the round trip
 };
 

@@ -171,17 +171,30 @@ absl::StatusOr<KvPlanSearchResult> SearchKvPlan(
   // smallest lower type, then that type. No per-layer choice among the lower types stores fewer
   // bytes than the first that fits, so it is the precision plan, and the scan of steps 2-3 (and
   // step 6, which only adds precision) has nothing to find.
+  // After it, the floor types larger than it but smaller than the least a per-layer plan of
+  // the lower types stores once not every layer is at the smallest (one layer one type up):
+  // int4a, when int4 alone does not fit.
   std::vector<KvType> floors;
   if (!lower.empty()) {
     const double smallest = KvLayerBytesPerToken(g, lower.back());
-    for (KvType t : options.floor_types) {
-      if (KvLayerBytesPerToken(g, t) < smallest) floors.push_back(t);
-    }
-    std::sort(floors.begin(), floors.end(), [&](KvType a, KvType b) {
+    const double one_up =
+        lower.size() < 2
+            ? smallest
+            : smallest + (KvLayerBytesPerToken(g, lower[lower.size() - 2]) - smallest) / n_layers;
+    auto by_bytes = [&](KvType a, KvType b) {
       return KvLayerBytesPerToken(g, a) < KvLayerBytesPerToken(g, b);
-    });
-    floors.erase(std::unique(floors.begin(), floors.end()), floors.end());
+    };
+    std::vector<KvType> above;
+    for (KvType t : options.floor_types) {
+      const double bytes = KvLayerBytesPerToken(g, t);
+      if (bytes < smallest) floors.push_back(t);
+      if (bytes > smallest && bytes < one_up) above.push_back(t);
+    }
+    std::sort(floors.begin(), floors.end(), by_bytes);
+    std::sort(above.begin(), above.end(), by_bytes);
     floors.push_back(lower.back());
+    floors.insert(floors.end(), above.begin(), above.end());
+    floors.erase(std::unique(floors.begin(), floors.end()), floors.end());
   }
   bool floor_fits = false;
   double floor_heldout = 0;

@@ -5,10 +5,12 @@
 //   1. Start from the base plan: every layer owns, stored as options.base_type (f16).
 //   1b. The floors (options.floor_first): measure on held-out text the plan with every layer at
 //      one type — the floor types smaller than the smallest lower type, smallest first, then
-//      that type — until one fits the budget. No per-layer choice among the lower types stores
-//      fewer bytes, so the first that fits is the precision plan (scored once on calibration
-//      text), steps 2, 3 and 6 are skipped, and step 5 never trims below it. When none fits the
-//      search goes on from step 2 (one held-out check spent per floor).
+//      that type, then the floor types between it and the least a per-layer plan stores with
+//      one layer a type above it (int4a beside int4) — until one fits the budget. No per-layer
+//      choice among the lower types stores fewer bytes, so the first that fits is the precision
+//      plan (scored once on calibration text), steps 2, 3 and 6 are skipped, and step 5 never
+//      trims below it. When none fits the search goes on from step 2 (one held-out check spent
+//      per floor).
 //   2. Sensitivity: score, on the calibration set, the base plan with one layer lowered to each
 //      of options.lower_types (one candidate per layer and type, from that layer on).
 //   3. Precision: per layer the steps base -> int8 -> int4 (a type that costs more than a
@@ -89,8 +91,9 @@ struct KvPlanOptions {
   // Types tried only as uniform floors in step 1b, never per layer. k4v3 is one: its per-layer
   // cost hides in calibration noise (short samples hold one or two quantised blocks) and a scan
   // with it ranks "free" k4v3 steps first, which held-out text then rejects — on SmolLM2 at 1%
-  // it ended at 0.658 of f16 instead of 0.341 (docs/METHOD.md §6).
-  std::vector<KvType> floor_types = {KvType::kK4V3};
+  // it ended at 0.658 of f16 instead of 0.341 (docs/METHOD.md §6). int4a is the other: int4's
+  // bytes and a few more, at about half its cost, tried when int4 alone does not fit.
+  std::vector<KvType> floor_types = {KvType::kK4V3, KvType::kInt4A};
   bool share = true;  // step 4
   int share_best_of = 8;
   PairOrder share_order = PairOrder::kSimilar;

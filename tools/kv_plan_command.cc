@@ -43,7 +43,8 @@ CLI::Option* AddPlanSearchFlags(CLI::App* search, PlanSearchFlags* flags) {
   search
       ->add_option("--plan-types", flags->plan_types,
                    "With --max-ppl-increase: the types a layer may be lowered to from f16 "
-                   "(the default also tries every layer at k4v3 first; a list given here is "
+                   "(the default also tries every layer at k4v3 first, and at int4a when int4 "
+                   "alone does not fit; a list given here is "
                    "used alone: e.g. int8,int4,k4v3 lets the scan lower layers to k4v3 one by "
                    "one, which needs calibration samples of many blocks to see its cost)")
       ->capture_default_str();
@@ -66,7 +67,7 @@ int RunPlanSearchCommand(const Session& session, const PreparedSearch& prepared,
   if (!lower.ok()) return Fail(lower.status());
   o.lower_types = *lower;
   if (flags.plan_types == PlanSearchFlags{}.plan_types) {
-    // The default offers what the model's heads can hold, and the k4v3 floor.
+    // The default offers what the model's heads can hold, and the k4v3 and int4a floors.
     KeepHoldableTypes(&o, {o.block_tokens, c.n_kv_heads, c.head_dim});
   } else {
     o.floor_types.clear();  // the types given, and no others

@@ -31,13 +31,16 @@ void AddModelFlags(CLI::App* app, ModelFlags* flags, bool with_strategy) {
                   "Size the KV pool as this fraction of the device's free memory after the "
                   "weights (0 = the default pool)")
       ->check(CLI::Range(0.0, 1.0));
-  app->add_option("--kv-type", flags->kv_type,
-                  "How the KV cache stores K and V: f32, f16 (llama.cpp's and vLLM's default), "
-                  "int8 (per token and KV head, fp16 scale), int4 (KIVI: K per channel over "
-                  "each block and V per 32 channels; needs head_dim % 32 == 0) or k4v3 (K as "
-                  "int4, V in 3 bits per 64 channels; needs head_dim % 64 == 0)")
+  app->add_option(
+         "--kv-type", flags->kv_type,
+         "How the KV cache stores K and V: f32, f16 (llama.cpp's and vLLM's default), "
+         "int8 (per token and KV head, fp16 scale), int4 (KIVI: K per channel over "
+         "each block and V per 32 channels; needs head_dim % 32 == 0), k4v3 (K as "
+         "int4, V in 3 bits per 64 channels; needs head_dim % 64 == 0) or int4a (int4 with "
+         "each block's K bits spent where the queries look; needs head_dim % 32 == 0 "
+         "and block tokens % 8 == 0)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"f32", "f16", "int8", "int4", "k4v3"}));
+      ->check(CLI::IsMember({"f32", "f16", "int8", "int4", "k4v3", "int4a"}));
   app->add_option("--block-tokens", flags->block_tokens,
                   "Tokens per KV block, as the worker's --block-tokens (int4: K is quantised per "
                   "channel over a block, so larger blocks store fewer scales)")

@@ -102,7 +102,9 @@ def forward(seq, layout):
         q = m.rope((h @ w["attn_q"].T).reshape(T, m.nh, m.hd), pos)
         k = m.rope((h @ w["attn_k"].T).reshape(T, m.nkv, m.hd), pos)
         v = (h @ w["attn_v"].T).reshape(T, m.nkv, m.hd)
-        if lay:
+        if callable(lay):  # lay(layer, q, k, v) -> (k, v) as stored
+            k, v = lay(li, q, k, v)
+        elif lay:
             k, v = store(k, v, *lay)
         att = np.einsum("tkjd,skd->kjts", q.reshape(T, m.nkv, g, m.hd), k) / np.sqrt(m.hd)
         att = np.where(pos[None, :] > pos[:, None], -np.inf, att)

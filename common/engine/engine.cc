@@ -5,6 +5,7 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_format.h"
+#include "common/engine/query_weights.h"
 #include "common/strategy/strategy_binding.h"
 
 namespace kvshare {
@@ -134,8 +135,20 @@ absl::Status Engine::Init() {
   auto kv = KvCache::Create(*backend_, g, blocks, also);
   if (!kv.ok()) return kv.status();
   kv_ = std::move(*kv);
+  if (g.type == KvType::kInt4A) {
+    absl::Status w = EnsureQueryWeights();
+    if (!w.ok()) return w;
+  }
   positions_.reserve(R);
   ids_.reserve(R);
+  return absl::OkStatus();
+}
+
+absl::Status Engine::EnsureQueryWeights() {
+  if (kv_->has_query_weights()) return absl::OkStatus();
+  auto weights = QueryWeightsOf(model_);
+  if (!weights.ok()) return weights.status();
+  kv_->SetQueryWeights(std::move(*weights));
   return absl::OkStatus();
 }
 
@@ -143,6 +156,13 @@ absl::StatusOr<SeqId> Engine::AddSequence(std::shared_ptr<const SharingStrategy>
   if (strategy == nullptr) strategy = identity_;
   absl::Status s = ValidateStrategyForModel(*strategy, model_);
   if (s.ok()) s = kv_->CheckHolds(*strategy);
+  if (s.ok() && strategy->has_kv_types()) {
+    for (int l = 0; l < strategy->n_layers() && s.ok(); ++l) {
+      if (strategy->owns(l) && strategy->kv_type(l, options_.kv_type) == KvType::kInt4A) {
+        s = EnsureQueryWeights();
+      }
+    }
+  }
   if (!s.ok()) return s;
   if (const auto& p = strategy->projections(); p != nullptr) {
     auto it = projections_.find(p->sha256());

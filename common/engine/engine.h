@@ -101,6 +101,9 @@ class Engine {
   Engine(const Model& model, std::unique_ptr<Backend> backend, const EngineOptions& options);
   absl::Status Init();
   absl::Status EnsureLogitRows(int rows);
+  // Before the first sequence stores a layer as int4a: the model's query weights
+  // (query_weights.h), tokenising the probe text with the model's own tokenizer.
+  absl::Status EnsureQueryWeights();
 
   const Model& model_;
   std::unique_ptr<Backend> backend_;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <string>
+#include <utility>
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -44,7 +45,23 @@ absl::Status KvCache::CheckHolds(const SharingStrategy& strategy) const {
 }
 
 const KvGeometry& KvCache::GeometryFor(SeqId seq, int layer) const {
-  return pool_->geometry(seqs_.at(seq).type_of[layer]);
+  return GeometryOfType(seqs_.at(seq).type_of[layer], layer);
+}
+
+const KvGeometry& KvCache::GeometryOfType(KvType t, int layer) const {
+  if (t == KvType::kInt4A && !int4a_layers_.empty()) return int4a_layers_[layer];
+  return pool_->geometry(t);
+}
+
+void KvCache::SetQueryWeights(std::shared_ptr<const QueryWeights> weights) {
+  query_weights_ = std::move(weights);
+  int4a_layers_.clear();
+  if (!pool_->Holds(KvType::kInt4A)) return;
+  for (const std::vector<float>& w : query_weights_->layers) {
+    KvGeometry g = pool_->geometry(KvType::kInt4A);
+    g.k_weights = w.data();
+    int4a_layers_.push_back(g);
+  }
 }
 
 int64_t KvCache::BlocksFor(const SharingStrategy& strategy, int64_t tokens) const {

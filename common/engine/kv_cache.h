@@ -30,6 +30,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "common/engine/kv_pool.h"
+#include "common/engine/query_weights.h"
 #include "common/strategy/sharing_strategy.h"
 #include "kernels/backend.h"
 
@@ -50,8 +51,15 @@ class KvCache {
 
   // The default type's geometry (what a strategy without a plan stores every layer in).
   const KvGeometry& geometry() const { return geometry_; }
-  // The geometry of the default type (kept for callers without a sequence at hand).
-  const KvGeometry& LayerGeometry(int /*layer*/) const { return geometry_; }
+  // The geometry of the default type for `layer` (kept for callers without a sequence at
+  // hand; an int4a default carries the layer's query weights once set).
+  const KvGeometry& LayerGeometry(int layer) const {
+    return geometry_.type == KvType::kInt4A ? GeometryOfType(KvType::kInt4A, layer) : geometry_;
+  }
+  // int4a's query weights (common/engine/query_weights.h), set once by the engine before a
+  // sequence stores a layer as int4a; until then int4a layers weigh every channel 1.
+  void SetQueryWeights(std::shared_ptr<const QueryWeights> weights);
+  bool has_query_weights() const { return query_weights_ != nullptr; }
   // The geometry `layer` of `seq` reads and writes: its source's type under seq's strategy.
   const KvGeometry& GeometryFor(SeqId seq, int layer) const;
   const KvPool& kv_pool() const { return *pool_; }
@@ -123,11 +131,15 @@ class KvCache {
     std::vector<void*> tail_of;     // indexed by layer; only owning layers have one
   };
   explicit KvCache(Backend& backend) : backend_(backend) {}
+  // The pool's geometry of `t`, with `layer`'s query weights when t is int4a and they are set.
+  const KvGeometry& GeometryOfType(KvType t, int layer) const;
 
   Backend& backend_;
   KvGeometry geometry_;
   int64_t tail_bytes_in_use_ = 0;
   std::unique_ptr<KvPool> pool_;
+  std::shared_ptr<const QueryWeights> query_weights_;
+  std::vector<KvGeometry> int4a_layers_;  // per layer, once the query weights are set
   absl::flat_hash_map<SeqId, Sequence> seqs_;
   SeqId next_id_ = 1;
 };

@@ -176,6 +176,7 @@ void Transformer::RunLayers(int first, int last, absl::Span<const BatchSeq> seqs
       backend_.MatMul(*p.wq, xb, rows, q);
       if (gemma) backend_.RmsNorm(q, gn + 2 * dim, rows * c.n_heads, hd, c.norm_eps, q);
       backend_.Rope(q, positions, rows, c.n_heads, hd, theta);
+      if (observer != nullptr) observer->OnQuery(l, q, rows);
 
       // K/V only for inputs whose strategy makes this layer an owner; a sharing layer skips
       // its projections and writes nothing (docs/METHOD.md §1).

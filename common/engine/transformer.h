@@ -94,6 +94,9 @@ class ForwardObserver {
   // The attention block's normed input h = RMSNorm(x) * attn_norm of `layer`, all rows:
   // [rows][dim] (only when some input attends or has a substitute).
   virtual void OnAttentionInput(int /*layer*/, const float* /*h*/, int /*rows*/) {}
+  // The queries attention reads (post-RoPE) of `layer`, all rows: [rows][n_heads][head_dim]
+  // (only when some input attends).
+  virtual void OnQuery(int /*layer*/, const float* /*q*/, int /*rows*/) {}
   // What the attention block adds to the residual stream of `layer` (after W_o, and Gemma 3's
   // post-attention norm), [rows][dim]; rows of inputs that drop the layer are unspecified.
   virtual void OnAttentionContribution(int /*layer*/, const float* /*delta*/, int /*rows*/) {}

@@ -6,7 +6,8 @@
 // and nibble loops for that level.
 //
 // The AVX2 and AVX-512 int4 paths do not gather: they read blocks in place (Int4Runs below).
-// k4v3 is gathered (its K dequantised as int4's, its V from 3-bit codes) on every level.
+// k4v3 is gathered (its K dequantised as int4's, its V from 3-bit codes) on every level, and
+// so is int4a (its K from bit planes, its V as int4's).
 //
 // Dequantised values equal kv_codec.h LoadKv's (the same products and sums of exact fp16
 // values, up to the contraction of q * scale + min into one fma).
@@ -22,7 +23,34 @@
 namespace kvshare::cpu {
 
 // Scratch GatherChunk needs, in floats, for a head of head_dim channels.
-constexpr int64_t KvScratchFloats(int head_dim) { return (2LL * kMaxChunk + 2) * head_dim; }
+constexpr int64_t KvScratchFloats(int head_dim) {
+  return (2LL * kMaxChunk + 2) * head_dim + kMaxChunk;
+}
+
+// int4a: rows r0 .. r0+n-1 of one head's K (channels head .. head+hd-1) from the block's bit
+// planes into k_out[n][hd]; `code_scratch` holds n ints. Plane by plane over the rows, a loop
+// the compiler vectorises.
+inline void GatherAllocatedK(const KvGeometry& g, const uint8_t* block, int64_t head, int r0, int n,
+                             float* k_out, float* code_scratch) {
+  const int hd = g.head_dim, bt = g.block_tokens;
+  const KvBlockLayout lay(g);
+  const auto* k_scale = reinterpret_cast<const uint16_t*>(block + lay.k_scale) + head;
+  const auto* k_min = reinterpret_cast<const uint16_t*>(block + lay.k_min) + head;
+  const uint8_t* widths = block + lay.k_bits;
+  // Each head's widths sum to kKvInt4AMeanBits * hd planes of bt / 8 bytes.
+  const uint8_t* plane = block + lay.k + head * kKvInt4AMeanBits * bt / 8;
+  auto* code = reinterpret_cast<int32_t*>(code_scratch);
+  for (int j = 0; j < hd; ++j) {
+    const int64_t ch = head + j;
+    const int b = (widths[ch / 2] >> (4 * (ch % 2))) & 15;
+    for (int i = 0; i < n; ++i) code[i] = 0;
+    for (int bit = 0; bit < b; ++bit, plane += bt / 8) {
+      for (int i = 0; i < n; ++i) code[i] |= PlaneBit(plane, r0 + i) << bit;
+    }
+    const float s = Fp16ToFp32(k_scale[j]), m = Fp16ToFp32(k_min[j]);
+    for (int i = 0; i < n; ++i) k_out[i * hd + j] = static_cast<float>(code[i]) * s + m;
+  }
+}
 
 template <class Half>
 inline __attribute__((always_inline)) void GatherChunkT(const ChunkRows& a, ChunkKv* kv) {
@@ -35,6 +63,7 @@ inline __attribute__((always_inline)) void GatherChunkT(const ChunkRows& a, Chun
   float* v_out = k_out + static_cast<int64_t>(kMaxChunk) * hd;
   float* k_scale = v_out + static_cast<int64_t>(kMaxChunk) * hd;  // int4, k4v3: [hd] per block
   float* k_min = k_scale + hd;
+  float* codes = k_min + hd;  // int4a: [kMaxChunk]
   constexpr int kHalfGroup = kKvInt4Group / 2;
   for (int p = a.p0; p < a.p1;) {
     const int b = p / bt, r0 = p - b * bt;
@@ -72,6 +101,7 @@ inline __attribute__((always_inline)) void GatherChunkT(const ChunkRows& a, Chun
         }
         break;
       case KvType::kInt4:
+      case KvType::kInt4A:
       case KvType::kK4V3: {
         if (const uint16_t* slot = TailSlot(g, a.tail, a.stored, b)) {  // f16 in the tail
           for (int i = 0; i < n; ++i) {
@@ -86,6 +116,8 @@ inline __attribute__((always_inline)) void GatherChunkT(const ChunkRows& a, Chun
         const int64_t v_groups = c / v_group;
         Half::Convert(reinterpret_cast<const uint16_t*>(block + lay.k_scale) + head, hd, k_scale);
         Half::Convert(reinterpret_cast<const uint16_t*>(block + lay.k_min) + head, hd, k_min);
+        const bool allocated = g.type == KvType::kInt4A;
+        if (allocated) GatherAllocatedK(g, block, head, r0, n, k_out + i0 * hd, codes);
         for (int i = 0; i < n; ++i) {
           const uint8_t* kq = block + lay.k + ((r0 + i) * c + head) / 2;
           const int64_t vs0 = (r0 + i) * v_groups + head / v_group;
@@ -93,7 +125,7 @@ inline __attribute__((always_inline)) void GatherChunkT(const ChunkRows& a, Chun
           const auto* v_min = reinterpret_cast<const uint16_t*>(block + lay.v_min) + vs0;
           float* kd = k_out + (i0 + i) * hd;
           float* vd = v_out + (i0 + i) * hd;
-          for (int gi = 0; gi < hd / kKvInt4Group; ++gi) {
+          for (int gi = 0; gi < hd / kKvInt4Group && !allocated; ++gi) {
             const uint8_t* kb = kq + gi * kHalfGroup;
             const float* ksg = k_scale + gi * kKvInt4Group;
             const float* kmg = k_min + gi * kKvInt4Group;

@@ -12,7 +12,7 @@ namespace kvshare::cpu {
 KvBlockLayout::KvBlockLayout(const KvGeometry& g) {
   const int64_t t = g.block_tokens, c = g.kv_dim(), h = g.n_kv_heads;
   k = 0;
-  k_scale = v_scale = k_min = v_min = 0;
+  k_scale = v_scale = k_min = v_min = k_bits = 0;
   switch (g.type) {
     case KvType::kF32:
       v = t * c * 4;
@@ -28,6 +28,14 @@ KvBlockLayout::KvBlockLayout(const KvGeometry& g) {
     case KvType::kInt4:
       v = t * c / 2;
       k_scale = t * c;
+      k_min = k_scale + c * 2;
+      v_scale = k_min + c * 2;
+      v_min = v_scale + t * (c / kKvInt4Group) * 2;
+      break;
+    case KvType::kInt4A:
+      v = t * c / 2;
+      k_bits = t * c;
+      k_scale = k_bits + c / 2;
       k_min = k_scale + c * 2;
       v_scale = k_min + c * 2;
       v_min = v_scale + t * (c / kKvInt4Group) * 2;
@@ -86,13 +94,74 @@ void QuantizeAsymmetric(const float* x, int n, int64_t stride, int max_code, uin
   }
 }
 
+void AllocateKBits(const double* cost, int head_dim, uint8_t* bits) {
+  std::vector<double> left(cost, cost + head_dim);
+  std::fill(bits, bits + head_dim, 0);
+  for (int n = 0; n < kKvInt4AMeanBits * head_dim; ++n) {
+    int best = -1;
+    for (int ch = 0; ch < head_dim; ++ch) {
+      if (bits[ch] < kKvInt4AMaxBits && (best < 0 || left[ch] > left[best])) best = ch;
+    }
+    ++bits[best];
+    left[best] /= 4;
+  }
+}
+
 namespace {
 
 uint8_t* BlockAt(const KvGeometry& g, void* pool, const int32_t* table, int p) {
   return static_cast<uint8_t*>(pool) + table[p / g.block_tokens] * g.block_bytes();
 }
 
-// Quantises a full int4 or k4v3 block from its f16 tail slot into `block`.
+// int4a's K of a full block (k: [T][C] as read from the f16 tail) into `block`: per head, the
+// widths from AllocateKBits, then each channel over the block's positions in its width, its
+// codes as bit planes.
+void QuantizeAllocatedK(const KvGeometry& g, const float* k, uint8_t* block) {
+  const int t = g.block_tokens, hd = g.head_dim;
+  const int64_t c = g.kv_dim();
+  const KvBlockLayout lay(g);
+  auto* k_scale = reinterpret_cast<uint16_t*>(block + lay.k_scale);
+  auto* k_min = reinterpret_cast<uint16_t*>(block + lay.k_min);
+  std::vector<double> cost(hd);
+  std::vector<uint8_t> bits(c), q(t);
+  for (int h = 0; h < g.n_kv_heads; ++h) {
+    for (int j = 0; j < hd; ++j) {
+      const int64_t ch = int64_t(h) * hd + j;
+      float mn = INFINITY, mx = -INFINITY;
+      for (int r = 0; r < t; ++r) {
+        mn = std::min(mn, k[r * c + ch]);
+        mx = std::max(mx, k[r * c + ch]);
+      }
+      const double range = mx - mn;
+      cost[j] = (g.k_weights != nullptr ? double(g.k_weights[ch]) : 1.0) * range * range;
+    }
+    AllocateKBits(cost.data(), hd, &bits[int64_t(h) * hd]);
+  }
+  uint8_t* plane = block + lay.k;
+  std::memset(plane, 0, t * c / 2);
+  std::memset(block + lay.k_bits, 0, c / 2);
+  for (int64_t ch = 0; ch < c; ++ch) {
+    const int b = bits[ch];
+    block[lay.k_bits + ch / 2] |= static_cast<uint8_t>(b << (4 * (ch % 2)));
+    if (b == 0) {  // the midpoint of the range, as min with scale 0
+      float mn = INFINITY, mx = -INFINITY;
+      for (int r = 0; r < t; ++r) {
+        mn = std::min(mn, k[r * c + ch]);
+        mx = std::max(mx, k[r * c + ch]);
+      }
+      k_min[ch] = Fp32ToFp16(mn + (mx - mn) / 2);
+      k_scale[ch] = 0;
+      continue;
+    }
+    QuantizeAsymmetric(&k[ch], t, c, (1 << b) - 1, q.data(), 1, &k_scale[ch], &k_min[ch]);
+    for (int j = 0; j < b; ++j, plane += t / 8) {
+      for (int r = 0; r < t; ++r)
+        plane[r >> 3] |= static_cast<uint8_t>(((q[r] >> j) & 1) << (r & 7));
+    }
+  }
+}
+
+// Quantises a full int4, int4a or k4v3 block from its f16 tail slot into `block`.
 void QuantizeTailBlock(const KvGeometry& g, const uint16_t* slot, uint8_t* block) {
   const int t = g.block_tokens;
   const int64_t c = g.kv_dim();
@@ -107,12 +176,15 @@ void QuantizeTailBlock(const KvGeometry& g, const uint16_t* slot, uint8_t* block
   auto* k_min = reinterpret_cast<uint16_t*>(block + lay.k_min);
   auto* v_scale = reinterpret_cast<uint16_t*>(block + lay.v_scale);
   auto* v_min = reinterpret_cast<uint16_t*>(block + lay.v_min);
-  // K: 4 bits per channel over the block's positions.
-  for (int64_t ch = 0; ch < c; ++ch) {
-    QuantizeAsymmetric(&k[ch], t, c, 15, &qk[ch], c, &k_scale[ch], &k_min[ch]);
+  if (g.type == KvType::kInt4A) {
+    QuantizeAllocatedK(g, k.data(), block);
+  } else {  // K: 4 bits per channel over the block's positions.
+    for (int64_t ch = 0; ch < c; ++ch) {
+      QuantizeAsymmetric(&k[ch], t, c, 15, &qk[ch], c, &k_scale[ch], &k_min[ch]);
+    }
+    for (int r = 0; r < t; ++r)
+      PackNibbles(&qk[r * c], static_cast<int>(c), block + lay.k + r * c / 2);
   }
-  for (int r = 0; r < t; ++r)
-    PackNibbles(&qk[r * c], static_cast<int>(c), block + lay.k + r * c / 2);
   // V: per position over groups of channels, 4 bits (int4) or 3 (k4v3).
   const bool v3 = g.type == KvType::kK4V3;
   const int group = v3 ? kKvV3Group : kKvInt4Group;
@@ -132,6 +204,20 @@ float Nibble(const uint8_t* row, int64_t ch) {
   const int64_t g = ch / kKvInt4Group, j = ch % kKvInt4Group;
   const uint8_t b = row[g * (kKvInt4Group / 2) + j % (kKvInt4Group / 2)];
   return static_cast<float>(j < kKvInt4Group / 2 ? (b & 15) : (b >> 4));
+}
+
+// int4a: k[kv_dim] = row r's K from the block's planes.
+void LoadAllocatedK(const KvGeometry& g, const uint8_t* block, int r, float* k) {
+  const KvBlockLayout lay(g);
+  const auto* k_scale = reinterpret_cast<const uint16_t*>(block + lay.k_scale);
+  const auto* k_min = reinterpret_cast<const uint16_t*>(block + lay.k_min);
+  const uint8_t* plane = block + lay.k;
+  for (int64_t ch = 0; ch < g.kv_dim(); ++ch) {
+    const int b = (block[lay.k_bits + ch / 2] >> (4 * (ch % 2))) & 15;
+    int code = 0;
+    for (int j = 0; j < b; ++j, plane += g.block_tokens / 8) code |= PlaneBit(plane, r) << j;
+    k[ch] = static_cast<float>(code) * Fp16ToFp32(k_scale[ch]) + Fp16ToFp32(k_min[ch]);
+  }
 }
 
 }  // namespace
@@ -172,6 +258,7 @@ void StoreKv(const KvGeometry& g, void* pool, const int32_t* block_table, int st
         break;
       }
       case KvType::kInt4:
+      case KvType::kInt4A:
       case KvType::kK4V3: {  // block 0 in slot 0 for good, a later one in slot 1 until full
         const int b = p / g.block_tokens;
         auto* slot = static_cast<uint16_t*>(tail) + (b == 0 ? 0 : 2LL * g.block_tokens * c);
@@ -220,6 +307,7 @@ void LoadKv(const KvGeometry& g, const void* pool, const int32_t* block_table, c
       return;
     }
     case KvType::kInt4:
+    case KvType::kInt4A:
     case KvType::kK4V3: {
       if (const uint16_t* slot = TailSlot(g, tail, stored, p / g.block_tokens)) {
         const uint16_t* tk = slot + r * c;
@@ -230,6 +318,7 @@ void LoadKv(const KvGeometry& g, const void* pool, const int32_t* block_table, c
         }
         return;
       }
+      if (g.type == KvType::kInt4A) LoadAllocatedK(g, block, r, k);
       const uint8_t* krow = block + lay.k + r * c / 2;
       auto* k_scale = reinterpret_cast<const uint16_t*>(block + lay.k_scale);
       auto* k_min = reinterpret_cast<const uint16_t*>(block + lay.k_min);
@@ -240,7 +329,9 @@ void LoadKv(const KvGeometry& g, const void* pool, const int32_t* block_table, c
       auto* v_scale = reinterpret_cast<const uint16_t*>(block + lay.v_scale) + r * groups;
       auto* v_min = reinterpret_cast<const uint16_t*>(block + lay.v_min) + r * groups;
       for (int64_t i = 0; i < c; ++i) {
-        k[i] = Nibble(krow, i) * Fp16ToFp32(k_scale[i]) + Fp16ToFp32(k_min[i]);
+        if (g.type != KvType::kInt4A) {
+          k[i] = Nibble(krow, i) * Fp16ToFp32(k_scale[i]) + Fp16ToFp32(k_min[i]);
+        }
         const int64_t gi = i / group;
         const float code =
             v3 ? static_cast<float>(Unpack3Bits(vrow + gi * kKvV3GroupBytes, int(i % group)))

@@ -15,6 +15,7 @@ struct KvBlockLayout {
   int64_t k, v;              // K and V payloads (f32/f16/int8/int4 rows)
   int64_t k_scale, v_scale;  // int8: f16[T][H]; int4: K f16[C], V f16[T][C/32] (k4v3: C/64)
   int64_t k_min, v_min;      // int4, k4v3: K f16[C], V f16[T][C/32] (k4v3: C/64)
+  int64_t k_bits;            // int4a: K widths u4[C] (the K codes' planes start at k)
   explicit KvBlockLayout(const KvGeometry& g);
 };
 
@@ -62,6 +63,14 @@ inline void Unpack3BitGroup(const uint8_t* packed, uint8_t* q) {
     for (int j = 0; j < 8; ++j) q[8 * i + j] |= ((packed[16 + j] >> i) & 1) << 2;
   }
 }
+
+// int4a's allocation of one head's K bits (kv_type.h): cost[ch] = w_ch * r_ch^2 for its
+// head_dim channels; kKvInt4AMeanBits * head_dim bits given one at a time to the channel of
+// the largest cost (each bit quarters it; at most kKvInt4AMaxBits; ties to the lower channel).
+void AllocateKBits(const double* cost, int head_dim, uint8_t* bits);
+
+// int4a: bit r of a plane of T-bit rows (r < T).
+inline int PlaneBit(const uint8_t* plane, int r) { return (plane[r >> 3] >> (r & 7)) & 1; }
 
 // The asymmetric quantiser of n values x[i * stride] to codes [0, max_code] (int4: 15, k4v3's
 // V: 7): min_f16 = fp16(min), scale_f16 = fp16((max - min) / max_code),

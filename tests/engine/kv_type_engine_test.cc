@@ -10,6 +10,7 @@
 
 #include "common/engine/engine.h"
 #include "common/engine/generate.h"
+#include "common/engine/query_weights.h"
 #include "common/model/model.h"
 #include "common/tokenizer/tokenizer.h"
 #include "gtest/gtest.h"
@@ -61,11 +62,9 @@ std::vector<int32_t>* KvTypeEngineTest::ids_ = nullptr;
 
 TEST_F(KvTypeEngineTest, PoolBytesPerTokenAreTheBlockBytesOfTheType) {
   // SmolLM2: 30 layers, 3 KV heads of 64 channels; llama.cpp's f16 cache holds 23040 bytes.
-  const std::vector<std::pair<KvType, int64_t>> per_token = {{KvType::kF32, 46080},
-                                                             {KvType::kF16, 23040},
-                                                             {KvType::kInt8, 11880},
-                                                             {KvType::kInt4, 7920},
-                                                             {KvType::kK4V3, 6840}};
+  const std::vector<std::pair<KvType, int64_t>> per_token = {
+      {KvType::kF32, 46080}, {KvType::kF16, 23040}, {KvType::kInt8, 11880},
+      {KvType::kInt4, 7920}, {KvType::kK4V3, 6840}, {KvType::kInt4A, 8100}};
   for (auto [type, bytes] : per_token) {
     auto engine = MakeEngine(type);
     ASSERT_TRUE(engine.ok()) << engine.status();
@@ -76,7 +75,7 @@ TEST_F(KvTypeEngineTest, PoolBytesPerTokenAreTheBlockBytesOfTheType) {
     std::vector<float> logits;
     ASSERT_TRUE((*engine)->Prefill(*seq, absl::MakeConstSpan(*ids_).subspan(0, 64), &logits).ok());
     EXPECT_EQ(kv.used_bytes(), 64 * bytes) << KvTypeName(type);
-    // int4, k4v3: two f16 blocks per layer (block 0 and the partial block).
+    // int4, k4v3, int4a: two f16 blocks per layer (block 0 and the partial block).
     EXPECT_EQ(kv.tail_bytes_in_use(), KvTypeHasTail(type) ? 30 * 2 * 16 * 192 * 2 * 2 : 0);
     (*engine)->RemoveSequence(*seq);
     EXPECT_EQ(kv.used_bytes(), 0);
@@ -101,10 +100,11 @@ TEST_F(KvTypeEngineTest, HeldOutNllMovesByWhatEachTypeCosts) {
   const double int8 = MeanNll(KvType::kInt8);
   const double int4 = MeanNll(KvType::kInt4);
   const double k4v3 = MeanNll(KvType::kK4V3);
+  const double int4a = MeanNll(KvType::kInt4A);
   std::printf(
       "mean NLL over 1024 WikiText-2 tokens: f32 %.5f f16 %+.5f int8 %+.5f int4 %+.5f k4v3 "
-      "%+.5f\n",
-      f32, f16 - f32, int8 - f32, int4 - f32, k4v3 - f32);
+      "%+.5f int4a %+.5f\n",
+      f32, f16 - f32, int8 - f32, int4 - f32, k4v3 - f32, int4a - f32);
   EXPECT_GT(f32, 2.0);  // sanity: SmolLM2 on WikiText-2 is ~3.3 nats
   EXPECT_LT(f32, 4.5);
   EXPECT_LT(std::abs(f16 - f32), 0.002);
@@ -113,6 +113,27 @@ TEST_F(KvTypeEngineTest, HeldOutNllMovesByWhatEachTypeCosts) {
   EXPECT_NE(int4, f32);  // int4 stores something lossy
   EXPECT_LT(std::abs(k4v3 - f32), 0.08);
   EXPECT_NE(k4v3, int4);  // k4v3's V differs from int4's
+  EXPECT_LT(std::abs(int4a - f32), 0.05);
+  EXPECT_NE(int4a, int4);  // int4a's K bits differ from int4's
+}
+
+// int4a's layers carry the model's query weights (common/engine/query_weights.h), the same
+// numbers the search's simulation uses.
+TEST_F(KvTypeEngineTest, Int4ALayersCarryTheModelsQueryWeights) {
+  auto engine = MakeEngine(KvType::kInt4A);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  auto weights = QueryWeightsOf(*model_);
+  ASSERT_TRUE(weights.ok()) << weights.status();
+  ASSERT_EQ((*weights)->layers.size(), 30u);
+  for (int l = 0; l < 30; ++l) {
+    const KvGeometry& g = (*engine)->kv_cache().LayerGeometry(l);
+    EXPECT_EQ(g.type, KvType::kInt4A);
+    EXPECT_EQ(g.k_weights, (*weights)->layers[l].data()) << l;
+  }
+  // An f16 engine measures nothing until a plan names int4a.
+  auto f16 = MakeEngine(KvType::kF16);
+  ASSERT_TRUE(f16.ok());
+  EXPECT_FALSE((*f16)->kv_cache().has_query_weights());
 }
 
 }  // namespace

@@ -2,7 +2,7 @@
 // by hand (and with Python's struct 'e' half-precision codec): block sizes, fp16 rounding, the
 // int8 scale and codes, the int4 KIVI block (per-channel K, per-32-channel V, nibble order),
 // and the int4 tail: block 0 stays f16 in the tail, a later block until its last position
-// arrives.
+// arrives; int4a's block against numpy (tests/reference/int4a_block_reference.py).
 #include "kernels/cpu/kv_codec.h"
 
 #include <cmath>
@@ -12,6 +12,8 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/half.h"
 #include "kernels/cpu/reference.h"
+#include "nlohmann/json.hpp"
+#include "tests/support/test_env.h"
 
 namespace kvshare {
 namespace {
@@ -38,6 +40,11 @@ TEST(KvCodecTest, BlockBytesPerTypeForSmolLm2) {
   // 64-token blocks: 5760 bytes per token over 30 layers, 0.25 of f16 (int4: 0.297).
   g.block_tokens = 64;
   EXPECT_EQ(g.block_bytes() * 30 / 64, 5760);
+  g.type = KvType::kInt4A;
+  // int4's bytes (K codes 64 * 96 as bit planes, V 64 * 96, K scale+min 4 * 192, V scale+min
+  // 4 * 64 * 6) and K widths 96: 6885 bytes per token over 30 layers, 0.299 of f16.
+  EXPECT_EQ(g.block_bytes(), 6144 + 6144 + 768 + 1536 + 96);
+  EXPECT_EQ(g.block_bytes() * 30 / 64, 6885);
 }
 
 TEST(KvCodecTest, ParseKvTypeNamesTheAcceptedValues) {
@@ -186,6 +193,63 @@ TEST(KvCodecTest, K4V3StoresKAsInt4AndVInThreeBitsPer64Channels) {
       }
     }
   }
+}
+
+// int4a against tests/reference/int4a_block.json: the same K/V formula, the query weights, the
+// widths numpy allocated and what every position reads back (block 0 from the f16 tail).
+TEST(KvCodecTest, Int4AAllocatesKBitsByQueryWeightedRangeAsNumpyDoes) {
+  const nlohmann::json j = nlohmann::json::parse(
+      testing::ReadFileOrDie(testing::SourcePath("tests/reference/int4a_block.json")));
+  const int t = j["block_tokens"], hd = j["head_dim"], h = j["n_kv_heads"], c = h * hd;
+  const std::vector<float> weights = j["weights"].get<std::vector<float>>();
+  KvGeometry g{t, h, hd, KvType::kInt4A};
+  g.k_weights = weights.data();
+  ASSERT_TRUE(ValidateKvGeometry(g).ok());
+  std::vector<float> k(2 * t * c), v(2 * t * c);
+  for (int p = 0; p < 2 * t; ++p) {
+    for (int ch = 0; ch < c; ++ch) {  // the script's formula
+      const int i = ch % 32;
+      const float base = static_cast<float>(((37 * p + 11 * ch) % 23) - 11) * (ch % 5 + 1) / 8 +
+                         (p % 2) * (ch % 3) * 4;
+      k[p * c + ch] = i == 0 ? 1.5f : i == 5 ? 32 * base : base;
+      v[p * c + ch] = static_cast<float>((p * 5 + ch * 3) % 17 - 8) / 4;
+    }
+  }
+  std::vector<float> pool(2 * g.block_floats(), NAN), tail(g.tail_bytes() / 4, NAN);
+  const int32_t table[] = {1, 0};
+  cpu::ref::WriteKv(g, pool.data(), table, 0, 2 * t, k.data(), v.data(), tail.data());
+  const auto* block = reinterpret_cast<const uint8_t*>(pool.data());  // pool block 0
+  const cpu::KvBlockLayout lay(g);
+  const std::vector<int> bits = j["bits"].get<std::vector<int>>();
+  for (int ch = 0; ch < c; ++ch) {
+    EXPECT_EQ((block[lay.k_bits + ch / 2] >> (4 * (ch % 2))) & 15, bits[ch]) << "channel " << ch;
+  }
+  std::vector<float> ko(c), vo(c);
+  for (int p = 0; p < 2 * t; ++p) {
+    cpu::LoadKv(g, pool.data(), table, tail.data(), 2 * t, p, ko.data(), vo.data());
+    for (int ch = 0; ch < c; ++ch) {
+      const float want_k = j["k"][p][ch], want_v = j["v"][p][ch];
+      ASSERT_NEAR(ko[ch], want_k, 1e-6 * std::fabs(want_k)) << "K position " << p << " ch " << ch;
+      ASSERT_NEAR(vo[ch], want_v, 1e-6 * std::fabs(want_v)) << "V position " << p << " ch " << ch;
+    }
+  }
+}
+
+TEST(KvCodecTest, Int4AAllocationGivesEachHeadFourBitsPerChannel) {
+  // Equal costs: 4 bits each. One channel 4^8 times the rest: it takes 8 (the most), the
+  // others share the remainder, ties going to the lower channel.
+  std::vector<double> cost(32, 1.0);
+  uint8_t bits[32];
+  cpu::AllocateKBits(cost.data(), 32, bits);
+  for (int i = 0; i < 32; ++i) EXPECT_EQ(bits[i], 4) << i;
+  cost[7] = std::pow(4.0, 8);
+  cpu::AllocateKBits(cost.data(), 32, bits);
+  int total = 0;
+  for (int i = 0; i < 32; ++i) total += bits[i];
+  EXPECT_EQ(total, 128);
+  EXPECT_EQ(bits[7], 8);
+  // 120 bits over 31 equal channels: 3 each, and one more for the 27 lowest (0-6, 8-27).
+  for (int i = 0; i < 32; ++i) EXPECT_EQ(bits[i], i == 7 ? 8 : i <= 27 ? 4 : 3) << i;
 }
 
 }  // namespace

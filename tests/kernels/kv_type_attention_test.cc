@@ -107,7 +107,8 @@ void ExpectClose(const std::vector<float>& got, const std::vector<float>& want, 
   }
 }
 
-constexpr KvType kCompactTypes[] = {KvType::kF16, KvType::kInt8, KvType::kInt4, KvType::kK4V3};
+constexpr KvType kCompactTypes[] = {KvType::kF16, KvType::kInt8, KvType::kInt4, KvType::kK4V3,
+                                    KvType::kInt4A};
 
 TEST(KvTypeAttentionTest, EveryIsaMatchesTheReferenceOverTheGrid) {
   uint32_t seed = 1;
@@ -115,15 +116,18 @@ TEST(KvTypeAttentionTest, EveryIsaMatchesTheReferenceOverTheGrid) {
     // int4 groups are 32 channels of a head; the other types take any head size. int4's SIMD
     // paths read blocks in place with per-head-size code: every head size they specialise, and
     // 256 (Gemma 3), which AVX-512 reads gathered.
-    // k4v3's V groups are 64 channels.
+    // k4v3's V groups are 64 channels; int4a's 32, its K planes whole bytes (blocks of 8k).
     const std::vector<int> head_dims = type == KvType::kInt4
                                            ? std::vector<int>{32, 64, 96, 128, 256}
-                                       : type == KvType::kK4V3 ? std::vector<int>{64, 128, 256}
-                                                               : std::vector<int>{8, 64};
+                                       : type == KvType::kK4V3  ? std::vector<int>{64, 128, 256}
+                                       : type == KvType::kInt4A ? std::vector<int>{32, 64}
+                                                                : std::vector<int>{8, 64};
+    const std::vector<int> blocks =
+        type == KvType::kInt4A ? std::vector<int>{16, 8, 24} : std::vector<int>{16, 4, 24};
     for (int group : {1, 2, 3, 4}) {
       for (int head_dim : head_dims) {
         // 24: blocks straddle the 256-position chunks, so a chunk starts and ends mid-block.
-        for (int block : {16, 4, 24}) {
+        for (int block : blocks) {
           const KvGeometry g{block, 2, head_dim, type};
           const std::vector<std::vector<Seq>> calls = {
               {{block - 2, 1}, {block - 1, 1}, {block, 1}},
@@ -184,8 +188,11 @@ TEST(KvTypeAttentionTest, ResultsAreBitwiseIdenticalAtEveryThreadCount) {
 // nibble or a stale tail
 // gives errors of order 1.
 TEST(KvTypeAttentionTest, OutputsStayCloseToExactAttention) {
-  const std::vector<std::pair<KvType, double>> bounds = {
-      {KvType::kF16, 1e-3}, {KvType::kInt8, 2e-2}, {KvType::kInt4, 0.2}, {KvType::kK4V3, 0.3}};
+  const std::vector<std::pair<KvType, double>> bounds = {{KvType::kF16, 1e-3},
+                                                         {KvType::kInt8, 2e-2},
+                                                         {KvType::kInt4, 0.2},
+                                                         {KvType::kK4V3, 0.3},
+                                                         {KvType::kInt4A, 0.2}};
   for (auto [type, bound] : bounds) {
     const KvGeometry g{16, 2, 64, type};
     const TypedFixture f(g, 6, {{290, 10}, {37, 1}}, 5);

@@ -412,18 +412,19 @@ TEST(KvPlanSearch, RefusesATypeTheHeadsCannotHold) {
   EXPECT_EQ(e.runs, 0);
 }
 
-// The default options: int8 and int4 per layer, k4v3 only as a floor tried first. Heads of 64
-// channels (k4v3's V groups).
-TEST(KvPlanSearch, TriesTheK4V3FloorFirstButNeverLowersOneLayerToIt) {
+// The default options: int8 and int4 per layer, k4v3 only as a floor tried first, int4a only as
+// a floor tried after int4. Heads of 64 channels (k4v3's V groups).
+TEST(KvPlanSearch, TriesTheFloorsButNeverLowersOneLayerToThem) {
   KvGeometry g = Geometry();
   g.head_dim = 64;
-  const KvType K4V3 = KvType::kK4V3;
-  auto run = [&](double percent) {
+  const KvType K4V3 = KvType::kK4V3, I4A = KvType::kInt4A;
+  auto run = [&](double percent, double int4a_cost) {
     FakePlanEvaluator e;
     for (int l = 0; l < 3; ++l) {
       e.type_cost[{l, I8}] = 0.0001;
       e.type_cost[{l, I4}] = 0.001;
       e.type_cost[{l, K4V3}] = 0.004;
+      e.type_cost[{l, I4A}] = int4a_cost;
     }
     KvPlanOptions o;
     o.max_ppl_increase = percent;
@@ -432,18 +433,28 @@ TEST(KvPlanSearch, TriesTheK4V3FloorFirstButNeverLowersOneLayerToIt) {
     EXPECT_TRUE(r.ok()) << r.status();
     return r.ok() ? *r : KvPlanSearchResult{};
   };
+  // int4a stores a few bytes more than int4, fewer than int4 with one layer at int8.
+  ASSERT_GT(KvLayerBytesPerToken(g, I4A), KvLayerBytesPerToken(g, I4));
+  ASSERT_LT(KvLayerBytesPerToken(g, I4A),
+            KvLayerBytesPerToken(g, I4) +
+                (KvLayerBytesPerToken(g, I8) - KvLayerBytesPerToken(g, I4)) / 3);
   // 1.5%: 0.0149 nats hold the k4v3 floor (0.012); nothing else is measured on held-out.
-  KvPlanSearchResult r = run(1.5);
+  KvPlanSearchResult r = run(1.5, 0.0005);
   EXPECT_THAT(r.plan.kv_types, ElementsAre(K4V3, K4V3, K4V3));
   EXPECT_THAT(r.heldout_checks, ElementsAre(0.012));
   // 0.5% (0.00499): k4v3's floor is over, int4's (0.003) fits and is the plan.
-  r = run(0.5);
+  r = run(0.5, 0.0005);
   EXPECT_THAT(r.plan.kv_types, ElementsAre(I4, I4, I4));
   EXPECT_THAT(r.heldout_checks, ElementsAre(0.012, 0.003));
-  // 0.2% (0.002): both floors are over; the scan lowers layers to int8 and int4 only.
-  r = run(0.2);
-  EXPECT_EQ(r.heldout_checks.size() >= 2 ? r.heldout_checks[1] : 0, 0.003);
+  // 0.2% (0.002): int4's floor is over too, int4a's (0.0015) fits.
+  r = run(0.2, 0.0005);
+  EXPECT_THAT(r.plan.kv_types, ElementsAre(I4A, I4A, I4A));
+  EXPECT_THAT(r.heldout_checks, ElementsAre(0.012, 0.003, 0.0015));
+  // Every floor over (int4a 0.0045): the scan lowers layers to int8 and int4 only.
+  r = run(0.2, 0.0015);
+  EXPECT_DOUBLE_EQ(r.heldout_checks.size() >= 3 ? r.heldout_checks[2] : 0, 0.0045);
   EXPECT_THAT(r.plan.kv_types, ::testing::Not(::testing::Contains(K4V3)));
+  EXPECT_THAT(r.plan.kv_types, ::testing::Not(::testing::Contains(I4A)));
   EXPECT_THAT(r.plan.kv_types, ::testing::Contains(I4));
   EXPECT_LE(r.heldout_increase, std::log1p(0.002));
 }
