@@ -10,11 +10,13 @@
 
 #include "common/engine/engine.h"
 #include "common/engine/generate.h"
+#include "common/engine/quality_probe.h"
 #include "common/engine/query_weights.h"
 #include "common/model/model.h"
 #include "common/tokenizer/tokenizer.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "nlohmann/json.hpp"
 #include "tests/support/test_env.h"
 
 namespace kvshare {
@@ -129,6 +131,25 @@ TEST_F(KvTypeEngineTest, Int4ALayersCarryTheModelsQueryWeights) {
     const KvGeometry& g = (*engine)->kv_cache().LayerGeometry(l);
     EXPECT_EQ(g.type, KvType::kInt4A);
     EXPECT_EQ(g.k_weights, (*weights)->layers[l].data()) << l;
+  }
+  // Against numpy (tests/reference/query_weights_reference.py, float64, its own tokenizer): the
+  // same probe ids, and layers 0, 14 and 29 within 1e-4 relative (fp32 sums of 257 squares).
+  const nlohmann::json ref = nlohmann::json::parse(
+      testing::ReadFileOrDie(testing::SourcePath("tests/reference/query_weights.json")));
+  auto tok = LoadTokenizerForModel(*model_, "");
+  ASSERT_TRUE(tok.ok());
+  auto ids = QualityProbeIds(**tok, model_->config());
+  ASSERT_TRUE(ids.ok());
+  EXPECT_EQ(int(ids->size()), ref["positions"].get<int>());
+  EXPECT_EQ(std::vector<int32_t>(ids->begin(), ids->begin() + 8),
+            ref["ids_head"].get<std::vector<int32_t>>());
+  for (const auto& [layer, want] : ref["weights"].items()) {
+    const std::vector<float>& got = (*weights)->layers[std::stoi(layer)];
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t c = 0; c < got.size(); ++c) {
+      const double w = want[c];
+      ASSERT_NEAR(got[c], w, 1e-4 * w + 1e-6) << "layer " << layer << " channel " << c;
+    }
   }
   // An f16 engine measures nothing until a plan names int4a.
   auto f16 = MakeEngine(KvType::kF16);
