@@ -23,32 +23,46 @@
 namespace kvshare::cpu {
 
 // Scratch GatherChunk needs, in floats, for a head of head_dim channels.
-constexpr int64_t KvScratchFloats(int head_dim) {
-  return (2LL * kMaxChunk + 2) * head_dim + kMaxChunk;
-}
+constexpr int64_t KvScratchFloats(int head_dim) { return (2LL * kMaxChunk + 2) * head_dim; }
+
+// Byte lane i of kSpreadBits[x] holds bit i of x: one int4a plane byte (8 positions' bits)
+// spread to 8 byte lanes, so a channel's codes for 8 positions build up in one uint64.
+struct SpreadBitsTable {
+  uint64_t of[256];
+  constexpr SpreadBitsTable() : of() {
+    for (int x = 0; x < 256; ++x) {
+      for (int i = 0; i < 8; ++i) of[x] |= uint64_t((x >> i) & 1) << (8 * i);
+    }
+  }
+};
+inline constexpr SpreadBitsTable kSpreadBits{};
 
 // int4a: rows r0 .. r0+n-1 of one head's K (channels head .. head+hd-1) from the block's bit
-// planes into k_out[n][hd]; `code_scratch` holds n ints. Plane by plane over the rows, a loop
-// the compiler vectorises.
+// planes into k_out[n][hd]: per channel, 8 positions at a time (a byte of each plane).
 inline void GatherAllocatedK(const KvGeometry& g, const uint8_t* block, int64_t head, int r0, int n,
-                             float* k_out, float* code_scratch) {
-  const int hd = g.head_dim, bt = g.block_tokens;
+                             float* k_out) {
+  const int hd = g.head_dim, plane_bytes = g.block_tokens / 8;
   const KvBlockLayout lay(g);
   const auto* k_scale = reinterpret_cast<const uint16_t*>(block + lay.k_scale) + head;
   const auto* k_min = reinterpret_cast<const uint16_t*>(block + lay.k_min) + head;
   const uint8_t* widths = block + lay.k_bits;
-  // Each head's widths sum to kKvInt4AMeanBits * hd planes of bt / 8 bytes.
-  const uint8_t* plane = block + lay.k + head * kKvInt4AMeanBits * bt / 8;
-  auto* code = reinterpret_cast<int32_t*>(code_scratch);
+  // Each head's widths sum to kKvInt4AMeanBits * hd planes.
+  const uint8_t* plane = block + lay.k + head * kKvInt4AMeanBits * plane_bytes;
+  const int g0 = r0 / 8, g1 = (r0 + n + 7) / 8;
   for (int j = 0; j < hd; ++j) {
     const int64_t ch = head + j;
     const int b = (widths[ch / 2] >> (4 * (ch % 2))) & 15;
-    for (int i = 0; i < n; ++i) code[i] = 0;
-    for (int bit = 0; bit < b; ++bit, plane += bt / 8) {
-      for (int i = 0; i < n; ++i) code[i] |= PlaneBit(plane, r0 + i) << bit;
-    }
     const float s = Fp16ToFp32(k_scale[j]), m = Fp16ToFp32(k_min[j]);
-    for (int i = 0; i < n; ++i) k_out[i * hd + j] = static_cast<float>(code[i]) * s + m;
+    for (int gi = g0; gi < g1; ++gi) {
+      uint64_t codes = 0;
+      for (int bit = 0; bit < b; ++bit)
+        codes |= kSpreadBits.of[plane[bit * plane_bytes + gi]] << bit;
+      const int lo = std::max(0, r0 - 8 * gi), hi = std::min(8, r0 + n - 8 * gi);
+      for (int i = lo; i < hi; ++i) {
+        k_out[(8 * gi + i - r0) * hd + j] = static_cast<float>((codes >> (8 * i)) & 255) * s + m;
+      }
+    }
+    plane += b * plane_bytes;
   }
 }
 
@@ -63,7 +77,6 @@ inline __attribute__((always_inline)) void GatherChunkT(const ChunkRows& a, Chun
   float* v_out = k_out + static_cast<int64_t>(kMaxChunk) * hd;
   float* k_scale = v_out + static_cast<int64_t>(kMaxChunk) * hd;  // int4, k4v3: [hd] per block
   float* k_min = k_scale + hd;
-  float* codes = k_min + hd;  // int4a: [kMaxChunk]
   constexpr int kHalfGroup = kKvInt4Group / 2;
   for (int p = a.p0; p < a.p1;) {
     const int b = p / bt, r0 = p - b * bt;
@@ -117,7 +130,7 @@ inline __attribute__((always_inline)) void GatherChunkT(const ChunkRows& a, Chun
         Half::Convert(reinterpret_cast<const uint16_t*>(block + lay.k_scale) + head, hd, k_scale);
         Half::Convert(reinterpret_cast<const uint16_t*>(block + lay.k_min) + head, hd, k_min);
         const bool allocated = g.type == KvType::kInt4A;
-        if (allocated) GatherAllocatedK(g, block, head, r0, n, k_out + i0 * hd, codes);
+        if (allocated) GatherAllocatedK(g, block, head, r0, n, k_out + i0 * hd);
         for (int i = 0; i < n; ++i) {
           const uint8_t* kq = block + lay.k + ((r0 + i) * c + head) / 2;
           const int64_t vs0 = (r0 + i) * v_groups + head / v_group;

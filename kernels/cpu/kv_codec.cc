@@ -122,17 +122,19 @@ void QuantizeAllocatedK(const KvGeometry& g, const float* k, uint8_t* block) {
   const KvBlockLayout lay(g);
   auto* k_scale = reinterpret_cast<uint16_t*>(block + lay.k_scale);
   auto* k_min = reinterpret_cast<uint16_t*>(block + lay.k_min);
+  std::vector<float> lo(c, INFINITY), hi(c, -INFINITY);
+  for (int r = 0; r < t; ++r) {
+    for (int64_t ch = 0; ch < c; ++ch) {
+      lo[ch] = std::min(lo[ch], k[r * c + ch]);
+      hi[ch] = std::max(hi[ch], k[r * c + ch]);
+    }
+  }
   std::vector<double> cost(hd);
   std::vector<uint8_t> bits(c), q(t);
   for (int h = 0; h < g.n_kv_heads; ++h) {
     for (int j = 0; j < hd; ++j) {
       const int64_t ch = int64_t(h) * hd + j;
-      float mn = INFINITY, mx = -INFINITY;
-      for (int r = 0; r < t; ++r) {
-        mn = std::min(mn, k[r * c + ch]);
-        mx = std::max(mx, k[r * c + ch]);
-      }
-      const double range = mx - mn;
+      const double range = hi[ch] - lo[ch];
       cost[j] = (g.k_weights != nullptr ? double(g.k_weights[ch]) : 1.0) * range * range;
     }
     AllocateKBits(cost.data(), hd, &bits[int64_t(h) * hd]);
@@ -144,19 +146,15 @@ void QuantizeAllocatedK(const KvGeometry& g, const float* k, uint8_t* block) {
     const int b = bits[ch];
     block[lay.k_bits + ch / 2] |= static_cast<uint8_t>(b << (4 * (ch % 2)));
     if (b == 0) {  // the midpoint of the range, as min with scale 0
-      float mn = INFINITY, mx = -INFINITY;
-      for (int r = 0; r < t; ++r) {
-        mn = std::min(mn, k[r * c + ch]);
-        mx = std::max(mx, k[r * c + ch]);
-      }
-      k_min[ch] = Fp32ToFp16(mn + (mx - mn) / 2);
+      k_min[ch] = Fp32ToFp16(lo[ch] + (hi[ch] - lo[ch]) / 2);
       k_scale[ch] = 0;
       continue;
     }
     QuantizeAsymmetric(&k[ch], t, c, (1 << b) - 1, q.data(), 1, &k_scale[ch], &k_min[ch]);
     for (int j = 0; j < b; ++j, plane += t / 8) {
-      for (int r = 0; r < t; ++r)
+      for (int r = 0; r < t; ++r) {
         plane[r >> 3] |= static_cast<uint8_t>(((q[r] >> j) & 1) << (r & 7));
+      }
     }
   }
 }
