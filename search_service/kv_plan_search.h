@@ -119,12 +119,13 @@ struct KvPlanOptions {
 absl::Status ValidateKvPlanOptions(const KvPlanOptions& options, bool cli_flags = true);
 
 // The entries of `types` a pool of g's block size and heads can hold (ValidateKvGeometry: int4
-// needs head_dim % 32 == 0, k4v3 head_dim % 64 == 0), in order.
+// needs head_dim % 32 == 0, k4v3 head_dim % 64 == 0, int4a head_dim % 32 == 0 and block_tokens
+// % 8 == 0), in order.
 std::vector<KvType> HoldableKvTypes(const std::vector<KvType>& types, KvGeometry g);
 // HoldableKvTypes on both the lower and the floor types.
 void KeepHoldableTypes(KvPlanOptions* options, const KvGeometry& g);
 
-// A plan that may lower a layer to int4 or k4v3 needs calibration samples of at least
+// A plan that may lower a layer to int4, int4a or k4v3 needs calibration samples of at least
 // 2 x block_tokens tokens: they keep block 0 in f16, so a shorter sample holds no quantised
 // block and the search could not see what they cost. InvalidArgument naming both numbers (as
 // --tokens and

@@ -184,7 +184,7 @@ absl::StatusOr<SharingStrategy> SharingStrategy::WithKvTypes(std::vector<KvType>
     const int t = static_cast<int>(kv_types[l]);
     if (t < 0 || t >= kKvTypeCount) {
       return absl::InvalidArgumentError(absl::StrFormat(
-          "strategy: layer %d has kv type %d, not one of f32, f16, int8, int4, k4v3", l, t));
+          "strategy: layer %d has kv type %d, not one of f32, f16, int8, int4, k4v3, int4a", l, t));
     }
   }
   // Sources come first (kv_source[l] <= l), so each sharing layer is checked against a
@@ -420,9 +420,10 @@ absl::StatusOr<SharingStrategy> SharingStrategy::FromJson(const std::string& tex
       if (e.is_string()) t = ParseKvType(e.get<std::string>());
       if (!t.ok()) {
         f.Fail("kv_types",
-               absl::StrFormat("an array of \"f32\", \"f16\", \"int8\", \"int4\" or \"k4v3\" "
-                               "(entry %d is not)",
-                               i));
+               absl::StrFormat(
+                   "an array of \"f32\", \"f16\", \"int8\", \"int4\", \"k4v3\" or \"int4a\" "
+                   "(entry %d is not)",
+                   i));
       } else {
         kv_types.push_back(*t);
       }
