@@ -27,13 +27,13 @@ in 4 bits per block (0.299).
 """
 import argparse
 import os
-import re
 import sys
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 import kv_bits_probe as P  # noqa: E402  (loads SmolLM2 and the WikiText-2 tokens)
+from query_weights_reference import probe_text  # noqa: E402
 
 m, BLOCK = P.m, P.BLOCK
 GROUP = m.nh // m.nkv
@@ -90,12 +90,7 @@ def allocated(weights, most=8):
 
 
 def probe_text_ids():
-    src = open(os.path.join(os.path.dirname(__file__), "..", "..", "common", "engine",
-                            "quality_probe.cc"), encoding="utf-8").read()
-    body = src[src.index("kQualityProbeText[] ="):]
-    body = body[:body.index(";")]
-    text = "".join(re.findall(r'"((?:[^"\\]|\\.)*)"', body)).encode().decode("unicode_escape")
-    return P.tok.encode(text).ids[:256]  # SmolLM2 adds no BOS
+    return P.tok.encode(probe_text()).ids[:256]  # SmolLM2 adds no BOS
 
 
 def main():

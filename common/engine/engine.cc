@@ -156,13 +156,11 @@ absl::StatusOr<SeqId> Engine::AddSequence(std::shared_ptr<const SharingStrategy>
   if (strategy == nullptr) strategy = identity_;
   absl::Status s = ValidateStrategyForModel(*strategy, model_);
   if (s.ok()) s = kv_->CheckHolds(*strategy);
-  if (s.ok() && strategy->has_kv_types()) {
-    for (int l = 0; l < strategy->n_layers() && s.ok(); ++l) {
-      if (strategy->owns(l) && strategy->kv_type(l, options_.kv_type) == KvType::kInt4A) {
-        s = EnsureQueryWeights();
-      }
-    }
+  bool int4a = false;
+  for (int l = 0; l < strategy->n_layers() && strategy->has_kv_types(); ++l) {
+    int4a |= strategy->owns(l) && strategy->kv_type(l, options_.kv_type) == KvType::kInt4A;
   }
+  if (s.ok() && int4a) s = EnsureQueryWeights();
   if (!s.ok()) return s;
   if (const auto& p = strategy->projections(); p != nullptr) {
     auto it = projections_.find(p->sha256());

@@ -127,10 +127,13 @@ inline __attribute__((always_inline)) void GatherChunkT(const ChunkRows& a, Chun
         const bool v3 = g.type == KvType::kK4V3;
         const int v_group = v3 ? kKvV3Group : kKvInt4Group;
         const int64_t v_groups = c / v_group;
-        Half::Convert(reinterpret_cast<const uint16_t*>(block + lay.k_scale) + head, hd, k_scale);
-        Half::Convert(reinterpret_cast<const uint16_t*>(block + lay.k_min) + head, hd, k_min);
         const bool allocated = g.type == KvType::kInt4A;
-        if (allocated) GatherAllocatedK(g, block, head, r0, n, k_out + i0 * hd);
+        if (allocated) {
+          GatherAllocatedK(g, block, head, r0, n, k_out + i0 * hd);
+        } else {  // int4's K scales, once per run
+          Half::Convert(reinterpret_cast<const uint16_t*>(block + lay.k_scale) + head, hd, k_scale);
+          Half::Convert(reinterpret_cast<const uint16_t*>(block + lay.k_min) + head, hd, k_min);
+        }
         for (int i = 0; i < n; ++i) {
           const uint8_t* kq = block + lay.k + ((r0 + i) * c + head) / 2;
           const int64_t vs0 = (r0 + i) * v_groups + head / v_group;
