@@ -4,12 +4,15 @@
 //           horizontally together by a 4-level shuffle tree (Reduce16);
 //   softmax: exp of the row's scores against its max, 16 at a time;
 //   o:      per row, accumulators in registers, two sets (even / odd positions).
-// f16 and int8 pools are dequantised 16 lanes at a time first (kv_chunk.h); int4 pools are read
-// in place with the scales folded into the query and the softmax weights (AttendChunkInt4T).
+// f16 and int8 pools are dequantised 16 lanes at a time first (kv_chunk.h); int4 and int4a
+// pools are read in place with the scales folded into the query and the softmax weights
+// (AttendChunkInt4T, AttendChunkInt4RowsT; int4a's K codes built from its bit planes with
+// masked adds, UnpackAllocatedK).
 #include <immintrin.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "kernels/cpu/attention_kernels.h"
 #include "kernels/cpu/isa.h"
@@ -276,13 +279,108 @@ KVSHARE_TARGET_AVX512 void AttendChunkInt4T(const ChunkRows& a) {
   }
 }
 
+// int4a's K in a quantised block (kernels/kv_type.h): channel c holds b_c bit planes, k_c =
+// u_c s_c + m_c with u_c = sum_k 2^k bit_k, so as for int4
+//   q.k = sum_c (q_c s_c) u_c + sum_c q_c m_c.
+// The run's codes are built once, channel-major, as floats: u[c][t] for the run's positions,
+// 64 at a time as bytes (one 64-bit mask per plane, each set bit adding 2^k to its byte; the
+// codes are below 256), then widened. Then per tile of NR rows the scores of 16 positions are
+// one fma per channel against the broadcast q_c s_c, with no horizontal sums.
+// `u` holds hd x S floats, S = the run's positions rounded up to 16 (lanes past the run hold
+// codes from the bits after it: finite, and never stored).
+KVSHARE_TARGET_AVX512 inline void UnpackAllocatedK(const KvGeometry& geo, const Int4Run& run,
+                                                   int64_t head, int stride, float* u) {
+  const int hd = geo.head_dim, plane_bytes = geo.block_tokens / 8;
+  const KvBlockLayout lay(geo);
+  const uint8_t* widths = run.block + lay.k_bits;
+  // Each head's widths sum to kKvInt4AMeanBits * hd planes.
+  const uint8_t* plane = run.block + lay.k + head * kKvInt4AMeanBits * plane_bytes;
+  const int shift = run.row0 % 8;
+  for (int j = 0; j < hd; ++j) {
+    const int64_t ch = head + j;
+    const int b = (widths[ch / 2] >> (4 * (ch % 2))) & 15;
+    float* dst = u + static_cast<int64_t>(j) * stride;
+    for (int t0 = 0; t0 < run.n; t0 += 64) {
+      // Bits row0 + t0 ... + 63 of each plane: 9 bytes from the one holding the first (the
+      // block continues past its last plane by V's T x C / 2 >= 128 bytes, so the read stays
+      // inside it).
+      const uint8_t* at = plane + (run.row0 + t0) / 8;
+      __m512i x = _mm512_setzero_si512();
+      for (int k = 0; k < b; ++k) {
+        uint64_t bits;
+        std::memcpy(&bits, at + k * plane_bytes, 8);
+        if (shift != 0) {
+          bits = (bits >> shift) | (uint64_t{at[k * plane_bytes + 8]} << (64 - shift));
+        }
+        x = _mm512_mask_add_epi8(x, _cvtu64_mask64(bits), x, _mm512_set1_epi8(char(1 << k)));
+      }
+      alignas(64) uint8_t codes[64];
+      _mm512_store_si512(codes, x);
+      for (int t = 0; t < 64 && t0 + t < run.n; t += 16) {
+        const __m128i part = _mm_load_si128(reinterpret_cast<const __m128i*>(codes + t));
+        _mm512_storeu_ps(dst + t0 + t, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(part)));
+      }
+    }
+    plane += b * plane_bytes;
+  }
+}
+
+// Scores of rows [r0, r0 + NR) for a quantised int4a run, from UnpackAllocatedK's u.
+template <int HD16, int NR>
+KVSHARE_TARGET_AVX512 void AllocatedKScoresT(const ChunkRows& a, const Int4Run& run, int r0,
+                                             const int* n, const float* u, int stride,
+                                             float* const* s) {
+  constexpr int hd = 16 * HD16;
+  const KvBlockLayout lay(*a.geometry);
+  const int64_t head = static_cast<int64_t>(a.kv_head) * hd;
+  const auto* k_scale = reinterpret_cast<const uint16_t*>(run.block + lay.k_scale) + head;
+  const auto* k_min = reinterpret_cast<const uint16_t*>(run.block + lay.k_min) + head;
+  alignas(64) float qs[NR][hd];
+  __m512 bias[NR];
+  int n_max = 0;
+  for (int r = 0; r < NR; ++r) {
+    __m512 qm = _mm512_setzero_ps();
+#pragma GCC unroll 8
+    for (int cc = 0; cc < HD16; ++cc) {
+      const __m512 q = _mm512_loadu_ps(a.q[r0 + r] + 16 * cc);
+      _mm512_store_ps(qs[r] + 16 * cc, _mm512_mul_ps(q, LoadHalf16(k_scale + 16 * cc)));
+      qm = _mm512_fmadd_ps(q, LoadHalf16(k_min + 16 * cc), qm);
+    }
+    bias[r] = _mm512_set1_ps(_mm512_reduce_add_ps(qm));
+    n_max = std::max(n_max, n[r]);
+  }
+  const __m512 scale = _mm512_set1_ps(a.scale);
+  for (int t0 = 0; t0 < n_max; t0 += 16) {
+    // Two chains per row (even and odd channels).
+    __m512 acc0[NR], acc1[NR];
+    for (int r = 0; r < NR; ++r) acc0[r] = acc1[r] = _mm512_setzero_ps();
+    const float* col = u + t0;
+#pragma GCC unroll 4
+    for (int c = 0; c < hd; c += 2) {
+      const __m512 u0 = _mm512_loadu_ps(col + static_cast<int64_t>(c) * stride);
+      const __m512 u1 = _mm512_loadu_ps(col + static_cast<int64_t>(c + 1) * stride);
+      for (int r = 0; r < NR; ++r) {
+        acc0[r] = _mm512_fmadd_ps(_mm512_set1_ps(qs[r][c]), u0, acc0[r]);
+        acc1[r] = _mm512_fmadd_ps(_mm512_set1_ps(qs[r][c + 1]), u1, acc1[r]);
+      }
+    }
+    for (int r = 0; r < NR; ++r) {
+      if (t0 >= n[r]) continue;
+      const __m512 d = _mm512_add_ps(_mm512_add_ps(acc0[r], acc1[r]), bias[r]);
+      _mm512_mask_storeu_ps(s[r] + t0, TailMask(n[r] - t0), _mm512_mul_ps(d, scale));
+    }
+  }
+}
+
 // AttendChunkInt4T for several rows (GQA heads, prefill queries) sharing the chunk: run by run,
 // the run's nibbles are unpacked once into the call's scratch as unscaled floats u (at most
 // block_tokens x head_dim of them, L1-resident), then every row folds its scales in as above
 // while reading u like an f32 row. Scores of all rows first (rows at a stride of whole 16-lane
 // groups, so no row's stores reach another's), then each row's softmax, then V run by run with
 // o accumulated in a.o.
-template <int HD16>
+//
+// kAllocated: int4a pools (the same V; K from bit planes, AllocatedKScoresT).
+template <int HD16, bool kAllocated>
 KVSHARE_TARGET_AVX512 void AttendChunkInt4RowsT(const ChunkRows& a) {
   constexpr int kGroups = HD16 / 2;
   const KvGeometry& geo = *a.geometry;
@@ -331,6 +429,33 @@ KVSHARE_TARGET_AVX512 void AttendChunkInt4RowsT(const ChunkRows& a) {
             acc[Slot(j)] = d;
           }
           _mm512_mask_storeu_ps(s + j0, TailMask(n - j0), _mm512_mul_ps(Reduce16(acc), scale));
+        }
+      }
+      continue;
+    }
+    if (kAllocated) {
+      UnpackAllocatedK(geo, run, head, (run.n + 15) & ~15, u);
+      for (int r0 = 0; r0 < a.n_rows; r0 += 4) {
+        int n[4];
+        float* s[4];
+        const int nr = std::min(4, a.n_rows - r0);
+        for (int r = 0; r < nr; ++r) {
+          n[r] = std::min(run.n, n_pos(r0 + r) - run.i0);
+          s[r] = a.scores + static_cast<int64_t>(r0 + r) * stride + run.i0;
+        }
+        switch (nr) {
+          case 1:
+            AllocatedKScoresT<HD16, 1>(a, run, r0, n, u, (run.n + 15) & ~15, s);
+            break;
+          case 2:
+            AllocatedKScoresT<HD16, 2>(a, run, r0, n, u, (run.n + 15) & ~15, s);
+            break;
+          case 3:
+            AllocatedKScoresT<HD16, 3>(a, run, r0, n, u, (run.n + 15) & ~15, s);
+            break;
+          default:
+            AllocatedKScoresT<HD16, 4>(a, run, r0, n, u, (run.n + 15) & ~15, s);
+            break;
         }
       }
       continue;
@@ -472,15 +597,29 @@ void AttendChunk(const ChunkRows& a) {
   if (a.geometry->type == KvType::kInt4 && a.int4_in_place) {  // head_dim % 32 == 0
     switch (a.geometry->head_dim / 16) {
       case 2:
-        return a.n_rows == 1 ? AttendChunkInt4T<2>(a) : AttendChunkInt4RowsT<2>(a);
+        return a.n_rows == 1 ? AttendChunkInt4T<2>(a) : AttendChunkInt4RowsT<2, false>(a);
       case 4:
-        return a.n_rows == 1 ? AttendChunkInt4T<4>(a) : AttendChunkInt4RowsT<4>(a);
+        return a.n_rows == 1 ? AttendChunkInt4T<4>(a) : AttendChunkInt4RowsT<4, false>(a);
       case 6:
-        return a.n_rows == 1 ? AttendChunkInt4T<6>(a) : AttendChunkInt4RowsT<6>(a);
+        return a.n_rows == 1 ? AttendChunkInt4T<6>(a) : AttendChunkInt4RowsT<6, false>(a);
       case 8:
-        return a.n_rows == 1 ? AttendChunkInt4T<8>(a) : AttendChunkInt4RowsT<8>(a);
+        return a.n_rows == 1 ? AttendChunkInt4T<8>(a) : AttendChunkInt4RowsT<8, false>(a);
       default:
         break;  // wider heads (Gemma 3's 256): gathered below
+    }
+  }
+  if (a.geometry->type == KvType::kInt4A && a.int4_in_place) {  // head_dim % 32 == 0
+    switch (a.geometry->head_dim / 16) {
+      case 2:
+        return AttendChunkInt4RowsT<2, true>(a);
+      case 4:
+        return AttendChunkInt4RowsT<4, true>(a);
+      case 6:
+        return AttendChunkInt4RowsT<6, true>(a);
+      case 8:
+        return AttendChunkInt4RowsT<8, true>(a);
+      default:
+        break;  // wider heads: gathered below
     }
   }
   // Up to 8 x 16 channels the row's q and o stay in registers; wider heads (up to 256, Gemma

@@ -23,8 +23,9 @@ namespace {
 using cpu::Isa;
 
 struct Seq {
-  int start_pos;  // tokens already in the cache
-  int n_q;        // queries in this call
+  int start_pos;   // tokens already in the cache
+  int n_q;         // queries in this call
+  int window = 0;  // AttentionSeq::window (0: none)
 };
 
 struct TypedFixture {
@@ -65,7 +66,7 @@ struct TypedFixture {
       cpu::ref::WriteKv(g, pool.data(), tables.back().data(), s.start_pos, s.n_q,
                         k.back().data() + s.start_pos * kv_dim,
                         v.back().data() + s.start_pos * kv_dim, tail);
-      seqs.push_back({total_q, s.n_q, s.start_pos, tables.back().data(), blocks, tail});
+      seqs.push_back({total_q, s.n_q, s.start_pos, tables.back().data(), blocks, tail, s.window});
       total_q += s.n_q;
     }
     q = testing::RandomFloats(static_cast<int64_t>(total_q) * n_heads * g.head_dim, seed, 1.5f);
@@ -135,14 +136,17 @@ TEST(KvTypeAttentionTest, EveryIsaMatchesTheReferenceOverTheGrid) {
               {{0, block - 1}, {0, block}, {0, block + 1}},
               {{5, 40}, {block * 3, 17}, {0, 1}},
               {{250, 20}},
+              // A sliding window starts each query's positions mid-block, off a byte of
+              // int4a's bit planes (start_pos + j - 36).
+              {{300, 3, 37}, {block * 2 + 3, 5, 29}},
           };
           for (const auto& call : calls) {
             const TypedFixture f(g, 2 * group, call, seed++);
             const std::vector<float> want = f.Reference();
             for (Isa isa : testing::SupportedIsas()) {
-              // int4: read in place (the default) and gathered (CpuBackendOptions).
+              // int4, int4a: read in place (the default) and gathered (CpuBackendOptions).
               for (bool in_place : {true, false}) {
-                if (!in_place && type != KvType::kInt4) continue;
+                if (!in_place && type != KvType::kInt4 && type != KvType::kInt4A) continue;
                 CpuBackendOptions o;
                 o.threads = 2;
                 o.max_isa = isa;
