@@ -52,6 +52,7 @@ struct Flags {
   int block_tokens = EngineOptions{}.block_tokens;
   int calibration_tokens = CalibrationOptions{}.tokens;
   bool share = true;
+  bool early_reject = true;
   bool int8 = false;  // the search's calibration forwards with int8 activations
   std::string strategy;
   std::string json;
@@ -194,13 +195,16 @@ int RunModel(const Flags& flags, const std::string& name, nlohmann::json* out) {
     o.max_ppl_increase = budget;
     KeepHoldableTypes(&o, g);
     o.share = flags.share;
+    o.floor_early_reject = flags.early_reject;
     o.block_tokens = g.block_tokens;
-    HeldoutIncreaseFn heldout = [&](const KvPlan& plan) -> absl::StatusOr<double> {
+    HeldoutIncreaseFn heldout = [&](const KvPlan& plan,
+                                    double reject_above) -> absl::StatusOr<double> {
       auto strategy = PlanStrategy(**model, plan);
       if (!strategy.ok()) return strategy.status();
-      auto ppl = (*meter)->Perplexity(*strategy);
+      const EarlyReject reject{reject_above};
+      auto ppl = (*meter)->Perplexity(*strategy, std::isfinite(reject_above) ? &reject : nullptr);
       if (!ppl.ok()) return ppl.status();
-      return ppl->mean_nll - base_nll;
+      return NllIncreaseOver(*ppl, (*meter)->baseline());
     };
     auto run = RunKvPlanSearch(**model, *backend, *calibration, g.block_tokens, o, heldout);
     if (!run.ok()) return std::fprintf(stderr, "%s\n", run.status().ToString().c_str()), 1;
@@ -242,6 +246,8 @@ int Main(int argc, char** argv) {
       flags.models = absl::StrSplit(next(), ',');
     } else if (a == "--no-share") {
       flags.share = false;
+    } else if (a == "--no-early-reject") {
+      flags.early_reject = false;
     } else if (a == "--int8") {
       flags.int8 = true;
     } else if (a == "--strategy") {
@@ -263,7 +269,8 @@ int Main(int argc, char** argv) {
           stderr,
           "usage: %s [--models smollm2,stories] [--budgets 1,2,5|none] [--eval-tokens N] "
           "[--context N] [--threads N] [--block-tokens N] [--calibration-tokens N] [--no-share] "
-          "[--int8] [--strategy FILE] [--json FILE]\n"
+          "[--no-early-reject] [--int8] [--strategy FILE] [--json FILE]\n"
+          "  --no-early-reject: the floor checks read the whole held-out slice\n"
           "  --int8: the search scores plans with int8 activations (held-out checks stay fp32)\n",
           argv[0]);
       return 2;

@@ -149,8 +149,36 @@ absl::StatusOr<std::unique_ptr<QualityMeter>> QualityMeter::Create(const Model& 
   return meter;
 }
 
+bool RejectEarly(const PerplexityResult& so_far, const PerplexityResult& baseline,
+                 const EarlyReject& rule) {
+  const size_t n = so_far.window_nll_sums.size();
+  if (int(n) < rule.min_windows || n < 2 || n > baseline.window_nll_sums.size()) return false;
+  double sum = 0, sum_sq = 0;
+  for (size_t w = 0; w < n; ++w) {
+    const double t = double(so_far.window_targets[w]);
+    const double d = (so_far.window_nll_sums[w] - baseline.window_nll_sums[w]) / t;
+    sum += d;
+    sum_sq += d * d;
+  }
+  const double mean = sum / double(n);
+  const double var = std::max(0.0, (sum_sq - double(n) * mean * mean) / double(n - 1));
+  return mean - rule.z * std::sqrt(var / double(n)) > rule.above_nats;
+}
+
+double NllIncreaseOver(const PerplexityResult& r, const PerplexityResult& baseline) {
+  const size_t n = std::min(r.window_nll_sums.size(), baseline.window_nll_sums.size());
+  double plan = 0, base = 0;
+  int64_t targets = 0;
+  for (size_t w = 0; w < n; ++w) {
+    plan += r.window_nll_sums[w];
+    base += baseline.window_nll_sums[w];
+    targets += r.window_targets[w];
+  }
+  return targets == 0 ? 0.0 : (plan - base) / double(targets);
+}
+
 absl::StatusOr<PerplexityResult> QualityMeter::Perplexity(
-    std::shared_ptr<const SharingStrategy> strategy) {
+    std::shared_ptr<const SharingStrategy> strategy, const EarlyReject* reject) {
   if (strategy != nullptr) {
     absl::Status s = ValidateStrategyForModel(*strategy, model_);
     if (!s.ok()) return s;
@@ -160,6 +188,11 @@ absl::StatusOr<PerplexityResult> QualityMeter::Perplexity(
   po.stride = slice_.context;
   po.strategy = std::move(strategy);
   po.cancel = cancel_;
+  if (reject != nullptr) {
+    po.stop_early = [this, reject](const PerplexityResult& so_far) {
+      return RejectEarly(so_far, baseline_, *reject);
+    };
+  }
   return EvaluatePerplexity(*engine_, slice_.ids, po);
 }
 

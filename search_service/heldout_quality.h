@@ -87,6 +87,29 @@ absl::StatusOr<StrategyQuality> MeasureHeldoutQuality(
 
 // Perplexity of strategies on one held-out slice; the unshared model's is computed once, at
 // Create.
+// A held-out check that may stop before the end of the slice once the plan is over a budget
+// beyond doubt (the KV plan search's floor checks, docs/METHOD.md §6). After each window from
+// the min_windows-th on, the windows so far are paired with the baseline's: d_w = the plan's
+// mean NLL over window w's targets less the baseline's. The check stops when mean(d) - z x its
+// standard error (sd(d) / sqrt(windows)) exceeds above_nats: the increase on the slice read so
+// far is over the budget by z standard errors of the window-to-window spread. A plan near the
+// budget is read to the end, so a verdict can only differ from the whole slice's when the rest
+// of the text moves the mean by more than z standard errors.
+struct EarlyReject {
+  double above_nats = 0;  // the budget, nats/token
+  int min_windows = 8;
+  double z = 3.0;
+};
+
+// Whether `so_far` (a prefix of the windows of `baseline`'s slice) is over rule.above_nats by
+// the rule above.
+bool RejectEarly(const PerplexityResult& so_far, const PerplexityResult& baseline,
+                 const EarlyReject& rule);
+
+// The NLL increase (nats/token) of `r` over `baseline` on the windows `r` covers: all of the
+// slice's, or the prefix an early stop left.
+double NllIncreaseOver(const PerplexityResult& r, const PerplexityResult& baseline);
+
 class QualityMeter {
  public:
   // `threads`: the CPU backend's (0 = all cores). InvalidArgument when the slice's context
@@ -99,8 +122,10 @@ class QualityMeter {
 
   const HeldoutSlice& slice() const { return slice_; }
   const PerplexityResult& baseline() const { return baseline_; }
-  // FailedPrecondition for a strategy of another model (fingerprint, layer count).
-  absl::StatusOr<PerplexityResult> Perplexity(std::shared_ptr<const SharingStrategy> strategy);
+  // FailedPrecondition for a strategy of another model (fingerprint, layer count). With
+  // `reject`, the pass may stop early (EarlyReject): tokens_scored < slice().targets() then.
+  absl::StatusOr<PerplexityResult> Perplexity(std::shared_ptr<const SharingStrategy> strategy,
+                                              const EarlyReject* reject = nullptr);
   // Perplexity of `strategy` beside the baseline, with the given calibration score.
   absl::StatusOr<StrategyQuality> Measure(std::shared_ptr<const SharingStrategy> strategy,
                                           double calibration_score);

@@ -1,6 +1,7 @@
 #include "search_service/kv_plan_runner.h"
 
 #include <chrono>
+#include <cmath>
 #include <memory>
 
 #include "absl/strings/str_cat.h"
@@ -95,7 +96,7 @@ absl::StatusOr<SharingStrategy> KvPlanStrategy(const Model& model, const KvPlan&
 absl::StatusOr<KvPlanStrategyResult> RunKvPlanStrategySearch(
     const Model& model, Backend& backend, const CalibrationSet& calibration,
     const HeldoutSlice& heldout, int threads, const KvPlanOptions& options,
-    const KvPlanHooks& hooks, const std::function<void(double)>& on_heldout) {
+    const KvPlanHooks& hooks, const HeldoutCheckFn& on_heldout) {
   absl::Status valid = ValidateKvPlanOptions(options);
   if (!valid.ok()) return valid;
   const ModelConfig& c = model.config();
@@ -117,15 +118,21 @@ absl::StatusOr<KvPlanStrategyResult> RunKvPlanStrategySearch(
   const double base_nll = (*meter)->baseline().mean_nll;
   KvPlan last_plan;
   double last_nll = base_nll;
-  HeldoutIncreaseFn heldout_fn = [&](const KvPlan& plan) -> absl::StatusOr<double> {
+  HeldoutIncreaseFn heldout_fn = [&](const KvPlan& plan,
+                                     double reject_above) -> absl::StatusOr<double> {
     auto strategy = KvPlanStrategy(model, plan);
     if (!strategy.ok()) return strategy.status();
-    auto ppl = (*meter)->Perplexity(std::make_shared<const SharingStrategy>(std::move(*strategy)));
+    const EarlyReject reject{reject_above};
+    auto ppl = (*meter)->Perplexity(std::make_shared<const SharingStrategy>(std::move(*strategy)),
+                                    std::isfinite(reject_above) ? &reject : nullptr);
     if (!ppl.ok()) return ppl.status();
-    last_plan = plan;
-    last_nll = ppl->mean_nll;
-    if (on_heldout) on_heldout(ppl->mean_nll - base_nll);
-    return ppl->mean_nll - base_nll;
+    const double increase = NllIncreaseOver(*ppl, (*meter)->baseline());
+    if (ppl->tokens_scored == heldout.targets()) {  // a whole-slice figure
+      last_plan = plan;
+      last_nll = ppl->mean_nll;
+    }
+    if (on_heldout) on_heldout(increase, ppl->tokens_scored);
+    return increase;
   };
   auto run = RunKvPlanSearch(model, backend, calibration, block_tokens, options, heldout_fn, hooks);
   if (!run.ok()) return run.status();

@@ -49,11 +49,13 @@ struct KvPlanStrategyResult {
 
 // RunKvPlanSearch trimming on `heldout` through a QualityMeter (the unshared fp32 model's
 // perplexity first, then each checked plan's), everything a search service job and `kvshare
-// search --max-ppl-increase` record. `on_heldout` (optional) sees each check's NLL increase.
+// search --max-ppl-increase` record. `on_heldout` (optional) sees each check's NLL increase and
+// the held-out tokens it read (fewer than the slice's when a floor check stopped early).
+using HeldoutCheckFn = std::function<void(double increase, int64_t tokens_read)>;
 absl::StatusOr<KvPlanStrategyResult> RunKvPlanStrategySearch(
     const Model& model, Backend& backend, const CalibrationSet& calibration,
     const HeldoutSlice& heldout, int threads, const KvPlanOptions& options,
-    const KvPlanHooks& hooks = {}, const std::function<void(double)>& on_heldout = nullptr);
+    const KvPlanHooks& hooks = {}, const HeldoutCheckFn& on_heldout = nullptr);
 
 // The same as a StrategySearchResult (what search jobs report and publish): the strategy, the
 // final plan as the "greedy" kv_source with its sharing layers as acceptances and minus the

@@ -9,6 +9,9 @@
 namespace kvshare {
 namespace {
 
+// HeldoutIncreaseFn's reject_above for a check that reads the whole slice.
+constexpr double kReadAll = std::numeric_limits<double>::infinity();
+
 // Below this a cost counts as this (so a free step is ranked by its bytes, not divided by 0).
 constexpr double kMinCost = 1e-6;
 
@@ -205,7 +208,7 @@ absl::StatusOr<KvPlanSearchResult> SearchKvPlan(
     Progress(hooks, "floor", int(f), int(floors.size()));
     KvPlan floor = base;
     floor.kv_types.assign(n_layers, floors[f]);
-    auto h = heldout(floor);
+    auto h = heldout(floor, options.floor_early_reject ? budget : kReadAll);
     if (!h.ok()) return h.status();
     r.heldout_checks.push_back(*h);
     floor_fits = *h <= budget;
@@ -402,7 +405,7 @@ absl::StatusOr<KvPlanSearchResult> SearchKvPlan(
       break;
     }
     const KvPlan p = ApplyAll(base, r.actions, keep);
-    auto h = heldout(p);
+    auto h = heldout(p, kReadAll);
     if (!h.ok()) return h.status();
     r.heldout_checks.push_back(*h);
     r.heldout_increase = *h;
@@ -445,7 +448,7 @@ absl::StatusOr<KvPlanSearchResult> SearchKvPlan(
       Progress(hooks, "held-out growth", round, options.max_grow_rounds);
       std::vector<PlanAction> grown = r.actions;
       grown.insert(grown.end(), missing.begin(), missing.begin() + n);
-      auto h = heldout(ApplyAll(base, grown, grown.size()));
+      auto h = heldout(ApplyAll(base, grown, grown.size()), kReadAll);
       if (!h.ok()) return h.status();
       r.heldout_checks.push_back(*h);
       if (*h <= budget) {

@@ -80,8 +80,12 @@ class PlanEvaluator {
   virtual absl::Status Accept(const KvPlan& plan, int first_changed_layer) = 0;
 };
 
-// Held-out NLL increase (nats/token) of a plan over the unshared model.
-using HeldoutIncreaseFn = std::function<absl::StatusOr<double>(const KvPlan&)>;
+// Held-out NLL increase (nats/token) of a plan over the unshared model. `reject_above`: the
+// check may stop before the end of its text once the plan is over this many nats beyond doubt
+// (heldout_quality.h EarlyReject) and return the increase on the text it read, which is then
+// above it; +infinity reads all of it.
+using HeldoutIncreaseFn =
+    std::function<absl::StatusOr<double>(const KvPlan& plan, double reject_above)>;
 
 struct KvPlanOptions {
   double max_ppl_increase = 2.0;  // percent of held-out perplexity; > 0
@@ -100,6 +104,9 @@ struct KvPlanOptions {
   int max_heldout_rounds = 4;
   int max_grow_rounds = 3;
   bool floor_first = true;  // step 1b
+  // Step 1b's held-out checks may stop early on a floor over the budget beyond doubt
+  // (HeldoutIncreaseFn's reject_above); the other checks always read the whole slice.
+  bool floor_early_reject = true;
   // RunKvPlanStrategySearch: the serving pool's block size the plan is for (the workers'
   // --block-tokens), which the types are simulated and measured with (int4 quantises K over a
   // block). SearchKvPlan takes it from its geometry instead.

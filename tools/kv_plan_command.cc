@@ -94,8 +94,16 @@ int RunPlanSearchCommand(const Session& session, const PreparedSearch& prepared,
   };
   auto backend = MakeCpuBackend(threads);
   auto result = RunKvPlanStrategySearch(
-      model, *backend, prepared.calibration, heldout, threads, o, hooks, [](double increase) {
-        std::cerr << absl::StrFormat("\nheld-out   +%.4f nats/token\n", increase);
+      model, *backend, prepared.calibration, heldout, threads, o, hooks,
+      [&](double increase, int64_t tokens_read) {
+        std::cerr << absl::StrFormat("\nheld-out   %+.4f nats/token", increase);
+        if (tokens_read < heldout.targets()) {
+          std::cerr << absl::StrFormat(
+              " on the first %d of %d tokens: over the budget by more than 3 standard errors, "
+              "stopped there",
+              tokens_read, heldout.targets());
+        }
+        std::cerr << "\n";
       });
   bar.Finish();
   if (!result.ok()) return Fail(result.status());

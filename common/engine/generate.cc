@@ -153,6 +153,7 @@ absl::StatusOr<PerplexityResult> EvaluatePerplexity(
   }
   const int64_t n = static_cast<int64_t>(tokens.size());
   const int64_t total_targets = n - 1;
+  PerplexityResult r;
   double nll_sum = 0.0;
   int64_t scored_until =
       0;  // targets at positions <= scored_until are done (position 0 is never a target)
@@ -169,18 +170,25 @@ absl::StatusOr<PerplexityResult> EvaluatePerplexity(
     absl::Status s = engine.Prefill(seq.id(), tokens.subspan(start, end - start), &logits,
                                     /*all_logits=*/true);
     if (!s.ok()) return s;
-    // Row r predicts token start + r + 1.
-    for (int64_t target = std::max(scored_until + 1, start + 1); target < end; ++target) {
+    // Row r predicts token start + r + 1: the last row the token after the window, which is
+    // the next window's first (with stride = context it is no target of that window, which
+    // has no row before it).
+    const int64_t first = std::max(scored_until + 1, start + 1);
+    const int64_t last = std::min(end, n - 1);
+    double window_sum = 0.0;
+    for (int64_t target = first; target <= last; ++target) {
       const float* row = logits.data() + size_t(target - start - 1) * c.vocab_size;
-      nll_sum -= LogProb(absl::MakeConstSpan(row, c.vocab_size), tokens[target]);
+      window_sum -= LogProb(absl::MakeConstSpan(row, c.vocab_size), tokens[target]);
     }
-    scored_until = end - 1;
+    nll_sum += window_sum;
+    r.window_targets.push_back(last - first + 1);
+    r.window_nll_sums.push_back(window_sum);
+    scored_until = last;
+    r.tokens_scored = scored_until;
+    r.mean_nll = nll_sum / double(scored_until);
     if (progress) progress(scored_until, total_targets);
-    if (end == n) break;
+    if (end == n || (options.stop_early && options.stop_early(r))) break;
   }
-  PerplexityResult r;
-  r.tokens_scored = total_targets;
-  r.mean_nll = nll_sum / double(total_targets);
   return r;
 }
 

@@ -81,23 +81,32 @@ absl::StatusOr<GenerateResult> Generate(Engine& engine, const Tokenizer& tokeniz
                                         const GenerateOptions& options,
                                         const TokenCallback& on_token = nullptr);
 
+struct PerplexityResult {
+  int64_t tokens_scored = 0;
+  double mean_nll = 0.0;  // nats per token
+  // Per window, in order: the targets it scored and the sum of their NLL.
+  std::vector<int64_t> window_targets;
+  std::vector<double> window_nll_sums;
+  double perplexity() const;
+};
+
 struct PerplexityOptions {
   int context = 512;  // window length in tokens
   int stride = 512;   // window start step; tokens already scored are not scored again
   std::shared_ptr<const SharingStrategy> strategy;
   // When set, read before every window: Cancelled once it is true.
   const std::atomic<bool>* cancel = nullptr;
-};
-
-struct PerplexityResult {
-  int64_t tokens_scored = 0;
-  double mean_nll = 0.0;  // nats per token
-  double perplexity() const;
+  // When set, called after every window but the last with the windows so far; returning true
+  // ends the pass there (the result then covers fewer targets than the text holds).
+  std::function<bool(const PerplexityResult& so_far)> stop_early;
 };
 
 // Mean next-token NLL of `tokens` (tokens[0], usually BOS, is context only): sliding windows
 // of `context` tokens starting every `stride` tokens, each scoring the targets the previous
-// windows did not. progress(done_targets, total_targets) is called after every window.
+// windows did not, so every token after the first is scored once — including each window's
+// last row's prediction of the token after the window (with stride = context, the next window
+// holds no row before that token). progress(done_targets, total_targets) is called after
+// every window.
 absl::StatusOr<PerplexityResult> EvaluatePerplexity(
     Engine& engine, absl::Span<const int32_t> tokens, const PerplexityOptions& options,
     const std::function<void(int64_t, int64_t)>& progress = nullptr);

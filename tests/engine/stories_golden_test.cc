@@ -7,6 +7,7 @@
 
 #include "common/engine/engine.h"
 #include "common/engine/generate.h"
+#include "common/engine/sampler.h"
 #include "common/model/model.h"
 #include "common/tokenizer/tokenizer.h"
 #include "gmock/gmock.h"
@@ -77,6 +78,28 @@ TEST_P(StoriesGoldenTest, MeanNllOfTinyStoriesSampleMatchesGolden) {
   EXPECT_EQ(r->tokens_scored, 511);
   EXPECT_NEAR(r->mean_nll, 1.469339906, 1e-5);
   EXPECT_NEAR(r->perplexity(), 4.346365, 1e-4);
+
+  // Two windows of 256: every target once — the first window's last row scores token 256 (the
+  // second window holds no row before it), so window 0 scores targets 1..256 with exactly the
+  // context the single window gave them (causal attention), and window 1 targets 257..511.
+  std::vector<float> logits;
+  auto seq = engine_->AddSequence();
+  ASSERT_TRUE(seq.ok());
+  ASSERT_TRUE(engine_->Prefill(*seq, ids, &logits, /*all_logits=*/true).ok());
+  engine_->RemoveSequence(*seq);
+  const int vocab = engine_->config().vocab_size;
+  double first_256 = 0;
+  for (int t = 1; t <= 256; ++t) {
+    first_256 -= LogProb(absl::MakeConstSpan(logits.data() + size_t(t - 1) * vocab, vocab), ids[t]);
+  }
+  options.context = 256;
+  options.stride = 256;
+  auto two = EvaluatePerplexity(*engine_, ids, options);
+  ASSERT_TRUE(two.ok()) << two.status();
+  EXPECT_EQ(two->tokens_scored, 511);
+  EXPECT_THAT(two->window_targets, ::testing::ElementsAre(256, 255));
+  EXPECT_NEAR(two->window_nll_sums[0], first_256, 1e-3);
+  EXPECT_NEAR(two->mean_nll, (two->window_nll_sums[0] + two->window_nll_sums[1]) / 511, 1e-12);
 }
 
 TEST_P(StoriesGoldenTest, AllLogitsAtLastPromptPositionMatchNumpyReference) {

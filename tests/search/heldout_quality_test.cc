@@ -165,6 +165,80 @@ TEST_F(QualityTest, TheMeterScoresAsAnIndependentEngineDoes) {
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
+// RejectEarly against hand-computed figures: per-window increases d = 0, 1, 0, 1, ... (100
+// targets each) have mean 0.5, sample sd sqrt(2/7) = 0.53452 and standard error 0.18898 over
+// 8 windows, so mean - 3 se = -0.06695.
+TEST(EarlyRejectTest, StopsWhenTheMeanLessZStandardErrorsIsOverTheBudget) {
+  PerplexityResult base, plan;
+  for (int w = 0; w < 8; ++w) {
+    base.window_targets.push_back(100);
+    base.window_nll_sums.push_back(300.0 + w);
+    plan.window_targets.push_back(100);
+    plan.window_nll_sums.push_back(300.0 + w + (w % 2 == 1 ? 100.0 : 0.0));
+  }
+  EXPECT_TRUE(RejectEarly(plan, base, {-0.0670}));
+  EXPECT_FALSE(RejectEarly(plan, base, {-0.0669}));
+  EXPECT_FALSE(RejectEarly(plan, base, {-0.0670, 9}));      // fewer windows than min_windows
+  EXPECT_TRUE(RejectEarly(plan, base, {0.4, 8, 0.5}));      // z = 0.5: 0.5 - 0.0945
+  EXPECT_FALSE(RejectEarly(plan, base, {0.4056, 8, 0.5}));  // 0.40551
+  EXPECT_NEAR(NllIncreaseOver(plan, base), 0.5, 1e-12);
+  // Constant increases have no spread: any excess is beyond doubt.
+  for (int w = 0; w < 8; ++w) plan.window_nll_sums[w] = base.window_nll_sums[w] + 1.0;
+  EXPECT_TRUE(RejectEarly(plan, base, {0.0099}));
+  EXPECT_FALSE(RejectEarly(plan, base, {0.0101}));
+}
+
+// The meter's early stop reads a prefix of the windows, and the increase it reports is the
+// prefix's (from an independent full pass's window sums); without a reachable budget it reads
+// every window.
+TEST_F(QualityTest, AnEarlyRejectReadsAPrefixAndReportsItsIncrease) {
+  const CalibrationSet c = Calibration(30, 64);
+  HeldoutOptions o;
+  o.tokens = 3000;
+  o.context = 100;  // 30 windows: 100-token strides over BOS + 3000 tokens
+  auto slice = BuildHeldoutSlice(*text_, *tokenizer_, LastCalibrationLine(c), o, "t");
+  ASSERT_TRUE(slice.ok());
+  const std::vector<int32_t> ids = slice->ids;
+  auto meter = QualityMeter::Create(*model_, std::move(*slice), 1);
+  ASSERT_TRUE(meter.ok()) << meter.status();
+  const auto shared = Strategy({0, 1, 1, 3, 3});
+
+  auto engine = Engine::Create(*model_, MakeCpuBackend(2));
+  ASSERT_TRUE(engine.ok());
+  PerplexityOptions po;
+  po.context = 100;
+  po.stride = 100;
+  po.strategy = shared;
+  auto full = EvaluatePerplexity(**engine, ids, po);
+  ASSERT_TRUE(full.ok());
+  ASSERT_EQ(full->window_nll_sums.size(), 30u);
+  const double increase = full->mean_nll - (*meter)->baseline().mean_nll;
+  ASSERT_GT(increase, 0.05);
+
+  const EarlyReject half{increase / 2};
+  auto early = (*meter)->Perplexity(shared, &half);
+  ASSERT_TRUE(early.ok()) << early.status();
+  const size_t read = early->window_nll_sums.size();
+  EXPECT_GE(read, 8u);
+  EXPECT_LT(read, 30u);
+  int64_t targets = 0;
+  double plan = 0, base = 0;
+  for (size_t w = 0; w < read; ++w) {
+    targets += full->window_targets[w];
+    plan += full->window_nll_sums[w];
+    base += (*meter)->baseline().window_nll_sums[w];
+  }
+  EXPECT_EQ(early->tokens_scored, targets);
+  EXPECT_NEAR(NllIncreaseOver(*early, (*meter)->baseline()), (plan - base) / targets, 1e-9);
+  EXPECT_GT(NllIncreaseOver(*early, (*meter)->baseline()), increase / 2);
+
+  const EarlyReject unreachable{2 * increase};
+  auto whole = (*meter)->Perplexity(shared, &unreachable);
+  ASSERT_TRUE(whole.ok());
+  EXPECT_EQ(whole->tokens_scored, 3000);
+  EXPECT_NEAR(whole->mean_nll, full->mean_nll, 1e-9);
+}
+
 TEST_F(QualityTest, QualityFieldsSurviveJsonAndTheWire) {
   auto st = SharingStrategy::Create({0, 1, 1, 3, 3}, model_->fingerprint());
   ASSERT_TRUE(st.ok());

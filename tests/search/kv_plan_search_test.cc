@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cmath>
+#include <limits>
 #include <map>
 
 #include "gmock/gmock.h"
@@ -72,7 +73,7 @@ class FakePlanEvaluator : public PlanEvaluator {
 };
 
 HeldoutIncreaseFn Scaled(FakePlanEvaluator& e, double scale, std::vector<KvPlan>* seen = nullptr) {
-  return [&e, scale, seen](const KvPlan& p) -> absl::StatusOr<double> {
+  return [&e, scale, seen](const KvPlan& p, double) -> absl::StatusOr<double> {
     if (seen != nullptr) seen->push_back(p);
     return scale * e.Cost(p);
   };
@@ -82,7 +83,7 @@ HeldoutIncreaseFn Scaled(FakePlanEvaluator& e, double scale, std::vector<KvPlan>
 // its calibration cost; `seen` records every plan checked.
 HeldoutIncreaseFn SharesCostANat(FakePlanEvaluator& e, double precision_scale,
                                  std::vector<KvPlan>* seen) {
-  return [&e, precision_scale, seen](const KvPlan& p) -> absl::StatusOr<double> {
+  return [&e, precision_scale, seen](const KvPlan& p, double) -> absl::StatusOr<double> {
     seen->push_back(p);
     double c = 0;
     for (size_t l = 0; l < p.kv_source.size(); ++l) {
@@ -225,7 +226,7 @@ TEST(KvPlanSearch, FallsBackToTheBasePlanWhenNothingFits) {
   o.share = false;
   o.max_heldout_rounds = 1;
   // Held-out says every lowered plan is far over budget.
-  HeldoutIncreaseFn heldout = [](const KvPlan& p) -> absl::StatusOr<double> {
+  HeldoutIncreaseFn heldout = [](const KvPlan& p, double) -> absl::StatusOr<double> {
     return p.kv_types[0] == F16 ? 0.0 : 1.0;
   };
   auto r = SearchKvPlan(Geometry(), 1, o, e, nullptr, heldout);
@@ -339,6 +340,33 @@ TEST(KvPlanSearch, AFloorOverTheBudgetCostsOneCheck) {
   ASSERT_EQ(r->heldout_checks.size(), 3u);
   EXPECT_NEAR(r->heldout_checks[0], 0.027, 1e-12);  // the floor
   EXPECT_EQ(r->calibration_runs, 1 + 8 + 1);
+}
+
+// Only step 1b's floor checks may stop early (reject_above = the budget); the trim and growth
+// checks read the whole slice, and floor_early_reject = false makes the floors read it too.
+TEST(KvPlanSearch, OnlyTheFloorChecksMayStopEarly) {
+  FakePlanEvaluator e;
+  for (int l = 0; l < 4; ++l) e.type_cost[{l, I8}] = 0.0001;
+  e.type_cost[{0, I4}] = 0.001;
+  e.type_cost[{1, I4}] = 0.02;
+  e.type_cost[{2, I4}] = 0.002;
+  e.type_cost[{3, I4}] = 0.004;
+  for (bool early : {true, false}) {
+    KvPlanOptions o = TwoTypes();
+    o.max_ppl_increase = 1.0;
+    o.share = false;
+    o.floor_early_reject = early;
+    std::vector<double> reject_above;
+    HeldoutIncreaseFn heldout = [&](const KvPlan& p, double above) -> absl::StatusOr<double> {
+      reject_above.push_back(above);
+      return e.Cost(p);
+    };
+    auto r = SearchKvPlan(Geometry(), 4, o, e, nullptr, heldout);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_THAT(r->plan.kv_types, ElementsAre(I4, I8, I4, I4));  // as AFloorOverTheBudget...
+    const double inf = std::numeric_limits<double>::infinity();
+    EXPECT_THAT(reject_above, ElementsAre(early ? o.budget_nats() : inf, inf, inf)) << early;
+  }
 }
 
 // Sharing on top of a floor that fits: held-out text finds the share too expensive, and step 5
