@@ -195,7 +195,7 @@ int RunModel(const Flags& flags, const std::string& name, nlohmann::json* out) {
     o.max_ppl_increase = budget;
     KeepHoldableTypes(&o, g);
     o.share = flags.share;
-    o.floor_early_reject = flags.early_reject;
+    o.early_reject = flags.early_reject;
     o.block_tokens = g.block_tokens;
     HeldoutIncreaseFn heldout = [&](const KvPlan& plan,
                                     double reject_above) -> absl::StatusOr<double> {
@@ -270,7 +270,7 @@ int Main(int argc, char** argv) {
           "usage: %s [--models smollm2,stories] [--budgets 1,2,5|none] [--eval-tokens N] "
           "[--context N] [--threads N] [--block-tokens N] [--calibration-tokens N] [--no-share] "
           "[--no-early-reject] [--int8] [--strategy FILE] [--json FILE]\n"
-          "  --no-early-reject: the floor checks read the whole held-out slice\n"
+          "  --no-early-reject: floor checks and sharing candidates read all of their text\n"
           "  --int8: the search scores plans with int8 activations (held-out checks stay fp32)\n",
           argv[0]);
       return 2;

@@ -152,17 +152,13 @@ absl::StatusOr<std::unique_ptr<QualityMeter>> QualityMeter::Create(const Model& 
 bool RejectEarly(const PerplexityResult& so_far, const PerplexityResult& baseline,
                  const EarlyReject& rule) {
   const size_t n = so_far.window_nll_sums.size();
-  if (int(n) < rule.min_windows || n < 2 || n > baseline.window_nll_sums.size()) return false;
-  double sum = 0, sum_sq = 0;
+  if (n > baseline.window_nll_sums.size()) return false;
+  std::vector<double> increases(n);
   for (size_t w = 0; w < n; ++w) {
-    const double t = double(so_far.window_targets[w]);
-    const double d = (so_far.window_nll_sums[w] - baseline.window_nll_sums[w]) / t;
-    sum += d;
-    sum_sq += d * d;
+    increases[w] = (so_far.window_nll_sums[w] - baseline.window_nll_sums[w]) /
+                   double(so_far.window_targets[w]);
   }
-  const double mean = sum / double(n);
-  const double var = std::max(0.0, (sum_sq - double(n) * mean * mean) / double(n - 1));
-  return mean - rule.z * std::sqrt(var / double(n)) > rule.above_nats;
+  return OverBudgetBeyondDoubt(increases, rule);
 }
 
 double NllIncreaseOver(const PerplexityResult& r, const PerplexityResult& baseline) {

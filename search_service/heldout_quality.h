@@ -25,6 +25,7 @@
 #include "common/strategy/sharing_strategy.h"
 #include "common/tokenizer/tokenizer.h"
 #include "search_service/calibration.h"
+#include "search_service/early_reject.h"
 
 namespace kvshare {
 
@@ -87,22 +88,8 @@ absl::StatusOr<StrategyQuality> MeasureHeldoutQuality(
 
 // Perplexity of strategies on one held-out slice; the unshared model's is computed once, at
 // Create.
-// A held-out check that may stop before the end of the slice once the plan is over a budget
-// beyond doubt (the KV plan search's floor checks, docs/METHOD.md §6). After each window from
-// the min_windows-th on, the windows so far are paired with the baseline's: d_w = the plan's
-// mean NLL over window w's targets less the baseline's. The check stops when mean(d) - z x its
-// standard error (sd(d) / sqrt(windows)) exceeds above_nats: the increase on the slice read so
-// far is over the budget by z standard errors of the window-to-window spread. A plan near the
-// budget is read to the end, so a verdict can only differ from the whole slice's when the rest
-// of the text moves the mean by more than z standard errors.
-struct EarlyReject {
-  double above_nats = 0;  // the budget, nats/token
-  int min_windows = 8;
-  double z = 3.0;
-};
-
-// Whether `so_far` (a prefix of the windows of `baseline`'s slice) is over rule.above_nats by
-// the rule above.
+// Whether `so_far` (a prefix of the windows of `baseline`'s slice) is over rule.above_nats
+// beyond doubt (early_reject.h), the windows' mean NLL increases being the units.
 bool RejectEarly(const PerplexityResult& so_far, const PerplexityResult& baseline,
                  const EarlyReject& rule);
 

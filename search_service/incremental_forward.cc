@@ -102,7 +102,7 @@ absl::Status IncrementalForward::Init(const std::string& user, ForwardObserver* 
   run_.resize(n_layers_);
   for (int l = 0; l < n_layers_; ++l) run_[l] = l;
   kv_->SetCandidate(run_, 0);
-  RunFrom(0, identity_observer, on_final);
+  run_samples_ = RunFrom(0, identity_observer, on_final);
   reference_final_ = final_;
   run_first_ = 0;
   return Accept(run_, 0);
@@ -125,8 +125,8 @@ void IncrementalForward::RoundTripBlock(int layer, int input, KvType type, int n
   backend.CopyFromHost(kv_host_.data(), kv_host_.size() * sizeof(float), block);
 }
 
-void IncrementalForward::RunFrom(int first, ForwardObserver* extra_observer,
-                                 const FinalBatchFn& on_final) {
+int IncrementalForward::RunFrom(int first, ForwardObserver* extra_observer,
+                                const FinalBatchFn& on_final, const StopFn& stop) {
   const int N = calibration_.samples, T = calibration_.tokens;
   float* x = x_->f32();
   Backend& backend = transformer_.backend();
@@ -148,7 +148,9 @@ void IncrementalForward::RunFrom(int first, ForwardObserver* extra_observer,
     transformer_.FinalNorm(x, rows, x);
     backend.CopyToHost(x, bytes, final_.data() + row0 * dim_);
     if (on_final) on_final(x, row0, rows);
+    if (s0 + nb < N && stop && stop(s0 + nb)) return s0 + nb;
   }
+  return N;
 }
 
 absl::Status IncrementalForward::Run(const std::vector<int>& kv_source, int first_changed_layer,
@@ -200,7 +202,8 @@ absl::Status IncrementalForward::CheckPlan(const std::vector<int>& kv_source,
 
 absl::Status IncrementalForward::RunPlan(const std::vector<int>& kv_source,
                                          const std::vector<KvType>& kv_types,
-                                         int first_changed_layer, const FinalBatchFn& on_final) {
+                                         int first_changed_layer, const FinalBatchFn& on_final,
+                                         const StopFn& stop) {
   absl::Status s = CheckPlan(kv_source, kv_types, first_changed_layer);
   if (!s.ok()) return s;
   if (query_weights_ == nullptr &&
@@ -212,11 +215,12 @@ absl::Status IncrementalForward::RunPlan(const std::vector<int>& kv_source,
   kv_->SetCandidate(kv_source, first_changed_layer);
   run_first_ = -1;  // candidate_* are being overwritten
   running_types_ = &kv_types;
-  RunFrom(first_changed_layer, nullptr, on_final);
+  run_samples_ = RunFrom(first_changed_layer, nullptr, on_final, stop);
   running_types_ = nullptr;
   run_ = kv_source;
   run_types_ = kv_types;
-  run_first_ = first_changed_layer;
+  // A run that stopped early left the later samples' states of another candidate.
+  run_first_ = run_samples_ == calibration_.samples ? first_changed_layer : -1;
   return absl::OkStatus();
 }
 

@@ -68,8 +68,13 @@ class IncrementalForward {
   // may be 0 here (a change of layer 0's type) and must not be after the first layer whose
   // source, or owning layer's type, differs from the accepted plan's. InvalidArgument otherwise,
   // or for a type the geometry cannot hold (ValidateKvGeometry).
+  // `stop` (optional) is asked after every batch of samples but the last, with the samples
+  // run so far (a prefix of the set); returning true ends the run there. A run ended early
+  // holds final states for those samples only (last_run_samples()) and cannot be accepted.
+  using StopFn = std::function<bool(int samples_run)>;
   absl::Status RunPlan(const std::vector<int>& kv_source, const std::vector<KvType>& kv_types,
-                       int first_changed_layer, const FinalBatchFn& on_final = nullptr);
+                       int first_changed_layer, const FinalBatchFn& on_final = nullptr,
+                       const StopFn& stop = nullptr);
   absl::Status AcceptPlan(const std::vector<int>& kv_source, const std::vector<KvType>& kv_types,
                           int first_changed_layer);
   // Positions per paged block the types are simulated with (the serving pool's; default 16).
@@ -81,6 +86,8 @@ class IncrementalForward {
   const std::vector<float>& reference_final() const { return reference_final_; }
   const std::vector<float>& final_states() const { return final_; }
   int n_layers() const { return n_layers_; }
+  // Samples the last run (or Create's) covered: all of them unless a StopFn ended it.
+  int last_run_samples() const { return run_samples_; }
   int dim() const { return dim_; }
 
  private:
@@ -90,8 +97,9 @@ class IncrementalForward {
                     const FinalBatchFn& on_final);
   // Runs layers [first, L) of the candidate set in kv_ over every sample (first == 0: from the
   // embeddings), storing each layer's output in candidate_hidden_ and the final-norm states in
-  // final_.
-  void RunFrom(int first, ForwardObserver* extra_observer, const FinalBatchFn& on_final);
+  // final_, batch by batch until `stop` (optional) says so; returns the samples run.
+  int RunFrom(int first, ForwardObserver* extra_observer, const FinalBatchFn& on_final,
+              const StopFn& stop = nullptr);
   // RunPlan's argument checks.
   absl::Status CheckPlan(const std::vector<int>& kv_source, const std::vector<KvType>& kv_types,
                          int first_changed_layer) const;
@@ -113,6 +121,7 @@ class IncrementalForward {
   std::vector<int> accepted_;
   std::vector<int> run_;  // the last candidate run (its states are in candidate_*)
   int run_first_ = -1;    // -1: none to accept
+  int run_samples_ = 0;   // samples the last run covered
   // KV types (empty: fp32) of the accepted plan and of the last run; running_types_ points at
   // the types of the forward in progress (read by LayerOutputCapture::OnKv).
   std::vector<KvType> accepted_types_, run_types_;

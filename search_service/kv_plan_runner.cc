@@ -20,10 +20,13 @@ namespace {
 class LossPlanEvaluator : public PlanEvaluator {
  public:
   explicit LossPlanEvaluator(LossEvaluator& loss) : loss_(loss) {}
-  absl::StatusOr<double> NllIncrease(const KvPlan& plan, int first_changed_layer) override {
-    auto c = loss_.ScorePlan(plan.kv_source, plan.kv_types, first_changed_layer);
+  absl::StatusOr<double> NllIncrease(const KvPlan& plan, int first_changed_layer,
+                                     double reject_above) override {
+    const EarlyReject reject{reject_above};
+    auto c = loss_.ScorePlan(plan.kv_source, plan.kv_types, first_changed_layer,
+                             std::isfinite(reject_above) ? &reject : nullptr);
     if (!c.ok()) return c.status();
-    return c->nll - loss_.unshared().nll;
+    return c->nll_increase();
   }
   absl::Status Accept(const KvPlan& plan, int first_changed_layer) override {
     return loss_.AcceptPlan(plan.kv_source, plan.kv_types, first_changed_layer);

@@ -159,7 +159,7 @@ absl::StatusOr<KvPlanSearchResult> SearchKvPlan(
   // 1. The base plan.
   absl::Status s = Cancelled(hooks, "the base plan");
   if (!s.ok()) return s;
-  auto base_cost = evaluator.NllIncrease(base, 0);
+  auto base_cost = evaluator.NllIncrease(base, 0, kReadAll);
   if (!base_cost.ok()) return base_cost.status();
   ++r.calibration_runs;
   s = evaluator.Accept(base, 0);
@@ -208,7 +208,7 @@ absl::StatusOr<KvPlanSearchResult> SearchKvPlan(
     Progress(hooks, "floor", int(f), int(floors.size()));
     KvPlan floor = base;
     floor.kv_types.assign(n_layers, floors[f]);
-    auto h = heldout(floor, options.floor_early_reject ? budget : kReadAll);
+    auto h = heldout(floor, options.early_reject ? budget : kReadAll);
     if (!h.ok()) return h.status();
     r.heldout_checks.push_back(*h);
     floor_fits = *h <= budget;
@@ -227,7 +227,7 @@ absl::StatusOr<KvPlanSearchResult> SearchKvPlan(
       Progress(hooks, "sensitivity", l * int(lower.size()) + int(t), total);
       KvPlan p = base;
       p.kv_types[l] = lower[t];
-      auto c = evaluator.NllIncrease(p, l);
+      auto c = evaluator.NllIncrease(p, l, kReadAll);
       if (!c.ok()) return c.status();
       ++r.calibration_runs;
       cost[l][t] = std::max(0.0, *c - *base_cost);
@@ -294,7 +294,7 @@ absl::StatusOr<KvPlanSearchResult> SearchKvPlan(
     s = Cancelled(hooks, "the precision plan");
     if (!s.ok()) return s;
     const KvPlan p = ApplyAll(base, r.actions, r.actions.size());
-    auto c = evaluator.NllIncrease(p, 0);
+    auto c = evaluator.NllIncrease(p, 0, kReadAll);
     if (!c.ok()) return c.status();
     ++r.calibration_runs;
     s = evaluator.Accept(p, 0);
@@ -309,7 +309,7 @@ absl::StatusOr<KvPlanSearchResult> SearchKvPlan(
     Progress(hooks, "precision", 0, 1);
     const KvPlan p = ApplyAll(base, r.actions, r.actions.size());
     const int first = FirstPlanDifference(p, base);
-    auto c = evaluator.NllIncrease(p, first);
+    auto c = evaluator.NllIncrease(p, first, kReadAll);
     if (!c.ok()) return c.status();
     ++r.calibration_runs;
     if (*c <= budget) {
@@ -362,7 +362,7 @@ absl::StatusOr<KvPlanSearchResult> SearchKvPlan(
         a.source = pairs[k].j;
         a.bytes_saved = KvLayerBytesPerToken(g, plan.kv_types[a.layer]);
         const KvPlan p = Apply(plan, a);
-        auto c = evaluator.NllIncrease(p, a.layer);
+        auto c = evaluator.NllIncrease(p, a.layer, options.early_reject ? budget : kReadAll);
         if (!c.ok()) return c.status();
         ++r.calibration_runs;
         if (*c > budget) {

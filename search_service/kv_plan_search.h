@@ -3,7 +3,8 @@
 // held-out perplexity budget.
 //
 //   1. Start from the base plan: every layer owns, stored as options.base_type (f16).
-//   1b. The floors (options.floor_first): measure on held-out text the plan with every layer at
+//   1b. The floors (options.floor_first): measure on held-out text (a check stopping early once
+//      over the budget beyond doubt, options.early_reject) the plan with every layer at
 //      one type — the floor types smaller than the smallest lower type, smallest first, then
 //      that type, then the floor types between it and the least a per-layer plan stores with
 //      one layer a type above it (int4a beside int4) — until one fits the budget. No per-layer
@@ -21,7 +22,8 @@
 //   4. Sharing: while budget remains, best-of-K over the pair order (similar first by default):
 //      score the next K candidates (layer i reads j's cache, on top of the accepted plan),
 //      drop those over the budget for good, accept the one saving the most bytes per nat; stop
-//      at the first step with no candidate within the budget.
+//      at the first step with no candidate within the budget. A candidate's scoring stops
+//      after a batch of samples once it is over the budget beyond doubt (options.early_reject).
 //   5. Trim on held-out text: measure the plan's held-out NLL increase; while it exceeds the
 //      budget, give back actions from the last accepted (shares first, then the least
 //      efficient precision steps), using the held-out / calibration ratio to guess how many,
@@ -75,14 +77,18 @@ class PlanEvaluator {
  public:
   virtual ~PlanEvaluator() = default;
   // Mean calibration NLL increase over the unshared fp32 model, nats/token, of `plan`, which
-  // equals the accepted plan below first_changed_layer.
-  virtual absl::StatusOr<double> NllIncrease(const KvPlan& plan, int first_changed_layer) = 0;
+  // equals the accepted plan below first_changed_layer. `reject_above`: the scoring may stop
+  // before the end of the set once the plan is over this many nats beyond doubt
+  // (early_reject.h) and return the increase on the samples it ran, which is then above it;
+  // +infinity runs them all.
+  virtual absl::StatusOr<double> NllIncrease(const KvPlan& plan, int first_changed_layer,
+                                             double reject_above) = 0;
   virtual absl::Status Accept(const KvPlan& plan, int first_changed_layer) = 0;
 };
 
 // Held-out NLL increase (nats/token) of a plan over the unshared model. `reject_above`: the
 // check may stop before the end of its text once the plan is over this many nats beyond doubt
-// (heldout_quality.h EarlyReject) and return the increase on the text it read, which is then
+// (early_reject.h) and return the increase on the text it read, which is then
 // above it; +infinity reads all of it.
 using HeldoutIncreaseFn =
     std::function<absl::StatusOr<double>(const KvPlan& plan, double reject_above)>;
@@ -104,9 +110,10 @@ struct KvPlanOptions {
   int max_heldout_rounds = 4;
   int max_grow_rounds = 3;
   bool floor_first = true;  // step 1b
-  // Step 1b's held-out checks may stop early on a floor over the budget beyond doubt
-  // (HeldoutIncreaseFn's reject_above); the other checks always read the whole slice.
-  bool floor_early_reject = true;
+  // Step 1b's held-out checks and step 4's sharing candidates may stop early once over the
+  // budget beyond doubt (reject_above of HeldoutIncreaseFn and PlanEvaluator::NllIncrease;
+  // early_reject.h); every other check reads all of its text.
+  bool early_reject = true;
   // RunKvPlanStrategySearch: the serving pool's block size the plan is for (the workers'
   // --block-tokens), which the types are simulated and measured with (int4 quantises K over a
   // block). SearchKvPlan takes it from its geometry instead.

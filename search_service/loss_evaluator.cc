@@ -57,15 +57,21 @@ absl::Status LossEvaluator::Init(ForwardObserver* identity_observer) {
   host_logits_.resize(size_t(logit_rows_) * vocab_);
 
   // The unshared model's final states and NLL are the reference.
-  nll_sum_ = 0.0;
+  ResetNll();
   auto forward = IncrementalForward::Create(
       transformer_, calibration_, "loss evaluator", identity_observer,
       [this](const float* h, size_t row0, int rows) { AddNll(h, row0, rows); });
   if (!forward.ok()) return forward.status();
   forward_ = std::move(*forward);
+  unshared_sample_nll_ = sample_nll_;
   unshared_ = Compare();
   last_ = unshared_;
   return absl::OkStatus();
+}
+
+void LossEvaluator::ResetNll() {
+  nll_sum_ = 0.0;
+  sample_nll_.assign(calibration_.samples, 0.0);
 }
 
 void LossEvaluator::AddNll(const float* h, size_t row0, int rows) {
@@ -78,23 +84,30 @@ void LossEvaluator::AddNll(const float* h, size_t row0, int rows) {
     for (int r = 0; r < n; ++r) {
       const size_t row = row0 + r0 + r;     // global row: sample row / T, position row % T
       if (int(row % T) == T - 1) continue;  // the last position predicts nothing in the sample
-      nll_sum_ += Nll(host_logits_.data() + size_t(r) * vocab_, vocab_, calibration_.ids[row + 1]);
+      const double nll =
+          Nll(host_logits_.data() + size_t(r) * vocab_, vocab_, calibration_.ids[row + 1]);
+      nll_sum_ += nll;
+      sample_nll_[row / T] += nll;
     }
   }
 }
 
 CalibrationLoss LossEvaluator::Compare() const {
-  const int N = calibration_.samples, T = calibration_.tokens;
+  const int N = forward_->last_run_samples(), T = calibration_.tokens;
   CalibrationLoss loss;
   loss.cosine =
       MeanSampleCosine(forward_->reference_final(), forward_->final_states(), N, size_t(T) * dim_);
   loss.nll = nll_sum_ / (double(N) * (T - 1));
+  loss.samples = N;
+  double unshared = 0.0;
+  for (int s = 0; s < N; ++s) unshared += unshared_sample_nll_[s];
+  loss.unshared_nll = unshared / (double(N) * (T - 1));
   return loss;
 }
 
 absl::StatusOr<double> LossEvaluator::Score(const std::vector<int>& kv_source,
                                             int first_changed_layer) {
-  nll_sum_ = 0.0;
+  ResetNll();
   absl::Status s =
       forward_->Run(kv_source, first_changed_layer,
                     [this](const float* h, size_t row0, int rows) { AddNll(h, row0, rows); });
@@ -120,11 +133,23 @@ absl::Status LossEvaluator::Accept(const std::vector<int>& kv_source, int first_
 
 absl::StatusOr<CalibrationLoss> LossEvaluator::ScorePlan(const std::vector<int>& kv_source,
                                                          const std::vector<KvType>& kv_types,
-                                                         int first_changed_layer) {
-  nll_sum_ = 0.0;
-  absl::Status s =
-      forward_->RunPlan(kv_source, kv_types, first_changed_layer,
-                        [this](const float* h, size_t row0, int rows) { AddNll(h, row0, rows); });
+                                                         int first_changed_layer,
+                                                         const EarlyReject* reject) {
+  ResetNll();
+  IncrementalForward::StopFn stop;
+  if (reject != nullptr) {
+    stop = [this, reject](int samples_run) {
+      const double targets = calibration_.tokens - 1;
+      std::vector<double> increases(samples_run);
+      for (int s = 0; s < samples_run; ++s) {
+        increases[s] = (sample_nll_[s] - unshared_sample_nll_[s]) / targets;
+      }
+      return OverBudgetBeyondDoubt(increases, *reject);
+    };
+  }
+  absl::Status s = forward_->RunPlan(
+      kv_source, kv_types, first_changed_layer,
+      [this](const float* h, size_t row0, int rows) { AddNll(h, row0, rows); }, stop);
   if (!s.ok()) return s;
   last_ = Compare();
   return last_;

@@ -24,6 +24,7 @@
 #include "absl/status/statusor.h"
 #include "common/engine/transformer.h"
 #include "search_service/calibration.h"
+#include "search_service/early_reject.h"
 #include "search_service/greedy_search.h"
 #include "search_service/incremental_forward.h"
 
@@ -38,6 +39,11 @@ enum class CandidateMetric {
 struct CalibrationLoss {
   double cosine = 1.0;  // mean per-sample cosine of final-norm states to the unshared model's
   double nll = 0.0;     // mean next-token NLL, nats/token
+  // The samples these cover (the whole set unless an early reject stopped the run: a prefix)
+  // and the unshared model's mean NLL over them.
+  int samples = 0;
+  double unshared_nll = 0.0;
+  double nll_increase() const { return nll - unshared_nll; }
 };
 
 class LossEvaluator : public Evaluator {
@@ -66,9 +72,13 @@ class LossEvaluator : public Evaluator {
   // AcceptPlan keeps it (running it again when it is not the one last scored). Score and
   // Accept above keep the accepted plan's types, so a sharing candidate is scored on top of
   // the accepted precision.
+  // With `reject`, the run may stop after a batch of samples once the plan's NLL increase is
+  // over reject->above_nats beyond doubt (early_reject.h, the samples' mean NLL increases being
+  // the units); the result then covers that prefix of the samples (CalibrationLoss::samples).
   absl::StatusOr<CalibrationLoss> ScorePlan(const std::vector<int>& kv_source,
                                             const std::vector<KvType>& kv_types,
-                                            int first_changed_layer);
+                                            int first_changed_layer,
+                                            const EarlyReject* reject = nullptr);
   absl::Status AcceptPlan(const std::vector<int>& kv_source, const std::vector<KvType>& kv_types,
                           int first_changed_layer);
   const std::vector<KvType>& accepted_types() const { return forward_->accepted_types(); }
@@ -83,9 +93,13 @@ class LossEvaluator : public Evaluator {
   LossEvaluator(Transformer& transformer, const CalibrationSet& calibration,
                 CandidateMetric metric);
   absl::Status Init(ForwardObserver* identity_observer);
-  // Adds the NLL of rows [row0, row0 + rows) (final-normed, on the backend at h) to nll_sum_.
+  // Adds the NLL of rows [row0, row0 + rows) (final-normed, on the backend at h) to nll_sum_
+  // and to their samples' entries of sample_nll_.
   void AddNll(const float* h, size_t row0, int rows);
-  // Both measures of the forward's last run, whose NLL summed over targets is nll_sum_.
+  // Clears nll_sum_ and sample_nll_ for a run.
+  void ResetNll();
+  // Both measures of the forward's last run (over the samples it covered), whose NLL summed
+  // over targets is nll_sum_.
   CalibrationLoss Compare() const;
 
   Transformer& transformer_;
@@ -96,6 +110,8 @@ class LossEvaluator : public Evaluator {
   std::unique_ptr<Buffer> logits_;  // [logit_rows][vocab]
   std::vector<float> host_logits_;
   double nll_sum_ = 0.0;  // the last run's NLL summed over targets
+  // Per sample, its targets' NLL summed: of the last run, and of the unshared model.
+  std::vector<double> sample_nll_, unshared_sample_nll_;
   CalibrationLoss unshared_, last_;
 };
 

@@ -178,7 +178,7 @@ TEST(EarlyRejectTest, StopsWhenTheMeanLessZStandardErrorsIsOverTheBudget) {
   }
   EXPECT_TRUE(RejectEarly(plan, base, {-0.0670}));
   EXPECT_FALSE(RejectEarly(plan, base, {-0.0669}));
-  EXPECT_FALSE(RejectEarly(plan, base, {-0.0670, 9}));      // fewer windows than min_windows
+  EXPECT_FALSE(RejectEarly(plan, base, {-0.0670, 9}));      // fewer windows than min_units
   EXPECT_TRUE(RejectEarly(plan, base, {0.4, 8, 0.5}));      // z = 0.5: 0.5 - 0.0945
   EXPECT_FALSE(RejectEarly(plan, base, {0.4056, 8, 0.5}));  // 0.40551
   EXPECT_NEAR(NllIncreaseOver(plan, base), 0.5, 1e-12);
@@ -336,6 +336,52 @@ TEST_F(QualityTest, CalibrationNllAndCosineEqualIndependentReferences) {
     ASSERT_TRUE(cos.ok());
     EXPECT_NEAR((*loss)->last().cosine, *cos, 1e-12);
   }
+}
+
+// A plan's calibration scoring with an early reject stops after a batch of samples (here 4 per
+// batch) once over the budget beyond doubt; its figures are those of the samples run (against
+// the naive forward), it cannot be accepted without running in full, and a budget it cannot
+// exceed runs every sample.
+TEST_F(QualityTest, APlanScoringStoppedEarlyCoversAPrefixOfTheSamples) {
+  const CalibrationSet c = Calibration(12, 40);
+  auto backend = MakeCpuBackend(2);
+  auto transformer = Transformer::Create(*model_, *backend, 4 * c.tokens);
+  ASSERT_TRUE(transformer.ok());
+  auto loss = LossEvaluator::Create(**transformer, c, CandidateMetric::kNllIncrease);
+  ASSERT_TRUE(loss.ok()) << loss.status();
+  const std::vector<int> kv = {0, 1, 1, 3, 3};
+  const std::vector<KvType> f32(5, KvType::kF32);
+  auto naive_nll = [&](const std::vector<int>& strategy, int samples) {
+    double total = 0;
+    for (int s = 0; s < samples; ++s) {
+      const std::vector<int32_t> ids(c.sample(s), c.sample(s) + c.tokens);
+      const std::vector<testing::Vec> logits = testing::NaiveForward(*model_, strategy, ids);
+      for (int t = 0; t + 1 < c.tokens; ++t) total += NaiveNll(logits[t], ids[t + 1]);
+    }
+    return total / (samples * (c.tokens - 1));
+  };
+  auto full = (*loss)->ScorePlan(kv, f32, 2);
+  ASSERT_TRUE(full.ok()) << full.status();
+  EXPECT_EQ(full->samples, 12);
+  ASSERT_GT(full->nll_increase(), 0.05);
+
+  const EarlyReject reject{full->nll_increase() / 4, 4};
+  auto early = (*loss)->ScorePlan(kv, f32, 2, &reject);
+  ASSERT_TRUE(early.ok()) << early.status();
+  ASSERT_LT(early->samples, 12);
+  EXPECT_EQ(early->samples % 4, 0);
+  EXPECT_NEAR(early->nll, naive_nll(kv, early->samples), 1e-4);
+  EXPECT_NEAR(early->unshared_nll, naive_nll({0, 1, 2, 3, 4}, early->samples), 1e-4);
+  EXPECT_GT(early->nll_increase(), reject.above_nats);
+  // Accepting it runs it again over every sample.
+  ASSERT_TRUE((*loss)->AcceptPlan(kv, f32, 2).ok());
+  EXPECT_EQ((*loss)->last().samples, 12);
+  EXPECT_NEAR((*loss)->last().nll, full->nll, 1e-9);
+
+  const EarlyReject unreachable{1e9, 4};
+  auto again = (*loss)->ScorePlan({0, 1, 1, 3, 3}, f32, 4, &unreachable);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->samples, 12);
 }
 
 TEST_F(QualityTest, IncrementalScoresEqualAFreshEvaluation) {

@@ -45,6 +45,7 @@ class FakePlanEvaluator : public PlanEvaluator {
   std::map<std::pair<int, KvType>, double> type_cost;
   std::map<int, double> share_cost;
   int runs = 0;
+  std::vector<double> reject_above;  // of every NllIncrease call
   KvPlan accepted;
   double Cost(const KvPlan& p) const {
     double c = 0;
@@ -59,8 +60,9 @@ class FakePlanEvaluator : public PlanEvaluator {
     }
     return c;
   }
-  absl::StatusOr<double> NllIncrease(const KvPlan& plan, int first) override {
+  absl::StatusOr<double> NllIncrease(const KvPlan& plan, int first, double above) override {
     ++runs;
+    reject_above.push_back(above);
     if (!accepted.kv_source.empty()) {
       EXPECT_LE(first, FirstPlanDifference(plan, accepted)) << "first changed layer too late";
     }
@@ -266,6 +268,12 @@ TEST(KvPlanSearch, SharesWhileBudgetRemainsMostBytesPerNatFirst) {
   EXPECT_THAT(r->plan.kv_types, ElementsAre(I4, I4, I4, I4));
   EXPECT_NEAR(r->calibration_increase, 0.03, 1e-12);
   EXPECT_DOUBLE_EQ(r->bytes_per_token, 2 * 44);
+  // Only the 8 sharing candidates may stop early (at the budget); the base plan and the floor
+  // are scored on every sample.
+  const double inf = std::numeric_limits<double>::infinity();
+  std::vector<double> want = {inf, inf};
+  want.resize(2 + 8, o.budget_nats());
+  EXPECT_EQ(e.reject_above, want);
 }
 
 // Calibration text takes a share that held-out text finds expensive: step 5 gives back more
@@ -342,8 +350,9 @@ TEST(KvPlanSearch, AFloorOverTheBudgetCostsOneCheck) {
   EXPECT_EQ(r->calibration_runs, 1 + 8 + 1);
 }
 
-// Only step 1b's floor checks may stop early (reject_above = the budget); the trim and growth
-// checks read the whole slice, and floor_early_reject = false makes the floors read it too.
+// Of the held-out checks only step 1b's floors may stop early (reject_above = the budget); the
+// trim and growth checks read the whole slice, and early_reject = false makes the floors read
+// it too.
 TEST(KvPlanSearch, OnlyTheFloorChecksMayStopEarly) {
   FakePlanEvaluator e;
   for (int l = 0; l < 4; ++l) e.type_cost[{l, I8}] = 0.0001;
@@ -355,7 +364,7 @@ TEST(KvPlanSearch, OnlyTheFloorChecksMayStopEarly) {
     KvPlanOptions o = TwoTypes();
     o.max_ppl_increase = 1.0;
     o.share = false;
-    o.floor_early_reject = early;
+    o.early_reject = early;
     std::vector<double> reject_above;
     HeldoutIncreaseFn heldout = [&](const KvPlan& p, double above) -> absl::StatusOr<double> {
       reject_above.push_back(above);
