@@ -404,8 +404,10 @@ absl::StatusOr<KvPlanSearchResult> SearchKvPlan(
       r.heldout_increase = floor_heldout;  // the floor itself, measured in step 1b
       break;
     }
+    // A check may stop early once over the budget (it is then trimmed further) — except the
+    // last resort's, whose figure the result would carry whatever it is.
     const KvPlan p = ApplyAll(base, r.actions, keep);
-    auto h = heldout(p, kReadAll);
+    auto h = heldout(p, options.early_reject && keep > min_keep ? budget : kReadAll);
     if (!h.ok()) return h.status();
     r.heldout_checks.push_back(*h);
     r.heldout_increase = *h;
@@ -448,7 +450,8 @@ absl::StatusOr<KvPlanSearchResult> SearchKvPlan(
       Progress(hooks, "held-out growth", round, options.max_grow_rounds);
       std::vector<PlanAction> grown = r.actions;
       grown.insert(grown.end(), missing.begin(), missing.begin() + n);
-      auto h = heldout(ApplyAll(base, grown, grown.size()), kReadAll);
+      auto h =
+          heldout(ApplyAll(base, grown, grown.size()), options.early_reject ? budget : kReadAll);
       if (!h.ok()) return h.status();
       r.heldout_checks.push_back(*h);
       if (*h <= budget) {

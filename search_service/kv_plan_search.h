@@ -27,7 +27,9 @@
 //   5. Trim on held-out text: measure the plan's held-out NLL increase; while it exceeds the
 //      budget, give back actions from the last accepted (shares first, then the least
 //      efficient precision steps), using the held-out / calibration ratio to guess how many,
-//      and measure again (at most max_heldout_rounds guesses; then the base plan).
+//      and measure again (at most max_heldout_rounds guesses; then the base plan). A check
+//      over the budget beyond doubt may stop early (options.early_reject); the guess then
+//      uses the increase on the text it read.
 //   6. Grow: add the precision steps not in the plan (left out by the calibration estimate, or
 //      given back by step 5's guess) while the held-out increase stays within the budget
 //      (calibration and held-out text can disagree on what a layer's precision costs): all of
@@ -110,9 +112,10 @@ struct KvPlanOptions {
   int max_heldout_rounds = 4;
   int max_grow_rounds = 3;
   bool floor_first = true;  // step 1b
-  // Step 1b's held-out checks and step 4's sharing candidates may stop early once over the
-  // budget beyond doubt (reject_above of HeldoutIncreaseFn and PlanEvaluator::NllIncrease;
-  // early_reject.h); every other check reads all of its text.
+  // The held-out checks (but step 5's last resort) and step 4's sharing candidates may stop
+  // early once over the budget beyond doubt (reject_above of HeldoutIncreaseFn and
+  // PlanEvaluator::NllIncrease; early_reject.h). A stopped check only ever rejects: every
+  // figure a result carries comes from one that read all of its text.
   bool early_reject = true;
   // RunKvPlanStrategySearch: the serving pool's block size the plan is for (the workers'
   // --block-tokens), which the types are simulated and measured with (int4 quantises K over a

@@ -228,7 +228,9 @@ TEST(KvPlanSearch, FallsBackToTheBasePlanWhenNothingFits) {
   o.share = false;
   o.max_heldout_rounds = 1;
   // Held-out says every lowered plan is far over budget.
-  HeldoutIncreaseFn heldout = [](const KvPlan& p, double) -> absl::StatusOr<double> {
+  std::vector<double> reject_above;
+  HeldoutIncreaseFn heldout = [&](const KvPlan& p, double above) -> absl::StatusOr<double> {
+    reject_above.push_back(above);
     return p.kv_types[0] == F16 ? 0.0 : 1.0;
   };
   auto r = SearchKvPlan(Geometry(), 1, o, e, nullptr, heldout);
@@ -237,6 +239,9 @@ TEST(KvPlanSearch, FallsBackToTheBasePlanWhenNothingFits) {
   // The base plan, then step 6's one try of layer 0's int4.
   EXPECT_THAT(r->heldout_checks, ElementsAre(1.0, 0.0, 1.0));
   EXPECT_TRUE(r->actions.empty());
+  // The last resort (the base plan) reads the whole slice: the result carries its figure.
+  const double b = o.budget_nats(), inf = std::numeric_limits<double>::infinity();
+  EXPECT_THAT(reject_above, ElementsAre(b, inf, b));
 }
 
 // Sharing after precision: distances make (2, 1) the most similar pair, then (3, 2), (1, 0).
@@ -350,10 +355,9 @@ TEST(KvPlanSearch, AFloorOverTheBudgetCostsOneCheck) {
   EXPECT_EQ(r->calibration_runs, 1 + 8 + 1);
 }
 
-// Of the held-out checks only step 1b's floors may stop early (reject_above = the budget); the
-// trim and growth checks read the whole slice, and early_reject = false makes the floors read
-// it too.
-TEST(KvPlanSearch, OnlyTheFloorChecksMayStopEarly) {
+// Held-out checks may stop early at the budget (a stop only rejects), and with early_reject =
+// false every check reads the whole slice.
+TEST(KvPlanSearch, HeldOutChecksMayStopEarlyAtTheBudget) {
   FakePlanEvaluator e;
   for (int l = 0; l < 4; ++l) e.type_cost[{l, I8}] = 0.0001;
   e.type_cost[{0, I4}] = 0.001;
@@ -374,7 +378,9 @@ TEST(KvPlanSearch, OnlyTheFloorChecksMayStopEarly) {
     ASSERT_TRUE(r.ok()) << r.status();
     EXPECT_THAT(r->plan.kv_types, ElementsAre(I4, I8, I4, I4));  // as AFloorOverTheBudget...
     const double inf = std::numeric_limits<double>::infinity();
-    EXPECT_THAT(reject_above, ElementsAre(early ? o.budget_nats() : inf, inf, inf)) << early;
+    // The floor, the trim's check of the precision plan, step 6's growth check.
+    const double b = early ? o.budget_nats() : inf;
+    EXPECT_THAT(reject_above, ElementsAre(b, b, b)) << early;
   }
 }
 
