@@ -24,6 +24,8 @@
 //      drop those over the budget for good, accept the one saving the most bytes per nat; stop
 //      at the first step with no candidate within the budget. A candidate's scoring stops
 //      after a batch of samples once it is over the budget beyond doubt (options.early_reject).
+//      After a floor that fits, "within the budget" counts the floor at its held-out figure:
+//      the budget is lowered by how far that exceeds the floor's calibration increase.
 //   5. Trim on held-out text: measure the plan's held-out NLL increase; while it exceeds the
 //      budget, give back actions from the last accepted (shares first, then the least
 //      efficient precision steps), using the held-out / calibration ratio to guess how many,

@@ -407,6 +407,30 @@ TEST(KvPlanSearch, TrimNeverGoesBelowAFloorThatFits) {
   EXPECT_NEAR(r->heldout_increase, 0.004, 1e-12);
 }
 
+// After a floor that fits, shares are priced on top of its held-out figure: here the floor
+// costs 0.004 nats on calibration and three times that on held-out text, and the share of
+// layer 3 costs 0.009 on calibration — within the 2% budget (0.0198) on calibration (0.013),
+// not on top of the floor's held-out 0.012 (0.021). It is dropped without a held-out check.
+TEST(KvPlanSearch, SharesArePricedOnTopOfTheFloorsHeldOutCost) {
+  FakePlanEvaluator e;
+  for (int l = 0; l < 4; ++l) e.type_cost[{l, I4}] = 0.001;
+  e.share_cost = {{3, 0.009}};  // any other share: 1.0
+  const LayerDistances d = OnlyThreeAndTwoClose();
+  KvPlanOptions o = TwoTypes();
+  o.max_ppl_increase = 2.0;
+  o.share_best_of = 1;
+  std::vector<KvPlan> seen;
+  auto r = SearchKvPlan(Geometry(), 4, o, e, &d, SharesCostANat(e, 3.0, &seen));
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(seen.size(), 1u);  // the floor
+  EXPECT_THAT(r->plan.kv_source, ElementsAre(0, 1, 2, 3));
+  EXPECT_THAT(r->plan.kv_types, ElementsAre(I4, I4, I4, I4));
+  EXPECT_NEAR(r->heldout_increase, 0.012, 1e-12);
+  EXPECT_EQ(r->trimmed_actions, 0);
+  // The candidate was scored against the lowered budget, 0.0198 - (0.012 - 0.004).
+  EXPECT_NEAR(e.reject_above.back(), o.budget_nats() - 0.008, 1e-12);
+}
+
 TEST(KvPlanSearch, RejectsBadOptionsNamingTheField) {
   FakePlanEvaluator e;
   KvPlanOptions o = TwoTypes();
