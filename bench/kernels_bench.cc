@@ -267,7 +267,7 @@ void BenchAttention(int threads) {
 
 // Decode attention over a KV pool of each type, one thread (its least CPU time per call), per
 // SIMD level: the kernel cost the types' reads add or save (kv_chunk.h, attention_avx2.cc and
-// attention_avx512.cc). ctx 1000: 62 quantised int4 blocks and an 8-position f16 tail.
+// attention_avx512_int4.cc). ctx 1000: 62 quantised int4 blocks and an 8-position f16 tail.
 void BenchKvAttention() {
   const int n_heads = 9, ctx = 1000;
   std::printf(

@@ -270,7 +270,7 @@ int Main(int argc, char** argv) {
           "usage: %s [--models smollm2,stories] [--budgets 1,2,5|none] [--eval-tokens N] "
           "[--context N] [--threads N] [--block-tokens N] [--calibration-tokens N] [--no-share] "
           "[--no-early-reject] [--int8] [--strategy FILE] [--json FILE]\n"
-          "  --no-early-reject: floor checks and sharing candidates read all of their text\n"
+          "  --no-early-reject: held-out checks and sharing candidates read all of their text\n"
           "  --int8: the search scores plans with int8 activations (held-out checks stay fp32)\n",
           argv[0]);
       return 2;

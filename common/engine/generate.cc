@@ -187,7 +187,7 @@ absl::StatusOr<PerplexityResult> EvaluatePerplexity(
     r.tokens_scored = scored_until;
     r.mean_nll = nll_sum / double(scored_until);
     if (progress) progress(scored_until, total_targets);
-    if (end == n || (options.stop_early && options.stop_early(r))) break;
+    if (scored_until == n - 1 || (options.stop_early && options.stop_early(r))) break;
   }
   return r;
 }

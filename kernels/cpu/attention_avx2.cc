@@ -100,10 +100,10 @@ KVSHARE_TARGET_AVX2 inline void Unpack8(const uint8_t* bytes, __m256* lo, __m256
 constexpr int kMaxInt4HeadDim = 256;
 
 // int4 pools, read in place run by run (kv_chunk.h Int4Runs) with the scales folded as in
-// attention_avx512.cc AttendChunkInt4T: q.k = sum_c (q_c s_c) u_c + sum_c q_c m_c per quantised
-// block, and sum_p e_p v_pc = sum_p (e_p s_pg) u_pc + sum_p e_p m_pg per 32-channel group g.
-// The 16 bytes of a group unpack as channels 0-7 (low nibbles of bytes 0-7), 16-23 (their
-// high nibbles), 8-15 and 24-31 (bytes 8-15); o is accumulated group by group.
+// attention_avx512_int4.cc AttendChunkInt4T: q.k = sum_c (q_c s_c) u_c + sum_c q_c m_c per
+// quantised block, and sum_p e_p v_pc = sum_p (e_p s_pg) u_pc + sum_p e_p m_pg per 32-channel group
+// g. The 16 bytes of a group unpack as channels 0-7 (low nibbles of bytes 0-7), 16-23 (their high
+// nibbles), 8-15 and 24-31 (bytes 8-15); o is accumulated group by group.
 KVSHARE_TARGET_AVX2 void AttendChunkInt4(const ChunkRows& a) {
   const KvGeometry& geo = *a.geometry;
   const int hd = geo.head_dim, len = a.p1 - a.p0, groups = hd / kKvInt4Group;

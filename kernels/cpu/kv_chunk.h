@@ -191,8 +191,8 @@ inline __attribute__((always_inline)) void GatherChunkT(const ChunkRows& a, Chun
   }
 }
 
-// The int4 fast paths (attention_avx2.cc, attention_avx512.cc) read the blocks in place instead
-// of through GatherChunk: a chunk's positions cut at block boundaries, each run either one
+// The int4 fast paths (attention_avx2.cc, attention_avx512_int4.cc) read the blocks in place
+// instead of through GatherChunk: a chunk's positions cut at block boundaries, each run either one
 // quantised block (K scale/min folded into the query once per run, V scale/min into the softmax
 // weight per position) or an f16 slot of the sequence's tail (block 0 or the partial block).
 struct Int4Run {
