@@ -284,9 +284,17 @@ void BenchKvAttention() {
     CpuBackendOptions o;
     o.threads = 1;
     o.max_isa = isa;
-    auto b = MakeCpuBackend(o);
+    auto in_place = MakeCpuBackend(o);
+    o.int4_in_place = false;
+    auto gathered = MakeCpuBackend(o);
     double f32 = 0, f32_pre = 0;
-    for (KvType type : kAllKvTypes) {
+    // Every type, then int4 and int4a gathered (their SIMD reads are in place by default).
+    std::vector<std::pair<KvType, bool>> rows;
+    for (KvType type : kAllKvTypes) rows.push_back({type, false});
+    if (isa != cpu::Isa::kScalar) rows.push_back({KvType::kInt4, true});
+    if (isa != cpu::Isa::kScalar) rows.push_back({KvType::kInt4A, true});
+    for (const auto& [type, gather] : rows) {
+      Backend* b = gather ? gathered.get() : in_place.get();
       const KvGeometry g{16, 3, 64, type};
       const int n_blocks = (ctx + g.block_tokens - 1) / g.block_tokens;
       auto pool = std::move(*b->Allocate(n_blocks * g.block_bytes()));
@@ -303,8 +311,9 @@ void BenchKvAttention() {
       const double pre_sec = ThreadCpuTimeIt(
           [&] { b->Attention(g, pool->data(), &pre, 1, q.data(), n_heads, out.data()); });
       if (type == KvType::kF32) f32 = sec, f32_pre = pre_sec;
-      std::printf("| %s | %s | %8.1f us | %5.2fx | %8.2f ms | %5.2fx |\n", KvTypeName(type),
-                  cpu::IsaName(isa), sec * 1e6, f32 / sec, pre_sec * 1e3, f32_pre / pre_sec);
+      std::printf("| %s%s | %s | %8.1f us | %5.2fx | %8.2f ms | %5.2fx |\n", KvTypeName(type),
+                  gather ? " gathered" : "", cpu::IsaName(isa), sec * 1e6, f32 / sec, pre_sec * 1e3,
+                  f32_pre / pre_sec);
     }
   }
 }

@@ -1,8 +1,8 @@
 // AVX2 attention chunk: per row, 8-lane dot products with a horizontal sum per score, and o
 // accumulated in a stack buffer with full-width loads and stores (head_dim % 8 == 0), or the
 // scalar kernel otherwise. f16 and int8 pools are dequantised with F16C first (kv_chunk.h); int4
-// pools are read in place with the scales folded into the query and the softmax weights
-// (AttendChunkInt4).
+// and int4a pools are read in place with the scales folded into the query and the softmax
+// weights (AttendChunkInt4).
 #include <immintrin.h>
 
 #include <algorithm>
@@ -99,11 +99,48 @@ KVSHARE_TARGET_AVX2 inline void Unpack8(const uint8_t* bytes, __m256* lo, __m256
 // Widest head the int4 path keeps its scaled query for on the stack.
 constexpr int kMaxInt4HeadDim = 256;
 
+// int4a's K codes of a quantised run (kernels/kv_type.h), channel-major into u: u[j * stride +
+// i0 + t] = channel j's code at the run's position t, 8 positions at a time — each plane's byte
+// spread to 8 byte lanes (kSpreadBits), shifted to its bit, the 8 codes widened to floats. The
+// last 8 may spill up to 7 columns past the run (codes of the bits after it, finite), which the
+// next run's build or nobody reads.
+KVSHARE_TARGET_AVX2 void UnpackAllocatedK(const KvGeometry& geo, const Int4Run& run, int64_t head,
+                                          int stride, float* u) {
+  const int hd = geo.head_dim, plane_bytes = geo.block_tokens / 8;
+  const KvBlockLayout lay(geo);
+  const uint8_t* widths = run.block + lay.k_bits;
+  // Each head's widths sum to kKvInt4AMeanBits * hd planes.
+  const uint8_t* plane = run.block + lay.k + head * kKvInt4AMeanBits * plane_bytes;
+  const int shift = run.row0 % 8;
+  for (int j = 0; j < hd; ++j) {
+    const int64_t ch = head + j;
+    const int b = (widths[ch / 2] >> (4 * (ch % 2))) & 15;
+    float* dst = u + static_cast<int64_t>(j) * stride + run.i0;
+    for (int t0 = 0; t0 < run.n; t0 += 8) {
+      // Bits row0 + t0 ... + 7 of each plane: from its byte, and the next one when they do not
+      // start a byte (inside the block: V follows the last plane).
+      const uint8_t* at = plane + (run.row0 + t0) / 8;
+      uint64_t codes = 0;
+      for (int k = 0; k < b; ++k) {
+        const uint8_t* p = at + k * plane_bytes;
+        const unsigned bits = shift == 0 ? p[0] : ((p[0] >> shift) | (p[1] << (8 - shift))) & 255;
+        codes |= kSpreadBits.of[bits] << k;
+      }
+      const __m128i bytes = _mm_cvtsi64_si128(static_cast<long long>(codes));
+      _mm256_storeu_ps(dst + t0, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes)));
+    }
+    plane += b * plane_bytes;
+  }
+}
+
 // int4 pools, read in place run by run (kv_chunk.h Int4Runs) with the scales folded as in
 // attention_avx512_int4.cc AttendChunkInt4T: q.k = sum_c (q_c s_c) u_c + sum_c q_c m_c per
 // quantised block, and sum_p e_p v_pc = sum_p (e_p s_pg) u_pc + sum_p e_p m_pg per 32-channel group
 // g. The 16 bytes of a group unpack as channels 0-7 (low nibbles of bytes 0-7), 16-23 (their high
 // nibbles), 8-15 and 24-31 (bytes 8-15); o is accumulated group by group.
+// int4a pools (the same V) first build every quantised run's K codes once for all rows
+// (UnpackAllocatedK, into the call's scratch); a row's scores over such a run are then one fma
+// per channel per 8 positions against the broadcast q_c s_c, with no horizontal sums.
 KVSHARE_TARGET_AVX2 void AttendChunkInt4(const ChunkRows& a) {
   const KvGeometry& geo = *a.geometry;
   const int hd = geo.head_dim, len = a.p1 - a.p0, groups = hd / kKvInt4Group;
@@ -115,6 +152,12 @@ KVSHARE_TARGET_AVX2 void AttendChunkInt4(const ChunkRows& a) {
   alignas(32) float qs[kMaxInt4HeadDim];
   // Lane offsets, within a group, of the four 8-channel pieces in unpack order.
   constexpr int kPiece[4] = {0, 16, 8, 24};
+  const bool allocated = geo.type == KvType::kInt4A;
+  const int u_stride = len + 8;  // chunk positions and the last run's spill
+  float* u = a.kv_scratch;       // int4a: [hd][u_stride], hd * (kMaxChunk + 8) floats at most
+  for (int ri = 0; allocated && ri < n_runs; ++ri) {
+    if (runs[ri].block != nullptr) UnpackAllocatedK(geo, runs[ri], head, u_stride, u);
+  }
 
   for (int r = 0; r < a.n_rows; ++r) {
     const int n_pos = std::min(a.p1, a.limit[r] + 1) - a.p0;  // row r sees [0, n_pos)
@@ -143,6 +186,25 @@ KVSHARE_TARGET_AVX2 void AttendChunkInt4(const ChunkRows& a) {
         qm = _mm256_fmadd_ps(qi, LoadHalf8(k_min + i), qm);
       }
       const float bias = HorizontalSum(qm);
+      if (allocated) {
+        const __m256 vbias = _mm256_set1_ps(bias), scale = _mm256_set1_ps(a.scale);
+        for (int t0 = 0; t0 < n; t0 += 8) {
+          const float* col = u + run.i0 + t0;
+          __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+          for (int j = 0; j < hd; j += 2) {
+            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(qs[j]),
+                                   _mm256_loadu_ps(col + static_cast<int64_t>(j) * u_stride), acc0);
+            acc1 = _mm256_fmadd_ps(_mm256_set1_ps(qs[j + 1]),
+                                   _mm256_loadu_ps(col + static_cast<int64_t>(j + 1) * u_stride),
+                                   acc1);
+          }
+          const __m256 d = _mm256_mul_ps(_mm256_add_ps(_mm256_add_ps(acc0, acc1), vbias), scale);
+          // Past n: the next run's or row's scores, written after this (the scores scratch has
+          // 16 floats of slack past the last row).
+          _mm256_storeu_ps(s + run.i0 + t0, d);
+        }
+        continue;
+      }
       const uint8_t* k_rows = run.block + lay.k + head / 2;
       for (int j = 0; j < n; ++j) {
         const uint8_t* k = k_rows + (run.row0 + j) * c / 2;
@@ -215,7 +277,8 @@ KVSHARE_TARGET_AVX2 void GatherChunk(const ChunkRows& a, ChunkKv* kv) {
 }
 
 void AttendChunk(const ChunkRows& a) {
-  if (a.geometry->type == KvType::kInt4 && a.int4_in_place &&
+  const KvType type = a.geometry->type;
+  if ((type == KvType::kInt4 || type == KvType::kInt4A) && a.int4_in_place &&
       a.geometry->head_dim <= kMaxInt4HeadDim) {
     AttendChunkInt4(a);  // head_dim % 32 == 0 (ValidateKvGeometry)
   } else if (a.geometry->head_dim % 8 == 0) {

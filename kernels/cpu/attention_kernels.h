@@ -12,9 +12,9 @@
 // dequantised (per SIMD level) into the call's scratch — and the score / softmax / V loops run
 // over those. The AVX2 and AVX-512 levels read int4 blocks in place instead (kv_chunk.h
 // Int4Runs): K's per-channel scale and min folded into the query once per block, V's per-group
-// ones into the softmax weights, the nibbles unpacked as they are read; AVX-512 reads int4a
-// blocks the same way (its K codes built from their bit planes); kv_type_attention_test holds
-// both to the reference.
+// ones into the softmax weights, the nibbles unpacked as they are read; int4a blocks are read
+// the same way (their K codes built from the bit planes); kv_type_attention_test holds both
+// to the reference.
 //
 // A row's result depends only on its own query, limit and the chunk — not on the other rows in
 // the call — so a query gives the same bits whether it runs in a prefill tile, alone in a
@@ -47,8 +47,8 @@ struct ChunkRows {
   float* m;               // [n_rows]
   float* l;               // [n_rows]
   float* o;               // [n_rows][head_dim]
-  // int4 on the AVX2 / AVX-512 levels, int4a on AVX-512: read the blocks in place (true) or
-  // gather them to fp32 like the other types (CpuBackendOptions::int4_in_place).
+  // int4 and int4a on the AVX2 / AVX-512 levels: read the blocks in place (true) or gather them
+  // to fp32 like the other types (CpuBackendOptions::int4_in_place).
   bool int4_in_place = true;
 };
 

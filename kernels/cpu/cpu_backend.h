@@ -22,14 +22,13 @@ struct CpuBackendOptions {
   int threads = 0;                       // <= 0: std::thread::hardware_concurrency()
   cpu::Isa max_isa = cpu::Isa::kAvx512;  // a cap below the CPU's level (tests, benches)
   cpu::MatMulOptions matmul;
-  // int4 KV pools on the AVX2 / AVX-512 levels (and int4a on AVX-512): read the blocks in place,
-  // scales folded into the query and the softmax weights (the fast path), or dequantise each
-  // chunk to fp32 first, with
-  // the products rounded as kv_codec.h's LoadKv rounds them. Both agree with the reference to
-  // float rounding per call; over a whole forward pass that rounding does not stay small, since
-  // a later layer's int4 codes flip on it (SmolLM2, 4,096 WikiText-2 tokens: mean NLL 3.4127 in
-  // place, 3.4146 gathered, f16 3.4042). Tests that hold the pool to the search's simulation
-  // bit for bit read gathered.
+  // int4 and int4a KV pools on the AVX2 / AVX-512 levels: read the blocks in place, scales
+  // folded into the query and the softmax weights (the fast path), or dequantise each chunk to
+  // fp32 first, with the products rounded as kv_codec.h's LoadKv rounds them. Both agree with the
+  // reference to float rounding per call; over a whole forward pass that rounding does not stay
+  // small, since a later layer's int4 codes flip on it (SmolLM2, 4,096 WikiText-2 tokens: mean
+  // NLL 3.4127 in place, 3.4146 gathered, f16 3.4042). Tests that hold the pool to the search's
+  // simulation bit for bit read gathered.
   bool int4_in_place = true;
 };
 

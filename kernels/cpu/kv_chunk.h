@@ -5,10 +5,10 @@
 // the body is force-inlined into each level's GatherChunk so the compiler vectorises the int8
 // and nibble loops for that level.
 //
-// The AVX2 and AVX-512 int4 paths do not gather: they read blocks in place (Int4Runs below),
-// and so does AVX-512's int4a path. k4v3 is gathered (its K dequantised as int4's, its V from
-// 3-bit codes) on every level, and int4a on AVX2 and the scalar level (its K from bit planes,
-// its V as int4's).
+// The AVX2 and AVX-512 int4 and int4a paths do not gather: they read blocks in place (Int4Runs
+// below). k4v3 is gathered (its K dequantised as int4's, its V from 3-bit codes) on every
+// level, and int4a at the scalar level (its K from bit planes, its V as int4's) and for heads
+// the in-place kernels do not take.
 //
 // Dequantised values equal kv_codec.h LoadKv's (the same products and sums of exact fp16
 // values, up to the contraction of q * scale + min into one fma).
