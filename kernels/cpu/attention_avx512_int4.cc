@@ -146,12 +146,11 @@ KVSHARE_TARGET_AVX512 inline void UnpackAllocatedK(const KvGeometry& geo, const 
   const int hd = geo.head_dim, plane_bytes = geo.block_tokens / 8;
   const KvBlockLayout lay(geo);
   const uint8_t* widths = run.block + lay.k_bits;
-  // Each head's widths sum to kKvInt4AMeanBits * hd planes.
-  const uint8_t* plane = run.block + lay.k + head * kKvInt4AMeanBits * plane_bytes;
+  const uint8_t* plane = AllocatedKPlanes(geo, lay, run.block, head);
   const int shift = run.row0 % 8;
   for (int j = 0; j < hd; ++j) {
     const int64_t ch = head + j;
-    const int b = (widths[ch / 2] >> (4 * (ch % 2))) & 15;
+    const int b = AllocatedKWidth(widths, ch);
     float* dst = u + static_cast<int64_t>(j) * stride;
     for (int t0 = 0; t0 < run.n; t0 += 64) {
       // Bits row0 + t0 ... + 63 of each plane: 9 bytes from the one holding the first (the

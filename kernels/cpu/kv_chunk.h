@@ -38,6 +38,17 @@ struct SpreadBitsTable {
 };
 inline constexpr SpreadBitsTable kSpreadBits{};
 
+// int4a's K layout (kernels/kv_type.h), for every reader: the first bit plane of the KV head
+// whose first channel is `head` — each head's widths sum to kKvInt4AMeanBits x head_dim planes
+// of block_tokens / 8 bytes — and channel ch's width from the block's widths (two a byte).
+inline const uint8_t* AllocatedKPlanes(const KvGeometry& g, const KvBlockLayout& lay,
+                                       const uint8_t* block, int64_t head) {
+  return block + lay.k + head * kKvInt4AMeanBits * (g.block_tokens / 8);
+}
+inline int AllocatedKWidth(const uint8_t* widths, int64_t ch) {
+  return (widths[ch / 2] >> (4 * (ch % 2))) & 15;
+}
+
 // int4a: rows r0 .. r0+n-1 of one head's K (channels head .. head+hd-1) from the block's bit
 // planes into k_out[n][hd]: per channel, 8 positions at a time (a byte of each plane).
 inline void GatherAllocatedK(const KvGeometry& g, const uint8_t* block, int64_t head, int r0, int n,
@@ -47,12 +58,11 @@ inline void GatherAllocatedK(const KvGeometry& g, const uint8_t* block, int64_t 
   const auto* k_scale = reinterpret_cast<const uint16_t*>(block + lay.k_scale) + head;
   const auto* k_min = reinterpret_cast<const uint16_t*>(block + lay.k_min) + head;
   const uint8_t* widths = block + lay.k_bits;
-  // Each head's widths sum to kKvInt4AMeanBits * hd planes.
-  const uint8_t* plane = block + lay.k + head * kKvInt4AMeanBits * plane_bytes;
+  const uint8_t* plane = AllocatedKPlanes(g, lay, block, head);
   const int g0 = r0 / 8, g1 = (r0 + n + 7) / 8;
   for (int j = 0; j < hd; ++j) {
     const int64_t ch = head + j;
-    const int b = (widths[ch / 2] >> (4 * (ch % 2))) & 15;
+    const int b = AllocatedKWidth(widths, ch);
     const float s = Fp16ToFp32(k_scale[j]), m = Fp16ToFp32(k_min[j]);
     for (int gi = g0; gi < g1; ++gi) {
       uint64_t codes = 0;
