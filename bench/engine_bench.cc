@@ -109,7 +109,7 @@ nlohmann::json MeasureSingle(const Args& a, int threads, bool int8) {
   o.kv_pool_bytes = int64_t(prefill + a.decode + 16) * c.KvBytesPerToken();
   CpuBackendOptions backend;
   backend.threads = threads;
-  backend.matmul.int8_activations = int8;
+  backend.matmul.activations = int8 ? cpu::Activations::kInt8 : cpu::Activations::kF32;
   if (a.gemm_min_tokens > 0) backend.matmul.gemm_min_tokens = a.gemm_min_tokens;
   auto engine = Engine::Create(**model, MakeCpuBackend(backend), o);
   if (!engine.ok()) return {{"error", std::string(engine.status().message())}};
@@ -163,7 +163,7 @@ nlohmann::json MeasureBatched(const Args& a, int threads, bool int8, int batch) 
   o.kv_pool_bytes = int64_t(batch) * (prompt + steps + 32) * c.KvBytesPerToken();
   CpuBackendOptions backend;
   backend.threads = threads;
-  backend.matmul.int8_activations = int8;
+  backend.matmul.activations = int8 ? cpu::Activations::kInt8 : cpu::Activations::kF32;
   if (a.gemm_min_tokens > 0) backend.matmul.gemm_min_tokens = a.gemm_min_tokens;
   auto engine = Engine::Create(**model, MakeCpuBackend(backend), o);
   if (!engine.ok()) return {{"error", std::string(engine.status().message())}};

@@ -103,7 +103,7 @@ std::vector<float> RandomFloats(int64_t n, uint32_t seed) {
 std::unique_ptr<Backend> MakeBackend(int threads, bool int8, cpu::QuantGemm gemm) {
   CpuBackendOptions o;
   o.threads = threads;
-  o.matmul.int8_activations = int8;
+  o.matmul.activations = int8 ? cpu::Activations::kInt8 : cpu::Activations::kF32;
   o.matmul.quant_gemm = gemm;
   return MakeCpuBackend(o);
 }

@@ -5,7 +5,8 @@
 //
 //   build/bench/kv_plan_bench [--models smollm2,stories] [--budgets 1,2,5|none] [--eval-tokens N]
 //                             [--context N] [--threads N] [--block-tokens N] [--no-share]
-//                             [--calibration-tokens N] [--strategy FILE] [--json FILE]
+//                             [--calibration-tokens N] [--activations f32|int8x2|int8]
+//                             [--strategy FILE] [--json FILE]
 //
 // --strategy adds a row for a published plan (a strategy JSON of the first model; types f16
 // where it has none); --budgets none skips the searches (the frontier of the uniform types and
@@ -17,7 +18,8 @@
 // by construction; the search time includes those checks. --block-tokens: the paged pool's
 // block size every row is measured and counted with (default 16, the engine's; int4 quantises
 // K over a block, so larger blocks store fewer scales). Times are wall seconds on this machine
-// and the process's CPU seconds (over all threads).
+// and the process's CPU seconds (over all threads). --activations: how every forward takes its
+// activations in quantized matmuls (default: the search's, int8x2; f32 is the exact mode).
 #include <cmath>
 #include <cstdio>
 #include <map>
@@ -53,7 +55,8 @@ struct Flags {
   int calibration_tokens = CalibrationOptions{}.tokens;
   bool share = true;
   bool early_reject = true;
-  bool int8 = false;  // the search's calibration forwards with int8 activations
+  // How every forward (held-out rows and the searches) takes activations in quantized matmuls.
+  cpu::Activations activations = KvPlanOptions{}.activations;
   std::string strategy;
   std::string json;
 };
@@ -123,7 +126,8 @@ int RunModel(const Flags& flags, const std::string& name, nlohmann::json* out) {
   ho.context = std::min(flags.context, c.max_seq_len);
   auto slice = CalibrationHeldoutSlice(*text, *calibration, **tokenizer, c, ho, *text_path);
   if (!slice.ok()) return std::fprintf(stderr, "%s\n", slice.status().ToString().c_str()), 1;
-  auto meter = QualityMeter::Create(**model, *slice, flags.threads, nullptr, flags.block_tokens);
+  auto meter = QualityMeter::Create(**model, *slice, flags.threads, nullptr, flags.block_tokens,
+                                    flags.activations);
   if (!meter.ok()) return std::fprintf(stderr, "%s\n", meter.status().ToString().c_str()), 1;
   const double base_nll = (*meter)->baseline().mean_nll;
 
@@ -137,9 +141,11 @@ int RunModel(const Flags& flags, const std::string& name, nlohmann::json* out) {
 
   std::printf(
       "\n%s: %d layers, %d KV heads x %d; held-out %lld tokens in %d-token windows, "
-      "unshared fp32 perplexity %.3f; %d-token KV blocks; llama.cpp f16 KV %.0f bytes/token\n",
+      "unshared fp32 perplexity %.3f; %d-token KV blocks; llama.cpp f16 KV %.0f bytes/token; "
+      "%s activations\n",
       c.name.c_str(), c.n_layers, c.n_kv_heads, c.head_dim, (long long)slice->targets(),
-      slice->context, std::exp(base_nll), g.block_tokens, llama_cpp);
+      slice->context, std::exp(base_nll), g.block_tokens, llama_cpp,
+      cpu::ActivationsName(flags.activations));
   std::printf("%-12s %-44s %10s %8s %10s %9s %8s %8s\n", "plan", "layers", "bytes/tok", "vs f16",
               "ppl", "ppl +%", "wall s", "cpu s");
   nlohmann::json rows = nlohmann::json::array();
@@ -186,12 +192,10 @@ int RunModel(const Flags& flags, const std::string& name, nlohmann::json* out) {
     extra["strategy_id"] = file->id();
     row("published", Describe(plan), KvPlanBytesPerToken(g, plan), ppl->mean_nll, 0, 0, extra);
   }
-  CpuBackendOptions search_cpu;
-  search_cpu.threads = flags.threads;
-  search_cpu.matmul.int8_activations = flags.int8;
-  auto backend = MakeCpuBackend(search_cpu);
   for (double budget : flags.budgets) {
     KvPlanOptions o;
+    o.activations = flags.activations;
+    auto backend = MakeCpuBackend(KvPlanBackendOptions(flags.threads, o));
     o.max_ppl_increase = budget;
     KeepHoldableTypes(&o, g);
     o.share = flags.share;
@@ -248,8 +252,18 @@ int Main(int argc, char** argv) {
       flags.share = false;
     } else if (a == "--no-early-reject") {
       flags.early_reject = false;
-    } else if (a == "--int8") {
-      flags.int8 = true;
+    } else if (a == "--activations") {
+      const std::string v = next();
+      if (v == "f32") {
+        flags.activations = cpu::Activations::kF32;
+      } else if (v == "int8x2") {
+        flags.activations = cpu::Activations::kInt8x2;
+      } else if (v == "int8") {
+        flags.activations = cpu::Activations::kInt8;
+      } else {
+        std::fprintf(stderr, "--activations '%s': must be f32, int8x2 or int8\n", v.c_str());
+        return 2;
+      }
     } else if (a == "--strategy") {
       flags.strategy = next();
     } else if (a == "--budgets") {
@@ -269,9 +283,10 @@ int Main(int argc, char** argv) {
           stderr,
           "usage: %s [--models smollm2,stories] [--budgets 1,2,5|none] [--eval-tokens N] "
           "[--context N] [--threads N] [--block-tokens N] [--calibration-tokens N] [--no-share] "
-          "[--no-early-reject] [--int8] [--strategy FILE] [--json FILE]\n"
+          "[--no-early-reject] [--activations f32|int8x2|int8] [--strategy FILE] [--json FILE]\n"
           "  --no-early-reject: held-out checks and sharing candidates read all of their text\n"
-          "  --int8: the search scores plans with int8 activations (held-out checks stay fp32)\n",
+          "  --activations: how every forward takes activations in quantized matmuls (default "
+          "int8x2, the search's; f32: exact)\n",
           argv[0]);
       return 2;
     }
@@ -287,6 +302,7 @@ int Main(int argc, char** argv) {
   out["threads"] = flags.threads;
   out["calibration_tokens"] = flags.calibration_tokens;
   out["block_tokens"] = flags.block_tokens;
+  out["activations"] = cpu::ActivationsName(flags.activations);
   for (const std::string& name : flags.models) {
     const int rc = RunModel(flags, name, &out);
     if (rc != 0) return rc;

@@ -62,7 +62,8 @@ absl::StatusOr<std::unique_ptr<InferenceWorker>> InferenceWorker::Load(const Wor
   DeviceOptions device_options;
   device_options.device = options.device;
   device_options.cpu.threads = options.threads;
-  device_options.cpu.matmul.int8_activations = options.int8_activations;
+  device_options.cpu.matmul.activations =
+      options.int8_activations ? cpu::Activations::kInt8 : cpu::Activations::kF32;
   auto device = MakeBackend(device_options);
   if (!device.ok()) {
     return absl::Status(device.status().code(),

@@ -289,7 +289,9 @@ int main(int argc, char** argv) {
       kvshare::WorkerProbeOptions po;
       po.device.device = f.worker.device;
       po.device.cpu.threads = f.worker.threads;
-      po.device.cpu.matmul.int8_activations = f.worker.int8_activations;
+      po.device.cpu.matmul.activations = f.worker.int8_activations
+                                             ? kvshare::cpu::Activations::kInt8
+                                             : kvshare::cpu::Activations::kF32;
       po.kv_type = f.worker.kv_type;
       po.perturb_nats = f.quality_probe_perturb;
       quality_probe = std::make_unique<kvshare::WorkerQualityProbe>((*worker)->model(),

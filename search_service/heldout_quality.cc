@@ -6,6 +6,7 @@
 #include "absl/strings/str_format.h"
 #include "common/strategy/strategy_binding.h"
 #include "common/util/sha256.h"
+#include "kernels/cpu/cpu_backend.h"
 
 namespace kvshare {
 namespace {
@@ -121,7 +122,8 @@ void RecordQuality(const StrategyQuality& q, StrategyProvenance* p) {
 absl::StatusOr<std::unique_ptr<QualityMeter>> QualityMeter::Create(const Model& model,
                                                                    HeldoutSlice slice, int threads,
                                                                    const std::atomic<bool>* cancel,
-                                                                   int block_tokens) {
+                                                                   int block_tokens,
+                                                                   cpu::Activations activations) {
   const ModelConfig& c = model.config();
   if (slice.context < 2 || slice.context > c.max_seq_len) {
     return absl::InvalidArgumentError(
@@ -140,7 +142,10 @@ absl::StatusOr<std::unique_ptr<QualityMeter>> QualityMeter::Create(const Model& 
   // One window at a time: room for a context of unshared KV plus a block of slack.
   eo.kv_pool_bytes =
       int64_t(meter->slice_.context + std::max(64, block_tokens)) * c.KvBytesPerToken();
-  auto engine = Engine::Create(model, MakeCpuBackend(threads), eo);
+  CpuBackendOptions cpu;
+  cpu.threads = threads;
+  cpu.matmul.activations = activations;
+  auto engine = Engine::Create(model, MakeCpuBackend(cpu), eo);
   if (!engine.ok()) return engine.status();
   meter->engine_ = std::move(*engine);
   auto base = meter->Perplexity(nullptr);

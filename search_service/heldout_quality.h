@@ -24,6 +24,7 @@
 #include "common/model/model.h"
 #include "common/strategy/sharing_strategy.h"
 #include "common/tokenizer/tokenizer.h"
+#include "kernels/cpu/matmul.h"
 #include "search_service/calibration.h"
 #include "search_service/early_reject.h"
 
@@ -103,9 +104,12 @@ class QualityMeter {
   // exceeds the model's. `cancel`: when set, every perplexity pass (the baseline's at Create
   // included) ends Cancelled before its next window once it is true; it must outlive the meter.
   // `block_tokens`: the paged pool's block size (what an int4 layer quantises over).
+  // `activations`: how quantized matmuls take activations (kernels/cpu/matmul.h); the baseline
+  // and every plan are measured the same way.
   static absl::StatusOr<std::unique_ptr<QualityMeter>> Create(
       const Model& model, HeldoutSlice slice, int threads,
-      const std::atomic<bool>* cancel = nullptr, int block_tokens = EngineOptions{}.block_tokens);
+      const std::atomic<bool>* cancel = nullptr, int block_tokens = EngineOptions{}.block_tokens,
+      cpu::Activations activations = cpu::Activations::kF32);
 
   const HeldoutSlice& slice() const { return slice_; }
   const PerplexityResult& baseline() const { return baseline_; }

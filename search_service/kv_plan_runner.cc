@@ -10,6 +10,7 @@
 #include "common/engine/engine.h"
 #include "common/engine/transformer.h"
 #include "common/util/cpu_time.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "search_service/loss_evaluator.h"
 #include "search_service/strategy_search.h"
 
@@ -37,6 +38,13 @@ class LossPlanEvaluator : public PlanEvaluator {
 };
 
 }  // namespace
+
+CpuBackendOptions KvPlanBackendOptions(int threads, const KvPlanOptions& options) {
+  CpuBackendOptions o;
+  o.threads = threads;
+  o.matmul.activations = options.activations;
+  return o;
+}
 
 absl::StatusOr<KvPlanRun> RunKvPlanSearch(const Model& model, Backend& backend,
                                           const CalibrationSet& calibration, int block_tokens,
@@ -97,9 +105,8 @@ absl::StatusOr<SharingStrategy> KvPlanStrategy(const Model& model, const KvPlan&
 }
 
 absl::StatusOr<KvPlanStrategyResult> RunKvPlanStrategySearch(
-    const Model& model, Backend& backend, const CalibrationSet& calibration,
-    const HeldoutSlice& heldout, int threads, const KvPlanOptions& options,
-    const KvPlanHooks& hooks, const HeldoutCheckFn& on_heldout) {
+    const Model& model, const CalibrationSet& calibration, const HeldoutSlice& heldout, int threads,
+    const KvPlanOptions& options, const KvPlanHooks& hooks, const HeldoutCheckFn& on_heldout) {
   absl::Status valid = ValidateKvPlanOptions(options);
   if (!valid.ok()) return valid;
   const ModelConfig& c = model.config();
@@ -114,7 +121,8 @@ absl::StatusOr<KvPlanStrategyResult> RunKvPlanStrategySearch(
   }
   KvPlanStrategyResult out;
   const auto start = std::chrono::steady_clock::now();
-  auto meter = QualityMeter::Create(model, heldout, threads, hooks.cancel, block_tokens);
+  auto meter = QualityMeter::Create(model, heldout, threads, hooks.cancel, block_tokens,
+                                    options.activations);
   if (!meter.ok()) return meter.status();
   out.baseline_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -137,7 +145,9 @@ absl::StatusOr<KvPlanStrategyResult> RunKvPlanStrategySearch(
     if (on_heldout) on_heldout(increase, ppl->tokens_scored);
     return increase;
   };
-  auto run = RunKvPlanSearch(model, backend, calibration, block_tokens, options, heldout_fn, hooks);
+  auto backend = MakeCpuBackend(KvPlanBackendOptions(threads, options));
+  auto run =
+      RunKvPlanSearch(model, *backend, calibration, block_tokens, options, heldout_fn, hooks);
   if (!run.ok()) return run.status();
   out.run = std::move(*run);
   const KvPlanSearchResult& r = out.run.search;
@@ -156,13 +166,13 @@ absl::StatusOr<KvPlanStrategyResult> RunKvPlanStrategySearch(
   for (KvType t : options.lower_types) types.push_back(KvTypeName(t));
   for (KvType t : options.floor_types) types.push_back(absl::StrCat(KvTypeName(t), " floor"));
   p.note = absl::StrFormat(
-      "KV plan within %g%% held-out perplexity (types %s -> %s%s; %d-token blocks): %d "
-      "calibration runs of %d x %d tokens, %d held-out checks, %d actions given back, %d added "
-      "on held-out slack; actions %s",
+      "KV plan within %g%% held-out perplexity (types %s -> %s%s; %d-token blocks; forwards "
+      "with %s activations): %d calibration runs of %d x %d tokens, %d held-out checks, %d "
+      "actions given back, %d added on held-out slack; actions %s",
       options.max_ppl_increase, KvTypeName(options.base_type), absl::StrJoin(types, ","),
-      options.share ? ", sharing" : "", block_tokens, r.calibration_runs, calibration.samples,
-      calibration.tokens, r.heldout_checks.size(), r.trimmed_actions, r.grown_actions,
-      actions.empty() ? "none" : absl::StrJoin(actions, " "));
+      options.share ? ", sharing" : "", block_tokens, cpu::ActivationsName(options.activations),
+      r.calibration_runs, calibration.samples, calibration.tokens, r.heldout_checks.size(),
+      r.trimmed_actions, r.grown_actions, actions.empty() ? "none" : absl::StrJoin(actions, " "));
   StrategyQuality q;
   q.baseline_nll = base_nll;
   // The final plan's held-out NLL: the last check's when that was of the final plan, else the
@@ -177,7 +187,7 @@ absl::StatusOr<KvPlanStrategyResult> RunKvPlanStrategySearch(
   return out;
 }
 
-absl::StatusOr<StrategySearchResult> RunKvPlanAsSearch(const Model& model, Backend& backend,
+absl::StatusOr<StrategySearchResult> RunKvPlanAsSearch(const Model& model,
                                                        const CalibrationSet& calibration,
                                                        const HeldoutSlice& heldout, int threads,
                                                        const KvPlanOptions& options,
@@ -192,8 +202,7 @@ absl::StatusOr<StrategySearchResult> RunKvPlanAsSearch(const Model& model, Backe
       hooks.on_phase(SearchPhase::kGreedy);
     }
   };
-  auto planned =
-      RunKvPlanStrategySearch(model, backend, calibration, heldout, threads, options, plan_hooks);
+  auto planned = RunKvPlanStrategySearch(model, calibration, heldout, threads, options, plan_hooks);
   if (!planned.ok()) return planned.status();
   StrategySearchResult r;
   r.strategy = planned->strategy;

@@ -8,6 +8,7 @@
 #include "common/model/model.h"
 #include "common/strategy/sharing_strategy.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "search_service/calibration.h"
 #include "search_service/heldout_quality.h"
 #include "search_service/kv_plan_search.h"
@@ -24,6 +25,9 @@ struct KvPlanRun {
   // calibration set (the paper's score, recorded in every strategy's provenance).
   double calibration_cosine = 1.0;
 };
+
+// The CPU backend the plan search's forwards run on: `threads` threads, options.activations.
+CpuBackendOptions KvPlanBackendOptions(int threads, const KvPlanOptions& options);
 
 // `block_tokens`: the serving pool's block size, the unit the types are simulated in.
 // `heldout`: the held-out measure step 5 trims on (e.g. a QualityMeter over the strategy the
@@ -49,20 +53,22 @@ struct KvPlanStrategyResult {
 
 // RunKvPlanSearch trimming on `heldout` through a QualityMeter (the unshared fp32 model's
 // perplexity first, then each checked plan's), everything a search service job and `kvshare
-// search --max-ppl-increase` record. `on_heldout` (optional) sees each check's NLL increase and
-// the held-out tokens it read (fewer than the slice's when a floor check stopped early).
+// search --max-ppl-increase` record. Every forward (calibration and held-out) runs on a CPU
+// backend of `threads` threads with options.activations. `on_heldout` (optional) sees each check's
+// NLL increase and the held-out tokens it read (fewer than the slice's when a floor check stopped
+// early).
 using HeldoutCheckFn = std::function<void(double increase, int64_t tokens_read)>;
 absl::StatusOr<KvPlanStrategyResult> RunKvPlanStrategySearch(
-    const Model& model, Backend& backend, const CalibrationSet& calibration,
-    const HeldoutSlice& heldout, int threads, const KvPlanOptions& options,
-    const KvPlanHooks& hooks = {}, const HeldoutCheckFn& on_heldout = nullptr);
+    const Model& model, const CalibrationSet& calibration, const HeldoutSlice& heldout, int threads,
+    const KvPlanOptions& options, const KvPlanHooks& hooks = {},
+    const HeldoutCheckFn& on_heldout = nullptr);
 
 // The same as a StrategySearchResult (what search jobs report and publish): the strategy, the
 // final plan as the "greedy" kv_source with its sharing layers as acceptances and minus the
 // calibration NLL increase as the score, and the times. SearchHooks map onto the plan's:
 // cancel as is, on_phase(kCalibration) at the start and on_phase(kGreedy) when the
 // search reports its first step (the floor check or the sensitivity scan).
-absl::StatusOr<StrategySearchResult> RunKvPlanAsSearch(const Model& model, Backend& backend,
+absl::StatusOr<StrategySearchResult> RunKvPlanAsSearch(const Model& model,
                                                        const CalibrationSet& calibration,
                                                        const HeldoutSlice& heldout, int threads,
                                                        const KvPlanOptions& options,

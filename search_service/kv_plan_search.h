@@ -51,6 +51,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "kernels/cpu/matmul.h"
 #include "kernels/kv_type.h"
 #include "search_service/greedy_search.h"
 #include "search_service/layer_distance.h"
@@ -119,6 +120,11 @@ struct KvPlanOptions {
   // PlanEvaluator::NllIncrease; early_reject.h). A stopped check only ever rejects: every
   // figure a result carries comes from one that read all of its text.
   bool early_reject = true;
+  // How the runner's forwards (calibration and held-out, kv_plan_runner.h) take activations in
+  // quantized matmuls. Two int8 digits: about 16 bits, 1.6-1.8x the exact mode's prefill speed,
+  // mean NLL within a few 1e-5 nats of it (docs/METHOD.md §6); the search never measures with
+  // int8 (its error, ~0.014 nats on SmolLM2, exceeds a 1% budget).
+  cpu::Activations activations = cpu::Activations::kInt8x2;
   // RunKvPlanStrategySearch: the serving pool's block size the plan is for (the workers'
   // --block-tokens), which the types are simulated and measured with (int4 quantises K over a
   // block). SearchKvPlan takes it from its geometry instead.

@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_format.h"
+#include "kernels/cpu/log_sum_exp.h"
 #include "search_service/cosine_evaluator.h"
 
 namespace kvshare {
@@ -14,12 +15,8 @@ constexpr int kMaxLogitRows = 128;  // [128][vocab] floats: 25 MB for SmolLM2's 
 
 // -log softmax(row)[target], in double over a float row.
 double Nll(const float* row, int vocab, int32_t target) {
-  float m = row[0];
-  for (int v = 1; v < vocab; ++v) m = std::max(m, row[v]);
-  // exp in float (the row is float already); the sum in double.
-  double s = 0.0;
-  for (int v = 0; v < vocab; ++v) s += std::exp(row[v] - m);
-  return double(m) + std::log(s) - double(row[target]);
+  static const cpu::Isa isa = cpu::DetectIsa();
+  return cpu::LogSumExp(isa, row, vocab) - double(row[target]);
 }
 
 }  // namespace

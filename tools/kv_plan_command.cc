@@ -92,9 +92,8 @@ int RunPlanSearchCommand(const Session& session, const PreparedSearch& prepared,
   hooks.progress = [&](const std::string& phase, int done, int total) {
     bar.Update(done, std::max(total, done), phase);
   };
-  auto backend = MakeCpuBackend(threads);
   auto result = RunKvPlanStrategySearch(
-      model, *backend, prepared.calibration, heldout, threads, o, hooks,
+      model, prepared.calibration, heldout, threads, o, hooks,
       [&](double increase, int64_t tokens_read) {
         std::cerr << absl::StrFormat("\nheld-out   %+.4f nats/token", increase);
         if (tokens_read < heldout.targets()) {

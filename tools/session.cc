@@ -19,10 +19,18 @@ void AddModelFlags(CLI::App* app, ModelFlags* flags, bool with_strategy) {
                   "model)");
   app->add_option("--threads", flags->threads, "Worker threads (0 = all cores)")
       ->check(CLI::Range(0, 1024));
-  app->add_flag("--int8", flags->int8,
-                "Quantized weights: multiply with int8-quantized activations (up to 3x faster "
-                "prefill and batched decode; +1.3% WikiText-2 perplexity on SmolLM2) instead "
-                "of fp32 activations");
+  CLI::Option* int8 =
+      app->add_flag("--int8", flags->int8,
+                    "Quantized weights: multiply with int8-quantized activations (up to 3x faster "
+                    "prefill and batched decode; +1.3% WikiText-2 perplexity on SmolLM2) instead "
+                    "of fp32 activations (the same as --activations int8)");
+  app->add_option("--activations", flags->activations,
+                  "How quantized weights take their activations: f32 (exact), int8 (as --int8) "
+                  "or int8x2 (two int8 digits per value, about 16 bits: the integer kernels at "
+                  "half their int8 speed; what the KV plan search measures with)")
+      ->check(CLI::IsMember({"f32", "int8", "int8x2"}))
+      ->excludes(int8)
+      ->capture_default_str();
   app->add_option("--device", flags->device,
                   "auto (CUDA when a usable GPU and the CUDA plugin are present, else the CPU), "
                   "cpu, cuda or cuda:N")
@@ -102,7 +110,10 @@ absl::StatusOr<Session> OpenSession(const ModelFlags& flags, bool need_engine) {
   DeviceOptions device;
   device.device = flags.device;
   device.cpu.threads = flags.threads;
-  device.cpu.matmul.int8_activations = flags.int8;
+  device.cpu.matmul.activations = flags.int8                      ? cpu::Activations::kInt8
+                                  : flags.activations == "int8x2" ? cpu::Activations::kInt8x2
+                                  : flags.activations == "int8"   ? cpu::Activations::kInt8
+                                                                  : cpu::Activations::kF32;
   auto backend = MakeBackend(device);
   if (!backend.ok()) {
     return absl::Status(backend.status().code(),

@@ -21,6 +21,7 @@ struct ModelFlags {
   std::string strategy;   // strategy JSON file; empty = identity
   int threads = 0;        // 0 = all cores
   bool int8 = false;      // int8-quantized activations in quantized matmuls (faster, less exact)
+  std::string activations = "f32";  // f32 | int8 | int8x2 (kernels/cpu/matmul.h Activations)
   int max_step_rows = 256;
   int64_t kv_pool_tokens = 0;       // 0 = max(8192, model context) unshared tokens
   std::string device = "auto";      // auto | cpu | cuda | cuda:N (kernels/device_backend.h)
@@ -29,7 +30,7 @@ struct ModelFlags {
   int block_tokens = 16;            // tokens per KV block (int4: the token group of K's scales)
 };
 
-// Registers --model, --tokenizer, --threads, --int8, --device, --kv-memory-fraction,
+// Registers --model, --tokenizer, --threads, --int8, --activations, --device, --kv-memory-fraction,
 // --kv-type, --block-tokens and --strategy on `app`.
 void AddModelFlags(CLI::App* app, ModelFlags* flags, bool with_strategy = true);
 

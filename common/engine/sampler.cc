@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "absl/strings/str_format.h"
+#include "kernels/cpu/log_sum_exp.h"
 
 namespace kvshare {
 
@@ -76,11 +77,11 @@ int32_t Sampler::Sample(absl::Span<const float> logits) {
 }
 
 namespace {
+// Vectorised on the host's SIMD level (kernels/cpu/log_sum_exp.h): a held-out pass takes one
+// per target over the whole vocabulary.
 double LogSumExp(absl::Span<const float> logits) {
-  const float m = *std::max_element(logits.begin(), logits.end());
-  double s = 0.0;
-  for (float l : logits) s += std::exp(double(l) - m);
-  return m + std::log(s);
+  static const cpu::Isa isa = cpu::DetectIsa();
+  return cpu::LogSumExp(isa, logits.data(), int64_t(logits.size()));
 }
 }  // namespace
 

@@ -8,6 +8,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/elementwise.h"
@@ -49,8 +50,11 @@ class CpuBackend : public Backend {
   }
 
   std::string name() const override {
+    const cpu::Activations a = matmul_.options().activations;
     return absl::StrFormat("cpu (%s, %d threads%s)", cpu::IsaName(isa_), pool_.threads(),
-                           matmul_.options().int8_activations ? ", int8 activations" : "");
+                           a == cpu::Activations::kF32
+                               ? ""
+                               : absl::StrCat(", ", cpu::ActivationsName(a), " activations"));
   }
 
   absl::StatusOr<std::unique_ptr<Buffer>> Allocate(size_t bytes) override {

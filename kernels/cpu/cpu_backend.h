@@ -3,7 +3,7 @@
 //
 // Results do not depend on the number of threads (work is split by output rows, heads and
 // fixed-size chunks only). They depend on the SIMD level and, for quantized weights, on
-// MatMulOptions::int8_activations (see matmul.h).
+// MatMulOptions::activations (see matmul.h).
 //
 // Prepare: F32/F16/BF16 weights are used in place (the tensor's bytes must outlive the
 // prepared weight); Q8_0/Q4_0/Q4_1 are repacked into a copy of the same size (packed_weight.h),

@@ -18,6 +18,18 @@ int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 }  // namespace
 
+const char* ActivationsName(Activations a) {
+  switch (a) {
+    case Activations::kF32:
+      return "f32";
+    case Activations::kInt8:
+      return "int8";
+    case Activations::kInt8x2:
+      return "int8x2";
+  }
+  return "?";
+}
+
 MatMulRunner::MatMulRunner(ThreadPool* pool, Isa isa, const MatMulOptions& options)
     : pool_(pool), isa_(isa), options_(options), scratch_(pool->threads()) {}
 
@@ -68,6 +80,12 @@ void MatMulRunner::QuantizeBatch(const float* x, int n, int64_t cols) {
     xqsum_.resize(n * nb);
   }
   batch_ = {xq_.data(), xscale_.data(), xsum_.data(), xqsum_.data(), cols, nb};
+  if (options_.activations == Activations::kInt8x2) {
+    if (static_cast<int64_t>(xq2_.size()) < n * cols) xq2_.resize(n * cols);
+    if (static_cast<int64_t>(xq2sum_.size()) < n * nb) xq2sum_.resize(n * nb);
+    batch_.q2 = xq2_.data();
+    batch_.q2sum = xq2sum_.data();
+  }
   auto quantize = [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       if (isa_ == Isa::kAvx512) {
@@ -89,14 +107,17 @@ void MatMulRunner::QuantizeBatch(const float* x, int n, int64_t cols) {
 
 void MatMulRunner::SumLowHalves(int n) {
   const int64_t blocks = n * batch_.nb;
-  if (static_cast<int64_t>(xqsum_lo_.size()) < blocks) xqsum_lo_.resize(blocks);
-  for (int64_t i = 0; i < blocks; ++i) {
-    const int8_t* q = batch_.q + i * 32;
-    int32_t s = 0;
-    for (int j = 0; j < 16; ++j) s += q[j];
-    xqsum_lo_[i] = s;
-  }
-  batch_.qsum_lo = xqsum_lo_.data();
+  auto sum_halves = [blocks](const int8_t* q, std::vector<int32_t>* sums) {
+    if (static_cast<int64_t>(sums->size()) < blocks) sums->resize(blocks);
+    for (int64_t i = 0; i < blocks; ++i) {
+      int32_t s = 0;
+      for (int j = 0; j < 16; ++j) s += q[i * 32 + j];
+      (*sums)[i] = s;
+    }
+    return sums->data();
+  };
+  batch_.qsum_lo = sum_halves(batch_.q, &xqsum_lo_);
+  if (batch_.q2 != nullptr) batch_.q2sum_lo = sum_halves(batch_.q2, &xq2sum_lo_);
 }
 
 void MatMulRunner::RunQuantized(const CpuWeight& w, const float* x, int n, float* out) {
@@ -112,7 +133,7 @@ void MatMulRunner::RunQuantized(const CpuWeight& w, const float* x, int n, float
   }
   // The x side both kernels need: int8 blocks (or, exact mode, the fp32 block sums).
   QuantizeBatch(x, n, w.cols());
-  if (options_.int8_activations && w.pack() == Pack::kQ8F) SumLowHalves(n);
+  if (integer_dots() && w.pack() == Pack::kQ8F) SumLowHalves(n);
   // Tasks: token chunks x group chunks, about kTasksPerThread per thread (results do not
   // depend on it).
   const int token_chunk = std::min(n, kGemmTokenChunk);
@@ -126,7 +147,7 @@ void MatMulRunner::RunQuantized(const CpuWeight& w, const float* x, int n, float
     const int t1 = std::min(n, t0 + token_chunk);
     const int64_t g0 = (task % group_tasks) * group_chunk;
     const int64_t g1 = std::min(groups, g0 + group_chunk);
-    if (options_.int8_activations) {
+    if (integer_dots()) {
       if (isa_ == Isa::kAvx512) {
         avx512::Int8Groups(w, batch_, t0, t1, g0, g1, out);
       } else {

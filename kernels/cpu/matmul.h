@@ -14,7 +14,8 @@
 // quantized kernels stream at ~25 GB/s; at n = 4 int8 gives 806 tok/s against 575 for fp32;
 // at n = 512 the integer GEMM gives ~1900 tok/s against ~600 for dequantized tiles + sgemm.
 // int8 activations are llama.cpp's approach; on SmolLM2 they move the mean NLL of a WikiText
-// sentence by +0.002 nats and logits by up to ~0.5, so exact mode exists for references.
+// sentence by +0.002 nats and logits by up to ~0.5, so exact mode exists for references; two
+// int8 digits (Activations::kInt8x2) keep the integer kernels at about 16-bit activations.
 //
 // Scratch (quantized activations, dequantized tiles) grows to the largest call and is reused:
 // no allocation once a shape has been seen.
@@ -32,13 +33,22 @@ namespace kvshare::cpu {
 
 enum class QuantGemm { kInt8, kSgemm };
 
+// How a quantized weight's matmul takes its activations x.
+//   kF32     exact: fp32 x, the packed quants converted to fp32 in registers (F32Groups).
+//   kInt8    x quantized to int8 per 32-block (llama.cpp's approach; error up to half an int8
+//            step of each block's scale), integer dot products. On SmolLM2-135M Q4_1 it raises
+//            WikiText-2 perplexity by 1.3% (28.37 -> 28.74 on 16k tokens), beyond the 0.5% the
+//            engine allows; ~3x faster than kF32 in prefill and batched decode (same speed at
+//            batch 1).
+//   kInt8x2  x as two int8 digits per 32-block (quant.h: q + q2 / 254 steps, error <= max|x| /
+//            64516, about 16 bits) and two integer dots per block: the integer kernels' speed
+//            at twice their dot products, and what the KV plan search measures with (its
+//            forwards differ from kF32's by a few 1e-5 nats of mean NLL; docs/METHOD.md §6).
+enum class Activations { kF32, kInt8, kInt8x2 };
+const char* ActivationsName(Activations a);
+
 struct MatMulOptions {
-  // Quantized weights: quantize x to int8 per 32-block (llama.cpp's approach; error bounded by
-  // half an int8 step of each block's scale) instead of fp32 x with fused dequantization.
-  // Off by default: on SmolLM2-135M Q4_1 it raises WikiText-2 perplexity by 1.3% (28.37 ->
-  // 28.74 on 16k tokens), beyond the 0.5% the engine allows; it is ~3x faster in prefill and
-  // batched decode (same speed at batch 1) and stays available as an option.
-  bool int8_activations = false;
+  Activations activations = Activations::kF32;
   // n at or above which the GEMM paths are used.
   int gemm_min_tokens = 16;
   // Quantized weights, n >= gemm_min_tokens: the group kernels (integer GEMM with int8
@@ -59,6 +69,7 @@ class MatMulRunner {
   void RunDense(const CpuWeight& w, const float* x, int n, float* out);
   void RunQuantized(const CpuWeight& w, const float* x, int n, float* out);
   void RunSgemmTiles(const CpuWeight& w, const float* x, int n, float* out);
+  bool integer_dots() const { return options_.activations != Activations::kF32; }
   void QuantizeBatch(const float* x, int n, int64_t cols);
   // batch_.qsum_lo for the n quantized rows (Pack::kQ8F weights).
   void SumLowHalves(int n);
@@ -68,9 +79,9 @@ class MatMulRunner {
   Isa isa_;
   MatMulOptions options_;
 
-  std::vector<int8_t> xq_;
+  std::vector<int8_t> xq_, xq2_;
   std::vector<float> xscale_, xsum_;
-  std::vector<int32_t> xqsum_, xqsum_lo_;
+  std::vector<int32_t> xqsum_, xqsum_lo_, xq2sum_, xq2sum_lo_;
   QuantizedBatch batch_;
   std::vector<std::vector<float>> scratch_;  // per thread
 };

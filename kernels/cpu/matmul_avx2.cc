@@ -74,14 +74,48 @@ KVSHARE_TARGET_AVX2 inline void LoadScales(const CpuWeight& w, int64_t g, int64_
   }
 }
 
-// 8 rows (half h of group g) x NT tokens.
-template <Pack P, int NT>
+// The integer dot of one block's 8 rows with one row of quantized x (xq: the block's 32 int8;
+// qsum: their sum, for the Q4_0 / Q5_0 zero points): dot[0] the whole dot, except for kQ8F (two
+// scales per block), whose halves are dot[0] and dot[1].
+template <Pack P>
+KVSHARE_TARGET_AVX2 inline void BlockDot(const __m256i* wq, const __m256i* ws, const int8_t* xq,
+                                         int32_t qsum, __m256i* dot) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  dot[0] = dot[1] = _mm256_setzero_si256();
+  if constexpr (BytesForm(P)) {
+    // Moving q's sign onto x keeps maddubs' unsigned operand |q| <= 128: no saturation.
+    // kQ8F: the two 16-element halves (dwords 0..3, 4..7) are summed apart.
+    for (int j = 0; j < 8; ++j) {
+      const __m256i xs = _mm256_sign_epi8(BroadcastDword(xq + 4 * j), ws[j]);
+      __m256i& dj = dot[P == Pack::kQ8F ? j / 4 : 0];
+      dj = _mm256_add_epi32(dj, _mm256_madd_epi16(_mm256_maddubs_epi16(wq[j], xs), ones));
+    }
+  } else {
+    // Nibble products are <= 15 * 127 * 2 per pair; eight of them fit in int16. kQ5_0's
+    // are <= 31 * 127 * 2: four of them.
+    constexpr int kPerSum = P == Pack::kQ5_0 ? 4 : 8;
+    for (int j0 = 0; j0 < 8; j0 += kPerSum) {
+      __m256i s16 = _mm256_maddubs_epi16(wq[j0], BroadcastDword(xq + 4 * j0));
+      for (int j = j0 + 1; j < j0 + kPerSum; ++j) {
+        s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(wq[j], BroadcastDword(xq + 4 * j)));
+      }
+      dot[0] = _mm256_add_epi32(dot[0], _mm256_madd_epi16(s16, ones));
+    }
+    if constexpr (P == Pack::kQ4_0 || P == Pack::kQ5_0) {
+      const int zero = P == Pack::kQ4_0 ? 8 : 16;
+      dot[0] = _mm256_add_epi32(dot[0], _mm256_set1_epi32(-zero * qsum));
+    }
+  }
+}
+
+// 8 rows (half h of group g) x NT tokens. kTwoDigits: as in matmul_avx512.cc.
+template <Pack P, int NT, bool kTwoDigits>
 KVSHARE_TARGET_AVX2 void Int8Tile(const CpuWeight& w, int64_t g, int h, const QuantizedBatch& x,
                                   int t0, float* out, int64_t ldo, int valid) {
   const int64_t nb = w.blocks();
   const bool offsets = MayHaveOffsets(P) && (P != Pack::kQ8F || w.has_offsets());
   const __m256i low_nibbles = _mm256_set1_epi8(0x0f);
-  const __m256i ones = _mm256_set1_epi16(1);
+  const __m256 second_digit = _mm256_set1_ps(1.0f / kSecondDigitBase);
   __m256 acc[NT];
   for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
 
@@ -108,47 +142,29 @@ KVSHARE_TARGET_AVX2 void Int8Tile(const CpuWeight& w, int64_t g, int h, const Qu
     __m256 d[2], m;
     LoadScales<P>(w, g, b, h, d, &m);
     for (int t = 0; t < NT; ++t) {
-      const int64_t xt = t0 + t;
-      const int8_t* xq = x.q + xt * x.cols + b * 32;
-      const __m256 xscale = _mm256_set1_ps(x.scale[xt * x.nb + b]);
-      if constexpr (BytesForm(P)) {
-        // Moving q's sign onto x keeps maddubs' unsigned operand |q| <= 128: no saturation.
-        // kQ8F: the two 16-element halves (dwords 0..3, 4..7) are summed apart.
-        __m256i dot[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
-        for (int j = 0; j < 8; ++j) {
-          const __m256i xs = _mm256_sign_epi8(BroadcastDword(xq + 4 * j), ws[j]);
-          __m256i& dj = dot[P == Pack::kQ8F ? j / 4 : 0];
-          dj = _mm256_add_epi32(dj, _mm256_madd_epi16(_mm256_maddubs_epi16(wq[j], xs), ones));
+      const int64_t xt = t0 + t, xb = xt * x.nb + b;
+      const __m256 xscale = _mm256_set1_ps(x.scale[xb]);
+      constexpr int kHalves = P == Pack::kQ8F ? 2 : 1;
+      __m256i dot[2];
+      BlockDot<P>(wq, ws, x.q + xt * x.cols + b * 32, x.qsum[xb], dot);
+      __m256 f[2];
+      for (int i = 0; i < kHalves; ++i) f[i] = _mm256_cvtepi32_ps(dot[i]);
+      if constexpr (kTwoDigits) {
+        BlockDot<P>(wq, ws, x.q2 + xt * x.cols + b * 32, x.q2sum[xb], dot);
+        for (int i = 0; i < kHalves; ++i) {
+          f[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[i]), second_digit, f[i]);
         }
-        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[0]), _mm256_mul_ps(d[0], xscale), acc[t]);
-        if constexpr (P == Pack::kQ8F) {
-          acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[1]), _mm256_mul_ps(d[1], xscale), acc[t]);
-        }
-      } else {
-        // Nibble products are <= 15 * 127 * 2 per pair; eight of them fit in int16. kQ5_0's
-        // are <= 31 * 127 * 2: four of them.
-        constexpr int kPerSum = P == Pack::kQ5_0 ? 4 : 8;
-        __m256i dot = _mm256_setzero_si256();
-        for (int j0 = 0; j0 < 8; j0 += kPerSum) {
-          __m256i s16 = _mm256_maddubs_epi16(wq[j0], BroadcastDword(xq + 4 * j0));
-          for (int j = j0 + 1; j < j0 + kPerSum; ++j) {
-            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(wq[j], BroadcastDword(xq + 4 * j)));
-          }
-          dot = _mm256_add_epi32(dot, _mm256_madd_epi16(s16, ones));
-        }
-        if constexpr (P == Pack::kQ4_0 || P == Pack::kQ5_0) {
-          const int zero = P == Pack::kQ4_0 ? 8 : 16;
-          dot = _mm256_add_epi32(dot, _mm256_set1_epi32(-zero * x.qsum[xt * x.nb + b]));
-        }
-        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(d[0], xscale), acc[t]);
       }
-      if (offsets) acc[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(x.sum[xt * x.nb + b]), acc[t]);
+      for (int i = 0; i < kHalves; ++i) {
+        acc[t] = _mm256_fmadd_ps(f[i], _mm256_mul_ps(d[i], xscale), acc[t]);
+      }
+      if (offsets) acc[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(x.sum[xb]), acc[t]);
     }
   }
   for (int t = 0; t < NT; ++t) StoreRows(out + t * ldo, acc[t], valid);
 }
 
-template <Pack P>
+template <Pack P, bool kTwoDigits>
 KVSHARE_TARGET_AVX2 void Int8GroupsT(const CpuWeight& w, const QuantizedBatch& x, int t0, int t1,
                                      int64_t g0, int64_t g1, float* out) {
   const int64_t rows = w.rows();
@@ -160,16 +176,16 @@ KVSHARE_TARGET_AVX2 void Int8GroupsT(const CpuWeight& w, const QuantizedBatch& x
         float* o = out + t * rows + g * kGroupRows + 8 * h;
         switch (std::min(kTokenTile, t1 - t)) {
           case 1:
-            Int8Tile<P, 1>(w, g, h, x, t, o, rows, valid);
+            Int8Tile<P, 1, kTwoDigits>(w, g, h, x, t, o, rows, valid);
             break;
           case 2:
-            Int8Tile<P, 2>(w, g, h, x, t, o, rows, valid);
+            Int8Tile<P, 2, kTwoDigits>(w, g, h, x, t, o, rows, valid);
             break;
           case 3:
-            Int8Tile<P, 3>(w, g, h, x, t, o, rows, valid);
+            Int8Tile<P, 3, kTwoDigits>(w, g, h, x, t, o, rows, valid);
             break;
           default:
-            Int8Tile<P, 4>(w, g, h, x, t, o, rows, valid);
+            Int8Tile<P, 4, kTwoDigits>(w, g, h, x, t, o, rows, valid);
             break;
         }
       }
@@ -303,6 +319,25 @@ KVSHARE_TARGET_AVX2 void DenseRowsT(const CpuWeight& w, const float* x, int t0, 
 
 }  // namespace
 
+namespace {
+
+// Stores 4 x 8 int32 (each in [-127, 127]) as 32 int8 in order and returns their sum.
+KVSHARE_TARGET_AVX2 int32_t PackBlock(const __m256i* q, int8_t* dst) {
+  // packs interleave 128-bit lanes; undo with a permute.
+  const __m256i p16a = _mm256_packs_epi32(q[0], q[1]);
+  const __m256i p16b = _mm256_packs_epi32(q[2], q[3]);
+  const __m256i p8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(p16a, p16b),
+                                                 _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), p8);
+  const __m256i qs = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+  __m128i q4 = _mm_add_epi32(_mm256_castsi256_si128(qs), _mm256_extracti128_si256(qs, 1));
+  q4 = _mm_add_epi32(q4, _mm_shuffle_epi32(q4, 0x4e));
+  q4 = _mm_add_epi32(q4, _mm_shuffle_epi32(q4, 0xb1));
+  return _mm_cvtsi128_si32(q4);
+}
+
+}  // namespace
+
 KVSHARE_TARGET_AVX2 void QuantizeActivations(const float* x, int64_t cols,
                                              const QuantizedActivations& out) {
   const __m256 sign_off = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
@@ -318,19 +353,22 @@ KVSHARE_TARGET_AVX2 void QuantizeActivations(const float* x, int64_t cols,
     const float amax = _mm_cvtss_f32(m4);
     const float inv = amax != 0.0f ? 127.0f / amax : 0.0f;
     const __m256 iv = _mm256_set1_ps(inv);
+    __m256 steps[4];
     __m256i q[4];
-    for (int i = 0; i < 4; ++i) q[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], iv));
-    // Pack 4 x 8 int32 to 32 int8 in order (packs interleave 128-bit lanes; undo with a permute).
-    const __m256i p16a = _mm256_packs_epi32(q[0], q[1]);
-    const __m256i p16b = _mm256_packs_epi32(q[2], q[3]);
-    const __m256i p8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(p16a, p16b),
-                                                   _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out.q + 32 * b), p8);
-    const __m256i qs = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
-    __m128i q4 = _mm_add_epi32(_mm256_castsi256_si128(qs), _mm256_extracti128_si256(qs, 1));
-    q4 = _mm_add_epi32(q4, _mm_shuffle_epi32(q4, 0x4e));
-    q4 = _mm_add_epi32(q4, _mm_shuffle_epi32(q4, 0xb1));
-    out.qsum[b] = _mm_cvtsi128_si32(q4);
+    for (int i = 0; i < 4; ++i) {
+      steps[i] = _mm256_mul_ps(v[i], iv);
+      q[i] = _mm256_cvtps_epi32(steps[i]);
+    }
+    out.qsum[b] = PackBlock(q, out.q + 32 * b);
+    if (out.q2 != nullptr) {  // the second digit: what rounding to q left, in 1/254 steps
+      const __m256 base = _mm256_set1_ps(kSecondDigitBase);
+      __m256i q2[4];
+      for (int i = 0; i < 4; ++i) {
+        q2[i] = _mm256_cvtps_epi32(
+            _mm256_mul_ps(_mm256_sub_ps(steps[i], _mm256_cvtepi32_ps(q[i])), base));
+      }
+      out.q2sum[b] = PackBlock(q2, out.q2 + 32 * b);
+    }
     out.scale[b] = amax / 127.0f;
     // The sum in QuantizeActivationsRef's order: lanes l + l+16, then halving.
     const __m256 a = _mm256_add_ps(v[0], v[2]);  // lanes 0..7
@@ -339,24 +377,35 @@ KVSHARE_TARGET_AVX2 void QuantizeActivations(const float* x, int64_t cols,
   }
 }
 
-void Int8Groups(const CpuWeight& w, const QuantizedBatch& x, int t0, int t1, int64_t g0, int64_t g1,
-                float* out) {
+namespace {
+
+template <bool kTwoDigits>
+void Int8GroupsOf(const CpuWeight& w, const QuantizedBatch& x, int t0, int t1, int64_t g0,
+                  int64_t g1, float* out) {
   switch (w.pack()) {
     case Pack::kQ8_0:
-      return Int8GroupsT<Pack::kQ8_0>(w, x, t0, t1, g0, g1, out);
+      return Int8GroupsT<Pack::kQ8_0, kTwoDigits>(w, x, t0, t1, g0, g1, out);
     case Pack::kQ4_0:
-      return Int8GroupsT<Pack::kQ4_0>(w, x, t0, t1, g0, g1, out);
+      return Int8GroupsT<Pack::kQ4_0, kTwoDigits>(w, x, t0, t1, g0, g1, out);
     case Pack::kQ5_0:
-      return Int8GroupsT<Pack::kQ5_0>(w, x, t0, t1, g0, g1, out);
+      return Int8GroupsT<Pack::kQ5_0, kTwoDigits>(w, x, t0, t1, g0, g1, out);
     case Pack::kQ4_1:
-      return Int8GroupsT<Pack::kQ4_1>(w, x, t0, t1, g0, g1, out);
+      return Int8GroupsT<Pack::kQ4_1, kTwoDigits>(w, x, t0, t1, g0, g1, out);
     case Pack::kQ4F:
-      return Int8GroupsT<Pack::kQ4F>(w, x, t0, t1, g0, g1, out);
+      return Int8GroupsT<Pack::kQ4F, kTwoDigits>(w, x, t0, t1, g0, g1, out);
     case Pack::kQ8F:
-      return Int8GroupsT<Pack::kQ8F>(w, x, t0, t1, g0, g1, out);
+      return Int8GroupsT<Pack::kQ8F, kTwoDigits>(w, x, t0, t1, g0, g1, out);
     case Pack::kNone:
       return;
   }
+}
+
+}  // namespace
+
+void Int8Groups(const CpuWeight& w, const QuantizedBatch& x, int t0, int t1, int64_t g0, int64_t g1,
+                float* out) {
+  if (x.q2 != nullptr) return Int8GroupsOf<true>(w, x, t0, t1, g0, g1, out);
+  Int8GroupsOf<false>(w, x, t0, t1, g0, g1, out);
 }
 
 void F32Groups(const CpuWeight& w, const float* x, const float* xsum, int t0, int t1, int64_t g0,

@@ -77,13 +77,50 @@ KVSHARE_TARGET_AVX512 inline void FiveBitChunk(const uint8_t* qb, int k, __m512i
                         _mm512_and_si512(high, bit4));
 }
 
+// The integer dot of one block's 16 rows with one row of quantized x (xq: the block's 32 int8;
+// qsum, qsum_lo: their sum and their first half's, for the zero points): *half0 the whole dot,
+// except for kQ8F (two scales per block), whose halves are *half0 and *half1.
+template <Pack P>
+KVSHARE_TARGET_AVX512 inline void BlockDot(const __m512i* wq, const int8_t* xq, int32_t qsum,
+                                           int32_t qsum_lo, __m512i* half0, __m512i* half1) {
+  if constexpr (P == Pack::kQ8F) {
+    // Stored bytes are q + 128, so each half's dot overshoots by 128 * (its sum of xq).
+    __m512i i0 = _mm512_set1_epi32(-128 * qsum_lo);
+    __m512i i1 = _mm512_set1_epi32(-128 * (qsum - qsum_lo));
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) {
+      i0 = _mm512_dpbusd_epi32(i0, wq[j], BroadcastDword(xq + 4 * j));
+      i1 = _mm512_dpbusd_epi32(i1, wq[j + 4], BroadcastDword(xq + 16 + 4 * j));
+    }
+    *half0 = i0;
+    *half1 = i1;
+  } else {
+    // Zero points: Q4_0 stores nibble = q + 8, Q5_0 q + 16, the packed Q8_0 q + 128; their dot
+    // with x overshoots by 8 (16, 128) * sum(xq), so the integer sum starts there.
+    __m512i i0 = _mm512_setzero_si512();
+    if constexpr (P == Pack::kQ4_0) i0 = _mm512_set1_epi32(-8 * qsum);
+    if constexpr (P == Pack::kQ5_0) i0 = _mm512_set1_epi32(-16 * qsum);
+    if constexpr (P == Pack::kQ8_0) i0 = _mm512_set1_epi32(-128 * qsum);
+    __m512i i1 = _mm512_setzero_si512();
+#pragma GCC unroll 4
+    for (int j = 0; j < 8; j += 2) {
+      i0 = _mm512_dpbusd_epi32(i0, wq[j], BroadcastDword(xq + 4 * j));
+      i1 = _mm512_dpbusd_epi32(i1, wq[j + 1], BroadcastDword(xq + 4 * j + 4));
+    }
+    *half0 = _mm512_add_epi32(i0, i1);
+  }
+}
+
 // 16 rows (one group) x NT tokens, integer dot products. out points at out[t0][16 g].
-template <Pack P, int NT>
+// kTwoDigits (Activations::kInt8x2): each x is q + q2 / 254 steps of its block's scale; the
+// two digits' integer dots are summed in fp32 before the scale.
+template <Pack P, int NT, bool kTwoDigits>
 KVSHARE_TARGET_AVX512 void Int8Tile(const CpuWeight& w, int64_t g, const QuantizedBatch& x, int t0,
                                     float* out, int64_t ldo, int valid) {
   const int64_t nb = w.blocks();
   const bool offsets = MayHaveOffsets(P) && (P != Pack::kQ8F || w.has_offsets());
   const __m512i low_nibbles = _mm512_set1_epi8(0x0f);
+  const __m512 second_digit = _mm512_set1_ps(1.0f / kSecondDigitBase);
   __m512 acc[NT];
 #pragma GCC unroll 8
   for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
@@ -112,46 +149,32 @@ KVSHARE_TARGET_AVX512 void Int8Tile(const CpuWeight& w, int64_t g, const Quantiz
     LoadScales<P>(w, g, b, d, &m);
 #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) {
-      const int64_t xt = t0 + t;
-      const int8_t* xq = x.q + xt * x.cols + b * 32;
-      const __m512 xs = _mm512_set1_ps(x.scale[xt * x.nb + b]);
-      if constexpr (P == Pack::kQ8F) {
-        // Two scales per block: the halves are summed apart. Stored bytes are q + 128, so each
-        // half's dot overshoots by 128 * (its sum of xq).
-        const int32_t lo_sum = x.qsum_lo[xt * x.nb + b];
-        __m512i i0 = _mm512_set1_epi32(-128 * lo_sum);
-        __m512i i1 = _mm512_set1_epi32(-128 * (x.qsum[xt * x.nb + b] - lo_sum));
-#pragma GCC unroll 4
-        for (int j = 0; j < 4; ++j) {
-          i0 = _mm512_dpbusd_epi32(i0, wq[j], BroadcastDword(xq + 4 * j));
-          i1 = _mm512_dpbusd_epi32(i1, wq[j + 4], BroadcastDword(xq + 16 + 4 * j));
+      const int64_t xt = t0 + t, xb = xt * x.nb + b;
+      const __m512 xs = _mm512_set1_ps(x.scale[xb]);
+      __m512i i0, i1;
+      BlockDot<P>(wq, x.q + xt * x.cols + b * 32, x.qsum[xb], P == Pack::kQ8F ? x.qsum_lo[xb] : 0,
+                  &i0, &i1);
+      __m512 f0 = _mm512_cvtepi32_ps(i0), f1;
+      if constexpr (P == Pack::kQ8F) f1 = _mm512_cvtepi32_ps(i1);
+      if constexpr (kTwoDigits) {
+        __m512i j0, j1;
+        BlockDot<P>(wq, x.q2 + xt * x.cols + b * 32, x.q2sum[xb],
+                    P == Pack::kQ8F ? x.q2sum_lo[xb] : 0, &j0, &j1);
+        f0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(j0), second_digit, f0);
+        if constexpr (P == Pack::kQ8F) {
+          f1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(j1), second_digit, f1);
         }
-        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i0), _mm512_mul_ps(d[0], xs), acc[t]);
-        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i1), _mm512_mul_ps(d[1], xs), acc[t]);
-      } else {
-        // Zero points: Q4_0 stores nibble = q + 8, Q5_0 q + 16, the packed Q8_0 q + 128; their
-        // dot with x overshoots by 8 (16, 128) * sum(xq), so the integer sum starts there.
-        __m512i i0 = _mm512_setzero_si512();
-        if constexpr (P == Pack::kQ4_0) i0 = _mm512_set1_epi32(-8 * x.qsum[xt * x.nb + b]);
-        if constexpr (P == Pack::kQ5_0) i0 = _mm512_set1_epi32(-16 * x.qsum[xt * x.nb + b]);
-        if constexpr (P == Pack::kQ8_0) i0 = _mm512_set1_epi32(-128 * x.qsum[xt * x.nb + b]);
-        __m512i i1 = _mm512_setzero_si512();
-#pragma GCC unroll 4
-        for (int j = 0; j < 8; j += 2) {
-          i0 = _mm512_dpbusd_epi32(i0, wq[j], BroadcastDword(xq + 4 * j));
-          i1 = _mm512_dpbusd_epi32(i1, wq[j + 1], BroadcastDword(xq + 4 * j + 4));
-        }
-        const __m512 s = _mm512_mul_ps(d[0], xs);
-        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(i0, i1)), s, acc[t]);
       }
-      if (offsets) acc[t] = _mm512_fmadd_ps(m, _mm512_set1_ps(x.sum[xt * x.nb + b]), acc[t]);
+      acc[t] = _mm512_fmadd_ps(f0, _mm512_mul_ps(d[0], xs), acc[t]);
+      if constexpr (P == Pack::kQ8F) acc[t] = _mm512_fmadd_ps(f1, _mm512_mul_ps(d[1], xs), acc[t]);
+      if (offsets) acc[t] = _mm512_fmadd_ps(m, _mm512_set1_ps(x.sum[xb]), acc[t]);
     }
   }
 #pragma GCC unroll 8
   for (int t = 0; t < NT; ++t) StoreRows(out + t * ldo, acc[t], valid);
 }
 
-template <Pack P>
+template <Pack P, bool kTwoDigits>
 KVSHARE_TARGET_AVX512 void Int8GroupsT(const CpuWeight& w, const QuantizedBatch& x, int t0, int t1,
                                        int64_t g0, int64_t g1, float* out) {
   const int64_t rows = w.rows();
@@ -161,28 +184,28 @@ KVSHARE_TARGET_AVX512 void Int8GroupsT(const CpuWeight& w, const QuantizedBatch&
       float* o = out + t * rows + g * kGroupRows;
       switch (std::min(kTokenTile, t1 - t)) {
         case 1:
-          Int8Tile<P, 1>(w, g, x, t, o, rows, valid);
+          Int8Tile<P, 1, kTwoDigits>(w, g, x, t, o, rows, valid);
           break;
         case 2:
-          Int8Tile<P, 2>(w, g, x, t, o, rows, valid);
+          Int8Tile<P, 2, kTwoDigits>(w, g, x, t, o, rows, valid);
           break;
         case 3:
-          Int8Tile<P, 3>(w, g, x, t, o, rows, valid);
+          Int8Tile<P, 3, kTwoDigits>(w, g, x, t, o, rows, valid);
           break;
         case 4:
-          Int8Tile<P, 4>(w, g, x, t, o, rows, valid);
+          Int8Tile<P, 4, kTwoDigits>(w, g, x, t, o, rows, valid);
           break;
         case 5:
-          Int8Tile<P, 5>(w, g, x, t, o, rows, valid);
+          Int8Tile<P, 5, kTwoDigits>(w, g, x, t, o, rows, valid);
           break;
         case 6:
-          Int8Tile<P, 6>(w, g, x, t, o, rows, valid);
+          Int8Tile<P, 6, kTwoDigits>(w, g, x, t, o, rows, valid);
           break;
         case 7:
-          Int8Tile<P, 7>(w, g, x, t, o, rows, valid);
+          Int8Tile<P, 7, kTwoDigits>(w, g, x, t, o, rows, valid);
           break;
         default:
-          Int8Tile<P, 8>(w, g, x, t, o, rows, valid);
+          Int8Tile<P, 8, kTwoDigits>(w, g, x, t, o, rows, valid);
           break;
       }
     }
@@ -393,10 +416,21 @@ KVSHARE_TARGET_AVX512 void QuantizeActivations(const float* x, int64_t cols,
         _mm512_max_ps(_mm512_and_ps(v0, sign_off), _mm512_and_ps(v1, sign_off)));
     const float inv = amax != 0.0f ? 127.0f / amax : 0.0f;
     const __m512 iv = _mm512_set1_ps(inv);
-    const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, iv));  // round to nearest even
-    const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, iv));
+    const __m512 steps0 = _mm512_mul_ps(v0, iv), steps1 = _mm512_mul_ps(v1, iv);
+    const __m512i q0 = _mm512_cvtps_epi32(steps0);  // round to nearest even
+    const __m512i q1 = _mm512_cvtps_epi32(steps1);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out.q + 32 * b), _mm512_cvtsepi32_epi8(q0));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out.q + 32 * b + 16), _mm512_cvtsepi32_epi8(q1));
+    if (out.q2 != nullptr) {  // the second digit: what rounding to q left, in 1/254 steps
+      const __m512 base = _mm512_set1_ps(kSecondDigitBase);
+      const __m512i r0 =
+          _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_sub_ps(steps0, _mm512_cvtepi32_ps(q0)), base));
+      const __m512i r1 =
+          _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_sub_ps(steps1, _mm512_cvtepi32_ps(q1)), base));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out.q2 + 32 * b), _mm512_cvtsepi32_epi8(r0));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out.q2 + 32 * b + 16), _mm512_cvtsepi32_epi8(r1));
+      out.q2sum[b] = _mm512_reduce_add_epi32(_mm512_add_epi32(r0, r1));
+    }
     out.scale[b] = amax / 127.0f;
     out.qsum[b] = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
     // The sum in QuantizeActivationsRef's order: lanes l + l+16, then halving.
@@ -409,24 +443,35 @@ KVSHARE_TARGET_AVX512 void QuantizeActivations(const float* x, int64_t cols,
   }
 }
 
-void Int8Groups(const CpuWeight& w, const QuantizedBatch& x, int t0, int t1, int64_t g0, int64_t g1,
-                float* out) {
+namespace {
+
+template <bool kTwoDigits>
+void Int8GroupsOf(const CpuWeight& w, const QuantizedBatch& x, int t0, int t1, int64_t g0,
+                  int64_t g1, float* out) {
   switch (w.pack()) {
     case Pack::kQ8_0:
-      return Int8GroupsT<Pack::kQ8_0>(w, x, t0, t1, g0, g1, out);
+      return Int8GroupsT<Pack::kQ8_0, kTwoDigits>(w, x, t0, t1, g0, g1, out);
     case Pack::kQ4_0:
-      return Int8GroupsT<Pack::kQ4_0>(w, x, t0, t1, g0, g1, out);
+      return Int8GroupsT<Pack::kQ4_0, kTwoDigits>(w, x, t0, t1, g0, g1, out);
     case Pack::kQ5_0:
-      return Int8GroupsT<Pack::kQ5_0>(w, x, t0, t1, g0, g1, out);
+      return Int8GroupsT<Pack::kQ5_0, kTwoDigits>(w, x, t0, t1, g0, g1, out);
     case Pack::kQ4_1:
-      return Int8GroupsT<Pack::kQ4_1>(w, x, t0, t1, g0, g1, out);
+      return Int8GroupsT<Pack::kQ4_1, kTwoDigits>(w, x, t0, t1, g0, g1, out);
     case Pack::kQ4F:
-      return Int8GroupsT<Pack::kQ4F>(w, x, t0, t1, g0, g1, out);
+      return Int8GroupsT<Pack::kQ4F, kTwoDigits>(w, x, t0, t1, g0, g1, out);
     case Pack::kQ8F:
-      return Int8GroupsT<Pack::kQ8F>(w, x, t0, t1, g0, g1, out);
+      return Int8GroupsT<Pack::kQ8F, kTwoDigits>(w, x, t0, t1, g0, g1, out);
     case Pack::kNone:
       return;
   }
+}
+
+}  // namespace
+
+void Int8Groups(const CpuWeight& w, const QuantizedBatch& x, int t0, int t1, int64_t g0, int64_t g1,
+                float* out) {
+  if (x.q2 != nullptr) return Int8GroupsOf<true>(w, x, t0, t1, g0, g1, out);
+  Int8GroupsOf<false>(w, x, t0, t1, g0, g1, out);
 }
 
 void F32Groups(const CpuWeight& w, const float* x, const float* xsum, int t0, int t1, int64_t g0,

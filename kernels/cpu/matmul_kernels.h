@@ -8,6 +8,8 @@
 //   Int8Groups   x quantized per 32-block to int8 (QuantizedBatch), integer dot products with
 //                the packed quants (AVX-512 VNNI vpdpbusd / AVX2 maddubs), one fp32 fma per
 //                block (two for Pack::kQ8F) and row. The fast path for every quantized type.
+//                With a second digit (QuantizedBatch::q2) each block has two integer dots,
+//                summed in fp32 (q + q2 / 254) before the scale.
 //   F32Groups    fp32 activations, packed quants converted to fp32 in registers and fused into
 //                the fma (no quantization error on x). Kept for the exact mode and as the
 //                measured alternative.
@@ -33,8 +35,17 @@ struct QuantizedBatch {
   // Sum of the q of each block's first 16 elements (Pack::kQ8F weights only, whose two
   // halves have their own scales; null otherwise). Same indexing as qsum.
   int32_t* qsum_lo = nullptr;
+  // The second digits (Activations::kInt8x2; null otherwise), indexed as q, qsum and qsum_lo.
+  int8_t* q2 = nullptr;
+  int32_t* q2sum = nullptr;
+  int32_t* q2sum_lo = nullptr;
   QuantizedActivations Row(int64_t t) const {
-    return {q + t * cols, scale + t * nb, sum + t * nb, qsum + t * nb};
+    return {q + t * cols,
+            scale + t * nb,
+            sum + t * nb,
+            qsum + t * nb,
+            q2 != nullptr ? q2 + t * cols : nullptr,
+            q2 != nullptr ? q2sum + t * nb : nullptr};
   }
 };
 

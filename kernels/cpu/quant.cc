@@ -386,12 +386,21 @@ void QuantizeActivationsRef(const float* x, int64_t n, const QuantizedActivation
     for (int j = 0; j < 32; ++j) amax = std::fmax(amax, std::fabs(xb[j]));
     const float scale = amax / 127.0f;
     const float inv = amax != 0.0f ? 127.0f / amax : 0.0f;
-    int32_t qsum = 0;
+    int32_t qsum = 0, q2sum = 0;
     for (int j = 0; j < 32; ++j) {
-      const int q = static_cast<int>(std::nearbyint(xb[j] * inv));
+      const float steps = xb[j] * inv;
+      const int q = static_cast<int>(std::nearbyint(steps));
       out.q[b * 32 + j] = static_cast<int8_t>(q);
       qsum += q;
+      if (out.q2 != nullptr) {
+        // steps - q is exact in fp32 (|steps - q| <= 1/2 and q is steps rounded).
+        const int q2 =
+            static_cast<int>(std::nearbyint((steps - static_cast<float>(q)) * kSecondDigitBase));
+        out.q2[b * 32 + j] = static_cast<int8_t>(q2);
+        q2sum += q2;
+      }
     }
+    if (out.q2 != nullptr) out.q2sum[b] = q2sum;
     // The sum in a fixed order (pairwise over 16 lanes) so that the SIMD quantizer matches it
     // bit for bit: lane l sums elements l and l + 16, then the 16 lanes are reduced as a tree.
     float lane[16];

@@ -101,11 +101,19 @@ void QuantizeRow(DType type, const float* src, int64_t n, void* dst);
 // x[c] ~= scale[b] * q[c] (b = c / 32), scale = max|x_b| / 127, q = round-to-even(x * 127/max).
 // `sum[b]` is the exact fp32 sum of the block's x (Q4_1 needs it for its offset m), and
 // `qsum[b]` the sum of the block's q (Q4_0 and Q8_0 kernels need it for their zero point).
+//
+// A second int8 digit (when q2 is set; MatMulOptions Activations::kInt8x2): what rounding to q
+// left of x * 127/max, in steps of 1/254: q2[c] = round-to-even(254 (x[c] * 127/max - q[c])), in
+// [-127, 127], so x[c] ~= scale (q[c] + q2[c] / 254) within max / 64516 (plus fp32 rounding):
+// about 16 bits per block where one digit carries 8. `q2sum[b]` is the sum of the block's q2.
+constexpr float kSecondDigitBase = 254.0f;
 struct QuantizedActivations {
-  int8_t* q;      // [n]
-  float* scale;   // [n / 32]
-  float* sum;     // [n / 32]
-  int32_t* qsum;  // [n / 32]
+  int8_t* q;                 // [n]
+  float* scale;              // [n / 32]
+  float* sum;                // [n / 32]
+  int32_t* qsum;             // [n / 32]
+  int8_t* q2 = nullptr;      // [n], or null: one digit
+  int32_t* q2sum = nullptr;  // [n / 32]
 };
 void QuantizeActivationsRef(const float* x, int64_t n, const QuantizedActivations& out);
 

@@ -27,29 +27,34 @@ void MatMul(const Tensor& w, const float* x, int n, float* out, float* abs_out) 
   }
 }
 
-void MatMulQ8Activations(const Tensor& w, const float* x, int n, float* out) {
+void MatMulQ8Activations(const Tensor& w, const float* x, int n, float* out, bool two_digits) {
   const int64_t rows = w.rows(), cols = w.cols(), nb = cols / 32;
-  std::vector<int8_t> xq(n * cols);
+  std::vector<int8_t> xq(n * cols), xq2(n * cols);
   std::vector<float> xs(n * nb), xsum(n * nb);
-  std::vector<int32_t> xqsum(n * nb);
+  std::vector<int32_t> xqsum(n * nb), xq2sum(n * nb);
   for (int t = 0; t < n; ++t) {
     QuantizeActivationsRef(x + t * cols, cols,
-                           {&xq[t * cols], &xs[t * nb], &xsum[t * nb], &xqsum[t * nb]});
+                           {&xq[t * cols], &xs[t * nb], &xsum[t * nb], &xqsum[t * nb],
+                            two_digits ? &xq2[t * cols] : nullptr, &xq2sum[t * nb]});
   }
+  // x[c] in steps of its block's scale: the first digit, plus the second one's 1/254 steps.
+  auto steps = [&](int64_t i) {
+    return xq[i] + (two_digits ? xq2[i] / static_cast<double>(kSecondDigitBase) : 0.0);
+  };
   for (int64_t r = 0; r < rows; ++r) {
     const uint8_t* wr = w.row_data(r);
     for (int t = 0; t < n; ++t) {
       double sum = 0.0;
       for (int64_t b = 0; b < nb; ++b) {
-        const int8_t* q = &xq[t * cols + b * 32];
-        int32_t dot = 0;
+        const int64_t x0 = t * cols + b * 32;
+        double dot = 0.0;
         double d, m = 0.0;
         if (HasBlock32Form(w.type)) {
-          // Per-16 scales: the two halves' integer dots are scaled apart.
+          // Per-16 scales: the two halves' dots are scaled apart.
           Block32 blk;
           DecodeBlock32(w.type, wr, b, &blk);
-          int32_t half[2] = {0, 0};
-          for (int j = 0; j < 32; ++j) half[j / 16] += blk.q[j] * q[j];
+          double half[2] = {0.0, 0.0};
+          for (int j = 0; j < 32; ++j) half[j / 16] += blk.q[j] * steps(x0 + j);
           sum += xs[t * nb + b] * (static_cast<double>(blk.scale[0]) * half[0] +
                                    static_cast<double>(blk.scale[1]) * half[1]) +
                  static_cast<double>(blk.offset) * xsum[t * nb + b];
@@ -57,18 +62,20 @@ void MatMulQ8Activations(const Tensor& w, const float* x, int n, float* out) {
         }
         if (w.type == DType::kQ8_0) {
           const BlockQ8_0& blk = reinterpret_cast<const BlockQ8_0*>(wr)[b];
-          for (int j = 0; j < 32; ++j) dot += blk.qs[j] * q[j];
+          for (int j = 0; j < 32; ++j) dot += blk.qs[j] * steps(x0 + j);
           d = Fp16ToFp32(blk.d);
         } else if (w.type == DType::kQ4_0) {
           const BlockQ4_0& blk = reinterpret_cast<const BlockQ4_0*>(wr)[b];
           for (int j = 0; j < 16; ++j) {
-            dot += ((blk.qs[j] & 15) - 8) * q[j] + ((blk.qs[j] >> 4) - 8) * q[j + 16];
+            dot += ((blk.qs[j] & 15) - 8) * steps(x0 + j) +
+                   ((blk.qs[j] >> 4) - 8) * steps(x0 + j + 16);
           }
           d = Fp16ToFp32(blk.d);
         } else {  // Q4_1
           const BlockQ4_1& blk = reinterpret_cast<const BlockQ4_1*>(wr)[b];
-          for (int j = 0; j < 16; ++j)
-            dot += (blk.qs[j] & 15) * q[j] + (blk.qs[j] >> 4) * q[j + 16];
+          for (int j = 0; j < 16; ++j) {
+            dot += (blk.qs[j] & 15) * steps(x0 + j) + (blk.qs[j] >> 4) * steps(x0 + j + 16);
+          }
           d = Fp16ToFp32(blk.d);
           m = Fp16ToFp32(blk.m);
         }

@@ -18,8 +18,10 @@ void MatMul(const Tensor& w, const float* x, int n, float* out, float* abs_out =
 // The integer dot-product path: x quantized per 32-block to int8 (QuantizeActivationsRef),
 // then each block's exact integer dot with the weight's quants (per 16-element half for the
 // types with per-16 scales, see DecodeBlock32), scaled in double; offsets use the exact sum.
-// What the int8-activation kernels compute, up to fp32 rounding.
-void MatMulQ8Activations(const Tensor& w, const float* x, int n, float* out);
+// What the int8-activation kernels compute, up to fp32 rounding. two_digits: x as two int8
+// digits (quant.h QuantizedActivations::q2), what Activations::kInt8x2 computes.
+void MatMulQ8Activations(const Tensor& w, const float* x, int n, float* out,
+                         bool two_digits = false);
 
 void Embed(const Tensor& table, const int32_t* ids, int n, float* out);
 

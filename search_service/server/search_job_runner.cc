@@ -505,8 +505,8 @@ void SearchJobRunner::Run(const std::shared_ptr<Job>& job) {
     }
     if (search.plan.has_value()) {
       // The KV plan search measures (and records) the held-out quality as it trims.
-      return RunKvPlanAsSearch(*model.model, *backend, search.calibration, *job->heldout,
-                               search_threads_, *search.plan, hooks);
+      return RunKvPlanAsSearch(*model.model, search.calibration, *job->heldout, search_threads_,
+                               *search.plan, hooks);
     }
     return RunStrategySearch(*model.model, *backend, search.calibration, search.selection, hooks);
   });

@@ -22,7 +22,7 @@ namespace {
 std::unique_ptr<Engine> MakeEngine(const Model& model, bool int8) {
   CpuBackendOptions options;
   options.threads = 2;
-  options.matmul.int8_activations = int8;
+  options.matmul.activations = int8 ? cpu::Activations::kInt8 : cpu::Activations::kF32;
   auto engine = Engine::Create(model, MakeCpuBackend(options));
   EXPECT_TRUE(engine.ok()) << engine.status();
   return std::move(*engine);

@@ -126,7 +126,7 @@ void CheckTolerance(const Loaded& l, const std::string& name, std::vector<int> o
     // kvshare-worker --int8-activations (opt-in, not the default): f16 KV on int8 matmuls.
     CpuBackendOptions o;
     o.threads = 2;
-    o.matmul.int8_activations = true;
+    o.matmul.activations = cpu::Activations::kInt8;
     auto probe = QualityProbe::Create(*l.model, *l.tokenizer, MakeCpuBackend(o), KvType::kF16);
     ASSERT_TRUE(probe.ok()) << probe.status();
     auto r = (*probe)->Measure(nullptr);

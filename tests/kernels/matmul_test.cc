@@ -7,6 +7,7 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/half.h"
 #include "kernels/cpu/packed_weight.h"
+#include "kernels/cpu/quant.h"
 #include "kernels/cpu/reference.h"
 #include "tests/kernels/kernel_test_util.h"
 
@@ -26,16 +27,18 @@ struct Case {
   OwnedTensor w;
   int n;
   std::vector<float> x;
-  std::vector<float> ref;      // exact fp32 weights x fp32 activations, double sums
-  std::vector<float> ref_abs;  // sum |x * w| per output
-  std::vector<float> ref_q8;   // quantized types: int8 activations, exact integer dots
-  std::vector<float> bound;    // quantized types: |ref - ref_q8| <= bound (see below)
+  std::vector<float> ref;       // exact fp32 weights x fp32 activations, double sums
+  std::vector<float> ref_abs;   // sum |x * w| per output
+  std::vector<float> ref_q8;    // quantized types: int8 activations, exact integer dots
+  std::vector<float> ref_q8x2;  // quantized types: two int8 digits, exact integer dots
+  std::vector<float> bound;     // quantized types: |ref - ref_q8| <= bound (see below)
 };
 
 // The int8-activation error bound: x[c] is replaced by s_b * q[c] with |x[c] - s_b q[c]| <=
 // s_b / 2, so each output moves by at most sum_c |Wq[r][c]| * s_b(c) / 2, where Wq is the part
 // of the weight multiplied by the quantized x: all of it, except the offset of Q4_1, Q5_1, Q4_K
-// and Q5_K (its term uses the exact sum of x).
+// and Q5_K (its term uses the exact sum of x). Two digits leave at most s_b / 508 of each x:
+// the bound over 254.
 std::vector<float> Int8Bound(const Tensor& w, const std::vector<float>& x, int n) {
   const int64_t rows = w.rows(), cols = w.cols();
   std::vector<float> row(cols), bound(n * rows);
@@ -71,6 +74,7 @@ Case MakeCase(DType type, int rows, int cols, int n, uint32_t seed) {
          {},
          {},
          {},
+         {},
          {}};
   c.ref.resize(static_cast<size_t>(n) * rows);
   c.ref_abs.resize(c.ref.size());
@@ -78,6 +82,9 @@ Case MakeCase(DType type, int rows, int cols, int n, uint32_t seed) {
   if (testing::IsQuantized(type)) {
     c.ref_q8.resize(c.ref.size());
     cpu::ref::MatMulQ8Activations(c.w.tensor, c.x.data(), n, c.ref_q8.data());
+    c.ref_q8x2.resize(c.ref.size());
+    cpu::ref::MatMulQ8Activations(c.w.tensor, c.x.data(), n, c.ref_q8x2.data(),
+                                  /*two_digits=*/true);
     c.bound = Int8Bound(c.w.tensor, c.x, n);
   }
   return c;
@@ -111,25 +118,27 @@ void ExpectClose(const std::vector<float>& got, const std::vector<float>& want,
 struct Mode {
   const char* name;
   MatMulOptions options;
-  bool int8;  // compared with ref_q8 (and the int8 bound) instead of ref
 };
 
 std::vector<Mode> Modes(DType type) {
   MatMulOptions int8_gemm;  // int8 activations, integer GEMM for large n
-  int8_gemm.int8_activations = true;
+  int8_gemm.activations = cpu::Activations::kInt8;
   MatMulOptions int8_sgemm = int8_gemm;
   int8_sgemm.quant_gemm = QuantGemm::kSgemm;
+  MatMulOptions int8x2 = int8_gemm;
+  int8x2.activations = cpu::Activations::kInt8x2;
   MatMulOptions exact;
-  exact.int8_activations = false;
+  exact.activations = cpu::Activations::kF32;
   MatMulOptions never_gemm = exact;
   never_gemm.gemm_min_tokens = 1 << 30;
   if (!testing::IsQuantized(type)) {
-    return {{"small-n kernels", never_gemm, false}, {"default", exact, false}};
+    return {{"small-n kernels", never_gemm}, {"default", exact}};
   }
-  return {{"int8", int8_gemm, true},
-          {"int8+sgemm", int8_sgemm, true},
-          {"exact fused", never_gemm, false},
-          {"exact+sgemm", exact, false}};
+  return {{"int8", int8_gemm},
+          {"int8+sgemm", int8_sgemm},
+          {"int8x2", int8x2},
+          {"exact fused", never_gemm},
+          {"exact+sgemm", exact}};
 }
 
 class MatMulGridTest : public ::testing::TestWithParam<DType> {};
@@ -156,14 +165,22 @@ TEST_P(MatMulGridTest, MatchesReferenceOnEveryShapeLevelAndMode) {
             auto backend = testing::CpuBackendAt(isa, 2, mode.options);
             const std::vector<float> got = RunMatMul(*backend, c.w.tensor, c.x, n);
             // The scalar level has no int8 kernels: it always computes the exact product.
-            const bool int8 = mode.int8 && isa != Isa::kScalar &&
-                              !(n >= mode.options.gemm_min_tokens &&
-                                mode.options.quant_gemm == QuantGemm::kSgemm);
-            if (int8) {
-              ExpectClose(got, c.ref_q8, c.ref_abs, 2e-6, "vs int8 reference");
+            const bool integer = testing::IsQuantized(type) &&
+                                 mode.options.activations != cpu::Activations::kF32 &&
+                                 isa != Isa::kScalar &&
+                                 !(n >= mode.options.gemm_min_tokens &&
+                                   mode.options.quant_gemm == QuantGemm::kSgemm);
+            if (integer) {
+              const bool two = mode.options.activations == cpu::Activations::kInt8x2;
+              ExpectClose(got, two ? c.ref_q8x2 : c.ref_q8, c.ref_abs, 2e-6,
+                          "vs integer-dot reference");
               std::vector<float> bound(c.bound);
-              for (size_t i = 0; i < bound.size(); ++i) bound[i] += 2e-6f * c.ref_abs[i];
-              ExpectClose(got, c.ref, bound, 1.0, "vs exact reference within the int8 bound");
+              for (size_t i = 0; i < bound.size(); ++i) {
+                // 1% over s_b / 508 for the fp32 rounding of x * 127 / max (steps <= 127).
+                const float digits = two ? cpu::kSecondDigitBase / 1.01f : 1.0f;
+                bound[i] = bound[i] / digits + 2e-6f * c.ref_abs[i];
+              }
+              ExpectClose(got, c.ref, bound, 1.0, "vs exact reference within the digits' bound");
             } else {
               ExpectClose(got, c.ref, c.ref_abs, 1e-5, "vs exact reference");
             }
@@ -220,7 +237,7 @@ TEST(MatMulTest, Int8ResultsDoNotDependOnBatchSize) {
     const std::vector<float> x = testing::RandomFloats(64 * cols, 4);
     CpuBackendOptions options;
     options.threads = 2;
-    options.matmul.int8_activations = true;
+    options.matmul.activations = cpu::Activations::kInt8;
     auto backend = MakeCpuBackend(options);
     const std::vector<float> all = RunMatMul(*backend, w.tensor, x, 64);
     for (int t : {0, 5, 63}) {

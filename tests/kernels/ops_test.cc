@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/cpu/log_sum_exp.h"
 #include "kernels/cpu/reference.h"
 #include "tests/kernels/kernel_test_util.h"
 
@@ -115,6 +116,32 @@ TEST(OpsTest, GeluMulMatchesReference) {
       b->GeluMul(g.data(), u.data(), count, got.data());
       ExpectNear(got, want, 4e-6, 1e-12, std::string("gelu ") + cpu::IsaName(isa));
     }
+  }
+}
+
+// The log-softmax normaliser every reported NLL uses, against long double sums: rows of
+// logits as a model gives them (a spread of ~40 nats, one vocabulary's length among them),
+// equal logits (exactly m + log n) and one dominating logit.
+TEST(OpsTest, LogSumExpMatchesALongDoubleSum) {
+  auto reference = [](const std::vector<float>& x) {
+    long double m = x[0];
+    for (float v : x) m = std::max<long double>(m, v);
+    long double s = 0;
+    for (float v : x) s += std::exp(static_cast<long double>(v) - m);
+    return static_cast<double>(m + std::log(s));
+  };
+  std::vector<std::vector<float>> rows;
+  for (int n : {1, 7, 16, 17, 1000, 49152}) rows.push_back(testing::RandomFloats(n, n, 20.0f));
+  rows.push_back(std::vector<float>(49152, 3.25f));
+  std::vector<float> peak = testing::RandomFloats(4099, 9, 1.0f);
+  peak[1234] = 60.0f;
+  rows.push_back(peak);
+  for (Isa isa : testing::SupportedIsas()) {
+    for (const std::vector<float>& x : rows) {
+      const double got = cpu::LogSumExp(isa, x.data(), int64_t(x.size()));
+      EXPECT_NEAR(got, reference(x), 2e-7) << cpu::IsaName(isa) << " n " << x.size();
+    }
+    EXPECT_NEAR(cpu::LogSumExp(isa, rows[6].data(), 49152), 3.25 + std::log(49152.0), 2e-7);
   }
 }
 

@@ -97,7 +97,7 @@ TEST(RealBlocksTest, EveryMatMulPathGivesGgufsDotProducts) {
     for (cpu::Isa isa : testing::SupportedIsas()) {
       for (bool int8 : {false, true}) {
         cpu::MatMulOptions options;
-        options.int8_activations = int8;
+        options.activations = int8 ? cpu::Activations::kInt8 : cpu::Activations::kF32;
         auto backend = testing::CpuBackendAt(isa, 2, options);
         auto w = backend->Prepare(b.tensor);
         ASSERT_TRUE(w.ok()) << w.status();

@@ -167,9 +167,8 @@ TEST_F(KvPlanJobTest, PublishesThePlanTheLibraryFindsWithinTheBudget) {
   ASSERT_TRUE(l.prepared.plan.has_value());
   // stories260K's head_dim is 8: int4 (32-channel groups) is not offered.
   EXPECT_EQ(l.prepared.plan->lower_types, std::vector<KvType>{KvType::kInt8});
-  auto backend = MakeCpuBackend(2);
-  auto local = RunKvPlanStrategySearch(*l.model, *backend, l.prepared.calibration, l.slice, 2,
-                                       *l.prepared.plan);
+  auto local =
+      RunKvPlanStrategySearch(*l.model, l.prepared.calibration, l.slice, 2, *l.prepared.plan);
   ASSERT_TRUE(local.ok()) << local.status();
   EXPECT_EQ(local->strategy->id(), strategy->id());
   EXPECT_EQ(local->strategy->CanonicalString(), strategy->CanonicalString());
