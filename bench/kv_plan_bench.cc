@@ -20,6 +20,7 @@
 // K over a block, so larger blocks store fewer scales). Times are wall seconds on this machine
 // and the process's CPU seconds (over all threads). --activations: how every forward takes its
 // activations in quantized matmuls (default: the search's, int8x2; f32 is the exact mode).
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <map>
@@ -210,7 +211,29 @@ int RunModel(const Flags& flags, const std::string& name, nlohmann::json* out) {
       if (!ppl.ok()) return ppl.status();
       return NllIncreaseOver(*ppl, (*meter)->baseline());
     };
-    auto run = RunKvPlanSearch(**model, *backend, *calibration, g.block_tokens, o, heldout);
+    // The search's timeline on stderr: each phase's first step and each held-out check.
+    const auto t0 = std::chrono::steady_clock::now();
+    auto elapsed = [&] {
+      return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    };
+    std::string last_phase;
+    KvPlanHooks hooks;
+    hooks.progress = [&](const std::string& phase, int, int) {
+      if (phase == last_phase) return;
+      last_phase = phase;
+      std::fprintf(stderr, "  budget %g%%: %7.1f s  %s\n", budget, elapsed(), phase.c_str());
+    };
+    HeldoutIncreaseFn timed = [&](const KvPlan& plan,
+                                  double reject_above) -> absl::StatusOr<double> {
+      const double start = elapsed();
+      auto h = heldout(plan, reject_above);
+      if (h.ok()) {
+        std::fprintf(stderr, "  budget %g%%: %7.1f s  held-out check %s: %+.4f nats (%.1f s)\n",
+                     budget, elapsed(), Describe(plan).c_str(), *h, elapsed() - start);
+      }
+      return h;
+    };
+    auto run = RunKvPlanSearch(**model, *backend, *calibration, g.block_tokens, o, timed, hooks);
     if (!run.ok()) return std::fprintf(stderr, "%s\n", run.status().ToString().c_str()), 1;
     const KvPlanSearchResult& r = run->search;
     nlohmann::json extra;

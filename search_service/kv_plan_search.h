@@ -10,8 +10,9 @@
 //      one layer a type above it (int4a beside int4) — until one fits the budget. No per-layer
 //      choice among the lower types stores fewer bytes, so the first that fits is the precision
 //      plan (scored once on calibration text), steps 2, 3 and 6 are skipped, and step 5 never
-//      trims below it. When none fits the search goes on from step 2 (one held-out check spent
-//      per floor).
+//      trims below it (nor is the base plan scored on calibration text: the floor's steps cost
+//      their share of its increase over the unshared model). When none fits the search scores
+//      the base plan and goes on from step 2 (one held-out check spent per floor).
 //   2. Sensitivity: score, on the calibration set, the base plan with one layer lowered to each
 //      of options.lower_types (one candidate per layer and type, from that layer on).
 //   3. Precision: per layer the steps base -> int8 -> int4 (a type that costs more than a
@@ -121,9 +122,9 @@ struct KvPlanOptions {
   // figure a result carries comes from one that read all of its text.
   bool early_reject = true;
   // How the runner's forwards (calibration and held-out, kv_plan_runner.h) take activations in
-  // quantized matmuls. Two int8 digits: about 16 bits, 1.6-1.8x the exact mode's prefill speed,
-  // mean NLL within a few 1e-5 nats of it (docs/METHOD.md §6); the search never measures with
-  // int8 (its error, ~0.014 nats on SmolLM2, exceeds a 1% budget).
+  // quantized matmuls. Two int8 digits: about 16 bits, ~1.5x the exact mode's prefill speed on
+  // SmolLM2, its unshared held-out NLL within 3e-5 nats of the exact one (docs/METHOD.md §6);
+  // one int8 digit moves it by 0.014, more than a 1% budget.
   cpu::Activations activations = cpu::Activations::kInt8x2;
   // RunKvPlanStrategySearch: the serving pool's block size the plan is for (the workers'
   // --block-tokens), which the types are simulated and measured with (int4 quantises K over a
