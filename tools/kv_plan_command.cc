@@ -55,7 +55,8 @@ CLI::Option* AddPlanSearchFlags(CLI::App* search, PlanSearchFlags* flags) {
 
 int RunPlanSearchCommand(const Session& session, const PreparedSearch& prepared,
                          HeldoutSlice heldout, const PlanSearchFlags& flags, int best_of,
-                         int threads, int block_tokens, const std::string& out) {
+                         int threads, int block_tokens, std::optional<cpu::Activations> activations,
+                         const std::string& out) {
   const Model& model = *session.model;
   const ModelConfig& c = model.config();
   KvPlanOptions o;
@@ -63,6 +64,7 @@ int RunPlanSearchCommand(const Session& session, const PreparedSearch& prepared,
   o.share = !flags.no_share;
   o.share_best_of = best_of;
   o.block_tokens = block_tokens;
+  if (activations.has_value()) o.activations = *activations;
   auto lower = ParsePlanTypes(flags.plan_types);
   if (!lower.ok()) return Fail(lower.status());
   o.lower_types = *lower;
@@ -76,7 +78,8 @@ int RunPlanSearchCommand(const Session& session, const PreparedSearch& prepared,
   if (!s.ok()) return Fail(s);
   std::cerr << absl::StrFormat(
       "plan search: %s, %d layers; calibration %d x %d tokens; budget %g%% held-out perplexity "
-      "(%.5f nats/token) on %d tokens; %d-token KV blocks; types f16 -> %s; %s\n",
+      "(%.5f nats/token) on %d tokens; %d-token KV blocks; types f16 -> %s; %s; %s "
+      "activations\n",
       c.name, c.n_layers, prepared.calibration.samples, prepared.calibration.tokens,
       o.max_ppl_increase, o.budget_nats(), heldout.targets(), o.block_tokens,
       [&] {
@@ -85,7 +88,8 @@ int RunPlanSearchCommand(const Session& session, const PreparedSearch& prepared,
         for (KvType t : o.floor_types) names.push_back(absl::StrCat(KvTypeName(t), " (floor)"));
         return absl::StrJoin(names, ",");
       }(),
-      o.share ? absl::StrFormat("sharing best of %d", o.share_best_of) : "no sharing");
+      o.share ? absl::StrFormat("sharing best of %d", o.share_best_of) : "no sharing",
+      cpu::ActivationsName(o.activations));
   std::cerr << "quality: the unshared fp32 model's held-out perplexity (the reference)\n";
   ProgressBar bar("plan", "runs");
   KvPlanHooks hooks;

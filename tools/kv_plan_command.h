@@ -2,6 +2,7 @@
 // run locally, its plan written as a strategy with per-layer KV types.
 #pragma once
 
+#include <optional>
 #include <string>
 
 #include "CLI/CLI.hpp"
@@ -23,9 +24,11 @@ CLI::Option* AddPlanSearchFlags(CLI::App* search, PlanSearchFlags* flags);
 
 // Runs the plan search over prepared.calibration, trimming on (and recording the quality of)
 // `heldout`, and writes the strategy to `out`. best_of: --best-of for the sharing step;
-// block_tokens: --block-tokens, the serving pool's block size the plan is searched for.
+// block_tokens: --block-tokens, the serving pool's block size the plan is searched for;
+// activations: --activations / --int8 when given (else the search's default, int8x2).
 int RunPlanSearchCommand(const Session& session, const PreparedSearch& prepared,
                          HeldoutSlice heldout, const PlanSearchFlags& flags, int best_of,
-                         int threads, int block_tokens, const std::string& out);
+                         int threads, int block_tokens, std::optional<cpu::Activations> activations,
+                         const std::string& out);
 
 }  // namespace kvshare::cli

@@ -326,7 +326,14 @@ Runner RegisterSearch(CLI::App& app) {
       }
       return RunPlanSearchCommand(*session, *prepared, std::move(*heldout), flags->plan,
                                   EffectiveBestOf(request), flags->model.threads,
-                                  flags->model.block_tokens, flags->out);
+                                  flags->model.block_tokens, ActivationsFlag(flags->model),
+                                  flags->out);
+    }
+    if (ActivationsFlag(flags->model).value_or(cpu::Activations::kF32) != cpu::Activations::kF32) {
+      return Fail(absl::InvalidArgumentError(absl::StrFormat(
+          "--activations %s: the sharing search measures with exact (f32) activations; "
+          "--activations and --int8 apply to the KV plan search (--max-ppl-increase)",
+          flags->model.int8 ? "int8" : flags->model.activations)));
     }
     // Projection sets: after the held-out slice when it is cut from the calibration text,
     // else after the calibration lines; never overlapping either.

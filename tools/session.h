@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "CLI/CLI.hpp"
@@ -11,6 +12,7 @@
 #include "common/model/model.h"
 #include "common/strategy/sharing_strategy.h"
 #include "common/tokenizer/tokenizer.h"
+#include "kernels/cpu/matmul.h"
 #include "kernels/device_backend.h"
 
 namespace kvshare::cli {
@@ -21,7 +23,9 @@ struct ModelFlags {
   std::string strategy;   // strategy JSON file; empty = identity
   int threads = 0;        // 0 = all cores
   bool int8 = false;      // int8-quantized activations in quantized matmuls (faster, less exact)
-  std::string activations = "f32";  // f32 | int8 | int8x2 (kernels/cpu/matmul.h Activations)
+  // f32 | int8 | int8x2 (kernels/cpu/matmul.h Activations); empty: the command's default
+  // (f32, exact; the KV plan search's own, int8x2).
+  std::string activations;
   int max_step_rows = 256;
   int64_t kv_pool_tokens = 0;       // 0 = max(8192, model context) unshared tokens
   std::string device = "auto";      // auto | cpu | cuda | cuda:N (kernels/device_backend.h)
@@ -42,6 +46,9 @@ struct Session {
   DeviceInfo device;                                // what the engine runs on
   std::string device_note;                          // why that device
 };
+
+// --activations (or --int8) when given; nullopt when neither is.
+std::optional<cpu::Activations> ActivationsFlag(const ModelFlags& flags);
 
 // Loads what the flags name; errors say which flag and file.
 absl::StatusOr<Session> OpenSession(const ModelFlags& flags, bool need_engine = true);

@@ -127,6 +127,47 @@ TEST_F(CliSearchCommandsTest, AWorkerCommandGivenTheSearchServiceSaysWhatItServe
   }
 }
 
+// --activations: the KV plan search measures with two int8 digits unless told otherwise, and
+// says so in its header and the strategy's note; the sharing search refuses anything but f32
+// rather than ignoring the flag.
+TEST_F(CliSearchCommandsTest, ActivationsApplyToThePlanSearchAndAreRecorded) {
+  const std::string out = *dir_ + "/plan.json";
+  const std::vector<std::string> base = {"search",
+                                         "--model",
+                                         testing::Asset("stories260K.bin"),
+                                         "--tokenizer",
+                                         testing::Asset("tok512.bin"),
+                                         "--calibration",
+                                         testing::Asset("tinystories-sample.txt"),
+                                         "--heldout-tokens",
+                                         "512",
+                                         "--heldout-context",
+                                         "128",
+                                         "--out",
+                                         out,
+                                         "--threads",
+                                         "2"};
+  std::vector<std::string> args = base;
+  args.insert(args.end(), {"--target-layers", "2", "--activations", "int8x2"});
+  testing::CliRun run = testing::RunCli(KVSHARE_CLI_BINARY, args);
+  EXPECT_NE(run.exit_code, 0);
+  EXPECT_THAT(run.err, HasSubstr("--activations int8x2: the sharing search measures with exact"));
+
+  for (const char* given : {"", "f32"}) {
+    SCOPED_TRACE(given);
+    args = base;
+    args.insert(args.end(), {"--max-ppl-increase", "5"});
+    if (*given != '\0') args.insert(args.end(), {"--activations", given});
+    run = testing::RunCli(KVSHARE_CLI_BINARY, args);
+    ASSERT_EQ(run.exit_code, 0) << run.err;
+    const std::string name = *given != '\0' ? given : "int8x2";
+    EXPECT_THAT(run.err, HasSubstr(name + " activations"));
+    auto st = SharingStrategy::ReadFile(out);
+    ASSERT_TRUE(st.ok()) << st.status();
+    EXPECT_THAT(st->provenance().note, HasSubstr("forwards with " + name + " activations"));
+  }
+}
+
 // `kvshare search --drop-attention`: the calibrated drop search writes a strategy of dropped
 // layers (with their linear substitutes when those beat the bare drops), its held-out quality
 // on record, and the service takes it like any strategy.
