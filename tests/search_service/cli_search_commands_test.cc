@@ -127,26 +127,32 @@ TEST_F(CliSearchCommandsTest, AWorkerCommandGivenTheSearchServiceSaysWhatItServe
   }
 }
 
+// `kvshare search` on stories260K and its TinyStories sample, held out on 512 tokens in
+// 128-token windows, writing `out`.
+std::vector<std::string> StoriesSearchArgs(const std::string& out) {
+  return {"search",
+          "--model",
+          testing::Asset("stories260K.bin"),
+          "--tokenizer",
+          testing::Asset("tok512.bin"),
+          "--calibration",
+          testing::Asset("tinystories-sample.txt"),
+          "--heldout-tokens",
+          "512",
+          "--heldout-context",
+          "128",
+          "--out",
+          out,
+          "--threads",
+          "2"};
+}
+
 // --activations: the KV plan search measures with two int8 digits unless told otherwise, and
 // says so in its header and the strategy's note; the sharing search refuses anything but f32
 // rather than ignoring the flag.
 TEST_F(CliSearchCommandsTest, ActivationsApplyToThePlanSearchAndAreRecorded) {
   const std::string out = *dir_ + "/plan.json";
-  const std::vector<std::string> base = {"search",
-                                         "--model",
-                                         testing::Asset("stories260K.bin"),
-                                         "--tokenizer",
-                                         testing::Asset("tok512.bin"),
-                                         "--calibration",
-                                         testing::Asset("tinystories-sample.txt"),
-                                         "--heldout-tokens",
-                                         "512",
-                                         "--heldout-context",
-                                         "128",
-                                         "--out",
-                                         out,
-                                         "--threads",
-                                         "2"};
+  const std::vector<std::string> base = StoriesSearchArgs(out);
   std::vector<std::string> args = base;
   args.insert(args.end(), {"--target-layers", "2", "--activations", "int8x2"});
   testing::CliRun run = testing::RunCli(KVSHARE_CLI_BINARY, args);
@@ -173,23 +179,8 @@ TEST_F(CliSearchCommandsTest, ActivationsApplyToThePlanSearchAndAreRecorded) {
 // on record, and the service takes it like any strategy.
 TEST_F(CliSearchCommandsTest, ADropSearchWritesAStrategyThatPublishes) {
   const std::string out = *dir_ + "/drops.json";
-  const std::vector<std::string> base = {"search",
-                                         "--model",
-                                         testing::Asset("stories260K.bin"),
-                                         "--tokenizer",
-                                         testing::Asset("tok512.bin"),
-                                         "--calibration",
-                                         testing::Asset("tinystories-sample.txt"),
-                                         "--target-layers",
-                                         "2",
-                                         "--heldout-tokens",
-                                         "512",
-                                         "--heldout-context",
-                                         "128",
-                                         "--out",
-                                         out,
-                                         "--threads",
-                                         "2"};
+  std::vector<std::string> base = StoriesSearchArgs(out);
+  base.insert(base.end(), {"--target-layers", "2"});
   std::vector<std::string> args = base;
   args.push_back("--no-substitutes");
   testing::CliRun run = testing::RunCli(KVSHARE_CLI_BINARY, args);
