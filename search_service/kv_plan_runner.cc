@@ -60,7 +60,7 @@ absl::StatusOr<KvPlanRun> RunKvPlanSearch(const Model& model, Backend& backend,
   const auto start = std::chrono::steady_clock::now();
   const double cpu0 = ProcessCpuSeconds();
   const ModelConfig& c = model.config();
-  // Batches of EarlyReject::min_units samples (SearchMaxRows' 2,048 rows hold 16 of 128 tokens):
+  // Batches of EarlyReject::min_units samples (SearchMaxRows' 2,048 rows hold 16 128-token ones):
   // a sharing candidate's scoring can then stop after the first 8 samples instead of 16, and
   // with int8x2 activations a token's result does not depend on its batch.
   const int max_rows =
