@@ -5,9 +5,10 @@
 
 namespace kvshare {
 
-bool OverBudgetBeyondDoubt(absl::Span<const double> increases, const EarlyReject& rule) {
+bool OverBudgetBeyondDoubt(absl::Span<const double> increases, size_t total_units,
+                           const EarlyReject& rule) {
   const size_t n = increases.size();
-  if (int(n) < rule.min_units || n < 2) return false;
+  if (int(n) < rule.min_units || n < 2 || total_units < n) return false;
   double sum = 0, sum_sq = 0;
   for (double d : increases) {
     sum += d;
@@ -15,7 +16,9 @@ bool OverBudgetBeyondDoubt(absl::Span<const double> increases, const EarlyReject
   }
   const double mean = sum / double(n);
   const double var = std::max(0.0, (sum_sq - double(n) * mean * mean) / double(n - 1));
-  return mean - rule.z * std::sqrt(var / double(n)) > rule.above_nats;
+  const double unread = double(total_units - n);
+  return mean - rule.z * std::sqrt(var * unread / (double(total_units) * double(n))) >
+         rule.above_nats;
 }
 
 }  // namespace kvshare

@@ -163,7 +163,7 @@ bool RejectEarly(const PerplexityResult& so_far, const PerplexityResult& baselin
     increases[w] = (so_far.window_nll_sums[w] - baseline.window_nll_sums[w]) /
                    double(so_far.window_targets[w]);
   }
-  return OverBudgetBeyondDoubt(increases, rule);
+  return OverBudgetBeyondDoubt(increases, baseline.window_nll_sums.size(), rule);
 }
 
 double NllIncreaseOver(const PerplexityResult& r, const PerplexityResult& baseline) {

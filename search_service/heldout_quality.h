@@ -89,8 +89,9 @@ absl::StatusOr<StrategyQuality> MeasureHeldoutQuality(
 
 // Perplexity of strategies on one held-out slice; the unshared model's is computed once, at
 // Create.
-// Whether `so_far` (a prefix of the windows of `baseline`'s slice) is over rule.above_nats
-// beyond doubt (early_reject.h), the windows' mean NLL increases being the units.
+// Whether `so_far` (a prefix of the windows of `baseline`'s slice) puts the whole slice over
+// rule.above_nats beyond doubt (early_reject.h), the windows' mean NLL increases being the
+// units and baseline's windows all of them.
 bool RejectEarly(const PerplexityResult& so_far, const PerplexityResult& baseline,
                  const EarlyReject& rule);
 

@@ -141,7 +141,7 @@ absl::StatusOr<CalibrationLoss> LossEvaluator::ScorePlan(const std::vector<int>&
       for (int s = 0; s < samples_run; ++s) {
         increases[s] = (sample_nll_[s] - unshared_sample_nll_[s]) / targets;
       }
-      return OverBudgetBeyondDoubt(increases, *reject);
+      return OverBudgetBeyondDoubt(increases, size_t(calibration_.samples), *reject);
     };
   }
   absl::Status s = forward_->RunPlan(

@@ -166,21 +166,35 @@ TEST_F(QualityTest, TheMeterScoresAsAnIndependentEngineDoes) {
 }
 
 // RejectEarly against hand-computed figures: per-window increases d = 0, 1, 0, 1, ... (100
-// targets each) have mean 0.5, sample sd sqrt(2/7) = 0.53452 and standard error 0.18898 over
-// 8 windows, so mean - 3 se = -0.06695.
+// targets each) over the first 8 of a slice's windows have mean 0.5 and sample sd sqrt(2/7) =
+// 0.53452. Of 16 windows the whole-slice mean is predicted with standard error
+// 0.53452 sqrt(8 / (16 * 8)) = 0.13363, so mean - 3 se = 0.09911; of 800 windows (nearly the
+// plain sd / sqrt(8) = 0.18898) 0.18898 sqrt(792/800) = 0.18803, mean - 3 se = -0.06410; of 8
+// (the slice read) the mean itself.
 TEST(EarlyRejectTest, StopsWhenTheMeanLessZStandardErrorsIsOverTheBudget) {
-  PerplexityResult base, plan;
+  PerplexityResult plan;
   for (int w = 0; w < 8; ++w) {
-    base.window_targets.push_back(100);
-    base.window_nll_sums.push_back(300.0 + w);
     plan.window_targets.push_back(100);
     plan.window_nll_sums.push_back(300.0 + w + (w % 2 == 1 ? 100.0 : 0.0));
   }
-  EXPECT_TRUE(RejectEarly(plan, base, {-0.0670}));
-  EXPECT_FALSE(RejectEarly(plan, base, {-0.0669}));
-  EXPECT_FALSE(RejectEarly(plan, base, {-0.0670, 9}));      // fewer windows than min_units
-  EXPECT_TRUE(RejectEarly(plan, base, {0.4, 8, 0.5}));      // z = 0.5: 0.5 - 0.0945
-  EXPECT_FALSE(RejectEarly(plan, base, {0.4056, 8, 0.5}));  // 0.40551
+  auto slice = [](int windows) {
+    PerplexityResult base;
+    for (int w = 0; w < windows; ++w) {
+      base.window_targets.push_back(100);
+      base.window_nll_sums.push_back(300.0 + w);
+    }
+    return base;
+  };
+  const PerplexityResult base = slice(16);
+  EXPECT_TRUE(RejectEarly(plan, base, {0.0990}));
+  EXPECT_FALSE(RejectEarly(plan, base, {0.0992}));
+  EXPECT_FALSE(RejectEarly(plan, base, {0.0990, 9}));       // fewer windows than min_units
+  EXPECT_TRUE(RejectEarly(plan, base, {0.4331, 8, 0.5}));   // z = 0.5: 0.5 - 0.06682
+  EXPECT_FALSE(RejectEarly(plan, base, {0.4332, 8, 0.5}));  // 0.43318
+  EXPECT_TRUE(RejectEarly(plan, slice(800), {-0.0642}));
+  EXPECT_FALSE(RejectEarly(plan, slice(800), {-0.0640}));
+  EXPECT_TRUE(RejectEarly(plan, slice(8), {0.4999}));
+  EXPECT_FALSE(RejectEarly(plan, slice(8), {0.5001}));
   EXPECT_NEAR(NllIncreaseOver(plan, base), 0.5, 1e-12);
   // Constant increases have no spread: any excess is beyond doubt.
   for (int w = 0; w < 8; ++w) plan.window_nll_sums[w] = base.window_nll_sums[w] + 1.0;
