@@ -24,6 +24,7 @@
 #include <cmath>
 #include <cstdio>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -193,10 +194,11 @@ int RunModel(const Flags& flags, const std::string& name, nlohmann::json* out) {
     extra["strategy_id"] = file->id();
     row("published", Describe(plan), KvPlanBytesPerToken(g, plan), ppl->mean_nll, 0, 0, extra);
   }
+  KvPlanOptions search;
+  search.activations = flags.activations;
+  auto backend = MakeCpuBackend(KvPlanBackendOptions(flags.threads, search));
   for (double budget : flags.budgets) {
-    KvPlanOptions o;
-    o.activations = flags.activations;
-    auto backend = MakeCpuBackend(KvPlanBackendOptions(flags.threads, o));
+    KvPlanOptions o = search;
     o.max_ppl_increase = budget;
     KeepHoldableTypes(&o, g);
     o.share = flags.share;
@@ -277,16 +279,12 @@ int Main(int argc, char** argv) {
       flags.early_reject = false;
     } else if (a == "--activations") {
       const std::string v = next();
-      if (v == "f32") {
-        flags.activations = cpu::Activations::kF32;
-      } else if (v == "int8x2") {
-        flags.activations = cpu::Activations::kInt8x2;
-      } else if (v == "int8") {
-        flags.activations = cpu::Activations::kInt8;
-      } else {
+      const std::optional<cpu::Activations> given = cpu::ActivationsFromName(v);
+      if (!given.has_value()) {
         std::fprintf(stderr, "--activations '%s': must be f32, int8x2 or int8\n", v.c_str());
         return 2;
       }
+      flags.activations = *given;
     } else if (a == "--strategy") {
       flags.strategy = next();
     } else if (a == "--budgets") {

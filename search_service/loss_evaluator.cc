@@ -5,19 +5,13 @@
 #include <utility>
 
 #include "absl/strings/str_format.h"
-#include "kernels/cpu/log_sum_exp.h"
+#include "common/engine/sampler.h"
 #include "search_service/cosine_evaluator.h"
 
 namespace kvshare {
 namespace {
 
 constexpr int kMaxLogitRows = 128;  // [128][vocab] floats: 25 MB for SmolLM2's 49152
-
-// -log softmax(row)[target], in double over a float row.
-double Nll(const float* row, int vocab, int32_t target) {
-  static const cpu::Isa isa = cpu::DetectIsa();
-  return cpu::LogSumExp(isa, row, vocab) - double(row[target]);
-}
 
 }  // namespace
 
@@ -82,7 +76,8 @@ void LossEvaluator::AddNll(const float* h, size_t row0, int rows) {
       const size_t row = row0 + r0 + r;     // global row: sample row / T, position row % T
       if (int(row % T) == T - 1) continue;  // the last position predicts nothing in the sample
       const double nll =
-          Nll(host_logits_.data() + size_t(r) * vocab_, vocab_, calibration_.ids[row + 1]);
+          -LogProb(absl::MakeConstSpan(host_logits_.data() + size_t(r) * vocab_, vocab_),
+                   calibration_.ids[row + 1]);
       nll_sum_ += nll;
       sample_nll_[row / T] += nll;
     }

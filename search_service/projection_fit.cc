@@ -6,7 +6,7 @@
 #include <utility>
 
 #include "absl/strings/str_format.h"
-#include "kernels/cpu/log_sum_exp.h"
+#include "common/engine/sampler.h"
 #include "search_service/ridge_fit.h"
 
 namespace kvshare {
@@ -167,12 +167,6 @@ absl::Status CheckSet(const ModelConfig& c, const CalibrationSet& set, int max_r
     }
   }
   return absl::OkStatus();
-}
-
-// -log softmax(row)[target], in double over a float row.
-double Nll(const float* row, int vocab, int32_t target) {
-  static const cpu::Isa isa = cpu::DetectIsa();
-  return cpu::LogSumExp(isa, row, vocab) - double(row[target]);
 }
 
 }  // namespace
@@ -381,7 +375,8 @@ absl::StatusOr<double> ProjectionCalibrator::ScoreNll(
     for (int b = 0; b < nb; ++b) {
       const int32_t* ids = score_.sample(s0 + b);
       for (int t = 0; t + 1 < T; ++t) {
-        sum += Nll(logits.data() + (size_t(b) * T + t) * vocab, vocab, ids[t + 1]);
+        sum -= LogProb(absl::MakeConstSpan(logits.data() + (size_t(b) * T + t) * vocab, vocab),
+                       ids[t + 1]);
       }
     }
   }

@@ -74,10 +74,8 @@ absl::StatusOr<std::unique_ptr<Model>> LoadModelFromFlags(const ModelFlags& flag
 }
 
 std::optional<cpu::Activations> ActivationsFlag(const ModelFlags& flags) {
-  if (flags.int8 || flags.activations == "int8") return cpu::Activations::kInt8;
-  if (flags.activations == "int8x2") return cpu::Activations::kInt8x2;
-  if (flags.activations == "f32") return cpu::Activations::kF32;
-  return std::nullopt;  // empty: CLI::IsMember allows nothing else
+  if (flags.int8) return cpu::Activations::kInt8;
+  return cpu::ActivationsFromName(flags.activations);  // empty: neither flag given
 }
 
 absl::StatusOr<Session> OpenSession(const ModelFlags& flags, bool need_engine) {

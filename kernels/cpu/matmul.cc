@@ -30,6 +30,13 @@ const char* ActivationsName(Activations a) {
   return "?";
 }
 
+std::optional<Activations> ActivationsFromName(std::string_view name) {
+  for (Activations a : {Activations::kF32, Activations::kInt8, Activations::kInt8x2}) {
+    if (name == ActivationsName(a)) return a;
+  }
+  return std::nullopt;
+}
+
 MatMulRunner::MatMulRunner(ThreadPool* pool, Isa isa, const MatMulOptions& options)
     : pool_(pool), isa_(isa), options_(options), scratch_(pool->threads()) {}
 

@@ -22,6 +22,8 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
+#include <string_view>
 #include <vector>
 
 #include "kernels/cpu/isa.h"
@@ -47,6 +49,8 @@ enum class QuantGemm { kInt8, kSgemm };
 //            4.5); `kvshare eval --kv-type f32 --threads 2 --activations ...`.
 enum class Activations { kF32, kInt8, kInt8x2 };
 const char* ActivationsName(Activations a);
+// The Activations ActivationsName spells `name`; nullopt for any other string.
+std::optional<Activations> ActivationsFromName(std::string_view name);
 
 struct MatMulOptions {
   Activations activations = Activations::kF32;
