@@ -22,7 +22,7 @@
 #include "absl/strings/str_split.h"
 #include "bench/bench_util.h"
 #include "common/engine/engine.h"
-#include "common/engine/generate.h"
+#include "common/engine/perplexity.h"
 #include "common/model/model.h"
 #include "common/tokenizer/tokenizer.h"
 #include "common/util/file.h"

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <thread>
 
 #include "absl/strings/str_format.h"
 #include "common/strategy/strategy_binding.h"
@@ -142,12 +143,21 @@ absl::StatusOr<std::unique_ptr<QualityMeter>> QualityMeter::Create(const Model& 
   // One window at a time: room for a context of unshared KV plus a block of slack.
   eo.kv_pool_bytes =
       int64_t(meter->slice_.context + std::max(64, block_tokens)) * c.KvBytesPerToken();
-  CpuBackendOptions cpu;
-  cpu.threads = threads;
-  cpu.matmul.activations = activations;
-  auto engine = Engine::Create(model, MakeCpuBackend(cpu), eo);
-  if (!engine.ok()) return engine.status();
-  meter->engine_ = std::move(*engine);
+  // Lanes: one per thread up to kMaxLanes (never more than the slice has windows), the
+  // threads dealt out among them.
+  const int total_threads =
+      threads > 0 ? threads : std::max(1, int(std::thread::hardware_concurrency()));
+  const int64_t windows = (int64_t(meter->slice_.ids.size()) - 2) / meter->slice_.context + 1;
+  const int lanes = int(std::min<int64_t>({total_threads, kMaxLanes, windows}));
+  for (int lane = 0; lane < lanes; ++lane) {
+    CpuBackendOptions cpu;
+    cpu.threads = total_threads / lanes + (lane < total_threads % lanes ? 1 : 0);
+    cpu.matmul.activations = activations;
+    auto engine = Engine::Create(model, MakeCpuBackend(cpu), eo);
+    if (!engine.ok()) return engine.status();
+    meter->lanes_.push_back(engine->get());
+    meter->engines_.push_back(std::move(*engine));
+  }
   auto base = meter->Perplexity(nullptr);
   if (!base.ok()) return base.status();
   meter->baseline_ = *base;
@@ -194,7 +204,7 @@ absl::StatusOr<PerplexityResult> QualityMeter::Perplexity(
       return RejectEarly(so_far, baseline_, *reject);
     };
   }
-  return EvaluatePerplexity(*engine_, slice_.ids, po);
+  return EvaluatePerplexity(lanes_, slice_.ids, po);
 }
 
 absl::StatusOr<StrategyQuality> QualityMeter::Measure(

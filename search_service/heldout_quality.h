@@ -20,7 +20,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/engine/engine.h"
-#include "common/engine/generate.h"
+#include "common/engine/perplexity.h"
 #include "common/model/model.h"
 #include "common/strategy/sharing_strategy.h"
 #include "common/tokenizer/tokenizer.h"
@@ -101,7 +101,10 @@ double NllIncreaseOver(const PerplexityResult& r, const PerplexityResult& baseli
 
 class QualityMeter {
  public:
-  // `threads`: the CPU backend's (0 = all cores). InvalidArgument when the slice's context
+  // `threads`: the CPU threads (0 = all cores), split over up to kMaxLanes engines that score
+  // windows side by side (perplexity.h's lanes: the figures are one engine's, bit for bit; each
+  // lane holds its own repacked weights and a window's logits, ~200 MB on SmolLM2).
+  // InvalidArgument when the slice's context
   // exceeds the model's. `cancel`: when set, every perplexity pass (the baseline's at Create
   // included) ends Cancelled before its next window once it is true; it must outlive the meter.
   // `block_tokens`: the paged pool's block size (what an int4 layer quantises over).
@@ -112,7 +115,10 @@ class QualityMeter {
       const std::atomic<bool>* cancel = nullptr, int block_tokens = EngineOptions{}.block_tokens,
       cpu::Activations activations = cpu::Activations::kF32);
 
+  static constexpr int kMaxLanes = 4;
+
   const HeldoutSlice& slice() const { return slice_; }
+  int lanes() const { return int(engines_.size()); }
   const PerplexityResult& baseline() const { return baseline_; }
   // FailedPrecondition for a strategy of another model (fingerprint, layer count). With
   // `reject`, the pass may stop early (EarlyReject): tokens_scored < slice().targets() then.
@@ -127,7 +133,8 @@ class QualityMeter {
   const Model& model_;
   HeldoutSlice slice_;
   const std::atomic<bool>* cancel_ = nullptr;
-  std::unique_ptr<Engine> engine_;
+  std::vector<std::unique_ptr<Engine>> engines_;
+  std::vector<Engine*> lanes_;  // engines_, as EvaluatePerplexity takes them
   PerplexityResult baseline_;
 };
 

@@ -5,7 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "common/engine/generate.h"
+#include "common/engine/perplexity.h"
 #include "common/strategy/strategy_binding.h"
 #include "common/util/file.h"
 #include "nlohmann/json.hpp"

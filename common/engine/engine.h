@@ -118,4 +118,18 @@ class Engine {
   std::vector<BatchSeq> batch_;
 };
 
+// Removes a sequence from its engine on every exit path.
+class ScopedSequence {
+ public:
+  ScopedSequence(Engine& engine, SeqId seq) : engine_(engine), seq_(seq) {}
+  ~ScopedSequence() { engine_.RemoveSequence(seq_); }
+  ScopedSequence(const ScopedSequence&) = delete;
+  ScopedSequence& operator=(const ScopedSequence&) = delete;
+  SeqId id() const { return seq_; }
+
+ private:
+  Engine& engine_;
+  SeqId seq_;
+};
+
 }  // namespace kvshare

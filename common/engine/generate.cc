@@ -1,7 +1,6 @@
 #include "common/engine/generate.h"
 
 #include <chrono>
-#include <cmath>
 
 #include "absl/strings/str_format.h"
 
@@ -11,18 +10,6 @@ namespace {
 double Seconds(std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
-
-// Removes the sequence on every exit path.
-class ScopedSequence {
- public:
-  ScopedSequence(Engine& engine, SeqId seq) : engine_(engine), seq_(seq) {}
-  ~ScopedSequence() { engine_.RemoveSequence(seq_); }
-  SeqId id() const { return seq_; }
-
- private:
-  Engine& engine_;
-  SeqId seq_;
-};
 
 }  // namespace
 
@@ -131,65 +118,6 @@ absl::StatusOr<GenerateResult> Generate(Engine& engine, const Tokenizer& tokeniz
   result.text = tracker.text();
   result.decode_seconds = Seconds(t1, std::chrono::steady_clock::now());
   return result;
-}
-
-double PerplexityResult::perplexity() const { return std::exp(mean_nll); }
-
-absl::StatusOr<PerplexityResult> EvaluatePerplexity(
-    Engine& engine, absl::Span<const int32_t> tokens, const PerplexityOptions& options,
-    const std::function<void(int64_t, int64_t)>& progress) {
-  const ModelConfig& c = engine.config();
-  if (tokens.size() < 2) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("perplexity: need at least 2 tokens, got %d", tokens.size()));
-  }
-  if (options.context < 2 || options.context > c.max_seq_len) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "context %d must be in [2, %d] (the model's context)", options.context, c.max_seq_len));
-  }
-  if (options.stride < 1 || options.stride > options.context) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("stride %d must be in [1, context = %d]", options.stride, options.context));
-  }
-  const int64_t n = static_cast<int64_t>(tokens.size());
-  const int64_t total_targets = n - 1;
-  PerplexityResult r;
-  double nll_sum = 0.0;
-  int64_t scored_until =
-      0;  // targets at positions <= scored_until are done (position 0 is never a target)
-  std::vector<float> logits;
-  for (int64_t start = 0; scored_until < n - 1; start += options.stride) {
-    if (options.cancel != nullptr && options.cancel->load(std::memory_order_acquire)) {
-      return absl::CancelledError(absl::StrFormat("perplexity: cancelled after %d of %d targets",
-                                                  scored_until, total_targets));
-    }
-    const int64_t end = std::min(n, start + options.context);
-    auto seq_or = engine.AddSequence(options.strategy);
-    if (!seq_or.ok()) return seq_or.status();
-    ScopedSequence seq(engine, *seq_or);
-    absl::Status s = engine.Prefill(seq.id(), tokens.subspan(start, end - start), &logits,
-                                    /*all_logits=*/true);
-    if (!s.ok()) return s;
-    // Row r predicts token start + r + 1: the last row the token after the window, which is
-    // the next window's first (with stride = context it is no target of that window, which
-    // has no row before it).
-    const int64_t first = std::max(scored_until + 1, start + 1);
-    const int64_t last = std::min(end, n - 1);
-    double window_sum = 0.0;
-    for (int64_t target = first; target <= last; ++target) {
-      const float* row = logits.data() + size_t(target - start - 1) * c.vocab_size;
-      window_sum -= LogProb(absl::MakeConstSpan(row, c.vocab_size), tokens[target]);
-    }
-    nll_sum += window_sum;
-    r.window_targets.push_back(last - first + 1);
-    r.window_nll_sums.push_back(window_sum);
-    scored_until = last;
-    r.tokens_scored = scored_until;
-    r.mean_nll = nll_sum / double(scored_until);
-    if (progress) progress(scored_until, total_targets);
-    if (scored_until == n - 1 || (options.stop_early && options.stop_early(r))) break;
-  }
-  return r;
 }
 
 }  // namespace kvshare

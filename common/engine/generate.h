@@ -1,8 +1,7 @@
-// Text generation and perplexity on top of Engine: the loops the CLI, the worker and the
-// benchmarks share.
+// Text generation on top of Engine: the loop the CLI, the worker and the benchmarks share
+// (perplexity.h scores text).
 #pragma once
 
-#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -80,35 +79,5 @@ absl::StatusOr<GenerateResult> Generate(Engine& engine, const Tokenizer& tokeniz
                                         absl::Span<const int32_t> prompt,
                                         const GenerateOptions& options,
                                         const TokenCallback& on_token = nullptr);
-
-struct PerplexityResult {
-  int64_t tokens_scored = 0;
-  double mean_nll = 0.0;  // nats per token
-  // Per window, in order: the targets it scored and the sum of their NLL.
-  std::vector<int64_t> window_targets;
-  std::vector<double> window_nll_sums;
-  double perplexity() const;
-};
-
-struct PerplexityOptions {
-  int context = 512;  // window length in tokens
-  int stride = 512;   // window start step; tokens already scored are not scored again
-  std::shared_ptr<const SharingStrategy> strategy;
-  // When set, read before every window: Cancelled once it is true.
-  const std::atomic<bool>* cancel = nullptr;
-  // When set, called after every window but the last with the windows so far; returning true
-  // ends the pass there (the result then covers fewer targets than the text holds).
-  std::function<bool(const PerplexityResult& so_far)> stop_early;
-};
-
-// Mean next-token NLL of `tokens` (tokens[0], usually BOS, is context only): sliding windows
-// of `context` tokens starting every `stride` tokens, each scoring the targets the previous
-// windows did not, so every token after the first is scored once — including each window's
-// last row's prediction of the token after the window (with stride = context, the next window
-// holds no row before that token). progress(done_targets, total_targets) is called after
-// every window.
-absl::StatusOr<PerplexityResult> EvaluatePerplexity(
-    Engine& engine, absl::Span<const int32_t> tokens, const PerplexityOptions& options,
-    const std::function<void(int64_t, int64_t)>& progress = nullptr);
 
 }  // namespace kvshare

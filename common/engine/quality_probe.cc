@@ -4,7 +4,7 @@
 #include <chrono>
 
 #include "absl/strings/str_format.h"
-#include "common/engine/generate.h"
+#include "common/engine/perplexity.h"
 
 namespace kvshare {
 

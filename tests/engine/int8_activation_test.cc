@@ -9,6 +9,7 @@
 
 #include "common/engine/engine.h"
 #include "common/engine/generate.h"
+#include "common/engine/perplexity.h"
 #include "common/model/model.h"
 #include "common/tokenizer/tokenizer.h"
 #include "gtest/gtest.h"

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "common/engine/engine.h"
-#include "common/engine/generate.h"
+#include "common/engine/perplexity.h"
 #include "common/engine/quality_probe.h"
 #include "common/engine/query_weights.h"
 #include "common/model/model.h"

@@ -13,6 +13,7 @@
 
 #include "common/engine/engine.h"
 #include "common/engine/generate.h"
+#include "common/engine/perplexity.h"
 #include "common/model/model.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"

@@ -7,6 +7,7 @@
 
 #include "common/engine/engine.h"
 #include "common/engine/generate.h"
+#include "common/engine/perplexity.h"
 #include "common/engine/sampler.h"
 #include "common/model/model.h"
 #include "common/tokenizer/tokenizer.h"

@@ -9,7 +9,7 @@
 #include <cmath>
 
 #include "common/engine/engine.h"
-#include "common/engine/generate.h"
+#include "common/engine/perplexity.h"
 #include "common/model/model.h"
 #include "common/tokenizer/tokenizer.h"
 #include "gmock/gmock.h"
@@ -158,6 +158,17 @@ TEST_F(QualityTest, TheMeterScoresAsAnIndependentEngineDoes) {
   EXPECT_EQ(q->heldout_hash, (*meter)->slice().hash);
   EXPECT_DOUBLE_EQ(q->calibration_score, 0.875);
 
+  // Lanes (an engine per thread, perplexity.h) change the wall time only: the figures are the
+  // one-engine meter's bit for bit.
+  auto lanes = QualityMeter::Create(*model_, (*meter)->slice(), 3);
+  ASSERT_TRUE(lanes.ok()) << lanes.status();
+  EXPECT_EQ((*meter)->lanes(), 1);
+  EXPECT_EQ((*lanes)->lanes(), 3);
+  EXPECT_EQ((*lanes)->baseline().window_nll_sums, (*meter)->baseline().window_nll_sums);
+  auto q3 = (*lanes)->Measure(shared, 0.875);
+  ASSERT_TRUE(q3.ok()) << q3.status();
+  EXPECT_EQ(q3->heldout_nll, q->heldout_nll);
+
   // A strategy of another model is refused.
   auto other = SharingStrategy::Create({0, 0, 2, 3, 4}, "another-model");
   ASSERT_TRUE(other.ok());
@@ -245,6 +256,12 @@ TEST_F(QualityTest, AnEarlyRejectReadsAPrefixAndReportsItsIncrease) {
   EXPECT_EQ(early->tokens_scored, targets);
   EXPECT_NEAR(NllIncreaseOver(*early, (*meter)->baseline()), (plan - base) / targets, 1e-9);
   EXPECT_GT(NllIncreaseOver(*early, (*meter)->baseline()), increase / 2);
+  // Four lanes stop at the same window (inside a round: the later ones are dropped).
+  auto lanes = QualityMeter::Create(*model_, (*meter)->slice(), 4);
+  ASSERT_TRUE(lanes.ok()) << lanes.status();
+  auto early4 = (*lanes)->Perplexity(shared, &half);
+  ASSERT_TRUE(early4.ok()) << early4.status();
+  EXPECT_EQ(early4->window_nll_sums, early->window_nll_sums);
 
   const EarlyReject unreachable{2 * increase};
   auto whole = (*meter)->Perplexity(shared, &unreachable);

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "common/engine/engine.h"
-#include "common/engine/generate.h"
+#include "common/engine/perplexity.h"
 #include "common/engine/transformer.h"
 #include "common/model/model.h"
 #include "common/strategy/sharing_strategy.h"
