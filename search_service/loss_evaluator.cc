@@ -56,7 +56,7 @@ absl::Status LossEvaluator::Init(ForwardObserver* identity_observer) {
   forward_ = std::move(*forward);
   unshared_sample_nll_ = sample_nll_;
   unshared_ = Compare();
-  last_ = unshared_;
+  last_ = accepted_loss_ = unshared_;
   return absl::OkStatus();
 }
 
@@ -151,10 +151,13 @@ absl::Status LossEvaluator::AcceptPlan(const std::vector<int>& kv_source,
                                        const std::vector<KvType>& kv_types,
                                        int first_changed_layer) {
   absl::Status s = forward_->AcceptPlan(kv_source, kv_types, first_changed_layer);
-  if (!absl::IsFailedPrecondition(s)) return s;
-  auto scored = ScorePlan(kv_source, kv_types, first_changed_layer);
-  if (!scored.ok()) return scored.status();
-  return forward_->AcceptPlan(kv_source, kv_types, first_changed_layer);
+  if (absl::IsFailedPrecondition(s)) {
+    auto scored = ScorePlan(kv_source, kv_types, first_changed_layer);
+    if (!scored.ok()) return scored.status();
+    s = forward_->AcceptPlan(kv_source, kv_types, first_changed_layer);
+  }
+  if (s.ok()) accepted_loss_ = last_;  // the run just accepted is the one last scored
+  return s;
 }
 
 absl::StatusOr<CalibrationLoss> LossEvaluator::Measure(const std::vector<int>& kv_source) {

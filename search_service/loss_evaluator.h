@@ -87,6 +87,8 @@ class LossEvaluator : public Evaluator {
   CandidateMetric metric() const { return metric_; }
   const CalibrationLoss& unshared() const { return unshared_; }
   const CalibrationLoss& last() const { return last_; }  // of the last Score
+  // Of the plan AcceptPlan last kept (the unshared model's until then).
+  const CalibrationLoss& accepted_loss() const { return accepted_loss_; }
   const std::vector<int>& accepted() const { return forward_->accepted(); }
 
  private:
@@ -112,7 +114,7 @@ class LossEvaluator : public Evaluator {
   double nll_sum_ = 0.0;  // the last run's NLL summed over targets
   // Per sample, its targets' NLL summed: of the last run, and of the unshared model.
   std::vector<double> sample_nll_, unshared_sample_nll_;
-  CalibrationLoss unshared_, last_;
+  CalibrationLoss unshared_, last_, accepted_loss_;
 };
 
 }  // namespace kvshare

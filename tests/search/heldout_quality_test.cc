@@ -404,10 +404,16 @@ TEST_F(QualityTest, APlanScoringStoppedEarlyCoversAPrefixOfTheSamples) {
   EXPECT_NEAR(early->nll, naive_nll(kv, early->samples), 1e-4);
   EXPECT_NEAR(early->unshared_nll, naive_nll({0, 1, 2, 3, 4}, early->samples), 1e-4);
   EXPECT_GT(early->nll_increase(), reject.above_nats);
-  // Accepting it runs it again over every sample.
+  // Accepting it runs it again over every sample, and keeps that run's loss as the accepted
+  // plan's (the unshared model's until then).
+  EXPECT_EQ((*loss)->accepted_loss().cosine, 1.0);
+  EXPECT_EQ((*loss)->accepted_loss().nll, (*loss)->unshared().nll);
   ASSERT_TRUE((*loss)->AcceptPlan(kv, f32, 2).ok());
   EXPECT_EQ((*loss)->last().samples, 12);
   EXPECT_NEAR((*loss)->last().nll, full->nll, 1e-9);
+  EXPECT_EQ((*loss)->accepted_loss().samples, 12);
+  EXPECT_NEAR((*loss)->accepted_loss().nll, full->nll, 1e-9);
+  EXPECT_NEAR((*loss)->accepted_loss().cosine, full->cosine, 1e-9);
 
   const EarlyReject unreachable{1e9, 4};
   auto again = (*loss)->ScorePlan({0, 1, 1, 3, 3}, f32, 4, &unreachable);
