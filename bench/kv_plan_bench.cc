@@ -213,6 +213,9 @@ int RunModel(const Flags& flags, const std::string& name, nlohmann::json* out) {
       if (!ppl.ok()) return ppl.status();
       return NllIncreaseOver(*ppl, (*meter)->baseline());
     };
+    // Each search starts from a meter with no kept window prefixes, as a search of its own
+    // does (the uniform rows and the searches before would otherwise have left them).
+    (*meter)->DropKeptPrefixes();
     // The search's timeline on stderr: each phase's first step and each held-out check.
     const auto t0 = std::chrono::steady_clock::now();
     auto elapsed = [&] {

@@ -131,6 +131,11 @@ class Backend {
                          int n_seqs, const float* q, int n_heads, float* out) = 0;
   // OK when WriteKv and Attention handle pools of `type`; else UNIMPLEMENTED naming it.
   virtual absl::Status SupportsKvType(KvType type) const = 0;
+  // Whether Attention computes the same numbers from the same f16 block 0 (f16's block, or the
+  // f16 tail of a type with one) whether it is stored as type a or as type b: then sequences of
+  // the two types that start alike can share the computed start (KvCache::CopyPrefix). The
+  // default claims it for equal types only.
+  virtual bool ReadsF16BlockZeroAlike(KvType a, KvType b) const { return a == b; }
 };
 
 // The CPU backend (OpenBLAS + SIMD + a persistent thread pool). threads <= 0: all cores.

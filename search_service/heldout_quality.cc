@@ -24,6 +24,25 @@ std::string HashSlice(int context, const std::vector<int32_t>& ids) {
   return h.HexDigest();
 }
 
+// Whether every matmul of `model` computes a row the same whatever the number of rows in its
+// step: with integer activations on quantized weights (exact integer dots, each token's sum in
+// the same order); the fp32 tile kernels and OpenBLAS (f32/f16 weights) tile by the rows. Only
+// then does a window run as its first block and the rest score what it scores in one step.
+bool RowsIndependentOfStep(const Model& model, cpu::Activations activations) {
+  if (activations == cpu::Activations::kF32) return false;
+  auto quantized = [](const Tensor& t) {
+    return t.type != DType::kF32 && t.type != DType::kF16 && t.type != DType::kBF16;
+  };
+  const ModelWeights& w = model.weights();
+  bool all = quantized(w.output);
+  for (const LayerWeights& l : w.layers) {
+    for (const Tensor* t : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) {
+      all = all && quantized(*t);
+    }
+  }
+  return all;
+}
+
 }  // namespace
 
 int LastCalibrationLine(const CalibrationSet& calibration) {
@@ -140,15 +159,20 @@ absl::StatusOr<std::unique_ptr<QualityMeter>> QualityMeter::Create(const Model& 
   eo.kv_type = KvType::kF32;  // the pinned held-out figures are of the exact fp32 cache
   eo.max_step_rows = meter->slice_.context;
   eo.block_tokens = block_tokens;
-  // One window at a time: room for a context of unshared KV plus a block of slack.
-  eo.kv_pool_bytes =
-      int64_t(meter->slice_.context + std::max(64, block_tokens)) * c.KvBytesPerToken();
-  // Lanes: one per thread up to kMaxLanes (never more than the slice has windows), the
-  // threads dealt out among them.
+  const int64_t windows = (int64_t(meter->slice_.ids.size()) - 2) / meter->slice_.context + 1;
   const int total_threads =
       threads > 0 ? threads : std::max(1, int(std::thread::hardware_concurrency()));
-  const int64_t windows = (int64_t(meter->slice_.ids.size()) - 2) / meter->slice_.context + 1;
   const int lanes = int(std::min<int64_t>({total_threads, kMaxLanes, windows}));
+  // One window at a time: room for a context of unshared KV plus a block of slack, and for the
+  // kept first blocks of the lane's windows (at most f16's bytes each).
+  const int64_t kept_bytes =
+      (windows + lanes - 1) / lanes * c.n_layers *
+      KvGeometry{block_tokens, c.n_kv_heads, c.head_dim, KvType::kF16}.block_bytes();
+  eo.kv_pool_bytes =
+      int64_t(meter->slice_.context + std::max(64, block_tokens)) * c.KvBytesPerToken() +
+      kept_bytes;
+  // Lanes: one per thread up to kMaxLanes (never more than the slice has windows), the
+  // threads dealt out among them.
   for (int lane = 0; lane < lanes; ++lane) {
     CpuBackendOptions cpu;
     cpu.threads = total_threads / lanes + (lane < total_threads % lanes ? 1 : 0);
@@ -157,6 +181,9 @@ absl::StatusOr<std::unique_ptr<QualityMeter>> QualityMeter::Create(const Model& 
     if (!engine.ok()) return engine.status();
     meter->lanes_.push_back(engine->get());
     meter->engines_.push_back(std::move(*engine));
+  }
+  if (block_tokens < meter->slice_.context && RowsIndependentOfStep(model, activations)) {
+    meter->prefixes_ = std::make_unique<WindowPrefixes>(block_tokens);
   }
   auto base = meter->Perplexity(nullptr);
   if (!base.ok()) return base.status();
@@ -199,6 +226,7 @@ absl::StatusOr<PerplexityResult> QualityMeter::Perplexity(
   po.stride = slice_.context;
   po.strategy = std::move(strategy);
   po.cancel = cancel_;
+  po.prefixes = prefixes_.get();
   if (reject != nullptr) {
     po.stop_early = [this, reject](const PerplexityResult& so_far) {
       return RejectEarly(so_far, baseline_, *reject);

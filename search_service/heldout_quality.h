@@ -103,7 +103,12 @@ class QualityMeter {
  public:
   // `threads`: the CPU threads (0 = all cores), split over up to kMaxLanes engines that score
   // windows side by side (perplexity.h's lanes: the figures are one engine's, bit for bit; each
-  // lane holds its own repacked weights and a window's logits, ~200 MB on SmolLM2).
+  // lane holds its own repacked weights and a window's logits, ~200 MB on SmolLM2). Each
+  // window's first KV block is kept after the first check that runs it with block 0 in f16
+  // (WindowPrefixes: the int4 family, f16; ~3 MB per window on SmolLM2) and copied by the later
+  // ones, which run the rest of the window only — the same figures bit for bit, which holds
+  // where a row's matmuls do not depend on the rows beside it: integer activations (int8x2,
+  // int8) on quantized weights. Other meters run every window whole.
   // InvalidArgument when the slice's context
   // exceeds the model's. `cancel`: when set, every perplexity pass (the baseline's at Create
   // included) ends Cancelled before its next window once it is true; it must outlive the meter.
@@ -124,6 +129,12 @@ class QualityMeter {
   // `reject`, the pass may stop early (EarlyReject): tokens_scored < slice().targets() then.
   absl::StatusOr<PerplexityResult> Perplexity(std::shared_ptr<const SharingStrategy> strategy,
                                               const EarlyReject* reject = nullptr);
+  // Drops the kept window prefixes (the checks after start as a fresh meter's would: what a
+  // benchmark timing one search after another on one meter needs).
+  void DropKeptPrefixes() {
+    if (prefixes_ != nullptr) prefixes_->Plan(0);
+  }
+  int kept_prefixes() const { return prefixes_ != nullptr ? prefixes_->kept() : 0; }
   // Perplexity of `strategy` beside the baseline, with the given calibration score.
   absl::StatusOr<StrategyQuality> Measure(std::shared_ptr<const SharingStrategy> strategy,
                                           double calibration_score);
@@ -135,6 +146,8 @@ class QualityMeter {
   const std::atomic<bool>* cancel_ = nullptr;
   std::vector<std::unique_ptr<Engine>> engines_;
   std::vector<Engine*> lanes_;  // engines_, as EvaluatePerplexity takes them
+  // The windows' first KV block, kept across checks (declared after engines_: it goes first).
+  std::unique_ptr<WindowPrefixes> prefixes_;
   PerplexityResult baseline_;
 };
 

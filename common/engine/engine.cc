@@ -318,6 +318,11 @@ absl::Status Engine::Step(absl::Span<const StepInput> inputs, std::vector<float>
 absl::Status Engine::Prefill(SeqId seq, absl::Span<const int32_t> tokens,
                              std::vector<float>* logits, bool all_logits) {
   if (tokens.empty()) return absl::InvalidArgumentError("engine: prefill of zero tokens");
+  // A prefill of one step writes its logits straight into the caller's vector, which keeps its
+  // size (a perplexity window's are rows x vocab floats, 100 MB on SmolLM2: a fresh vector's
+  // pages and the copies into it were 3% of the pass). Longer ones append step by step.
+  const bool one_step = tokens.size() <= size_t(options_.max_step_rows);
+  if (one_step) return Step({StepInput{seq, tokens, all_logits}}, logits);
   if (logits != nullptr) logits->clear();
   std::vector<float> chunk_logits;
   for (size_t off = 0; off < tokens.size(); off += options_.max_step_rows) {

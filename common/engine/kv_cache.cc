@@ -156,6 +156,85 @@ absl::Status KvCache::Reserve(SeqId seq, int64_t tokens) {
   return absl::OkStatus();
 }
 
+absl::Status KvCache::PrefixShareable(const SharingStrategy& a, const SharingStrategy& b,
+                                      int64_t positions) const {
+  if (positions < 1 || positions > geometry_.block_tokens) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("KV prefix of %d positions: must be in [1, %d] (block 0)", positions,
+                        geometry_.block_tokens));
+  }
+  if (a.n_layers() != b.n_layers()) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("KV prefix: strategies of %d and %d layers", a.n_layers(), b.n_layers()));
+  }
+  const auto& pa = a.projections();
+  const auto& pb = b.projections();
+  if ((pa == nullptr) != (pb == nullptr) || (pa != nullptr && pa->sha256() != pb->sha256())) {
+    return absl::InvalidArgumentError(
+        "KV prefix: the strategies carry different output projections");
+  }
+  auto f16_block_zero = [](KvType t) { return t == KvType::kF16 || KvTypeHasTail(t); };
+  for (int l = 0; l < a.n_layers(); ++l) {
+    if (a.source(l) != b.source(l) || a.drops(l) != b.drops(l)) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("KV prefix: layer %d reads layer %d's cache in one strategy and %d's "
+                          "in the other",
+                          l, a.source(l), b.source(l)));
+    }
+    if (!a.owns(l)) continue;
+    const KvType ta = a.kv_type(l, geometry_.type), tb = b.kv_type(l, geometry_.type);
+    if (!f16_block_zero(ta) || !f16_block_zero(tb)) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "KV prefix: layer %d is stored %s and %s; block 0 is f16 only in f16 and the types "
+          "with a tail",
+          l, KvTypeName(ta), KvTypeName(tb)));
+    }
+    if (!backend_.ReadsF16BlockZeroAlike(ta, tb)) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "KV prefix: layer %d is stored %s and %s, which the %s backend's attention reads "
+          "through different arithmetic",
+          l, KvTypeName(ta), KvTypeName(tb), backend_.name()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+uint8_t* KvCache::F16BlockZero(const Sequence& s, int layer) {
+  if (!s.tail_of.empty() && s.tail_of[layer] != nullptr) {
+    return static_cast<uint8_t*>(s.tail_of[layer]);  // slot 0
+  }
+  const int64_t bytes = pool_->geometry(KvType::kF16).block_bytes();
+  return static_cast<uint8_t*>(pool_->arena()) + int64_t(s.tables[layer][0]) * bytes;
+}
+
+absl::Status KvCache::CopyPrefix(SeqId from, SeqId to, int64_t positions) {
+  const Sequence& src = seqs_.at(from);
+  if (src.length < positions) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "KV prefix of %d positions: the source sequence holds %d", positions, src.length));
+  }
+  if (seqs_.at(to).length != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("KV prefix: the sequence it is copied into holds %d positions already",
+                        seqs_.at(to).length));
+  }
+  absl::Status s = PrefixShareable(*src.strategy, *seqs_.at(to).strategy, positions);
+  if (s.ok()) s = Reserve(to, positions);
+  if (!s.ok()) return s;
+  Sequence& dst = seqs_.at(to);
+  // Block 0 in f16's layout: K f16[T][C], then V f16[T][C]; the first `positions` rows of each.
+  const int64_t row_bytes = geometry_.kv_dim() * 2, v_offset = geometry_.block_tokens * row_bytes;
+  for (int l = 0; l < dst.strategy->n_layers(); ++l) {
+    if (!dst.strategy->owns(l)) continue;
+    const uint8_t* a = F16BlockZero(src, l);
+    uint8_t* b = F16BlockZero(dst, l);
+    backend_.Copy(a, positions * row_bytes, b);
+    backend_.Copy(a + v_offset, positions * row_bytes, b + v_offset);
+  }
+  dst.length = positions;
+  return absl::OkStatus();
+}
+
 int64_t KvCache::length(SeqId seq) const { return seqs_.at(seq).length; }
 void KvCache::set_length(SeqId seq, int64_t length) { seqs_.at(seq).length = length; }
 const SharingStrategy& KvCache::strategy(SeqId seq) const { return *seqs_.at(seq).strategy; }

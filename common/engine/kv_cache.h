@@ -109,6 +109,22 @@ class KvCache {
   // of a sequence with int4 layers also allocates their tails (RESOURCE_EXHAUSTED when the
   // backend cannot).
   absl::Status Reserve(SeqId seq, int64_t tokens);
+  // Makes `to` (a sequence with no positions yet) hold the first `positions` positions of
+  // `from`, copied: what a forward of `to`'s strategy over those tokens would have stored, when
+  // both sequences compute them alike — positions within block 0, every layer reading the same
+  // source (and the same output projections, if any), and every owning layer keeping block 0
+  // in f16 under both (f16, or a type with a tail, whose slot 0 is block 0 in f16's layout), in
+  // types the backend's attention reads alike (Backend::ReadsF16BlockZeroAlike). Then `to`
+  // continues from there: a prefix computed once serves plans that differ only in how later
+  // blocks are stored. InvalidArgument
+  // naming the first condition that fails (nothing copied); RESOURCE_EXHAUSTED as Reserve.
+  absl::Status CopyPrefix(SeqId from, SeqId to, int64_t positions);
+  // Whether CopyPrefix between sequences of these strategies can hold `positions` positions
+  // (the conditions above on the strategies; OK or InvalidArgument naming the first that
+  // fails), under this cache's default type.
+  absl::Status PrefixShareable(const SharingStrategy& a, const SharingStrategy& b,
+                               int64_t positions) const;
+
   // Number of positions stored (advanced by the engine after a forward step).
   int64_t length(SeqId seq) const;
   void set_length(SeqId seq, int64_t length);
@@ -133,6 +149,8 @@ class KvCache {
   explicit KvCache(Backend& backend) : backend_(backend) {}
   // The pool's geometry of `t`, with `layer`'s query weights when t is int4a and they are set.
   const KvGeometry& GeometryOfType(KvType t, int layer) const;
+  // Where owning `layer` of `s` keeps block 0 in f16 (its tail's slot 0, or its f16 block 0).
+  uint8_t* F16BlockZero(const Sequence& s, int layer);
 
   Backend& backend_;
   KvGeometry geometry_;

@@ -32,28 +32,107 @@ std::vector<Window> PlanWindows(int64_t n, int context, int stride) {
   return windows;
 }
 
-// The NLL sum of one window's targets, run on `engine` as a fresh sequence; `logits` is the
-// lane's scratch.
-absl::StatusOr<double> WindowNll(Engine& engine, absl::Span<const int32_t> tokens, const Window& w,
-                                 const PerplexityOptions& options, std::vector<float>* logits) {
-  auto seq_or = engine.AddSequence(options.strategy);
-  if (!seq_or.ok()) return seq_or.status();
-  ScopedSequence seq(engine, *seq_or);
-  absl::Status s = engine.Prefill(seq.id(), tokens.subspan(w.start, w.end - w.start), logits,
-                                  /*all_logits=*/true);
-  if (!s.ok()) return s;
-  const int vocab = engine.config().vocab_size;
-  double sum = 0.0;
-  for (int64_t target = w.first; target <= w.last; ++target) {
-    const float* row = logits->data() + size_t(target - w.start - 1) * vocab;
+// `sum` less the log-probabilities of targets [from, to] (none when from > to), from the
+// logits of a step whose row 0 is position `row0` (row i predicts token row0 + i + 1): in
+// target order, so a window summed in two steps adds exactly as in one.
+double AddTargetsNll(double sum, const std::vector<float>& logits, int vocab,
+                     absl::Span<const int32_t> tokens, int64_t row0, int64_t from, int64_t to) {
+  for (int64_t target = from; target <= to; ++target) {
+    const float* row = logits.data() + size_t(target - row0 - 1) * vocab;
     sum -= LogProb(absl::MakeConstSpan(row, vocab), tokens[target]);
   }
   return sum;
 }
 
+// The NLL sum of window k's targets, run on `engine` as a fresh sequence; `logits` is the
+// lane's scratch. With options.prefixes, a window whose strategy keeps block 0 in f16 is run
+// as its prefix and the rest, the prefix copied from what an earlier pass kept when that
+// computed it alike, else kept for the passes after.
+absl::StatusOr<double> WindowNll(Engine& engine, absl::Span<const int32_t> tokens, const Window& w,
+                                 size_t k, const PerplexityOptions& options,
+                                 std::vector<float>* logits) {
+  const int vocab = engine.config().vocab_size;
+  const SharingStrategy& strategy =
+      options.strategy != nullptr ? *options.strategy : engine.identity();
+  WindowPrefixes* prefixes = options.prefixes;
+  const int64_t p = prefixes != nullptr ? prefixes->positions() : 0;
+  const bool split =
+      p > 0 && w.end - w.start > p && engine.kv_cache().PrefixShareable(strategy, strategy, p).ok();
+  auto seq_or = engine.AddSequence(options.strategy);
+  if (!seq_or.ok()) return seq_or.status();
+  ScopedSequence seq(engine, *seq_or);
+  if (!split) {
+    absl::Status s = engine.Prefill(seq.id(), tokens.subspan(w.start, w.end - w.start), logits,
+                                    /*all_logits=*/true);
+    if (!s.ok()) return s;
+    return AddTargetsNll(0.0, *logits, vocab, tokens, w.start, w.first, w.last);
+  }
+  const int64_t cut = w.start + p;  // the rest's first position
+  double sum = 0.0;
+  const WindowPrefixes::Kept* kept = prefixes->Find(k, &engine);
+  if (kept != nullptr &&
+      engine.kv_cache()
+          .PrefixShareable(kept->strategy != nullptr ? *kept->strategy : engine.identity(),
+                           strategy, p)
+          .ok()) {
+    absl::Status s = engine.kv_cache().CopyPrefix(kept->seq, seq.id(), p);
+    if (!s.ok()) return s;
+    sum = kept->nll;
+  } else {
+    absl::Status s = engine.Prefill(seq.id(), tokens.subspan(w.start, p), logits,
+                                    /*all_logits=*/true);
+    if (!s.ok()) return s;
+    sum = AddTargetsNll(0.0, *logits, vocab, tokens, w.start, w.first, std::min(w.last, cut));
+    // Kept for later passes when the pool has room for it (else this window runs whole again).
+    auto keeper = engine.AddSequence(options.strategy);
+    if (keeper.ok()) {
+      if (engine.kv_cache().CopyPrefix(seq.id(), *keeper, p).ok()) {
+        prefixes->Keep(k, {&engine, *keeper, sum, options.strategy});
+      } else {
+        engine.RemoveSequence(*keeper);
+      }
+    }
+  }
+  absl::Status s =
+      engine.Prefill(seq.id(), tokens.subspan(cut, w.end - cut), logits, /*all_logits=*/true);
+  if (!s.ok()) return s;
+  return AddTargetsNll(sum, *logits, vocab, tokens, cut, std::max(w.first, cut + 1), w.last);
+}
+
 }  // namespace
 
 double PerplexityResult::perplexity() const { return std::exp(mean_nll); }
+
+WindowPrefixes::~WindowPrefixes() { Plan(0); }
+
+void WindowPrefixes::Plan(size_t windows) {
+  if (windows == windows_.size()) return;
+  for (const Kept& k : windows_) {
+    if (k.engine != nullptr) k.engine->RemoveSequence(k.seq);
+  }
+  windows_.assign(windows, Kept{});
+}
+
+int WindowPrefixes::kept() const {
+  int n = 0;
+  for (const Kept& k : windows_) n += k.engine != nullptr;
+  return n;
+}
+
+const WindowPrefixes::Kept* WindowPrefixes::Find(size_t w, const Engine* engine) const {
+  return w < windows_.size() && windows_[w].engine == engine ? &windows_[w] : nullptr;
+}
+
+void WindowPrefixes::Keep(size_t w, Kept kept) {
+  // Not planned, or kept on another engine (whose lane may be running now): the new one goes.
+  if (w >= windows_.size() ||
+      (windows_[w].engine != nullptr && windows_[w].engine != kept.engine)) {
+    kept.engine->RemoveSequence(kept.seq);
+    return;
+  }
+  if (windows_[w].engine != nullptr) windows_[w].engine->RemoveSequence(windows_[w].seq);
+  windows_[w] = std::move(kept);
+}
 
 absl::StatusOr<PerplexityResult> EvaluatePerplexity(
     Engine& engine, absl::Span<const int32_t> tokens, const PerplexityOptions& options,
@@ -83,6 +162,7 @@ absl::StatusOr<PerplexityResult> EvaluatePerplexity(
   const std::vector<Window> windows =
       PlanWindows(int64_t(tokens.size()), options.context, options.stride);
   const size_t n_lanes = std::min(lanes.size(), windows.size());
+  if (options.prefixes != nullptr) options.prefixes->Plan(windows.size());
   std::vector<std::vector<float>> logits(n_lanes);
   std::vector<absl::StatusOr<double>> sums(n_lanes);
   PerplexityResult r;
@@ -94,7 +174,8 @@ absl::StatusOr<PerplexityResult> EvaluatePerplexity(
     }
     const size_t count = std::min(n_lanes, windows.size() - round);
     auto run = [&](size_t lane) {
-      sums[lane] = WindowNll(*lanes[lane], tokens, windows[round + lane], options, &logits[lane]);
+      sums[lane] = WindowNll(*lanes[lane], tokens, windows[round + lane], round + lane, options,
+                             &logits[lane]);
     };
     std::vector<std::thread> others;
     for (size_t lane = 1; lane < count; ++lane) others.emplace_back(run, lane);

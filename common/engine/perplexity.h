@@ -26,6 +26,47 @@ struct PerplexityResult {
   double perplexity() const;
 };
 
+// Window prefixes kept between passes over the same tokens (a plan search's held-out checks):
+// each window's first `positions` tokens (at most a KV block) are run once and kept — their K/V
+// in a sequence of the lane's engine, the NLL of the targets they predict — and a later pass
+// whose strategy computes them alike (KvCache::PrefixShareable: block 0 in f16 in every owning
+// layer, the same sources) copies them (KvCache::CopyPrefix) and runs the rest of the window
+// only. A window run as prefix then rest scores exactly what one step scores (rows meet only
+// through K/V, and neither the matmuls nor attention depend on where a step began), so the sums
+// are unchanged bit for bit; a pass of int4, int4a or k4v3 at 64-token blocks skips 1/8 of each
+// 512-token window. Bound to one set of lanes and one token sequence with one window plan; it
+// must not outlive the engines, from which its destructor removes the kept sequences.
+class WindowPrefixes {
+ public:
+  struct Kept {
+    Engine* engine = nullptr;
+    SeqId seq = -1;    // a sequence of `engine` holding the prefix
+    double nll = 0.0;  // of the window's targets the prefix rows predict
+    std::shared_ptr<const SharingStrategy> strategy;  // what computed it (null: identity)
+  };
+
+  explicit WindowPrefixes(int positions) : positions_(positions) {}
+  ~WindowPrefixes();
+  WindowPrefixes(const WindowPrefixes&) = delete;
+  WindowPrefixes& operator=(const WindowPrefixes&) = delete;
+
+  int positions() const { return positions_; }
+  // Windows whose prefix is kept.
+  int kept() const;
+  // (For EvaluatePerplexity.) Sizes it for a pass of `windows` windows before any runs (a
+  // different count drops what was kept); then, window by window from the lanes' threads (each
+  // window's entry touched by one), window w's kept prefix when it is on `engine` (else null),
+  // and keeping one on its engine (replacing what that engine kept for w; dropped when another
+  // engine holds w's).
+  void Plan(size_t windows);
+  const Kept* Find(size_t w, const Engine* engine) const;
+  void Keep(size_t w, Kept kept);
+
+ private:
+  const int positions_;
+  std::vector<Kept> windows_;  // by window index; engine null where none is kept
+};
+
 struct PerplexityOptions {
   int context = 512;  // window length in tokens
   int stride = 512;   // window start step; tokens already scored are not scored again
@@ -35,6 +76,8 @@ struct PerplexityOptions {
   // When set, called after every window but the last with the windows so far; returning true
   // ends the pass there (the result then covers fewer targets than the text holds).
   std::function<bool(const PerplexityResult& so_far)> stop_early;
+  // When set, windows' prefixes are kept and reused across passes (WindowPrefixes).
+  WindowPrefixes* prefixes = nullptr;
 };
 
 // Mean next-token NLL of `tokens` (tokens[0], usually BOS, is context only): sliding windows

@@ -178,6 +178,14 @@ class CpuBackend : public Backend {
   }
 
   absl::Status SupportsKvType(KvType) const override { return absl::OkStatus(); }
+  // int4 and int4a read their tails through the same code (in place, or gathered where int4
+  // is not read in place); f16 blocks and k4v3 tails are both gathered to fp32 by the same
+  // conversion and attended by the same chunk kernel.
+  bool ReadsF16BlockZeroAlike(KvType a, KvType b) const override {
+    auto int4_family = [](KvType t) { return t == KvType::kInt4 || t == KvType::kInt4A; };
+    auto gathered = [](KvType t) { return t == KvType::kF16 || t == KvType::kK4V3; };
+    return a == b || (int4_family(a) && int4_family(b)) || (gathered(a) && gathered(b));
+  }
 
  private:
   template <typename Fn>
