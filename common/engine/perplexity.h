@@ -31,11 +31,14 @@ struct PerplexityResult {
 // in a sequence of the lane's engine, the NLL of the targets they predict — and a later pass
 // whose strategy computes them alike (KvCache::PrefixShareable: block 0 in f16 in every owning
 // layer, the same sources) copies them (KvCache::CopyPrefix) and runs the rest of the window
-// only. A window run as prefix then rest scores exactly what one step scores (rows meet only
-// through K/V, and neither the matmuls nor attention depend on where a step began), so the sums
-// are unchanged bit for bit; a pass of int4, int4a or k4v3 at 64-token blocks skips 1/8 of each
-// 512-token window. Bound to one set of lanes and one token sequence with one window plan; it
-// must not outlive the engines, from which its destructor removes the kept sequences.
+// only. A window run as prefix then rest scores exactly what one step scores — rows meet only
+// through K/V, and attention chunks by absolute position — provided the backend's matmuls
+// compute a row the same whatever rows share its step, which the caller must know (on the CPU:
+// integer activations on quantized weights; fp32 tiles and OpenBLAS tile by the rows; see
+// QualityMeter). Then the sums are unchanged bit for bit, and a pass of int4, int4a or k4v3 at
+// 64-token blocks skips 1/8 of each 512-token window. Bound to one set of lanes and one token
+// sequence with one window plan (Plan(0) drops everything kept); it must not outlive the
+// engines, from which its destructor removes the kept sequences.
 class WindowPrefixes {
  public:
   struct Kept {
