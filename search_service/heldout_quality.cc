@@ -159,7 +159,8 @@ absl::StatusOr<std::unique_ptr<QualityMeter>> QualityMeter::Create(const Model& 
   eo.kv_type = KvType::kF32;  // the pinned held-out figures are of the exact fp32 cache
   eo.max_step_rows = meter->slice_.context;
   eo.block_tokens = block_tokens;
-  const int64_t windows = (int64_t(meter->slice_.ids.size()) - 2) / meter->slice_.context + 1;
+  const int64_t windows = PerplexityWindows(int64_t(meter->slice_.ids.size()),
+                                            meter->slice_.context, meter->slice_.context);
   const int total_threads =
       threads > 0 ? threads : std::max(1, int(std::thread::hardware_concurrency()));
   const int lanes = int(std::min<int64_t>({total_threads, kMaxLanes, windows}));

@@ -103,6 +103,10 @@ absl::StatusOr<double> WindowNll(Engine& engine, absl::Span<const int32_t> token
 
 double PerplexityResult::perplexity() const { return std::exp(mean_nll); }
 
+int64_t PerplexityWindows(int64_t tokens, int context, int stride) {
+  return int64_t(PlanWindows(tokens, context, stride).size());
+}
+
 WindowPrefixes::~WindowPrefixes() { Plan(0); }
 
 void WindowPrefixes::Plan(size_t windows) {

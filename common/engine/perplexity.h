@@ -83,6 +83,10 @@ struct PerplexityOptions {
   WindowPrefixes* prefixes = nullptr;
 };
 
+// How many windows EvaluatePerplexity runs over `tokens` tokens (>= 2) with this context and
+// stride (what a caller sizes per-window state by: lanes, kept prefixes).
+int64_t PerplexityWindows(int64_t tokens, int context, int stride);
+
 // Mean next-token NLL of `tokens` (tokens[0], usually BOS, is context only): sliding windows
 // of `context` tokens starting every `stride` tokens, each scoring the targets the previous
 // windows did not, so every token after the first is scored once — including each window's

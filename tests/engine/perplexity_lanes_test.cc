@@ -59,6 +59,9 @@ TEST_F(PerplexityLanesTest, ThreeLanesScoreWhatOneEngineScores) {
   });
   ASSERT_TRUE(expected.ok()) << expected.status();
   ASSERT_EQ(expected->window_targets.size(), 7u);
+  // Counted by hand: windows start at 0, 200, ..., 1200 (the one at 1200 scores up to 1399).
+  EXPECT_EQ(PerplexityWindows(1400, 256, 200), 7);
+  EXPECT_EQ(PerplexityWindows(16385, 512, 512), 32);  // the search's slice: 16,384 targets
   EXPECT_EQ(expected->tokens_scored, 1399);
 
   std::vector<std::unique_ptr<Engine>> engines;
