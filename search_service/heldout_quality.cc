@@ -2,12 +2,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <thread>
 
 #include "absl/strings/str_format.h"
 #include "common/strategy/strategy_binding.h"
 #include "common/util/sha256.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "search_service/heldout_baseline_cache.h"
 
 namespace kvshare {
 namespace {
@@ -121,8 +123,10 @@ absl::StatusOr<HeldoutSlice> CalibrationHeldoutSlice(std::string_view calibratio
 absl::StatusOr<StrategyQuality> MeasureHeldoutQuality(
     const Model& model, HeldoutSlice slice, int threads,
     std::shared_ptr<const SharingStrategy> strategy, double calibration_score,
-    const std::atomic<bool>* cancel) {
-  auto meter = QualityMeter::Create(model, std::move(slice), threads, cancel);
+    const std::atomic<bool>* cancel, HeldoutBaselineCache* baselines) {
+  auto meter =
+      QualityMeter::Create(model, std::move(slice), threads, cancel, EngineOptions{}.block_tokens,
+                           cpu::Activations::kF32, baselines);
   if (!meter.ok()) return meter.status();
   return (*meter)->Measure(std::move(strategy), calibration_score);
 }
@@ -139,11 +143,9 @@ void RecordQuality(const StrategyQuality& q, StrategyProvenance* p) {
   p->calibration_score = q.calibration_score;
 }
 
-absl::StatusOr<std::unique_ptr<QualityMeter>> QualityMeter::Create(const Model& model,
-                                                                   HeldoutSlice slice, int threads,
-                                                                   const std::atomic<bool>* cancel,
-                                                                   int block_tokens,
-                                                                   cpu::Activations activations) {
+absl::StatusOr<std::unique_ptr<QualityMeter>> QualityMeter::Create(
+    const Model& model, HeldoutSlice slice, int threads, const std::atomic<bool>* cancel,
+    int block_tokens, cpu::Activations activations, HeldoutBaselineCache* baselines) {
   const ModelConfig& c = model.config();
   if (slice.context < 2 || slice.context > c.max_seq_len) {
     return absl::InvalidArgumentError(
@@ -186,9 +188,21 @@ absl::StatusOr<std::unique_ptr<QualityMeter>> QualityMeter::Create(const Model& 
   if (block_tokens < meter->slice_.context && RowsIndependentOfStep(model, activations)) {
     meter->prefixes_ = std::make_unique<WindowPrefixes>(block_tokens);
   }
+  const std::string key =
+      baselines != nullptr
+          ? HeldoutBaselineCache::Key(model, meter->slice_, block_tokens, activations)
+          : std::string();
+  if (baselines != nullptr) {
+    if (std::optional<PerplexityResult> kept = baselines->Find(key)) {
+      meter->baseline_ = std::move(*kept);
+      meter->baseline_cached_ = true;
+      return meter;
+    }
+  }
   auto base = meter->Perplexity(nullptr);
   if (!base.ok()) return base.status();
   meter->baseline_ = *base;
+  if (baselines != nullptr) baselines->Insert(key, meter->baseline_);
   return meter;
 }
 

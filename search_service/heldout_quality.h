@@ -30,6 +30,8 @@
 
 namespace kvshare {
 
+class HeldoutBaselineCache;  // heldout_baseline_cache.h
+
 struct HeldoutOptions {
   int64_t tokens = 16384;  // targets scored (the slice is tokens + 1 with BOS)
   int context = 512;       // window length = stride
@@ -82,10 +84,11 @@ void RecordQuality(const StrategyQuality& quality, StrategyProvenance* provenanc
 // The quality of `strategy` on `slice` (a QualityMeter for one strategy: the unshared model's
 // perplexity, then the strategy's), with the given calibration score. `threads`: the CPU
 // backend's. Cancelled when *cancel turns true (read before every window of either pass).
+// `baselines` (optional): where the unshared pass is looked up and kept (QualityMeter::Create).
 absl::StatusOr<StrategyQuality> MeasureHeldoutQuality(
     const Model& model, HeldoutSlice slice, int threads,
     std::shared_ptr<const SharingStrategy> strategy, double calibration_score,
-    const std::atomic<bool>* cancel = nullptr);
+    const std::atomic<bool>* cancel = nullptr, HeldoutBaselineCache* baselines = nullptr);
 
 // Perplexity of strategies on one held-out slice; the unshared model's is computed once, at
 // Create.
@@ -115,16 +118,22 @@ class QualityMeter {
   // `block_tokens`: the paged pool's block size (what an int4 layer quantises over).
   // `activations`: how quantized matmuls take activations (kernels/cpu/matmul.h); the baseline
   // and every plan are measured the same way.
+  // `baselines` (optional, must outlive Create only): the unshared pass is taken from it when it
+  // holds this model's, slice's, block size's and activations' (baseline_cached() then), else
+  // run and kept there.
   static absl::StatusOr<std::unique_ptr<QualityMeter>> Create(
       const Model& model, HeldoutSlice slice, int threads,
       const std::atomic<bool>* cancel = nullptr, int block_tokens = EngineOptions{}.block_tokens,
-      cpu::Activations activations = cpu::Activations::kF32);
+      cpu::Activations activations = cpu::Activations::kF32,
+      HeldoutBaselineCache* baselines = nullptr);
 
   static constexpr int kMaxLanes = 4;
 
   const HeldoutSlice& slice() const { return slice_; }
   int lanes() const { return int(engines_.size()); }
   const PerplexityResult& baseline() const { return baseline_; }
+  // Whether baseline() came from Create's cache rather than a pass of this meter.
+  bool baseline_cached() const { return baseline_cached_; }
   // FailedPrecondition for a strategy of another model (fingerprint, layer count). With
   // `reject`, the pass may stop early (EarlyReject): tokens_scored < slice().targets() then.
   absl::StatusOr<PerplexityResult> Perplexity(std::shared_ptr<const SharingStrategy> strategy,
@@ -149,6 +158,7 @@ class QualityMeter {
   // The windows' first KV block, kept across checks (declared after engines_: it goes first).
   std::unique_ptr<WindowPrefixes> prefixes_;
   PerplexityResult baseline_;
+  bool baseline_cached_ = false;
 };
 
 }  // namespace kvshare

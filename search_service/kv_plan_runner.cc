@@ -116,7 +116,8 @@ absl::StatusOr<SharingStrategy> KvPlanStrategy(const Model& model, const KvPlan&
 
 absl::StatusOr<KvPlanStrategyResult> RunKvPlanStrategySearch(
     const Model& model, const CalibrationSet& calibration, const HeldoutSlice& heldout, int threads,
-    const KvPlanOptions& options, const KvPlanHooks& hooks, const HeldoutCheckFn& on_heldout) {
+    const KvPlanOptions& options, const KvPlanHooks& hooks, const HeldoutCheckFn& on_heldout,
+    HeldoutBaselineCache* baselines) {
   absl::Status valid = ValidateKvPlanOptions(options);
   if (!valid.ok()) return valid;
   const ModelConfig& c = model.config();
@@ -132,8 +133,9 @@ absl::StatusOr<KvPlanStrategyResult> RunKvPlanStrategySearch(
   KvPlanStrategyResult out;
   const auto start = std::chrono::steady_clock::now();
   auto meter = QualityMeter::Create(model, heldout, threads, hooks.cancel, block_tokens,
-                                    options.activations);
+                                    options.activations, baselines);
   if (!meter.ok()) return meter.status();
+  out.baseline_cached = (*meter)->baseline_cached();
   out.baseline_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const double base_nll = (*meter)->baseline().mean_nll;
@@ -197,11 +199,9 @@ absl::StatusOr<KvPlanStrategyResult> RunKvPlanStrategySearch(
   return out;
 }
 
-absl::StatusOr<StrategySearchResult> RunKvPlanAsSearch(const Model& model,
-                                                       const CalibrationSet& calibration,
-                                                       const HeldoutSlice& heldout, int threads,
-                                                       const KvPlanOptions& options,
-                                                       const SearchHooks& hooks) {
+absl::StatusOr<StrategySearchResult> RunKvPlanAsSearch(
+    const Model& model, const CalibrationSet& calibration, const HeldoutSlice& heldout, int threads,
+    const KvPlanOptions& options, const SearchHooks& hooks, HeldoutBaselineCache* baselines) {
   if (hooks.on_phase) hooks.on_phase(SearchPhase::kCalibration);
   KvPlanHooks plan_hooks;
   plan_hooks.cancel = hooks.cancel;
@@ -212,7 +212,8 @@ absl::StatusOr<StrategySearchResult> RunKvPlanAsSearch(const Model& model,
       hooks.on_phase(SearchPhase::kGreedy);
     }
   };
-  auto planned = RunKvPlanStrategySearch(model, calibration, heldout, threads, options, plan_hooks);
+  auto planned = RunKvPlanStrategySearch(model, calibration, heldout, threads, options, plan_hooks,
+                                         nullptr, baselines);
   if (!planned.ok()) return planned.status();
   StrategySearchResult r;
   r.strategy = planned->strategy;

@@ -48,7 +48,8 @@ struct KvPlanStrategyResult {
   // target_layers (its sharing layers), score (minus the calibration NLL increase), a note
   // (budget, types, runs, checks, actions), and the held-out quality of its last check.
   std::shared_ptr<const SharingStrategy> strategy;
-  double baseline_seconds = 0;  // the unshared model's held-out perplexity (the reference)
+  double baseline_seconds = 0;   // the unshared model's held-out perplexity (the reference)
+  bool baseline_cached = false;  // taken from `baselines` (baseline_seconds then ~0)
 };
 
 // RunKvPlanSearch trimming on `heldout` through a QualityMeter (the unshared fp32 model's
@@ -56,12 +57,13 @@ struct KvPlanStrategyResult {
 // search --max-ppl-increase` record. Every forward (calibration and held-out) runs on a CPU
 // backend of `threads` threads with options.activations. `on_heldout` (optional) sees each check's
 // NLL increase and the held-out tokens it read (fewer than the slice's when a floor check stopped
-// early).
+// early). `baselines` (optional): where the unshared pass is looked up and kept
+// (heldout_baseline_cache.h; the search service's jobs share one).
 using HeldoutCheckFn = std::function<void(double increase, int64_t tokens_read)>;
 absl::StatusOr<KvPlanStrategyResult> RunKvPlanStrategySearch(
     const Model& model, const CalibrationSet& calibration, const HeldoutSlice& heldout, int threads,
     const KvPlanOptions& options, const KvPlanHooks& hooks = {},
-    const HeldoutCheckFn& on_heldout = nullptr);
+    const HeldoutCheckFn& on_heldout = nullptr, HeldoutBaselineCache* baselines = nullptr);
 
 // The same as a StrategySearchResult (what search jobs report and publish): the strategy, the
 // final plan as the "greedy" kv_source with its sharing layers as acceptances and minus the
@@ -72,6 +74,7 @@ absl::StatusOr<StrategySearchResult> RunKvPlanAsSearch(const Model& model,
                                                        const CalibrationSet& calibration,
                                                        const HeldoutSlice& heldout, int threads,
                                                        const KvPlanOptions& options,
-                                                       const SearchHooks& hooks);
+                                                       const SearchHooks& hooks,
+                                                       HeldoutBaselineCache* baselines = nullptr);
 
 }  // namespace kvshare

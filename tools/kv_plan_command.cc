@@ -122,11 +122,12 @@ int RunPlanSearchCommand(const Session& session, const PreparedSearch& prepared,
       "KV         %.0f bytes/token (f16 everywhere %.0f, llama.cpp's default f16 %.0f: %.3f of "
       "it)\n"
       "calibration NLL +%.5f nats/token; %d runs\n"
-      "time       %.1f s wall, %.1f s CPU (unshared forward + distances %.1f s)\n",
+      "time       %.1f s wall, %.1f s CPU (unshared forward + distances %.1f s), after the "
+      "unshared model's held-out pass (%.1f s; the search service keeps it for later jobs)\n",
       strategy.CanonicalString(), actions.empty() ? "none" : absl::StrJoin(actions, " "),
       r.bytes_per_token, r.base_bytes_per_token, llama_cpp, r.bytes_per_token / llama_cpp,
       r.calibration_increase, r.calibration_runs, result->run.total_seconds,
-      result->run.total_cpu_seconds, result->run.calibration_seconds);
+      result->run.total_cpu_seconds, result->run.calibration_seconds, result->baseline_seconds);
   std::cout << absl::StrFormat(
       "heldout    perplexity %.4f (unshared %.4f): +%.2f%% (budget %g%%), NLL +%.4f nats/token on "
       "%d tokens in %d-token windows\n",

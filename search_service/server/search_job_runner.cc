@@ -60,7 +60,13 @@ SearchJobRunner::SearchJobRunner(const SearchJobRunnerOptions& options, ModelCat
                                             std::max(1, options.max_concurrent_jobs))),
       catalog_(catalog),
       store_(store),
-      metrics_(metrics) {}
+      metrics_(metrics),
+      baselines_(/*capacity=*/64, [metrics](bool hit) {
+        if (metrics != nullptr) {
+          (hit ? metrics->heldout_baselines_cached : metrics->heldout_baselines_computed)
+              .Increment();
+        }
+      }) {}
 
 absl::StatusOr<std::unique_ptr<SearchJobRunner>> SearchJobRunner::Start(
     const SearchJobRunnerOptions& options, ModelCatalog* catalog, StrategyStore* store,
@@ -506,7 +512,7 @@ void SearchJobRunner::Run(const std::shared_ptr<Job>& job) {
     if (search.plan.has_value()) {
       // The KV plan search measures (and records) the held-out quality as it trims.
       return RunKvPlanAsSearch(*model.model, search.calibration, *job->heldout, search_threads_,
-                               *search.plan, hooks);
+                               *search.plan, hooks, &baselines_);
     }
     return RunStrategySearch(*model.model, *backend, search.calibration, search.selection, hooks);
   });
@@ -523,7 +529,7 @@ void SearchJobRunner::Run(const std::shared_ptr<Job>& job) {
         /*persist=*/false);
     auto quality = CatchExceptions("the held-out quality", [&] {
       return MeasureHeldoutQuality(*model.model, *job->heldout, search_threads_, result->strategy,
-                                   result->calibration_score, &job->cancel);
+                                   result->calibration_score, &job->cancel, &baselines_);
     });
     if (quality.ok()) {
       auto measured = std::make_shared<SharingStrategy>(*result->strategy);

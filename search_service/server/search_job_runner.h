@@ -34,6 +34,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "kvshare/v1/search.pb.h"
+#include "search_service/heldout_baseline_cache.h"
 #include "search_service/server/job_journal.h"
 #include "search_service/server/model_catalog.h"
 #include "search_service/server/search_job_request.h"
@@ -113,6 +114,9 @@ class SearchJobRunner {
   ModelCatalog* const catalog_;
   StrategyStore* const store_;
   SearchMetrics* const metrics_;
+  // The unshared held-out passes of earlier jobs (a model's, a slice's, ...: each job measures
+  // against one; only the first job of a kind runs it).
+  HeldoutBaselineCache baselines_;
   std::unique_ptr<JobJournal> journal_;  // null when jobs_dir is empty
 
   mutable absl::Mutex mu_;

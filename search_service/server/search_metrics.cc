@@ -44,7 +44,15 @@ SearchMetrics::SearchMetrics()
                                   .Help("Unreadable job records moved to <jobs>/quarantine at "
                                         "start")
                                   .Register(*registry_)
-                                  .Add({})) {}
+                                  .Add({})),
+      heldout_baselines_family_(prometheus::BuildCounter()
+                                    .Name("kvshare_search_heldout_baselines_total")
+                                    .Help("Unshared held-out passes search jobs looked up, by "
+                                          "source: computed (not kept: the job runs it) or "
+                                          "cached (an earlier job's)")
+                                    .Register(*registry_)),
+      heldout_baselines_computed(heldout_baselines_family_.Add({{"source", "computed"}})),
+      heldout_baselines_cached(heldout_baselines_family_.Add({{"source", "cached"}})) {}
 
 prometheus::Counter& SearchMetrics::jobs(const std::string& result) {
   return jobs_family_.Add({{"result", result}});

@@ -9,6 +9,9 @@
 //   kvshare_strategies_published_total      new versions (republishing existing content: not)
 //   kvshare_strategy_records                records in the store
 //   kvshare_search_quarantined_job_records  job records moved aside at start (job_journal.h)
+//   kvshare_search_heldout_baselines_total{source}  the unshared held-out passes jobs measured
+//                                           against: computed, or cached (an earlier job's;
+//                                           heldout_baseline_cache.h)
 #pragma once
 
 #include <memory>
@@ -42,6 +45,13 @@ class SearchMetrics {
   prometheus::Counter& strategies_published;
   prometheus::Gauge& strategy_records;
   prometheus::Gauge& quarantined_job_records;
+
+ private:
+  prometheus::Family<prometheus::Counter>& heldout_baselines_family_;
+
+ public:
+  prometheus::Counter& heldout_baselines_computed;
+  prometheus::Counter& heldout_baselines_cached;
 };
 
 }  // namespace kvshare

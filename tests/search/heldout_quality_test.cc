@@ -17,6 +17,7 @@
 #include "kernels/cpu/cpu_backend.h"
 #include "proto/wire/strategy_wire.h"
 #include "search_service/cosine_evaluator.h"
+#include "search_service/heldout_baseline_cache.h"
 #include "search_service/loss_evaluator.h"
 #include "search_service/strategy_search.h"
 #include "tests/support/naive_llama.h"
@@ -175,6 +176,58 @@ TEST_F(QualityTest, TheMeterScoresAsAnIndependentEngineDoes) {
   ASSERT_TRUE(other.ok());
   auto bad = (*meter)->Measure(std::make_shared<const SharingStrategy>(*other), 1.0);
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(QualityTest, TheUnsharedPassIsKeptForMetersOfTheSameKey) {
+  const CalibrationSet c = Calibration(30, 64);
+  HeldoutOptions o;
+  o.tokens = 1000;
+  o.context = 200;
+  auto slice = BuildHeldoutSlice(*text_, *tokenizer_, LastCalibrationLine(c), o, "t");
+  ASSERT_TRUE(slice.ok());
+  std::vector<bool> lookups;
+  HeldoutBaselineCache cache(/*capacity=*/2, [&](bool hit) { lookups.push_back(hit); });
+  auto make = [&](const HeldoutSlice& s, int threads, int block, cpu::Activations a) {
+    auto m = QualityMeter::Create(*model_, s, threads, nullptr, block, a, &cache);
+    EXPECT_TRUE(m.ok()) << m.status();
+    return std::move(*m);
+  };
+  const auto f32 = cpu::Activations::kF32;
+  auto first = make(*slice, 1, 16, f32);
+  EXPECT_FALSE(first->baseline_cached());
+  // Another thread count is the same key (the figures do not depend on it); the kept pass is
+  // the first meter's bit for bit, and so is every figure measured against it.
+  auto second = make(*slice, 2, 16, f32);
+  EXPECT_TRUE(second->baseline_cached());
+  EXPECT_EQ(second->baseline().window_nll_sums, first->baseline().window_nll_sums);
+  EXPECT_EQ(second->baseline().mean_nll, first->baseline().mean_nll);
+  auto shared = Strategy({0, 1, 1, 3, 3});
+  auto q1 = first->Measure(shared, 1.0), q2 = second->Measure(shared, 1.0);
+  ASSERT_TRUE(q1.ok() && q2.ok());
+  EXPECT_EQ(q2->heldout_nll, q1->heldout_nll);
+  EXPECT_EQ(q2->baseline_nll, q1->baseline_nll);
+  EXPECT_EQ(cache.hits(), 1);
+  EXPECT_EQ(cache.misses(), 1);
+  EXPECT_EQ(lookups, (std::vector<bool>{false, true}));
+
+  // What the figures depend on is in the key: the block size, the activations, the slice.
+  EXPECT_FALSE(make(*slice, 1, 32, f32)->baseline_cached());
+  EXPECT_FALSE(make(*slice, 1, 16, cpu::Activations::kInt8x2)->baseline_cached());
+  HeldoutOptions shorter = o;
+  shorter.tokens = 600;
+  auto other = BuildHeldoutSlice(*text_, *tokenizer_, LastCalibrationLine(c), shorter, "t");
+  ASSERT_TRUE(other.ok());
+  EXPECT_NE(HeldoutBaselineCache::Key(*model_, *other, 16, f32),
+            HeldoutBaselineCache::Key(*model_, *slice, 16, f32));
+  // Capacity 2: the two newest keys stay (int8x2 and the 32-token blocks), the first went.
+  EXPECT_TRUE(make(*slice, 1, 32, f32)->baseline_cached());
+  EXPECT_FALSE(make(*slice, 1, 16, f32)->baseline_cached());
+
+  // A cancelled pass is not kept.
+  std::atomic<bool> cancel{true};
+  auto cancelled = QualityMeter::Create(*model_, *other, 1, &cancel, 16, f32, &cache);
+  EXPECT_EQ(cancelled.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_FALSE(make(*other, 1, 16, f32)->baseline_cached());
 }
 
 TEST_F(QualityTest, WindowsRunWholeWhereRowsDependOnTheirStep) {

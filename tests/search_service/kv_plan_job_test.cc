@@ -53,13 +53,15 @@ class KvPlanJobTest : public ::testing::Test {
     options.data_dir = *dir_ + "/data";
     options.catalog_path = catalog;
     options.jobs.search_threads = 2;
-    auto server = SearchServer::Start(options, nullptr);
+    metrics_ = new SearchMetrics();
+    auto server = SearchServer::Start(options, metrics_);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = server->release();
     text_ = new std::string(testing::ReadFileOrDie(testing::Asset("tinystories-sample.txt")));
   }
   static void TearDownTestSuite() {
     delete server_;
+    delete metrics_;
     delete text_;
     std::filesystem::remove_all(*dir_);
     delete dir_;
@@ -141,6 +143,7 @@ class KvPlanJobTest : public ::testing::Test {
 
   static inline std::string* dir_ = nullptr;
   static inline SearchServer* server_ = nullptr;
+  static inline SearchMetrics* metrics_ = nullptr;
   static inline std::string* text_ = nullptr;
   std::unique_ptr<v1::SearchService::Stub> jobs_;
 };
@@ -173,6 +176,32 @@ TEST_F(KvPlanJobTest, PublishesThePlanTheLibraryFindsWithinTheBudget) {
   EXPECT_EQ(local->strategy->id(), strategy->id());
   EXPECT_EQ(local->strategy->CanonicalString(), strategy->CanonicalString());
   EXPECT_DOUBLE_EQ(local->strategy->provenance().heldout_ppl, p.heldout_ppl);
+}
+
+TEST_F(KvPlanJobTest, LaterJobsOfTheSameSliceMeasureAgainstTheKeptUnshared) {
+  // Every job measures against the unshared model's held-out pass; the service runs it once per
+  // model, slice, block size and activations (heldout_baseline_cache.h) and later jobs take it.
+  // Whether the first job here computes it depends on the tests before it: count from now.
+  auto computed = [] { return metrics_->heldout_baselines_computed.Value(); };
+  auto cached = [] { return metrics_->heldout_baselines_cached.Value(); };
+  const double computed0 = computed(), cached0 = cached();
+  const v1::SearchJob first = RunPublished(Plan(5.0));
+  EXPECT_EQ(computed() + cached(), computed0 + cached0 + 1);
+  const double computed1 = computed();
+  const v1::SearchJob second = RunPublished(Plan(1.0));
+  EXPECT_EQ(computed(), computed1);
+  EXPECT_EQ(cached(), cached0 + (computed1 - computed0 == 1 ? 1 : 2));
+  auto a = FromProto(first.result().strategy());
+  auto b = FromProto(second.result().strategy());
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a->provenance().baseline_ppl, b->provenance().baseline_ppl);
+  EXPECT_EQ(a->provenance().heldout_hash, b->provenance().heldout_hash);
+
+  // Another block size is another unshared pass (attention chunks by block).
+  v1::CreateSearchJobRequest other = Plan(5.0);
+  other.set_kv_block_tokens(32);
+  RunPublished(other);
+  EXPECT_EQ(computed(), computed1 + 1);
 }
 
 TEST_F(KvPlanJobTest, BadBudgetsAreInvalidArgumentNamingTheField) {
