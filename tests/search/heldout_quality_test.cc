@@ -58,6 +58,13 @@ class QualityTest : public ::testing::Test {
     EXPECT_TRUE(st.ok()) << st.status();
     return std::make_shared<const SharingStrategy>(std::move(*st));
   }
+  // The held-out slice after a 30 x 64 calibration set: `tokens` targets, `context`-token windows.
+  static absl::StatusOr<HeldoutSlice> SliceAfterCalibration(int64_t tokens, int context) {
+    HeldoutOptions o;
+    o.tokens = tokens;
+    o.context = context;
+    return BuildHeldoutSlice(*text_, *tokenizer_, LastCalibrationLine(Calibration(30, 64)), o, "t");
+  }
   // The text from 1-based line `line` on.
   static std::string FromLine(int line) {
     size_t offset = 0;
@@ -122,11 +129,7 @@ TEST_F(QualityTest, ASliceThatCannotBeHadIsAnErrorNotAShorterSlice) {
 }
 
 TEST_F(QualityTest, TheMeterScoresAsAnIndependentEngineDoes) {
-  const CalibrationSet c = Calibration(30, 64);
-  HeldoutOptions o;
-  o.tokens = 1500;
-  o.context = 200;
-  auto slice = BuildHeldoutSlice(*text_, *tokenizer_, LastCalibrationLine(c), o, "t");
+  auto slice = SliceAfterCalibration(1500, 200);
   ASSERT_TRUE(slice.ok());
   const std::vector<int32_t> ids = slice->ids;
   auto meter = QualityMeter::Create(*model_, std::move(*slice), 1);
@@ -179,11 +182,7 @@ TEST_F(QualityTest, TheMeterScoresAsAnIndependentEngineDoes) {
 }
 
 TEST_F(QualityTest, TheUnsharedPassIsKeptForMetersOfTheSameKey) {
-  const CalibrationSet c = Calibration(30, 64);
-  HeldoutOptions o;
-  o.tokens = 1000;
-  o.context = 200;
-  auto slice = BuildHeldoutSlice(*text_, *tokenizer_, LastCalibrationLine(c), o, "t");
+  auto slice = SliceAfterCalibration(1000, 200);
   ASSERT_TRUE(slice.ok());
   std::vector<bool> lookups;
   HeldoutBaselineCache cache(/*capacity=*/2, [&](bool hit) { lookups.push_back(hit); });
@@ -213,9 +212,7 @@ TEST_F(QualityTest, TheUnsharedPassIsKeptForMetersOfTheSameKey) {
   // What the figures depend on is in the key: the block size, the activations, the slice.
   EXPECT_FALSE(make(*slice, 1, 32, f32)->baseline_cached());
   EXPECT_FALSE(make(*slice, 1, 16, cpu::Activations::kInt8x2)->baseline_cached());
-  HeldoutOptions shorter = o;
-  shorter.tokens = 600;
-  auto other = BuildHeldoutSlice(*text_, *tokenizer_, LastCalibrationLine(c), shorter, "t");
+  auto other = SliceAfterCalibration(600, 200);
   ASSERT_TRUE(other.ok());
   EXPECT_NE(HeldoutBaselineCache::Key(*model_, *other, 16, f32),
             HeldoutBaselineCache::Key(*model_, *slice, 16, f32));
@@ -236,11 +233,7 @@ TEST_F(QualityTest, WindowsRunWholeWhereRowsDependOnTheirStep) {
   // the meter keeps no window prefixes (an f16 plan at 16-token blocks would otherwise have
   // them; tests/engine/window_prefixes_test.cc holds them exact where they are kept) and its
   // figures are an independent engine's.
-  const CalibrationSet c = Calibration(30, 64);
-  HeldoutOptions o;
-  o.tokens = 1000;
-  o.context = 200;
-  auto slice = BuildHeldoutSlice(*text_, *tokenizer_, LastCalibrationLine(c), o, "t");
+  auto slice = SliceAfterCalibration(1000, 200);
   ASSERT_TRUE(slice.ok());
   for (cpu::Activations a : {cpu::Activations::kF32, cpu::Activations::kInt8x2}) {
     auto meter = QualityMeter::Create(*model_, *slice, 2, nullptr, /*block_tokens=*/16, a);
@@ -310,11 +303,8 @@ TEST(EarlyRejectTest, StopsWhenTheMeanLessZStandardErrorsIsOverTheBudget) {
 // prefix's (from an independent full pass's window sums); without a reachable budget it reads
 // every window.
 TEST_F(QualityTest, AnEarlyRejectReadsAPrefixAndReportsItsIncrease) {
-  const CalibrationSet c = Calibration(30, 64);
-  HeldoutOptions o;
-  o.tokens = 3000;
-  o.context = 100;  // 30 windows: 100-token strides over BOS + 3000 tokens
-  auto slice = BuildHeldoutSlice(*text_, *tokenizer_, LastCalibrationLine(c), o, "t");
+  auto slice =
+      SliceAfterCalibration(3000, 100);  // 30 windows: 100-token strides over BOS + 3000 tokens
   ASSERT_TRUE(slice.ok());
   const std::vector<int32_t> ids = slice->ids;
   auto meter = QualityMeter::Create(*model_, std::move(*slice), 1);
