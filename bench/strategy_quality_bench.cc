@@ -16,7 +16,9 @@
 // Rows: every search rule (AllMethods; one run per rule to the largest k, the smaller k being
 // its first acceptances, timed at that acceptance with the calibration forward included) and
 // every baseline pattern (search_service/baseline_strategies.h; no search). --methods picks
-// some; the default is all.
+// some; the default is all. Each rule's forwards take its method's default activations
+// (search_request.h RuleDefaultsFor: the paper's f32, nll two int8 digits);
+// nll-similar-lazy8-f32 is the default rule with exact ones, for comparison.
 //
 // Issue 18 rows (--calibrate, on by default; --no-calibrate leaves them out):
 //   <rule>+proj      the rule's strategy with calibrated output projections
@@ -59,6 +61,7 @@
 #include "search_service/heldout_quality.h"
 #include "search_service/projection_fit.h"
 #include "search_service/projection_sets.h"
+#include "search_service/search_request.h"
 #include "search_service/strategy_search.h"
 #include "service_runtime/locate.h"
 
@@ -97,6 +100,7 @@ std::vector<Method> AllMethods() {
     x.selection.best_of = k;
     x.selection.lazy = lazy;
     x.selection.max_nll_increase = r;
+    x.selection.activations = RuleDefaultsFor(SearchMethodName(m)).activations;
     x.small_models_only = small_models_only;
     out.push_back(x);
   };
@@ -113,6 +117,9 @@ std::vector<Method> AllMethods() {
   search("nll-dissimilar-lazy8", SearchMethod::kNll, PairOrder::kDissimilar, 8, true);
   search("nll-similar-best8", SearchMethod::kNll, PairOrder::kSimilar, 8, false);
   search("nll-similar-lazy8", SearchMethod::kNll, PairOrder::kSimilar, 8, true);
+  // The default rule with exact activations (the nll rule's default is two int8 digits).
+  search("nll-similar-lazy8-f32", SearchMethod::kNll, PairOrder::kSimilar, 8, true);
+  out.back().selection.activations = cpu::Activations::kF32;
   search("nll-similar-lazy16", SearchMethod::kNll, PairOrder::kSimilar, 16, true);
   // Issue 18: candidates scored with their calibrated projections (scoring-set NLL).
   search("nll-similar-lazy8-cal", SearchMethod::kNll, PairOrder::kSimilar, 8, true);
@@ -343,7 +350,8 @@ absl::StatusOr<nlohmann::json> RunModel(const ModelSpec& spec, const Flags& flag
     SelectionOptions o = method.selection;
     o.greedy.target_layers = k_max;
     if (o.calibrated && calibrator == nullptr) continue;  // --no-calibrate
-    auto r = RunStrategySearch(m, *backend, *calibration, o, {}, calibrator.get());
+    auto search_backend = MakeCpuBackend(SearchBackendOptions(flags.threads, o));
+    auto r = RunStrategySearch(m, *search_backend, *calibration, o, {}, calibrator.get());
     if (!r.ok()) return r.status();
     const GreedyResult& g = r->selection.greedy;
     std::fprintf(stderr,

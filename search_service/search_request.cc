@@ -24,14 +24,24 @@ KvPlanOptions PlanOptionsOf(const SearchRequest& r) {
   plan.max_ppl_increase = r.max_ppl_increase.value_or(plan.max_ppl_increase);
   plan.share_best_of = EffectiveBestOf(r);
   plan.block_tokens = r.kv_block_tokens.value_or(EngineOptions{}.block_tokens);
+  plan.activations = EffectiveActivations(r);
   return plan;
 }
 
 }  // namespace
 
 RuleDefaults RuleDefaultsFor(const std::string& method) {
-  if (method == SearchMethodName(SearchMethod::kKvSharer)) return {"dissimilar", 1, false};
-  return {"similar", 8, true};
+  if (method == SearchMethodName(SearchMethod::kKvSharer)) {
+    return {"dissimilar", 1, false, cpu::Activations::kF32};
+  }
+  return {"similar", 8, true, cpu::Activations::kInt8x2};
+}
+
+cpu::Activations EffectiveActivations(const SearchRequest& r) {
+  if (r.activations.has_value()) return *r.activations;
+  if (r.max_ppl_increase.has_value()) return KvPlanOptions{}.activations;
+  if (r.drop_attention.value_or(false)) return cpu::Activations::kF32;
+  return RuleDefaultsFor(r.method).activations;
 }
 
 std::string EffectiveOrder(const SearchRequest& r) {
@@ -66,6 +76,15 @@ absl::StatusOr<std::string> CheckSearchRequest(const SearchRequest& r) {
     if (!s.ok()) return s;
   }
   const bool drop = r.drop_attention.value_or(false);
+  const bool exact_only = !r.max_ppl_increase.has_value() &&
+                          (drop || r.method == SearchMethodName(SearchMethod::kKvSharer));
+  if (exact_only && EffectiveActivations(r) != cpu::Activations::kF32) {
+    return Invalid(absl::StrFormat("%s %s: %s measures with exact (f32) activations",
+                                   F(r, "--activations", "activations"),
+                                   cpu::ActivationsName(EffectiveActivations(r)),
+                                   drop ? F(r, "--drop-attention", "drop_attention")
+                                        : "the paper's search (method kvsharer)"));
+  }
   if (r.drop_substitutes.has_value() && !drop) {
     return Invalid(absl::StrFormat("%s: only with %s", F(r, "--no-substitutes", "drop_substitutes"),
                                    F(r, "--drop-attention", "drop_attention")));
@@ -180,6 +199,7 @@ absl::StatusOr<PreparedSearch> PrepareSearch(const SearchRequest& r, const Model
   p.selection.best_of = EffectiveBestOf(r);
   p.selection.lazy = EffectiveLazy(r);
   p.selection.max_nll_increase = r.max_nll_increase;
+  p.selection.activations = EffectiveActivations(r);
   if (r.max_ppl_increase.has_value()) {
     KvPlanOptions plan = PlanOptionsOf(r);
     KeepHoldableTypes(&plan, {plan.block_tokens, c.n_kv_heads, c.head_dim});

@@ -59,23 +59,33 @@ struct SearchRequest {
   // max_ppl_increase; the rule fields are not used.
   std::optional<bool> drop_attention;
   std::optional<bool> drop_substitutes;
+  // How the calibration forwards take activations in quantized matmuls (kernels/cpu/matmul.h
+  // Activations); unset: the method's default (RuleDefaults), or KvPlanOptions::activations
+  // for a KV plan search. The paper's search (kvsharer) and drop_attention are exact: anything
+  // but f32 is refused there.
+  std::optional<cpu::Activations> activations;
   static constexpr double kDefaultTargetRatio = 0.25;
 };
 
-// A method's pair order, candidates per step and laziness when the request leaves them unset.
+// A method's pair order, candidates per step, laziness and activations when the request leaves
+// them unset.
 struct RuleDefaults {
   const char* order;
   int best_of;
   bool lazy;
+  cpu::Activations activations;
 };
-// kvsharer: the paper's (dissimilar, 1, not lazy); nll (and any other name, which
-// CheckSearchRequest rejects): similar, 8, lazy.
+// kvsharer: the paper's (dissimilar, 1, not lazy, exact f32 activations); nll (and any other
+// name, which CheckSearchRequest rejects): similar, 8, lazy, two int8 digits (docs/METHOD.md
+// §4: the same strategies as f32 on SmolLM2 to 12 of 30 layers, in 0.65 of the time).
 RuleDefaults RuleDefaultsFor(const std::string& method);
-// The request's order, best_of and lazy, or its method's defaults. A KV plan search
-// (max_ppl_increase set) defaults best_of to KvPlanOptions::share_best_of whatever the method.
+// The request's order, best_of, lazy and activations, or its method's defaults. A KV plan
+// search (max_ppl_increase set) defaults best_of to KvPlanOptions::share_best_of and the
+// activations to KvPlanOptions::activations whatever the method.
 std::string EffectiveOrder(const SearchRequest& r);
 int EffectiveBestOf(const SearchRequest& r);
 bool EffectiveLazy(const SearchRequest& r);
+cpu::Activations EffectiveActivations(const SearchRequest& r);
 
 struct PreparedSearch {
   CalibrationSet calibration;

@@ -28,6 +28,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "kernels/cpu/matmul.h"
 #include "search_service/greedy_search.h"
 #include "search_service/layer_distance.h"
 
@@ -55,6 +56,12 @@ struct SelectionOptions {
   // ridge strength of those fits (relative, ridge_fit.h).
   bool calibrated = false;
   double calibration_ridge = 0.03;
+  // How the calibration forwards take activations in quantized matmuls (kernels/cpu/matmul.h):
+  // the caller builds the backend with it (SearchBackendOptions, strategy_search.h) and the
+  // strategy's note records it. The paper's search is exact (f32); the nll rule defaults to two
+  // int8 digits (search_request.h RuleDefaultsFor), which on SmolLM2 picks the same pairs in
+  // the same order as f32 to 12 of 30 layers in 0.65 of the time (docs/METHOD.md §4).
+  cpu::Activations activations = cpu::Activations::kF32;
 };
 
 // The rule fields of a request, checked before any work: the method's name, K >= 1, R > 0

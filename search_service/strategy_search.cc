@@ -78,9 +78,10 @@ void FillProvenance(const SelectionOptions& options, const CalibrationSet& calib
   p->score = g.score;
   p->calibration_score = r.calibration_score;
   p->note = absl::StrFormat(
-      "calibration %d samples x %d tokens; %s%s; best of %d%s; %d candidates scored, %d "
-      "accepted, %d skipped",
-      calibration.samples, calibration.tokens, StopReasonName(g.stop),
+      "calibration %d samples x %d tokens, forwards with %s activations; %s%s; best of %d%s; %d "
+      "candidates scored, %d accepted, %d skipped",
+      calibration.samples, calibration.tokens, cpu::ActivationsName(options.activations),
+      StopReasonName(g.stop),
       options.greedy.order == PairOrder::kRandom ? absl::StrFormat("; seed %d", options.greedy.seed)
                                                  : "",
       options.best_of,
@@ -94,6 +95,13 @@ void FillProvenance(const SelectionOptions& options, const CalibrationSet& calib
 }
 
 }  // namespace
+
+CpuBackendOptions SearchBackendOptions(int threads, const SelectionOptions& options) {
+  CpuBackendOptions o;
+  o.threads = threads;
+  o.matmul.activations = options.activations;
+  return o;
+}
 
 absl::StatusOr<StrategySearchResult> RunStrategySearch(const Model& model, Backend& backend,
                                                        const CalibrationSet& calibration,

@@ -21,6 +21,7 @@
 #include "common/model/model.h"
 #include "common/strategy/sharing_strategy.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "search_service/calibration.h"
 #include "search_service/layer_distance.h"
 #include "search_service/projection_fit.h"
@@ -69,11 +70,16 @@ struct StrategySearchResult {
   double total_cpu_seconds = 0;
 };
 
-// Runs the search with its own Transformer over `backend`. Errors: ValidateSelectionOptions, a
-// calibration set that does not fit the model, backend failures, Cancelled (hooks.cancel), and
-// InvalidArgument for options.calibrated without a `calibrator` (projection_fit.h: it holds
-// the fit and scoring sets the candidates are judged on). The distances still come from the
-// calibration set.
+// The CPU backend a search with `options` runs on: `threads` threads (0: all cores) and
+// options.activations.
+CpuBackendOptions SearchBackendOptions(int threads, const SelectionOptions& options);
+
+// Runs the search with its own Transformer over `backend` (SearchBackendOptions' on the CPU:
+// the strategy's note names options.activations as the forwards'). Errors:
+// ValidateSelectionOptions, a calibration set that does not fit the model, backend failures,
+// Cancelled (hooks.cancel), and InvalidArgument for options.calibrated without a `calibrator`
+// (projection_fit.h: it holds the fit and scoring sets the candidates are judged on). The distances
+// still come from the calibration set.
 absl::StatusOr<StrategySearchResult> RunStrategySearch(const Model& model, Backend& backend,
                                                        const CalibrationSet& calibration,
                                                        const SelectionOptions& options,

@@ -259,7 +259,13 @@ Runner RegisterSearch(CLI::App& app) {
     if (max_nll->count() > 0) request.max_nll_increase = flags->max_nll_increase;
     if (flags->drop_attention) request.drop_attention = true;
     if (flags->no_substitutes) request.drop_substitutes = false;
+    request.activations = ActivationsFlag(flags->model);
     if (!flags->remote.server.empty()) {
+      if (request.activations.has_value()) {
+        return Fail(absl::InvalidArgumentError(
+            "--activations and --int8: the search service runs each method with its default "
+            "(int8x2 for nll and KV plans, f32 for kvsharer); leave them out with --server"));
+      }
       if (plan_budget->count() > 0) {
         if (flags->plan.no_share || flags->plan.plan_types != PlanSearchFlags{}.plan_types) {
           return Fail(absl::InvalidArgumentError(
@@ -329,12 +335,6 @@ Runner RegisterSearch(CLI::App& app) {
                                   flags->model.block_tokens, ActivationsFlag(flags->model),
                                   flags->out);
     }
-    if (ActivationsFlag(flags->model).value_or(cpu::Activations::kF32) != cpu::Activations::kF32) {
-      return Fail(absl::InvalidArgumentError(absl::StrFormat(
-          "--activations %s: the sharing search measures with exact (f32) activations; "
-          "--activations and --int8 apply to the KV plan search (--max-ppl-increase)",
-          flags->model.int8 ? "int8" : flags->model.activations)));
-    }
     // Projection sets: after the held-out slice when it is cut from the calibration text,
     // else after the calibration lines; never overlapping either.
     ProjectionSets projection_sets;
@@ -387,10 +387,12 @@ Runner RegisterSearch(CLI::App& app) {
                            flags->model.threads, flags->out);
     }
     std::cerr << absl::StrFormat(
-        "search: %s, %d layers; calibration %d x %d tokens (%s); method %s, order %s, %s, best "
-        "of %d%s, target %d sharing layers\n",
+        "search: %s, %d layers; calibration %d x %d tokens (%s), %s activations; method %s, "
+        "order %s, %s, best of %d%s, target %d sharing layers\n",
         c.name, c.n_layers, prepared->calibration.samples, prepared->calibration.tokens,
-        prepared->calibration.hash.substr(0, 16), request.method, PairOrderName(options.order),
+        prepared->calibration.hash.substr(0, 16),
+        cpu::ActivationsName(prepared->selection.activations), request.method,
+        PairOrderName(options.order),
         prepared->selection.method == SearchMethod::kNll
             ? (request.max_nll_increase.has_value()
                    ? absl::StrFormat("NLL increase < %g", *request.max_nll_increase)
@@ -398,7 +400,7 @@ Runner RegisterSearch(CLI::App& app) {
             : absl::StrFormat("threshold %g", options.threshold),
         prepared->selection.best_of, prepared->selection.lazy ? " (lazy)" : "",
         options.target_layers);
-    auto backend = MakeCpuBackend(flags->model.threads);
+    auto backend = MakeCpuBackend(SearchBackendOptions(flags->model.threads, prepared->selection));
     ProgressBar bar("search", "pairs");
     SearchHooks hooks;
     hooks.progress = [&](const GreedyProgress& p) {

@@ -473,7 +473,7 @@ void SearchJobRunner::Run(const std::shared_ptr<Job>& job) {
                search_threads_);
   const absl::Time start = absl::Now();
   absl::Time greedy_start = start;
-  auto backend = MakeCpuBackend(search_threads_);
+  auto backend = MakeCpuBackend(SearchBackendOptions(search_threads_, search.selection));
 
   SearchHooks hooks;
   hooks.cancel = &job->cancel;

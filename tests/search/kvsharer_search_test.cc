@@ -366,6 +366,9 @@ TEST_F(SearchRequestTest, AGoodRequestResolvesTheRatioAgainstTheLayerCount) {
   EXPECT_EQ(p->options.threshold, 0.5);
   EXPECT_EQ(p->calibration.samples, 30);
   EXPECT_EQ(p->calibration.tokens, 64);
+  // Its forwards take two int8 digits per activation (docs/METHOD.md §4).
+  EXPECT_EQ(p->selection.activations, cpu::Activations::kInt8x2);
+  EXPECT_EQ(SearchBackendOptions(2, p->selection).matmul.activations, cpu::Activations::kInt8x2);
   SearchRequest r = Good();
   // --method kvsharer alone is the paper's search: dissimilar first, the first acceptable
   // candidate, no laziness.
@@ -376,6 +379,19 @@ TEST_F(SearchRequestTest, AGoodRequestResolvesTheRatioAgainstTheLayerCount) {
   EXPECT_EQ(paper->options.order, PairOrder::kDissimilar);
   EXPECT_EQ(paper->selection.best_of, 1);
   EXPECT_FALSE(paper->selection.lazy);
+  EXPECT_EQ(paper->selection.activations, cpu::Activations::kF32);
+  // Exact activations on request; the paper's search takes no other (a proto request names
+  // the field as the proto spells it).
+  SearchRequest exact = Good();
+  exact.activations = cpu::Activations::kF32;
+  EXPECT_EQ(PrepareSearch(exact, *model_, *tokenizer_)->selection.activations,
+            cpu::Activations::kF32);
+  SearchRequest refused = r;
+  refused.activations = cpu::Activations::kInt8x2;
+  refused.field_style = FieldStyle::kProtoField;
+  ExpectError(refused,
+              "activations int8x2: the paper's search (method kvsharer) measures with exact (f32) "
+              "activations");
   // Given, the rule's fields win over the method's defaults.
   r.order = "similar";
   r.best_of = 3;

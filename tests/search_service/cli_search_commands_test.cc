@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "common/model/model.h"
 #include "common/strategy/sharing_strategy.h"
 #include "gmock/gmock.h"
@@ -147,30 +148,47 @@ std::vector<std::string> StoriesSearchArgs(const std::string& out) {
           "2"};
 }
 
-// --activations: the KV plan search measures with two int8 digits unless told otherwise, and
-// says so in its header and the strategy's note; the sharing search refuses anything but f32
-// rather than ignoring the flag.
-TEST_F(CliSearchCommandsTest, ActivationsApplyToThePlanSearchAndAreRecorded) {
+// --activations: the KV plan search and the nll sharing rule measure with two int8 digits
+// unless told otherwise, and say so in the header and the strategy's note; the paper's search
+// and the drop search refuse anything but f32 rather than ignoring the flag.
+TEST_F(CliSearchCommandsTest, ActivationsApplyToTheSearchesAndAreRecorded) {
   const std::string out = *dir_ + "/plan.json";
   const std::vector<std::string> base = StoriesSearchArgs(out);
   std::vector<std::string> args = base;
-  args.insert(args.end(), {"--target-layers", "2", "--activations", "int8x2"});
+  args.insert(args.end(),
+              {"--target-layers", "2", "--method", "kvsharer", "--activations", "int8x2"});
   testing::CliRun run = testing::RunCli(KVSHARE_CLI_BINARY, args);
   EXPECT_NE(run.exit_code, 0);
-  EXPECT_THAT(run.err, HasSubstr("--activations int8x2: the sharing search measures with exact"));
+  EXPECT_THAT(run.err,
+              HasSubstr("--activations int8x2: the paper's search (method kvsharer) measures "
+                        "with exact (f32) activations"));
+  args = base;
+  args.insert(args.end(), {"--target-layers", "2", "--drop-attention", "--int8"});
+  run = testing::RunCli(KVSHARE_CLI_BINARY, args);
+  EXPECT_NE(run.exit_code, 0);
+  EXPECT_THAT(run.err, HasSubstr("--activations int8: --drop-attention measures with exact (f32)"));
 
-  for (const char* given : {"", "f32"}) {
-    SCOPED_TRACE(given);
+  struct Case {
+    std::vector<std::string> search;  // the search's flags
+    const char* given;                // --activations, or "" for the default
+    const char* used;
+  };
+  for (const Case& c :
+       {Case{{"--max-ppl-increase", "5"}, "", "int8x2"},
+        Case{{"--max-ppl-increase", "5"}, "f32", "f32"},
+        Case{{"--target-layers", "2"}, "", "int8x2"}, Case{{"--target-layers", "2"}, "f32", "f32"},
+        Case{{"--target-layers", "2", "--method", "kvsharer"}, "", "f32"}}) {
+    SCOPED_TRACE(absl::StrCat(absl::StrJoin(c.search, " "), " / ", c.given));
     args = base;
-    args.insert(args.end(), {"--max-ppl-increase", "5"});
-    if (*given != '\0') args.insert(args.end(), {"--activations", given});
+    args.insert(args.end(), c.search.begin(), c.search.end());
+    if (*c.given != '\0') args.insert(args.end(), {"--activations", c.given});
     run = testing::RunCli(KVSHARE_CLI_BINARY, args);
     ASSERT_EQ(run.exit_code, 0) << run.err;
-    const std::string name = *given != '\0' ? given : "int8x2";
-    EXPECT_THAT(run.err, HasSubstr(name + " activations"));
+    EXPECT_THAT(run.err, HasSubstr(std::string(c.used) + " activations"));
     auto st = SharingStrategy::ReadFile(out);
     ASSERT_TRUE(st.ok()) << st.status();
-    EXPECT_THAT(st->provenance().note, HasSubstr("forwards with " + name + " activations"));
+    EXPECT_THAT(st->provenance().note,
+                HasSubstr(std::string("forwards with ") + c.used + " activations"));
   }
 }
 
