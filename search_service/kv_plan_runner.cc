@@ -135,7 +135,6 @@ absl::StatusOr<KvPlanStrategyResult> RunKvPlanStrategySearch(
   auto meter = QualityMeter::Create(model, heldout, threads, hooks.cancel, block_tokens,
                                     options.activations, baselines);
   if (!meter.ok()) return meter.status();
-  out.baseline_cached = (*meter)->baseline_cached();
   out.baseline_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const double base_nll = (*meter)->baseline().mean_nll;

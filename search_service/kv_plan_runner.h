@@ -48,8 +48,7 @@ struct KvPlanStrategyResult {
   // target_layers (its sharing layers), score (minus the calibration NLL increase), a note
   // (budget, types, runs, checks, actions), and the held-out quality of its last check.
   std::shared_ptr<const SharingStrategy> strategy;
-  double baseline_seconds = 0;   // the unshared model's held-out perplexity (the reference)
-  bool baseline_cached = false;  // taken from `baselines` (baseline_seconds then ~0)
+  double baseline_seconds = 0;  // the unshared model's held-out perplexity (the reference)
 };
 
 // RunKvPlanSearch trimming on `heldout` through a QualityMeter (the unshared fp32 model's

@@ -77,7 +77,7 @@ struct RuleDefaults {
 };
 // kvsharer: the paper's (dissimilar, 1, not lazy, exact f32 activations); nll (and any other
 // name, which CheckSearchRequest rejects): similar, 8, lazy, two int8 digits (docs/METHOD.md
-// §4: the same strategies as f32 on SmolLM2 to 12 of 30 layers, in 0.65 of the time).
+// §4: the same strategies as f32 on SmolLM2 to 12 of 30 layers, in 0.62 of the time).
 RuleDefaults RuleDefaultsFor(const std::string& method);
 // The request's order, best_of, lazy and activations, or its method's defaults. A KV plan
 // search (max_ppl_increase set) defaults best_of to KvPlanOptions::share_best_of and the

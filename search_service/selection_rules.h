@@ -60,7 +60,7 @@ struct SelectionOptions {
   // the caller builds the backend with it (SearchBackendOptions, strategy_search.h) and the
   // strategy's note records it. The paper's search is exact (f32); the nll rule defaults to two
   // int8 digits (search_request.h RuleDefaultsFor), which on SmolLM2 picks the same pairs in
-  // the same order as f32 to 12 of 30 layers in 0.65 of the time (docs/METHOD.md §4).
+  // the same order as f32 to 12 of 30 layers in 0.62 of the time (docs/METHOD.md §4).
   cpu::Activations activations = cpu::Activations::kF32;
 };
 
