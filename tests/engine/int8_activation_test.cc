@@ -16,6 +16,7 @@
 #include "kernels/cpu/cpu_backend.h"
 #include "nlohmann/json.hpp"
 #include "tests/support/test_env.h"
+#include "tests/support/wikitext_ids.h"
 
 namespace kvshare {
 namespace {
@@ -34,11 +35,8 @@ TEST(Int8ActivationTest, WikitextPerplexityWithinHalfAPercentOfExactPath) {
   ASSERT_TRUE(model.ok()) << model.status();
   auto tok = LoadTokenizerForModel(**model, "");
   ASSERT_TRUE(tok.ok()) << tok.status();
-  const std::string text =
-      testing::ReadFileOrDie(testing::Asset("wikitext-2-raw-test.txt")).substr(0, 8000);
-  std::vector<int32_t> ids = (*tok)->Encode(text, false);
-  ASSERT_GE(ids.size(), 1024u);
-  ids.resize(1024);
+  std::vector<int32_t> ids = testing::WikiTextIds(**model, 8000, /*add_bos=*/false, 1024);
+  ASSERT_EQ(ids.size(), 1024u);
   ids.insert(ids.begin(), (*tok)->bos_id());
   PerplexityOptions options;
   double nll[2];

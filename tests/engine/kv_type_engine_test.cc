@@ -18,6 +18,7 @@
 #include "kernels/cpu/cpu_backend.h"
 #include "nlohmann/json.hpp"
 #include "tests/support/test_env.h"
+#include "tests/support/wikitext_ids.h"
 
 namespace kvshare {
 namespace {
@@ -28,11 +29,8 @@ class KvTypeEngineTest : public ::testing::Test {
     auto model = Model::Load(testing::SmolLm2Path());
     ASSERT_TRUE(model.ok()) << model.status();
     model_ = model->release();
-    auto tok = LoadTokenizerForModel(*model_, "");
-    ASSERT_TRUE(tok.ok()) << tok.status();
-    const std::string text = testing::ReadFileOrDie(testing::Asset("wikitext-2-raw-test.txt"));
-    ids_ = new std::vector<int32_t>((*tok)->Encode(text.substr(0, 40000), /*add_bos=*/false));
-    ids_->resize(4 * 256 + 1);
+    ids_ = new std::vector<int32_t>(
+        testing::WikiTextIds(*model_, 40000, /*add_bos=*/false, 4 * 256 + 1));
   }
   static void TearDownTestSuite() {
     delete model_;

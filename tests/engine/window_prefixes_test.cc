@@ -9,11 +9,11 @@
 #include "common/engine/engine.h"
 #include "common/engine/perplexity.h"
 #include "common/model/model.h"
-#include "common/tokenizer/tokenizer.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "tests/support/test_env.h"
+#include "tests/support/wikitext_ids.h"
 
 namespace kvshare {
 namespace {
@@ -24,11 +24,9 @@ class WindowPrefixesTest : public ::testing::Test {
     auto model = Model::Load(testing::SmolLm2Path());
     ASSERT_TRUE(model.ok()) << model.status();
     model_ = model->release();
-    auto tok = LoadTokenizerForModel(*model_, "");
-    ASSERT_TRUE(tok.ok()) << tok.status();
-    const std::string text = testing::ReadFileOrDie(testing::Asset("wikitext-2-raw-test.txt"));
-    ids_ = new std::vector<int32_t>((*tok)->Encode(text.substr(0, 20000), /*add_bos=*/true));
-    ids_->resize(3 * 200 + 1);  // three windows of 200: the last 64 + 136 positions
+    // Three windows of 200: the last 64 + 136 positions.
+    ids_ = new std::vector<int32_t>(
+        testing::WikiTextIds(*model_, 20000, /*add_bos=*/true, 3 * 200 + 1));
   }
   static void TearDownTestSuite() {
     delete model_;
