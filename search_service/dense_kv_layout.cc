@@ -8,7 +8,8 @@ namespace kvshare {
 
 absl::StatusOr<std::unique_ptr<DenseKvLayout>> DenseKvLayout::Create(Backend& backend,
                                                                      const ModelConfig& config,
-                                                                     int samples, int tokens) {
+                                                                     int samples, int tokens,
+                                                                     bool kept_bank) {
   if (samples < 1 || tokens < 1) {
     return absl::InvalidArgumentError(
         absl::StrFormat("dense kv layout: samples %d and tokens %d must be >= 1", samples, tokens));
@@ -19,7 +20,8 @@ absl::StatusOr<std::unique_ptr<DenseKvLayout>> DenseKvLayout::Create(Backend& ba
   d->geometry_.head_dim = config.head_dim;
   d->samples_ = samples;
   d->n_layers_ = config.n_layers;
-  const size_t n_blocks = 2 * size_t(samples) * config.n_layers;
+  d->banks_ = kept_bank ? 3 : 2;
+  const size_t n_blocks = size_t(d->banks_) * samples * config.n_layers;
   auto pool = backend.Allocate(n_blocks * d->geometry_.block_floats() * sizeof(float));
   if (!pool.ok()) return pool.status();
   d->pool_ = std::move(*pool);
@@ -39,6 +41,14 @@ void DenseKvLayout::AcceptCandidate() {
   for (int s = 0; s < samples_; ++s) {
     for (int l = first_changed_; l < n_layers_; ++l) {
       std::swap(BlockOf(kAccepted, s, l), BlockOf(kCandidate, s, l));
+    }
+  }
+}
+
+void DenseKvLayout::SwapCandidateAndKept(int from_layer) {
+  for (int s = 0; s < samples_; ++s) {
+    for (int l = from_layer; l < n_layers_; ++l) {
+      std::swap(BlockOf(kCandidate, s, l), BlockOf(kKept, s, l));
     }
   }
 }

@@ -45,15 +45,15 @@ IncrementalForward::~IncrementalForward() = default;
 
 absl::StatusOr<std::unique_ptr<IncrementalForward>> IncrementalForward::Create(
     Transformer& transformer, const CalibrationSet& calibration, const std::string& user,
-    ForwardObserver* identity_observer, const FinalBatchFn& on_final) {
+    ForwardObserver* identity_observer, const FinalBatchFn& on_final, bool keep_bank) {
   std::unique_ptr<IncrementalForward> f(new IncrementalForward(transformer, calibration));
-  absl::Status s = f->Init(user, identity_observer, on_final);
+  absl::Status s = f->Init(user, identity_observer, on_final, keep_bank);
   if (!s.ok()) return s;
   return f;
 }
 
 absl::Status IncrementalForward::Init(const std::string& user, ForwardObserver* identity_observer,
-                                      const FinalBatchFn& on_final) {
+                                      const FinalBatchFn& on_final, bool keep_bank) {
   const ModelConfig& c = transformer_.config();
   const int N = calibration_.samples, T = calibration_.tokens;
   if (N < 1 || T < 1 || calibration_.ids.size() != size_t(N) * T) {
@@ -81,7 +81,7 @@ absl::Status IncrementalForward::Init(const std::string& user, ForwardObserver* 
   n_layers_ = c.n_layers;
   batch_samples_ = std::min(N, transformer_.max_rows() / T);
 
-  auto kv = DenseKvLayout::Create(transformer_.backend(), c, N, T);
+  auto kv = DenseKvLayout::Create(transformer_.backend(), c, N, T, keep_bank);
   if (!kv.ok()) return kv.status();
   kv_ = std::move(*kv);
   auto x = transformer_.backend().Allocate(size_t(batch_samples_) * T * dim_ * sizeof(float));
@@ -95,6 +95,7 @@ absl::Status IncrementalForward::Init(const std::string& user, ForwardObserver* 
   const size_t floats = size_t(N) * T * dim_;
   accepted_hidden_.assign(n_layers_, std::vector<float>(floats));
   candidate_hidden_.assign(n_layers_, std::vector<float>(floats));
+  if (keep_bank) kept_hidden_.assign(n_layers_, std::vector<float>(floats));
   final_.resize(floats);
 
   // The unshared model: every layer runs and owns, so the whole forward is a "candidate"
@@ -235,23 +236,62 @@ absl::Status IncrementalForward::Accept(const std::vector<int>& kv_source,
   return AcceptPlan(kv_source, accepted_types_, first_changed_layer);
 }
 
+absl::Status IncrementalForward::KeepLastRun() {
+  if (!kv_->has_kept_bank()) {
+    return absl::FailedPreconditionError("keeping a run needs the kept bank (Create's keep_bank)");
+  }
+  if (run_first_ < 0) {
+    return absl::FailedPreconditionError("no complete run since the last accept to keep");
+  }
+  for (int l = FirstWrittenResidual(run_first_); l < n_layers_; ++l) {
+    std::swap(candidate_hidden_[l], kept_hidden_[l]);
+  }
+  kv_->SwapCandidateAndKept(run_first_);
+  kept_ = run_;
+  kept_types_ = run_types_;
+  kept_first_ = run_first_;
+  run_first_ = -1;
+  return absl::OkStatus();
+}
+
+bool IncrementalForward::IsKept(const std::vector<int>& kv_source, int first_changed_layer) const {
+  return kept_first_ >= 0 && first_changed_layer == kept_first_ && kv_source == kept_ &&
+         kept_types_ == accepted_types_;
+}
+
 absl::Status IncrementalForward::AcceptPlan(const std::vector<int>& kv_source,
                                             const std::vector<KvType>& kv_types,
                                             int first_changed_layer) {
-  if (run_first_ < 0 || first_changed_layer != run_first_ || kv_source != run_ ||
-      kv_types != run_types_) {
+  const bool last_run = run_first_ >= 0 && first_changed_layer == run_first_ && kv_source == run_ &&
+                        kv_types == run_types_;
+  if (!last_run && kept_first_ >= 0 && first_changed_layer == kept_first_ && kv_source == kept_ &&
+      kv_types == kept_types_) {
+    // The kept run becomes the candidate again (the last run's states go to the kept bank,
+    // which the accept below forgets).
+    for (int l = FirstWrittenResidual(kept_first_); l < n_layers_; ++l) {
+      std::swap(candidate_hidden_[l], kept_hidden_[l]);
+    }
+    kv_->SetCandidate(kept_, kept_first_);
+    kv_->SwapCandidateAndKept(kept_first_);
+    run_ = kept_;
+    run_types_ = kept_types_;
+    run_first_ = kept_first_;
+  } else if (!last_run) {
     return absl::FailedPreconditionError(absl::StrFormat(
-        "accepting a candidate (first changed layer %d) that is not the one last run",
+        "accepting a candidate (first changed layer %d) that is neither the one last run nor the "
+        "kept one",
         first_changed_layer));
   }
   kv_->AcceptCandidate();
   // The residual entering layer first_changed is the accepted one already; the later ones are
   // the candidate's.
-  const int from = first_changed_layer == 0 ? 0 : first_changed_layer + 1;
-  for (int l = from; l < n_layers_; ++l) std::swap(accepted_hidden_[l], candidate_hidden_[l]);
+  for (int l = FirstWrittenResidual(first_changed_layer); l < n_layers_; ++l) {
+    std::swap(accepted_hidden_[l], candidate_hidden_[l]);
+  }
   accepted_ = kv_source;
   accepted_types_ = kv_types;
   run_first_ = -1;
+  kept_first_ = -1;  // run against the strategy accepted until now
   return absl::OkStatus();
 }
 

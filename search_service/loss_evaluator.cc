@@ -51,7 +51,8 @@ absl::Status LossEvaluator::Init(ForwardObserver* identity_observer) {
   ResetNll();
   auto forward = IncrementalForward::Create(
       transformer_, calibration_, "loss evaluator", identity_observer,
-      [this](const float* h, size_t row0, int rows) { AddNll(h, row0, rows); });
+      [this](const float* h, size_t row0, int rows) { AddNll(h, row0, rows); },
+      /*keep_bank=*/true);
   if (!forward.ok()) return forward.status();
   forward_ = std::move(*forward);
   unshared_sample_nll_ = sample_nll_;
@@ -105,21 +106,27 @@ absl::StatusOr<double> LossEvaluator::Score(const std::vector<int>& kv_source,
                     [this](const float* h, size_t row0, int rows) { AddNll(h, row0, rows); });
   if (!s.ok()) return s;
   last_ = Compare();
-  switch (metric_) {
-    case CandidateMetric::kCosine:
-      return last_.cosine;
-    case CandidateMetric::kNllIncrease:
-      return -(last_.nll - unshared_.nll);
+  const double score =
+      metric_ == CandidateMetric::kCosine ? last_.cosine : -(last_.nll - unshared_.nll);
+  // A rule that accepts the best of several candidates accepts this one unless a later one
+  // scores higher.
+  if (!kept_score_.has_value() || score > *kept_score_) {
+    s = forward_->KeepLastRun();
+    if (!s.ok()) return s;
+    kept_score_ = score;
   }
-  return absl::InternalError("unknown candidate metric");
+  return score;
 }
 
 absl::Status LossEvaluator::Accept(const std::vector<int>& kv_source, int first_changed_layer) {
-  if (!forward_->IsLastRun(kv_source, first_changed_layer)) {
-    // Not the candidate just scored (a best-of-K step accepts an earlier one): run it again.
+  if (!forward_->IsLastRun(kv_source, first_changed_layer) &&
+      !forward_->IsKept(kv_source, first_changed_layer)) {
+    // Neither the candidate just scored nor the kept one: run it again.
+    ++accept_reruns_;
     auto score = Score(kv_source, first_changed_layer);
     if (!score.ok()) return score.status();
   }
+  kept_score_.reset();
   return forward_->Accept(kv_source, first_changed_layer);
 }
 
@@ -150,8 +157,10 @@ absl::StatusOr<CalibrationLoss> LossEvaluator::ScorePlan(const std::vector<int>&
 absl::Status LossEvaluator::AcceptPlan(const std::vector<int>& kv_source,
                                        const std::vector<KvType>& kv_types,
                                        int first_changed_layer) {
+  kept_score_.reset();
   absl::Status s = forward_->AcceptPlan(kv_source, kv_types, first_changed_layer);
   if (absl::IsFailedPrecondition(s)) {
+    ++accept_reruns_;
     auto scored = ScorePlan(kv_source, kv_types, first_changed_layer);
     if (!scored.ok()) return scored.status();
     s = forward_->AcceptPlan(kv_source, kv_types, first_changed_layer);

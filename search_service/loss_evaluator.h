@@ -19,6 +19,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -90,6 +91,10 @@ class LossEvaluator : public Evaluator {
   // Of the plan AcceptPlan last kept (the unshared model's until then).
   const CalibrationLoss& accepted_loss() const { return accepted_loss_; }
   const std::vector<int>& accepted() const { return forward_->accepted(); }
+  // Of the candidates Score ran since the last accept, the best-scoring one is kept aside
+  // (IncrementalForward::KeepLastRun): a best-of-K step accepts it without running it again.
+  // Forwards run so far for an accept (a candidate neither last run nor kept).
+  int accept_reruns() const { return accept_reruns_; }
 
  private:
   LossEvaluator(Transformer& transformer, const CalibrationSet& calibration,
@@ -115,6 +120,9 @@ class LossEvaluator : public Evaluator {
   // Per sample, its targets' NLL summed: of the last run, and of the unshared model.
   std::vector<double> sample_nll_, unshared_sample_nll_;
   CalibrationLoss unshared_, last_, accepted_loss_;
+  // The score of the run kept since the last accept (none: nothing kept).
+  std::optional<double> kept_score_;
+  int accept_reruns_ = 0;
 };
 
 }  // namespace kvshare

@@ -15,6 +15,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "search_service/cosine_evaluator.h"
+#include "search_service/loss_evaluator.h"
 #include "search_service/search_request.h"
 #include "search_service/strategy_search.h"
 #include "tests/support/naive_llama.h"
@@ -210,6 +211,62 @@ TEST_F(KvSharerSearchTest, AcceptingAStrategyNotJustScoredRecomputesIt) {
   auto score = (*e)->Score({0, 1, 2, 2, 2}, 4);
   ASSERT_TRUE(score.ok());
   EXPECT_NEAR(*score, NaiveScore(c, Unshared(c), {0, 1, 2, 2, 2}), 2e-6);
+}
+
+TEST_F(KvSharerSearchTest, TheBestCandidateOfAStepIsAcceptedWithoutRunningItAgain) {
+  // A best-of-K step scores several candidates and accepts the best, usually not the last one
+  // run: the loss evaluator keeps the best-scoring run aside, so accepting it costs no forward,
+  // and what follows is bit for bit what accepting it right after its own run gives.
+  const CalibrationSet c = Calibration(4, 16);
+  auto backend = MakeCpuBackend(1);
+  auto transformer = Transformer::Create(*model_, *backend, SearchMaxRows(c));
+  ASSERT_TRUE(transformer.ok());
+  auto make = [&]() {
+    auto e = LossEvaluator::Create(**transformer, c, CandidateMetric::kNllIncrease);
+    EXPECT_TRUE(e.ok()) << e.status();
+    return std::move(*e);
+  };
+  // One step's candidates (all change layers >= 3 only).
+  const std::vector<std::vector<int>> step = {
+      {0, 1, 2, 3, 3}, {0, 1, 2, 2, 4}, {0, 1, 2, 1, 4}, {0, 1, 2, 0, 4}};
+  auto first_changed = [](const std::vector<int>& kv_source) { return kv_source[3] != 3 ? 3 : 4; };
+  auto stepwise = make();
+  std::vector<double> scores;
+  for (const std::vector<int>& k : step) {
+    auto score = stepwise->Score(k, first_changed(k));
+    ASSERT_TRUE(score.ok()) << score.status();
+    scores.push_back(*score);
+  }
+  const size_t best = std::max_element(scores.begin(), scores.end()) - scores.begin();
+  ASSERT_NE(best, step.size() - 1) << "the test needs a best candidate that is not the last run";
+  ASSERT_TRUE(stepwise->Accept(step[best], first_changed(step[best])).ok());
+  EXPECT_EQ(stepwise->accept_reruns(), 0);
+  EXPECT_EQ(stepwise->accepted(), step[best]);
+  std::vector<int> next = step[best];  // the next step's candidate: layer 4 reads layer 1
+  next[4] = 1;
+  auto after = stepwise->Score(next, 4);
+  ASSERT_TRUE(after.ok()) << after.status();
+
+  auto direct = make();
+  auto score = direct->Score(step[best], first_changed(step[best]));
+  ASSERT_TRUE(score.ok());
+  EXPECT_EQ(*score, scores[best]);
+  ASSERT_TRUE(direct->Accept(step[best], first_changed(step[best])).ok());
+  auto want = direct->Score(next, 4);
+  ASSERT_TRUE(want.ok());
+  EXPECT_EQ(*after, *want);
+
+  // A candidate neither kept nor last run is run again for its accept, and is what is accepted.
+  std::vector<int> unscored = step[best];
+  unscored[4] = 0;
+  ASSERT_TRUE(stepwise->Accept(unscored, 4).ok());
+  EXPECT_EQ(stepwise->accept_reruns(), 1);
+  auto measured = stepwise->Measure(unscored);
+  ASSERT_TRUE(measured.ok());
+  auto fresh = make()->Measure(unscored);
+  ASSERT_TRUE(fresh.ok());
+  EXPECT_EQ(measured->nll, fresh->nll);
+  EXPECT_EQ(stepwise->accepted(), unscored);
 }
 
 TEST_F(KvSharerSearchTest, CandidatesThatAreNotAStepFromTheAcceptedStrategyAreRejected) {
