@@ -1,5 +1,6 @@
 #include "kernels/backend.h"
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -28,6 +29,23 @@ void Backend::Scale(float* x, float s, int64_t count) {
   CopyToHost(x, count * 4, h.data());
   for (float& v : h) v *= s;
   CopyFromHost(h.data(), count * 4, x);
+}
+
+void Backend::TargetNll(const float* logits, int rows, int vocab, const int32_t* targets,
+                        double* nll) {
+  std::vector<float> row(vocab);
+  for (int r = 0; r < rows; ++r) {
+    if (targets[r] < 0) {
+      nll[r] = 0.0;
+      continue;
+    }
+    CopyToHost(logits + size_t(r) * vocab, size_t(vocab) * sizeof(float), row.data());
+    float max = row[0];
+    for (float v : row) max = std::max(max, v);
+    double sum = 0.0;
+    for (float v : row) sum += std::exp(double(v) - double(max));
+    nll[r] = double(max) + std::log(sum) - double(row[targets[r]]);
+  }
 }
 
 void Backend::AddToRows(float* x, const float* row, int rows, int dim) {

@@ -111,6 +111,13 @@ class Backend {
   // Whether Attention honours AttentionSeq::window (kernels/backend.h); a model with
   // sliding-window layers refuses a backend without it.
   virtual bool SupportsAttentionWindow() const { return false; }
+  // nll[r] = log(sum_v exp(logits[r][v])) - logits[r][targets[r]] for r < rows, the negative
+  // log-likelihood of each row's target under the softmax of its logits ([rows][vocab], on the
+  // backend); a row whose target is negative gets 0. targets and nll are host memory. The
+  // default goes through host copies and sums exp in double (correct on any backend, slow on a
+  // device).
+  virtual void TargetNll(const float* logits, int rows, int vocab, const int32_t* targets,
+                         double* nll);
   // x[i] += y[i].
   virtual void Add(float* x, const float* y, int64_t count) = 0;
   // x[r][j] += row[j] for r < rows, j < dim (a bias on every row). The default calls Add once

@@ -5,7 +5,6 @@
 #include <utility>
 
 #include "absl/strings/str_format.h"
-#include "common/engine/sampler.h"
 #include "search_service/cosine_evaluator.h"
 
 namespace kvshare {
@@ -45,7 +44,8 @@ absl::Status LossEvaluator::Init(ForwardObserver* identity_observer) {
   auto logits = transformer_.backend().Allocate(size_t(logit_rows_) * vocab_ * sizeof(float));
   if (!logits.ok()) return logits.status();
   logits_ = std::move(*logits);
-  host_logits_.resize(size_t(logit_rows_) * vocab_);
+  targets_.resize(logit_rows_);
+  row_nll_.resize(logit_rows_);
 
   // The unshared model's final states and NLL are the reference.
   ResetNll();
@@ -72,15 +72,17 @@ void LossEvaluator::AddNll(const float* h, size_t row0, int rows) {
   for (int r0 = 0; r0 < rows; r0 += logit_rows_) {
     const int n = std::min(logit_rows_, rows - r0);
     transformer_.Logits(h + size_t(r0) * dim_, n, logits_->f32());
-    backend.CopyToHost(logits_->f32(), size_t(n) * vocab_ * sizeof(float), host_logits_.data());
     for (int r = 0; r < n; ++r) {
-      const size_t row = row0 + r0 + r;     // global row: sample row / T, position row % T
-      if (int(row % T) == T - 1) continue;  // the last position predicts nothing in the sample
-      const double nll =
-          -LogProb(absl::MakeConstSpan(host_logits_.data() + size_t(r) * vocab_, vocab_),
-                   calibration_.ids[row + 1]);
-      nll_sum_ += nll;
-      sample_nll_[row / T] += nll;
+      const size_t row = row0 + r0 + r;  // global row: sample row / T, position row % T
+      // The last position predicts nothing in the sample.
+      targets_[r] = int(row % T) == T - 1 ? -1 : calibration_.ids[row + 1];
+    }
+    backend.TargetNll(logits_->f32(), n, vocab_, targets_.data(), row_nll_.data());
+    for (int r = 0; r < n; ++r) {
+      if (targets_[r] < 0) continue;
+      const size_t row = row0 + r0 + r;
+      nll_sum_ += row_nll_[r];
+      sample_nll_[row / T] += row_nll_[r];
     }
   }
 }

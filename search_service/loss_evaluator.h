@@ -115,7 +115,9 @@ class LossEvaluator : public Evaluator {
   int dim_ = 0, vocab_ = 0, logit_rows_ = 0;
   std::unique_ptr<IncrementalForward> forward_;
   std::unique_ptr<Buffer> logits_;  // [logit_rows][vocab]
-  std::vector<float> host_logits_;
+  // Per logit row: its target (-1: none) and NLL.
+  std::vector<int32_t> targets_;
+  std::vector<double> row_nll_;
   double nll_sum_ = 0.0;  // the last run's NLL summed over targets
   // Per sample, its targets' NLL summed: of the last run, and of the unshared model.
   std::vector<double> sample_nll_, unshared_sample_nll_;

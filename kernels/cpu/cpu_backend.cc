@@ -13,6 +13,7 @@
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/kv_codec.h"
+#include "kernels/cpu/log_sum_exp.h"
 #include "kernels/cpu/packed_weight.h"
 #include "kernels/cpu/reference.h"
 #include "kernels/cpu/thread_pool.h"
@@ -141,6 +142,16 @@ class CpuBackend : public Backend {
   void GeluMul(const float* gate, const float* up, int64_t count, float* out) override {
     ForRanges(count, [&](int64_t i0, int64_t len) {
       cpu::GeluMulRange(isa_, gate + i0, up + i0, len, out + i0);
+    });
+  }
+
+  void TargetNll(const float* logits, int rows, int vocab, const int32_t* targets,
+                 double* nll) override {
+    // Logits are host memory here: read in place, a row per task (a log-sum-exp over the
+    // vocabulary each; as LogProb computes it, so the figures do not change).
+    pool_.ParallelFor(rows, [&](int64_t r, int) {
+      const float* row = logits + size_t(r) * vocab;
+      nll[r] = targets[r] < 0 ? 0.0 : cpu::LogSumExp(isa_, row, vocab) - double(row[targets[r]]);
     });
   }
 

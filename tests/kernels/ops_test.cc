@@ -145,6 +145,47 @@ TEST(OpsTest, LogSumExpMatchesALongDoubleSum) {
   }
 }
 
+// The NLL of each row's target (what the searches' calibration metric sums): the CPU backend
+// reads the logits in place on its threads and gives exactly log-sum-exp minus the target's
+// logit (the figures LogProb gave before); Backend's default (the CUDA plugin's) agrees with a
+// long double reference; a negative target gives 0.
+TEST(OpsTest, TargetNllIsTheLogSoftmaxLossOfEachRowsTarget) {
+  const int vocab = 4099, rows = 37;
+  std::vector<float> logits = testing::RandomFloats(size_t(rows) * vocab, 21, 20.0f);
+  logits[size_t(5) * vocab + 17] = 200.0f;  // a dominating logit (sd 20), the target of row 5
+  std::vector<int32_t> targets(rows);
+  for (int r = 0; r < rows; ++r) targets[r] = (r * 977) % vocab;
+  targets[5] = 17;
+  targets[9] = -1;
+  auto reference = [&](int r) {
+    const float* x = logits.data() + size_t(r) * vocab;
+    long double m = x[0];
+    for (int v = 0; v < vocab; ++v) m = std::max<long double>(m, x[v]);
+    long double s = 0;
+    for (int v = 0; v < vocab; ++v) s += std::exp(static_cast<long double>(x[v]) - m);
+    return static_cast<double>(m + std::log(s) - x[targets[r]]);
+  };
+  for (Isa isa : testing::SupportedIsas()) {
+    auto b = testing::CpuBackendAt(isa, 2);
+    std::vector<double> got(rows, -1.0), fallback(rows, -1.0);
+    b->TargetNll(logits.data(), rows, vocab, targets.data(), got.data());
+    b->Backend::TargetNll(logits.data(), rows, vocab, targets.data(), fallback.data());
+    for (int r = 0; r < rows; ++r) {
+      if (targets[r] < 0) {
+        EXPECT_EQ(got[r], 0.0);
+        EXPECT_EQ(fallback[r], 0.0);
+        continue;
+      }
+      const float* x = logits.data() + size_t(r) * vocab;
+      EXPECT_EQ(got[r], cpu::LogSumExp(isa, x, vocab) - double(x[targets[r]]))
+          << cpu::IsaName(isa) << " row " << r;
+      EXPECT_NEAR(got[r], reference(r), 2e-7) << cpu::IsaName(isa) << " row " << r;
+      EXPECT_NEAR(fallback[r], reference(r), 1e-9) << "default, row " << r;
+    }
+    EXPECT_LT(got[5], 1e-6);  // the dominating logit's own target
+  }
+}
+
 TEST(OpsTest, EmbedDequantizesTheRowsOfAnyType) {
   for (Isa isa : testing::SupportedIsas()) {
     auto b = testing::CpuBackendAt(isa, 2);
