@@ -15,15 +15,18 @@ constexpr int kMaxLogitRows = 128;  // [128][vocab] floats: 25 MB for SmolLM2's 
 }  // namespace
 
 LossEvaluator::LossEvaluator(Transformer& transformer, const CalibrationSet& calibration,
-                             CandidateMetric metric)
-    : transformer_(transformer), calibration_(calibration), metric_(metric) {}
+                             CandidateMetric metric, bool keep_best)
+    : transformer_(transformer),
+      calibration_(calibration),
+      metric_(metric),
+      keep_best_(keep_best) {}
 
 LossEvaluator::~LossEvaluator() = default;
 
 absl::StatusOr<std::unique_ptr<LossEvaluator>> LossEvaluator::Create(
     Transformer& transformer, const CalibrationSet& calibration, CandidateMetric metric,
-    ForwardObserver* identity_observer) {
-  std::unique_ptr<LossEvaluator> e(new LossEvaluator(transformer, calibration, metric));
+    ForwardObserver* identity_observer, bool keep_best) {
+  std::unique_ptr<LossEvaluator> e(new LossEvaluator(transformer, calibration, metric, keep_best));
   absl::Status s = e->Init(identity_observer);
   if (!s.ok()) return s;
   return e;
@@ -51,8 +54,7 @@ absl::Status LossEvaluator::Init(ForwardObserver* identity_observer) {
   ResetNll();
   auto forward = IncrementalForward::Create(
       transformer_, calibration_, "loss evaluator", identity_observer,
-      [this](const float* h, size_t row0, int rows) { AddNll(h, row0, rows); },
-      /*keep_bank=*/true);
+      [this](const float* h, size_t row0, int rows) { AddNll(h, row0, rows); }, keep_best_);
   if (!forward.ok()) return forward.status();
   forward_ = std::move(*forward);
   unshared_sample_nll_ = sample_nll_;
@@ -112,7 +114,7 @@ absl::StatusOr<double> LossEvaluator::Score(const std::vector<int>& kv_source,
       metric_ == CandidateMetric::kCosine ? last_.cosine : -(last_.nll - unshared_.nll);
   // A rule that accepts the best of several candidates accepts this one unless a later one
   // scores higher.
-  if (!kept_score_.has_value() || score > *kept_score_) {
+  if (keep_best_ && (!kept_score_.has_value() || score > *kept_score_)) {
     s = forward_->KeepLastRun();
     if (!s.ok()) return s;
     kept_score_ = score;

@@ -55,7 +55,7 @@ class LossEvaluator : public Evaluator {
   // the vocabulary.
   static absl::StatusOr<std::unique_ptr<LossEvaluator>> Create(
       Transformer& transformer, const CalibrationSet& calibration, CandidateMetric metric,
-      ForwardObserver* identity_observer = nullptr);
+      ForwardObserver* identity_observer = nullptr, bool keep_best = false);
   ~LossEvaluator() override;
 
   // InvalidArgument for an invalid strategy of this model, or a first_changed_layer outside
@@ -91,14 +91,15 @@ class LossEvaluator : public Evaluator {
   // Of the plan AcceptPlan last kept (the unshared model's until then).
   const CalibrationLoss& accepted_loss() const { return accepted_loss_; }
   const std::vector<int>& accepted() const { return forward_->accepted(); }
-  // Of the candidates Score ran since the last accept, the best-scoring one is kept aside
-  // (IncrementalForward::KeepLastRun): a best-of-K step accepts it without running it again.
+  // With Create's keep_best, of the candidates Score ran since the last accept the
+  // best-scoring one is kept aside (IncrementalForward::KeepLastRun, a third bank: half as much
+  // memory again), so a best-of-K step accepts it without running it again.
   // Forwards run so far for an accept (a candidate neither last run nor kept).
   int accept_reruns() const { return accept_reruns_; }
 
  private:
-  LossEvaluator(Transformer& transformer, const CalibrationSet& calibration,
-                CandidateMetric metric);
+  LossEvaluator(Transformer& transformer, const CalibrationSet& calibration, CandidateMetric metric,
+                bool keep_best);
   absl::Status Init(ForwardObserver* identity_observer);
   // Adds the NLL of rows [row0, row0 + rows) (final-normed, on the backend at h) to nll_sum_
   // and to their samples' entries of sample_nll_.
@@ -112,6 +113,7 @@ class LossEvaluator : public Evaluator {
   Transformer& transformer_;
   const CalibrationSet& calibration_;
   const CandidateMetric metric_;
+  const bool keep_best_;
   int dim_ = 0, vocab_ = 0, logit_rows_ = 0;
   std::unique_ptr<IncrementalForward> forward_;
   std::unique_ptr<Buffer> logits_;  // [logit_rows][vocab]

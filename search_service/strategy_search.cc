@@ -134,7 +134,8 @@ absl::StatusOr<StrategySearchResult> RunStrategySearch(const Model& model, Backe
     evaluator = std::move(*e);
   } else {
     auto e =
-        LossEvaluator::Create(**transformer, calibration, CandidateMetric::kNllIncrease, &averager);
+        LossEvaluator::Create(**transformer, calibration, CandidateMetric::kNllIncrease, &averager,
+                              /*keep_best=*/options.best_of > 1);
     if (!e.ok()) return e.status();
     loss = e->get();
     evaluator = std::move(*e);

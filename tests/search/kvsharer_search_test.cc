@@ -222,7 +222,8 @@ TEST_F(KvSharerSearchTest, TheBestCandidateOfAStepIsAcceptedWithoutRunningItAgai
   auto transformer = Transformer::Create(*model_, *backend, SearchMaxRows(c));
   ASSERT_TRUE(transformer.ok());
   auto make = [&]() {
-    auto e = LossEvaluator::Create(**transformer, c, CandidateMetric::kNllIncrease);
+    auto e = LossEvaluator::Create(**transformer, c, CandidateMetric::kNllIncrease, nullptr,
+                                   /*keep_best=*/true);
     EXPECT_TRUE(e.ok()) << e.status();
     return std::move(*e);
   };
@@ -255,6 +256,15 @@ TEST_F(KvSharerSearchTest, TheBestCandidateOfAStepIsAcceptedWithoutRunningItAgai
   auto want = direct->Score(next, 4);
   ASSERT_TRUE(want.ok());
   EXPECT_EQ(*after, *want);
+
+  // Without keep_best (the KV plan search's evaluator) nothing is set aside: the same accept
+  // runs the candidate again.
+  auto plain = LossEvaluator::Create(**transformer, c, CandidateMetric::kNllIncrease);
+  ASSERT_TRUE(plain.ok());
+  for (const std::vector<int>& k : step) ASSERT_TRUE((*plain)->Score(k, first_changed(k)).ok());
+  ASSERT_TRUE((*plain)->Accept(step[best], first_changed(step[best])).ok());
+  EXPECT_EQ((*plain)->accept_reruns(), 1);
+  EXPECT_EQ(*(*plain)->Score(next, 4), *want);
 
   // A candidate neither kept nor last run is run again for its accept, and is what is accepted.
   std::vector<int> unscored = step[best];
