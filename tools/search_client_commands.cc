@@ -15,6 +15,7 @@
 #include "common/strategy/sharing_strategy.h"
 #include "common/util/file.h"
 #include "grpcpp/grpcpp.h"
+#include "kernels/cpu/matmul.h"
 #include "kvshare/v1/registry.grpc.pb.h"
 #include "kvshare/v1/search.grpc.pb.h"
 #include "proto/wire/projections_transfer.h"
@@ -274,6 +275,7 @@ int RunRemoteSearchCommand(const RemoteSearchFlags& f, const std::string& model,
   if (r.kv_block_tokens.has_value()) request.set_kv_block_tokens(*r.kv_block_tokens);
   if (r.drop_attention.has_value()) request.set_drop_attention(*r.drop_attention);
   if (r.drop_substitutes.has_value()) request.set_drop_substitutes(*r.drop_substitutes);
+  if (r.activations.has_value()) request.set_activations(cpu::ActivationsName(*r.activations));
   request.set_heldout_tokens(static_cast<int32_t>(heldout.tokens));
   request.set_heldout_context(heldout.context);
   request.set_publish(f.publish);

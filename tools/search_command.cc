@@ -261,11 +261,6 @@ Runner RegisterSearch(CLI::App& app) {
     if (flags->no_substitutes) request.drop_substitutes = false;
     request.activations = ActivationsFlag(flags->model);
     if (!flags->remote.server.empty()) {
-      if (request.activations.has_value()) {
-        return Fail(absl::InvalidArgumentError(
-            "--activations and --int8: the search service runs each method with its default "
-            "(int8x2 for nll and KV plans, f32 for kvsharer); leave them out with --server"));
-      }
       if (plan_budget->count() > 0) {
         if (flags->plan.no_share || flags->plan.plan_types != PlanSearchFlags{}.plan_types) {
           return Fail(absl::InvalidArgumentError(

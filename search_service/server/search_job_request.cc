@@ -7,6 +7,7 @@
 #include "common/util/sha256.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
+#include "kernels/cpu/matmul.h"
 #include "search_service/drop_search.h"
 
 namespace kvshare {
@@ -25,10 +26,10 @@ absl::Status CheckName(const char* field, const std::string& value) {
 
 absl::StatusOr<PreparedSearchJob> PrepareSearchJob(const v1::CreateSearchJobRequest& request,
                                                    ModelCatalog& catalog) {
-  for (absl::Status s :
-       {CheckName("model", request.model()),
-        CheckName("calibration_corpus", request.calibration_corpus()),
-        CheckName("order", request.order()), CheckName("method", request.method())}) {
+  for (absl::Status s : {CheckName("model", request.model()),
+                         CheckName("calibration_corpus", request.calibration_corpus()),
+                         CheckName("order", request.order()), CheckName("method", request.method()),
+                         CheckName("activations", request.activations())}) {
     if (!s.ok()) return s;
   }
   if (request.model().empty()) {
@@ -88,6 +89,13 @@ absl::StatusOr<PreparedSearchJob> PrepareSearchJob(const v1::CreateSearchJobRequ
   if (request.has_kv_block_tokens()) r.kv_block_tokens = request.kv_block_tokens();
   if (request.has_drop_attention()) r.drop_attention = request.drop_attention();
   if (request.has_drop_substitutes()) r.drop_substitutes = request.drop_substitutes();
+  if (!request.activations().empty()) {
+    r.activations = cpu::ActivationsFromName(request.activations());
+    if (!r.activations.has_value()) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "activations '%s' is not one of f32, int8, int8x2", Excerpt(request.activations())));
+    }
+  }
   HeldoutOptions heldout;
   heldout.tokens = request.has_heldout_tokens() ? request.heldout_tokens() : kDefaultHeldoutTokens;
   heldout.context =

@@ -190,6 +190,16 @@ TEST_F(CliSearchCommandsTest, ActivationsApplyToTheSearchesAndAreRecorded) {
     EXPECT_THAT(st->provenance().note,
                 HasSubstr(std::string("forwards with ") + c.used + " activations"));
   }
+
+  // Through the search service: the request carries them (CreateSearchJobRequest.activations).
+  run = testing::RunCli(KVSHARE_CLI_BINARY,
+                        {"search", "--server", Address(), "--model", "stories260K",
+                         "--calibration-corpus", "tinystories", "--target-layers", "1",
+                         "--activations", "f32", "--out", *dir_ + "/served.json"});
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  auto served = SharingStrategy::ReadFile(*dir_ + "/served.json");
+  ASSERT_TRUE(served.ok()) << served.status();
+  EXPECT_THAT(served->provenance().note, HasSubstr("forwards with f32 activations"));
 }
 
 // `kvshare search --drop-attention`: the calibrated drop search writes a strategy of dropped

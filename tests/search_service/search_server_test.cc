@@ -396,6 +396,7 @@ TEST_F(SearchServerTest, ANllBestOfTwoJobFindsWhatTheLibraryFindsWithItsQualityO
   request.set_method("nll");
   request.set_best_of(2);
   request.set_max_nll_increase(5.0);
+  request.set_activations("f32");  // nll's default is int8x2; the library default is f32
   request.set_publish(true);
   auto job = Create(request);
   ASSERT_TRUE(job.ok()) << job.status();
@@ -405,6 +406,8 @@ TEST_F(SearchServerTest, ANllBestOfTwoJobFindsWhatTheLibraryFindsWithItsQualityO
   ASSERT_EQ(done.state(), v1::SEARCH_JOB_SUCCEEDED) << done.error();
   EXPECT_EQ(done.request().method(), "nll");
   EXPECT_EQ(done.request().best_of(), 2);
+  EXPECT_THAT(done.result().strategy().provenance().note(),
+              HasSubstr("forwards with f32 activations"));
 
   // The same rule through the library, on this thread.
   auto model = Model::Load(testing::Asset("stories260K.bin"));
@@ -536,6 +539,15 @@ TEST_F(SearchServerTest, InvalidRequestsAreRefusedNamingTheField) {
          C::kInvalidArgument, "max_nll_increase 0.1 applies to method nll, not method kvsharer");
   expect(with([](auto& r) { r.set_method("cosine"); }), C::kInvalidArgument,
          "method 'cosine' is not one of kvsharer, nll");
+  expect(with([](auto& r) { r.set_activations("int16"); }), C::kInvalidArgument,
+         "activations 'int16' is not one of f32, int8, int8x2");
+  expect(with([](auto& r) {
+           r.set_method("kvsharer");
+           r.set_activations("int8x2");
+         }),
+         C::kInvalidArgument,
+         "activations int8x2: the paper's search (method kvsharer) measures with exact (f32) "
+         "activations");
   expect(with([](auto& r) { r.set_heldout_context(600); }), C::kInvalidArgument,
          "heldout_context 600 exceeds the context of model 'stories260K' (512)");
   expect(with([](auto& r) { r.set_heldout_context(1); }), C::kInvalidArgument,
