@@ -225,10 +225,22 @@ absl::Status IncrementalForward::RunPlan(const std::vector<int>& kv_source,
   return absl::OkStatus();
 }
 
+bool IncrementalForward::RunIs(const std::vector<int>& kv_source,
+                               const std::vector<KvType>& kv_types, int first_changed_layer) const {
+  return run_first_ >= 0 && first_changed_layer == run_first_ && kv_source == run_ &&
+         kv_types == run_types_;
+}
+
+bool IncrementalForward::KeptIs(const std::vector<int>& kv_source,
+                                const std::vector<KvType>& kv_types,
+                                int first_changed_layer) const {
+  return kept_first_ >= 0 && first_changed_layer == kept_first_ && kv_source == kept_ &&
+         kv_types == kept_types_;
+}
+
 bool IncrementalForward::IsLastRun(const std::vector<int>& kv_source,
                                    int first_changed_layer) const {
-  return run_first_ >= 0 && first_changed_layer == run_first_ && kv_source == run_ &&
-         run_types_ == accepted_types_;
+  return RunIs(kv_source, accepted_types_, first_changed_layer);
 }
 
 absl::Status IncrementalForward::Accept(const std::vector<int>& kv_source,
@@ -255,17 +267,14 @@ absl::Status IncrementalForward::KeepLastRun() {
 }
 
 bool IncrementalForward::IsKept(const std::vector<int>& kv_source, int first_changed_layer) const {
-  return kept_first_ >= 0 && first_changed_layer == kept_first_ && kv_source == kept_ &&
-         kept_types_ == accepted_types_;
+  return KeptIs(kv_source, accepted_types_, first_changed_layer);
 }
 
 absl::Status IncrementalForward::AcceptPlan(const std::vector<int>& kv_source,
                                             const std::vector<KvType>& kv_types,
                                             int first_changed_layer) {
-  const bool last_run = run_first_ >= 0 && first_changed_layer == run_first_ && kv_source == run_ &&
-                        kv_types == run_types_;
-  if (!last_run && kept_first_ >= 0 && first_changed_layer == kept_first_ && kv_source == kept_ &&
-      kv_types == kept_types_) {
+  const bool last_run = RunIs(kv_source, kv_types, first_changed_layer);
+  if (!last_run && KeptIs(kv_source, kv_types, first_changed_layer)) {
     // The kept run becomes the candidate again (the last run's states go to the kept bank,
     // which the accept below forgets).
     for (int l = FirstWrittenResidual(kept_first_); l < n_layers_; ++l) {

@@ -115,6 +115,11 @@ class IncrementalForward {
   // final_, batch by batch until `stop` (optional) says so; returns the samples run.
   int RunFrom(int first, ForwardObserver* extra_observer, const FinalBatchFn& on_final,
               const StopFn& stop = nullptr);
+  // Whether (kv_source, kv_types, first_changed_layer) is the last complete run / the kept one.
+  bool RunIs(const std::vector<int>& kv_source, const std::vector<KvType>& kv_types,
+             int first_changed_layer) const;
+  bool KeptIs(const std::vector<int>& kv_source, const std::vector<KvType>& kv_types,
+              int first_changed_layer) const;
   // RunPlan's argument checks.
   absl::Status CheckPlan(const std::vector<int>& kv_source, const std::vector<KvType>& kv_types,
                          int first_changed_layer) const;
