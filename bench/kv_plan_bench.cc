@@ -144,10 +144,10 @@ int RunModel(const Flags& flags, const std::string& name, nlohmann::json* out) {
   std::printf(
       "\n%s: %d layers, %d KV heads x %d; held-out %lld tokens in %d-token windows, "
       "unshared fp32 perplexity %.3f; %d-token KV blocks; llama.cpp f16 KV %.0f bytes/token; "
-      "%s activations\n",
+      "%s\n",
       c.name.c_str(), c.n_layers, c.n_kv_heads, c.head_dim, (long long)slice->targets(),
       slice->context, std::exp(base_nll), g.block_tokens, llama_cpp,
-      cpu::ActivationsName(flags.activations));
+      CalibrationActivationsNote(flags.activations).c_str());
   std::printf("%-12s %-44s %10s %8s %10s %9s %8s %8s\n", "plan", "layers", "bytes/tok", "vs f16",
               "ppl", "ppl +%", "wall s", "cpu s");
   nlohmann::json rows = nlohmann::json::array();

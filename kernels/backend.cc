@@ -24,6 +24,11 @@ void Backend::GeluMul(const float* gate, const float* up, int64_t count, float* 
   CopyFromHost(g.data(), count * 4, out);
 }
 
+void Backend::MatMulSameInput(absl::Span<const PreparedWeight* const> ws, const float* x, int n,
+                              absl::Span<float* const> outs) {
+  for (size_t i = 0; i < ws.size(); ++i) MatMul(*ws[i], x, n, outs[i]);
+}
+
 void Backend::Scale(float* x, float s, int64_t count) {
   std::vector<float> h(count);
   CopyToHost(x, count * 4, h.data());

@@ -16,6 +16,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "kernels/kv_type.h"
 #include "kernels/tensor.h"
 
@@ -92,6 +93,17 @@ class Backend {
 
   // out[n][w.rows] = x[n][w.cols] * W^T  (each output row is a dot with each weight row).
   virtual void MatMul(const PreparedWeight& w, const float* x, int n, float* out) = 0;
+  // MatMul of each ws[i] (all with x's cols) into outs[i], the same results; a backend may
+  // prepare x once for all of them (the CPU backend quantizes it once and splits every weight's
+  // work over its pool in one pass). Q, K and V; gate and up. The default calls MatMul for each.
+  virtual void MatMulSameInput(absl::Span<const PreparedWeight* const> ws, const float* x, int n,
+                               absl::Span<float* const> outs);
+  // MatMul for the output projection to vocabulary logits, which a backend may run at a
+  // precision of its own (CpuBackendOptions::logits_activations: the strategy searches' scoring
+  // forwards). The default is MatMul.
+  virtual void LogitsMatMul(const PreparedWeight& w, const float* x, int n, float* out) {
+    MatMul(w, x, n, out);
+  }
   // out[n][dim] = table rows ids[0..n) converted to fp32.
   virtual void Embed(const PreparedWeight& table, const int32_t* ids, int n, float* out) = 0;
   // out[i] = x[i] / sqrt(mean(x[i]^2) + eps) * weight, per row of `dim`. out may alias x.

@@ -40,10 +40,7 @@ class LossPlanEvaluator : public PlanEvaluator {
 }  // namespace
 
 CpuBackendOptions KvPlanBackendOptions(int threads, const KvPlanOptions& options) {
-  CpuBackendOptions o;
-  o.threads = threads;
-  o.matmul.activations = options.activations;
-  return o;
+  return CalibrationBackendOptions(threads, options.activations);
 }
 
 absl::StatusOr<KvPlanRun> RunKvPlanSearch(const Model& model, Backend& backend,
@@ -178,12 +175,13 @@ absl::StatusOr<KvPlanStrategyResult> RunKvPlanStrategySearch(
   for (KvType t : options.floor_types) types.push_back(absl::StrCat(KvTypeName(t), " floor"));
   p.note = absl::StrFormat(
       "KV plan within %g%% held-out perplexity (types %s -> %s%s; %d-token blocks; forwards "
-      "with %s activations): %d calibration runs of %d x %d tokens, %d held-out checks, %d "
+      "with %s): %d calibration runs of %d x %d tokens, %d held-out checks, %d "
       "actions given back, %d added on held-out slack; actions %s",
       options.max_ppl_increase, KvTypeName(options.base_type), absl::StrJoin(types, ","),
-      options.share ? ", sharing" : "", block_tokens, cpu::ActivationsName(options.activations),
-      r.calibration_runs, calibration.samples, calibration.tokens, r.heldout_checks.size(),
-      r.trimmed_actions, r.grown_actions, actions.empty() ? "none" : absl::StrJoin(actions, " "));
+      options.share ? ", sharing" : "", block_tokens,
+      CalibrationActivationsNote(options.activations), r.calibration_runs, calibration.samples,
+      calibration.tokens, r.heldout_checks.size(), r.trimmed_actions, r.grown_actions,
+      actions.empty() ? "none" : absl::StrJoin(actions, " "));
   StrategyQuality q;
   q.baseline_nll = base_nll;
   // The final plan's held-out NLL: the last check's when that was of the final plan, else the

@@ -26,7 +26,8 @@ struct KvPlanRun {
   double calibration_cosine = 1.0;
 };
 
-// The CPU backend the plan search's forwards run on: `threads` threads, options.activations.
+// The CPU backend the plan search's calibration forwards run on:
+// CalibrationBackendOptions(threads, options.activations).
 CpuBackendOptions KvPlanBackendOptions(int threads, const KvPlanOptions& options);
 
 // `block_tokens`: the serving pool's block size, the unit the types are simulated in.

@@ -78,9 +78,9 @@ void FillProvenance(const SelectionOptions& options, const CalibrationSet& calib
   p->score = g.score;
   p->calibration_score = r.calibration_score;
   p->note = absl::StrFormat(
-      "calibration %d samples x %d tokens, forwards with %s activations; %s%s; best of %d%s; %d "
+      "calibration %d samples x %d tokens, forwards with %s; %s%s; best of %d%s; %d "
       "candidates scored, %d accepted, %d skipped",
-      calibration.samples, calibration.tokens, cpu::ActivationsName(options.activations),
+      calibration.samples, calibration.tokens, CalibrationActivationsNote(options.activations),
       StopReasonName(g.stop),
       options.greedy.order == PairOrder::kRandom ? absl::StrFormat("; seed %d", options.greedy.seed)
                                                  : "",
@@ -96,11 +96,25 @@ void FillProvenance(const SelectionOptions& options, const CalibrationSet& calib
 
 }  // namespace
 
-CpuBackendOptions SearchBackendOptions(int threads, const SelectionOptions& options) {
+CpuBackendOptions CalibrationBackendOptions(int threads, cpu::Activations activations) {
   CpuBackendOptions o;
   o.threads = threads;
-  o.matmul.activations = options.activations;
+  o.matmul.activations = activations;
+  if (activations == cpu::Activations::kInt8x2) o.logits_activations = cpu::Activations::kInt8;
   return o;
+}
+
+std::string CalibrationActivationsNote(cpu::Activations activations) {
+  const CpuBackendOptions o = CalibrationBackendOptions(1, activations);
+  std::string note = absl::StrCat(cpu::ActivationsName(activations), " activations");
+  if (o.logits_activations.has_value() && *o.logits_activations != activations) {
+    absl::StrAppend(&note, " (", cpu::ActivationsName(*o.logits_activations), " for logits)");
+  }
+  return note;
+}
+
+CpuBackendOptions SearchBackendOptions(int threads, const SelectionOptions& options) {
+  return CalibrationBackendOptions(threads, options.activations);
 }
 
 absl::StatusOr<StrategySearchResult> RunStrategySearch(const Model& model, Backend& backend,

@@ -15,6 +15,7 @@
 #include <atomic>
 #include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -70,8 +71,18 @@ struct StrategySearchResult {
   double total_cpu_seconds = 0;
 };
 
-// The CPU backend a search with `options` runs on: `threads` threads (0: all cores) and
-// options.activations.
+// The CPU backend the searches' calibration forwards run on (the sharing search's and the KV
+// plan search's; held-out checks build their own engines): `threads` threads (0: all cores),
+// quantized matmuls with `activations`, and with kInt8x2 the output projection to logits with
+// one int8 digit (CpuBackendOptions::logits_activations). That projection never feeds a later
+// layer; on SmolLM2 it is a fifth of a forward's work and one digit moves a candidate's
+// calibration NLL by at most ~0.002 nats, finding the same strategies (docs/METHOD.md §4).
+CpuBackendOptions CalibrationBackendOptions(int threads, cpu::Activations activations);
+// What CalibrationBackendOptions' forwards take, for a strategy's note and the CLI's header:
+// "f32 activations", "int8x2 activations (int8 for logits)".
+std::string CalibrationActivationsNote(cpu::Activations activations);
+
+// CalibrationBackendOptions(threads, options.activations).
 CpuBackendOptions SearchBackendOptions(int threads, const SelectionOptions& options);
 
 // Runs the search with its own Transformer over `backend` (SearchBackendOptions' on the CPU:

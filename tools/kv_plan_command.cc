@@ -78,8 +78,7 @@ int RunPlanSearchCommand(const Session& session, const PreparedSearch& prepared,
   if (!s.ok()) return Fail(s);
   std::cerr << absl::StrFormat(
       "plan search: %s, %d layers; calibration %d x %d tokens; budget %g%% held-out perplexity "
-      "(%.5f nats/token) on %d tokens; %d-token KV blocks; types f16 -> %s; %s; %s "
-      "activations\n",
+      "(%.5f nats/token) on %d tokens; %d-token KV blocks; types f16 -> %s; %s; %s\n",
       c.name, c.n_layers, prepared.calibration.samples, prepared.calibration.tokens,
       o.max_ppl_increase, o.budget_nats(), heldout.targets(), o.block_tokens,
       [&] {
@@ -89,7 +88,7 @@ int RunPlanSearchCommand(const Session& session, const PreparedSearch& prepared,
         return absl::StrJoin(names, ",");
       }(),
       o.share ? absl::StrFormat("sharing best of %d", o.share_best_of) : "no sharing",
-      cpu::ActivationsName(o.activations));
+      CalibrationActivationsNote(o.activations));
   std::cerr << "quality: the unshared fp32 model's held-out perplexity (the reference)\n";
   ProgressBar bar("plan", "runs");
   KvPlanHooks hooks;

@@ -382,11 +382,11 @@ Runner RegisterSearch(CLI::App& app) {
                            flags->model.threads, flags->out);
     }
     std::cerr << absl::StrFormat(
-        "search: %s, %d layers; calibration %d x %d tokens (%s), %s activations; method %s, "
+        "search: %s, %d layers; calibration %d x %d tokens (%s), %s; method %s, "
         "order %s, %s, best of %d%s, target %d sharing layers\n",
         c.name, c.n_layers, prepared->calibration.samples, prepared->calibration.tokens,
         prepared->calibration.hash.substr(0, 16),
-        cpu::ActivationsName(prepared->selection.activations), request.method,
+        CalibrationActivationsNote(prepared->selection.activations), request.method,
         PairOrderName(options.order),
         prepared->selection.method == SearchMethod::kNll
             ? (request.max_nll_increase.has_value()

@@ -172,14 +172,8 @@ void Transformer::RunLayers(int first, int last, absl::Span<const BatchSeq> seqs
       if (observer != nullptr) observer->OnAttentionInput(l, xb, rows);
     }
     if (any_attends) {
-      // Attention block.
-      backend_.MatMul(*p.wq, xb, rows, q);
-      if (gemma) backend_.RmsNorm(q, gn + 2 * dim, rows * c.n_heads, hd, c.norm_eps, q);
-      backend_.Rope(q, positions, rows, c.n_heads, hd, theta);
-      if (observer != nullptr) observer->OnQuery(l, q, rows);
-
-      // K/V only for inputs whose strategy makes this layer an owner; a sharing layer skips
-      // its projections and writes nothing (docs/METHOD.md §1).
+      // Attention block. K/V only for inputs whose strategy makes this layer an owner; a
+      // sharing layer skips its projections and writes nothing (docs/METHOD.md §1).
       int kv_rows = 0;
       bool all_own = true;
       for (int i = 0; i < n_inputs; ++i) {
@@ -188,10 +182,15 @@ void Transformer::RunLayers(int first, int last, absl::Span<const BatchSeq> seqs
         kv_row0_[i] = owns ? kv_rows : -1;
         if (owns) kv_rows += seqs[i].n;
       }
-      if (kv_rows > 0) {
-        const float* kv_in = xb;
-        const int32_t* kv_pos = positions;
-        if (!all_own) {  // gather the owning inputs' rows
+      const float* kv_in = xb;
+      const int32_t* kv_pos = positions;
+      if (all_own) {  // q, k, v of the same rows: one pass over xb
+        const PreparedWeight* w[] = {p.wq.get(), p.wk.get(), p.wv.get()};
+        float* out[] = {q, k, v};
+        backend_.MatMulSameInput(w, xb, rows, out);
+      } else {
+        backend_.MatMul(*p.wq, xb, rows, q);
+        if (kv_rows > 0) {  // gather the owning inputs' rows
           float* xg = xg_->f32();
           kv_positions_.clear();
           for (int i = 0; i < n_inputs; ++i) {
@@ -203,9 +202,16 @@ void Transformer::RunLayers(int first, int last, absl::Span<const BatchSeq> seqs
           }
           kv_in = xg;
           kv_pos = kv_positions_.data();
+          const PreparedWeight* w[] = {p.wk.get(), p.wv.get()};
+          float* out[] = {k, v};
+          backend_.MatMulSameInput(w, kv_in, kv_rows, out);
         }
-        backend_.MatMul(*p.wk, kv_in, kv_rows, k);
-        backend_.MatMul(*p.wv, kv_in, kv_rows, v);
+      }
+      if (gemma) backend_.RmsNorm(q, gn + 2 * dim, rows * c.n_heads, hd, c.norm_eps, q);
+      backend_.Rope(q, positions, rows, c.n_heads, hd, theta);
+      if (observer != nullptr) observer->OnQuery(l, q, rows);
+
+      if (kv_rows > 0) {
         if (gemma) {
           backend_.RmsNorm(k, gn + 2 * dim + hd, kv_rows * c.n_kv_heads, hd, c.norm_eps, k);
         }
@@ -294,8 +300,11 @@ void Transformer::RunLayers(int first, int last, absl::Span<const BatchSeq> seqs
 
     // Feed-forward block (SwiGLU; Gemma 3: GeGLU, then the post-FFN norm).
     backend_.RmsNorm(x, norms + size_t(2 * l + 1) * dim, rows, dim, c.norm_eps, xb);
-    backend_.MatMul(*p.gate, xb, rows, hb);
-    backend_.MatMul(*p.up, xb, rows, hb2);
+    {
+      const PreparedWeight* w[] = {p.gate.get(), p.up.get()};
+      float* out[] = {hb, hb2};
+      backend_.MatMulSameInput(w, xb, rows, out);
+    }
     if (gemma) {
       backend_.GeluMul(hb, hb2, size_t(rows) * c.hidden_dim, hb);
     } else {
@@ -315,7 +324,7 @@ void Transformer::FinalNorm(const float* x, int rows, float* out) {
 }
 
 void Transformer::Logits(const float* h, int rows, float* out) {
-  backend_.MatMul(*output_, h, rows, out);
+  backend_.LogitsMatMul(*output_, h, rows, out);
 }
 
 std::vector<float> Transformer::OutputProjectionF32(int layer) {

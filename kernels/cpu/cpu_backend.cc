@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -27,6 +29,8 @@ using cpu::Isa;
 // more than the work.
 constexpr int64_t kParallelElements = 1 << 16;
 constexpr int64_t kElementChunk = 1 << 14;
+// Weights one MatMulSameInput call shares an input across (Q, K, V); more go one by one.
+constexpr size_t kMaxSameInput = 4;
 
 class HostBuffer : public Buffer {
  public:
@@ -41,21 +45,32 @@ class HostBuffer : public Buffer {
 
 class CpuBackend : public Backend {
  public:
-  CpuBackend(int threads, Isa isa, const cpu::MatMulOptions& matmul, bool int4_in_place)
+  CpuBackend(int threads, Isa isa, const cpu::MatMulOptions& matmul,
+             std::optional<cpu::Activations> logits_activations, bool int4_in_place)
       : isa_(isa),
         pool_(threads),
         matmul_(&pool_, isa, matmul),
         attention_(&pool_, isa, int4_in_place) {
+    if (logits_activations.has_value() && *logits_activations != matmul.activations) {
+      cpu::MatMulOptions o = matmul;
+      o.activations = *logits_activations;
+      logits_matmul_.emplace(&pool_, isa, o);
+    }
     // Our pool parallelizes over tiles; OpenBLAS's own threads would compete with it.
     openblas_set_num_threads(1);
   }
 
   std::string name() const override {
     const cpu::Activations a = matmul_.options().activations;
+    std::string activations = a == cpu::Activations::kF32
+                                  ? ""
+                                  : absl::StrCat(", ", cpu::ActivationsName(a), " activations");
+    if (logits_matmul_.has_value()) {
+      absl::StrAppend(&activations, ", ",
+                      cpu::ActivationsName(logits_matmul_->options().activations), " for logits");
+    }
     return absl::StrFormat("cpu (%s, %d threads%s)", cpu::IsaName(isa_), pool_.threads(),
-                           a == cpu::Activations::kF32
-                               ? ""
-                               : absl::StrCat(", ", cpu::ActivationsName(a), " activations"));
+                           activations);
   }
 
   absl::StatusOr<std::unique_ptr<Buffer>> Allocate(size_t bytes) override {
@@ -88,6 +103,20 @@ class CpuBackend : public Backend {
 
   void MatMul(const PreparedWeight& w, const float* x, int n, float* out) override {
     matmul_.Run(static_cast<const cpu::CpuWeight&>(w), x, n, out);
+  }
+  void MatMulSameInput(absl::Span<const PreparedWeight* const> ws, const float* x, int n,
+                       absl::Span<float* const> outs) override {
+    const cpu::CpuWeight* cws[kMaxSameInput];
+    if (ws.size() > kMaxSameInput) {
+      Backend::MatMulSameInput(ws, x, n, outs);
+      return;
+    }
+    for (size_t i = 0; i < ws.size(); ++i) cws[i] = static_cast<const cpu::CpuWeight*>(ws[i]);
+    matmul_.RunSameInput(absl::MakeConstSpan(cws, ws.size()), x, n, outs);
+  }
+  void LogitsMatMul(const PreparedWeight& w, const float* x, int n, float* out) override {
+    (logits_matmul_.has_value() ? *logits_matmul_ : matmul_)
+        .Run(static_cast<const cpu::CpuWeight&>(w), x, n, out);
   }
 
   void Embed(const PreparedWeight& table, const int32_t* ids, int n, float* out) override {
@@ -214,6 +243,7 @@ class CpuBackend : public Backend {
   const Isa isa_;
   cpu::ThreadPool pool_;
   cpu::MatMulRunner matmul_;
+  std::optional<cpu::MatMulRunner> logits_matmul_;  // LogitsMatMul's, when its activations differ
   cpu::AttentionRunner attention_;
   std::vector<float> rope_freq_;
   int rope_head_dim_ = 0;
@@ -227,7 +257,8 @@ std::unique_ptr<Backend> MakeCpuBackend(const CpuBackendOptions& options) {
   if (threads <= 0) threads = static_cast<int>(std::thread::hardware_concurrency());
   if (threads <= 0) threads = 1;
   const Isa isa = std::min(cpu::DetectIsa(), options.max_isa);
-  return std::make_unique<CpuBackend>(threads, isa, options.matmul, options.int4_in_place);
+  return std::make_unique<CpuBackend>(threads, isa, options.matmul, options.logits_activations,
+                                      options.int4_in_place);
 }
 
 std::unique_ptr<Backend> MakeCpuBackend(int threads) {

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 
 #include "kernels/backend.h"
 #include "kernels/cpu/isa.h"
@@ -22,6 +23,12 @@ struct CpuBackendOptions {
   int threads = 0;                       // <= 0: std::thread::hardware_concurrency()
   cpu::Isa max_isa = cpu::Isa::kAvx512;  // a cap below the CPU's level (tests, benches)
   cpu::MatMulOptions matmul;
+  // How the output projection to logits (Backend::LogitsMatMul) takes its activations; unset:
+  // as matmul.activations. The searches score calibration forwards with two int8 digits and
+  // this at one (docs/METHOD.md §4): the projection is a fifth of a forward's work on SmolLM2
+  // (49,152 x 576), its one-digit error moves a candidate's mean NLL by at most ~0.002 nats,
+  // and it never feeds a later layer.
+  std::optional<cpu::Activations> logits_activations;
   // int4 and int4a KV pools on the AVX2 / AVX-512 levels: read the blocks in place, scales
   // folded into the query and the softmax weights (the fast path), or dequantise each chunk to
   // fp32 first, with the products rounded as kv_codec.h's LoadKv rounds them. Both agree with the

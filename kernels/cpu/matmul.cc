@@ -48,10 +48,31 @@ float* MatMulRunner::ThreadScratch(int thread, size_t floats) {
 
 void MatMulRunner::Run(const CpuWeight& w, const float* x, int n, float* out) {
   if (n <= 0) return;
-  if (w.packed()) {
-    RunQuantized(w, x, n, out);
-  } else {
+  // Exact mode keeps the group kernels (F32Groups) at every n: they read each weight group once
+  // per 64 tokens and measured faster than dequantized tiles + sgemm even at n = 512 (SmolLM2,
+  // 1 thread: 363 vs 338 tok/s prefill, 295 vs 244 at n = 128, 270 vs 64 at n = 16). Tiles +
+  // sgemm stay available as QuantGemm::kSgemm.
+  if (!w.packed()) {
     RunDense(w, x, n, out);
+  } else if (n >= options_.gemm_min_tokens && options_.quant_gemm == QuantGemm::kSgemm) {
+    RunSgemmTiles(w, x, n, out);
+  } else {
+    const CpuWeight* ws[] = {&w};
+    float* outs[] = {out};
+    RunQuantized(ws, x, n, outs);
+  }
+}
+
+void MatMulRunner::RunSameInput(absl::Span<const CpuWeight* const> ws, const float* x, int n,
+                                absl::Span<float* const> outs) {
+  if (n <= 0) return;
+  bool groups =
+      ws.size() > 1 && !(n >= options_.gemm_min_tokens && options_.quant_gemm == QuantGemm::kSgemm);
+  for (const CpuWeight* w : ws) groups &= w->packed() && w->cols() == ws[0]->cols();
+  if (groups) {
+    RunQuantized(ws, x, n, outs);
+  } else {
+    for (size_t i = 0; i < ws.size(); ++i) Run(*ws[i], x, n, outs[i]);
   }
 }
 
@@ -127,22 +148,19 @@ void MatMulRunner::SumLowHalves(int n) {
   if (batch_.q2 != nullptr) batch_.q2sum_lo = sum_halves(batch_.q2, &xq2sum_lo_);
 }
 
-void MatMulRunner::RunQuantized(const CpuWeight& w, const float* x, int n, float* out) {
-  const int64_t groups = w.n_groups();
-  const bool gemm = n >= options_.gemm_min_tokens;
-  // Exact mode keeps F32Groups at every n: it reads each weight group once per 64 tokens and
-  // measured faster than dequantized tiles + sgemm even at n = 512 (SmolLM2, 1 thread: 363 vs
-  // 338 tok/s prefill, 295 vs 244 at n = 128, 270 vs 64 at n = 16). Tiles + sgemm stay
-  // available as QuantGemm::kSgemm.
-  if (gemm && options_.quant_gemm == QuantGemm::kSgemm) {
-    RunSgemmTiles(w, x, n, out);
-    return;
-  }
+void MatMulRunner::RunQuantized(absl::Span<const CpuWeight* const> ws, const float* x, int n,
+                                absl::Span<float* const> outs) {
   // The x side both kernels need: int8 blocks (or, exact mode, the fp32 block sums).
-  QuantizeBatch(x, n, w.cols());
-  if (integer_dots() && w.pack() == Pack::kQ8F) SumLowHalves(n);
-  // Tasks: token chunks x group chunks, about kTasksPerThread per thread (results do not
-  // depend on it).
+  QuantizeBatch(x, n, ws[0]->cols());
+  bool q8f = false;
+  for (const CpuWeight* w : ws) q8f |= w->pack() == Pack::kQ8F;
+  if (integer_dots() && q8f) SumLowHalves(n);
+  // The weights' groups one after another: group_start[i] is weight i's first.
+  group_start_.assign(1, 0);
+  for (const CpuWeight* w : ws) group_start_.push_back(group_start_.back() + w->n_groups());
+  const int64_t groups = group_start_.back();
+  // Tasks: token chunks x chunks of the groups, about kTasksPerThread per thread (results do
+  // not depend on it); a chunk may span two weights.
   const int token_chunk = std::min(n, kGemmTokenChunk);
   const int64_t token_tasks = CeilDiv(n, token_chunk);
   const int64_t want =
@@ -152,22 +170,31 @@ void MatMulRunner::RunQuantized(const CpuWeight& w, const float* x, int n, float
   pool_->ParallelFor(token_tasks * group_tasks, [&](int64_t task, int) {
     const int t0 = static_cast<int>(task / group_tasks) * token_chunk;
     const int t1 = std::min(n, t0 + token_chunk);
-    const int64_t g0 = (task % group_tasks) * group_chunk;
-    const int64_t g1 = std::min(groups, g0 + group_chunk);
-    if (integer_dots()) {
-      if (isa_ == Isa::kAvx512) {
-        avx512::Int8Groups(w, batch_, t0, t1, g0, g1, out);
-      } else {
-        avx2::Int8Groups(w, batch_, t0, t1, g0, g1, out);
-      }
-    } else {
-      if (isa_ == Isa::kAvx512) {
-        avx512::F32Groups(w, x, batch_.sum, t0, t1, g0, g1, out);
-      } else {
-        avx2::F32Groups(w, x, batch_.sum, t0, t1, g0, g1, out);
-      }
+    const int64_t c0 = (task % group_tasks) * group_chunk;
+    const int64_t c1 = std::min(groups, c0 + group_chunk);
+    for (size_t i = 0; i < ws.size(); ++i) {
+      const int64_t g0 = std::max(c0, group_start_[i]) - group_start_[i];
+      const int64_t g1 = std::min(c1, group_start_[i + 1]) - group_start_[i];
+      if (g0 < g1) RunGroups(*ws[i], x, t0, t1, g0, g1, outs[i]);
     }
   });
+}
+
+void MatMulRunner::RunGroups(const CpuWeight& w, const float* x, int t0, int t1, int64_t g0,
+                             int64_t g1, float* out) {
+  if (integer_dots()) {
+    if (isa_ == Isa::kAvx512) {
+      avx512::Int8Groups(w, batch_, t0, t1, g0, g1, out);
+    } else {
+      avx2::Int8Groups(w, batch_, t0, t1, g0, g1, out);
+    }
+  } else {
+    if (isa_ == Isa::kAvx512) {
+      avx512::F32Groups(w, x, batch_.sum, t0, t1, g0, g1, out);
+    } else {
+      avx2::F32Groups(w, x, batch_.sum, t0, t1, g0, g1, out);
+    }
+  }
 }
 
 void MatMulRunner::RunSgemmTiles(const CpuWeight& w, const float* x, int n, float* out) {

@@ -26,6 +26,7 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/types/span.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/matmul_kernels.h"
 #include "kernels/cpu/packed_weight.h"
@@ -67,12 +68,23 @@ class MatMulRunner {
 
   // out[n][w.rows()] = x[n][w.cols()] * W^T.
   void Run(const CpuWeight& w, const float* x, int n, float* out);
+  // Run for each weight (all of x's cols) with its own out, the same bits. When every weight
+  // takes the group kernels (packed, and not the sgemm tiles), x is quantized once and the
+  // weights' groups are split over the pool in one pass (Q, K and V; gate and up); otherwise
+  // one Run each.
+  void RunSameInput(absl::Span<const CpuWeight* const> ws, const float* x, int n,
+                    absl::Span<float* const> outs);
 
   const MatMulOptions& options() const { return options_; }
 
  private:
   void RunDense(const CpuWeight& w, const float* x, int n, float* out);
-  void RunQuantized(const CpuWeight& w, const float* x, int n, float* out);
+  // The group kernels for every weight of ws (packed, the same cols) on one quantized x.
+  void RunQuantized(absl::Span<const CpuWeight* const> ws, const float* x, int n,
+                    absl::Span<float* const> outs);
+  // Groups [g0, g1) of w for tokens [t0, t1), on the batch QuantizeBatch made of x.
+  void RunGroups(const CpuWeight& w, const float* x, int t0, int t1, int64_t g0, int64_t g1,
+                 float* out);
   void RunSgemmTiles(const CpuWeight& w, const float* x, int n, float* out);
   bool integer_dots() const { return options_.activations != Activations::kF32; }
   void QuantizeBatch(const float* x, int n, int64_t cols);
@@ -88,6 +100,7 @@ class MatMulRunner {
   std::vector<float> xscale_, xsum_;
   std::vector<int32_t> xqsum_, xqsum_lo_, xq2sum_, xq2sum_lo_;
   QuantizedBatch batch_;
+  std::vector<int64_t> group_start_;  // RunQuantized's: each weight's first group, then the total
   std::vector<std::vector<float>> scratch_;  // per thread
 };
 

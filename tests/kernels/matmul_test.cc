@@ -2,6 +2,9 @@
 // sizes and SIMD levels; and the same bits at every thread count.
 #include <cmath>
 #include <cstring>
+#include <memory>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -223,6 +226,87 @@ TEST(MatMulTest, ResultsAreBitwiseIdenticalAtEveryThreadCount) {
       }
     }
   }
+}
+
+// MatMulSameInput (Q, K and V; gate and up) is one MatMul per weight, bit for bit, whether the
+// weights share one quantized x (all packed: Q4_1 beside Q8_0 and Q6_K, as in a Q4_K_M file),
+// go one by one (a dense weight among them, the sgemm tiles) or are one.
+TEST(MatMulTest, SameInputWeightsGiveTheBitsOfOneMatMulEach) {
+  const int64_t cols = 768;  // a multiple of every type's block
+  const std::vector<std::vector<std::pair<DType, int>>> sets = {
+      {{DType::kQ4_1, 576}, {DType::kQ8_0, 192}, {DType::kQ6_K, 200}},
+      {{DType::kQ4_K, 1536}, {DType::kQ4_K, 1536}},
+      {{DType::kQ5_0, 64}, {DType::kF32, 48}, {DType::kQ4_0, 33}},
+      {{DType::kQ4_1, 96}}};
+  uint32_t seed = 11;
+  for (const auto& set : sets) {
+    std::vector<OwnedTensor> w;
+    for (const auto& [type, rows] : set)
+      w.push_back(testing::RandomWeight(type, rows, cols, ++seed));
+    for (int n : {1, 5, 16, 40, 130}) {
+      const std::vector<float> x = testing::RandomFloats(n * cols, ++seed);
+      for (Isa isa : testing::SupportedIsas()) {
+        for (const Mode& mode : Modes(DType::kQ4_1)) {
+          SCOPED_TRACE(::testing::Message()
+                       << GetDTypeInfo(set[0].first).name << " x " << set.size() << " n " << n
+                       << " isa " << cpu::IsaName(isa) << " mode " << mode.name);
+          auto backend = testing::CpuBackendAt(isa, 3, mode.options);
+          std::vector<std::unique_ptr<PreparedWeight>> prepared;
+          std::vector<const PreparedWeight*> ws;
+          std::vector<std::vector<float>> got;
+          std::vector<float*> outs;
+          for (const OwnedTensor& t : w) {
+            auto pw = backend->Prepare(t.tensor);
+            ASSERT_TRUE(pw.ok()) << pw.status();
+            prepared.push_back(std::move(*pw));
+            ws.push_back(prepared.back().get());
+            got.emplace_back(size_t(n) * t.tensor.rows(), NAN);
+          }
+          for (auto& g : got) outs.push_back(g.data());
+          backend->MatMulSameInput(ws, x.data(), n, outs);
+          for (size_t i = 0; i < w.size(); ++i) {
+            const std::vector<float> want = RunMatMul(*backend, w[i].tensor, x, n);
+            ASSERT_EQ(0, std::memcmp(want.data(), got[i].data(), want.size() * sizeof(float)))
+                << "weight " << i;
+          }
+        }
+      }
+    }
+  }
+}
+
+// Logits (Backend::LogitsMatMul) take CpuBackendOptions::logits_activations, the other matmuls
+// matmul.activations: the searches' backend (two digits, one for logits) gives, for the same
+// weight, the bits of a backend with two digits through MatMul and those of a one-digit
+// backend through LogitsMatMul; unset, LogitsMatMul is MatMul.
+TEST(MatMulTest, LogitsTakeTheirOwnActivations) {
+  const OwnedTensor w = testing::RandomWeight(DType::kQ8_0, 300, 576, 21);
+  const int n = 40;
+  const std::vector<float> x = testing::RandomFloats(n * 576, 22);
+  auto run = [&](Backend& b, bool logits) {
+    auto pw = b.Prepare(w.tensor);
+    EXPECT_TRUE(pw.ok()) << pw.status();
+    std::vector<float> out(size_t(n) * 300, NAN);
+    if (logits) {
+      b.LogitsMatMul(**pw, x.data(), n, out.data());
+    } else {
+      b.MatMul(**pw, x.data(), n, out.data());
+    }
+    return out;
+  };
+  CpuBackendOptions two, one, search;
+  two.threads = one.threads = search.threads = 2;
+  two.matmul.activations = search.matmul.activations = cpu::Activations::kInt8x2;
+  one.matmul.activations = cpu::Activations::kInt8;
+  search.logits_activations = cpu::Activations::kInt8;
+  auto b_two = MakeCpuBackend(two), b_one = MakeCpuBackend(one), b_search = MakeCpuBackend(search);
+  const std::vector<float> two_digits = run(*b_two, false), one_digit = run(*b_one, false);
+  EXPECT_EQ(run(*b_search, false), two_digits);
+  EXPECT_EQ(run(*b_search, true), one_digit);
+  EXPECT_EQ(run(*b_two, true), two_digits);
+  EXPECT_NE(one_digit, two_digits);  // the option is not a no-op on this weight
+  EXPECT_NE(b_search->name().find("int8x2 activations, int8 for logits"), std::string::npos)
+      << b_search->name();
 }
 
 // Token t's output does not depend on the other tokens of the batch while n stays on one side

@@ -433,9 +433,12 @@ TEST_F(SearchRequestTest, AGoodRequestResolvesTheRatioAgainstTheLayerCount) {
   EXPECT_EQ(p->options.threshold, 0.5);
   EXPECT_EQ(p->calibration.samples, 30);
   EXPECT_EQ(p->calibration.tokens, 64);
-  // Its forwards take two int8 digits per activation (docs/METHOD.md §4).
+  // Its forwards take two int8 digits per activation, one for the logits (docs/METHOD.md §4).
   EXPECT_EQ(p->selection.activations, cpu::Activations::kInt8x2);
   EXPECT_EQ(SearchBackendOptions(2, p->selection).matmul.activations, cpu::Activations::kInt8x2);
+  EXPECT_EQ(SearchBackendOptions(2, p->selection).logits_activations, cpu::Activations::kInt8);
+  EXPECT_EQ(CalibrationActivationsNote(cpu::Activations::kInt8x2),
+            "int8x2 activations (int8 for logits)");
   SearchRequest r = Good();
   // --method kvsharer alone is the paper's search: dissimilar first, the first acceptable
   // candidate, no laziness.
@@ -447,6 +450,8 @@ TEST_F(SearchRequestTest, AGoodRequestResolvesTheRatioAgainstTheLayerCount) {
   EXPECT_EQ(paper->selection.best_of, 1);
   EXPECT_FALSE(paper->selection.lazy);
   EXPECT_EQ(paper->selection.activations, cpu::Activations::kF32);
+  EXPECT_FALSE(SearchBackendOptions(2, paper->selection).logits_activations.has_value());
+  EXPECT_EQ(CalibrationActivationsNote(cpu::Activations::kF32), "f32 activations");
   // Exact activations on request; the paper's search takes no other (a proto request names
   // the field as the proto spells it).
   SearchRequest exact = Good();
