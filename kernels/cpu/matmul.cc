@@ -54,7 +54,7 @@ void MatMulRunner::Run(const CpuWeight& w, const float* x, int n, float* out) {
   // sgemm stay available as QuantGemm::kSgemm.
   if (!w.packed()) {
     RunDense(w, x, n, out);
-  } else if (n >= options_.gemm_min_tokens && options_.quant_gemm == QuantGemm::kSgemm) {
+  } else if (SgemmTiles(n)) {
     RunSgemmTiles(w, x, n, out);
   } else {
     const CpuWeight* ws[] = {&w};
@@ -66,8 +66,7 @@ void MatMulRunner::Run(const CpuWeight& w, const float* x, int n, float* out) {
 void MatMulRunner::RunSameInput(absl::Span<const CpuWeight* const> ws, const float* x, int n,
                                 absl::Span<float* const> outs) {
   if (n <= 0) return;
-  bool groups =
-      ws.size() > 1 && !(n >= options_.gemm_min_tokens && options_.quant_gemm == QuantGemm::kSgemm);
+  bool groups = ws.size() > 1 && !SgemmTiles(n);
   for (const CpuWeight* w : ws) groups &= w->packed() && w->cols() == ws[0]->cols();
   if (groups) {
     RunQuantized(ws, x, n, outs);

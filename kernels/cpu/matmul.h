@@ -87,6 +87,10 @@ class MatMulRunner {
                  float* out);
   void RunSgemmTiles(const CpuWeight& w, const float* x, int n, float* out);
   bool integer_dots() const { return options_.activations != Activations::kF32; }
+  // Whether a packed weight's matmul of n tokens goes through dequantized tiles + sgemm.
+  bool SgemmTiles(int n) const {
+    return n >= options_.gemm_min_tokens && options_.quant_gemm == QuantGemm::kSgemm;
+  }
   void QuantizeBatch(const float* x, int n, int64_t cols);
   // batch_.qsum_lo for the n quantized rows (Pack::kQ8F weights).
   void SumLowHalves(int n);
