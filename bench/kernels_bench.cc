@@ -5,7 +5,7 @@
 // (speed does not depend on their values); "cold" rotates through copies larger than the L3
 // cache, as a forward pass does.
 //
-//   kernels_bench [--threads=1,2] [--quick] [--only=matvec|model|sgemm|attention|kv-attention]
+//   kernels_bench [--threads=1,2] [--quick] [--only=matvec|model|gemm|sgemm|attention|kv-attention]
 #include <immintrin.h>
 
 #include <algorithm>
@@ -265,6 +265,73 @@ void BenchAttention(int threads) {
               t * 1e3);
 }
 
+// vpdpbusd (512-bit) per second on one thread, from registers: the VNNI kernels' ceiling.
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) double VnniPeakPerSecond() {
+  __m512i acc[12];
+  __m512i w = _mm512_set1_epi8(3), x = _mm512_set1_epi8(5);
+  for (int i = 0; i < 12; ++i) acc[i] = _mm512_set1_epi32(i);
+  const long iters = 20000000;
+  const double t0 = Seconds();
+  for (long it = 0; it < iters; ++it) {
+#pragma GCC unroll 12
+    for (int i = 0; i < 12; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], w, x);
+    __asm__ volatile("" : "+v"(w));
+  }
+  const double t = Seconds() - t0;
+  volatile int sink = 0;
+  alignas(64) int32_t lanes[16];
+  for (int i = 0; i < 12; ++i) {
+    _mm512_store_si512(lanes, acc[i]);
+    sink = sink + lanes[0];
+  }
+  return iters * 12 / t;
+}
+
+// One quantized weight's GEMM, n = 256 tokens, one thread (its least CPU time per call), per
+// activation mode: the layers' shapes (L2-resident) beside the output projection (28 MB, read
+// from memory once per 64 tokens). "of VNNI peak": vpdpbusd issued (64 MACs each, twice with
+// two digits) per second against VnniPeakPerSecond.
+void BenchGemm() {
+  const bool vnni = cpu::DetectIsa() == cpu::Isa::kAvx512;
+  const double peak = vnni ? VnniPeakPerSecond() : 0.0;
+  std::printf(
+      "| weight (rows x cols) | activations | n = 256, 1 thread | GMAC/s | of VNNI peak |\n");
+  std::printf("|---|---|---|---|---|\n");
+  const int n = 256;
+  struct Shape {
+    int64_t rows, cols;
+    DType type;
+    const char* name;
+  };
+  for (const Shape& s :
+       {Shape{1536, 576, DType::kQ4_1, "Q4_1"}, Shape{576, 1536, DType::kQ4_1, "Q4_1"},
+        Shape{49152, 576, DType::kQ8_0, "Q8_0"}}) {
+    const Weight w = RandomWeight(s.type, s.rows, s.cols, 7);
+    const std::vector<float> x = RandomFloats(n * s.cols, 3);
+    std::vector<float> out(n * s.rows);
+    for (cpu::Activations a :
+         {cpu::Activations::kInt8, cpu::Activations::kInt8x2, cpu::Activations::kF32}) {
+      CpuBackendOptions o;
+      o.threads = 1;
+      o.matmul.activations = a;
+      auto b = MakeCpuBackend(o);
+      auto pw = std::move(*b->Prepare(w.tensor));
+      const double sec = ThreadCpuTimeIt([&] { b->MatMul(*pw, x.data(), n, out.data()); }, 0.6);
+      const double macs = double(n) * s.rows * s.cols;
+      const int digits = a == cpu::Activations::kInt8x2 ? 2 : 1;
+      char share[16] = "-";
+      if (vnni && a != cpu::Activations::kF32) {
+        std::snprintf(share, sizeof(share), "%.0f%%", 100 * digits * macs / 64 / sec / peak);
+      }
+      std::printf("| %s %ldx%ld | %s | %7.2f ms | %6.1f | %s |\n", s.name,
+                  static_cast<long>(s.rows), static_cast<long>(s.cols), cpu::ActivationsName(a),
+                  sec * 1e3, macs / sec / 1e9, share);
+    }
+  }
+  if (vnni)
+    std::printf("\nVNNI peak: %.2f G vpdpbusd/s (one thread, from registers)\n", peak / 1e9);
+}
+
 // Decode attention over a KV pool of each type, one thread (its least CPU time per call), per
 // SIMD level: the kernel cost the types' reads add or save (kv_chunk.h, attention_avx2.cc and
 // attention_avx512_int4.cc). ctx 1000: 62 quantised int4 blocks and an 8-position f16 tail.
@@ -371,6 +438,10 @@ int main(int argc, char** argv) {
         BenchModel(model, t, true, cpu::QuantGemm::kSgemm, {64, 512}, limit);
       }
     }
+  }
+  if (want("gemm")) {
+    std::printf("\n");
+    BenchGemm();
   }
   std::printf("\n");
   if (want("sgemm")) {

@@ -168,11 +168,15 @@ template <Pack P, bool kTwoDigits>
 KVSHARE_TARGET_AVX2 void Int8GroupsT(const CpuWeight& w, const QuantizedBatch& x, int t0, int t1,
                                      int64_t g0, int64_t g1, float* out) {
   const int64_t rows = w.rows();
+  const int tiles = (t1 - t0 + kTokenTile - 1) / kTokenTile;  // token tiles per half group
   for (int64_t g = g0; g < g1; ++g) {
     for (int h = 0; h < 2; ++h) {
       const int valid = static_cast<int>(std::min<int64_t>(8, rows - g * kGroupRows - 8 * h));
       if (valid <= 0) continue;
       for (int t = t0; t < t1; t += kTokenTile) {
+        if (tiles > 1 && g + 1 < w.n_groups()) {
+          w.PrefetchGroupPart(g + 1, h * tiles + (t - t0) / kTokenTile, 2 * tiles);
+        }
         float* o = out + t * rows + g * kGroupRows + 8 * h;
         switch (std::min(kTokenTile, t1 - t)) {
           case 1:

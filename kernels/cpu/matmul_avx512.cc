@@ -178,9 +178,13 @@ template <Pack P, bool kTwoDigits>
 KVSHARE_TARGET_AVX512 void Int8GroupsT(const CpuWeight& w, const QuantizedBatch& x, int t0, int t1,
                                        int64_t g0, int64_t g1, float* out) {
   const int64_t rows = w.rows();
+  const int tiles = (t1 - t0 + kTokenTile - 1) / kTokenTile;  // token tiles per group
   for (int64_t g = g0; g < g1; ++g) {
     const int valid = static_cast<int>(std::min<int64_t>(kGroupRows, rows - g * kGroupRows));
     for (int t = t0; t < t1; t += kTokenTile) {
+      if (tiles > 1 && g + 1 < w.n_groups()) {
+        w.PrefetchGroupPart(g + 1, (t - t0) / kTokenTile, tiles);
+      }
       float* o = out + t * rows + g * kGroupRows;
       switch (std::min(kTokenTile, t1 - t)) {
         case 1:

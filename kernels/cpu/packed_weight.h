@@ -41,6 +41,8 @@
 //   offsets of b, offsets of b + 1 (kQ4_1: 16 fp16; kQ4F and kQ8F with offsets: 16 fp32).
 #pragma once
 
+#include <xmmintrin.h>
+
 #include <cstdint>
 #include <memory>
 
@@ -85,6 +87,17 @@ class CpuWeight : public PreparedWeight {
   int64_t n_groups() const { return n_groups_; }
   int64_t blocks() const { return cols() / 32; }
   const uint8_t* group(int64_t g) const { return packed_.get() + g * group_bytes_; }
+  // Part k of `parts` of group g's bytes into L1 (software prefetch; g < n_groups()). The
+  // group kernels run one group over several token tiles, and each prefetches a part of the
+  // next group: on a weight larger than the caches (the 49,152-row output projection) its
+  // first tile would otherwise wait on memory (see kernels_bench --only=gemm).
+  void PrefetchGroupPart(int64_t g, int64_t k, int64_t parts) const {
+    const int64_t lines = (group_bytes_ + 63) / 64, per_part = (lines + parts - 1) / parts;
+    const char* p = reinterpret_cast<const char*>(group(g));
+    for (int64_t l = k * per_part; l < lines && l < (k + 1) * per_part; ++l) {
+      _mm_prefetch(p + 64 * l, _MM_HINT_T0);
+    }
+  }
   int quant_bytes() const { return quant_bytes_; }  // per block and group: 256, 320 or 512
   int unit_bytes() const { return unit_bytes_; }    // per two blocks and group
   const uint8_t* block_quants(int64_t g, int64_t b) const {
