@@ -115,7 +115,6 @@ KVSHARE_TARGET_AVX2 void Int8Tile(const CpuWeight& w, int64_t g, int h, const Qu
   const int64_t nb = w.blocks();
   const bool offsets = MayHaveOffsets(P) && (P != Pack::kQ8F || w.has_offsets());
   const __m256i low_nibbles = _mm256_set1_epi8(0x0f);
-  const __m256 second_digit = _mm256_set1_ps(1.0f / kSecondDigitBase);
   __m256 acc[NT];
   for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
 
@@ -141,22 +140,25 @@ KVSHARE_TARGET_AVX2 void Int8Tile(const CpuWeight& w, int64_t g, int h, const Qu
     }
     __m256 d[2], m;
     LoadScales<P>(w, g, b, h, d, &m);
+    constexpr int kHalves = P == Pack::kQ8F ? 2 : 1;
+    if constexpr (kTwoDigits) {  // the joined dots count 1/256 steps
+      for (int i = 0; i < kHalves; ++i)
+        d[i] = _mm256_mul_ps(d[i], _mm256_set1_ps(1.0f / kSecondDigitBase));
+    }
     for (int t = 0; t < NT; ++t) {
       const int64_t xt = t0 + t, xb = xt * x.nb + b;
       const __m256 xscale = _mm256_set1_ps(x.scale[xb]);
-      constexpr int kHalves = P == Pack::kQ8F ? 2 : 1;
       __m256i dot[2];
       BlockDot<P>(wq, ws, x.q + xt * x.cols + b * 32, x.qsum[xb], dot);
-      __m256 f[2];
-      for (int i = 0; i < kHalves; ++i) f[i] = _mm256_cvtepi32_ps(dot[i]);
       if constexpr (kTwoDigits) {
-        BlockDot<P>(wq, ws, x.q2 + xt * x.cols + b * 32, x.q2sum[xb], dot);
+        __m256i dot2[2];
+        BlockDot<P>(wq, ws, x.q2 + xt * x.cols + b * 32, x.q2sum[xb], dot2);
         for (int i = 0; i < kHalves; ++i) {
-          f[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[i]), second_digit, f[i]);
+          dot[i] = _mm256_add_epi32(_mm256_slli_epi32(dot[i], kSecondDigitBits), dot2[i]);
         }
       }
       for (int i = 0; i < kHalves; ++i) {
-        acc[t] = _mm256_fmadd_ps(f[i], _mm256_mul_ps(d[i], xscale), acc[t]);
+        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[i]), _mm256_mul_ps(d[i], xscale), acc[t]);
       }
       if (offsets) acc[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(x.sum[xb]), acc[t]);
     }
@@ -364,12 +366,16 @@ KVSHARE_TARGET_AVX2 void QuantizeActivations(const float* x, int64_t cols,
       q[i] = _mm256_cvtps_epi32(steps[i]);
     }
     out.qsum[b] = PackBlock(q, out.q + 32 * b);
-    if (out.q2 != nullptr) {  // the second digit: what rounding to q left, in 1/254 steps
+    if (out.q2 != nullptr) {  // the second digit: what rounding to q left, in 1/256 steps
       const __m256 base = _mm256_set1_ps(kSecondDigitBase);
+      const __m256i hi = _mm256_set1_epi32(kSecondDigitMax),
+                    lo = _mm256_set1_epi32(-kSecondDigitMax);
       __m256i q2[4];
       for (int i = 0; i < 4; ++i) {
-        q2[i] = _mm256_cvtps_epi32(
-            _mm256_mul_ps(_mm256_sub_ps(steps[i], _mm256_cvtepi32_ps(q[i])), base));
+        q2[i] = _mm256_max_epi32(
+            lo,
+            _mm256_min_epi32(hi, _mm256_cvtps_epi32(_mm256_mul_ps(
+                                     _mm256_sub_ps(steps[i], _mm256_cvtepi32_ps(q[i])), base))));
       }
       out.q2sum[b] = PackBlock(q2, out.q2 + 32 * b);
     }

@@ -112,15 +112,15 @@ KVSHARE_TARGET_AVX512 inline void BlockDot(const __m512i* wq, const int8_t* xq, 
 }
 
 // 16 rows (one group) x NT tokens, integer dot products. out points at out[t0][16 g].
-// kTwoDigits (Activations::kInt8x2): each x is q + q2 / 254 steps of its block's scale; the
-// two digits' integer dots are summed in fp32 before the scale.
+// kTwoDigits (Activations::kInt8x2): each x is q + q2 / 256 steps of its block's scale; the
+// two digits' integer dots are joined as (dot << 8) + dot2 and take the scale over 256 (exact
+// in int32 and, for 4-bit quants, in its conversion to fp32: |dot| <= 32 * 15 * 127).
 template <Pack P, int NT, bool kTwoDigits>
 KVSHARE_TARGET_AVX512 void Int8Tile(const CpuWeight& w, int64_t g, const QuantizedBatch& x, int t0,
                                     float* out, int64_t ldo, int valid) {
   const int64_t nb = w.blocks();
   const bool offsets = MayHaveOffsets(P) && (P != Pack::kQ8F || w.has_offsets());
   const __m512i low_nibbles = _mm512_set1_epi8(0x0f);
-  const __m512 second_digit = _mm512_set1_ps(1.0f / kSecondDigitBase);
   __m512 acc[NT];
 #pragma GCC unroll 8
   for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
@@ -147,6 +147,11 @@ KVSHARE_TARGET_AVX512 void Int8Tile(const CpuWeight& w, int64_t g, const Quantiz
     }
     __m512 d[2], m;
     LoadScales<P>(w, g, b, d, &m);
+    if constexpr (kTwoDigits) {  // the joined dots count 1/256 steps
+      const __m512 step = _mm512_set1_ps(1.0f / kSecondDigitBase);
+      d[0] = _mm512_mul_ps(d[0], step);
+      d[1] = _mm512_mul_ps(d[1], step);
+    }
 #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) {
       const int64_t xt = t0 + t, xb = xt * x.nb + b;
@@ -154,19 +159,18 @@ KVSHARE_TARGET_AVX512 void Int8Tile(const CpuWeight& w, int64_t g, const Quantiz
       __m512i i0, i1;
       BlockDot<P>(wq, x.q + xt * x.cols + b * 32, x.qsum[xb], P == Pack::kQ8F ? x.qsum_lo[xb] : 0,
                   &i0, &i1);
-      __m512 f0 = _mm512_cvtepi32_ps(i0), f1;
-      if constexpr (P == Pack::kQ8F) f1 = _mm512_cvtepi32_ps(i1);
       if constexpr (kTwoDigits) {
         __m512i j0, j1;
         BlockDot<P>(wq, x.q2 + xt * x.cols + b * 32, x.q2sum[xb],
                     P == Pack::kQ8F ? x.q2sum_lo[xb] : 0, &j0, &j1);
-        f0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(j0), second_digit, f0);
-        if constexpr (P == Pack::kQ8F) {
-          f1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(j1), second_digit, f1);
-        }
+        i0 = _mm512_add_epi32(_mm512_slli_epi32(i0, kSecondDigitBits), j0);
+        if constexpr (P == Pack::kQ8F)
+          i1 = _mm512_add_epi32(_mm512_slli_epi32(i1, kSecondDigitBits), j1);
       }
-      acc[t] = _mm512_fmadd_ps(f0, _mm512_mul_ps(d[0], xs), acc[t]);
-      if constexpr (P == Pack::kQ8F) acc[t] = _mm512_fmadd_ps(f1, _mm512_mul_ps(d[1], xs), acc[t]);
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i0), _mm512_mul_ps(d[0], xs), acc[t]);
+      if constexpr (P == Pack::kQ8F) {
+        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i1), _mm512_mul_ps(d[1], xs), acc[t]);
+      }
       if (offsets) acc[t] = _mm512_fmadd_ps(m, _mm512_set1_ps(x.sum[xb]), acc[t]);
     }
   }
@@ -425,12 +429,16 @@ KVSHARE_TARGET_AVX512 void QuantizeActivations(const float* x, int64_t cols,
     const __m512i q1 = _mm512_cvtps_epi32(steps1);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out.q + 32 * b), _mm512_cvtsepi32_epi8(q0));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out.q + 32 * b + 16), _mm512_cvtsepi32_epi8(q1));
-    if (out.q2 != nullptr) {  // the second digit: what rounding to q left, in 1/254 steps
+    if (out.q2 != nullptr) {  // the second digit: what rounding to q left, in 1/256 steps
       const __m512 base = _mm512_set1_ps(kSecondDigitBase);
-      const __m512i r0 =
-          _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_sub_ps(steps0, _mm512_cvtepi32_ps(q0)), base));
-      const __m512i r1 =
-          _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_sub_ps(steps1, _mm512_cvtepi32_ps(q1)), base));
+      const __m512i hi = _mm512_set1_epi32(kSecondDigitMax),
+                    lo = _mm512_set1_epi32(-kSecondDigitMax);
+      const __m512i r0 = _mm512_max_epi32(
+          lo, _mm512_min_epi32(hi, _mm512_cvtps_epi32(_mm512_mul_ps(
+                                       _mm512_sub_ps(steps0, _mm512_cvtepi32_ps(q0)), base))));
+      const __m512i r1 = _mm512_max_epi32(
+          lo, _mm512_min_epi32(hi, _mm512_cvtps_epi32(_mm512_mul_ps(
+                                       _mm512_sub_ps(steps1, _mm512_cvtepi32_ps(q1)), base))));
       _mm_storeu_si128(reinterpret_cast<__m128i*>(out.q2 + 32 * b), _mm512_cvtsepi32_epi8(r0));
       _mm_storeu_si128(reinterpret_cast<__m128i*>(out.q2 + 32 * b + 16), _mm512_cvtsepi32_epi8(r1));
       out.q2sum[b] = _mm512_reduce_add_epi32(_mm512_add_epi32(r0, r1));

@@ -394,8 +394,9 @@ void QuantizeActivationsRef(const float* x, int64_t n, const QuantizedActivation
       qsum += q;
       if (out.q2 != nullptr) {
         // steps - q is exact in fp32 (|steps - q| <= 1/2 and q is steps rounded).
-        const int q2 =
-            static_cast<int>(std::nearbyint((steps - static_cast<float>(q)) * kSecondDigitBase));
+        const int q2 = std::clamp(
+            static_cast<int>(std::nearbyint((steps - static_cast<float>(q)) * kSecondDigitBase)),
+            -kSecondDigitMax, kSecondDigitMax);
         out.q2[b * 32 + j] = static_cast<int8_t>(q2);
         q2sum += q2;
       }

@@ -103,10 +103,15 @@ void QuantizeRow(DType type, const float* src, int64_t n, void* dst);
 // `qsum[b]` the sum of the block's q (Q4_0 and Q8_0 kernels need it for their zero point).
 //
 // A second int8 digit (when q2 is set; MatMulOptions Activations::kInt8x2): what rounding to q
-// left of x * 127/max, in steps of 1/254: q2[c] = round-to-even(254 (x[c] * 127/max - q[c])), in
-// [-127, 127], so x[c] ~= scale (q[c] + q2[c] / 254) within max / 64516 (plus fp32 rounding):
-// about 16 bits per block where one digit carries 8. `q2sum[b]` is the sum of the block's q2.
-constexpr float kSecondDigitBase = 254.0f;
+// left of x * 127/max, in steps of 1/256: q2[c] = round-to-even(256 (x[c] * 127/max - q[c]))
+// clamped to [-127, 127] (|x * 127/max - q| <= 1/2, so only values within 1/512 of a half step
+// are clamped), and x[c] ~= scale (q[c] + q2[c] / 256) within max / 65024, max / 32512 where
+// clamped (plus fp32 rounding): about 16 bits per block where one digit carries 8. The base is
+// a power of two so that the kernels join the two digits' integer dots as (dot << 8) + dot2.
+// The clamp keeps q2 within AVX2's sign trick (+-127). `q2sum[b]` is the sum of the block's q2.
+constexpr int kSecondDigitBits = 8;
+constexpr float kSecondDigitBase = 1 << kSecondDigitBits;
+constexpr int kSecondDigitMax = 127;
 struct QuantizedActivations {
   int8_t* q;                 // [n]
   float* scale;              // [n / 32]

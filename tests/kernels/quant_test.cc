@@ -243,10 +243,11 @@ TEST(QuantizeActivationsTest, SimdMatchesReferenceBitForBit) {
   }
 }
 
-// Two digits hold each x to max|x_b| / 64516 of its block's largest magnitude (half a step of
-// 1/254 of an int8 step), where one digit holds it to max / 254; computed here in double from
-// the stored digits alone.
-TEST(QuantizeActivationsTest, TwoDigitsHoldEachValueWithinMaxOver64516) {
+// Two digits hold each x to max|x_b| / 65024 of its block's largest magnitude (half a step of
+// 1/256 of an int8 step), and to max / 32512 where the second digit was clamped to +-127 (what
+// rounding left was within 1/512 of half a step), where one digit holds it to max / 254;
+// computed here in double from the stored digits alone.
+TEST(QuantizeActivationsTest, TwoDigitsHoldEachValueWithinMaxOver65024) {
   const int64_t cols = 4096, nb = cols / 32;
   const std::vector<float> x = testing::RandomFloats(cols, 5, 10.0f);
   std::vector<int8_t> q(cols), q2(cols);
@@ -254,7 +255,8 @@ TEST(QuantizeActivationsTest, TwoDigitsHoldEachValueWithinMaxOver64516) {
   std::vector<int32_t> qs(nb), q2s(nb);
   QuantizeActivationsRef(x.data(), cols,
                          {q.data(), s.data(), sum.data(), qs.data(), q2.data(), q2s.data()});
-  double worst = 0;  // the largest error over the block's max, times 64516
+  double worst = 0, worst_clamped = 0;  // the largest errors over the block's max, times the bound
+  int clamped = 0;
   for (int64_t b = 0; b < nb; ++b) {
     double amax = 0;
     int32_t q2_sum = 0;
@@ -264,8 +266,13 @@ TEST(QuantizeActivationsTest, TwoDigitsHoldEachValueWithinMaxOver64516) {
       ASSERT_GE(q2[c], -127);
       ASSERT_LE(q2[c], 127);
       q2_sum += q2[c];
-      const double held = double(s[b]) * (q[c] + q2[c] / 254.0);
-      worst = std::max(worst, std::fabs(held - x[c]) / amax * 64516.0);
+      const double error = std::fabs(double(s[b]) * (q[c] + q2[c] / 256.0) - x[c]) / amax;
+      if (std::abs(q2[c]) == 127) {
+        ++clamped;
+        worst_clamped = std::max(worst_clamped, error * 32512.0);
+      } else {
+        worst = std::max(worst, error * 65024.0);
+      }
     }
     EXPECT_EQ(q2s[b], q2_sum);
   }
@@ -273,6 +280,8 @@ TEST(QuantizeActivationsTest, TwoDigitsHoldEachValueWithinMaxOver64516) {
   // to 127 steps) and max / 127, each under 0.004 of the bound.
   EXPECT_LE(worst, 1.01);
   EXPECT_GT(worst, 0.5);  // the bound is tight: some value sits near half a step away
+  EXPECT_LE(worst_clamped, 1.01);
+  EXPECT_GT(clamped, 0);  // ~1% of uniform remainders land within 1/512 of half a step
 }
 
 }  // namespace
