@@ -43,9 +43,9 @@ enum class QuantGemm { kInt8, kSgemm };
 //            WikiText-2 perplexity by 1.3% (28.37 -> 28.74 on 16k tokens), beyond the 0.5% the
 //            engine allows; ~3x faster than kF32 in prefill and batched decode (same speed at
 //            batch 1).
-//   kInt8x2  x as two int8 digits per 32-block (quant.h: q + q2 / 254 steps, error <= max|x| /
-//            64516, about 16 bits) and two integer dots per block, what the KV plan search
-//            measures with: on SmolLM2 Q4_1, 4,096 WikiText-2 tokens, mean NLL 3.408639 against
+//   kInt8x2  x as two int8 digits per 32-block (quant.h: q + q2 / 256 steps, error <= max|x| /
+//            65024, about 16 bits) and two integer dots per block, what the KV plan search
+//            measures with: on SmolLM2 Q4_1, 4,096 WikiText-2 tokens, mean NLL 3.408612 against
 //            kF32's 3.408615 (int8: 3.422488), the whole command in 6.2 s against 8.4 (int8:
 //            4.5); `kvshare eval --kv-type f32 --threads 2 --activations ...`.
 enum class Activations { kF32, kInt8, kInt8x2 };

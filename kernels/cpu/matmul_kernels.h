@@ -9,7 +9,7 @@
 //                the packed quants (AVX-512 VNNI vpdpbusd / AVX2 maddubs), one fp32 fma per
 //                block (two for Pack::kQ8F) and row. The fast path for every quantized type.
 //                With a second digit (QuantizedBatch::q2) each block has two integer dots,
-//                summed in fp32 (q + q2 / 254) before the scale.
+//                joined in int32 as (dot << 8) + dot2 (q + q2 / 256) before the scale.
 //   F32Groups    fp32 activations, packed quants converted to fp32 in registers and fused into
 //                the fma (no quantization error on x). Kept for the exact mode and as the
 //                measured alternative.

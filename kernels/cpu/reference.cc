@@ -37,7 +37,7 @@ void MatMulQ8Activations(const Tensor& w, const float* x, int n, float* out, boo
                            {&xq[t * cols], &xs[t * nb], &xsum[t * nb], &xqsum[t * nb],
                             two_digits ? &xq2[t * cols] : nullptr, &xq2sum[t * nb]});
   }
-  // x[c] in steps of its block's scale: the first digit, plus the second one's 1/254 steps.
+  // x[c] in steps of its block's scale: the first digit, plus the second one's 1/256 steps.
   auto steps = [&](int64_t i) {
     return xq[i] + (two_digits ? xq2[i] / static_cast<double>(kSecondDigitBase) : 0.0);
   };
