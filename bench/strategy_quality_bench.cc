@@ -17,8 +17,8 @@
 // its first acceptances, timed at that acceptance with the calibration forward included) and
 // every baseline pattern (search_service/baseline_strategies.h; no search). --methods picks
 // some; the default is all. Each rule's forwards take its method's default activations
-// (search_request.h RuleDefaultsFor: the paper's f32, nll two int8 digits);
-// nll-similar-lazy8-f32 is the default rule with exact ones, for comparison.
+// (search_request.h RuleDefaultsFor: the paper's f32, nll one int8 digit);
+// nll-similar-lazy8-f32 and -int8x2 are the default rule with exact ones and two digits.
 //
 // Issue 18 rows (--calibrate, on by default; --no-calibrate leaves them out):
 //   <rule>+proj      the rule's strategy with calibrated output projections
@@ -117,9 +117,12 @@ std::vector<Method> AllMethods() {
   search("nll-dissimilar-lazy8", SearchMethod::kNll, PairOrder::kDissimilar, 8, true);
   search("nll-similar-best8", SearchMethod::kNll, PairOrder::kSimilar, 8, false);
   search("nll-similar-lazy8", SearchMethod::kNll, PairOrder::kSimilar, 8, true);
-  // The default rule with exact activations (the nll rule's default is two int8 digits).
+  // The default rule with exact activations, and with two int8 digits (one for the logits; the
+  // KV plan search's): the nll rule's default is one int8 digit.
   search("nll-similar-lazy8-f32", SearchMethod::kNll, PairOrder::kSimilar, 8, true);
   out.back().selection.activations = cpu::Activations::kF32;
+  search("nll-similar-lazy8-int8x2", SearchMethod::kNll, PairOrder::kSimilar, 8, true);
+  out.back().selection.activations = cpu::Activations::kInt8x2;
   search("nll-similar-lazy16", SearchMethod::kNll, PairOrder::kSimilar, 16, true);
   // Issue 18: candidates scored with their calibrated projections (scoring-set NLL).
   search("nll-similar-lazy8-cal", SearchMethod::kNll, PairOrder::kSimilar, 8, true);

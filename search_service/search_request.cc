@@ -34,7 +34,7 @@ RuleDefaults RuleDefaultsFor(const std::string& method) {
   if (method == SearchMethodName(SearchMethod::kKvSharer)) {
     return {"dissimilar", 1, false, cpu::Activations::kF32};
   }
-  return {"similar", 8, true, cpu::Activations::kInt8x2};
+  return {"similar", 8, true, cpu::Activations::kInt8};
 }
 
 cpu::Activations EffectiveActivations(const SearchRequest& r) {

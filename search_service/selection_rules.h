@@ -58,9 +58,8 @@ struct SelectionOptions {
   double calibration_ridge = 0.03;
   // How the calibration forwards take activations in quantized matmuls (kernels/cpu/matmul.h):
   // the caller builds the backend with it (SearchBackendOptions, strategy_search.h) and the
-  // strategy's note records it. The paper's search is exact (f32); the nll rule defaults to two
-  // int8 digits (search_request.h RuleDefaultsFor), which on SmolLM2 picks the same pairs in
-  // the same order as f32 to 12 of 30 layers in 0.62 of the time (docs/METHOD.md §4).
+  // strategy's note records it. The paper's search is exact (f32); the nll rule defaults to one
+  // int8 digit (search_request.h RuleDefaultsFor; docs/METHOD.md §4).
   cpu::Activations activations = cpu::Activations::kF32;
 };
 

@@ -26,9 +26,9 @@ void AddModelFlags(CLI::App* app, ModelFlags* flags, bool with_strategy) {
                     "of fp32 activations (the same as --activations int8)");
   app->add_option("--activations", flags->activations,
                   "How quantized weights take their activations: f32 (exact; the default, and "
-                  "the paper's search's), int8 (as --int8) or int8x2 (two int8 digits per value, "
-                  "about 16 bits, 1.4x f32's prefill speed; the default of `search`'s nll rule "
-                  "and of its KV plan search, --max-ppl-increase)")
+                  "the paper's search's), int8 (as --int8; the default of `search`'s nll rule) or "
+                  "int8x2 (two int8 digits per value, about 16 bits, 1.4x f32's prefill speed; "
+                  "the default of the KV plan search, --max-ppl-increase)")
       ->check(CLI::IsMember({"f32", "int8", "int8x2"}))
       ->excludes(int8);
   app->add_option("--device", flags->device,

@@ -433,10 +433,14 @@ TEST_F(SearchRequestTest, AGoodRequestResolvesTheRatioAgainstTheLayerCount) {
   EXPECT_EQ(p->options.threshold, 0.5);
   EXPECT_EQ(p->calibration.samples, 30);
   EXPECT_EQ(p->calibration.tokens, 64);
-  // Its forwards take two int8 digits per activation, one for the logits (docs/METHOD.md §4).
-  EXPECT_EQ(p->selection.activations, cpu::Activations::kInt8x2);
-  EXPECT_EQ(SearchBackendOptions(2, p->selection).matmul.activations, cpu::Activations::kInt8x2);
-  EXPECT_EQ(SearchBackendOptions(2, p->selection).logits_activations, cpu::Activations::kInt8);
+  // Its forwards take one int8 digit per activation (docs/METHOD.md §4); a KV plan search's
+  // take two, one for the logits.
+  EXPECT_EQ(p->selection.activations, cpu::Activations::kInt8);
+  EXPECT_EQ(SearchBackendOptions(2, p->selection).matmul.activations, cpu::Activations::kInt8);
+  EXPECT_EQ(CalibrationActivationsNote(cpu::Activations::kInt8), "int8 activations");
+  const CpuBackendOptions two = CalibrationBackendOptions(2, cpu::Activations::kInt8x2);
+  EXPECT_EQ(two.matmul.activations, cpu::Activations::kInt8x2);
+  EXPECT_EQ(two.logits_activations, cpu::Activations::kInt8);
   EXPECT_EQ(CalibrationActivationsNote(cpu::Activations::kInt8x2),
             "int8x2 activations (int8 for logits)");
   SearchRequest r = Good();

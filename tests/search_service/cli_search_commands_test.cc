@@ -175,8 +175,8 @@ TEST_F(CliSearchCommandsTest, ActivationsApplyToTheSearchesAndAreRecorded) {
   };
   for (const Case& c :
        {Case{{"--max-ppl-increase", "5"}, "", "int8x2"},
-        Case{{"--max-ppl-increase", "5"}, "f32", "f32"},
-        Case{{"--target-layers", "2"}, "", "int8x2"}, Case{{"--target-layers", "2"}, "f32", "f32"},
+        Case{{"--max-ppl-increase", "5"}, "f32", "f32"}, Case{{"--target-layers", "2"}, "", "int8"},
+        Case{{"--target-layers", "2"}, "f32", "f32"},
         Case{{"--target-layers", "2", "--method", "kvsharer"}, "", "f32"}}) {
     SCOPED_TRACE(absl::StrCat(absl::StrJoin(c.search, " "), " / ", c.given));
     args = base;

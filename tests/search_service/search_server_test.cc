@@ -396,7 +396,7 @@ TEST_F(SearchServerTest, ANllBestOfTwoJobFindsWhatTheLibraryFindsWithItsQualityO
   request.set_method("nll");
   request.set_best_of(2);
   request.set_max_nll_increase(5.0);
-  request.set_activations("f32");  // nll's default is int8x2; the library default is f32
+  request.set_activations("f32");  // nll's default is int8; the library default is f32
   request.set_publish(true);
   auto job = Create(request);
   ASSERT_TRUE(job.ok()) << job.status();
