@@ -142,8 +142,9 @@ KVSHARE_TARGET_AVX2 void Int8Tile(const CpuWeight& w, int64_t g, int h, const Qu
     LoadScales<P>(w, g, b, h, d, &m);
     constexpr int kHalves = P == Pack::kQ8F ? 2 : 1;
     if constexpr (kTwoDigits) {  // the joined dots count 1/256 steps
-      for (int i = 0; i < kHalves; ++i)
+      for (int i = 0; i < kHalves; ++i) {
         d[i] = _mm256_mul_ps(d[i], _mm256_set1_ps(1.0f / kSecondDigitBase));
+      }
     }
     for (int t = 0; t < NT; ++t) {
       const int64_t xt = t0 + t, xb = xt * x.nb + b;

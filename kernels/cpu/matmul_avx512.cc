@@ -164,8 +164,9 @@ KVSHARE_TARGET_AVX512 void Int8Tile(const CpuWeight& w, int64_t g, const Quantiz
         BlockDot<P>(wq, x.q2 + xt * x.cols + b * 32, x.q2sum[xb],
                     P == Pack::kQ8F ? x.q2sum_lo[xb] : 0, &j0, &j1);
         i0 = _mm512_add_epi32(_mm512_slli_epi32(i0, kSecondDigitBits), j0);
-        if constexpr (P == Pack::kQ8F)
+        if constexpr (P == Pack::kQ8F) {
           i1 = _mm512_add_epi32(_mm512_slli_epi32(i1, kSecondDigitBits), j1);
+        }
       }
       acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i0), _mm512_mul_ps(d[0], xs), acc[t]);
       if constexpr (P == Pack::kQ8F) {
