@@ -328,8 +328,9 @@ void BenchGemm() {
                   sec * 1e3, macs / sec / 1e9, share);
     }
   }
-  if (vnni)
+  if (vnni) {
     std::printf("\nVNNI peak: %.2f G vpdpbusd/s (one thread, from registers)\n", peak / 1e9);
+  }
 }
 
 // Decode attention over a KV pool of each type, one thread (its least CPU time per call), per
