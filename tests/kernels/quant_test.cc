@@ -267,7 +267,10 @@ TEST(QuantizeActivationsTest, TwoDigitsHoldEachValueWithinMaxOver65024) {
       ASSERT_LE(q2[c], 127);
       q2_sum += q2[c];
       const double error = std::fabs(double(s[b]) * (q[c] + q2[c] / 256.0) - x[c]) / amax;
-      if (std::abs(q2[c]) == 127) {
+      // What rounding to q left, in 1/256 steps, from x alone: past 127.5 the digit is clamped.
+      const double left = (x[c] / double(s[b]) - q[c]) * 256.0;
+      if (std::fabs(left) > 127.5 + 1e-3) {
+        EXPECT_EQ(q2[c], left > 0 ? 127 : -127) << c;
         ++clamped;
         worst_clamped = std::max(worst_clamped, error * 32512.0);
       } else {
